@@ -1,0 +1,65 @@
+"""The one comparison helper of the suite, with its per-dtype tolerance table.
+
+Every cross-validation in ``tests/`` goes through :func:`assert_close`, so that a failure always
+names the quantity, the configuration that produced it and the error reached.
+"""
+from __future__ import annotations
+
+import numpy as np
+
+# (rtol, atol) per dtype. float64 is the cross-validation dtype: the scratch model and torch
+# compute the same sums in a possibly different order, which costs a few ulps per operation, so
+# 1e-10 relative is tight yet reachable for the sizes the suite draws. float32 is for speed only.
+TOLERANCES = {
+    np.dtype(np.float64): dict(rtol=1e-10, atol=1e-12),
+    np.dtype(np.float32): dict(rtol=2e-4, atol=1e-5),
+}
+# Finite differences (central, eps ~1e-6 in float64) carry a truncation + rounding error of ~1e-8.
+FD_TOLERANCE = dict(rtol=1e-6, atol=1e-8)
+
+
+def rel_error(actual, expected) -> float:
+    """max |a - e| / max(max |e|, tiny): a scale-aware error that is 0 for equal arrays."""
+    a = np.asarray(actual, dtype=np.float64)
+    e = np.asarray(expected, dtype=np.float64)
+    if a.size == 0 and e.size == 0:
+        return 0.0
+    scale = max(float(np.max(np.abs(e))) if e.size else 0.0, np.finfo(np.float64).tiny)
+    return float(np.max(np.abs(a - e))) / scale
+
+
+def assert_close(actual, expected, *, name: str, config=None, dtype=None, rtol=None, atol=None):
+    """Assert ``actual`` matches ``expected`` elementwise: |a - e| <= atol + rtol * max|e|.
+
+    The tolerance is scaled by the largest magnitude of the expected array (not elementwise), so a
+    near-zero entry of a large gradient is held to the same absolute standard as its neighbours.
+    Raises AssertionError naming ``name``, ``config``, the worst error and where it sits.
+    """
+    a = np.asarray(actual)
+    e = np.asarray(expected)
+    if a.shape != e.shape:
+        raise AssertionError(f"{name}: shape {a.shape} != expected {e.shape}; config={config}")
+    dt = np.dtype(dtype) if dtype is not None else (a.dtype if a.dtype.kind == "f" else np.dtype(np.float64))
+    tol = dict(TOLERANCES.get(dt, TOLERANCES[np.dtype(np.float64)]))
+    if rtol is not None:
+        tol["rtol"] = rtol
+    if atol is not None:
+        tol["atol"] = atol
+    a64 = a.astype(np.float64)
+    e64 = e.astype(np.float64)
+    if not np.all(np.isfinite(a64) == np.isfinite(e64)):
+        raise AssertionError(f"{name}: finiteness differs (actual has {np.sum(~np.isfinite(a64))} "
+                             f"non-finite, expected {np.sum(~np.isfinite(e64))}); config={config}")
+    if a.size == 0:
+        return
+    scale = float(np.max(np.abs(e64))) if e64.size else 0.0
+    err = np.abs(a64 - e64)
+    bound = tol["atol"] + tol["rtol"] * scale
+    worst = int(np.argmax(err))
+    if err.flat[worst] > bound:
+        idx = np.unravel_index(worst, a.shape)
+        raise AssertionError(
+            f"{name} mismatch: max |diff| {err.flat[worst]:.3e} at {idx} (actual {a64[idx]!r}, expected "
+            f"{e64[idx]!r}) > {bound:.3e} = atol {tol['atol']:g} + rtol {tol['rtol']:g} * max|expected| "
+            f"{scale:.3e}; relative error {rel_error(a64, e64):.3e}; config={config}"
+        )
