@@ -235,8 +235,9 @@ class RNN:
                 reverse = d == 1
                 proj = F.input_projection(layer_in, self._p("weight_ih", layer, d),
                                           self._p("bias_ih", layer, d), self._p("bias_hh", layer, d))
-                hs = F.sequence_forward(proj, h0[layer * D + d], self._p("weight_hh", layer, d),
-                                        self.nonlinearity, batch_sizes, reverse)
+                with np.errstate(over="ignore", invalid="ignore"):  # overflow is reported below
+                    hs = F.sequence_forward(proj, h0[layer * D + d], self._p("weight_hh", layer, d),
+                                            self.nonlinearity, batch_sizes, reverse)
                 out[:, :, d * H:(d + 1) * H] = hs[:-1] if reverse else hs[1:]
                 if reverse:
                     h_n[layer * D + d] = hs[0]

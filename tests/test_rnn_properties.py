@@ -1,0 +1,198 @@
+"""Oracles that need no torch: finite differences, metamorphic relations, saturation, and a
+demonstration that the checks catch a broken backward."""
+from __future__ import annotations
+
+import numpy as np
+import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+import scratch_rnn.functional as F
+from reference.rnn import run_torch
+from scratch_rnn import RNN
+from scratch_rnn.gradcheck import rnn_directional_checks
+from tests.helpers import FD_TOLERANCE, assert_close
+from tests.strategies import rnn_cases
+
+
+# ------------------------------------------------------------------ finite differences
+@given(rnn_cases(max_layers=2, max_steps=5, max_batch=3, dropout=True))
+@settings(max_examples=40)
+def test_bptt_matches_central_differences(case):
+    model = case.model(np.float64)
+    x, h0, lengths, _, _ = case.arrays(model)
+    if h0 is None:
+        h0 = np.zeros((model.num_layers * model.num_directions,) + ((model.hidden_size,) if case.unbatched
+                                                                     else (case.batch, model.hidden_size)))
+    model.train()
+    masks = None
+    if model.dropout and model.num_layers > 1:  # FD needs the same masks on every forward
+        model(x, h0, lengths)
+        masks = model.dropout_masks
+    for i, chk in enumerate(rnn_directional_checks(model, x, h0, lengths, seed=case.seed, dropout_masks=masks)):
+        bound = FD_TOLERANCE["atol"] + FD_TOLERANCE["rtol"] * max(abs(chk.analytic), 1.0)
+        assert chk.abs_error <= bound, (
+            f"direction {i}: finite difference {chk.numeric!r} vs BPTT {chk.analytic!r} "
+            f"(|diff| {chk.abs_error:.2e} > {bound:.2e}); config={case}")
+
+
+# ------------------------------------------------------------------ the checks can fail
+def _one_case():
+    model = RNN(3, 4, num_layers=2, bidirectional=True, dtype=np.float64, seed=0)
+    rng = np.random.default_rng(0)
+    x, h0 = rng.standard_normal((5, 2, 3)), rng.standard_normal((4, 2, 4))
+    g_out, g_hn = rng.standard_normal((5, 2, 8)), rng.standard_normal((4, 2, 4))
+    return model, x, h0, g_out, g_hn
+
+
+def _scaled(fn, factor):
+    def broken(*args, **kwargs):
+        res = fn(*args, **kwargs)
+        return tuple(r * factor if isinstance(r, np.ndarray) else r for r in res)
+    return broken
+
+
+@pytest.mark.parametrize("mutation", ["scale_weight_grads", "drop_recurrent_term", "wrong_derivative"])
+def test_a_broken_backward_is_caught_by_both_oracles(monkeypatch, mutation):
+    """Mutate BPTT by hand: torch comparison and finite differences must both go red."""
+    if mutation == "scale_weight_grads":
+        monkeypatch.setattr(F, "weight_gradients", _scaled(F.weight_gradients, 1.0001))
+    elif mutation == "drop_recurrent_term":  # forget δ W_hh: truncated BPTT of length 1
+        orig = F.step_backward
+
+        def no_recurrence(g, cache, w_hh, nonlinearity, delta_out=None, dh_prev_out=None):
+            delta, dh = orig(g, cache, w_hh, nonlinearity, delta_out, dh_prev_out)
+            dh[...] = 0
+            return delta, dh
+        monkeypatch.setattr(F, "step_backward", no_recurrence)
+    else:  # tanh'(a) written as 1 - h instead of 1 - h²
+        def wrong(g, h, nonlinearity, out=None):
+            return np.multiply(g, 1 - h, out=out)
+        monkeypatch.setattr(F, "activation_backward", wrong)
+
+    model, x, h0, g_out, g_hn = _one_case()
+    model(x, h0)
+    model.zero_grad()
+    gx, gh0 = model.backward(g_out, g_hn)
+    ref = run_torch(model, x, h0, None, g_out, g_hn)
+    failures = 0
+    for name, mine, theirs in [("grad_x", gx, ref["grad_x"]), ("grad_h0", gh0, ref["grad_h0"])] + [
+            (k, model.grads[k], ref["grads"][k]) for k in ref["grads"]]:
+        try:
+            assert_close(mine, theirs, name=name)
+        except AssertionError:
+            failures += 1
+    assert failures > 0, f"{mutation}: the torch comparison did not notice"
+    checks = rnn_directional_checks(model, x, h0)
+    assert any(c.rel_error > 1e-5 for c in checks), f"{mutation}: finite differences did not notice"
+
+
+# ------------------------------------------------------------------ metamorphic relations
+@given(rnn_cases(allow_unbatched=False), st.data())
+def test_two_chunks_with_carried_state_equal_one_run(case, data):
+    if case.steps < 2:
+        case.steps = 2
+    case.lengths = None
+    model = case.model(np.float64).eval()
+    x, h0, _, _, _ = case.arrays(model)
+    if model.bidirectional:  # a carried state only makes sense one way
+        model = RNN(case.input_size, case.hidden_size, case.num_layers, case.nonlinearity, case.bias,
+                    case.batch_first, dtype=np.float64, seed=case.seed)
+        h0 = None
+    k = data.draw(st.integers(1, case.steps - 1), label="split")
+    ax = 1 if case.batch_first else 0
+    whole, hn = model(x, h0)
+    first, h_mid = model(np.take(x, range(k), axis=ax), h0)
+    second, hn2 = model(np.take(x, range(k, case.steps), axis=ax), h_mid)
+    assert_close(np.concatenate([first, second], axis=ax), whole, name="output (chunked)", config=case)
+    assert_close(hn2, hn, name="h_n (chunked)", config=case)
+
+
+@given(rnn_cases(allow_unbatched=False))
+def test_each_sequence_alone_equals_its_row_of_the_padded_batch(case):
+    model = case.model(np.float64).eval()
+    x, h0, lengths, g_out, g_hn = case.arrays(model)
+    if lengths is None:
+        lengths = np.full(case.batch, case.steps)
+    out, h_n = model(x, h0, lengths)
+    model.zero_grad()
+    gx, gh0 = model.backward(g_out, g_hn)
+    bf = case.batch_first
+    for b in range(case.batch):
+        n = int(lengths[b])
+        xb = x[b, :n] if bf else x[:n, b]
+        h0b = None if h0 is None else h0[:, b]
+        ob, hb = model(xb, h0b)  # unbatched, exactly its valid steps
+        row = out[b] if bf else out[:, b]
+        assert_close(row[:n], ob, name=f"output of sequence {b} alone", config=case)
+        assert not row[n:].any(), f"padded outputs of sequence {b} are not zero; config={case}"
+        assert_close(h_n[:, b], hb, name=f"h_n of sequence {b} alone", config=case)
+        gb = g_out[b, :n] if bf else g_out[:n, b]
+        gxb, gh0b = model.backward(gb, None if g_hn is None else g_hn[:, b])
+        grow = gx[b] if bf else gx[:, b]
+        assert_close(grow[:n], gxb, name=f"grad_x of sequence {b} alone", config=case)
+        assert not grow[n:].any(), f"padded steps of sequence {b} got gradient; config={case}"
+        assert_close(gh0[:, b], gh0b, name=f"grad_h0 of sequence {b} alone", config=case)
+
+
+@given(rnn_cases(max_layers=1, allow_unbatched=False))
+def test_reverse_direction_equals_forward_over_flipped_sequence(case):
+    case.bidirectional = True
+    case.lengths = None
+    bi = case.model(np.float64).eval()
+    x, _, _, _, _ = case.arrays(bi)
+    uni = RNN(case.input_size, case.hidden_size, 1, case.nonlinearity, case.bias, case.batch_first,
+              dtype=np.float64)
+    uni.load_state_dict({k.replace("_reverse", ""): v for k, v in bi.state_dict().items() if "reverse" in k})
+    ax = 1 if case.batch_first else 0
+    out_bi, hn_bi = bi(x)
+    out_rev, hn_rev = uni(np.flip(x, axis=ax))
+    H = case.hidden_size
+    assert_close(out_bi[..., H:], np.flip(out_rev, axis=ax), name="reverse output vs flipped forward", config=case)
+    assert_close(hn_bi[1], hn_rev[0], name="reverse h_n vs flipped forward", config=case)
+
+
+def test_batch_first_equals_time_major():
+    rng = np.random.default_rng(5)
+    a = RNN(3, 4, num_layers=2, bidirectional=True, dtype=np.float64, seed=1)
+    b = RNN(3, 4, num_layers=2, bidirectional=True, batch_first=True, dtype=np.float64, seed=1)
+    x = rng.standard_normal((6, 3, 3))
+    lengths = np.array([6, 2, 4])
+    oa, ha = a(x, lengths=lengths)
+    ob, hb = b(x.transpose(1, 0, 2), lengths=lengths)
+    assert_close(ob.transpose(1, 0, 2), oa, name="batch_first output")
+    assert_close(hb, ha, name="batch_first h_n")
+
+
+# ------------------------------------------------------------------ saturation edges
+@pytest.mark.parametrize("nonlinearity", ["tanh", "relu"])
+@pytest.mark.parametrize("scale", [50.0, 1e3, 1e6])
+def test_saturated_preactivations_stay_finite_and_match_torch(nonlinearity, scale):
+    model = RNN(3, 4, num_layers=2, nonlinearity=nonlinearity, bidirectional=True, dtype=np.float64, seed=0)
+    rng = np.random.default_rng(0)
+    if nonlinearity == "tanh":  # |a| >= scale everywhere: deep in saturation
+        for p in model.parameters().values():
+            p[...] = np.sign(rng.standard_normal(p.shape)) * scale
+    else:  # relu: large inputs, contracting recurrence, so values are large but finite
+        for name, p in model.parameters().items():
+            p[...] = rng.uniform(-0.3, 0.3, p.shape) / (1 if "ih" in name else 4)
+    x = rng.standard_normal((6, 2, 3)) * (1 if nonlinearity == "tanh" else scale)
+    g_out = rng.standard_normal((6, 2, 8))
+    out, h_n = model(x)
+    model.zero_grad()
+    gx, gh0 = model.backward(g_out)
+    for name, a in [("output", out), ("h_n", h_n), ("grad_x", gx), ("grad_h0", gh0)] + list(model.grads.items()):
+        assert np.all(np.isfinite(a)), f"{name} not finite at scale {scale}"
+    ref = run_torch(model, x, None, None, g_out, None)
+    assert_close(out, ref["output"], name="saturated output", config=(nonlinearity, scale))
+    assert_close(gx, ref["grad_x"], name="saturated grad_x", config=(nonlinearity, scale))
+    for k in ref["grads"]:
+        assert_close(model.grads[k], ref["grads"][k], name=f"saturated grad {k}", config=(nonlinearity, scale))
+
+
+def test_overflowing_relu_recurrence_is_reported_not_propagated():
+    model = RNN(2, 3, nonlinearity="relu", dtype=np.float32, seed=0)
+    for p in model.parameters().values():
+        p[...] = 1e4
+    with pytest.raises(FloatingPointError, match="time step"):
+        model(np.ones((20, 1, 2), dtype=np.float32))
