@@ -63,3 +63,10 @@ def assert_close(actual, expected, *, name: str, config=None, dtype=None, rtol=N
             f"{e64[idx]!r}) > {bound:.3e} = atol {tol['atol']:g} + rtol {tol['rtol']:g} * max|expected| "
             f"{scale:.3e}; relative error {rel_error(a64, e64):.3e}; config={config}"
         )
+
+
+def examples(fast: int, thorough: int) -> int:
+    """max_examples for an expensive property: ``fast`` under the fast profile, ``thorough`` under
+    the thorough one (read when the test module is collected, after the profile is loaded)."""
+    from hypothesis import settings
+    return thorough if settings.default.max_examples >= 100 else fast

@@ -1,61 +1,9 @@
 """Hypothesis strategies that draw an RNN configuration and its data together."""
 from __future__ import annotations
 
-from dataclasses import asdict, dataclass
-
-import numpy as np
 from hypothesis import strategies as st
 
-from scratch_rnn import RNN
-
-
-@dataclass
-class RNNCase:
-    """One drawn configuration plus everything random about its inputs (all seeded)."""
-
-    input_size: int
-    hidden_size: int
-    num_layers: int
-    bidirectional: bool
-    nonlinearity: str
-    bias: bool
-    batch_first: bool
-    unbatched: bool
-    batch: int
-    steps: int
-    lengths: tuple | None
-    with_h0: bool
-    with_grad_h_n: bool
-    dropout: float
-    seed: int
-
-    def model(self, dtype=np.float64) -> RNN:
-        return RNN(self.input_size, self.hidden_size, self.num_layers, self.nonlinearity, self.bias,
-                   self.batch_first, self.dropout, self.bidirectional, dtype=dtype, seed=self.seed)
-
-    def arrays(self, model: RNN):
-        """x, h0, lengths, cotangents, in the model's layout; biases randomised (not torch's tiny init)."""
-        rng = np.random.default_rng(self.seed + 1)
-        for name, p in model.parameters().items():  # wider than U(±1/√H): exercise saturation and relu
-            p[...] = rng.uniform(-1.2, 1.2, size=p.shape) / np.sqrt(max(1, p.shape[-1]) / 2)
-        T, B, I = self.steps, self.batch, self.input_size
-        LD = self.num_layers * (2 if self.bidirectional else 1)
-        if self.unbatched:
-            x_shape, h_shape = (T, I), (LD, self.hidden_size)
-        else:
-            x_shape = (B, T, I) if self.batch_first else (T, B, I)
-            h_shape = (LD, B, self.hidden_size)
-        x = rng.standard_normal(x_shape)
-        h0 = rng.standard_normal(h_shape) if self.with_h0 else None
-        lengths = None if self.lengths is None else np.array(self.lengths, dtype=np.int64)
-        out_dim = (2 if self.bidirectional else 1) * self.hidden_size
-        out_shape = x_shape[:-1] + (out_dim,)
-        g_out = rng.standard_normal(out_shape)
-        g_hn = rng.standard_normal(h_shape) if self.with_grad_h_n else None
-        return x, h0, lengths, g_out, g_hn
-
-    def __str__(self) -> str:
-        return str(asdict(self))
+from reference.cases import RNNCase
 
 
 @st.composite

@@ -4,20 +4,20 @@ from __future__ import annotations
 
 import numpy as np
 import pytest
-from hypothesis import given, settings
+from hypothesis import given, reject, settings
 from hypothesis import strategies as st
 
 import scratch_rnn.functional as F
 from reference.rnn import run_torch
 from scratch_rnn import RNN
-from scratch_rnn.gradcheck import rnn_directional_checks
-from tests.helpers import FD_TOLERANCE, assert_close
+from scratch_rnn.gradcheck import NonDifferentiableError, rnn_directional_checks
+from tests.helpers import FD_TOLERANCE, assert_close, examples
 from tests.strategies import rnn_cases
 
 
 # ------------------------------------------------------------------ finite differences
 @given(rnn_cases(max_layers=2, max_steps=5, max_batch=3, dropout=True))
-@settings(max_examples=40)
+@settings(max_examples=examples(40, 150))
 def test_bptt_matches_central_differences(case):
     model = case.model(np.float64)
     x, h0, lengths, _, _ = case.arrays(model)
@@ -29,7 +29,11 @@ def test_bptt_matches_central_differences(case):
     if model.dropout and model.num_layers > 1:  # FD needs the same masks on every forward
         model(x, h0, lengths)
         masks = model.dropout_masks
-    for i, chk in enumerate(rnn_directional_checks(model, x, h0, lengths, seed=case.seed, dropout_masks=masks)):
+    try:
+        checks = rnn_directional_checks(model, x, h0, lengths, seed=case.seed, dropout_masks=masks)
+    except NonDifferentiableError:
+        reject()  # e.g. relu, no bias, zero input and h0: a pre-activation is exactly 0
+    for i, chk in enumerate(checks):
         bound = FD_TOLERANCE["atol"] + FD_TOLERANCE["rtol"] * max(abs(chk.analytic), 1.0)
         assert chk.abs_error <= bound, (
             f"direction {i}: finite difference {chk.numeric!r} vs BPTT {chk.analytic!r} "
@@ -196,3 +200,17 @@ def test_overflowing_relu_recurrence_is_reported_not_propagated():
         p[...] = 1e4
     with pytest.raises(FloatingPointError, match="time step"):
         model(np.ones((20, 1, 2), dtype=np.float32))
+
+
+def test_finite_differences_skip_directions_that_cross_a_relu_kink():
+    """Place a relu pre-activation exactly at 0: every segment through it has a kink, so all
+    directions that move it must be rejected rather than reported as a BPTT error."""
+    from scratch_rnn.gradcheck import activation_pattern
+    model = RNN(1, 1, nonlinearity="relu", bias=False, dtype=np.float64)
+    model.load_state_dict({"weight_ih_l0": np.array([[1.0]]), "weight_hh_l0": np.array([[0.5]])})
+    x, h0 = np.array([[[1.0]], [[-0.5]]]), np.zeros((1, 1, 1))  # a_1 = 1 - 0.5 * 1 ... = 0 at step 2
+    x[1, 0, 0] = -0.5
+    model(x, h0)
+    assert activation_pattern(model) != ()
+    with pytest.raises(NonDifferentiableError, match="relu kink"):
+        rnn_directional_checks(model, x, h0, restrict_to=["input"])

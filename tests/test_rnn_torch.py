@@ -9,7 +9,7 @@ from hypothesis import strategies as st
 
 from reference.rnn import load_torch_state, run_torch, torch_twin
 from scratch_rnn import RNN
-from tests.helpers import assert_close
+from tests.helpers import assert_close, examples
 from tests.strategies import rnn_cases
 
 QUANTITIES = ("output", "h_n", "grad_x", "grad_h0")
@@ -60,13 +60,7 @@ def test_dropout_with_shared_masks_matches_torch(case, inject):
     """Inter-layer dropout: the scratch model's masks (drawn or injected) applied in torch too."""
     model = case.model(np.float64).train()
     x, h0, lengths, g_out, g_hn = case.arrays(model)
-    masks = None
-    if inject and case.num_layers > 1:
-        rng = np.random.default_rng(case.seed + 7)
-        T = case.steps
-        D = 2 if case.bidirectional else 1
-        masks = [rng.random((T, case.batch, D * case.hidden_size)) >= case.dropout
-                 for _ in range(case.num_layers - 1)]
+    masks = case.dropout_masks() if inject else None
     mine = run_scratch(model, x, h0, lengths, g_out, g_hn, dropout_masks=masks)
     used = model.dropout_masks
     if case.num_layers > 1 and case.dropout > 0:
@@ -79,7 +73,7 @@ def test_dropout_with_shared_masks_matches_torch(case, inject):
 
 
 @given(rnn_cases(allow_unbatched=False))
-@settings(max_examples=15)
+@settings(max_examples=examples(15, 60))
 def test_layerwise_oracle_equals_whole_nn_rnn(case):
     """The unrolled twin used for dropout is itself checked against nn.RNN run whole (all-ones masks)."""
     model = case.model(np.float64).eval()

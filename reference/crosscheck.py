@@ -1,0 +1,119 @@
+"""Cross-validation report: scratch_rnn.RNN against torch.nn.RNN and against finite differences.
+
+    python -m reference.crosscheck --cases 200 --seed 0
+
+Draws random configurations (every torch.nn.RNN option, variable lengths and dropout included),
+runs the scratch model and its torch twin on the same weights, inputs and random cotangents in
+float64, checks each gradient along a random direction by central differences, and prints per
+quantity the number of cases and the worst relative error against each oracle. Exits with
+status 1 when any error exceeds its threshold.
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+from collections import defaultdict
+
+import numpy as np
+from tabulate import tabulate
+from tqdm import tqdm
+
+from reference.cases import random_case
+from reference.rnn import run_torch
+from scratch_rnn.gradcheck import NonDifferentiableError, rnn_directional_checks
+
+TORCH_THRESHOLD = 1e-8  # relative, float64
+FD_THRESHOLD = 1e-5  # relative, central differences with eps = 1e-6
+
+
+def rel_error(a, b) -> float:
+    a, b = np.asarray(a, np.float64), np.asarray(b, np.float64)
+    if a.shape != b.shape:
+        return float("inf")
+    if a.size == 0:
+        return 0.0
+    return float(np.max(np.abs(a - b)) / max(np.max(np.abs(b)), np.finfo(np.float64).tiny))
+
+
+def param_kind(name: str) -> str:
+    """weight_hh_l2_reverse -> 'grad weight_hh': the table groups gradients by kind."""
+    return "grad " + name.split("_l")[0]
+
+
+def check_case(case) -> tuple[dict, dict]:
+    """Errors of one case: {quantity: worst rel error} against torch and against finite differences."""
+    model = case.model(np.float64)
+    x, h0, lengths, g_out, g_hn = case.arrays(model)
+    masks = case.dropout_masks()
+    out, h_n = model.forward(x, h0, lengths, dropout_masks=masks)
+    model.zero_grad()
+    grad_x, grad_h0 = model.backward(g_out, g_hn)
+    ref = run_torch(model, x, h0, lengths, g_out, g_hn, dropout_masks=masks)
+    vs_torch = {"output": rel_error(out, ref["output"]), "h_n": rel_error(h_n, ref["h_n"]),
+                "grad_x": rel_error(grad_x, ref["grad_x"]), "grad_h0": rel_error(grad_h0, ref["grad_h0"])}
+    for name, g in model.grads.items():
+        kind = param_kind(name)
+        vs_torch[kind] = max(vs_torch.get(kind, 0.0), rel_error(g, ref["grads"][name]))
+
+    if h0 is None:
+        h0 = np.zeros(ref["h_n"].shape)
+    vs_fd = {}
+    targets = [("grad_x", "input"), ("grad_h0", "h0")] + [(param_kind(n), n) for n in model.grads]
+    for i, (quantity, name) in enumerate(targets):
+        try:
+            checks = rnn_directional_checks(model, x, h0, lengths, n_directions=1, seed=case.seed + i,
+                                            dropout_masks=masks, restrict_to=[name])
+        except NonDifferentiableError:  # a relu pre-activation sits exactly at its kink
+            continue
+        vs_fd[quantity] = max(vs_fd.get(quantity, 0.0), max(c.rel_error for c in checks))
+    return vs_torch, vs_fd
+
+
+def main(argv=None) -> int:
+    parser = argparse.ArgumentParser(prog="python -m reference.crosscheck", description=__doc__,
+                                     formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--cases", type=int, default=200, help="random configurations to draw (default 200)")
+    parser.add_argument("--seed", type=int, default=0, help="seed of the configuration stream (default 0)")
+    parser.add_argument("--max-steps", type=int, default=12, help="longest sequence drawn (default 12)")
+    parser.add_argument("--json", metavar="PATH", help="also write the table and failures as JSON")
+    args = parser.parse_args(argv)
+    if args.cases < 1:
+        parser.error(f"--cases: expected a positive number, got {args.cases}")
+
+    rng = np.random.default_rng(args.seed)
+    worst_torch, worst_fd, counts = defaultdict(float), defaultdict(float), defaultdict(int)
+    failures = []
+    for _ in tqdm(range(args.cases), desc="cross-checking", unit="case"):
+        case = random_case(rng, max_steps=args.max_steps)
+        vs_torch, vs_fd = check_case(case)
+        for q, e in vs_torch.items():
+            counts[q] += 1
+            worst_torch[q] = max(worst_torch[q], e)
+            if not e <= TORCH_THRESHOLD:
+                failures.append(dict(quantity=q, oracle="torch", rel_error=e, case=str(case)))
+        for q, e in vs_fd.items():
+            worst_fd[q] = max(worst_fd[q], e)
+            if not e <= FD_THRESHOLD:
+                failures.append(dict(quantity=q, oracle="finite differences", rel_error=e, case=str(case)))
+
+    rows = [[q, counts[q], f"{worst_torch[q]:.2e}", f"{worst_fd[q]:.2e}" if q in worst_fd else "-"]
+            for q in counts]
+    print(f"\n{args.cases} random configurations, float64, seed {args.seed}")
+    print(tabulate(rows, headers=["quantity", "cases", "worst rel. error vs torch",
+                                  "worst rel. error vs finite differences"]))
+    print(f"thresholds: torch {TORCH_THRESHOLD:g}, finite differences {FD_THRESHOLD:g}")
+    if args.json:
+        with open(args.json, "w") as f:
+            json.dump(dict(cases=args.cases, seed=args.seed, rows=rows, failures=failures), f, indent=2)
+    if failures:
+        print(f"\n{len(failures)} MISMATCH(ES); first ones:", file=sys.stderr)
+        for f in failures[:5]:
+            print(f"  {f['quantity']} vs {f['oracle']}: {f['rel_error']:.3e} for {f['case']}", file=sys.stderr)
+        return 1
+    print("all quantities agree with both oracles")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
