@@ -3,7 +3,24 @@
 Nothing here imports torch: the torch twins live in the separate ``reference`` package.
 """
 from .functional import step_backward, step_forward
+from .layers import Embedding, Linear
+from .losses import (
+    BCEWithLogitsLoss,
+    CrossEntropyLoss,
+    MSELoss,
+    binary_cross_entropy_with_logits,
+    binary_cross_entropy_with_logits_backward,
+    cross_entropy,
+    cross_entropy_backward,
+    mse_loss,
+    mse_loss_backward,
+)
 from .rnn import RNN
 
-__all__ = ["RNN", "step_forward", "step_backward"]
+__all__ = [
+    "RNN", "Linear", "Embedding", "step_forward", "step_backward",
+    "mse_loss", "mse_loss_backward", "cross_entropy", "cross_entropy_backward",
+    "binary_cross_entropy_with_logits", "binary_cross_entropy_with_logits_backward",
+    "MSELoss", "CrossEntropyLoss", "BCEWithLogitsLoss",
+]
 __version__ = "0.1.0"

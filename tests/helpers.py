@@ -70,3 +70,17 @@ def examples(fast: int, thorough: int) -> int:
     the thorough one (read when the test module is collected, after the profile is loaded)."""
     from hypothesis import settings
     return thorough if settings.default.max_examples >= 100 else fast
+
+
+def numerical_grad(f, arr: np.ndarray, eps: float = 1e-6) -> np.ndarray:
+    """Central differences of the scalar ``f()`` w.r.t. every entry of ``arr`` (perturbed in place)."""
+    grad = np.zeros_like(arr, dtype=np.float64)
+    for idx in np.ndindex(*arr.shape):
+        orig = arr[idx]
+        arr[idx] = orig + eps
+        f_plus = f()
+        arr[idx] = orig - eps
+        f_minus = f()
+        arr[idx] = orig
+        grad[idx] = (f_plus - f_minus) / (2 * eps)
+    return grad

@@ -17,7 +17,7 @@ from hypothesis import strategies as st
 
 from reference.layers import embedding_twin, linear_twin, load_torch_state, run_embedding, run_linear
 from scratch_rnn.layers import Embedding, Linear
-from tests.helpers import FD_TOLERANCE, TOLERANCES, assert_close, rel_error
+from tests.helpers import FD_TOLERANCE, TOLERANCES, assert_close, rel_error, numerical_grad
 
 # Worst error vs torch per (quantity, dtype, kind), printed at teardown (pytest -s). kind "rel" is
 # max|diff| / max|expected|; where max|expected| is below 1e3 * atol (e.g. a saturated softmax whose
@@ -41,20 +41,6 @@ def check(actual, expected, *, name, config, dtype):
         key = (name, np.dtype(dtype).name, "rel" if meaningful else "abs")
         WORST[key] = max(WORST.get(key, 0.0), rel_error(actual, e) if meaningful else diff)
     assert_close(actual, expected, name=name, config=config, dtype=dtype)
-
-
-def numerical_grad(f, arr: np.ndarray, eps: float = 1e-6) -> np.ndarray:
-    """Central differences of the scalar ``f()`` w.r.t. every entry of ``arr`` (perturbed in place)."""
-    grad = np.zeros_like(arr, dtype=np.float64)
-    for idx in np.ndindex(*arr.shape):
-        orig = arr[idx]
-        arr[idx] = orig + eps
-        f_plus = f()
-        arr[idx] = orig - eps
-        f_minus = f()
-        arr[idx] = orig
-        grad[idx] = (f_plus - f_minus) / (2 * eps)
-    return grad
 
 
 # ----------------------------------------------------------------------------------------------
