@@ -1,0 +1,161 @@
+"""Initializers for the recurrent weights W_hh, with control of the quantity that decides whether
+gradients vanish or explode (see :mod:`scratch_rnn.diagnostics`): the largest singular value λ₁ or
+the spectral radius ρ.
+
+- ``torch_uniform``: torch.nn.RNN's default, every parameter U(-1/√H, 1/√H).
+- ``gaussian``: W_ij ~ N(0, 1/H) (optionally only ``nonzero_per_row`` entries per row, as in Pascanu
+  et al.'s "smart" tanh init), rescaled to a chosen λ₁ or ρ.
+- ``orthogonal``: a Haar-random orthogonal matrix (QR of a Gaussian matrix with the signs of R's
+  diagonal folded in), times a gain: every singular value equals the gain (Saxe et al. 2014).
+- ``identity``: gain · I, with zero biases for the IRNN of Le, Jaitly & Hinton (2015).
+
+Pure functions return new (H, H) arrays; :func:`init_rnn` writes them into every layer and direction
+of a :class:`scratch_rnn.RNN` in place (optimizers hold the live arrays).
+"""
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+
+import numpy as np
+
+from ._checks import check_positive_int
+
+__all__ = ["SCHEMES", "TARGETS", "RecurrentInit", "gaussian", "identity", "init_rnn", "orthogonal",
+           "recurrent_matrix", "rescale", "torch_uniform"]
+
+SCHEMES = ("torch_uniform", "gaussian", "orthogonal", "identity")
+TARGETS = ("singular_value", "spectral_radius")
+
+
+def _check_scale(name: str, value) -> float:
+    if isinstance(value, bool) or not isinstance(value, (int, float, np.floating, np.integer)) \
+            or not math.isfinite(value) or value < 0:
+        raise ValueError(f"{name}: expected a finite number >= 0, got {value!r}")
+    return float(value)
+
+
+def _rng(seed_or_rng) -> np.random.Generator:
+    if isinstance(seed_or_rng, np.random.Generator):
+        return seed_or_rng
+    return np.random.default_rng(seed_or_rng)
+
+
+def torch_uniform(shape, hidden_size: int, rng=None) -> np.ndarray:
+    """U(-1/√H, 1/√H) samples of ``shape`` (torch.nn.RNN's init of every parameter)."""
+    k = 1.0 / math.sqrt(check_positive_int("hidden_size", hidden_size))
+    return _rng(rng).uniform(-k, k, size=shape)
+
+
+def rescale(w: np.ndarray, value: float, target: str = "singular_value") -> np.ndarray:
+    """``w`` scaled so that its largest singular value (or spectral radius) equals ``value``."""
+    if target not in TARGETS:
+        raise ValueError(f"target: expected one of {TARGETS}, got {target!r}")
+    value = _check_scale("value", value)
+    w = np.asarray(w, dtype=np.float64)
+    if w.ndim != 2 or w.shape[0] != w.shape[1]:
+        raise ValueError(f"w: expected a square (H, H) matrix, got shape {w.shape}")
+    current = np.linalg.norm(w, 2) if target == "singular_value" else np.max(np.abs(np.linalg.eigvals(w)))
+    if current == 0:
+        raise ValueError(f"w: its {target.replace('_', ' ')} is 0, it cannot be rescaled to {value}")
+    return w * (value / current)
+
+
+def gaussian(hidden_size: int, rng=None, *, singular_value: float | None = None,
+             spectral_radius: float | None = None, nonzero_per_row: int | None = None) -> np.ndarray:
+    """W_ij ~ N(0, 1/H), then rescaled to the given largest singular value or spectral radius (at
+    most one; neither: left as drawn, λ₁ ≈ 2 and ρ ≈ 1 for large H). With ``nonzero_per_row``, all
+    but that many random entries of each row are zeroed before rescaling."""
+    H = check_positive_int("hidden_size", hidden_size)
+    if singular_value is not None and spectral_radius is not None:
+        raise ValueError("gaussian: expected at most one of singular_value and spectral_radius, got both")
+    rng = _rng(rng)
+    w = rng.standard_normal((H, H)) / math.sqrt(H)
+    if nonzero_per_row is not None:
+        k = check_positive_int("nonzero_per_row", nonzero_per_row)
+        if k > H:
+            raise ValueError(f"nonzero_per_row: expected at most hidden_size={H}, got {k}")
+        for row in w:
+            row[rng.permutation(H)[k:]] = 0.0
+    if singular_value is not None:
+        return rescale(w, singular_value, "singular_value")
+    if spectral_radius is not None:
+        return rescale(w, spectral_radius, "spectral_radius")
+    return w
+
+
+def orthogonal(hidden_size: int, rng=None, gain: float = 1.0) -> np.ndarray:
+    """gain · Q with Q Haar-distributed orthogonal: Q R = G (G Gaussian), Q ← Q diag(sign(diag R))."""
+    H = check_positive_int("hidden_size", hidden_size)
+    gain = _check_scale("gain", gain)
+    q, r = np.linalg.qr(_rng(rng).standard_normal((H, H)))
+    d = np.sign(np.diag(r))
+    d[d == 0] = 1.0
+    return gain * (q * d[None, :])
+
+
+def identity(hidden_size: int, gain: float = 1.0) -> np.ndarray:
+    """gain · I."""
+    return _check_scale("gain", gain) * np.eye(check_positive_int("hidden_size", hidden_size))
+
+
+@dataclass(frozen=True)
+class RecurrentInit:
+    """How to initialise an RNN's recurrent weights (and, optionally, the rest).
+
+    scheme: one of SCHEMES. scale: for ``gaussian`` and ``torch_uniform``, the value the ``target``
+    (λ₁ or ρ) is rescaled to (None: as drawn); for ``orthogonal`` and ``identity``, the gain (every
+    singular value and |eigenvalue| equals it; None means 1). zero_bias: set every bias to 0 (IRNN).
+    input_std: if set, W_ih ~ N(0, input_std²) (Le et al. use 0.001); else W_ih keeps torch's init.
+    """
+    scheme: str = "torch_uniform"
+    scale: float | None = None
+    target: str = "singular_value"
+    nonzero_per_row: int | None = None
+    zero_bias: bool = False
+    input_std: float | None = None
+
+    def __post_init__(self):
+        if self.scheme not in SCHEMES:
+            raise ValueError(f"scheme: expected one of {SCHEMES}, got {self.scheme!r}")
+        if self.target not in TARGETS:
+            raise ValueError(f"target: expected one of {TARGETS}, got {self.target!r}")
+        if self.scale is not None:
+            _check_scale("scale", self.scale)
+        if self.input_std is not None:
+            _check_scale("input_std", self.input_std)
+        if self.nonzero_per_row is not None and self.scheme != "gaussian":
+            raise ValueError(f"nonzero_per_row: only for scheme 'gaussian', got scheme {self.scheme!r}")
+
+
+def recurrent_matrix(config: RecurrentInit, hidden_size: int, rng=None) -> np.ndarray:
+    """One (H, H) W_hh drawn according to ``config``."""
+    rng = _rng(rng)
+    if config.scheme == "torch_uniform":
+        w = torch_uniform((hidden_size, hidden_size), hidden_size, rng)
+        return w if config.scale is None else rescale(w, config.scale, config.target)
+    if config.scheme == "gaussian":
+        key = "singular_value" if config.target == "singular_value" else "spectral_radius"
+        return gaussian(hidden_size, rng, nonzero_per_row=config.nonzero_per_row, **{key: config.scale})
+    gain = 1.0 if config.scale is None else config.scale
+    if config.scheme == "orthogonal":
+        return orthogonal(hidden_size, rng, gain)
+    return identity(hidden_size, gain)
+
+
+def init_rnn(model, config: RecurrentInit, seed=None):
+    """Initialise ``model`` (a :class:`scratch_rnn.RNN`) in place according to ``config``: every
+    ``weight_hh_l*`` from :func:`recurrent_matrix`, then biases and input weights if asked.
+    Returns the model."""
+    if not isinstance(config, RecurrentInit):
+        raise TypeError(f"config: expected a RecurrentInit, got {type(config).__name__}")
+    rng = _rng(seed)
+    params = model.parameters()
+    for name, p in params.items():
+        if name.startswith("weight_hh"):
+            p[...] = recurrent_matrix(config, p.shape[0], rng)
+        elif name.startswith("weight_ih") and config.input_std is not None:
+            p[...] = rng.normal(0.0, config.input_std, size=p.shape)
+        elif name.startswith("bias") and config.zero_bias:
+            p[...] = 0.0
+    return model
