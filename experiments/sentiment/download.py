@@ -100,6 +100,9 @@ def fetch_archive(dest: Path, *, url: str = URL, timeout: float = DEFAULT_TIMEOU
             reason = getattr(e, "reason", e)
             raise DownloadError(f"could not download {url}: {reason}. " + how_to_point_at_data()) from e
         _verify(tmp, md5, sha256, size)
+        mask = os.umask(0)
+        os.umask(mask)
+        os.chmod(tmp, 0o666 & ~mask)  # mkstemp's 0600 -> what open() would give
         os.replace(tmp, final)
         return final
     finally:

@@ -287,6 +287,7 @@ class TokenizedCorpus:
         try:
             with os.fdopen(fd, "wb") as f:
                 np.savez(f, **arrays)
+            _chmod_like_open(tmp)
             os.replace(tmp, path)
         finally:
             if os.path.exists(tmp):
@@ -300,6 +301,13 @@ class TokenizedCorpus:
             types = raw_types.split("\n") if raw_types else []
             corpus = cls(types, z["token_ids"], z["offsets"], TextConfig(**meta["config"]))
         return corpus, meta
+
+
+def _chmod_like_open(path) -> None:
+    """mkstemp makes 0600 files; give the renamed file the mode open() would (0666 & ~umask)."""
+    mask = os.umask(0)
+    os.umask(mask)
+    os.chmod(path, 0o666 & ~mask)
 
 
 def _texts_digest(texts: Sequence[str]) -> str:
@@ -447,6 +455,7 @@ class Vocab:
         try:
             with os.fdopen(fd, "w", encoding="utf-8") as f:
                 json.dump(payload, f, ensure_ascii=False)
+            _chmod_like_open(tmp)
             os.replace(tmp, path)
         finally:
             if os.path.exists(tmp):
