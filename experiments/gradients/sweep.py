@@ -39,8 +39,13 @@ def load_results(path: Path) -> list[dict]:
 
 
 def _append(path: Path, row: dict) -> None:
-    with open(path, "a") as f:
-        f.write(json.dumps(row) + "\n")
+    with open(path, "a+b") as f:
+        f.seek(0, os.SEEK_END)
+        if f.tell() > 0:  # a line cut by a crash must not swallow this row
+            f.seek(-1, os.SEEK_END)
+            if f.read(1) != b"\n":
+                f.write(b"\n")
+        f.write((json.dumps(row) + "\n").encode())
         f.flush()
         os.fsync(f.fileno())
 
@@ -72,15 +77,23 @@ def run_sweep(fn: Callable[[dict], dict], specs: Iterable[dict], table: Path, *,
         try:
             futures = {executor.submit(fn, s): s for s in todo}
             bar = tqdm(total=len(specs), initial=len(specs) - len(todo), desc=desc, disable=not progress)
+            saved = set()
+
+            def save(fut):
+                _append(table, {"trial_id": trial_id(futures[fut]), **futures[fut], **fut.result()})
+                saved.add(fut)
+                bar.update(1)
+
             try:
                 for fut in cf.as_completed(futures):
-                    spec = futures[fut]
-                    result = fut.result()  # a failed trial stops the sweep here
-                    _append(table, {"trial_id": trial_id(spec), **spec, **result})
-                    bar.update(1)
+                    save(fut)  # fut.result() raises for a failed trial: the sweep stops
             except BaseException:
                 for f in futures:
                     f.cancel()
+                # trials that finished meanwhile are kept (as_completed yields done futures in any order)
+                for f in futures:
+                    if f not in saved and f.done() and not f.cancelled() and f.exception() is None:
+                        save(f)
                 raise
             finally:
                 bar.close()

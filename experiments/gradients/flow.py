@@ -1,0 +1,211 @@
+"""Experiment 4, gradient flow in the sentiment model: ‖∂L/∂h_t‖ against the distance from each
+review's last token, on real IMDB batches, at initialization and after a short training, for tanh
+and relu and each initializer of ``scratch_rnn.init``.
+
+Model: ``scratch_rnn.models.SequenceModel`` (Embedding -> RNN -> the state at each review's last
+valid step -> Linear -> BCE with logits), float64, W_hh re-initialised by ``init.init_rnn``.
+Data: a random subset of the official IMDB train split (``experiments.sentiment.data.load_imdb``,
+the shared CSV by default), tokenised by the project's text pipeline with the whitespace tokenizer
+and no stopword removal (no NLTK data needed), the first ``max_len`` tokens kept; the probe batch
+and the accuracy set come from the test split. Training: Adam, global-norm clipping at 5.
+"""
+from __future__ import annotations
+
+import time
+from dataclasses import asdict, dataclass, replace
+
+import matplotlib.pyplot as plt
+import numpy as np
+import pandas as pd
+from tqdm.auto import tqdm
+
+from scratch_rnn import diagnostics as dg
+from scratch_rnn import init, optim
+from scratch_rnn.models import ModelConfig, SequenceModel
+
+from .common import markdown_table, result_dir, save_figure, write_csv, write_json, write_report
+
+INITS = {  # name -> RecurrentInit: λ₁ = 1 (or gain 1) for the three rescaled ones
+    "torch_uniform": init.RecurrentInit("torch_uniform"),
+    "gaussian": init.RecurrentInit("gaussian", scale=1.0),
+    "orthogonal": init.RecurrentInit("orthogonal", scale=1.0),
+    "identity": init.RecurrentInit("identity", scale=1.0, zero_bias=True),
+}
+
+
+@dataclass(frozen=True)
+class FlowConfig:
+    n_train: int = 4000
+    n_eval: int = 1000
+    probe: int = 64
+    max_len: int = 200
+    vocab: int = 10000
+    embedding: int = 32
+    hidden: int = 64
+    epochs: int = 2
+    batch: int = 32
+    lr: float = 2e-3
+    clip: float = 5.0
+    inits: tuple = tuple(INITS)
+    nonlinearities: tuple = ("tanh", "relu")
+    seed: int = 0
+    data: str | None = None
+
+
+QUICK = FlowConfig(n_train=64, n_eval=32, probe=8, max_len=20, vocab=300, embedding=8, hidden=8, epochs=1,
+                   batch=16, inits=("torch_uniform", "identity"))
+
+
+def load_data(cfg: FlowConfig):
+    """Encoded (ids, lengths, labels) for train, probe and eval; a dict of three triples + vocab size."""
+    from experiments.sentiment import data as sdata  # the IMDB pipeline (experiments/sentiment)
+    from experiments.sentiment import text as stext
+
+    frames = sdata.split_frames(sdata.load_imdb(cfg.data))
+    rng = np.random.default_rng(cfg.seed)
+    train = frames["train"].iloc[rng.choice(len(frames["train"]), cfg.n_train, replace=False)]
+    test_rows = rng.choice(len(frames["test"]), cfg.probe + cfg.n_eval, replace=False)
+    test = frames["test"].iloc[test_rows]
+    texts = list(train["review"]) + list(test["review"])
+    tcfg = stext.TextConfig(tokenizer="split", remove_stopwords=False, max_vocab=cfg.vocab, min_freq=2,
+                            max_len=cfg.max_len)
+    corpus = stext.preprocess(texts, tcfg, cache_dir=None, progress=False)
+    vocab = stext.build_vocab(corpus, np.arange(cfg.n_train), max_size=cfg.vocab, min_freq=2)
+    ids, lengths = stext.encode_corpus(corpus, vocab, cfg.max_len)
+    labels = np.concatenate([train["label"].to_numpy(), test["label"].to_numpy()])
+    parts = {"train": slice(0, cfg.n_train), "probe": slice(cfg.n_train, cfg.n_train + cfg.probe),
+             "eval": slice(cfg.n_train + cfg.probe, None)}
+    out = {k: (ids[s], lengths[s], labels[s]) for k, s in parts.items()}
+    return out, len(vocab), stext
+
+
+def build(cfg: FlowConfig, vocab_size: int, scheme: str, nonlinearity: str, seed: int) -> SequenceModel:
+    model = SequenceModel(ModelConfig(hidden_size=cfg.hidden, out_features=1, vocab_size=vocab_size,
+                                      embedding_dim=cfg.embedding, nonlinearity=nonlinearity, loss="bce",
+                                      padding_idx=0, dtype="float64", seed=seed))
+    init.init_rnn(model.rnn, INITS[scheme], seed=seed)
+    return model
+
+
+def probe_norms(model: SequenceModel, batch, stext):
+    """Per-distance gradient norms on the probe batch: (T, B) with NaN beyond each length."""
+    ids, lengths, labels = batch
+    x = stext.pad_batch(ids)
+    model.zero_grad()
+    model.forward_backward(x, labels[:, None].astype(np.float64), lengths)
+    norms = dg.grad_norms_by_distance(model.rnn.hidden_grads[0], lengths)
+    model.zero_grad()
+    return norms
+
+
+def accuracy(model, batch, stext, chunk=250) -> float:
+    ids, lengths, labels = batch
+    correct = 0
+    model.eval()
+    for s in range(0, len(ids), chunk):
+        out, _ = model(stext.pad_batch(ids[s:s + chunk]), lengths[s:s + chunk])
+        correct += int(((out[:, 0] > 0).astype(int) == labels[s:s + chunk]).sum())
+    model.train()
+    return correct / len(ids)
+
+
+def train(model, cfg: FlowConfig, batch, stext, seed: int) -> dict:
+    ids, lengths, labels = batch
+    opt = optim.Adam(model.parameters(), lr=cfg.lr)
+    rng = np.random.default_rng(seed)
+    losses, norms = [], []
+    for _ in range(cfg.epochs):
+        for x, ln, y in stext.iterate_batches(ids, lengths, labels, cfg.batch, rng):
+            model.zero_grad()
+            loss, _ = model.forward_backward(x, y[:, None].astype(np.float64), ln)
+            norms.append(optim.clip_grad_norm_(model.grads, cfg.clip))
+            opt.step(model.grads)
+            losses.append(loss)
+    tail = losses[-max(1, len(losses) // 5):]
+    return dict(train_loss_last20pct=float(np.mean(tail)), steps=len(losses),
+                grad_norm_median=float(np.median(norms)), clipped_fraction=float(np.mean(np.asarray(norms) > cfg.clip)))
+
+
+def _fit(norms: np.ndarray) -> dict:
+    try:
+        f = dg.fit_rate(np.arange(norms.shape[0]), norms)
+        return dict(log_rate=f.log_rate, factor=f.factor, r2=f.r2)
+    except ValueError:
+        return dict(log_rate=np.nan, factor=np.nan, r2=np.nan)
+
+
+def run(cfg: FlowConfig, out, progress: bool = True) -> dict:
+    t0 = time.time()
+    data, vocab_size, stext = load_data(cfg)
+    rows, curves = [], []
+    jobs = [(s, nl) for s in cfg.inits for nl in cfg.nonlinearities]
+    for k, (scheme, nl) in enumerate(tqdm(jobs, desc="flow", disable=not progress)):
+        seed = cfg.seed + k
+        model = build(cfg, vocab_size, scheme, nl, seed)
+        w = model.rnn.parameters()["weight_hh_l0"]
+        reg0 = dg.regime(w, nl)
+        row = dict(init=scheme, nonlinearity=nl, seed=seed, lambda1_init=reg0.lambda1, rho_init=reg0.spectral_radius,
+                   accuracy_init=accuracy(model, data["eval"], stext))
+        stages = [("init", probe_norms(model, data["probe"], stext))]
+        try:
+            row.update(train(model, cfg, data["train"], stext, seed))
+            row["diverged"] = False
+            stages.append(("trained", probe_norms(model, data["probe"], stext)))
+            row["accuracy_trained"] = accuracy(model, data["eval"], stext)
+        except FloatingPointError as exc:  # an overflowing relu recurrence: recorded, not hidden
+            row.update(diverged=True, error=str(exc)[:200], accuracy_trained=np.nan)
+        reg1 = dg.regime(w, nl)
+        row.update(lambda1_trained=reg1.lambda1, rho_trained=reg1.spectral_radius)
+        for stage, norms in stages:
+            fit = _fit(norms)
+            row.update({f"{stage}_{k_}": v for k_, v in fit.items()})
+            valid = np.sum(np.isfinite(norms), axis=1)
+            with np.errstate(all="ignore"):
+                med = np.nanmedian(np.where(norms > 0, norms, np.nan), axis=1)
+            curves.append(pd.DataFrame(dict(init=scheme, nonlinearity=nl, stage=stage,
+                                            distance=np.arange(norms.shape[0]), grad_norm_median=med,
+                                            samples=valid)))
+        rows.append(row)
+    df, curves = pd.DataFrame(rows), pd.concat(curves, ignore_index=True)
+    write_csv(out / "flow.csv", df)
+    write_csv(out / "curves.csv", curves)
+
+    fig, axes = plt.subplots(len(cfg.nonlinearities), 2, figsize=(11, 3.6 * len(cfg.nonlinearities)), squeeze=False)
+    for i, nl in enumerate(cfg.nonlinearities):
+        for j, stage in enumerate(("init", "trained")):
+            ax = axes[i, j]
+            for scheme in cfg.inits:
+                c = curves[(curves.init == scheme) & (curves.nonlinearity == nl) & (curves.stage == stage)]
+                c = c[c.samples >= max(1, cfg.probe // 4)]  # distances most of the probe reaches
+                ax.plot(c.distance, c.grad_norm_median, label=scheme)
+            ax.set_yscale("log")
+            ax.set_xlabel("distance from the review's last token (steps)")
+            ax.set_ylabel("median ‖∂L/∂h_t‖ (log)")
+            ax.set_title(f"{nl}, {'at initialization' if stage == 'init' else 'after training'}")
+            ax.grid(alpha=0.3, which="both")
+            ax.legend(fontsize=8)
+    save_figure(fig, out / "flow.png")
+
+    summary = dict(config=asdict(cfg), seconds=time.time() - t0, vocab_size=vocab_size,
+                   results=df.to_dict(orient="records"))
+    write_json(out / "summary.json", summary)
+    cols = [c for c in ["init", "nonlinearity", "lambda1_init", "rho_init", "init_factor", "accuracy_init",
+                        "trained_factor", "accuracy_trained", "lambda1_trained", "rho_trained", "diverged"]
+            if c in df]
+    write_report(out / "report.md", "Gradient flow in the IMDB sentiment model", [
+        ("Setup", f"SequenceModel: Embedding({vocab_size}, {cfg.embedding}) -> RNN(H={cfg.hidden}) -> last valid "
+                  f"state -> Linear -> BCE, float64. {cfg.n_train} random training reviews, first {cfg.max_len} "
+                  f"tokens (whitespace tokens, no stopword removal), {cfg.epochs} epoch(s) of Adam (lr {cfg.lr}, "
+                  f"batch {cfg.batch}, clip {cfg.clip}); probe batch: {cfg.probe} test reviews; accuracy on "
+                  f"{cfg.n_eval} other test reviews. Seeds {cfg.seed}..{cfg.seed + len(jobs) - 1}, one per model."),
+        ("Rates", "factor = exp(fitted per-step log-rate) of ‖∂L/∂h_(end-n)‖ against n, pooled over the probe "
+                  "batch (< 1: vanishing).\n\n" + markdown_table(df[cols])),
+        ("Plots", "flow.png: median gradient norm against distance, at initialization and after training."),
+    ])
+    return summary
+
+
+def main(args) -> dict:
+    cfg = QUICK if args.quick else FlowConfig()
+    cfg = replace(cfg, seed=args.seed, data=args.data)
+    return run(cfg, result_dir("flow", args.quick, args.out), progress=not args.no_progress)

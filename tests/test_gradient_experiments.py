@@ -1,0 +1,233 @@
+"""The gradient experiments: their math against torch (the cliff's BPTT, one training step of the
+pathological trials), the task generators against their definitions, the sweep engine's resume
+and Dask paths, and every experiment's --quick run end to end (the CI version)."""
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+import pytest
+import torch
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+from experiments.gradients import __main__ as cli
+from experiments.gradients import cliff, pathological, sweep, tasks
+from tests.helpers import assert_close
+
+
+# --------------------------------------------------------------------------------------------
+# The cliff: hand-written BPTT of x_t = w σ(x_{t-1}) + b against autograd
+# --------------------------------------------------------------------------------------------
+@given(w=st.floats(-8, 12), b=st.floats(-8, 4), steps=st.integers(1, 60), x0=st.floats(-1, 1),
+       target=st.floats(-1, 1))
+def test_cliff_gradient_matches_autograd(w, b, steps, x0, target):
+    loss, dw, db = cliff.loss_and_grad(w, b, steps, x0, target)
+    wt = torch.tensor(w, dtype=torch.float64, requires_grad=True)
+    bt = torch.tensor(b, dtype=torch.float64, requires_grad=True)
+    x = torch.tensor(x0, dtype=torch.float64)
+    for _ in range(steps):
+        x = wt * torch.sigmoid(x) + bt
+    ref = (x - target) ** 2
+    ref.backward()
+    config = dict(w=w, b=b, steps=steps, x0=x0, target=target)
+    assert_close(loss, ref.item(), name="cliff loss", config=config)
+    assert_close(np.array([dw, db]), np.array([wt.grad.item(), bt.grad.item()]), name="cliff gradient",
+                 config=config)
+
+
+def test_cliff_wall_is_steep_and_clipping_bounds_the_step():
+    cfg = cliff.CliffConfig(iters=150, starts=((6.5, -5.0),))
+    plain = cliff.descend(cfg, cfg.starts[0], None)
+    clipped = cliff.descend(cfg, cfg.starts[0], cfg.clip)
+    step = lambda p: np.hypot(np.diff(p.w), np.diff(p.b))  # noqa: E731
+    assert step(clipped).max() <= cfg.lr * cfg.clip * (1 + 1e-12)
+    assert plain.grad_norm.max() > 100 * np.median(plain.grad_norm)  # it hits the wall
+    assert step(plain).max() > 100 * cfg.lr * cfg.clip  # and is thrown
+
+
+# --------------------------------------------------------------------------------------------
+# Task generators (Pascanu et al.'s definitions)
+# --------------------------------------------------------------------------------------------
+@given(seed=st.integers(0, 2**31 - 1), length=st.integers(10, 120), batch=st.integers(1, 8))
+def test_adding_batch_follows_the_definition(seed, length, batch):
+    x, y = tasks.adding_batch(np.random.default_rng(seed), batch, length)
+    l = x.shape[0]
+    assert length <= l < length + max(1, int(0.1 * length)) and x.shape[1:] == (batch, 2)
+    for b in range(batch):
+        marks = np.flatnonzero(x[:, b, 0])
+        assert marks.size == 2, (seed, length, b)
+        p0, p1 = marks
+        assert p0 < int(0.1 * l) and int(0.1 * l) <= p1 < int(0.5 * l)
+        assert y[b, 0] == pytest.approx((x[p0, b, 1] + x[p1, b, 1]) / 2, abs=1e-15)
+    assert np.all((x[:, :, 1] >= 0) & (x[:, :, 1] < 1))
+
+
+@given(seed=st.integers(0, 2**31 - 1), length=st.integers(10, 120), batch=st.integers(1, 8))
+def test_temporal_order_batch_follows_the_definition(seed, length, batch):
+    x, y = tasks.temporal_order_batch(np.random.default_rng(seed), batch, length)
+    assert x.shape == (length, batch, 6) and np.all(x.sum(axis=2) == 1)
+    sym = x.argmax(axis=2)  # (T, B)
+    for b in range(batch):
+        rel = np.flatnonzero(sym[:, b] < 2)  # the two relevant symbols A/B
+        assert rel.size == 2
+        p0, p1 = rel
+        assert int(0.1 * length) <= p0 < 2 * int(0.1 * length)
+        assert int(0.5 * length) <= p1 < int(0.5 * length) + int(0.1 * length)
+        assert y[b] == sym[p0, b] + 2 * sym[p1, b]
+
+
+def test_task_errors_and_bad_arguments():
+    pred = np.array([[0.5], [0.7]])
+    target = np.array([[0.5 + 0.19], [0.7 + 0.21]])  # squared errors 0.0361 and 0.0441
+    np.testing.assert_array_equal(tasks.sample_errors("adding", pred, target), [False, True])
+    np.testing.assert_array_equal(tasks.sample_errors("temporal_order", np.eye(4)[[0, 3]], np.array([0, 2])),
+                                  [False, True])
+    with pytest.raises(ValueError, match="length: expected an integer >= 10"):
+        tasks.adding_batch(np.random.default_rng(0), 2, 9)
+    with pytest.raises(ValueError, match="task: expected one of"):
+        tasks.make_batch("copy", np.random.default_rng(0), 2, 20)
+
+
+# --------------------------------------------------------------------------------------------
+# One training step of a pathological trial against torch (nn.RNN + nn.Linear + loss + clip + SGD)
+# --------------------------------------------------------------------------------------------
+@pytest.mark.parametrize("task,method", [("adding", "sgd"), ("adding", "irnn"), ("temporal_order", "sgd_clip")])
+def test_train_step_matches_torch(task, method):
+    seed, hidden, length, clip = 3, 6, 12, (None if method == "sgd" else 0.05)
+    rnn, head = pathological.build(task, method, hidden, seed)
+    # randomise what the init zeroes, so that every gradient is exercised
+    rng = np.random.default_rng(seed)
+    for p in list(rnn.parameters().values()) + list(head.parameters().values()):
+        p += rng.normal(0, 0.1, p.shape)
+    twin = torch.nn.RNN(rnn.input_size, hidden, nonlinearity=rnn.nonlinearity, dtype=torch.float64)
+    lin = torch.nn.Linear(hidden, head.weight.shape[0], dtype=torch.float64)
+    with torch.no_grad():
+        for k, v in rnn.state_dict().items():
+            getattr(twin, k).copy_(torch.tensor(v))
+        lin.weight.copy_(torch.tensor(head.weight))
+        lin.bias.copy_(torch.tensor(head.bias))
+    x, y = tasks.make_batch(task, np.random.default_rng(seed + 1), 5, length)
+    params = {**{f"rnn.{k}": v for k, v in rnn.parameters().items()},
+              **{f"head.{k}": v for k, v in head.parameters().items()}}
+    opt = pathological.optim.SGD(params, lr=0.1)
+    loss, norm = pathological.train_step(task, rnn, head, opt, x, y, clip)
+
+    _, h_n = twin(torch.tensor(x))
+    out = lin(h_n[0])
+    ref_loss = (torch.nn.functional.mse_loss(out, torch.tensor(y)) if task == "adding"
+                else torch.nn.functional.cross_entropy(out, torch.tensor(y)))
+    ref_loss.backward()
+    tparams = {**{f"rnn.{k}": v for k, v in twin.named_parameters()},
+               **{f"head.{k}": v for k, v in lin.named_parameters()}}
+    ref_norm = torch.nn.utils.clip_grad_norm_(list(tparams.values()), clip if clip else float("inf"))
+    torch.optim.SGD(list(tparams.values()), lr=0.1).step()
+    config = dict(task=task, method=method, seed=seed, clip=clip)
+    assert_close(loss, ref_loss.item(), name="loss", config=config)
+    assert_close(norm, ref_norm.item(), name="pre-clip gradient norm", config=config)
+    for k, v in tparams.items():
+        assert_close(params[k], v.detach().numpy(), name=f"{k} after one step", config=config)
+
+
+# --------------------------------------------------------------------------------------------
+# The sweep engine
+# --------------------------------------------------------------------------------------------
+def logged_trial(spec: dict) -> dict:
+    """A trial that records each call and can be told to fail (module level: workers import it)."""
+    with open(spec["log"], "a") as f:
+        f.write(f"{spec['k']}\n")
+    if spec["k"] == spec.get("fail_at", -1) and Path(spec["log"] + ".fail").exists():
+        raise RuntimeError(f"trial {spec['k']} interrupted")
+    return dict(square=spec["k"] ** 2)
+
+
+def test_sweep_resumes_and_never_reruns_a_finished_trial(tmp_path):
+    log = str(tmp_path / "calls.log")
+    Path(log + ".fail").touch()
+    specs = [dict(k=k, log=log, fail_at=3) for k in range(6)]
+    table = tmp_path / "trials.jsonl"
+    with pytest.raises(RuntimeError, match="trial 3 interrupted"):
+        sweep.run_sweep(logged_trial, specs, table, workers=1, progress=False)
+    first = {r["k"] for r in sweep.load_results(table)}
+    assert 3 not in first and {0, 1, 2} <= first  # in order with one worker; the failure stopped it
+    Path(log + ".fail").unlink()
+    with open(table, "a") as f:
+        f.write('{"trial_id": "cut mid-wri')  # a line cut by a crash: ignored, not fatal
+    df = sweep.run_sweep(logged_trial, specs, table, workers=2, progress=False)
+    assert sorted(df.k) == list(range(6)) and list(df.sort_values("k").square) == [k * k for k in range(6)]
+    calls = pd.Series([int(v) for v in Path(log).read_text().split()]).value_counts()
+    for k in first:
+        assert calls[k] == 1, f"finished trial {k} ran {calls[k]} times"
+    again = sweep.run_sweep(logged_trial, specs, table, workers=2, progress=False)  # nothing left to run
+    assert len(again) == 6 and pd.Series([int(v) for v in Path(log).read_text().split()]).size == calls.sum()
+
+
+def test_sweep_runs_on_a_dask_cluster(tmp_path):
+    distributed = pytest.importorskip("distributed")
+    specs = [dict(k=k, log=str(tmp_path / "calls.log")) for k in range(4)]
+    with distributed.LocalCluster(n_workers=1, threads_per_worker=2, processes=False,
+                                  dashboard_address=None) as cluster, distributed.Client(cluster) as client:
+        df = sweep.run_sweep(logged_trial, specs, tmp_path / "dask.jsonl", scheduler=client, progress=False)
+        by_address = sweep.run_sweep(logged_trial, specs + [dict(k=9, log=specs[0]["log"])],
+                                     tmp_path / "dask.jsonl", scheduler=cluster.scheduler_address, progress=False)
+    assert sorted(df.k) == [0, 1, 2, 3] and sorted(by_address.k) == [0, 1, 2, 3, 9]
+    assert sorted(int(v) for v in Path(specs[0]["log"]).read_text().split()) == [0, 1, 2, 3, 9]
+
+
+# --------------------------------------------------------------------------------------------
+# Every experiment's --quick run, end to end
+# --------------------------------------------------------------------------------------------
+def _files(path: Path) -> set:
+    return {p.name for p in path.iterdir()}
+
+
+def test_spectrum_quick(tmp_path):
+    cli.main(["spectrum", "--quick", "--no-progress", "--out", str(tmp_path)])
+    assert {"spectrum.csv", "curves.csv", "transition.csv", "summary.json", "report.md",
+            "grad_norm_vs_distance.png", "rate_vs_lambda.png"} <= _files(tmp_path)
+    df = pd.read_csv(tmp_path / "spectrum.csv")
+    assert (df.max_product_over_bound <= 1 + 1e-9).all() and (df.max_grad_over_bound <= 1 + 1e-9).all()
+    assert (df.fit_log_rate <= df.bound_log_rate + 1e-9).all()  # measured rates never beat the bound
+    assert not json.loads((tmp_path / "summary.json").read_text())["bound_ever_exceeded"]
+
+
+def test_cliff_quick(tmp_path):
+    cli.main(["cliff", "--quick", "--no-progress", "--out", str(tmp_path)])
+    assert {"surface.csv", "paths.csv", "descent_summary.csv", "cliff.png", "descent.png", "report.md",
+            "summary.json"} <= _files(tmp_path)
+    s = pd.read_csv(tmp_path / "descent_summary.csv")
+    assert (s[s.method == "clipped"].max_step <= cliff.QUICK.lr * cliff.QUICK.clip * (1 + 1e-12)).all()
+
+
+def test_pathological_quick_and_resume(tmp_path):
+    cli.main(["pathological", "--quick", "--no-progress", "--workers", "2", "--out", str(tmp_path)])
+    assert {"trials.jsonl", "trials.csv", "success.csv", "success_vs_length.png", "report.md",
+            "summary.json"} <= _files(tmp_path)
+    p = pathological.PROTOCOLS["quick"]
+    df = pd.read_csv(tmp_path / "trials.csv")
+    assert len(df) == len(p.tasks) * len(p.lengths) * len(p.methods) * len(p.seeds)
+    before = (tmp_path / "trials.jsonl").read_text()
+    cli.main(["pathological", "--quick", "--no-progress", "--out", str(tmp_path)])  # all done: no new trial
+    assert (tmp_path / "trials.jsonl").read_text() == before
+
+
+def test_flow_quick(tmp_path):
+    pytest.importorskip("experiments.sentiment.text")
+    from experiments.sentiment import data as sdata
+
+    try:
+        sdata.resolve_source(None)
+    except (FileNotFoundError, ValueError) as exc:  # no IMDB copy on this machine
+        pytest.skip(f"IMDB data not found: {exc}")
+    cli.main(["flow", "--quick", "--no-progress", "--out", str(tmp_path)])
+    assert {"flow.csv", "curves.csv", "flow.png", "report.md", "summary.json"} <= _files(tmp_path)
+    df = pd.read_csv(tmp_path / "flow.csv")
+    assert len(df) == 4 and df.init_factor.between(0, 10).all()
+
+
+def test_cli_lists_every_experiment():
+    with pytest.raises(SystemExit):
+        cli.main(["nope"])
+    assert set(cli.EXPERIMENTS) == {"spectrum", "cliff", "pathological", "flow"}
