@@ -357,6 +357,7 @@ class Trainer:
         if not path:
             return
         if not self._csv_ready:  # (re)write from the history: a resumed run continues the file consistently
+            os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)
             with open(path, "w", newline="") as f:
                 w = csv.writer(f)
                 w.writerow(self._CSV_FIELDS)
