@@ -19,6 +19,11 @@ weight gradients are one GEMM each after it, so that only ``h_{t-1} W_hhᵀ`` (f
 
 Variable lengths follow torch's packed sequences: the batch is sorted by decreasing length, so
 at step t only the first ``batch_sizes[t]`` rows are active; the others are left untouched.
+
+Memory and speed (see docs/sections/performance.md): the projection of step t is written straight
+into the slot of the state buffer ``hs`` that h_t will occupy, and each step overwrites it in place,
+so the forward holds one (T + 1, B, H) array per layer and direction; inside the loops every
+result goes into a preallocated buffer (``out=``), and no step allocates an array of its own.
 """
 from __future__ import annotations
 
@@ -52,18 +57,23 @@ def activation_backward(g: np.ndarray, h: np.ndarray, nonlinearity: str,
 
 
 def step_forward(x_proj: np.ndarray, h_prev: np.ndarray, w_hh_t: np.ndarray, nonlinearity: str,
-                 out: np.ndarray | None = None):
+                 out: np.ndarray | None = None, work: np.ndarray | None = None):
     """One step: h = f(x_proj + h_prev W_hhᵀ).
 
     x_proj: (B, H), the step's input projection x_t W_ihᵀ + b_ih + b_hh;
     h_prev: (B, H); w_hh_t: (H, H), W_hhᵀ (a C-contiguous copy makes the GEMM faster);
-    out: (B, H) C-contiguous buffer for h, or None.
+    out: (B, H) C-contiguous buffer for h, or None; it may be ``x_proj`` itself (the projection is
+    then overwritten by h) provided ``work``, a (B, H) C-contiguous scratch buffer, is given.
     Returns (h, cache) with cache = (h_prev, h): f'(a) is recovered from h.
     """
     if out is None:
         out = np.empty_like(h_prev)
-    np.dot(h_prev, w_hh_t, out=out)
-    out += x_proj
+    if work is None:
+        np.dot(h_prev, w_hh_t, out=out)
+        out += x_proj
+    else:
+        np.dot(h_prev, w_hh_t, out=work)
+        np.add(x_proj, work, out=out)
     activation_forward(out, nonlinearity, out=out)
     return out, (h_prev, out)
 
@@ -88,72 +98,131 @@ def step_backward(g: np.ndarray, cache, w_hh: np.ndarray, nonlinearity: str,
 # --------------------------------------------------------------------------------------------
 # One layer, one direction, over the whole sequence
 # --------------------------------------------------------------------------------------------
-def input_projection(x: np.ndarray, w_ih: np.ndarray, b_ih, b_hh) -> np.ndarray:
-    """x W_ihᵀ + b_ih + b_hh for every step at once: (T, B, I) -> (T, B, H), one GEMM."""
+def input_projection(x: np.ndarray, w_ih: np.ndarray, b_ih, b_hh, out: np.ndarray | None = None) -> np.ndarray:
+    """x W_ihᵀ + b_ih + b_hh for every step at once: (T, B, I) -> (T, B, H), one GEMM.
+
+    out: optional C-contiguous (T, B, H) array to write into (e.g. a slice of the state buffer).
+    """
     T, B, I = x.shape
-    proj = np.dot(x.reshape(T * B, I), w_ih.T).reshape(T, B, w_ih.shape[0])
+    H = w_ih.shape[0]
+    if out is None:
+        out = np.empty((T, B, H), dtype=np.result_type(x, w_ih))
+    np.dot(x.reshape(T * B, I), w_ih.T, out=out.reshape(T * B, H))
     if b_ih is not None:
-        proj += b_ih + b_hh
-    return proj
+        out += b_ih + b_hh
+    return out
+
+
+def padding_mask(batch_sizes: np.ndarray, B: int) -> np.ndarray:
+    """(T, B) bool: True where row b is a padded step at time t (b >= batch_sizes[t])."""
+    return np.arange(B)[None, :] >= np.asarray(batch_sizes)[:, None]
 
 
 def sequence_forward(x_proj: np.ndarray, h0: np.ndarray, w_hh: np.ndarray, nonlinearity: str,
-                     batch_sizes: np.ndarray | None, reverse: bool) -> np.ndarray:
+                     batch_sizes: np.ndarray | None, reverse: bool, hs: np.ndarray | None = None) -> np.ndarray:
     """Run the recurrence over all steps.
 
     x_proj: (T, B, H) input projections; h0: (B, H); batch_sizes: (T,) active rows per step
     (rows sorted by decreasing length) or None when every sequence has length T.
+    hs: optional C-contiguous (T + 1, B, H) buffer for the result. ``x_proj`` may be its slice
+    ``hs[1:]`` (forward) or ``hs[:-1]`` (reverse), where h_t will go (what :func:`input_projection`
+    writes with ``out=``): each step then overwrites its own projection, and no second
+    (T, B, H) array is needed.
     Returns hs: (T + 1, B, H), the states with the initial one at the recurrence's start:
     forward: hs[0] = h0 and hs[t + 1] = h_t; reverse: hs[T] = h0 and hs[t] = h_t.
     Entries of hs at padded steps are zero, except that for the reverse direction the state
     feeding a sequence's first processed step (its own last valid step) is its h0.
     """
     T, B, H = x_proj.shape
-    hs = np.zeros((T + 1, B, H), dtype=x_proj.dtype)
+    if hs is None:
+        hs = np.empty((T + 1, B, H), dtype=x_proj.dtype)
+    states = hs[:-1] if reverse else hs[1:]  # states[t] = h_t
+    if not _same_view(states, x_proj):
+        states[...] = x_proj
+    if batch_sizes is not None:  # padded steps hold projections: zero them
+        states[padding_mask(batch_sizes, B)] = 0
     w_hh_t = np.ascontiguousarray(w_hh.T)
+    work = np.empty((B, H), dtype=hs.dtype)  # h_{t-1} W_hhᵀ, before it is added to the projection
+    step = step_forward
     if not reverse:
         hs[0] = h0
-        for t in range(T):
-            n = B if batch_sizes is None else batch_sizes[t]
-            step_forward(x_proj[t, :n], hs[t, :n], w_hh_t, nonlinearity, out=hs[t + 1, :n])
+        if batch_sizes is None:
+            for h_prev, h in zip(hs[:-1], states):  # the (B, H) views, made in C
+                step(h, h_prev, w_hh_t, nonlinearity, h, work)
+        else:
+            for t in range(T):
+                n = batch_sizes[t]
+                h = states[t, :n]
+                step(h, hs[t, :n], w_hh_t, nonlinearity, h, work[:n])
     else:
         hs[T] = h0
-        prev_n = 0 if batch_sizes is not None else B
-        for t in range(T - 1, -1, -1):
-            n = B if batch_sizes is None else batch_sizes[t]
-            if n > prev_n:  # sequences whose own last valid step is t start from their h0
-                hs[t + 1, prev_n:n] = h0[prev_n:n]
-            prev_n = n
-            step_forward(x_proj[t, :n], hs[t + 1, :n], w_hh_t, nonlinearity, out=hs[t, :n])
+        if batch_sizes is None:
+            for h, h_prev in zip(states[::-1], hs[:0:-1]):  # t = T-1 .. 0: h_t, h_{t+1}
+                step(h, h_prev, w_hh_t, nonlinearity, h, work)
+        else:
+            prev_n = 0
+            for t in range(T - 1, -1, -1):
+                n = batch_sizes[t]
+                if n > prev_n:  # sequences whose own last valid step is t start from their h0
+                    hs[t + 1, prev_n:n] = h0[prev_n:n]
+                prev_n = n
+                h = hs[t, :n]
+                step(h, hs[t + 1, :n], w_hh_t, nonlinearity, h, work[:n])
     return hs
+
+
+def _same_view(a: np.ndarray, b: np.ndarray) -> bool:
+    """a and b are the same elements of memory (same start, shape and strides)."""
+    return (a.shape == b.shape and a.strides == b.strides and a.dtype == b.dtype
+            and a.__array_interface__["data"][0] == b.__array_interface__["data"][0])
 
 
 def sequence_backward(grad_out: np.ndarray, grad_h_last: np.ndarray, hs: np.ndarray,
                       w_hh: np.ndarray, nonlinearity: str, batch_sizes: np.ndarray | None,
-                      reverse: bool, flush_below: float = 0.0):
+                      reverse: bool, flush_below: float = 0.0, *, hidden: np.ndarray | None = None,
+                      delta: np.ndarray | None = None):
     """BPTT through :func:`sequence_forward`.
 
-    grad_out: (T, B, H), dL/dh_t from above (the layer output); grad_h_last: (B, H), dL/d(final
-    state), the state each sequence reached last (h_n). hs: (T + 1, B, H) from the forward.
+    grad_out: (T, B, H), dL/dh_t from above (the layer output; any strides); grad_h_last: (B, H),
+    dL/d(final state), the state each sequence reached last (h_n). hs: (T + 1, B, H) from the forward.
     flush_below: when > 0, |g_t| entries below it are set to 0 (keeps subnormal floats, which are
-    many times slower, out of the loop in the vanishing regime; 0 disables it).
+    many times slower on some CPUs, out of the loop in the vanishing regime; 0 disables it).
+    hidden, delta: optional C-contiguous (T, B, H) buffers for the results (their padded
+    entries are set to zero here; the others are all overwritten).
     Returns (delta, grad_h0, hidden_grads):
     delta (T, B, H) = dL/da_t (zero at padded steps); grad_h0 (B, H);
     hidden_grads (T, B, H) = g_t, the total dL/dh_t (zero at padded steps).
     """
     T, B, H = grad_out.shape
-    delta = np.zeros_like(grad_out)
-    hidden = np.zeros_like(grad_out)
-    dh = np.array(grad_h_last, dtype=grad_out.dtype, copy=True)  # (B, H) running dL/dh
+    dtype = hs.dtype
+    if delta is None:
+        delta = np.empty((T, B, H), dtype=dtype)
+    if hidden is None:
+        hidden = np.empty((T, B, H), dtype=dtype)
+    if batch_sizes is not None:
+        pad = padding_mask(batch_sizes, B)
+        delta[pad] = 0
+        hidden[pad] = 0
+    dh = np.array(grad_h_last, dtype=dtype, copy=True)  # (B, H) running dL/dh
+    states = hs[:-1] if reverse else hs[1:]  # h_t
     order = range(T) if reverse else range(T - 1, -1, -1)
-    for t in order:
-        n = B if batch_sizes is None else batch_sizes[t]
-        g = hidden[t, :n]
-        np.add(dh[:n], grad_out[t, :n], out=g)
-        if flush_below > 0.0:
-            g[np.abs(g) < flush_below] = 0
-        h_t = hs[t, :n] if reverse else hs[t + 1, :n]
-        step_backward(g, (None, h_t), w_hh, nonlinearity, delta_out=delta[t, :n], dh_prev_out=dh[:n])
+    flush = flush_below > 0.0
+    step = step_backward
+    if batch_sizes is None:
+        rev = slice(None) if reverse else slice(None, None, -1)  # the loop's order
+        for g, g_out, h, d in zip(hidden[rev], grad_out[rev], states[rev], delta[rev]):
+            np.add(dh, g_out, out=g)
+            if flush:
+                g[np.abs(g) < flush_below] = 0
+            step(g, (None, h), w_hh, nonlinearity, d, dh)
+    else:
+        for t in order:
+            n = batch_sizes[t]
+            g = hidden[t, :n]
+            np.add(dh[:n], grad_out[t, :n], out=g)
+            if flush:
+                g[np.abs(g) < flush_below] = 0
+            step(g, (None, states[t, :n]), w_hh, nonlinearity, delta[t, :n], dh[:n])
     return delta, dh, hidden
 
 

@@ -229,30 +229,37 @@ class RNN:
         h_n = np.empty((L * D, B, H), dtype=self.dtype)
         cache_layers = []
         for layer in range(L):
-            out = np.empty((T, B, D * H), dtype=self.dtype)
             hs_dirs = []
             for d in range(D):
                 reverse = d == 1
-                proj = F.input_projection(layer_in, self._p("weight_ih", layer, d),
-                                          self._p("bias_ih", layer, d), self._p("bias_hh", layer, d))
+                # The projection goes straight into the slots of the states it will become.
+                hs = np.empty((T + 1, B, H), dtype=self.dtype)
+                proj = F.input_projection(layer_in, self._p("weight_ih", layer, d), self._p("bias_ih", layer, d),
+                                          self._p("bias_hh", layer, d), out=hs[:-1] if reverse else hs[1:])
                 with np.errstate(over="ignore", invalid="ignore"):  # overflow is reported below
-                    hs = F.sequence_forward(proj, h0[layer * D + d], self._p("weight_hh", layer, d),
-                                            self.nonlinearity, batch_sizes, reverse)
-                out[:, :, d * H:(d + 1) * H] = hs[:-1] if reverse else hs[1:]
+                    F.sequence_forward(proj, h0[layer * D + d], self._p("weight_hh", layer, d),
+                                       self.nonlinearity, batch_sizes, reverse, hs=hs)
                 if reverse:
                     h_n[layer * D + d] = hs[0]
-                    if batch_sizes is not None:  # padded steps output zero (the h0 copies were inputs only)
-                        _zero_padded(out[:, :, d * H:(d + 1) * H], batch_sizes)
                 elif batch_sizes is None:
                     h_n[layer * D + d] = hs[T]
                 else:  # each sequence's state at its own last valid step
                     h_n[layer * D + d] = hs[lengths_sorted, np.arange(B)]
                 hs_dirs.append(hs)
+            if D == 1:
+                out = hs_dirs[0][1:]  # the states themselves (a view): padded steps are already zero
+            else:
+                out = np.empty((T, B, D * H), dtype=self.dtype)
+                out[:, :, :H] = hs_dirs[0][1:]
+                out[:, :, H:] = hs_dirs[1][:-1]
+                if batch_sizes is not None:  # padded steps output zero (the h0 copies were inputs only)
+                    out[:, :, H:][F.padding_mask(batch_sizes, B)] = 0
             check_finite_state(out, layer)
             keep = None
             if masks is not None and layer < L - 1:
                 keep = masks[layer] if perm is None else masks[layer][:, perm]
-                next_in = out * keep * self._dropout_scale()
+                next_in = np.multiply(out, keep, dtype=self.dtype)
+                next_in *= self._dropout_scale()
             else:
                 next_in = out
             cache_layers.append((layer_in, hs_dirs, keep))
@@ -263,6 +270,8 @@ class RNN:
             inv = np.argsort(perm)
             output = output[:, inv]
             h_n = h_n[:, inv]
+        elif D == 1 and not (batched and self.batch_first):
+            output = output.copy()  # not a view of the states backward reads: the caller may write into it
         self._cache = dict(layers=cache_layers, perm=perm, batch_sizes=batch_sizes, T=T, B=B,
                            batched=batched, lengths=lengths)
         return self._to_layout(output, batched), (h_n if batched else h_n[:, 0])
@@ -321,23 +330,23 @@ class RNN:
                 d_hn = d_hn[:, None]
         if perm is not None:
             d_out, d_hn = d_out[:, perm], d_hn[:, perm]
-        d_out = np.ascontiguousarray(d_out)
 
         flush = FLUSH_BELOW[self.dtype]
         new_grads = {}
         grad_h0 = np.empty((L * D, B, H), dtype=self.dtype)
         hidden = np.empty((L * D, T, B, H), dtype=self.dtype)
-        d_layer_out = d_out  # dL/d(output of the current layer), (T, B, D*H)
+        delta = np.empty((T, B, H), dtype=self.dtype)  # dL/da_t, reused by every layer and direction
+        d_layer_out = d_out  # dL/d(output of the current layer), (T, B, D*H), any strides
         for layer in range(L - 1, -1, -1):
             layer_in, hs_dirs, _ = c["layers"][layer]
             d_in = None
             for d in range(D):
                 reverse = d == 1
                 w_ih = self._p("weight_ih", layer, d)
-                delta, dh0, hg = F.sequence_backward(
-                    np.ascontiguousarray(d_layer_out[:, :, d * H:(d + 1) * H]), d_hn[layer * D + d],
-                    hs_dirs[d], self._p("weight_hh", layer, d), self.nonlinearity, batch_sizes,
-                    reverse, flush)
+                _, dh0, _ = F.sequence_backward(
+                    d_layer_out[:, :, d * H:(d + 1) * H], d_hn[layer * D + d], hs_dirs[d],
+                    self._p("weight_hh", layer, d), self.nonlinearity, batch_sizes, reverse, flush,
+                    hidden=hidden[layer * D + d], delta=delta)
                 dw_ih, dw_hh, db = F.weight_gradients(delta, layer_in, hs_dirs[d], reverse, self.bias)
                 sfx = f"_l{layer}{'_reverse' if reverse else ''}"
                 new_grads["weight_ih" + sfx], new_grads["weight_hh" + sfx] = dw_ih, dw_hh
@@ -345,14 +354,17 @@ class RNN:
                     new_grads["bias_ih" + sfx] = db
                     new_grads["bias_hh" + sfx] = db
                 grad_h0[layer * D + d] = dh0
-                hidden[layer * D + d] = hg
                 dx = np.dot(delta.reshape(T * B, H), w_ih).reshape(T, B, w_ih.shape[1])  # δ W_ih
-                d_in = dx if d_in is None else d_in + dx
+                if d_in is None:
+                    d_in = dx
+                else:
+                    d_in += dx
             if layer > 0:
                 keep = c["layers"][layer - 1][2]
-                d_layer_out = d_in * keep * self._dropout_scale() if keep is not None else d_in
-            else:
-                d_layer_out = d_in
+                if keep is not None:  # in place: d_in is this backward's own array
+                    np.multiply(d_in, keep, out=d_in)
+                    d_in *= self._dropout_scale()
+            d_layer_out = d_in
 
         for name, g in new_grads.items():
             if not np.all(np.isfinite(g)):
@@ -378,12 +390,6 @@ def check_finite_state(out: np.ndarray, layer: int) -> None:
             f"forward: the hidden state of layer {layer} became non-finite at time step {t} although the "
             "inputs were finite: the recurrence overflowed (relu with large recurrent weights); lower the "
             "weights' scale, use float64, or use tanh")
-
-
-def _zero_padded(out_dir: np.ndarray, batch_sizes: np.ndarray) -> None:
-    """Zero out[t, n_t:] for every step (rows sorted by decreasing length)."""
-    for t, n in enumerate(batch_sizes):
-        out_dir[t, n:] = 0
 
 
 def _to_numpy(v):

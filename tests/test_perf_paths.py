@@ -1,0 +1,286 @@
+"""The fast paths of scratch_rnn equal the simple ones, and the float32 subnormal flush keeps parity.
+
+Correctness only: nothing here is timed (``python -m benchmarks.rnn`` measures speed). The fast paths
+are the in-place forward (projection written into the state buffer and overwritten step by step),
+preallocated and reused backward buffers, the full-batch iteration path, strided cotangents, the
+in-place dropout and the one-reduction finiteness check.
+"""
+from __future__ import annotations
+
+import numpy as np
+import pytest
+
+import scratch_rnn.functional as F
+import scratch_rnn.rnn as rnn_module
+from reference.rnn import run_torch
+from scratch_rnn import RNN
+from tests.helpers import assert_close
+
+TINY32 = float(np.finfo(np.float32).tiny)
+
+
+def _layer(rng, B=3, T=6, I=4, H=5, dtype=np.float64, scale=0.6):
+    x = rng.standard_normal((T, B, I)).astype(dtype)
+    w_ih = (rng.uniform(-1, 1, (H, I)) * scale).astype(dtype)
+    w_hh = (rng.uniform(-1, 1, (H, H)) * scale).astype(dtype)
+    b_ih, b_hh = rng.standard_normal(H).astype(dtype), rng.standard_normal(H).astype(dtype)
+    h0 = rng.standard_normal((B, H)).astype(dtype)
+    return x, w_ih, w_hh, b_ih, b_hh, h0
+
+
+def _batch_sizes(lengths, T):
+    lengths = np.sort(np.asarray(lengths))[::-1]
+    return (lengths[None, :] > np.arange(T)[:, None]).sum(axis=1)
+
+
+def naive_layer(x, h0, w_ih, w_hh, b_ih, b_hh, nonlinearity, grad_out, grad_h_last, reverse):
+    """Textbook BPTT of one full-length layer: fresh arrays, per-step sums, no buffers."""
+    f = np.tanh if nonlinearity == "tanh" else (lambda a: np.maximum(a, 0))
+    T = x.shape[0]
+    order = list(range(T))[::-1] if reverse else list(range(T))
+    h, hs = h0, {}
+    prev = {}
+    for t in order:
+        prev[t] = h
+        h = f(x[t] @ w_ih.T + b_ih + h @ w_hh.T + b_hh)
+        hs[t] = h
+    dW_ih, dW_hh, db = np.zeros_like(w_ih), np.zeros_like(w_hh), np.zeros_like(b_ih)
+    dx, gs = np.zeros_like(x), np.zeros((T,) + h0.shape)
+    dh = grad_h_last
+    for t in order[::-1]:
+        g = grad_out[t] + dh
+        gs[t] = g
+        d = g * (1 - hs[t] ** 2) if nonlinearity == "tanh" else g * (hs[t] > 0)
+        dW_ih += d.T @ x[t]
+        dW_hh += d.T @ prev[t]
+        db += d.sum(axis=0)
+        dx[t] = d @ w_ih
+        dh = d @ w_hh
+    return np.stack([hs[t] for t in range(T)]), gs, dh, dW_ih, dW_hh, db, dx
+
+
+# ------------------------------------------------------------------ one step
+@pytest.mark.parametrize("nonlinearity", ["tanh", "relu"])
+@pytest.mark.parametrize("dtype", [np.float32, np.float64])
+def test_step_forward_in_place_equals_out_of_place(nonlinearity, dtype):
+    rng = np.random.default_rng(0)
+    x_proj, h_prev = rng.standard_normal((2, 3, 5)).astype(dtype)
+    w_t = rng.standard_normal((5, 5)).astype(dtype)
+    h, (hp, h_again) = F.step_forward(x_proj, h_prev, w_t, nonlinearity)
+    buf = x_proj.copy()
+    h2, _ = F.step_forward(buf, h_prev, w_t, nonlinearity, out=buf, work=np.empty_like(buf))
+    assert h2 is buf and hp is h_prev and h_again is h
+    np.testing.assert_array_equal(h2, h)
+
+
+# ------------------------------------------------------------------ one layer
+@pytest.mark.parametrize("reverse", [False, True])
+@pytest.mark.parametrize("nonlinearity", ["tanh", "relu"])
+def test_layer_equals_textbook_bptt(reverse, nonlinearity):
+    rng = np.random.default_rng(1)
+    x, w_ih, w_hh, b_ih, b_hh, h0 = _layer(rng)
+    g_out = rng.standard_normal((x.shape[0],) + h0.shape)
+    g_last = rng.standard_normal(h0.shape)
+    proj = F.input_projection(x, w_ih, b_ih, b_hh)
+    hs = F.sequence_forward(proj, h0, w_hh, nonlinearity, None, reverse)
+    delta, gh0, hidden = F.sequence_backward(g_out, g_last, hs, w_hh, nonlinearity, None, reverse)
+    dw_ih, dw_hh, db = F.weight_gradients(delta, x, hs, reverse, True)
+    dx = np.einsum("tbh,hi->tbi", delta, w_ih)
+    ref = naive_layer(x, h0, w_ih, w_hh, b_ih, b_hh, nonlinearity, g_out, g_last, reverse)
+    states = hs[:-1] if reverse else hs[1:]
+    for name, mine, theirs in zip(("states", "hidden_grads", "grad_h0", "dW_ih", "dW_hh", "db", "dx"),
+                                  (states, hidden, gh0, dw_ih, dw_hh, db, dx), ref):
+        assert_close(mine, theirs, name=name, config=(reverse, nonlinearity), rtol=1e-12, atol=1e-14)
+
+
+@pytest.mark.parametrize("reverse", [False, True])
+@pytest.mark.parametrize("lengths", [None, (6, 6, 2), (5, 1, 3)])
+@pytest.mark.parametrize("dtype", [np.float32, np.float64])
+def test_forward_into_the_state_buffer_equals_separate_projection(reverse, lengths, dtype):
+    rng = np.random.default_rng(2)
+    x, w_ih, w_hh, b_ih, b_hh, h0 = _layer(rng, dtype=dtype)
+    T, B, _ = x.shape
+    bs = None if lengths is None else _batch_sizes(lengths, T)
+    separate = F.sequence_forward(F.input_projection(x, w_ih, b_ih, b_hh), h0, w_hh, "tanh", bs, reverse)
+    hs = np.full((T + 1, B, w_ih.shape[0]), np.nan, dtype=dtype)  # garbage must all be overwritten
+    proj = F.input_projection(x, w_ih, b_ih, b_hh, out=hs[:-1] if reverse else hs[1:])
+    assert np.shares_memory(proj, hs)
+    out = F.sequence_forward(proj, h0, w_hh, "tanh", bs, reverse, hs=hs)
+    assert out is hs
+    np.testing.assert_array_equal(hs, separate)
+    if bs is not None:  # padded steps are zero (the reverse direction's h0 slots aside)
+        states = hs[:-1] if reverse else hs[1:]
+        pad = F.padding_mask(bs, B)
+        if not reverse:
+            assert not states[pad].any()
+
+
+@pytest.mark.parametrize("reverse", [False, True])
+@pytest.mark.parametrize("nonlinearity", ["tanh", "relu"])
+def test_full_batch_path_equals_packed_path_with_full_lengths(reverse, nonlinearity):
+    """batch_sizes=None takes the iterator path; all-T batch_sizes the indexed one: same numbers."""
+    rng = np.random.default_rng(3)
+    x, w_ih, w_hh, b_ih, b_hh, h0 = _layer(rng, dtype=np.float32)
+    T, B, _ = x.shape
+    full = np.full(T, B)
+    g_out = rng.standard_normal((T,) + h0.shape).astype(np.float32)
+    g_last = rng.standard_normal(h0.shape).astype(np.float32)
+    res = []
+    for bs in (None, full):
+        hs = F.sequence_forward(F.input_projection(x, w_ih, b_ih, b_hh), h0, w_hh, nonlinearity, bs, reverse)
+        res.append((hs,) + F.sequence_backward(g_out, g_last, hs, w_hh, nonlinearity, bs, reverse, TINY32))
+    for a, b in zip(*res):
+        np.testing.assert_array_equal(a, b)
+
+
+@pytest.mark.parametrize("reverse", [False, True])
+@pytest.mark.parametrize("lengths", [None, (6, 2, 4)])
+def test_backward_into_dirty_reused_buffers_equals_fresh(reverse, lengths):
+    rng = np.random.default_rng(4)
+    x, w_ih, w_hh, b_ih, b_hh, h0 = _layer(rng)
+    T, B, H = x.shape[0], x.shape[1], h0.shape[1]
+    bs = None if lengths is None else _batch_sizes(lengths, T)
+    hs = F.sequence_forward(F.input_projection(x, w_ih, b_ih, b_hh), h0, w_hh, "tanh", bs, reverse)
+    g_full = rng.standard_normal((T, B, 3 * H))
+    g_out = g_full[:, :, H:2 * H]  # strided, as a bidirectional layer's slice or batch_first gives
+    g_last = rng.standard_normal((B, H))
+    fresh = F.sequence_backward(np.ascontiguousarray(g_out), g_last, hs, w_hh, "tanh", bs, reverse)
+    hidden = np.full((T, B, H), np.nan)
+    delta = np.full((T, B, H), np.nan)
+    reused = F.sequence_backward(g_out, g_last, hs, w_hh, "tanh", bs, reverse, hidden=hidden, delta=delta)
+    assert reused[0] is delta and reused[2] is hidden
+    for a, b in zip(fresh, reused):
+        np.testing.assert_array_equal(a, b)
+    if bs is not None:
+        pad = F.padding_mask(bs, B)
+        assert not hidden[pad].any() and not delta[pad].any()
+
+
+# ------------------------------------------------------------------ the model
+def _model_case(dtype, **kw):
+    model = RNN(3, 4, dtype=dtype, seed=0, **kw)
+    rng = np.random.default_rng(5)
+    T, B = 6, 3
+    x = rng.standard_normal((B, T, 3) if kw.get("batch_first") else (T, B, 3)).astype(dtype)
+    return model, x, rng
+
+
+@pytest.mark.parametrize("kw", [dict(), dict(num_layers=2), dict(bidirectional=True)])
+def test_writing_into_the_output_does_not_change_the_gradients(kw):
+    """The output is the caller's: in-place edits of it must not reach the states backward reads."""
+    model, x, rng = _model_case(np.float64, **kw)
+    out, _ = model(x)
+    g = rng.standard_normal(out.shape)
+    gx, gh0 = model.backward(g)
+    expected = {k: v.copy() for k, v in model.grads.items()}
+    model.zero_grad()
+    out, _ = model(x)
+    out *= 100.0
+    out[...] = np.nan
+    gx2, gh02 = model.backward(g)
+    np.testing.assert_array_equal(gx2, gx)
+    np.testing.assert_array_equal(gh02, gh0)
+    for k in expected:
+        np.testing.assert_array_equal(model.grads[k], expected[k])
+
+
+def test_batch_first_strided_cotangent_equals_time_major_contiguous():
+    a, x, rng = _model_case(np.float32)
+    b = RNN(3, 4, dtype=np.float32, seed=0, batch_first=True)
+    g = rng.standard_normal((6, 3, 4)).astype(np.float32)
+    a(x)
+    gxa, gha = a.backward(g)
+    b(x.transpose(1, 0, 2))
+    gxb, ghb = b.backward(np.ascontiguousarray(g.transpose(1, 0, 2)))
+    np.testing.assert_array_equal(gxb.transpose(1, 0, 2), gxa)
+    np.testing.assert_array_equal(ghb, gha)
+    np.testing.assert_array_equal(b.hidden_grads, a.hidden_grads)
+    for k in a.grads:
+        np.testing.assert_array_equal(b.grads[k], a.grads[k])
+
+
+def test_in_place_dropout_equals_the_formula():
+    """Layer 1 reads out_0 * keep / (1 - p), and its gradient flows back through the same mask."""
+    model = RNN(3, 4, num_layers=2, dropout=0.4, dtype=np.float64, seed=0)
+    rng = np.random.default_rng(6)
+    x = rng.standard_normal((5, 2, 3))
+    keep = rng.random((5, 2, 4)) >= 0.4
+    model(x, dropout_masks=[keep])
+    layer0_out = model._cache["layers"][0][1][0][1:]
+    layer1_in = model._cache["layers"][1][0]
+    np.testing.assert_array_equal(layer1_in, layer0_out * keep * (1 / 0.6))
+
+
+@pytest.mark.parametrize("bad", [np.nan, np.inf, -np.inf])
+def test_finiteness_check_sees_every_non_finite_value(bad):
+    out = np.zeros((4, 2, 3))
+    rnn_module.check_finite_state(out, 0)
+    out[2, 1, 0] = bad
+    with pytest.raises(FloatingPointError, match="time step 2"):
+        rnn_module.check_finite_state(out, 0)
+
+
+# ------------------------------------------------------------------ the subnormal flush
+def _vanishing_case(T=220, B=3, I=2, H=8):
+    """float32, loss on the last step only, W_hh = 0.5 · orthogonal: |dL/dh_t| halves every step
+    going back, so it crosses float32's smallest normal (2^-126) about 126 steps before the end."""
+    model = RNN(I, H, dtype=np.float32, seed=0)
+    rng = np.random.default_rng(7)
+    q, _ = np.linalg.qr(rng.standard_normal((H, H)))
+    model.parameters()["weight_hh_l0"][...] = 0.5 * q
+    model.parameters()["weight_ih_l0"][...] *= 0.1  # small inputs: tanh stays near linear
+    x = rng.standard_normal((T, B, I)).astype(np.float32)
+    g = np.zeros((T, B, H), dtype=np.float32)
+    g[-1] = rng.standard_normal((B, H))
+    return model, x, g
+
+
+def _run(model, x, g):
+    model(x)
+    model.zero_grad()
+    gx, gh0 = model.backward(g)
+    return dict(grad_x=gx, grad_h0=gh0, hidden=model.hidden_grads.copy(),
+                grads={k: v.copy() for k, v in model.grads.items()})
+
+
+def _subnormal(a):
+    a = np.abs(np.asarray(a))
+    return (a > 0) & (a < TINY32)
+
+
+def test_flush_removes_subnormals_and_changes_nothing_else(monkeypatch):
+    model, x, g = _vanishing_case()
+    flushed = _run(model, x, g)
+    monkeypatch.setitem(rnn_module.FLUSH_BELOW, np.dtype(np.float32), 0.0)
+    exact = _run(model, x, g)
+    assert _subnormal(exact["hidden"]).any(), "the case must reach the subnormal range, or it tests nothing"
+    assert not _subnormal(flushed["hidden"]).any()
+    # The flush only ever drops entries below 2^-126: every difference is far below float32's resolution
+    # of anything of order one, and everything above the subnormal range is bit for bit unchanged.
+    big = np.abs(exact["hidden"]) >= 2.0 ** -100
+    np.testing.assert_array_equal(flushed["hidden"][big], exact["hidden"][big])
+    assert np.max(np.abs(flushed["hidden"] - exact["hidden"])) < 2.0 ** -100
+    for k in exact["grads"]:
+        assert_close(flushed["grads"][k], exact["grads"][k], name=k, rtol=1e-6, atol=1e-30)
+    assert_close(flushed["grad_x"], exact["grad_x"], name="grad_x", rtol=1e-6, atol=1e-30)
+
+
+def test_flushed_float32_vanishing_regime_matches_torch_float64():
+    model, x, g = _vanishing_case()
+    mine = _run(model, x, g)
+    ref = run_torch(model, x, None, None, g, None)  # the float64 oracle
+    assert_close(mine["grad_x"], ref["grad_x"], name="grad_x", dtype=np.float32)
+    assert_close(mine["grad_h0"], ref["grad_h0"], name="grad_h0", dtype=np.float32)
+    for k in ref["grads"]:
+        assert_close(mine["grads"][k], ref["grads"][k], name=f"grad of {k}", dtype=np.float32)
+
+
+def test_float64_is_never_flushed():
+    assert rnn_module.FLUSH_BELOW[np.dtype(np.float64)] == 0.0
+    model = RNN(2, 3, dtype=np.float64, seed=0)
+    x = np.ones((3, 1, 2))
+    model(x)
+    g = np.zeros((3, 1, 3))
+    g[-1] = 1e-310  # a float64 subnormal survives
+    model.backward(g)
+    assert model.hidden_grads[0, -1, 0, 0] == 1e-310
