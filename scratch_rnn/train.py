@@ -452,7 +452,9 @@ def main(argv=None) -> int:
     """
     from .models import ModelConfig, SequenceModel
 
-    parser = argparse.ArgumentParser(prog="python -m scratch_rnn.train", description=main.__doc__.split("\n")[0])
+    parser = argparse.ArgumentParser(
+        prog="python -m scratch_rnn.train",
+        description="Train a SequenceModel. Exit status: 0 done, 1 stopped on NaN/inf (see on_nonfinite), 2 bad input.")
     parser.add_argument("--data", required=True, help=".npz with x, y and optionally lengths")
     parser.add_argument("--model", required=True, help="JSON file with a ModelConfig")
     parser.add_argument("--train", required=True, help="JSON file with a TrainConfig")
