@@ -2,6 +2,7 @@
 
 Nothing here imports torch: the torch twins live in the separate ``reference`` package.
 """
+from . import checkpoint, optim
 from .functional import step_backward, step_forward
 from .layers import Embedding, Linear
 from .losses import (
@@ -15,12 +16,16 @@ from .losses import (
     mse_loss,
     mse_loss_backward,
 )
+from .models import ModelConfig, SequenceModel
 from .rnn import RNN
+from .train import Dataset, NonFiniteError, StepRecord, TrainConfig, Trainer
 
 __all__ = [
     "RNN", "Linear", "Embedding", "step_forward", "step_backward",
     "mse_loss", "mse_loss_backward", "cross_entropy", "cross_entropy_backward",
     "binary_cross_entropy_with_logits", "binary_cross_entropy_with_logits_backward",
     "MSELoss", "CrossEntropyLoss", "BCEWithLogitsLoss",
+    "ModelConfig", "SequenceModel", "Dataset", "NonFiniteError", "StepRecord", "TrainConfig", "Trainer",
+    "checkpoint", "optim",
 ]
 __version__ = "0.1.0"

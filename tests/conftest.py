@@ -6,7 +6,12 @@
 """
 import os
 
+import torch
 from hypothesis import HealthCheck, settings
+
+# The suite's tensors are tiny: torch's thread pool costs 10-60x more than it saves on 2 shared
+# cores (and pytest-xdist already runs one worker per core).
+torch.set_num_threads(1)
 
 _common = dict(
     deadline=None,  # torch's first call and BLAS warm-up make per-example timing meaningless
