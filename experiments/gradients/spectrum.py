@@ -97,8 +97,8 @@ def transition(df: pd.DataFrame) -> pd.DataFrame:
 
 def plot_curves(curves: pd.DataFrame, cfg: SpectrumConfig, path):
     inits, nls = list(cfg.inits), list(cfg.nonlinearities)
-    fig, axes = plt.subplots(len(nls), len(inits), figsize=(3.6 * len(inits), 3.2 * len(nls)),
-                             squeeze=False, sharex=True)
+    fig, axes = plt.subplots(len(nls), len(inits), figsize=(4.2 * len(inits) + 1.5, 3.6 * len(nls)),
+                             squeeze=False, sharex=True, layout="constrained")
     cmap = plt.get_cmap("coolwarm")
     lams = sorted(curves["lambda1_target"].unique())
     norm = plt.Normalize(min(lams), max(lams))
@@ -111,8 +111,10 @@ def plot_curves(curves: pd.DataFrame, cfg: SpectrumConfig, path):
                 ax.plot(c["distance"], y, color=cmap(norm(lam)), lw=1.2)
             ax.set_yscale("log")
             ax.set_title(f"{scheme}, {nl}", fontsize=10)
-            ax.set_xlabel("distance T − t (steps)")
-            ax.set_ylabel("median ‖∂L/∂h_t‖ (log)")
+            if i == len(nls) - 1:
+                ax.set_xlabel("distance T − t (steps)")
+            if j == 0:
+                ax.set_ylabel("median ‖∂L/∂h_t‖ (log)")
             ax.grid(alpha=0.3, which="both")
     sm = plt.cm.ScalarMappable(norm=norm, cmap=cmap)
     fig.colorbar(sm, ax=axes.ravel().tolist(), label="λ₁ of W_hh (largest singular value)")
