@@ -10,7 +10,7 @@ import numpy as np
 import pandas as pd
 import pytest
 import torch
-from hypothesis import given, settings
+from hypothesis import given
 from hypothesis import strategies as st
 
 from experiments.gradients import __main__ as cli
@@ -222,9 +222,13 @@ def test_flow_quick(tmp_path):
     except (FileNotFoundError, ValueError) as exc:  # no IMDB copy on this machine
         pytest.skip(f"IMDB data not found: {exc}")
     cli.main(["flow", "--quick", "--no-progress", "--out", str(tmp_path)])
-    assert {"flow.csv", "curves.csv", "flow.png", "report.md", "summary.json"} <= _files(tmp_path)
+    assert {"flow.csv", "curves.csv", "flow.png", "report.md", "summary.json", "jobs.jsonl"} <= _files(tmp_path)
     df = pd.read_csv(tmp_path / "flow.csv")
     assert len(df) == 4 and df.init_factor.between(0, 10).all()
+    jobs = (tmp_path / "jobs.jsonl").read_text()
+    cli.main(["flow", "--quick", "--no-progress", "--out", str(tmp_path)])  # resumes: no model retrained
+    assert (tmp_path / "jobs.jsonl").read_text() == jobs
+    pd.testing.assert_frame_equal(pd.read_csv(tmp_path / "flow.csv"), df)
 
 
 def test_cli_lists_every_experiment():

@@ -11,6 +11,7 @@ and the accuracy set come from the test split. Training: Adam, global-norm clipp
 """
 from __future__ import annotations
 
+import json
 import time
 from dataclasses import asdict, dataclass, replace
 
@@ -24,6 +25,7 @@ from scratch_rnn import init, optim
 from scratch_rnn.models import ModelConfig, SequenceModel
 
 from .common import markdown_table, result_dir, save_figure, write_csv, write_json, write_report
+from .sweep import append_row, load_results
 
 INITS = {  # name -> RecurrentInit: λ₁ = 1 (or gain 1) for the three rescaled ones
     "torch_uniform": init.RecurrentInit("torch_uniform"),
@@ -134,38 +136,52 @@ def _fit(norms: np.ndarray) -> dict:
         return dict(log_rate=np.nan, factor=np.nan, r2=np.nan)
 
 
+def _run_job(cfg: FlowConfig, data, vocab_size, stext, scheme: str, nl: str, seed: int):
+    """One model: probe norms at init, training, probe norms after; (row dict, curves frame)."""
+    model = build(cfg, vocab_size, scheme, nl, seed)
+    w = model.rnn.parameters()["weight_hh_l0"]
+    reg0 = dg.regime(w, nl)
+    row = dict(init=scheme, nonlinearity=nl, seed=seed, lambda1_init=reg0.lambda1, rho_init=reg0.spectral_radius,
+               accuracy_init=accuracy(model, data["eval"], stext))
+    stages = [("init", probe_norms(model, data["probe"], stext))]
+    try:
+        row.update(train(model, cfg, data["train"], stext, seed))
+        row["diverged"] = False
+        stages.append(("trained", probe_norms(model, data["probe"], stext)))
+        row["accuracy_trained"] = accuracy(model, data["eval"], stext)
+    except FloatingPointError as exc:  # an overflowing relu recurrence: recorded, not hidden
+        row.update(diverged=True, error=str(exc)[:200], accuracy_trained=float("nan"))
+    reg1 = dg.regime(w, nl)
+    row.update(lambda1_trained=reg1.lambda1, rho_trained=reg1.spectral_radius)
+    curves = []
+    for stage, norms in stages:
+        row.update({f"{stage}_{k_}": v for k_, v in _fit(norms).items()})
+        valid = np.sum(np.isfinite(norms), axis=1)
+        with np.errstate(all="ignore"):
+            med = np.nanmedian(np.where(norms > 0, norms, np.nan), axis=1)
+        curves.append(pd.DataFrame(dict(init=scheme, nonlinearity=nl, stage=stage,
+                                        distance=np.arange(norms.shape[0]), grad_norm_median=med, samples=valid)))
+    return row, pd.concat(curves, ignore_index=True)
+
+
 def run(cfg: FlowConfig, out, progress: bool = True) -> dict:
     t0 = time.time()
     data, vocab_size, stext = load_data(cfg)
-    rows, curves = [], []
     jobs = [(s, nl) for s in cfg.inits for nl in cfg.nonlinearities]
+    # each finished model is appended to jobs.jsonl at once: a rerun with the same config resumes
+    done_path = out / "jobs.jsonl"
+    key = json.dumps(asdict(cfg), sort_keys=True, default=str)
+    done = {(r["init"], r["nonlinearity"]): r for r in load_results(done_path) if r.get("config_key") == key}
+    rows, curves = [], []
     for k, (scheme, nl) in enumerate(tqdm(jobs, desc="flow", disable=not progress)):
-        seed = cfg.seed + k
-        model = build(cfg, vocab_size, scheme, nl, seed)
-        w = model.rnn.parameters()["weight_hh_l0"]
-        reg0 = dg.regime(w, nl)
-        row = dict(init=scheme, nonlinearity=nl, seed=seed, lambda1_init=reg0.lambda1, rho_init=reg0.spectral_radius,
-                   accuracy_init=accuracy(model, data["eval"], stext))
-        stages = [("init", probe_norms(model, data["probe"], stext))]
-        try:
-            row.update(train(model, cfg, data["train"], stext, seed))
-            row["diverged"] = False
-            stages.append(("trained", probe_norms(model, data["probe"], stext)))
-            row["accuracy_trained"] = accuracy(model, data["eval"], stext)
-        except FloatingPointError as exc:  # an overflowing relu recurrence: recorded, not hidden
-            row.update(diverged=True, error=str(exc)[:200], accuracy_trained=np.nan)
-        reg1 = dg.regime(w, nl)
-        row.update(lambda1_trained=reg1.lambda1, rho_trained=reg1.spectral_radius)
-        for stage, norms in stages:
-            fit = _fit(norms)
-            row.update({f"{stage}_{k_}": v for k_, v in fit.items()})
-            valid = np.sum(np.isfinite(norms), axis=1)
-            with np.errstate(all="ignore"):
-                med = np.nanmedian(np.where(norms > 0, norms, np.nan), axis=1)
-            curves.append(pd.DataFrame(dict(init=scheme, nonlinearity=nl, stage=stage,
-                                            distance=np.arange(norms.shape[0]), grad_norm_median=med,
-                                            samples=valid)))
-        rows.append(row)
+        if (scheme, nl) not in done:
+            row, job_curves = _run_job(cfg, data, vocab_size, stext, scheme, nl, cfg.seed + k)
+            done[(scheme, nl)] = dict(row, config_key=key, curves=job_curves.to_dict(orient="list"))
+            append_row(done_path, done[(scheme, nl)])
+        rec = dict(done[(scheme, nl)])
+        curves.append(pd.DataFrame(rec.pop("curves")))
+        rec.pop("config_key")
+        rows.append(rec)
     df, curves = pd.DataFrame(rows), pd.concat(curves, ignore_index=True)
     write_csv(out / "flow.csv", df)
     write_csv(out / "curves.csv", curves)

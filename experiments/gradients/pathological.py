@@ -60,6 +60,8 @@ PROTOCOLS = {
                      max_iters=5_000_000, check_every=20, eval_samples=10_000),
     "reduced": Protocol("reduced", ("adding", "temporal_order"), (10, 25, 50), METHODS, (0, 1, 2),
                         max_iters=3000, check_every=250, eval_samples=1000),
+    "long": Protocol("long", ("adding", "temporal_order"), (25, 50), METHODS, (0, 1, 2),
+                     max_iters=12000, check_every=500, eval_samples=1000),
     "quick": Protocol("quick", ("adding", "temporal_order"), (10,), METHODS, (0,),
                       max_iters=20, check_every=10, eval_samples=100, hidden=8),
 }
@@ -227,6 +229,7 @@ def run(p: Protocol, out, *, workers=2, scheduler=None, tasks=None, progress=Tru
 
 def main(args) -> dict:
     name = args.protocol or ("quick" if args.quick else "reduced")
-    out = result_dir("pathological-full" if name == "full" else "pathological", name == "quick", args.out)
+    out = result_dir("pathological" if name in ("reduced", "quick") else f"pathological-{name}", name == "quick",
+                     args.out)
     return run(PROTOCOLS[name], out, workers=args.workers, scheduler=args.scheduler, tasks=args.tasks,
                progress=not args.no_progress)

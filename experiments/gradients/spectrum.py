@@ -10,7 +10,7 @@ Pascanu bound log(γλ₁). The transition is where the fitted rate crosses 0 (i
 from __future__ import annotations
 
 import time
-from dataclasses import asdict, dataclass, field, replace
+from dataclasses import asdict, dataclass, replace
 
 import matplotlib.pyplot as plt
 import numpy as np

@@ -38,7 +38,8 @@ def load_results(path: Path) -> list[dict]:
     return rows
 
 
-def _append(path: Path, row: dict) -> None:
+def append_row(path: Path, row: dict) -> None:
+    """Append one JSON line, flushed and fsync'ed (a cut last line is first closed)."""
     with open(path, "a+b") as f:
         f.seek(0, os.SEEK_END)
         if f.tell() > 0:  # a line cut by a crash must not swallow this row
@@ -80,7 +81,7 @@ def run_sweep(fn: Callable[[dict], dict], specs: Iterable[dict], table: Path, *,
             saved = set()
 
             def save(fut):
-                _append(table, {"trial_id": trial_id(futures[fut]), **futures[fut], **fut.result()})
+                append_row(table, {"trial_id": trial_id(futures[fut]), **futures[fut], **fut.result()})
                 saved.add(fut)
                 bar.update(1)
 
