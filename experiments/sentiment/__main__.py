@@ -1,0 +1,137 @@
+"""``python -m experiments.sentiment [--backend numpy|torch|both] [--preset full|quick] [options]``.
+
+Trains the IMDB sentiment RNN and writes ``results/sentiment/<run-name>/``: config.json, metrics.json,
+steps.csv, steps_/epochs_/result_<backend> files, predictions_<backend>.npy, curves.png, grad_norm.png.
+Exit status: 0 done, 1 training stopped on NaN/inf or a backend's process failed, 2 bad arguments or data.
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+from pathlib import Path
+
+from .train import BACKENDS, EMBEDDINGS, PRESETS, RESULTS_ROOT, SELECT, STOPWORDS, SentimentConfig
+
+
+def _none_or(kind):
+    def parse(s: str):
+        if s.lower() in ("none", "off", "0"):
+            return None
+        return kind(s)
+
+    parse.__name__ = kind.__name__
+    return parse
+
+
+def parser() -> argparse.ArgumentParser:
+    d = SentimentConfig()
+    p = argparse.ArgumentParser(
+        prog="python -m experiments.sentiment",
+        description="Train the IMDB sentiment RNN (Embedding -> RNN -> pooling -> Linear) with the NumPy stack, "
+                    "its torch twin, or both from the same initial weights and the same batches. Options left out "
+                    "take the preset's value, else the default shown. Exit status: 0 done, 1 stopped on NaN/inf "
+                    "or a backend's process failed, 2 bad arguments or data.",
+        formatter_class=argparse.ArgumentDefaultsHelpFormatter, argument_default=argparse.SUPPRESS)
+    p.add_argument("--backend", choices=BACKENDS, help=f"which implementation trains (default {d.backend})")
+    p.add_argument("--preset", choices=sorted(PRESETS), default="full",
+                   help="full: the reported run; quick: the reduced CI run (3,000 reviews, one epoch, 2,000 test)")
+    p.add_argument("--run-name", default=None, help="result folder name (default: derived from the options)")
+    p.add_argument("--out-root", default=str(RESULTS_ROOT), help="where run folders go")
+    p.add_argument("--overwrite", action="store_true", default=False, help="replace an existing run folder's results")
+    p.add_argument("--no-progress", action="store_true", default=False, help="no progress bars or epoch lines")
+
+    g = p.add_argument_group("data and text pipeline")
+    g.add_argument("--data", help="IMDB source: aclImdb/ folder or CSV (default: the shared copy, see datasets/README.md)")
+    g.add_argument("--stopwords", choices=STOPWORDS,
+                   help=f"remove NLTK's stopwords (as the notebook), remove them but keep not/no/nor and the n't "
+                        f"forms, or keep every token (default {d.stopwords})")
+    g.add_argument("--max-vocab", type=int, help=f"vocabulary size, <pad> and <unk> included (default {d.max_vocab})")
+    g.add_argument("--min-freq", type=int, help=f"minimum count in training (default {d.min_freq})")
+    g.add_argument("--max-len", type=int, help=f"keep a review's first N tokens (default {d.max_len})")
+    g.add_argument("--train-size", type=_none_or(int),
+                   help="stratified subsample of the 25,000 training reviews (default: all)")
+    g.add_argument("--test-size", type=_none_or(int),
+                   help="stratified subsample of the 25,000 test reviews (default: all)")
+    g.add_argument("--valid-fraction", type=float,
+                   help=f"share of the training reviews held out to choose the epoch (default {d.valid_fraction})")
+
+    g = p.add_argument_group("model")
+    g.add_argument("--embedding", choices=EMBEDDINGS,
+                   help=f"random N(0, 1) or GloVe 6B 50-d initialization (default {d.embedding})")
+    g.add_argument("--embedding-dim", type=int, help=f"(default {d.embedding_dim}; 50 with GloVe)")
+    g.add_argument("--hidden-size", type=int, help=f"(default {d.hidden_size})")
+    g.add_argument("--num-layers", type=int, help=f"(default {d.num_layers})")
+    g.add_argument("--bidirectional", action=argparse.BooleanOptionalAction, help=f"(default {d.bidirectional})")
+    g.add_argument("--nonlinearity", choices=("tanh", "relu"), help=f"(default {d.nonlinearity})")
+    g.add_argument("--pooling", choices=("last", "mean", "max"), help=f"(default {d.pooling})")
+    g.add_argument("--dropout", type=float, help=f"between RNN layers (default {d.dropout})")
+    g.add_argument("--dtype", choices=("float32", "float64"), help=f"(default {d.dtype})")
+
+    g = p.add_argument_group("training")
+    g.add_argument("--optimizer", choices=("sgd", "adam", "adamw", "adagrad", "rmsprop"), help=f"(default {d.optimizer})")
+    g.add_argument("--lr", type=float, help=f"(default {d.lr})")
+    g.add_argument("--weight-decay", type=float, help=f"(default {d.weight_decay})")
+    g.add_argument("--clip-norm", type=_none_or(float), help=f"global L2 clipping; 'none' disables (default {d.clip_norm})")
+    g.add_argument("--batch-size", type=int, help=f"(default {d.batch_size})")
+    g.add_argument("--epochs", type=int, help=f"(default {d.epochs})")
+    g.add_argument("--token-dropout", type=float,
+                   help=f"share of training tokens replaced by <unk>, the same for both backends (default {d.token_dropout})")
+    g.add_argument("--select", choices=SELECT,
+                   help=f"test the weights of the best validation epoch, or of the last (default {d.select})")
+    g.add_argument("--patience", type=_none_or(int), help="stop after N epochs without a better validation accuracy")
+    g.add_argument("--eval-batch-size", type=int, help=f"(default {d.eval_batch_size})")
+    g.add_argument("--seed", type=int, help=f"initial weights, data order, validation split (default {d.seed})")
+    g.add_argument("--threads", type=int, help=f"BLAS / torch threads per process (default {d.threads})")
+    g.add_argument("--in-process", action="store_true", default=False,
+                   help="with --backend both, run both backends in this process (default: one process each, "
+                        "so that each reports its own peak memory)")
+    return p
+
+
+def config_from_args(args: argparse.Namespace) -> SentimentConfig:
+    """The preset's values, overridden by every option given on the command line."""
+    fields = {f for f in SentimentConfig.__dataclass_fields__}
+    values = dict(PRESETS[args.preset])
+    values.update({k: v for k, v in vars(args).items() if k in fields})
+    if args.in_process:
+        values["isolate"] = False
+    return SentimentConfig(**values)
+
+
+def main(argv=None) -> int:
+    p = parser()
+    args = p.parse_args(argv)
+    try:
+        cfg = config_from_args(args)
+    except ValueError as e:
+        p.error(str(e))
+    run_name = args.run_name or (("quick-" if args.preset == "quick" else "") + cfg.default_run_name())
+    if "/" in run_name or run_name in ("", ".", ".."):
+        p.error(f"--run-name: expected a plain folder name, got {run_name!r}")
+    out_dir = Path(args.out_root) / run_name
+    if (out_dir / "metrics.json").exists() and not args.overwrite:
+        p.error(f"{out_dir} already holds a run (metrics.json); pass --overwrite or another --run-name")
+
+    from scratch_rnn.train import NonFiniteError
+
+    from .glove import GloveUnavailable
+    from .train import BackendFailed, run_experiment
+
+    argv_used = list(sys.argv[1:] if argv is None else argv)
+    try:
+        metrics = run_experiment(cfg, out_dir, progress=not args.no_progress, argv=argv_used)
+    except (FileNotFoundError, GloveUnavailable, ValueError) as e:
+        print(f"error: {e}", file=sys.stderr)
+        return 2
+    except (NonFiniteError, BackendFailed) as e:
+        print(f"error: {e}", file=sys.stderr)
+        return 1
+    rows = [{k: r[k] for k in ("backend", "test_accuracy", "test_size", "train_size", "epochs", "selected_epoch",
+                               "seconds", "peak_memory_mb")} for r in metrics["results"]]
+    print(json.dumps({"run": str(out_dir), "results": rows, "comparison": metrics.get("comparison")}, indent=1))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
