@@ -2,8 +2,9 @@
 
 Nothing here imports torch: the torch twins live in the separate ``reference`` package.
 """
-from . import checkpoint, optim
+from . import checkpoint, diagnostics, init, optim
 from .functional import step_backward, step_forward
+from .init import RecurrentInit, init_rnn
 from .layers import Embedding, Linear
 from .losses import (
     BCEWithLogitsLoss,
@@ -26,6 +27,6 @@ __all__ = [
     "binary_cross_entropy_with_logits", "binary_cross_entropy_with_logits_backward",
     "MSELoss", "CrossEntropyLoss", "BCEWithLogitsLoss",
     "ModelConfig", "SequenceModel", "Dataset", "NonFiniteError", "StepRecord", "TrainConfig", "Trainer",
-    "checkpoint", "optim",
+    "RecurrentInit", "init_rnn", "checkpoint", "diagnostics", "init", "optim",
 ]
 __version__ = "0.1.0"
