@@ -84,3 +84,29 @@ def numerical_grad(f, arr: np.ndarray, eps: float = 1e-6) -> np.ndarray:
         arr[idx] = orig
         grad[idx] = (f_plus - f_minus) / (2 * eps)
     return grad
+
+
+class WorstErrors:
+    """assert_close that also records the worst error reached per (quantity, dtype), for a report.
+
+    kind "rel" is max|diff| / max|expected|; where max|expected| is below 1e3 * atol (e.g. a
+    saturated softmax whose gradient is pure rounding noise) the relative error means nothing and
+    kind "abs" records max|diff| instead.
+    """
+
+    def __init__(self, label: str):
+        self.label = label
+        self.worst: dict[tuple[str, str, str], float] = {}
+
+    def check(self, actual, expected, *, name, config, dtype):
+        e = np.asarray(expected, dtype=np.float64)
+        if e.size and np.isfinite(e).all():
+            diff = float(np.max(np.abs(np.asarray(actual, dtype=np.float64) - e)))
+            meaningful = np.max(np.abs(e)) > 1e3 * TOLERANCES[np.dtype(dtype)]["atol"]
+            key = (name, np.dtype(dtype).name, "rel" if meaningful else "abs")
+            self.worst[key] = max(self.worst.get(key, 0.0), rel_error(actual, e) if meaningful else diff)
+        assert_close(actual, expected, name=name, config=config, dtype=dtype)
+
+    def report(self) -> None:
+        for (name, dt, kind), err in sorted(self.worst.items()):
+            print(f"[{self.label}] worst {kind} error vs torch: {name:<44} {dt:<8} {err:.2e}")

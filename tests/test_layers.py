@@ -17,30 +17,16 @@ from hypothesis import strategies as st
 
 from reference.layers import embedding_twin, linear_twin, load_torch_state, run_embedding, run_linear
 from scratch_rnn.layers import Embedding, Linear
-from tests.helpers import FD_TOLERANCE, TOLERANCES, assert_close, rel_error, numerical_grad
+from tests.helpers import FD_TOLERANCE, WorstErrors, assert_close, numerical_grad
 
-# Worst error vs torch per (quantity, dtype, kind), printed at teardown (pytest -s). kind "rel" is
-# max|diff| / max|expected|; where max|expected| is below 1e3 * atol (e.g. a saturated softmax whose
-# gradient is pure rounding noise) the relative error means nothing and kind "abs" records max|diff|.
-WORST: dict[tuple[str, str, str], float] = {}
+WORST = WorstErrors("test_layers")
+check = WORST.check
 
 
 @pytest.fixture(scope="module", autouse=True)
 def _report_worst():
     yield
-    for (name, dt, kind), err in sorted(WORST.items()):
-        print(f"[test_layers] worst {kind} error vs torch: {name:<24} {dt:<8} {err:.2e}")
-
-
-def check(actual, expected, *, name, config, dtype):
-    """assert_close, also recording the error reached (finite expectations only)."""
-    e = np.asarray(expected, dtype=np.float64)
-    if e.size and np.isfinite(e).all():
-        diff = float(np.max(np.abs(np.asarray(actual, dtype=np.float64) - e)))
-        meaningful = np.max(np.abs(e)) > 1e3 * TOLERANCES[np.dtype(dtype)]["atol"]
-        key = (name, np.dtype(dtype).name, "rel" if meaningful else "abs")
-        WORST[key] = max(WORST.get(key, 0.0), rel_error(actual, e) if meaningful else diff)
-    assert_close(actual, expected, name=name, config=config, dtype=dtype)
+    WORST.report()
 
 
 # ----------------------------------------------------------------------------------------------

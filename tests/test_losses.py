@@ -16,33 +16,19 @@ from hypothesis import strategies as st
 
 import scratch_rnn.losses as L
 from reference.layers import run_loss
-from tests.helpers import FD_TOLERANCE, TOLERANCES, assert_close, rel_error, numerical_grad
+from tests.helpers import FD_TOLERANCE, WorstErrors, assert_close, numerical_grad
 
 REDUCTIONS = ("mean", "sum", "none")
 DTYPES = (np.float64, np.float32)
 
-# Worst error vs torch per (quantity, dtype, kind), printed at teardown (pytest -s). kind "rel" is
-# max|diff| / max|expected|; where max|expected| is below 1e3 * atol (e.g. a saturated softmax whose
-# gradient is pure rounding noise) the relative error means nothing and kind "abs" records max|diff|.
-WORST: dict[tuple[str, str, str], float] = {}
+WORST = WorstErrors("test_losses")
+check = WORST.check
 
 
 @pytest.fixture(scope="module", autouse=True)
 def _report_worst():
     yield
-    for (name, dt, kind), err in sorted(WORST.items()):
-        print(f"[test_losses] worst {kind} error vs torch: {name:<44} {dt:<8} {err:.2e}")
-
-
-def check(actual, expected, *, name, config, dtype):
-    """assert_close, also recording the error reached (finite expectations only)."""
-    e = np.asarray(expected, dtype=np.float64)
-    if e.size and np.isfinite(e).all():
-        diff = float(np.max(np.abs(np.asarray(actual, dtype=np.float64) - e)))
-        meaningful = np.max(np.abs(e)) > 1e3 * TOLERANCES[np.dtype(dtype)]["atol"]
-        key = (name, np.dtype(dtype).name, "rel" if meaningful else "abs")
-        WORST[key] = max(WORST.get(key, 0.0), rel_error(actual, e) if meaningful else diff)
-    assert_close(actual, expected, name=name, config=config, dtype=dtype)
+    WORST.report()
 
 
 def random_grad_loss(rng, reduction, loss_shape, dtype):

@@ -17,15 +17,6 @@ from tests.helpers import FD_TOLERANCE, assert_close
 THOROUGH = settings.default.max_examples > 25
 
 
-@pytest.fixture(autouse=True, scope="module")
-def _one_torch_thread():
-    """Tiny tensors: a second intra-op thread only contends for the 2 shared cores (10-60x slower)."""
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(n)
-
-
 # ---------------------------------------------------------------------------------------------
 # strategies shared with the trajectory and TBPTT tests
 # ---------------------------------------------------------------------------------------------

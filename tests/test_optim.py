@@ -17,15 +17,6 @@ OPTIMIZER_NAMES = ("sgd", "adam", "adamw", "adagrad", "rmsprop")
 F64 = TOLERANCES[np.dtype(np.float64)]
 
 
-@pytest.fixture(autouse=True, scope="module")
-def _one_torch_thread():
-    """Tiny tensors: a second intra-op thread only contends for the 2 shared cores (10-60x slower)."""
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(n)
-
-
 @st.composite
 def optimizer_options(draw, name=None):
     """(name, kwargs) over the optimizers and their torch-named options."""

@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import numpy as np
 import pytest
-import torch
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
@@ -17,15 +16,6 @@ from tests.test_optim import optimizer_options
 from tests.test_trajectories import assert_trajectories_close, run_both
 
 THOROUGH = settings.default.max_examples > 25
-
-
-@pytest.fixture(autouse=True, scope="module")
-def _one_torch_thread():
-    """Tiny tensors: a second intra-op thread only contends for the 2 shared cores (10-60x slower)."""
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(n)
 
 
 @settings(max_examples=50)

@@ -30,7 +30,6 @@ import warnings
 
 import numpy as np
 import pytest
-import torch
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
@@ -50,15 +49,6 @@ TRAJECTORY_TOLERANCES = {
     "params_adaptive": dict(rtol=1e-8, atol=1e-12),  # Adam, AdamW, RMSprop: see the table above
 }
 N_STEPS = 20
-
-
-@pytest.fixture(autouse=True, scope="module")
-def _one_torch_thread():
-    """Tiny tensors: a second intra-op thread only contends for the 2 shared cores (10-60x slower)."""
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(n)
 
 
 @st.composite
