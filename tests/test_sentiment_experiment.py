@@ -107,6 +107,14 @@ def test_backends_take_the_same_first_steps(name, dtype, tol):
     assert np.all(np.diff(a["loss"]) != 0)  # the steps really changed the model
 
 
+def test_a_run_repeats_bit_for_bit():
+    cfg = T.SentimentConfig(embedding_dim=6, hidden_size=5, batch_size=8, token_dropout=0.2, dtype="float32")
+    one, two = (first_steps(cfg, synthetic_split(), 40)["numpy"] for _ in range(2))
+    assert one["loss"] == two["loss"] and one["grad_norm"] == two["grad_norm"]
+    for k, v in one["params"][-1].items():
+        np.testing.assert_array_equal(v, two["params"][-1][k])
+
+
 def test_same_seed_same_batches_and_token_dropout():
     split = synthetic_split()
     cfg = T.SentimentConfig(batch_size=8, token_dropout=0.3)

@@ -59,7 +59,7 @@ def parser() -> argparse.ArgumentParser:
     g = p.add_argument_group("model")
     g.add_argument("--embedding", choices=EMBEDDINGS,
                    help=f"random N(0, 1) or GloVe 6B 50-d initialization (default {d.embedding})")
-    g.add_argument("--embedding-dim", type=int, help=f"(default {d.embedding_dim}; 50 with GloVe)")
+    g.add_argument("--embedding-dim", type=int, help=f"(default {d.embedding_dim}; GloVe needs 50)")
     g.add_argument("--hidden-size", type=int, help=f"(default {d.hidden_size})")
     g.add_argument("--num-layers", type=int, help=f"(default {d.num_layers})")
     g.add_argument("--bidirectional", action=argparse.BooleanOptionalAction, help=f"(default {d.bidirectional})")

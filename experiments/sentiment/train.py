@@ -65,12 +65,12 @@ class SentimentConfig:
     valid_fraction: float = 0.1          # of the training reviews, held out to choose the epoch (0: none)
     # model
     embedding: str = "random"            # random (N(0, 1), torch's init) or glove (glove.6B 50-d)
-    embedding_dim: int = 64
+    embedding_dim: int = 50
     hidden_size: int = 64
     num_layers: int = 1
     bidirectional: bool = True
     nonlinearity: str = "tanh"
-    pooling: str = "max"
+    pooling: str = "mean"
     dropout: float = 0.0                 # between RNN layers (num_layers > 1)
     dtype: str = "float32"
     # training
@@ -79,8 +79,8 @@ class SentimentConfig:
     weight_decay: float = 0.0
     clip_norm: float | None = 5.0
     batch_size: int = 64
-    epochs: int = 3
-    token_dropout: float = 0.0           # share of a training batch's tokens replaced by <unk>
+    epochs: int = 4
+    token_dropout: float = 0.15          # share of a training batch's tokens replaced by <unk>
     select: str = "best"                 # best: the epoch with the best validation accuracy; last
     patience: int | None = None          # stop after this many epochs without a better validation accuracy
     eval_batch_size: int = 128
@@ -192,7 +192,8 @@ class SentimentConfig:
 PRESETS = {
     "full": {},
     "quick": dict(train_size=3000, test_size=2000, valid_fraction=0.0, select="last", epochs=1, max_vocab=8000,
-                  max_len=200, embedding_dim=32, hidden_size=32, batch_size=32, lr=3e-3),
+                  max_len=200, embedding="random", embedding_dim=32, hidden_size=32, batch_size=32, lr=1e-2,
+                  token_dropout=0.0),
 }
 
 
@@ -514,7 +515,7 @@ def run_backend(cfg: SentimentConfig, backend_name: str, out_dir: str | os.PathL
         t0 = time.perf_counter()
         loss_sum, correct, seen = 0.0, 0, 0
         with tqdm(total=n_batches, desc=f"{backend_name} epoch {epoch}/{cfg.epochs}", unit="batch",
-                  disable=not progress, leave=False, file=sys.stderr) as bar:
+                  disable=not progress, leave=False, file=sys.stderr, mininterval=0.5) as bar:
             for x, lengths, y in epoch_batches(train, cfg, epoch):
                 loss, norm, logits = backend.train_batch(x, y, lengths)
                 step += 1
