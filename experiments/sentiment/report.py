@@ -164,7 +164,7 @@ def plot_grad_norms(out_dir, backends, clip_norm=None) -> Path:
         ax2.plot(x, np.maximum(np.abs(ga - gb) / np.abs(gb), floor), lw=0.7, alpha=0.7, label="gradient norm")
         ax2.set_yscale("log")
         ax2.set(title=f"{a} vs {b}: relative difference per step (same start, same batches)",
-                xlabel="optimizer step", ylabel=f"|{a} - {b}| / |{b}|")
+                xlabel="optimizer step", ylabel=f"|{a} - {b}| / |{b}|  (1e-9: equal)")
         ax2.grid(alpha=0.3, which="both")
         ax2.legend(fontsize=8)
     fig.tight_layout()
@@ -180,3 +180,84 @@ def markdown_table(rows: list[dict], columns: list[tuple[str, str]]) -> str:
     sep = "|" + "|".join("---" for _ in columns) + "|"
     body = ["| " + " | ".join(str(r.get(k, "")) for k, _ in columns) + " |" for r in rows]
     return "\n".join([head, sep, *body])
+
+
+SUMMARY_COLUMNS = [
+    ("run", "run"), ("backend", "backend"), ("embedding", "embedding"), ("stopwords", "stopwords"),
+    ("valid", "valid acc. (chosen epoch)"), ("test", "test accuracy"), ("epoch", "epoch chosen / run"),
+    ("minutes", "time (min)"), ("cpu_minutes", "CPU (min)"), ("memory", "peak memory (MB)"),
+]
+
+
+def summary_rows(run_dirs) -> list[dict]:
+    """One row per backend of each run folder, for :func:`markdown_table`."""
+    import json
+
+    rows = []
+    for d in map(Path, run_dirs):
+        metrics = json.loads((d / "metrics.json").read_text())
+        cfg = json.loads((d / "config.json").read_text())["sentiment"]
+        for r in metrics["results"]:
+            rows.append({
+                "run": d.name, "backend": r["backend"], "embedding": cfg["embedding"], "stopwords": cfg["stopwords"],
+                "valid": "-" if r.get("valid_accuracy") is None else f"{100 * r['valid_accuracy']:.2f} %",
+                "test": f"**{100 * r['test_accuracy']:.2f} %** of {r['test_size']:,}",
+                "epoch": f"{r['selected_epoch']} / {r['epochs']}",
+                "minutes": f"{r['seconds'] / 60:.1f}", "cpu_minutes": f"{r['cpu_seconds'] / 60:.1f}",
+                "memory": f"{r['peak_memory_mb']:.0f}",
+            })
+    return rows
+
+
+def main(argv=None) -> int:
+    """``python -m experiments.sentiment.report RUN_DIR...``: a Markdown table of the runs' results."""
+    import argparse
+
+    p = argparse.ArgumentParser(prog="python -m experiments.sentiment.report",
+                                description="Print a Markdown table of sentiment run folders' results.")
+    p.add_argument("runs", nargs="+", help="run folders (results/sentiment/<run-name>)")
+    p.add_argument("--by-setting", action="store_true",
+                   help="one row per (embedding, stopwords, backend): mean, min and max over the runs (seeds)")
+    args = p.parse_args(argv)
+    missing = [r for r in args.runs if not (Path(r) / "metrics.json").is_file()]
+    if missing:
+        p.error(f"no metrics.json in {missing}")
+    if args.by_setting:
+        rows, cols = setting_rows(args.runs)
+        print(markdown_table(rows, cols))
+    else:
+        print(markdown_table(summary_rows(args.runs), SUMMARY_COLUMNS))
+    return 0
+
+
+def setting_rows(run_dirs):
+    """Mean / min / max test accuracy per (embedding, stopwords, backend) over the given runs."""
+    import json
+
+    import pandas as pd
+
+    recs = []
+    for d in map(Path, run_dirs):
+        cfg = json.loads((d / "config.json").read_text())["sentiment"]
+        for r in json.loads((d / "metrics.json").read_text())["results"]:
+            recs.append({"embedding": cfg["embedding"], "stopwords": cfg["stopwords"], "backend": r["backend"],
+                         "seed": cfg["seed"], "test": 100 * r["test_accuracy"],
+                         "valid": 100 * r["valid_accuracy"] if r.get("valid_accuracy") is not None else float("nan"),
+                         "minutes": r["seconds"] / 60})
+    df = pd.DataFrame(recs)
+    rows = []
+    for key, g in df.groupby(["embedding", "stopwords", "backend"], sort=False):
+        rows.append({"embedding": key[0], "stopwords": key[1], "backend": key[2],
+                     "seeds": ", ".join(str(s) for s in sorted(g["seed"])),
+                     "test": f"{g['test'].mean():.2f} %", "range": f"{g['test'].min():.2f} - {g['test'].max():.2f}",
+                     "valid": f"{g['valid'].mean():.2f} %", "minutes": f"{g['minutes'].mean():.1f}"})
+    cols = [("embedding", "embedding"), ("stopwords", "stopwords"), ("backend", "backend"), ("seeds", "seeds"),
+            ("test", "test accuracy (mean)"), ("range", "min - max"), ("valid", "valid acc. (mean)"),
+            ("minutes", "time (min, mean)")]
+    return rows, cols
+
+
+if __name__ == "__main__":
+    import sys
+
+    sys.exit(main())
