@@ -56,7 +56,7 @@ def synthetic_split(n=48, vocab=40, max_len=23, seed=0) -> EncodedSplit:
 
 CONFIGS = {
     "bi-max-adam-clip": dict(pooling="max", bidirectional=True, optimizer="adam", clip_norm=0.5),
-    "uni-last-sgd": dict(pooling="last", bidirectional=False, optimizer="sgd", lr=0.1, clip_norm=None),
+    "uni-last-sgd": dict(pooling="last", bidirectional=False, optimizer="sgd", lr=0.1, clip_norm=None, lr_decay=0.5),
     "mean-adamw-tokendrop": dict(pooling="mean", optimizer="adamw", weight_decay=0.01, token_dropout=0.2),
     "2layer-dropout-relu": dict(num_layers=2, dropout=0.3, nonlinearity="relu", pooling="max", lr=5e-3),
 }
@@ -78,7 +78,9 @@ def first_steps(cfg: T.SentimentConfig, split: EncodedSplit, vocab_size: int):
         rec = {"loss": [], "grad_norm": [], "logits": [], "params": []}
         batches = list(T.epoch_batches(split, cfg, 1))[:N_STEPS]
         assert len(batches) == N_STEPS
-        for x, lengths, y in batches:
+        for i, (x, lengths, y) in enumerate(batches):
+            if i == N_STEPS // 2:  # as run_backend does at an epoch boundary
+                backend.set_lr(cfg.lr * cfg.lr_decay)
             loss, norm, logits = backend.train_batch(x, y, lengths)
             rec["loss"].append(loss)
             rec["grad_norm"].append(norm)

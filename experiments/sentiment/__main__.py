@@ -71,6 +71,7 @@ def parser() -> argparse.ArgumentParser:
     g = p.add_argument_group("training")
     g.add_argument("--optimizer", choices=("sgd", "adam", "adamw", "adagrad", "rmsprop"), help=f"(default {d.optimizer})")
     g.add_argument("--lr", type=float, help=f"(default {d.lr})")
+    g.add_argument("--lr-decay", type=float, help=f"epoch e trains at lr * lr_decay ** (e - 1) (default {d.lr_decay})")
     g.add_argument("--weight-decay", type=float, help=f"(default {d.weight_decay})")
     g.add_argument("--clip-norm", type=_none_or(float), help=f"global L2 clipping; 'none' disables (default {d.clip_norm})")
     g.add_argument("--batch-size", type=int, help=f"(default {d.batch_size})")

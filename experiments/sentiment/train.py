@@ -76,6 +76,7 @@ class SentimentConfig:
     # training
     optimizer: str = "adam"
     lr: float = 2e-3
+    lr_decay: float = 1.0                # the learning rate of epoch e is lr * lr_decay ** (e - 1)
     weight_decay: float = 0.0
     clip_norm: float | None = 5.0
     batch_size: int = 64
@@ -130,6 +131,8 @@ class SentimentConfig:
                 raise ValueError(f"{name}: expected a probability in [0, 1), got {v!r}")
         if not (self.lr > 0 and math.isfinite(self.lr)):
             raise ValueError(f"lr: expected a positive number, got {self.lr!r}")
+        if not 0 < self.lr_decay <= 1:
+            raise ValueError(f"lr_decay: expected a number in (0, 1], got {self.lr_decay!r}")
         if not self.weight_decay >= 0:
             raise ValueError(f"weight_decay: expected a number >= 0, got {self.weight_decay!r}")
         if self.clip_norm is not None and not self.clip_norm > 0:
@@ -328,6 +331,9 @@ class NumpyBackend:
     def logits(self, x, lengths) -> np.ndarray:
         return self.model(x, lengths)[0]
 
+    def set_lr(self, lr: float) -> None:
+        self.trainer.optimizer.lr = lr
+
     def train(self, mode=True):
         self.model.train(mode)
 
@@ -381,6 +387,10 @@ class TorchBackend:
             raise NonFiniteError(self.step, f"torch: loss {loss.item()}, gradient norm {norm}", None, None, None, None)
         self.opt.step()
         return loss.item(), norm, out.detach().numpy()
+
+    def set_lr(self, lr: float) -> None:
+        for group in self.opt.param_groups:
+            group["lr"] = lr
 
     def logits(self, x, lengths) -> np.ndarray:
         with self.torch.no_grad():
@@ -513,6 +523,7 @@ def run_backend(cfg: SentimentConfig, backend_name: str, out_dir: str | os.PathL
     stale = 0
     for epoch in range(1, cfg.epochs + 1):
         t0 = time.perf_counter()
+        backend.set_lr(cfg.lr * cfg.lr_decay ** (epoch - 1))
         loss_sum, correct, seen = 0.0, 0, 0
         with tqdm(total=n_batches, desc=f"{backend_name} epoch {epoch}/{cfg.epochs}", unit="batch",
                   disable=not progress, leave=False, file=sys.stderr, mininterval=0.5) as bar:
