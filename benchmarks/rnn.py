@@ -1,0 +1,452 @@
+"""scratch_rnn.RNN against torch.nn.RNN: forward+backward time, GFLOP/s, share of GEMM peak, memory.
+
+    env -u OPENBLAS_CORETYPE -u OPENBLAS_L2_SIZE .venv/bin/python -m benchmarks.rnn
+
+(``env -u`` matters only where those variables are set: they pin an older OpenBLAS kernel; the
+report names the kernel that actually ran.) Options: ``--threads 1 2``, ``--dtypes float32 float64``,
+``--rounds``/``--reps`` (timing blocks), ``--quick`` (a smoke run), ``--no-memory``,
+``--json PATH`` (default ``results/bench_rnn.json``; ``results/`` is git-ignored).
+
+What is measured, for each (B, T, I, H) of the grid, dtype and thread count:
+- the median wall time of one forward+backward (single layer, tanh, h0 = 0, the input's gradient
+  computed by both), of this project and of ``torch.nn.RNN`` with the same weights, in the same
+  process. The libraries are timed in *blocks* (a discarded warm-up call, then ``--reps`` timed
+  calls), alternating which goes first from round to round, with a 0.3 s pause between blocks:
+  BLAS worker threads spin for a while after a call and would steal a core from the other
+  library if the calls were interleaved one by one.
+- GFLOP/s from the GEMM work of one forward+backward, 6·T·B·H·(I + H) floating-point operations
+  (forward x W_ihᵀ and h W_hhᵀ; backward δ W_hh, δᵀ h, δᵀ x and δ W_ih), and that rate as a share of
+  the machine's GEMM peak measured in the same run (a 2048² matrix product, same dtype and threads;
+  numpy's peak for this project, torch's for torch).
+- the loss: ``all`` gives every output step a cotangent; ``last`` (the vanishing regime) only the
+  last step, so that dL/dh_t shrinks geometrically going back in time and reaches the subnormal
+  range in float32 (the report gives the number of steps whose float64 gradient is below float32's
+  smallest normal number). For float32 that case is also timed with the subnormal flush disabled.
+- peak memory of one forward+backward, each library in a fresh process: the rise of the resident
+  set's high-water mark (VmHWM, reset through /proc/self/clear_refs) over the resident set just
+  before the call, after a small warm-up call and with inputs and weights already allocated.
+  numpy's own count through tracemalloc (numpy reports its buffers to it) is given beside it.
+
+Nothing here is a test: the unit suite checks correctness only.
+"""
+from __future__ import annotations
+
+import argparse
+import gc
+import json
+import math
+import os
+import platform
+import statistics
+import subprocess
+import sys
+import time
+from dataclasses import asdict, dataclass
+from pathlib import Path
+
+import numpy as np
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+@dataclass(frozen=True)
+class Case:
+    name: str
+    B: int
+    T: int
+    I: int  # noqa: E741 - torch's name
+    H: int
+    loss: str = "all"  # "all": a cotangent on every output step; "last": on the last step only
+
+    @property
+    def flops(self) -> float:
+        return 6.0 * self.T * self.B * self.H * (self.I + self.H)
+
+    @property
+    def shape(self) -> str:
+        return f"({self.B}, {self.T}, {self.I}, {self.H})"
+
+
+GRID = (
+    Case("small", 32, 100, 64, 128),
+    Case("batch-1", 1, 1000, 32, 32),
+    Case("large", 256, 50, 128, 512),
+    Case("medium", 64, 200, 300, 256),
+    Case("vanishing", 64, 200, 300, 256, loss="last"),
+)
+QUICK_GRID = (
+    Case("small", 8, 20, 16, 32),
+    Case("vanishing", 8, 60, 16, 32, loss="last"),
+)
+PEAK_N = 2048
+
+
+# --------------------------------------------------------------------------------------------
+# Problems
+# --------------------------------------------------------------------------------------------
+def make_inputs(case: Case, dtype, seed: int = 0):
+    rng = np.random.default_rng(seed)
+    x = rng.standard_normal((case.T, case.B, case.I), dtype=dtype)  # no float64 temporary
+    g = rng.standard_normal((case.T, case.B, case.H), dtype=dtype)
+    if case.loss == "last":
+        g[:-1] = 0
+    return x, g
+
+
+def make_scratch(case: Case, dtype):
+    from scratch_rnn import RNN
+    return RNN(case.I, case.H, dtype=dtype, seed=0)
+
+
+def make_torch(model, dtype):
+    import torch
+    twin = torch.nn.RNN(model.input_size, model.hidden_size,
+                        dtype=torch.float32 if np.dtype(dtype) == np.float32 else torch.float64)
+    with torch.no_grad():
+        for name, value in model.state_dict().items():
+            getattr(twin, name).copy_(torch.from_numpy(value))
+    return twin
+
+
+def scratch_step(model, x, g):
+    def run():
+        model.forward(x)
+        model.backward(g)
+    return run
+
+
+def torch_step(twin, x, g):
+    import torch
+    xt = torch.from_numpy(x).requires_grad_(True)
+    gt = torch.from_numpy(g)
+
+    def run():
+        out, _ = twin(xt)
+        out.backward(gt)
+    return run
+
+
+def vanishing_profile(case: Case) -> dict:
+    """How far the float64 gradient falls: steps whose max |dL/dh_t| is below float32's smallest normal."""
+    model = make_scratch(case, np.float64)
+    x, g = make_inputs(case, np.float64)
+    model.forward(x)
+    model.backward(g)
+    m = np.abs(model.hidden_grads[0]).max(axis=(1, 2))  # (T,)
+    tiny = float(np.finfo(np.float32).tiny)
+    return dict(max_grad_last_step=float(m[-1]), max_grad_first_step=float(m[0]),
+                steps_below_float32_tiny=int((m < tiny).sum()), steps=case.T)
+
+
+# --------------------------------------------------------------------------------------------
+# Timing
+# --------------------------------------------------------------------------------------------
+def time_blocks(fns: dict, rounds: int, reps: int, pause: float = 0.3) -> dict:
+    """Median seconds per call of each function, timed in blocks (see the module docstring)."""
+    names = list(fns)
+    samples = {k: [] for k in names}
+    for r in range(rounds):
+        k = r % len(names)
+        for name in names[k:] + names[:k]:
+            fn = fns[name]
+            fn()  # warm-up, discarded
+            for _ in range(reps):
+                t0 = time.perf_counter()
+                fn()
+                samples[name].append(time.perf_counter() - t0)
+            time.sleep(pause)
+    return {k: dict(median_s=statistics.median(v), min_s=min(v), samples=len(v)) for k, v in samples.items()}
+
+
+def gemm_peaks(dtype, rounds: int) -> dict:
+    """GFLOP/s of a PEAK_N² matrix product, numpy and torch, timed in blocks."""
+    import torch
+    rng = np.random.default_rng(1)
+    a = rng.standard_normal((PEAK_N, PEAK_N)).astype(dtype)
+    b = rng.standard_normal((PEAK_N, PEAK_N)).astype(dtype)
+    out = np.empty_like(a)
+    ta, tb, tout = torch.from_numpy(a), torch.from_numpy(b), torch.empty(PEAK_N, PEAK_N, dtype=torch.from_numpy(a).dtype)
+    res = time_blocks({"numpy": lambda: np.dot(a, b, out=out), "torch": lambda: torch.mm(ta, tb, out=tout)},
+                      rounds=rounds, reps=5)
+    flops = 2.0 * PEAK_N ** 3
+    return {k: flops / v["median_s"] / 1e9 for k, v in res.items()}
+
+
+# --------------------------------------------------------------------------------------------
+# Memory (in child processes)
+# --------------------------------------------------------------------------------------------
+def _status_kb(field: str) -> int:
+    with open("/proc/self/status") as f:
+        for line in f:
+            if line.startswith(field + ":"):
+                return int(line.split()[1])
+    raise RuntimeError(f"{field} not in /proc/self/status")
+
+
+def _trim_heap() -> None:
+    """Hand freed heap memory back to the OS (glibc), so that a later allocation shows in the RSS."""
+    try:
+        import ctypes
+        ctypes.CDLL("libc.so.6").malloc_trim(0)
+    except (OSError, AttributeError):
+        pass
+
+
+def _reset_hwm() -> bool:
+    try:
+        with open("/proc/self/clear_refs", "w") as f:
+            f.write("5")  # resets the peak RSS (VmHWM) to the current RSS
+        return True
+    except OSError:
+        return False
+
+
+def memory_child(lib: str, dtype: str, case: Case, threads: int) -> dict:
+    """Runs in a fresh process: peak memory of one forward+backward of ``lib``."""
+    dtype = np.dtype(dtype)
+    x, g = make_inputs(case, dtype)
+    model = make_scratch(case, dtype)
+    small = Case("warm-up", 2, 3, case.I, case.H)
+    xs, gs = make_inputs(small, dtype)
+    if lib == "torch":
+        import torch
+        torch.set_num_threads(threads)
+        twin = make_torch(model, dtype)
+        del model
+        torch_step(twin, xs, gs)()  # library state (thread pool, allocator) set up before measuring
+        run = torch_step(twin, x, g)
+    else:
+        from threadpoolctl import threadpool_limits
+        threadpool_limits(threads, user_api="blas")
+        scratch_step(model, xs, gs)()
+        run = scratch_step(model, x, g)
+    gc.collect()
+    _trim_heap()
+    rss0 = _status_kb("VmRSS")
+    exact = _reset_hwm()
+    run()
+    peak = _status_kb("VmHWM")  # without the reset, the process's peak so far (an upper bound)
+    res = dict(lib=lib, rss_before_kb=rss0, hwm_kb=peak, peak_rise_mb=(peak - rss0) / 1024, hwm_reset=exact)
+    if lib == "numpy":
+        import tracemalloc
+        model._cache, model.hidden_grads = None, None  # drop the first call's results
+        gc.collect()
+        tracemalloc.start()  # counts numpy's buffers as numpy allocates them
+        run()
+        res["tracemalloc_peak_mb"] = tracemalloc.get_traced_memory()[1] / 2**20
+        tracemalloc.stop()
+    return res
+
+
+def measure_memory(lib: str, dtype: str, case: Case, threads: int) -> dict:
+    cmd = [sys.executable, "-m", "benchmarks.rnn", "--memory-child", lib, dtype, json.dumps(asdict(case)),
+           str(threads)]
+    out = subprocess.run(cmd, cwd=ROOT, capture_output=True, text=True, check=True)
+    return json.loads(out.stdout.strip().splitlines()[-1])
+
+
+# --------------------------------------------------------------------------------------------
+# The machine
+# --------------------------------------------------------------------------------------------
+def machine_info() -> dict:
+    import torch
+    from threadpoolctl import threadpool_info
+    cpu = "unknown"
+    try:
+        with open("/proc/cpuinfo") as f:
+            for line in f:
+                if line.startswith("model name"):
+                    cpu = line.split(":", 1)[1].strip()
+                    break
+    except OSError:
+        pass
+    cfg = torch.__config__.show()
+    torch_blas = next((part.split("=", 1)[1] for part in cfg.replace(",", " ").split() if part.startswith("BLAS_INFO=")),
+                      "unknown")
+    mkl = next((line.strip(" -") for line in cfg.splitlines() if "Math Kernel Library" in line), None)
+    blas = [dict(internal_api=i.get("internal_api"), prefix=i.get("prefix"), version=i.get("version"),
+                 architecture=i.get("architecture"), threading_layer=i.get("threading_layer"),
+                 num_threads=i.get("num_threads"), filepath=i.get("filepath"))
+            for i in threadpool_info()]
+    return dict(cpu=cpu, cores=os.cpu_count(), python=platform.python_version(), numpy=np.__version__,
+                torch=torch.__version__, torch_blas=torch_blas, torch_mkl=mkl, threadpools=blas,
+                openblas_coretype=os.environ.get("OPENBLAS_CORETYPE"),
+                openblas_l2_size=os.environ.get("OPENBLAS_L2_SIZE"), platform=platform.platform())
+
+
+def load() -> list:
+    return [round(v, 2) for v in os.getloadavg()]
+
+
+# --------------------------------------------------------------------------------------------
+# The run
+# --------------------------------------------------------------------------------------------
+def run(args) -> dict:
+    import torch
+    from threadpoolctl import threadpool_limits
+
+    import scratch_rnn.rnn as scratch_rnn_module
+
+    grid = QUICK_GRID if args.quick else GRID
+    if args.cases:
+        grid = tuple(c for c in grid if c.name in args.cases)
+    info = machine_info()
+    report = dict(machine=info, command=" ".join([Path(sys.executable).name, "-m", "benchmarks.rnn"] + sys.argv[1:]),
+                  started=time.strftime("%Y-%m-%d %H:%M:%S"), load_at_start=load(), flops_formula="6*T*B*H*(I+H)",
+                  peaks={}, rows=[], vanishing={})
+    kernels = ", ".join(f"{b['internal_api']} {b['version']} {b['architecture']}" for b in info["threadpools"]
+                        if b["internal_api"] == "openblas")
+    print(f"CPU {info['cpu']}, {info['cores']} cores; numpy {info['numpy']} ({kernels}); "
+          f"torch {info['torch']} (BLAS {info['torch_blas']}); OPENBLAS_CORETYPE={info['openblas_coretype']}; "
+          f"load {report['load_at_start']}", flush=True)
+    for case in grid:
+        if case.loss == "last":
+            report["vanishing"][case.name] = vanishing_profile(case)
+    for threads in args.threads:
+        torch.set_num_threads(threads)
+        with threadpool_limits(threads, user_api="blas"):
+            for dtype in args.dtypes:
+                peaks = gemm_peaks(np.dtype(dtype), rounds=args.rounds)
+                report["peaks"][f"{dtype}/{threads}"] = peaks
+                print(f"\n{dtype}, {threads} thread(s): GEMM peak ({PEAK_N}²) numpy {peaks['numpy']:.1f} GFLOP/s, "
+                      f"torch {peaks['torch']:.1f} GFLOP/s", flush=True)
+                for case in grid:
+                    x, g = make_inputs(case, dtype)
+                    model = make_scratch(case, dtype)
+                    twin = make_torch(model, dtype)
+                    fns = {"scratch": scratch_step(model, x, g), "torch": torch_step(twin, x, g)}
+                    reps = args.reps if case.flops * (8 if dtype == "float64" else 4) < 20e9 else max(2, args.reps - 1)
+                    load0 = load()
+                    res = time_blocks(fns, rounds=args.rounds, reps=reps)
+                    flush_off = None
+                    if case.loss == "last" and dtype == "float32":
+                        saved = dict(scratch_rnn_module.FLUSH_BELOW)
+                        scratch_rnn_module.FLUSH_BELOW[np.dtype(np.float32)] = 0.0
+                        try:
+                            flush_off = time_blocks({"scratch": fns["scratch"]}, rounds=args.rounds, reps=reps)["scratch"]
+                        finally:
+                            scratch_rnn_module.FLUSH_BELOW.update(saved)
+                    ours, theirs = res["scratch"]["median_s"], res["torch"]["median_s"]
+                    row = dict(case=case.name, B=case.B, T=case.T, I=case.I, H=case.H, loss=case.loss, dtype=dtype,
+                               threads=threads, scratch_ms=ours * 1e3, torch_ms=theirs * 1e3, ratio=ours / theirs,
+                               scratch_min_ms=res["scratch"]["min_s"] * 1e3, torch_min_ms=res["torch"]["min_s"] * 1e3,
+                               samples=res["scratch"]["samples"], scratch_gflops=case.flops / ours / 1e9,
+                               torch_gflops=case.flops / theirs / 1e9,
+                               scratch_peak_frac=case.flops / ours / 1e9 / peaks["numpy"],
+                               torch_peak_frac=case.flops / theirs / 1e9 / peaks["torch"],
+                               load_before=load0, load_after=load())
+                    if flush_off is not None:
+                        row["scratch_flush_off_ms"] = flush_off["median_s"] * 1e3
+                    report["rows"].append(row)
+                    extra = f"  (flush off: {row['scratch_flush_off_ms']:.2f} ms)" if flush_off else ""
+                    print(f"  {case.name:13s} {case.shape:20s} {case.loss:4s}: scratch {ours * 1e3:9.2f} ms  "
+                          f"torch {theirs * 1e3:9.2f} ms  ratio {ours / theirs:5.3f}  "
+                          f"{row['scratch_gflops']:6.1f} GFLOP/s = {100 * row['scratch_peak_frac']:4.1f}% of peak "
+                          f"(torch {100 * row['torch_peak_frac']:4.1f}%)  load {row['load_after'][0]}{extra}", flush=True)
+                    del model, twin, fns
+                    gc.collect()
+    if args.memory:
+        report["memory"] = []
+        for dtype in args.dtypes:
+            for case in grid:
+                mem = {lib: measure_memory(lib, dtype, case, max(args.threads)) for lib in ("numpy", "torch")}
+                entry = dict(case=case.name, dtype=dtype, scratch_mb=mem["numpy"]["peak_rise_mb"],
+                             torch_mb=mem["torch"]["peak_rise_mb"],
+                             scratch_tracemalloc_mb=mem["numpy"].get("tracemalloc_peak_mb"),
+                             hwm_reset=mem["numpy"]["hwm_reset"] and mem["torch"]["hwm_reset"])
+                report["memory"].append(entry)
+                print(f"  memory {dtype} {case.name:13s}: scratch {entry['scratch_mb']:8.1f} MB "
+                      f"(tracemalloc {entry['scratch_tracemalloc_mb']:.1f})  torch {entry['torch_mb']:8.1f} MB", flush=True)
+    report["load_at_end"] = load()
+    report["summary"] = summarize(report, grid)
+    return report
+
+
+def summarize(report: dict, grid) -> dict:
+    out = {}
+    largest = max(grid, key=lambda c: (c.loss == "all", c.flops))
+    for key in sorted({(r["dtype"], r["threads"]) for r in report["rows"]}):
+        rows = [r for r in report["rows"] if (r["dtype"], r["threads"]) == key]
+        ratios = [r["ratio"] for r in rows]
+        big = next(r for r in rows if r["case"] == largest.name)
+        s = dict(geomean_ratio=math.exp(sum(map(math.log, ratios)) / len(ratios)), max_ratio=max(ratios),
+                 largest_case=largest.name, largest_peak_frac=big["scratch_peak_frac"],
+                 largest_torch_peak_frac=big["torch_peak_frac"])
+        for van in (r for r in rows if r["loss"] == "last"):
+            normal = next((r for r in rows if r["loss"] == "all" and (r["B"], r["T"], r["I"], r["H"]) ==
+                           (van["B"], van["T"], van["I"], van["H"])), None)
+            if normal is not None:
+                s["vanishing_over_normal"] = van["scratch_ms"] / normal["scratch_ms"]
+                s["torch_vanishing_over_normal"] = van["torch_ms"] / normal["torch_ms"]
+                if "scratch_flush_off_ms" in van:
+                    s["vanishing_flush_off_over_normal"] = van["scratch_flush_off_ms"] / normal["scratch_ms"]
+        out[f"{key[0]}/{key[1]}"] = s
+    if "memory" in report:
+        out["memory_scratch_over_torch"] = {f"{m['dtype']}/{m['case']}": m["scratch_mb"] / m["torch_mb"]
+                                            for m in report["memory"]}
+    return out
+
+
+def markdown(report: dict) -> str:
+    """The tables of docs/sections/performance.md, from a report (``--markdown FILE.json`` reprints them)."""
+    lines = ["| dtype | threads | case | (B, T, I, H) | loss | scratch ms | torch ms | ratio | scratch GFLOP/s | "
+             "% of numpy peak | torch % of torch peak | load |",
+             "|---|---:|---|---|---|---:|---:|---:|---:|---:|---:|---:|"]
+    for r in report["rows"]:
+        flush = f" (flush off: {r['scratch_flush_off_ms']:.2f})" if "scratch_flush_off_ms" in r else ""
+        lines.append(f"| {r['dtype']} | {r['threads']} | {r['case']} | ({r['B']}, {r['T']}, {r['I']}, {r['H']}) | "
+                     f"{r['loss']} | {r['scratch_ms']:.2f}{flush} | {r['torch_ms']:.2f} | {r['ratio']:.3f} | "
+                     f"{r['scratch_gflops']:.1f} | {100 * r['scratch_peak_frac']:.0f}% | "
+                     f"{100 * r['torch_peak_frac']:.0f}% | {r['load_after'][0]:.2f} |")
+    lines += ["", "| dtype / threads | GEMM peak numpy | GEMM peak torch | geomean ratio | max ratio | "
+              "% of peak, largest | vanishing / normal (scratch) | vanishing / normal (torch) |",
+              "|---|---:|---:|---:|---:|---:|---:|---:|"]
+    for key, s in report["summary"].items():
+        if key.startswith("memory"):
+            continue
+        pk = report["peaks"][key]
+        lines.append(f"| {key} | {pk['numpy']:.1f} | {pk['torch']:.1f} | {s['geomean_ratio']:.3f} | "
+                     f"{s['max_ratio']:.3f} | {100 * s['largest_peak_frac']:.0f}% | "
+                     f"{s.get('vanishing_over_normal', float('nan')):.2f} | "
+                     f"{s.get('torch_vanishing_over_normal', float('nan')):.2f} |")
+    if report.get("memory"):
+        lines += ["", "| dtype | case | scratch MB (RSS rise) | scratch MB (tracemalloc) | torch MB (RSS rise) | "
+                  "scratch / torch |", "|---|---|---:|---:|---:|---:|"]
+        for m in report["memory"]:
+            lines.append(f"| {m['dtype']} | {m['case']} | {m['scratch_mb']:.1f} | {m['scratch_tracemalloc_mb']:.1f} | "
+                         f"{m['torch_mb']:.1f} | {m['scratch_mb'] / m['torch_mb']:.2f} |")
+    return "\n".join(lines)
+
+
+def main(argv=None) -> int:
+    p = argparse.ArgumentParser(prog="python -m benchmarks.rnn", description=__doc__.split("\n")[0])
+    p.add_argument("--threads", type=int, nargs="+", default=[1, 2])
+    p.add_argument("--dtypes", nargs="+", default=["float32", "float64"], choices=["float32", "float64"])
+    p.add_argument("--rounds", type=int, default=3, help="timing blocks per library and case")
+    p.add_argument("--reps", type=int, default=3, help="timed calls per block (after a discarded warm-up)")
+    p.add_argument("--quick", action="store_true", help="a small grid, for a smoke run")
+    p.add_argument("--cases", nargs="+", help="only these cases of the grid, by name")
+    p.add_argument("--no-memory", dest="memory", action="store_false")
+    p.add_argument("--json", default=str(ROOT / "results" / "bench_rnn.json"))
+    p.add_argument("--markdown", metavar="JSON", help="print the tables of an earlier run's JSON and exit")
+    p.add_argument("--memory-child", nargs=4, metavar=("LIB", "DTYPE", "CASE", "THREADS"), help=argparse.SUPPRESS)
+    args = p.parse_args(argv)
+    if args.memory_child:
+        lib, dtype, case, threads = args.memory_child
+        print(json.dumps(memory_child(lib, dtype, Case(**json.loads(case)), int(threads))))
+        return 0
+    if args.markdown:
+        print(markdown(json.loads(Path(args.markdown).read_text())))
+        return 0
+    report = run(args)
+    print("\n" + markdown(report))
+    print("\nsummary:", json.dumps(report["summary"], indent=1))
+    path = Path(args.json)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text(json.dumps(report, indent=1))
+    print(f"\nwrote {path}")
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
