@@ -235,6 +235,7 @@ def test_glove_needs_50_dimensions():
     (["--lr", "-1"], "lr"),
     (["--token-dropout", "1.5"], "token_dropout"),
     (["--epochs", "0"], "epochs"),
+    (["--max-vocab", "2"], "max_vocab"),
     (["--run-name", "a/b"], "plain folder name"),
 ])
 def test_bad_arguments_exit_2_with_a_message(argv, message, capsys, tmp_path):

@@ -46,7 +46,8 @@ def parser() -> argparse.ArgumentParser:
     g.add_argument("--stopwords", choices=STOPWORDS,
                    help=f"remove NLTK's stopwords (as the notebook), remove them but keep not/no/nor and the n't "
                         f"forms, or keep every token (default {d.stopwords})")
-    g.add_argument("--max-vocab", type=int, help=f"vocabulary size, <pad> and <unk> included (default {d.max_vocab})")
+    g.add_argument("--max-vocab", type=_none_or(int),
+                   help=f"vocabulary size, <pad> and <unk> included; 'none': no limit (default {d.max_vocab})")
     g.add_argument("--min-freq", type=int, help=f"minimum count in training (default {d.min_freq})")
     g.add_argument("--max-len", type=int, help=f"keep a review's first N tokens (default {d.max_len})")
     g.add_argument("--train-size", type=_none_or(int),

@@ -57,7 +57,7 @@ class SentimentConfig:
     # data and text pipeline
     data: str | None = None              # IMDB source; None: data.load_imdb's default (the shared copy)
     stopwords: str = "remove"            # remove (the notebook), keep-negations (not/no/nor, n't forms), keep
-    max_vocab: int = 20_000
+    max_vocab: int | None = 20_000
     min_freq: int = 2
     max_len: int = 400
     train_size: int | None = None        # stratified subsample of the official train split (None: all)
@@ -114,8 +114,10 @@ class SentimentConfig:
             pos_int(name)
         for name in ("train_size", "test_size", "patience"):
             pos_int(name, allow_none=True)
-        if self.max_vocab < 3:
-            raise ValueError(f"max_vocab: counts <pad> and <unk>, expected >= 3, got {self.max_vocab}")
+        if self.max_vocab is not None and (isinstance(self.max_vocab, bool) or not isinstance(self.max_vocab, int)
+                                           or self.max_vocab < 3):
+            raise ValueError(f"max_vocab: counts <pad> and <unk>, expected an integer >= 3 or None (every token "
+                             f"seen min_freq times), got {self.max_vocab!r}")
         if self.train_size is not None and self.train_size < 4:
             raise ValueError(f"train_size: expected at least 4 reviews, got {self.train_size}")
         if not 0.0 <= self.valid_fraction < 1.0:
