@@ -11,7 +11,6 @@
 from __future__ import annotations
 
 import json
-import os
 
 import numpy as np
 import pandas as pd
@@ -306,11 +305,8 @@ def test_quick_run_beats_chance_and_the_backends_agree(tmp_path):
     assert config["sentiment"]["train_size"] == 3000 and config["text"]["remove_stopwords"]
 
 
-@pytest.mark.slow
-def test_both_backends_in_their_own_processes(tmp_path, request):
+def test_both_backends_in_their_own_processes(tmp_path):
     """The default of --backend both: one spawned process per backend, each with its own ru_maxrss."""
-    if "slow" not in (request.config.option.markexpr or ""):
-        pytest.skip("slow (two spawned processes): select with -m slow")
     _need_real_data()
     code = main(["--preset", "quick", "--backend", "both", "--out-root", str(tmp_path), "--run-name", "iso",
                  "--no-progress"])
