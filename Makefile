@@ -13,7 +13,7 @@ export SCRATCH_RNN_SHARED := $(SHARED)
 
 STAMP := $(VENV)/.installed
 
-.PHONY: setup crosscheck test test-fast clean
+.PHONY: setup crosscheck test test-fast sentiment sentiment-quick gradients gradients-quick bench clean
 
 $(STAMP): pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -27,6 +27,28 @@ setup: $(STAMP)
 ## The main job: scratch vs torch vs finite differences over random configurations.
 crosscheck: $(STAMP)
 	$(PY) -m reference.crosscheck --cases $(CASES) --seed $(SEED)
+
+## IMDB sentiment: the NumPy model and its torch twin from the same weights (about 3 min).
+sentiment: $(STAMP)
+	$(PY) -m experiments.sentiment --backend both --embedding glove --stopwords keep-negations \
+		--run-name glove-keep-negations-both
+
+sentiment-quick: $(STAMP)
+	$(PY) -m experiments.sentiment --preset quick --backend both
+
+## The exploding/vanishing gradient study: the four experiments (reduced pathological grid; ~12 min).
+gradients: $(STAMP)
+	$(PY) -m experiments.gradients spectrum
+	$(PY) -m experiments.gradients cliff
+	$(PY) -m experiments.gradients pathological
+	$(PY) -m experiments.gradients flow
+
+gradients-quick: $(STAMP)
+	for e in spectrum cliff pathological flow; do $(PY) -m experiments.gradients $$e --quick || exit 1; done
+
+## Forward+backward speed and memory against torch.nn.RNN.
+bench: $(STAMP)
+	$(PY) -m benchmarks.rnn
 
 ## The test suite exactly as CI runs it (thorough hypothesis profile).
 test: $(STAMP)
