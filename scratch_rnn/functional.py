@@ -179,14 +179,17 @@ def _same_view(a: np.ndarray, b: np.ndarray) -> bool:
 
 def sequence_backward(grad_out: np.ndarray, grad_h_last: np.ndarray, hs: np.ndarray,
                       w_hh: np.ndarray, nonlinearity: str, batch_sizes: np.ndarray | None,
-                      reverse: bool, flush_below: float = 0.0, *, hidden: np.ndarray | None = None,
-                      delta: np.ndarray | None = None):
+                      reverse: bool, flush_below: float = 0.0, *, flush_every: int = 1,
+                      hidden: np.ndarray | None = None, delta: np.ndarray | None = None):
     """BPTT through :func:`sequence_forward`.
 
     grad_out: (T, B, H), dL/dh_t from above (the layer output; any strides); grad_h_last: (B, H),
     dL/d(final state), the state each sequence reached last (h_n). hs: (T + 1, B, H) from the forward.
-    flush_below: when > 0, |g_t| entries below it are set to 0 (keeps subnormal floats, which are
-    many times slower on some CPUs, out of the loop in the vanishing regime; 0 disables it).
+    flush_below, flush_every: when flush_below > 0, the entries of g_t with |g_t| < flush_below are
+    set to 0 at every ``flush_every``-th step of the loop, counted from its first step. This keeps
+    subnormal floats, whose arithmetic is many times slower on some CPUs, out of the loop in the
+    vanishing regime: with the threshold far enough above the subnormal range, a gradient that
+    shrinks through time is zeroed before it gets there. 0 disables it.
     hidden, delta: optional C-contiguous (T, B, H) buffers for the results (their padded
     entries are set to zero here; the others are all overwritten).
     Returns (delta, grad_h0, hidden_grads):
@@ -210,17 +213,17 @@ def sequence_backward(grad_out: np.ndarray, grad_h_last: np.ndarray, hs: np.ndar
     step = step_backward
     if batch_sizes is None:
         rev = slice(None) if reverse else slice(None, None, -1)  # the loop's order
-        for g, g_out, h, d in zip(hidden[rev], grad_out[rev], states[rev], delta[rev]):
+        for i, (g, g_out, h, d) in enumerate(zip(hidden[rev], grad_out[rev], states[rev], delta[rev])):
             np.add(dh, g_out, out=g)
-            if flush:
+            if flush and i % flush_every == 0:
                 g[np.abs(g) < flush_below] = 0
             step(g, (None, h), w_hh, nonlinearity, d, dh)
     else:
-        for t in order:
+        for i, t in enumerate(order):
             n = batch_sizes[t]
             g = hidden[t, :n]
             np.add(dh[:n], grad_out[t, :n], out=g)
-            if flush:
+            if flush and i % flush_every == 0:
                 g[np.abs(g) < flush_below] = 0
             step(g, (None, states[t, :n]), w_hh, nonlinearity, delta[t, :n], dh[:n])
     return delta, dh, hidden

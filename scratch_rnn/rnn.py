@@ -21,10 +21,16 @@ from ._checks import (
     check_shape,
 )
 
-# Below this, the total gradient dL/dh_t is flushed to zero in float32 BPTT: it is the smallest
-# normal float32 (1.2e-38), far below any gradient an optimizer can act on, while the subnormal
-# range it cuts away is ~10x slower on x86. float64 keeps every digit (no flush).
-FLUSH_BELOW = {np.dtype(np.float32): float(np.finfo(np.float32).tiny), np.dtype(np.float64): 0.0}
+# The subnormal flush of float32 BPTT (see docs/sections/performance.md). Every FLUSH_EVERY-th step
+# of the backward loop, the entries of the total gradient dL/dh_t below FLUSH_BELOW in magnitude are
+# set to zero. 2^-100 (7.9e-31) is 26 binary orders above float32's smallest normal number (2^-126),
+# so a gradient that shrinks through time is zeroed before it turns subnormal (arithmetic on
+# subnormals is many times slower on many x86 CPUs) as long as it shrinks by less than 2^26 in
+# FLUSH_EVERY steps; checking every 4th step costs a quarter of a check at every step. What it
+# drops lies 23 orders of magnitude below float32's resolution of any gradient of order one.
+# float64 keeps every digit (no flush): it is the cross-validation dtype.
+FLUSH_BELOW = {np.dtype(np.float32): 2.0 ** -100, np.dtype(np.float64): 0.0}
+FLUSH_EVERY = 4
 
 
 def rnn_param_names(num_layers: int, bidirectional: bool, bias: bool) -> list[str]:
@@ -346,7 +352,7 @@ class RNN:
                 _, dh0, _ = F.sequence_backward(
                     d_layer_out[:, :, d * H:(d + 1) * H], d_hn[layer * D + d], hs_dirs[d],
                     self._p("weight_hh", layer, d), self.nonlinearity, batch_sizes, reverse, flush,
-                    hidden=hidden[layer * D + d], delta=delta)
+                    flush_every=FLUSH_EVERY, hidden=hidden[layer * D + d], delta=delta)
                 dw_ih, dw_hh, db = F.weight_gradients(delta, layer_in, hs_dirs[d], reverse, self.bias)
                 sfx = f"_l{layer}{'_reverse' if reverse else ''}"
                 new_grads["weight_ih" + sfx], new_grads["weight_hh" + sfx] = dw_ih, dw_hh

@@ -248,21 +248,48 @@ def _subnormal(a):
     return (a > 0) & (a < TINY32)
 
 
-def test_flush_removes_subnormals_and_changes_nothing_else(monkeypatch):
+def test_flush_keeps_subnormals_out_and_changes_only_tiny_values(monkeypatch):
     model, x, g = _vanishing_case()
     flushed = _run(model, x, g)
     monkeypatch.setitem(rnn_module.FLUSH_BELOW, np.dtype(np.float32), 0.0)
     exact = _run(model, x, g)
     assert _subnormal(exact["hidden"]).any(), "the case must reach the subnormal range, or it tests nothing"
     assert not _subnormal(flushed["hidden"]).any()
-    # The flush only ever drops entries below 2^-126: every difference is far below float32's resolution
-    # of anything of order one, and everything above the subnormal range is bit for bit unchanged.
-    big = np.abs(exact["hidden"]) >= 2.0 ** -100
+    # Everything the flush drops is below 2^-100, and the recurrence contracts: every difference stays
+    # tiny, and every gradient is the same to float32's resolution.
+    assert np.max(np.abs(flushed["hidden"].astype(np.float64) - exact["hidden"])) < 2.0 ** -95
+    big = np.abs(exact["hidden"]) >= 2.0 ** -60
     np.testing.assert_array_equal(flushed["hidden"][big], exact["hidden"][big])
-    assert np.max(np.abs(flushed["hidden"] - exact["hidden"])) < 2.0 ** -100
     for k in exact["grads"]:
         assert_close(flushed["grads"][k], exact["grads"][k], name=k, rtol=1e-6, atol=1e-30)
     assert_close(flushed["grad_x"], exact["grad_x"], name="grad_x", rtol=1e-6, atol=1e-30)
+
+
+@pytest.mark.parametrize("reverse", [False, True])
+@pytest.mark.parametrize("lengths", [None, (9, 9, 5)])
+def test_flush_acts_every_kth_step_below_the_threshold(reverse, lengths):
+    """W_hh = 0 makes g_t = dL/dout_t exactly, so the flush's own effect is visible entry by entry."""
+    T, B, H, k, thr = 9, 3, 4, 4, 2.0 ** -100
+    rng = np.random.default_rng(8)
+    g_out = rng.standard_normal((T, B, H)).astype(np.float32)
+    g_out[:, :, :2] *= 2.0 ** -110  # below the threshold (and subnormal-free: 2^-110 > 2^-126)
+    hs = np.tanh(rng.standard_normal((T + 1, B, H))).astype(np.float32)
+    bs = None if lengths is None else _batch_sizes(lengths, T)
+    delta, gh0, hidden = F.sequence_backward(g_out, np.zeros((B, H), np.float32), hs, np.zeros((H, H), np.float32),
+                                             "tanh", bs, reverse, thr, flush_every=k)
+    order = range(T) if reverse else range(T - 1, -1, -1)
+    for i, t in enumerate(order):
+        n = B if bs is None else bs[t]
+        expected = g_out[t, :n].copy()
+        if i % k == 0:
+            expected[np.abs(expected) < thr] = 0
+        np.testing.assert_array_equal(hidden[t, :n], expected, err_msg=f"step {t} (loop step {i})")
+
+
+def test_the_flush_settings_are_what_the_docs_say():
+    assert rnn_module.FLUSH_BELOW[np.dtype(np.float32)] == 2.0 ** -100
+    assert rnn_module.FLUSH_BELOW[np.dtype(np.float64)] == 0.0
+    assert rnn_module.FLUSH_EVERY == 4
 
 
 def test_flushed_float32_vanishing_regime_matches_torch_float64():
