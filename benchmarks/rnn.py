@@ -16,12 +16,14 @@ What is measured, for each (B, T, I, H) of the grid, dtype and thread count:
   library if the calls were interleaved one by one.
 - GFLOP/s from the GEMM work of one forward+backward, 6·T·B·H·(I + H) floating-point operations
   (forward x W_ihᵀ and h W_hhᵀ; backward δ W_hh, δᵀ h, δᵀ x and δ W_ih), and that rate as a share of
-  the machine's GEMM peak measured in the same run (a 2048² matrix product, same dtype and threads;
-  numpy's peak for this project, torch's for torch).
+  the machine's GEMM peak (a 2048² matrix product, same dtype and threads; numpy's peak for this
+  project, torch's for torch), timed in blocks among the case's own: this virtual machine's speed
+  drifts by 20% over seconds, so a peak taken minutes earlier would not be the same machine.
 - the loss: ``all`` gives every output step a cotangent; ``last`` (the vanishing regime) only the
   last step, so that dL/dh_t shrinks geometrically going back in time and reaches the subnormal
   range in float32 (the report gives the number of steps whose float64 gradient is below float32's
-  smallest normal number). For float32 that case is also timed with the subnormal flush disabled.
+  smallest normal number). For float32 that case is also timed with the subnormal flush disabled,
+  in the same blocks.
 - peak memory of one forward+backward, each library in a fresh process: the rise of the resident
   set's high-water mark (VmHWM, reset through /proc/self/clear_refs) over the resident set just
   before the call, after a small warm-up call and with inputs and weights already allocated.
@@ -131,6 +133,19 @@ def torch_step(twin, x, g):
     return run
 
 
+def flush_off(fn, module):
+    """``fn`` with scratch_rnn's float32 subnormal flush disabled during the call."""
+    def run():
+        key = np.dtype(np.float32)
+        saved = module.FLUSH_BELOW[key]
+        module.FLUSH_BELOW[key] = 0.0
+        try:
+            fn()
+        finally:
+            module.FLUSH_BELOW[key] = saved
+    return run
+
+
 def vanishing_profile(case: Case) -> dict:
     """How far the float64 gradient falls: steps whose max |dL/dh_t| is below float32's smallest normal."""
     model = make_scratch(case, np.float64)
@@ -146,8 +161,11 @@ def vanishing_profile(case: Case) -> dict:
 # --------------------------------------------------------------------------------------------
 # Timing
 # --------------------------------------------------------------------------------------------
-def time_blocks(fns: dict, rounds: int, reps: int, pause: float = 0.3) -> dict:
-    """Median seconds per call of each function, timed in blocks (see the module docstring)."""
+def time_blocks(fns: dict, rounds: int, reps, pause: float = 0.3) -> dict:
+    """Median seconds per call of each function, timed in blocks (see the module docstring).
+
+    reps: timed calls per block, an int or a dict name -> int.
+    """
     names = list(fns)
     samples = {k: [] for k in names}
     for r in range(rounds):
@@ -155,7 +173,7 @@ def time_blocks(fns: dict, rounds: int, reps: int, pause: float = 0.3) -> dict:
         for name in names[k:] + names[:k]:
             fn = fns[name]
             fn()  # warm-up, discarded
-            for _ in range(reps):
+            for _ in range(reps[name] if isinstance(reps, dict) else reps):
                 t0 = time.perf_counter()
                 fn()
                 samples[name].append(time.perf_counter() - t0)
@@ -163,18 +181,25 @@ def time_blocks(fns: dict, rounds: int, reps: int, pause: float = 0.3) -> dict:
     return {k: dict(median_s=statistics.median(v), min_s=min(v), samples=len(v)) for k, v in samples.items()}
 
 
-def gemm_peaks(dtype, rounds: int) -> dict:
-    """GFLOP/s of a PEAK_N² matrix product, numpy and torch, timed in blocks."""
+def peak_fns(dtype) -> dict:
+    """A PEAK_N² matrix product in numpy and in torch: the machine's GEMM peak for this dtype."""
     import torch
     rng = np.random.default_rng(1)
     a = rng.standard_normal((PEAK_N, PEAK_N)).astype(dtype)
     b = rng.standard_normal((PEAK_N, PEAK_N)).astype(dtype)
     out = np.empty_like(a)
-    ta, tb, tout = torch.from_numpy(a), torch.from_numpy(b), torch.empty(PEAK_N, PEAK_N, dtype=torch.from_numpy(a).dtype)
-    res = time_blocks({"numpy": lambda: np.dot(a, b, out=out), "torch": lambda: torch.mm(ta, tb, out=tout)},
-                      rounds=rounds, reps=5)
-    flops = 2.0 * PEAK_N ** 3
-    return {k: flops / v["median_s"] / 1e9 for k, v in res.items()}
+    ta, tb = torch.from_numpy(a), torch.from_numpy(b)
+    tout = torch.empty(PEAK_N, PEAK_N, dtype=ta.dtype)
+    return {"numpy_gemm": lambda: np.dot(a, b, out=out), "torch_gemm": lambda: torch.mm(ta, tb, out=tout)}
+
+
+PEAK_FLOPS = 2.0 * PEAK_N ** 3
+
+
+def gemm_peaks(dtype, rounds: int) -> dict:
+    """GFLOP/s of a PEAK_N² matrix product, numpy and torch, timed in blocks."""
+    res = time_blocks(peak_fns(dtype), rounds=rounds, reps=3)
+    return {k.split("_")[0]: PEAK_FLOPS / v["median_s"] / 1e9 for k, v in res.items()}
 
 
 # --------------------------------------------------------------------------------------------
@@ -340,40 +365,39 @@ def run(args) -> dict:
         torch.set_num_threads(threads)
         with threadpool_limits(threads, user_api="blas"):
             for dtype in args.dtypes:
-                peaks = gemm_peaks(np.dtype(dtype), rounds=args.rounds)
+                peaks = gemm_peaks(np.dtype(dtype), rounds=2)
                 report["peaks"][f"{dtype}/{threads}"] = peaks
                 print(f"\n{dtype}, {threads} thread(s): GEMM peak ({PEAK_N}²) numpy {peaks['numpy']:.1f} GFLOP/s, "
                       f"torch {peaks['torch']:.1f} GFLOP/s", flush=True)
+                peak = peak_fns(np.dtype(dtype))
                 for case in grid:
                     x, g = make_inputs(case, dtype)
                     model = make_scratch(case, dtype)
                     twin = make_torch(model, dtype)
                     fns = {"scratch": scratch_step(model, x, g), "torch": torch_step(twin, x, g)}
-                    reps = args.reps if case.flops * (8 if dtype == "float64" else 4) < 20e9 else max(2, args.reps - 1)
+                    if case.loss == "last" and dtype == "float32":
+                        fns["scratch_flush_off"] = flush_off(fns["scratch"], scratch_rnn_module)
+                    fns.update(peak)  # the peak, timed among the case's own blocks: the machine drifts
+                    reps = {k: (1 if k.endswith("gemm") else args.reps) for k in fns}
                     load0 = load()
                     with OtherLoad() as other:
                         res = time_blocks(fns, rounds=args.rounds, reps=reps)
-                    flush_off = None
-                    if case.loss == "last" and dtype == "float32":
-                        saved = dict(scratch_rnn_module.FLUSH_BELOW)
-                        scratch_rnn_module.FLUSH_BELOW[np.dtype(np.float32)] = 0.0
-                        try:
-                            flush_off = time_blocks({"scratch": fns["scratch"]}, rounds=args.rounds, reps=reps)["scratch"]
-                        finally:
-                            scratch_rnn_module.FLUSH_BELOW.update(saved)
+                    local_peak = {k.split("_")[0]: PEAK_FLOPS / res[k]["median_s"] / 1e9 for k in peak}
+                    flush_off_res = res.get("scratch_flush_off")
                     ours, theirs = res["scratch"]["median_s"], res["torch"]["median_s"]
                     row = dict(case=case.name, B=case.B, T=case.T, I=case.I, H=case.H, loss=case.loss, dtype=dtype,
                                threads=threads, scratch_ms=ours * 1e3, torch_ms=theirs * 1e3, ratio=ours / theirs,
                                scratch_min_ms=res["scratch"]["min_s"] * 1e3, torch_min_ms=res["torch"]["min_s"] * 1e3,
                                samples=res["scratch"]["samples"], scratch_gflops=case.flops / ours / 1e9,
                                torch_gflops=case.flops / theirs / 1e9,
-                               scratch_peak_frac=case.flops / ours / 1e9 / peaks["numpy"],
-                               torch_peak_frac=case.flops / theirs / 1e9 / peaks["torch"],
+                               numpy_peak_gflops=local_peak["numpy"], torch_peak_gflops=local_peak["torch"],
+                               scratch_peak_frac=case.flops / ours / 1e9 / local_peak["numpy"],
+                               torch_peak_frac=case.flops / theirs / 1e9 / local_peak["torch"],
                                load_before=load0, load_after=load(), other_processes_cores=other.cores)
-                    if flush_off is not None:
-                        row["scratch_flush_off_ms"] = flush_off["median_s"] * 1e3
+                    if flush_off_res is not None:
+                        row["scratch_flush_off_ms"] = flush_off_res["median_s"] * 1e3
                     report["rows"].append(row)
-                    extra = f"  (flush off: {row['scratch_flush_off_ms']:.2f} ms)" if flush_off else ""
+                    extra = f"  (flush off: {row['scratch_flush_off_ms']:.2f} ms)" if flush_off_res else ""
                     print(f"  {case.name:13s} {case.shape:20s} {case.loss:4s}: scratch {ours * 1e3:9.2f} ms  "
                           f"torch {theirs * 1e3:9.2f} ms  ratio {ours / theirs:5.3f}  "
                           f"{row['scratch_gflops']:6.1f} GFLOP/s = {100 * row['scratch_peak_frac']:4.1f}% of peak "
@@ -425,15 +449,16 @@ def summarize(report: dict, grid) -> dict:
 def markdown(report: dict) -> str:
     """The tables of docs/sections/performance.md, from a report (``--markdown FILE.json`` reprints them)."""
     lines = ["| dtype | threads | case | (B, T, I, H) | loss | scratch ms | torch ms | ratio | scratch GFLOP/s | "
-             "% of numpy peak | torch % of torch peak | other processes (cores) |",
-             "|---|---:|---|---|---|---:|---:|---:|---:|---:|---:|---:|"]
+             "% of numpy peak | torch % of torch peak | numpy / torch peak GFLOP/s | other processes (cores) |",
+             "|---|---:|---|---|---|---:|---:|---:|---:|---:|---:|---|---:|"]
     for r in report["rows"]:
         flush = f" (flush off: {r['scratch_flush_off_ms']:.2f})" if "scratch_flush_off_ms" in r else ""
         lines.append(f"| {r['dtype']} | {r['threads']} | {r['case']} | ({r['B']}, {r['T']}, {r['I']}, {r['H']}) | "
                      f"{r['loss']} | {r['scratch_ms']:.2f}{flush} | {r['torch_ms']:.2f} | {r['ratio']:.3f} | "
                      f"{r['scratch_gflops']:.1f} | {100 * r['scratch_peak_frac']:.0f}% | "
-                     f"{100 * r['torch_peak_frac']:.0f}% | {r.get('other_processes_cores', float('nan')):.2f} |")
-    lines += ["", "| dtype / threads | GEMM peak numpy | GEMM peak torch | geomean ratio | max ratio | "
+                     f"{100 * r['torch_peak_frac']:.0f}% | {r['numpy_peak_gflops']:.0f} / {r['torch_peak_gflops']:.0f} | "
+                     f"{r.get('other_processes_cores', float('nan')):.2f} |")
+    lines += ["", "| dtype / threads | GEMM peak numpy (start) | GEMM peak torch (start) | geomean ratio | max ratio | "
               "% of peak, largest | vanishing / normal (scratch) | vanishing / normal (torch) |",
               "|---|---:|---:|---:|---:|---:|---:|---:|"]
     for key, s in report["summary"].items():
@@ -457,8 +482,8 @@ def main(argv=None) -> int:
     p = argparse.ArgumentParser(prog="python -m benchmarks.rnn", description=__doc__.split("\n")[0])
     p.add_argument("--threads", type=int, nargs="+", default=[1, 2])
     p.add_argument("--dtypes", nargs="+", default=["float32", "float64"], choices=["float32", "float64"])
-    p.add_argument("--rounds", type=int, default=3, help="timing blocks per library and case")
-    p.add_argument("--reps", type=int, default=3, help="timed calls per block (after a discarded warm-up)")
+    p.add_argument("--rounds", type=int, default=6, help="timing blocks per library and case")
+    p.add_argument("--reps", type=int, default=2, help="timed calls per block (after a discarded warm-up)")
     p.add_argument("--quick", action="store_true", help="a small grid, for a smoke run")
     p.add_argument("--cases", nargs="+", help="only these cases of the grid, by name")
     p.add_argument("--no-memory", dest="memory", action="store_false")
