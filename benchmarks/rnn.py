@@ -281,13 +281,18 @@ def measure_memory(lib: str, dtype: str, case: Case, threads: int) -> dict:
 def machine_info() -> dict:
     import torch
     from threadpoolctl import threadpool_info
-    cpu = "unknown"
+    cpu, cpuid = "unknown", {}
     try:
         with open("/proc/cpuinfo") as f:
             for line in f:
-                if line.startswith("model name"):
-                    cpu = line.split(":", 1)[1].strip()
-                    break
+                key, _, value = line.partition(":")
+                key = key.strip()
+                if key == "model name" and cpu == "unknown":
+                    cpu = value.strip()
+                elif key in ("cpu family", "model", "stepping", "cpu MHz") and key not in cpuid:
+                    cpuid[key] = value.strip()
+                elif not line.strip():
+                    break  # the first processor is enough
     except OSError:
         pass
     cfg = torch.__config__.show()
@@ -298,7 +303,7 @@ def machine_info() -> dict:
                  architecture=i.get("architecture"), threading_layer=i.get("threading_layer"),
                  num_threads=i.get("num_threads"), filepath=i.get("filepath"))
             for i in threadpool_info()]
-    return dict(cpu=cpu, cores=os.cpu_count(), python=platform.python_version(), numpy=np.__version__,
+    return dict(cpu=cpu, cpuid=cpuid, cores=os.cpu_count(), python=platform.python_version(), numpy=np.__version__,
                 torch=torch.__version__, torch_blas=torch_blas, torch_mkl=mkl, threadpools=blas,
                 openblas_coretype=os.environ.get("OPENBLAS_CORETYPE"),
                 openblas_l2_size=os.environ.get("OPENBLAS_L2_SIZE"), platform=platform.platform())

@@ -23,7 +23,7 @@ at step t only the first ``batch_sizes[t]`` rows are active; the others are left
 Memory and speed (see docs/sections/performance.md): the projection of step t is written straight
 into the slot of the state buffer ``hs`` that h_t will occupy, and each step overwrites it in place,
 so the forward holds one (T + 1, B, H) array per layer and direction; inside the loops every
-result goes into a preallocated buffer (``out=``), and no step allocates an array of its own.
+result goes into a preallocated buffer (``out=``).
 """
 from __future__ import annotations
 
