@@ -452,7 +452,7 @@ def summarize(report: dict, grid) -> dict:
 
 
 def markdown(report: dict) -> str:
-    """The tables of docs/sections/performance.md, from a report (``--markdown FILE.json`` reprints them)."""
+    """The tables of the README, section Performance, from a report (``--markdown FILE.json`` reprints them)."""
     lines = ["| dtype | threads | case | (B, T, I, H) | loss | scratch ms | torch ms | ratio | scratch GFLOP/s | "
              "% of numpy peak | torch % of torch peak | numpy / torch peak GFLOP/s | other processes (cores) |",
              "|---|---:|---|---|---|---:|---:|---:|---:|---:|---:|---|---:|"]

@@ -20,7 +20,7 @@ weight gradients are one GEMM each after it, so that only ``h_{t-1} W_hhᵀ`` (f
 Variable lengths follow torch's packed sequences: the batch is sorted by decreasing length, so
 at step t only the first ``batch_sizes[t]`` rows are active; the others are left untouched.
 
-Memory and speed (see docs/sections/performance.md): the projection of step t is written straight
+Memory and speed (see the README, section Performance): the projection of step t is written straight
 into the slot of the state buffer ``hs`` that h_t will occupy, and each step overwrites it in place,
 so the forward holds one (T + 1, B, H) array per layer and direction; inside the loops every
 result goes into a preallocated buffer (``out=``).

@@ -21,7 +21,7 @@ from ._checks import (
     check_shape,
 )
 
-# The subnormal flush of float32 BPTT (see docs/sections/performance.md). Every FLUSH_EVERY-th step
+# The subnormal flush of float32 BPTT (see the README, section Performance). Every FLUSH_EVERY-th step
 # of the backward loop, the entries of the total gradient dL/dh_t below FLUSH_BELOW in magnitude are
 # set to zero. 2^-100 (7.9e-31) is 26 binary orders above float32's smallest normal number (2^-126),
 # so a gradient that shrinks through time is zeroed before it turns subnormal (arithmetic on

@@ -507,7 +507,7 @@ def run_backend(cfg: SentimentConfig, backend_name: str, out_dir: str | os.PathL
     if backend_name == "torch" and cfg.dtype == "float32":
         import torch
 
-        torch.set_flush_denormal(True)  # scratch_rnn's float32 BPTT flushes subnormals too (FLUSH_BELOW)
+        torch.set_flush_denormal(True)  # scratch_rnn flushes tiny float32 gradients too (rnn.FLUSH_BELOW)
     if data is None:
         data, data_info = prepare_data(cfg, progress=progress)
     t_data = time.perf_counter() - t_start
