@@ -12,7 +12,7 @@ from hypothesis import strategies as st
 
 from reference.models import TorchSequenceModel, draw_dropout_masks, torch_twin
 from scratch_rnn.models import ModelConfig, SequenceModel, pool_backward, pool_forward
-from tests.helpers import FD_TOLERANCE, assert_close
+from tests.helpers import FD_TOLERANCE, assert_close, numerical_grad
 
 THOROUGH = settings.default.max_examples > 25
 
@@ -220,15 +220,7 @@ def test_loss_gradient_matches_finite_differences(task, pooling, loss):
         return model.loss(out, y, lengths)
 
     for name, p in model.parameters().items():
-        fd = np.zeros_like(p)
-        for i in np.ndindex(p.shape):
-            old = p[i]
-            p[i] = old + eps
-            up = f()
-            p[i] = old - eps
-            down = f()
-            p[i] = old
-            fd[i] = (up - down) / (2 * eps)
+        fd = numerical_grad(f, p, eps)
         assert_close(model.grads[name], fd, name=f"grad {name} vs finite differences",
                      config=dict(task=task, pooling=pooling, loss=loss), **FD_TOLERANCE)
 
