@@ -25,7 +25,7 @@ def parser() -> argparse.ArgumentParser:
         s.add_argument("--seed", type=int, default=0)
         s.add_argument("--no-progress", action="store_true", help="no progress bars")
         if name == "pathological":
-            s.add_argument("--protocol", choices=["quick", "reduced", "long", "full"], default=None,
+            s.add_argument("--protocol", choices=["quick", "reduced", "long", "extended", "full"], default=None,
                            help="trial grid (default: quick with --quick, else reduced)")
             s.add_argument("--workers", type=int, default=2, help="local worker processes")
             s.add_argument("--scheduler", default=None,

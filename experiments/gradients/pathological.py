@@ -62,6 +62,9 @@ PROTOCOLS = {
                         max_iters=3000, check_every=250, eval_samples=1000),
     "long": Protocol("long", ("adding", "temporal_order"), (25, 50), METHODS, (0, 1, 2),
                      max_iters=12000, check_every=500, eval_samples=1000),
+    # within the paper's length range, at a budget one 2-core machine finishes in ~20 minutes
+    "extended": Protocol("extended", ("adding", "temporal_order"), (50, 100), METHODS, (0, 1, 2),
+                         max_iters=20000, check_every=1000, eval_samples=1000),
     "quick": Protocol("quick", ("adding", "temporal_order"), (10,), METHODS, (0,),
                       max_iters=20, check_every=10, eval_samples=100, hidden=8),
 }
