@@ -283,15 +283,7 @@ class TokenizedCorpus:
         arrays = dict(token_ids=self.token_ids, offsets=self.offsets,
                       types=np.frombuffer("\n".join(self.types).encode("utf-8"), dtype=np.uint8),
                       meta=np.frombuffer(json.dumps(m).encode("utf-8"), dtype=np.uint8))
-        fd, tmp = tempfile.mkstemp(prefix=path.name + ".", suffix=".tmp", dir=path.parent)
-        try:
-            with os.fdopen(fd, "wb") as f:
-                np.savez(f, **arrays)
-            _chmod_like_open(tmp)
-            os.replace(tmp, path)
-        finally:
-            if os.path.exists(tmp):
-                os.unlink(tmp)
+        _write_atomically(path, "wb", lambda f: np.savez(f, **arrays))
 
     @classmethod
     def load(cls, path: str | os.PathLike) -> tuple["TokenizedCorpus", dict]:
@@ -301,6 +293,20 @@ class TokenizedCorpus:
             types = raw_types.split("\n") if raw_types else []
             corpus = cls(types, z["token_ids"], z["offsets"], TextConfig(**meta["config"]))
         return corpus, meta
+
+
+def _write_atomically(path: Path, mode: str, write) -> None:
+    """``write(f)`` into a temporary file beside ``path``, then rename it over ``path``: a crash leaves
+    the old file (or none), never a half-written one."""
+    fd, tmp = tempfile.mkstemp(prefix=path.name + ".", suffix=".tmp", dir=path.parent)
+    try:
+        with os.fdopen(fd, mode, **({} if "b" in mode else {"encoding": "utf-8"})) as f:
+            write(f)
+        _chmod_like_open(tmp)
+        os.replace(tmp, path)
+    finally:
+        if os.path.exists(tmp):
+            os.unlink(tmp)
 
 
 def _chmod_like_open(path) -> None:
@@ -451,15 +457,7 @@ class Vocab:
         path.parent.mkdir(parents=True, exist_ok=True)
         payload = {"format": "scratch-rnn-vocab", "version": 1, "pad_id": PAD_ID, "unk_id": UNK_ID,
                    "itos": self.itos, "counts": self.counts}
-        fd, tmp = tempfile.mkstemp(prefix=path.name + ".", suffix=".tmp", dir=path.parent)
-        try:
-            with os.fdopen(fd, "w", encoding="utf-8") as f:
-                json.dump(payload, f, ensure_ascii=False)
-            _chmod_like_open(tmp)
-            os.replace(tmp, path)
-        finally:
-            if os.path.exists(tmp):
-                os.unlink(tmp)
+        _write_atomically(path, "w", lambda f: json.dump(payload, f, ensure_ascii=False))
 
     @classmethod
     def load(cls, path: str | os.PathLike) -> "Vocab":
