@@ -37,23 +37,33 @@ NONLINEARITIES = ("tanh", "relu")
 # --------------------------------------------------------------------------------------------
 def activation_forward(a: np.ndarray, nonlinearity: str, out: np.ndarray | None = None) -> np.ndarray:
     """h = f(a), elementwise; ``out`` may be ``a`` itself (in place)."""
-    if nonlinearity == "tanh":
-        return np.tanh(a, out=out)  # stable for any |a|: saturates at ±1, never overflows
+    return _ACTIVATIONS[nonlinearity](a, out)
+
+
+def _relu(a: np.ndarray, out: np.ndarray | None = None) -> np.ndarray:
     return np.maximum(a, 0, out=out)
+
+
+# f(a, out): tanh is stable for any |a| (it saturates at ±1 and never overflows).
+_ACTIVATIONS = {"tanh": np.tanh, "relu": _relu}
+
+
+def activation_derivative(h: np.ndarray, nonlinearity: str, out: np.ndarray | None = None) -> np.ndarray:
+    """f'(a) written from the output h = f(a), elementwise, any shape: 1 - h² (tanh), [h > 0] (relu).
+
+    ``out`` may be ``h`` itself. The sequence backward calls this once for all steps (T, B, H).
+    """
+    if nonlinearity == "tanh":
+        out = np.multiply(h, h, out=out)
+        return np.subtract(1, out, out=out)
+    return np.sign(h, out=out)  # relu outputs are >= 0, so sign(h) = [h > 0]; in h's dtype, no mask
 
 
 def activation_backward(g: np.ndarray, h: np.ndarray, nonlinearity: str,
                         out: np.ndarray | None = None) -> np.ndarray:
     """δ = g ⊙ f'(a), with f'(a) written from the output h = f(a): 1 - h² or [h > 0]."""
-    if out is None:
-        out = np.empty_like(g)
-    if nonlinearity == "tanh":
-        np.multiply(h, h, out=out)
-        np.subtract(1, out, out=out)
-        np.multiply(out, g, out=out)
-    else:
-        np.multiply(g, h > 0, out=out)
-    return out
+    out = activation_derivative(h, nonlinearity, out=out)
+    return np.multiply(out, g, out=out)
 
 
 def step_forward(x_proj: np.ndarray, h_prev: np.ndarray, w_hh_t: np.ndarray, nonlinearity: str,
@@ -143,22 +153,32 @@ def sequence_forward(x_proj: np.ndarray, h0: np.ndarray, w_hh: np.ndarray, nonli
         states[padding_mask(batch_sizes, B)] = 0
     w_hh_t = np.ascontiguousarray(w_hh.T)
     work = np.empty((B, H), dtype=hs.dtype)  # h_{t-1} W_hhᵀ, before it is added to the projection
-    step = step_forward
+    f = _ACTIVATIONS[nonlinearity]
+    dot, add = np.dot, np.add
+    # Each loop body is step_forward(h, h_prev, w_hh_t, nonlinearity, out=h, work=work) written out:
+    # at a few hundred nanoseconds per NumPy call, a Python call per step is a measurable share of a
+    # small step (tests/test_perf_paths.py checks that the loops equal step_forward step by step).
     if not reverse:
         hs[0] = h0
         if batch_sizes is None:
             for h_prev, h in zip(hs[:-1], states):  # the (B, H) views, made in C
-                step(h, h_prev, w_hh_t, nonlinearity, h, work)
+                dot(h_prev, w_hh_t, work)  # h_{t-1} W_hhᵀ
+                add(h, work, h)            # a_t = (x_t W_ihᵀ + b) + h_{t-1} W_hhᵀ
+                f(h, h)                    # h_t = f(a_t)
         else:
             for t in range(T):
                 n = batch_sizes[t]
-                h = states[t, :n]
-                step(h, hs[t, :n], w_hh_t, nonlinearity, h, work[:n])
+                h, w = states[t, :n], work[:n]
+                dot(hs[t, :n], w_hh_t, w)
+                add(h, w, h)
+                f(h, h)
     else:
         hs[T] = h0
         if batch_sizes is None:
             for h, h_prev in zip(states[::-1], hs[:0:-1]):  # t = T-1 .. 0: h_t, h_{t+1}
-                step(h, h_prev, w_hh_t, nonlinearity, h, work)
+                dot(h_prev, w_hh_t, work)
+                add(h, work, h)
+                f(h, h)
         else:
             prev_n = 0
             for t in range(T - 1, -1, -1):
@@ -166,8 +186,10 @@ def sequence_forward(x_proj: np.ndarray, h0: np.ndarray, w_hh: np.ndarray, nonli
                 if n > prev_n:  # sequences whose own last valid step is t start from their h0
                     hs[t + 1, prev_n:n] = h0[prev_n:n]
                 prev_n = n
-                h = hs[t, :n]
-                step(h, hs[t + 1, :n], w_hh_t, nonlinearity, h, work[:n])
+                h, w = hs[t, :n], work[:n]
+                dot(hs[t + 1, :n], w_hh_t, w)
+                add(h, w, h)
+                f(h, h)
     return hs
 
 
@@ -202,30 +224,36 @@ def sequence_backward(grad_out: np.ndarray, grad_h_last: np.ndarray, hs: np.ndar
         delta = np.empty((T, B, H), dtype=dtype)
     if hidden is None:
         hidden = np.empty((T, B, H), dtype=dtype)
+    dh = np.array(grad_h_last, dtype=dtype, copy=True)  # (B, H) running dL/dh
+    states = hs[:-1] if reverse else hs[1:]  # h_t
+    activation_derivative(states, nonlinearity, out=delta)  # f'(a_t) for every step in one pass
     if batch_sizes is not None:
         pad = padding_mask(batch_sizes, B)
         delta[pad] = 0
         hidden[pad] = 0
-    dh = np.array(grad_h_last, dtype=dtype, copy=True)  # (B, H) running dL/dh
-    states = hs[:-1] if reverse else hs[1:]  # h_t
-    order = range(T) if reverse else range(T - 1, -1, -1)
     flush = flush_below > 0.0
-    step = step_backward
+    add, mul, dot = np.add, np.multiply, np.dot
+    # Each loop body is g_t = dL/dout_t + dh, the flush, then step_backward(g_t, (h_{t-1}, h_t), W_hh)
+    # written out, with f'(a_t) already in delta[t] (tests/test_perf_paths.py checks that the loops
+    # equal step_backward step by step).
     if batch_sizes is None:
         rev = slice(None) if reverse else slice(None, None, -1)  # the loop's order
-        for i, (g, g_out, h, d) in enumerate(zip(hidden[rev], grad_out[rev], states[rev], delta[rev])):
-            np.add(dh, g_out, out=g)
+        for i, (g, g_out, d) in enumerate(zip(hidden[rev], grad_out[rev], delta[rev])):
+            add(dh, g_out, g)            # g_t = dL/dout_t + δ_{t+1} W_hh
             if flush and i % flush_every == 0:
                 g[np.abs(g) < flush_below] = 0
-            step(g, (None, h), w_hh, nonlinearity, d, dh)
+            mul(d, g, d)                 # δ_t = g_t ⊙ f'(a_t)
+            dot(d, w_hh, dh)             # δ_t W_hh, what flows into h_{t-1}
     else:
+        order = range(T) if reverse else range(T - 1, -1, -1)
         for i, t in enumerate(order):
             n = batch_sizes[t]
-            g = hidden[t, :n]
-            np.add(dh[:n], grad_out[t, :n], out=g)
+            g, d, dh_n = hidden[t, :n], delta[t, :n], dh[:n]
+            add(dh_n, grad_out[t, :n], g)
             if flush and i % flush_every == 0:
                 g[np.abs(g) < flush_below] = 0
-            step(g, (None, states[t, :n]), w_hh, nonlinearity, delta[t, :n], dh[:n])
+            mul(d, g, d)
+            dot(d, w_hh, dh_n)
     return delta, dh, hidden
 
 

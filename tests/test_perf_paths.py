@@ -73,6 +73,58 @@ def test_step_forward_in_place_equals_out_of_place(nonlinearity, dtype):
     np.testing.assert_array_equal(h2, h)
 
 
+def stepwise_layer(proj, h0, w_hh, nonlinearity, grad_out, grad_h_last, batch_sizes, reverse):
+    """One layer through step_forward / step_backward, one call per step, fresh arrays each step.
+
+    Rows are sorted by decreasing length and step t acts on the first batch_sizes[t] rows (as the
+    packed path does, so that every GEMM has the same shape and the results can be bit-equal);
+    a row's running state stays frozen where it is inactive. Returns (states, hidden, delta, dh0),
+    zero at padded steps.
+    """
+    T, B, H = proj.shape
+    sizes = np.full(T, B) if batch_sizes is None else batch_sizes
+    states, hidden, delta = (np.zeros((T, B, H), proj.dtype) for _ in range(3))
+    w_t = np.ascontiguousarray(w_hh.T)
+    order = list(range(T))[::-1] if reverse else list(range(T))
+    h_run, caches = h0.copy(), {}
+    for t in order:
+        n = sizes[t]
+        h, caches[t] = F.step_forward(proj[t, :n], h_run[:n], w_t, nonlinearity)
+        h_run[:n] = states[t, :n] = h
+    dh_run = grad_h_last.copy()
+    for t in order[::-1]:
+        n = sizes[t]
+        g = grad_out[t, :n] + dh_run[:n]
+        d, dh_run[:n] = F.step_backward(g, caches[t], w_hh, nonlinearity)
+        hidden[t, :n], delta[t, :n] = g, d
+    return states, hidden, delta, dh_run
+
+
+@pytest.mark.parametrize("reverse", [False, True])
+@pytest.mark.parametrize("nonlinearity", ["tanh", "relu"])
+@pytest.mark.parametrize("lengths", [None, (6, 2, 4)])
+@pytest.mark.parametrize("dtype", [np.float32, np.float64])
+def test_sequence_loops_equal_the_step_functions(reverse, nonlinearity, lengths, dtype):
+    """sequence_forward/backward write the step functions out inline: the numbers must not change."""
+    rng = np.random.default_rng(10)
+    x, w_ih, w_hh, b_ih, b_hh, h0 = _layer(rng, dtype=dtype)
+    T, B, H = x.shape[0], x.shape[1], h0.shape[1]
+    proj = F.input_projection(x, w_ih, b_ih, b_hh)
+    g_out = rng.standard_normal((T, B, H)).astype(dtype)
+    g_last = rng.standard_normal((B, H)).astype(dtype)
+    bs = None if lengths is None else _batch_sizes(lengths, T)  # rows taken as sorted by length
+    ref = stepwise_layer(proj, h0, w_hh, nonlinearity, g_out, g_last, bs, reverse)
+    hs = F.sequence_forward(proj.copy(), h0, w_hh, nonlinearity, bs, reverse)
+    delta, dh0, hidden = F.sequence_backward(g_out, g_last, hs, w_hh, nonlinearity, bs, reverse)
+    states = (hs[:-1] if reverse else hs[1:]).copy()
+    if bs is not None:
+        states[F.padding_mask(bs, B)] = 0  # the reverse direction parks h0 copies there
+    for name, mine, theirs in zip(("states", "hidden_grads", "delta", "grad_h0"),
+                                  (states, hidden, delta, dh0), ref):
+        np.testing.assert_array_equal(mine, theirs, err_msg=f"{name}: reverse={reverse}, "
+                                      f"{nonlinearity}, lengths={lengths}, {np.dtype(dtype).name}")
+
+
 # ------------------------------------------------------------------ one layer
 @pytest.mark.parametrize("reverse", [False, True])
 @pytest.mark.parametrize("nonlinearity", ["tanh", "relu"])

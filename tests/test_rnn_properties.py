@@ -62,17 +62,15 @@ def test_a_broken_backward_is_caught_by_both_oracles(monkeypatch, mutation):
     if mutation == "scale_weight_grads":
         monkeypatch.setattr(F, "weight_gradients", _scaled(F.weight_gradients, 1.0001))
     elif mutation == "drop_recurrent_term":  # forget δ W_hh: truncated BPTT of length 1
-        orig = F.step_backward
+        orig = F.sequence_backward
 
-        def no_recurrence(g, cache, w_hh, nonlinearity, delta_out=None, dh_prev_out=None):
-            delta, dh = orig(g, cache, w_hh, nonlinearity, delta_out, dh_prev_out)
-            dh[...] = 0
-            return delta, dh
-        monkeypatch.setattr(F, "step_backward", no_recurrence)
+        def no_recurrence(grad_out, grad_h_last, hs, w_hh, *args, **kwargs):
+            return orig(grad_out, grad_h_last, hs, np.zeros_like(w_hh), *args, **kwargs)
+        monkeypatch.setattr(F, "sequence_backward", no_recurrence)
     else:  # tanh'(a) written as 1 - h instead of 1 - h²
-        def wrong(g, h, nonlinearity, out=None):
-            return np.multiply(g, 1 - h, out=out)
-        monkeypatch.setattr(F, "activation_backward", wrong)
+        def wrong(h, nonlinearity, out=None):
+            return np.subtract(1, h, out=out)
+        monkeypatch.setattr(F, "activation_derivative", wrong)
 
     model, x, h0, g_out, g_hn = _one_case()
     model(x, h0)
