@@ -154,29 +154,30 @@ def sequence_forward(x_proj: np.ndarray, h0: np.ndarray, w_hh: np.ndarray, nonli
     w_hh_t = np.ascontiguousarray(w_hh.T)
     work = np.empty((B, H), dtype=hs.dtype)  # h_{t-1} W_hhᵀ, before it is added to the projection
     f = _ACTIVATIONS[nonlinearity]
-    dot, add = np.dot, np.add
+    add = np.add
     # Each loop body is step_forward(h, h_prev, w_hh_t, nonlinearity, out=h, work=work) written out:
     # at a few hundred nanoseconds per NumPy call, a Python call per step is a measurable share of a
     # small step (tests/test_perf_paths.py checks that the loops equal step_forward step by step).
+    # The method a.dot(b, out) is np.dot without its __array_function__ dispatch (half the call's cost).
     if not reverse:
         hs[0] = h0
         if batch_sizes is None:
             for h_prev, h in zip(hs[:-1], states):  # the (B, H) views, made in C
-                dot(h_prev, w_hh_t, work)  # h_{t-1} W_hhᵀ
+                h_prev.dot(w_hh_t, work)   # h_{t-1} W_hhᵀ
                 add(h, work, h)            # a_t = (x_t W_ihᵀ + b) + h_{t-1} W_hhᵀ
                 f(h, h)                    # h_t = f(a_t)
         else:
             for t in range(T):
                 n = batch_sizes[t]
                 h, w = states[t, :n], work[:n]
-                dot(hs[t, :n], w_hh_t, w)
+                hs[t, :n].dot(w_hh_t, w)
                 add(h, w, h)
                 f(h, h)
     else:
         hs[T] = h0
         if batch_sizes is None:
             for h, h_prev in zip(states[::-1], hs[:0:-1]):  # t = T-1 .. 0: h_t, h_{t+1}
-                dot(h_prev, w_hh_t, work)
+                h_prev.dot(w_hh_t, work)
                 add(h, work, h)
                 f(h, h)
         else:
@@ -187,7 +188,7 @@ def sequence_forward(x_proj: np.ndarray, h0: np.ndarray, w_hh: np.ndarray, nonli
                     hs[t + 1, prev_n:n] = h0[prev_n:n]
                 prev_n = n
                 h, w = hs[t, :n], work[:n]
-                dot(hs[t + 1, :n], w_hh_t, w)
+                hs[t + 1, :n].dot(w_hh_t, w)
                 add(h, w, h)
                 f(h, h)
     return hs
@@ -232,7 +233,7 @@ def sequence_backward(grad_out: np.ndarray, grad_h_last: np.ndarray, hs: np.ndar
         delta[pad] = 0
         hidden[pad] = 0
     flush = flush_below > 0.0
-    add, mul, dot = np.add, np.multiply, np.dot
+    add, mul = np.add, np.multiply
     # Each loop body is g_t = dL/dout_t + dh, the flush, then step_backward(g_t, (h_{t-1}, h_t), W_hh)
     # written out, with f'(a_t) already in delta[t] (tests/test_perf_paths.py checks that the loops
     # equal step_backward step by step).
@@ -243,7 +244,7 @@ def sequence_backward(grad_out: np.ndarray, grad_h_last: np.ndarray, hs: np.ndar
             if flush and i % flush_every == 0:
                 g[np.abs(g) < flush_below] = 0
             mul(d, g, d)                 # δ_t = g_t ⊙ f'(a_t)
-            dot(d, w_hh, dh)             # δ_t W_hh, what flows into h_{t-1}
+            d.dot(w_hh, dh)              # δ_t W_hh, what flows into h_{t-1}
     else:
         order = range(T) if reverse else range(T - 1, -1, -1)
         for i, t in enumerate(order):
@@ -253,7 +254,7 @@ def sequence_backward(grad_out: np.ndarray, grad_h_last: np.ndarray, hs: np.ndar
             if flush and i % flush_every == 0:
                 g[np.abs(g) < flush_below] = 0
             mul(d, g, d)
-            dot(d, w_hh, dh_n)
+            d.dot(w_hh, dh_n)
     return delta, dh, hidden
 
 

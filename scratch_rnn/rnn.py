@@ -276,11 +276,12 @@ class RNN:
             inv = np.argsort(perm)
             output = output[:, inv]
             h_n = h_n[:, inv]
-        elif D == 1 and not (batched and self.batch_first):
-            output = output.copy()  # not a view of the states backward reads: the caller may write into it
         self._cache = dict(layers=cache_layers, perm=perm, batch_sizes=batch_sizes, T=T, B=B,
                            batched=batched, lengths=lengths)
-        return self._to_layout(output, batched), (h_n if batched else h_n[:, 0])
+        # A unidirectional layer's output is a view of the states backward reads (and the next
+        # forward overwrites): the caller gets a copy, which it may write into.
+        return (self._to_layout(output, batched, copy=D == 1 and perm is None),
+                (h_n if batched else h_n[:, 0]))
 
     def _dropout_scale(self) -> float:
         return 0.0 if self.dropout >= 1.0 else 1.0 / (1.0 - self.dropout)
@@ -299,11 +300,13 @@ class RNN:
             masks.append(m.astype(self.dtype))
         return masks
 
-    def _to_layout(self, a, batched):
-        """Time-major (T, B, F) to the caller's layout."""
-        if not batched:
-            return a[:, 0]
-        return np.ascontiguousarray(a.transpose(1, 0, 2)) if self.batch_first else a
+    def _to_layout(self, a, batched, copy=False):
+        """Time-major (T, B, F) to the caller's layout, C-contiguous; ``copy``: never a view of ``a``."""
+        if batched and self.batch_first:
+            a = a.transpose(1, 0, 2)
+        elif not batched:
+            a = a[:, 0]
+        return a.copy() if copy else np.ascontiguousarray(a)
 
     # ---------------------------------------------------------------- backward
     def backward(self, grad_output=None, grad_h_n=None):

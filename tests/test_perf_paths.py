@@ -209,17 +209,22 @@ def test_backward_into_dirty_reused_buffers_equals_fresh(reverse, lengths):
 
 
 # ------------------------------------------------------------------ the model
-def _model_case(dtype, **kw):
+def _model_case(dtype, T=6, B=3, unbatched=False, **kw):
     model = RNN(3, 4, dtype=dtype, seed=0, **kw)
     rng = np.random.default_rng(5)
-    T, B = 6, 3
-    x = rng.standard_normal((B, T, 3) if kw.get("batch_first") else (T, B, 3)).astype(dtype)
-    return model, x, rng
+    shape = (T, 3) if unbatched else (B, T, 3) if kw.get("batch_first") else (T, B, 3)
+    return model, rng.standard_normal(shape).astype(dtype), rng
 
 
-@pytest.mark.parametrize("kw", [dict(), dict(num_layers=2), dict(bidirectional=True)])
+@pytest.mark.parametrize("kw", [dict(), dict(num_layers=2), dict(bidirectional=True), dict(batch_first=True),
+                                dict(batch_first=True, B=1), dict(batch_first=True, T=1), dict(B=1),
+                                dict(unbatched=True), dict(unbatched=True, batch_first=True)])
 def test_writing_into_the_output_does_not_change_the_gradients(kw):
-    """The output is the caller's: in-place edits of it must not reach the states backward reads."""
+    """The output is the caller's: in-place edits of it must not reach the states backward reads.
+
+    (batch_first with one sequence or one step once returned a view: the transposed states were
+    already C-contiguous, so making them contiguous copied nothing.)
+    """
     model, x, rng = _model_case(np.float64, **kw)
     out, _ = model(x)
     g = rng.standard_normal(out.shape)
