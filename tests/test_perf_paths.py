@@ -256,6 +256,44 @@ def test_batch_first_strided_cotangent_equals_time_major_contiguous():
         np.testing.assert_array_equal(b.grads[k], a.grads[k])
 
 
+@pytest.mark.parametrize("kw", [dict(), dict(num_layers=2, bidirectional=True), dict(batch_first=True)])
+def test_reused_buffers_leak_nothing_between_calls(kw):
+    """forward reuses the last forward's state buffers, backward its δ buffer: results stay as a fresh
+    model's, and nothing handed out earlier (outputs, h_n, hidden_grads, input grads) changes."""
+    rng = np.random.default_rng(6)
+    model = RNN(3, 4, dtype=np.float64, seed=0, **kw)
+    handed_out = []
+    for T in (6, 6, 4, 6):  # same sizes (buffers reused), then new ones, then the first again
+        x = rng.standard_normal((3, T, 3) if kw.get("batch_first") else (T, 3, 3))
+        out, h_n = model(x)
+        g = rng.standard_normal(out.shape)
+        model.zero_grad()
+        gx, gh0 = model.backward(g)
+        fresh = RNN(3, 4, dtype=np.float64, seed=0, **kw)
+        fresh_out, fresh_hn = fresh(x)
+        fresh_gx, fresh_gh0 = fresh.backward(g)
+        for name, a, b in [("output", out, fresh_out), ("h_n", h_n, fresh_hn), ("grad_x", gx, fresh_gx),
+                           ("grad_h0", gh0, fresh_gh0), ("hidden_grads", model.hidden_grads, fresh.hidden_grads)
+                           ] + [(k, model.grads[k], fresh.grads[k]) for k in fresh.grads]:
+            np.testing.assert_array_equal(a, b, err_msg=f"{name}, T={T}, {kw}")
+        handed_out.append([(a, a.copy()) for a in (out, h_n, gx, gh0, model.hidden_grads)])
+    for i, arrays in enumerate(handed_out):
+        for a, saved in arrays:
+            np.testing.assert_array_equal(a, saved, err_msg=f"call {i}: a later call wrote into its result")
+
+
+def test_a_forward_that_raises_leaves_no_cache_behind():
+    """backward after a failed forward must not run through the forward before it."""
+    model = RNN(2, 3, nonlinearity="relu", dtype=np.float32, seed=0)
+    x = np.ones((5, 1, 2), np.float32)
+    model(x)  # a good forward first: its cache must not survive the next one's failure
+    model.load_state_dict({k: np.full_like(v, 1e30) for k, v in model.state_dict().items()})
+    with pytest.raises(FloatingPointError):
+        model(x)
+    with pytest.raises(RuntimeError, match="call forward first"):
+        model.backward(np.ones((5, 1, 3), np.float32))
+
+
 def test_in_place_dropout_equals_the_formula():
     """Layer 1 reads out_0 * keep / (1 - p), and its gradient flows back through the same mask."""
     model = RNN(3, 4, num_layers=2, dropout=0.4, dtype=np.float64, seed=0)
