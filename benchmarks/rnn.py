@@ -86,6 +86,9 @@ QUICK_GRID = (
     Case("vanishing", 8, 60, 16, 32, loss="last"),
 )
 PEAK_N = 2048
+PAUSE_S = 0.3  # between timing blocks (see the module docstring)
+# --quick is a smoke run of the whole pipeline, not a measurement: a smaller peak product, short pauses.
+QUICK_PEAK_N, QUICK_PAUSE_S = 256, 0.01
 
 
 # --------------------------------------------------------------------------------------------
@@ -161,7 +164,7 @@ def vanishing_profile(case: Case) -> dict:
 # --------------------------------------------------------------------------------------------
 # Timing
 # --------------------------------------------------------------------------------------------
-def time_blocks(fns: dict, rounds: int, reps, pause: float = 0.3) -> dict:
+def time_blocks(fns: dict, rounds: int, reps, pause: float = PAUSE_S) -> dict:
     """Median seconds per call of each function, timed in blocks (see the module docstring).
 
     reps: timed calls per block, an int or a dict name -> int.
@@ -181,25 +184,22 @@ def time_blocks(fns: dict, rounds: int, reps, pause: float = 0.3) -> dict:
     return {k: dict(median_s=statistics.median(v), min_s=min(v), samples=len(v)) for k, v in samples.items()}
 
 
-def peak_fns(dtype) -> dict:
-    """A PEAK_N² matrix product in numpy and in torch: the machine's GEMM peak for this dtype."""
+def peak_fns(dtype, n: int = PEAK_N) -> dict:
+    """An n² matrix product in numpy and in torch: the machine's GEMM peak for this dtype."""
     import torch
     rng = np.random.default_rng(1)
-    a = rng.standard_normal((PEAK_N, PEAK_N)).astype(dtype)
-    b = rng.standard_normal((PEAK_N, PEAK_N)).astype(dtype)
+    a = rng.standard_normal((n, n)).astype(dtype)
+    b = rng.standard_normal((n, n)).astype(dtype)
     out = np.empty_like(a)
     ta, tb = torch.from_numpy(a), torch.from_numpy(b)
-    tout = torch.empty(PEAK_N, PEAK_N, dtype=ta.dtype)
+    tout = torch.empty(n, n, dtype=ta.dtype)
     return {"numpy_gemm": lambda: np.dot(a, b, out=out), "torch_gemm": lambda: torch.mm(ta, tb, out=tout)}
 
 
-PEAK_FLOPS = 2.0 * PEAK_N ** 3
-
-
-def gemm_peaks(dtype, rounds: int) -> dict:
-    """GFLOP/s of a PEAK_N² matrix product, numpy and torch, timed in blocks."""
-    res = time_blocks(peak_fns(dtype), rounds=rounds, reps=3)
-    return {k.split("_")[0]: PEAK_FLOPS / v["median_s"] / 1e9 for k, v in res.items()}
+def gemm_peaks(dtype, rounds: int, n: int = PEAK_N, pause: float = PAUSE_S) -> dict:
+    """GFLOP/s of an n² matrix product, numpy and torch, timed in blocks."""
+    res = time_blocks(peak_fns(dtype, n), rounds=rounds, reps=3, pause=pause)
+    return {k.split("_")[0]: 2.0 * n ** 3 / v["median_s"] / 1e9 for k, v in res.items()}
 
 
 # --------------------------------------------------------------------------------------------
@@ -352,11 +352,13 @@ def run(args) -> dict:
     import scratch_rnn.rnn as scratch_rnn_module
 
     grid = QUICK_GRID if args.quick else GRID
+    peak_n, pause = (QUICK_PEAK_N, QUICK_PAUSE_S) if args.quick else (PEAK_N, PAUSE_S)
     if args.cases:
         grid = tuple(c for c in grid if c.name in args.cases)
     info = machine_info()
     report = dict(machine=info, command=" ".join([Path(sys.executable).name, "-m", "benchmarks.rnn"] + sys.argv[1:]),
                   started=time.strftime("%Y-%m-%d %H:%M:%S"), load_at_start=load(), flops_formula="6*T*B*H*(I+H)",
+                  gemm_peak_n=peak_n, quick=bool(args.quick),
                   peaks={}, rows=[], vanishing={})
     kernels = ", ".join(f"{b['internal_api']} {b['version']} {b['architecture']}" for b in info["threadpools"]
                         if b["internal_api"] == "openblas")
@@ -370,11 +372,11 @@ def run(args) -> dict:
         torch.set_num_threads(threads)
         with threadpool_limits(threads, user_api="blas"):
             for dtype in args.dtypes:
-                peaks = gemm_peaks(np.dtype(dtype), rounds=2)
+                peaks = gemm_peaks(np.dtype(dtype), rounds=2, n=peak_n, pause=pause)
                 report["peaks"][f"{dtype}/{threads}"] = peaks
-                print(f"\n{dtype}, {threads} thread(s): GEMM peak ({PEAK_N}²) numpy {peaks['numpy']:.1f} GFLOP/s, "
+                print(f"\n{dtype}, {threads} thread(s): GEMM peak ({peak_n}²) numpy {peaks['numpy']:.1f} GFLOP/s, "
                       f"torch {peaks['torch']:.1f} GFLOP/s", flush=True)
-                peak = peak_fns(np.dtype(dtype))
+                peak = peak_fns(np.dtype(dtype), peak_n)
                 for case in grid:
                     x, g = make_inputs(case, dtype)
                     model = make_scratch(case, dtype)
@@ -386,8 +388,8 @@ def run(args) -> dict:
                     reps = {k: (1 if k.endswith("gemm") else args.reps) for k in fns}
                     load0 = load()
                     with OtherLoad() as other:
-                        res = time_blocks(fns, rounds=args.rounds, reps=reps)
-                    local_peak = {k.split("_")[0]: PEAK_FLOPS / res[k]["median_s"] / 1e9 for k in peak}
+                        res = time_blocks(fns, rounds=args.rounds, reps=reps, pause=pause)
+                    local_peak = {k.split("_")[0]: 2.0 * peak_n ** 3 / res[k]["median_s"] / 1e9 for k in peak}
                     flush_off_res = res.get("scratch_flush_off")
                     ours, theirs = res["scratch"]["median_s"], res["torch"]["median_s"]
                     row = dict(case=case.name, B=case.B, T=case.T, I=case.I, H=case.H, loss=case.loss, dtype=dtype,
@@ -489,7 +491,8 @@ def main(argv=None) -> int:
     p.add_argument("--dtypes", nargs="+", default=["float32", "float64"], choices=["float32", "float64"])
     p.add_argument("--rounds", type=int, default=6, help="timing blocks per library and case")
     p.add_argument("--reps", type=int, default=2, help="timed calls per block (after a discarded warm-up)")
-    p.add_argument("--quick", action="store_true", help="a small grid, for a smoke run")
+    p.add_argument("--quick", action="store_true",
+                   help="a smoke run: small grid, 256² peak product, short pauses (not a measurement)")
     p.add_argument("--cases", nargs="+", help="only these cases of the grid, by name")
     p.add_argument("--no-memory", dest="memory", action="store_false")
     p.add_argument("--json", default=str(ROOT / "results" / "bench_rnn.json"))

@@ -1,0 +1,53 @@
+"""The benchmark command runs end to end and writes what the README says it writes.
+
+A smoke run only (``--quick``: a small grid, a 256² peak product, short pauses): nothing here
+asserts a speed. ``python -m benchmarks.rnn`` without ``--quick`` is the measurement.
+"""
+from __future__ import annotations
+
+import json
+import math
+import subprocess
+import sys
+from pathlib import Path
+
+from benchmarks import rnn as bench
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+def test_time_blocks_rotates_which_library_goes_first():
+    calls = []
+    fns = {name: (lambda name=name: calls.append(name)) for name in ("a", "b", "c")}
+    res = bench.time_blocks(fns, rounds=3, reps=2, pause=0.0)
+    # each block: one discarded warm-up call, then 2 timed calls; the first block of round r is name r
+    firsts = [calls[i] for i in range(0, len(calls), 3)]
+    assert firsts == ["a", "b", "c", "b", "c", "a", "c", "a", "b"]
+    assert all(r["samples"] == 6 and r["median_s"] >= 0 for r in res.values())
+
+
+def test_quick_run_writes_rows_summary_and_memory(tmp_path):
+    out = tmp_path / "bench.json"
+    cmd = [sys.executable, "-m", "benchmarks.rnn", "--quick", "--threads", "1", "--dtypes", "float32",
+           "--rounds", "1", "--reps", "1", "--json", str(out)]
+    proc = subprocess.run(cmd, cwd=ROOT, capture_output=True, text=True, timeout=300)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    report = json.loads(out.read_text())
+    assert report["quick"] is True and report["gemm_peak_n"] == bench.QUICK_PEAK_N
+    assert {r["case"] for r in report["rows"]} == {c.name for c in bench.QUICK_GRID}
+    for row in report["rows"]:
+        for key in ("scratch_ms", "torch_ms", "ratio", "scratch_gflops", "numpy_peak_gflops", "torch_peak_gflops"):
+            assert math.isfinite(row[key]) and row[key] > 0, (key, row)
+        assert math.isclose(row["ratio"], row["scratch_ms"] / row["torch_ms"], rel_tol=1e-12)
+    vanishing = [r for r in report["rows"] if r["loss"] == "last"]
+    assert vanishing and all(r["scratch_flush_off_ms"] > 0 for r in vanishing)
+    summary = report["summary"]["float32/1"]
+    ratios = [r["ratio"] for r in report["rows"]]
+    assert math.isclose(summary["geomean_ratio"], math.prod(ratios) ** (1 / len(ratios)), rel_tol=1e-12)
+    assert summary["max_ratio"] == max(ratios)
+    assert len(report["memory"]) == len(bench.QUICK_GRID)
+    assert all(m["scratch_mb"] >= 0 and m["torch_mb"] > 0 for m in report["memory"])
+    # the tables can be printed again from the file
+    again = subprocess.run([sys.executable, "-m", "benchmarks.rnn", "--markdown", str(out)], cwd=ROOT,
+                           capture_output=True, text=True, timeout=60)
+    assert again.returncode == 0 and "| float32 | 1 | small |" in again.stdout
