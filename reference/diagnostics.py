@@ -73,10 +73,11 @@ def _prepare(model, x, h0, lengths, dropout_masks):
     T, B = xt.shape[:2]
     LD, H = model.num_layers * model.num_directions, model.hidden_size
     if h0 is None:
-        h0 = np.zeros((LD, B, H))
-    h0 = np.asarray(h0, dtype=np.float64)
-    if not batched:
-        h0 = h0[:, None]
+        h0 = np.zeros((LD, B, H))  # already (LD, B, H), also for unbatched input (B = 1)
+    else:
+        h0 = np.asarray(h0, dtype=np.float64)
+        if not batched:
+            h0 = h0[:, None]
     lengths = np.full(B, T) if lengths is None else np.asarray(lengths).reshape(-1)
     use_masks = dropout_masks is not None and model.training and model.num_layers > 1
     masks = [np.asarray(m, dtype=np.float64) for m in dropout_masks] if use_masks else None

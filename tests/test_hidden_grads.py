@@ -7,88 +7,18 @@ lengths, biases, h0, cotangents on the output and on h_n, dropout masks.
 """
 from __future__ import annotations
 
-from dataclasses import asdict, dataclass
+from dataclasses import asdict
 
 import numpy as np
 import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
+from reference.cases import RNNCase
 from reference.diagnostics import unrolled_hidden_grads
 from scratch_rnn import RNN
 from tests.helpers import assert_close
-
-
-@dataclass(frozen=True)
-class Config:
-    seed: int
-    T: int
-    B: int
-    I: int
-    H: int
-    num_layers: int
-    nonlinearity: str
-    bias: bool
-    batch_first: bool
-    bidirectional: bool
-    unbatched: bool
-    variable_lengths: bool
-    grad_output: bool
-    grad_h_n: bool
-    dropout: float
-
-
-@st.composite
-def configs(draw):
-    unbatched = draw(st.booleans())
-    num_layers = draw(st.integers(1, 3))
-    grad_output = draw(st.booleans())
-    return Config(
-        seed=draw(st.integers(0, 2**31 - 1)),
-        T=draw(st.integers(1, 7)),
-        B=1 if unbatched else draw(st.integers(1, 4)),
-        I=draw(st.integers(1, 4)),
-        H=draw(st.integers(1, 5)),
-        num_layers=num_layers,
-        nonlinearity=draw(st.sampled_from(["tanh", "relu"])),
-        bias=draw(st.booleans()),
-        batch_first=draw(st.booleans()),
-        bidirectional=draw(st.booleans()),
-        unbatched=unbatched,
-        variable_lengths=draw(st.booleans()),
-        grad_output=grad_output,
-        grad_h_n=draw(st.booleans()) if grad_output else True,
-        dropout=draw(st.sampled_from([0.0, 0.0, 0.4])) if num_layers > 1 else 0.0,
-    )
-
-
-def make_case(cfg: Config):
-    """Model (float64, randomised weights and biases), inputs and cotangents in the caller's layout."""
-    rng = np.random.default_rng(cfg.seed)
-    model = RNN(cfg.I, cfg.H, cfg.num_layers, cfg.nonlinearity, cfg.bias, cfg.batch_first, cfg.dropout,
-                cfg.bidirectional, dtype=np.float64, seed=cfg.seed)
-    # larger weights than torch's init, so that relu units switch and tanh saturates in places
-    model.load_state_dict({k: rng.normal(0, 0.8, v.shape) for k, v in model.state_dict().items()})
-    D = 2 if cfg.bidirectional else 1
-    LD = cfg.num_layers * D
-    if cfg.unbatched:
-        x = rng.normal(size=(cfg.T, cfg.I))
-        h0 = rng.normal(size=(LD, cfg.H))
-        out_shape, hn_shape = (cfg.T, D * cfg.H), (LD, cfg.H)
-    else:
-        x = rng.normal(size=(cfg.B, cfg.T, cfg.I) if cfg.batch_first else (cfg.T, cfg.B, cfg.I))
-        h0 = rng.normal(size=(LD, cfg.B, cfg.H))
-        out_shape = (cfg.B, cfg.T, D * cfg.H) if cfg.batch_first else (cfg.T, cfg.B, D * cfg.H)
-        hn_shape = (LD, cfg.B, cfg.H)
-    lengths = rng.integers(1, cfg.T + 1, size=cfg.B) if cfg.variable_lengths else None
-    if lengths is not None and cfg.unbatched:
-        lengths = lengths[:1]
-    go = rng.normal(size=out_shape) if cfg.grad_output else None
-    ghn = rng.normal(size=hn_shape) if cfg.grad_h_n else None
-    masks = None
-    if cfg.dropout > 0:
-        masks = [rng.random((cfg.T, cfg.B, D * cfg.H)) >= cfg.dropout for _ in range(cfg.num_layers - 1)]
-    return model, x, h0, lengths, go, ghn, masks
+from tests.strategies import rnn_cases
 
 
 def scratch_hidden_grads(model, x, h0, lengths, go, ghn, masks):
@@ -97,37 +27,63 @@ def scratch_hidden_grads(model, x, h0, lengths, go, ghn, masks):
     return model.hidden_grads
 
 
-@given(cfg=configs())
-def test_hidden_grads_match_torch_unroll(cfg):
-    model, x, h0, lengths, go, ghn, masks = make_case(cfg)
+def case_arrays(case: RNNCase, with_grad_output: bool = True):
+    """The shared drawn case (reference/cases.py), float64; the output cotangent optionally dropped
+    (then h_n carries the whole loss)."""
+    model = case.model(np.float64)
+    x, h0, lengths, go, ghn = case.arrays(model)
+    if not with_grad_output:
+        go = None
+        if ghn is None:
+            ghn = np.random.default_rng(case.seed + 3).standard_normal(
+                (model.num_layers * model.num_directions,) + (() if case.unbatched else (case.batch,))
+                + (case.hidden_size,))
+    return model, x, h0, lengths, go, ghn, case.dropout_masks()
+
+
+@given(case=rnn_cases(dropout=True), with_grad_output=st.booleans())
+def test_hidden_grads_match_torch_unroll(case, with_grad_output):
+    model, x, h0, lengths, go, ghn, masks = case_arrays(case, with_grad_output)
     got = scratch_hidden_grads(model, x, h0, lengths, go, ghn, masks)
     ref = unrolled_hidden_grads(model, x, h0, lengths, go, ghn, dropout_masks=masks)
-    D = 2 if cfg.bidirectional else 1
-    assert got.shape == (cfg.num_layers * D, cfg.T, cfg.B, cfg.H), asdict(cfg)
+    config = dict(asdict(case), with_grad_output=with_grad_output)
+    assert got.shape == (model.num_layers * model.num_directions, case.steps, case.batch, case.hidden_size), config
     out, h_n = model.forward(x, h0, lengths, dropout_masks=masks)  # the oracle's forward, checked too
-    h_n = h_n if not cfg.unbatched else h_n[:, None]
-    assert_close(h_n, ref["h_n"], name="h_n (oracle sanity)", config=asdict(cfg))
-    assert_close(got, ref["hidden_grads"], name="hidden_grads", config=asdict(cfg))
+    h_n = h_n if not case.unbatched else h_n[:, None]
+    assert_close(h_n, ref["h_n"], name="h_n (oracle sanity)", config=config)
+    assert_close(got, ref["hidden_grads"], name="hidden_grads", config=config)
     if lengths is not None:  # zero at padded steps, exactly
-        pad = np.arange(cfg.T)[:, None] >= np.asarray(lengths)[None, :]
-        assert np.all(got[:, pad] == 0), asdict(cfg)
+        pad = np.arange(case.steps)[:, None] >= np.asarray(lengths).reshape(-1)[None, :]
+        assert np.all(got[:, pad] == 0), config
 
 
 def test_hidden_grads_check_fails_on_a_wrong_gradient():
     """The comparison above must catch a single wrong entry (and a time-reversed layout)."""
-    cfg = Config(seed=3, T=5, B=3, I=2, H=3, num_layers=2, nonlinearity="tanh", bias=True,
-                 batch_first=True, bidirectional=True, unbatched=False, variable_lengths=True,
-                 grad_output=True, grad_h_n=True, dropout=0.0)
-    model, x, h0, lengths, go, ghn, masks = make_case(cfg)
+    case = RNNCase(input_size=2, hidden_size=3, num_layers=2, bidirectional=True, nonlinearity="tanh", bias=True,
+                   batch_first=True, unbatched=False, batch=3, steps=5, lengths=(5, 2, 4), with_h0=True,
+                   with_grad_h_n=True, dropout=0.0, seed=3)
+    model, x, h0, lengths, go, ghn, masks = case_arrays(case)
     got = scratch_hidden_grads(model, x, h0, lengths, go, ghn, masks).copy()
     ref = unrolled_hidden_grads(model, x, h0, lengths, go, ghn)["hidden_grads"]
-    assert_close(got, ref, name="hidden_grads", config=asdict(cfg))
+    assert_close(got, ref, name="hidden_grads", config=asdict(case))
     wrong = got.copy()
     wrong[1, 0, 0, 0] *= 1 + 1e-7
     with pytest.raises(AssertionError, match="hidden_grads"):
-        assert_close(wrong, ref, name="hidden_grads", config=asdict(cfg))
+        assert_close(wrong, ref, name="hidden_grads", config=asdict(case))
     with pytest.raises(AssertionError):
-        assert_close(got[:, ::-1], ref, name="hidden_grads reversed in time", config=asdict(cfg))
+        assert_close(got[:, ::-1], ref, name="hidden_grads reversed in time", config=asdict(case))
+
+
+def test_oracle_takes_no_h0_with_unbatched_lengths():
+    """The oracle once added a batch axis to the zero h0 it made itself (unbatched input, h0=None)."""
+    case = RNNCase(input_size=3, hidden_size=4, num_layers=1, bidirectional=True, nonlinearity="relu", bias=False,
+                   batch_first=True, unbatched=True, batch=1, steps=6, lengths=(2,), with_h0=False,
+                   with_grad_h_n=True, dropout=0.0, seed=1)
+    model, x, h0, lengths, go, ghn, masks = case_arrays(case)
+    assert h0 is None and x.ndim == 2
+    got = scratch_hidden_grads(model, x, h0, lengths, go, ghn, masks)
+    ref = unrolled_hidden_grads(model, x, h0, lengths, go, ghn)
+    assert_close(got, ref["hidden_grads"], name="hidden_grads", config=asdict(case))
 
 
 def test_hidden_grads_loss_on_last_step_decays_as_dh_end_dh_k():
