@@ -259,7 +259,7 @@ def memory_child(lib: str, dtype: str, case: Case, threads: int) -> dict:
     res = dict(lib=lib, rss_before_kb=rss0, hwm_kb=peak, peak_rise_mb=(peak - rss0) / 1024, hwm_reset=exact)
     if lib == "numpy":
         import tracemalloc
-        model._cache, model.hidden_grads = None, None  # drop the first call's results
+        model._cache, model._delta, model.hidden_grads = None, None, None  # drop the first call's buffers
         gc.collect()
         tracemalloc.start()  # counts numpy's buffers as numpy allocates them
         run()

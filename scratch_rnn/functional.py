@@ -56,7 +56,9 @@ def activation_derivative(h: np.ndarray, nonlinearity: str, out: np.ndarray | No
     if nonlinearity == "tanh":
         out = np.multiply(h, h, out=out)
         return np.subtract(1, out, out=out)
-    return np.sign(h, out=out)  # relu outputs are >= 0, so sign(h) = [h > 0]; in h's dtype, no mask
+    # relu outputs are >= 0, so sign(h) = [h > 0], in h's dtype and without a mask (a NaN state would
+    # give NaN rather than 0; RNN.forward raises on non-finite states before backward can see one)
+    return np.sign(h, out=out)
 
 
 def activation_backward(g: np.ndarray, h: np.ndarray, nonlinearity: str,

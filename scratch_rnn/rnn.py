@@ -216,7 +216,6 @@ class RNN:
         x, h0, lengths, batched = self._check_input(x, h0, lengths)
         T, B, _ = x.shape
         H, D, L = self.hidden_size, self.num_directions, self.num_layers
-        spare = self._release_cache()  # the last forward's state buffers, overwritten below
 
         # Packed-sequence bookkeeping: sort by decreasing length (stable), so that at step t the
         # active sequences are the first batch_sizes[t] rows.
@@ -233,6 +232,8 @@ class RNN:
         masks = self._dropout_masks(dropout_masks, T, B) if use_dropout else None
         self.dropout_masks = masks
 
+        # Every argument is valid: drop the last forward's cache, keeping its state buffers to overwrite.
+        spare = self._release_cache((T + 1, B, H))
         layer_in = x
         h_n = np.empty((L * D, B, H), dtype=self.dtype)
         cache_layers = []
@@ -241,8 +242,7 @@ class RNN:
             for d in range(D):
                 reverse = d == 1
                 # The projection goes straight into the slots of the states it will become.
-                shape = (T + 1, B, H)
-                hs = spare.pop() if spare and spare[-1].shape == shape else np.empty(shape, self.dtype)
+                hs = spare.pop() if spare else np.empty((T + 1, B, H), self.dtype)
                 proj = F.input_projection(layer_in, self._p("weight_ih", layer, d), self._p("bias_ih", layer, d),
                                           self._p("bias_hh", layer, d), out=hs[:-1] if reverse else hs[1:])
                 with np.errstate(over="ignore", invalid="ignore"):  # overflow is reported below
@@ -286,19 +286,20 @@ class RNN:
         return (self._to_layout(output, batched, copy=D == 1 and perm is None),
                 (h_n if batched else h_n[:, 0]))
 
-    def _release_cache(self) -> list:
-        """Drop the last forward's cache; return its state buffers for this forward to overwrite.
+    def _release_cache(self, shape: tuple) -> list:
+        """Drop the last forward's cache; return its state buffers of ``shape`` to overwrite.
 
         Backward only ever runs through the last forward, and nothing handed to the caller is a view
         of these buffers (the output is a copy). Reusing them spares the page faults of fresh memory
-        (about a quarter of a forward+backward at (32, 100, 64, 128)), and the old and the new cache
-        never coexist. The cache is cleared first, so a forward that raises leaves none behind.
+        (about a quarter of a forward+backward at (32, 100, 64, 128)). Buffers of another shape are
+        let go here, before the new ones are allocated, so the old and the new cache never coexist.
+        The cache is cleared before any step runs, so a forward that raises leaves none behind.
         Returned in reverse order of use (``pop()`` takes the next).
         """
         old, self._cache = self._cache, None
         if old is None:
             return []
-        return [hs for _, hs_dirs, _ in old["layers"] for hs in hs_dirs][::-1]
+        return [hs for _, hs_dirs, _ in old["layers"] for hs in hs_dirs if hs.shape == shape][::-1]
 
     def _dropout_scale(self) -> float:
         return 0.0 if self.dropout >= 1.0 else 1.0 / (1.0 - self.dropout)

@@ -282,6 +282,24 @@ def test_reused_buffers_leak_nothing_between_calls(kw):
             np.testing.assert_array_equal(a, saved, err_msg=f"call {i}: a later call wrote into its result")
 
 
+def test_a_resized_forward_lets_the_old_states_go_before_it_allocates(monkeypatch):
+    """Buffers of another shape are released before the new states exist: the caches never coexist."""
+    import weakref
+    model = RNN(3, 4, num_layers=2, bidirectional=True, dtype=np.float64, seed=0)
+    model(np.ones((6, 2, 3)))
+    old = [weakref.ref(hs) for _, hs_dirs, _ in model._cache["layers"] for hs in hs_dirs]
+    alive_at_first_projection = []
+    orig = F.input_projection
+
+    def watching(*args, **kwargs):
+        if not alive_at_first_projection:
+            alive_at_first_projection.append(sum(r() is not None for r in old))
+        return orig(*args, **kwargs)
+    monkeypatch.setattr(F, "input_projection", watching)
+    model(np.ones((7, 2, 3)))  # T changes: no old buffer fits
+    assert alive_at_first_projection == [0]
+
+
 def test_a_forward_that_raises_leaves_no_cache_behind():
     """backward after a failed forward must not run through the forward before it."""
     model = RNN(2, 3, nonlinearity="relu", dtype=np.float32, seed=0)
