@@ -17,16 +17,17 @@ from .losses import (
     mse_loss,
     mse_loss_backward,
 )
-from .models import ModelConfig, SequenceModel
+from .models import ModelConfig, SequenceModel, StepOutput
+from .module import Module
 from .rnn import RNN
 from .train import Dataset, NonFiniteError, StepRecord, TrainConfig, Trainer
 
 __all__ = [
-    "RNN", "Linear", "Embedding", "step_forward", "step_backward",
+    "Module", "RNN", "Linear", "Embedding", "step_forward", "step_backward",
     "mse_loss", "mse_loss_backward", "cross_entropy", "cross_entropy_backward",
     "binary_cross_entropy_with_logits", "binary_cross_entropy_with_logits_backward",
     "MSELoss", "CrossEntropyLoss", "BCEWithLogitsLoss",
-    "ModelConfig", "SequenceModel", "Dataset", "NonFiniteError", "StepRecord", "TrainConfig", "Trainer",
+    "ModelConfig", "SequenceModel", "StepOutput", "Dataset", "NonFiniteError", "StepRecord", "TrainConfig", "Trainer",
     "RecurrentInit", "init_rnn", "checkpoint", "diagnostics", "init", "optim",
 ]
 __version__ = "0.1.0"

@@ -30,7 +30,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from ._checks import as_index_array, check_shape
+from .checks import as_index_array, check_shape
 
 __all__ = [
     "GAMMA", "RateFit", "Regime", "activation_slope", "align_to_end", "bound_log_rate", "fit_rate",

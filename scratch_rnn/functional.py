@@ -20,7 +20,11 @@ weight gradients are one GEMM each after it, so that only ``h_{t-1} W_hhᵀ`` (f
 Variable lengths follow torch's packed sequences: the batch is sorted by decreasing length, so
 at step t only the first ``batch_sizes[t]`` rows are active; the others are left untouched.
 
-Memory and speed (see the README, section Performance): the projection of step t is written straight
+Reading order: the step functions (:func:`step_forward`, :func:`step_backward`), then the two
+references built from them and from the equations (:func:`stepwise_layer`, :func:`textbook_layer`),
+then the fast sequence loops the model runs, which the tests hold to the references.
+
+Memory and speed (docs/performance.md): the projection of step t is written straight
 into the slot of the state buffer ``hs`` that h_t will occupy, and each step overwrites it in place,
 so the forward holds one (T + 1, B, H) array per layer and direction; inside the loops every
 result goes into a preallocated buffer (``out=``).
@@ -105,6 +109,74 @@ def step_backward(g: np.ndarray, cache, w_hh: np.ndarray, nonlinearity: str,
         dh_prev_out = np.empty_like(g)
     np.dot(delta, w_hh, out=dh_prev_out)
     return delta, dh_prev_out
+
+
+# --------------------------------------------------------------------------------------------
+# The references the fast loops are held to (executed by the tests, never on the hot path)
+# --------------------------------------------------------------------------------------------
+def stepwise_layer(proj, h0, w_hh, nonlinearity, grad_out, grad_h_last, batch_sizes, reverse):
+    """:func:`sequence_forward` then :func:`sequence_backward`, "equivalent to the following": one call of
+    :func:`step_forward` / :func:`step_backward` per step, fresh arrays each step.
+
+    proj: (T, B, H) input projections; h0: (B, H); grad_out: (T, B, H); grad_h_last: (B, H);
+    batch_sizes: (T,) or None. Rows are sorted by decreasing length and step t acts on the first
+    batch_sizes[t] rows (as the packed path does, so that every GEMM has the same shape and the
+    results can be bit-equal); a row's running state stays frozen where it is inactive.
+    Returns (states, hidden_grads, delta, dh0), zero at padded steps. The fast loops must equal it
+    bit for bit (tests/test_perf_paths.py), with the flush off.
+    """
+    T, B, H = proj.shape
+    sizes = np.full(T, B) if batch_sizes is None else batch_sizes
+    states, hidden, delta = (np.zeros((T, B, H), proj.dtype) for _ in range(3))
+    w_t = np.ascontiguousarray(w_hh.T)
+    order = list(range(T))[::-1] if reverse else list(range(T))
+    h_run, caches = h0.copy(), {}
+    for t in order:
+        n = sizes[t]
+        h, caches[t] = step_forward(proj[t, :n], h_run[:n], w_t, nonlinearity)
+        h_run[:n] = states[t, :n] = h
+    dh_run = grad_h_last.copy()
+    for t in order[::-1]:
+        n = sizes[t]
+        g = grad_out[t, :n] + dh_run[:n]
+        d, dh_run[:n] = step_backward(g, caches[t], w_hh, nonlinearity)
+        hidden[t, :n], delta[t, :n] = g, d
+    return states, hidden, delta, dh_run
+
+
+
+def textbook_layer(x, h0, w_ih, w_hh, b_ih, b_hh, nonlinearity, grad_out, grad_h_last, reverse):
+    """The equations of the module docstring as written, for one full-length layer: a fresh array per
+    step, the weight gradients summed step by step, no buffers, no GEMM over all steps.
+
+    x: (T, B, I); h0: (B, H); grad_out: (T, B, H) = dL/dout_t; grad_h_last: (B, H) = dL/dh_n.
+    Returns (states (T, B, H), hidden_grads (T, B, H), dh0 (B, H), dW_ih, dW_hh, db, dx (T, B, I)).
+    The oracle of the fast path's arithmetic reorganisation (tests/test_perf_paths.py: equal to
+    ~1e-12 relative, the order of the sums differs).
+    """
+    f = np.tanh if nonlinearity == "tanh" else (lambda a: np.maximum(a, 0))
+    T = x.shape[0]
+    order = list(range(T))[::-1] if reverse else list(range(T))
+    h, hs = h0, {}
+    prev = {}
+    for t in order:
+        prev[t] = h
+        h = f(x[t] @ w_ih.T + b_ih + h @ w_hh.T + b_hh)
+        hs[t] = h
+    dW_ih, dW_hh, db = np.zeros_like(w_ih), np.zeros_like(w_hh), np.zeros_like(b_ih)
+    dx, gs = np.zeros_like(x), np.zeros((T,) + h0.shape)
+    dh = grad_h_last
+    for t in order[::-1]:
+        g = grad_out[t] + dh
+        gs[t] = g
+        d = g * (1 - hs[t] ** 2) if nonlinearity == "tanh" else g * (hs[t] > 0)
+        dW_ih += d.T @ x[t]
+        dW_hh += d.T @ prev[t]
+        db += d.sum(axis=0)
+        dx[t] = d @ w_ih
+        dh = d @ w_hh
+    return np.stack([hs[t] for t in range(T)]), gs, dh, dW_ih, dW_hh, db, dx
+
 
 
 # --------------------------------------------------------------------------------------------

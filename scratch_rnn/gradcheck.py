@@ -12,6 +12,22 @@ from dataclasses import dataclass
 import numpy as np
 
 
+def rel_error(actual, expected) -> float:
+    """max |a - e| / max(max |e|, tiny): the project's one scale-aware error, 0 for equal arrays.
+
+    Every report and test of agreement uses it (the suite, ``reference.crosscheck``, the benchmark's
+    accuracy table). Arrays of different shapes have error inf.
+    """
+    a = np.asarray(actual, dtype=np.float64)
+    e = np.asarray(expected, dtype=np.float64)
+    if a.shape != e.shape:
+        return float("inf")
+    if a.size == 0:
+        return 0.0
+    scale = max(float(np.max(np.abs(e))), np.finfo(np.float64).tiny)
+    return float(np.max(np.abs(a - e))) / scale
+
+
 class NonDifferentiableError(RuntimeError):
     """Every direction drawn crossed a relu kink (e.g. a pre-activation exactly 0): no oracle here."""
 

@@ -19,7 +19,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from ._checks import check_positive_int
+from .checks import check_positive_int
 
 __all__ = ["SCHEMES", "TARGETS", "RecurrentInit", "gaussian", "identity", "init_rnn", "orthogonal",
            "recurrent_matrix", "rescale", "torch_uniform"]

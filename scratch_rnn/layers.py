@@ -1,13 +1,9 @@
 """Linear and Embedding layers in NumPy, parameter-for-parameter twins of torch.nn.Linear/Embedding.
 
-Conventions shared by every layer of the package:
-
-- parameters are named exactly as in torch (``weight``, ``bias``) so state dicts move both ways;
-- ``forward`` caches what ``backward`` needs; ``backward(grad_out)`` returns the gradient with
-  respect to the input and *accumulates* parameter gradients into ``self.grads`` (like torch's
-  ``.grad``) until ``zero_grad()``;
-- ``parameters()`` is the live name -> ndarray dict: optimizers update those arrays in place, and
-  ``load_state_dict`` also writes in place, so references held elsewhere never go stale.
+Both are :class:`scratch_rnn.Module` subclasses: parameters are named exactly as in torch
+(``weight``, ``bias``) so state dicts move both ways; ``backward(grad_output)`` returns the gradient
+with respect to the input and *accumulates* parameter gradients into ``self.grads`` (like torch's
+``.grad``) until ``zero_grad()``, under the Module's lifecycle rules.
 
 ``backward`` uses the parameters as they are when it is called, so update parameters only after
 the backward pass (torch would raise on an in-place change between forward and backward).
@@ -18,86 +14,13 @@ import numbers
 
 import numpy as np
 
-from ._checks import as_float_array, as_index_array, check_dtype, check_positive_int, check_shape
+from .checks import as_float_array, as_index_array, check_bool, check_index_range, check_positive_int, check_shape
+from .module import Module, RowGrad
 
 __all__ = ["Linear", "Embedding"]
 
 
-class _Layer:
-    """Parameter bookkeeping shared by the layers: state dicts, gradients, the forward cache."""
-
-    def __init__(self, dtype):
-        self.dtype = check_dtype(dtype)
-        self._params: dict[str, np.ndarray] = {}
-        self.grads: dict[str, np.ndarray] = {}
-        self._cache = None
-
-    def _register(self, name: str, value: np.ndarray) -> None:
-        self._params[name] = np.ascontiguousarray(value, dtype=self.dtype)
-        self.grads[name] = np.zeros_like(self._params[name])
-
-    def __getattr__(self, name):
-        # ``layer.weight`` / ``layer.bias`` read the live parameter arrays, as in torch.
-        params = self.__dict__.get("_params", {})
-        if name in params:
-            return params[name]
-        raise AttributeError(f"{type(self).__name__!s} has no attribute {name!r}")
-
-    def __setattr__(self, name, value):
-        if name in self.__dict__.get("_params", {}):
-            raise AttributeError(f"{name}: parameters are not rebound (optimizers hold the arrays); "
-                                 f"assign in place (layer.{name}[...] = value) or use load_state_dict")
-        super().__setattr__(name, value)
-
-    def __call__(self, *args, **kwargs):
-        return self.forward(*args, **kwargs)
-
-    def parameters(self) -> dict[str, np.ndarray]:
-        """The LIVE parameter dict (name -> ndarray); in-place updates change the layer."""
-        return self._params
-
-    def state_dict(self) -> dict[str, np.ndarray]:
-        """A copy of every parameter, keyed as in torch."""
-        return {name: p.copy() for name, p in self._params.items()}
-
-    def load_state_dict(self, state: dict) -> None:
-        """Copy ``state`` into the parameters (in place), after checking keys, shapes and values.
-
-        Keys must match exactly; each value must be a finite floating-point array (or torch
-        tensor) of the parameter's shape. Values are cast to the layer dtype. Nothing is written
-        unless every entry passes.
-        """
-        if not hasattr(state, "keys"):
-            raise TypeError(f"state_dict: expected a mapping of name -> array, got {type(state).__name__}")
-        state = {k: (v.detach().cpu().numpy() if hasattr(v, "detach") else v) for k, v in state.items()}
-        missing = sorted(set(self._params) - set(state))
-        unexpected = sorted(set(state) - set(self._params))
-        if missing or unexpected:
-            raise KeyError(f"state_dict: missing keys {missing}, unexpected keys {unexpected}; "
-                           f"{type(self).__name__} expects {sorted(self._params)}")
-        staged = {}
-        for name, param in self._params.items():
-            value = np.asarray(state[name])
-            if value.shape != param.shape:
-                raise ValueError(f"state_dict[{name!r}]: shape {tuple(value.shape)} does not match the "
-                                 f"parameter's shape {tuple(param.shape)}")
-            staged[name] = as_float_array(f"state_dict[{name!r}]", value, self.dtype)
-        for name, value in staged.items():
-            self._params[name][...] = value
-
-    def zero_grad(self) -> None:
-        """Reset the accumulated gradients to zero (in place)."""
-        for g in self.grads.values():
-            g.fill(0)
-
-    def _require_cache(self):
-        if self._cache is None:
-            raise RuntimeError(f"{type(self).__name__}.backward called before forward: there is no "
-                               f"cached input to differentiate through")
-        return self._cache
-
-
-class Linear(_Layer):
+class Linear(Module):
     """y = x @ weight.T + bias, for x of shape (*, in_features).
 
     Init as torch.nn.Linear: weight and bias ~ U(-1/sqrt(in_features), 1/sqrt(in_features))
@@ -106,48 +29,48 @@ class Linear(_Layer):
     """
 
     def __init__(self, in_features, out_features, bias: bool = True, *, dtype=np.float32, seed=None):
-        super().__init__(dtype)
+        super().__init__(dtype=dtype)
         self.in_features = check_positive_int("in_features", in_features)
         self.out_features = check_positive_int("out_features", out_features)
+        bias = check_bool("bias", bias)
         rng = np.random.default_rng(seed)
         bound = 1.0 / np.sqrt(self.in_features)
-        self._register("weight", rng.uniform(-bound, bound, (self.out_features, self.in_features)))
+        self.register_parameter("weight", rng.uniform(-bound, bound, (self.out_features, self.in_features)))
         if bias:
-            self._register("bias", rng.uniform(-bound, bound, (self.out_features,)))
+            self.register_parameter("bias", rng.uniform(-bound, bound, (self.out_features,)))
 
     @property
     def has_bias(self) -> bool:
         return "bias" in self._params
 
-    def forward(self, x) -> np.ndarray:
-        """x (*, in_features) -> y (*, out_features); caches x for backward."""
-        x = as_float_array("x", x, self.dtype)
-        check_shape("x", x, x.shape[:-1] + (self.in_features,) if x.ndim else (self.in_features,),
+    def _forward(self, x):
+        """x (*, in_features) -> y (*, out_features); the cache is a private copy of x."""
+        x_given = x
+        x = as_float_array("input", x, self.dtype)
+        check_shape("input", x, x.shape[:-1] + (self.in_features,) if x.ndim else (self.in_features,),
                     "(*, in_features)")
         y = x @ self._params["weight"].T  # (*, out)
         if self.has_bias:
             y = y + self._params["bias"]
-        self._cache = x
-        return y
+        return y, (x.copy() if np.may_share_memory(x, x_given) else x)
 
-    def backward(self, grad_y) -> np.ndarray:
-        """grad_y (*, out_features) -> grad_x (*, in_features); accumulates weight/bias grads."""
-        x = self._require_cache()  # (*, in)
-        grad_y = as_float_array("grad_y", grad_y, self.dtype)
-        check_shape("grad_y", grad_y, x.shape[:-1] + (self.out_features,), "(*, out_features)")
-        g2 = grad_y.reshape(-1, self.out_features)  # (M, out)
+    def _backward(self, x, grad_output):
+        """grad_output (*, out_features) -> grad_x (*, in_features); dW = gᵀx, db = Σ g."""
+        grad_output = as_float_array("grad_output", grad_output, self.dtype)
+        check_shape("grad_output", grad_output, x.shape[:-1] + (self.out_features,), "(*, out_features)")
+        g2 = grad_output.reshape(-1, self.out_features)  # (M, out)
         x2 = x.reshape(-1, self.in_features)  # (M, in)
-        self.grads["weight"] += g2.T @ x2  # (out, in)
+        grads = {"weight": g2.T @ x2}  # (out, in)
         if self.has_bias:
-            self.grads["bias"] += g2.sum(axis=0)  # (out,)
-        return grad_y @ self._params["weight"]  # (*, in)
+            grads["bias"] = g2.sum(axis=0)  # (out,)
+        return grad_output @ self._params["weight"], grads  # (*, in)
 
     def __repr__(self):
         return (f"Linear(in_features={self.in_features}, out_features={self.out_features}, "
                 f"bias={self.has_bias}, dtype={self.dtype.name})")
 
 
-class Embedding(_Layer):
+class Embedding(Module):
     """A lookup table: integer indices (*) -> rows of ``weight`` (*, embedding_dim).
 
     Init as torch.nn.Embedding: weight ~ N(0, 1), with the ``padding_idx`` row zeroed. As in torch,
@@ -156,7 +79,7 @@ class Embedding(_Layer):
     """
 
     def __init__(self, num_embeddings, embedding_dim, padding_idx=None, *, dtype=np.float32, seed=None):
-        super().__init__(dtype)
+        super().__init__(dtype=dtype)
         self.num_embeddings = check_positive_int("num_embeddings", num_embeddings)
         self.embedding_dim = check_positive_int("embedding_dim", embedding_dim)
         self.padding_idx = _normalize_padding_idx(padding_idx, self.num_embeddings)
@@ -164,30 +87,30 @@ class Embedding(_Layer):
         weight = rng.standard_normal((self.num_embeddings, self.embedding_dim))
         if self.padding_idx is not None:
             weight[self.padding_idx] = 0.0
-        self._register("weight", weight)
+        self.register_parameter("weight", weight)
 
-    def forward(self, indices) -> np.ndarray:
-        """indices (*) int -> (*, embedding_dim); caches the indices for backward."""
+    def _forward(self, indices):
+        """indices (*) int -> (*, embedding_dim); the cache is a private copy of the indices."""
+        idx_given = indices
         idx = as_index_array("indices", indices)
-        _check_index_range("indices", idx, self.num_embeddings)
-        self._cache = idx
-        return self._params["weight"][idx]  # (*, dim)
+        check_index_range("indices", idx, 0, self.num_embeddings, f"num_embeddings={self.num_embeddings}")
+        if np.may_share_memory(idx, idx_given):
+            idx = idx.copy()
+        return self._params["weight"][idx], idx  # (*, dim)
 
-    def backward(self, grad_y) -> None:
-        """Scatter-add grad_y (*, embedding_dim) into grads['weight'] (repeated indices add up).
+    def _backward(self, idx, grad_output):
+        """Scatter-add grad_output (*, embedding_dim) into the rows of ``weight`` (repeats add up).
 
-        The padding row gets no gradient. Returns None: indices have no gradient.
+        The padding row gets no gradient. Returns None as the input gradient: indices have none.
         """
-        idx = self._require_cache()  # (*)
-        grad_y = as_float_array("grad_y", grad_y, self.dtype)
-        check_shape("grad_y", grad_y, idx.shape + (self.embedding_dim,), "(*indices.shape, embedding_dim)")
+        grad_output = as_float_array("grad_output", grad_output, self.dtype)
+        check_shape("grad_output", grad_output, idx.shape + (self.embedding_dim,), "(*indices.shape, embedding_dim)")
         flat_idx = idx.reshape(-1)  # (M,)
-        flat_g = grad_y.reshape(-1, self.embedding_dim)  # (M, dim)
+        flat_g = grad_output.reshape(-1, self.embedding_dim)  # (M, dim)
         if self.padding_idx is not None:
             keep = flat_idx != self.padding_idx
             flat_idx, flat_g = flat_idx[keep], flat_g[keep]
-        np.add.at(self.grads["weight"], flat_idx, flat_g)
-        return None
+        return None, {"weight": RowGrad(flat_idx, flat_g)}
 
     def __repr__(self):
         return (f"Embedding({self.num_embeddings}, {self.embedding_dim}, padding_idx={self.padding_idx}, "
@@ -204,14 +127,3 @@ def _normalize_padding_idx(padding_idx, num_embeddings: int):
         raise ValueError(f"padding_idx: must be in [{-num_embeddings}, {num_embeddings}) "
                          f"(num_embeddings={num_embeddings}), got {padding_idx}")
     return int(padding_idx) % num_embeddings
-
-
-def _check_index_range(name: str, idx: np.ndarray, size: int) -> None:
-    """ValueError naming ``name``, the valid range [0, size) and the first offending value."""
-    if idx.size == 0:
-        return
-    bad = (idx < 0) | (idx >= size)
-    if bad.any():
-        where = tuple(int(i) for i in np.argwhere(bad)[0])
-        raise ValueError(f"{name}: values must be in [0, {size}), got {int(idx[where])} at index {where} "
-                         f"({int(bad.sum())} out of range)")

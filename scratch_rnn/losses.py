@@ -22,7 +22,7 @@ import numbers
 
 import numpy as np
 
-from ._checks import FLOAT_DTYPES, as_float_array, as_index_array, check_shape
+from .checks import FLOAT_DTYPES, as_float_array, as_index_array, check_shape
 
 __all__ = [
     "mse_loss", "mse_loss_backward",

@@ -25,24 +25,29 @@ in 1..T (None: every sequence has length T); ``h0`` (num_layers·D, B, H) or Non
 from __future__ import annotations
 
 import dataclasses
-from collections import OrderedDict
 from dataclasses import dataclass
+from typing import NamedTuple
 
 import numpy as np
 
 from . import losses as L
-from ._checks import (
+from .checks import (
     as_float_array,
     as_index_array,
+    check_bool,
+    check_choice,
     check_dtype,
+    check_index_range,
+    check_lengths,
     check_positive_int,
     check_probability,
     check_shape,
 )
 from .layers import Embedding, Linear
+from .module import Module
 from .rnn import RNN
 
-__all__ = ["ModelConfig", "SequenceModel", "POOLINGS", "TASKS", "LOSSES", "valid_mask"]
+__all__ = ["ModelConfig", "SequenceModel", "StepOutput", "POOLINGS", "TASKS", "LOSSES", "valid_mask"]
 
 POOLINGS = ("last", "mean", "max")
 TASKS = ("sequence", "per_step")
@@ -76,6 +81,8 @@ class ModelConfig:
     seed: int | None = 0
 
     def __post_init__(self):
+        for name in ("bias", "bidirectional"):
+            check_bool(name, getattr(self, name))
         check_positive_int("hidden_size", self.hidden_size)
         check_positive_int("out_features", self.out_features)
         check_positive_int("num_layers", self.num_layers)
@@ -92,15 +99,11 @@ class ModelConfig:
             if self.embedding_dim is not None or self.padding_idx is not None:
                 raise ValueError(f"embedding_dim/padding_idx: only meaningful with vocab_size (token input), got "
                                  f"embedding_dim={self.embedding_dim!r}, padding_idx={self.padding_idx!r}")
-        if self.nonlinearity not in ("tanh", "relu"):
-            raise ValueError(f"nonlinearity: expected 'tanh' or 'relu', got {self.nonlinearity!r}")
+        check_choice("nonlinearity", self.nonlinearity, ("tanh", "relu"))
         check_probability("dropout", self.dropout)
-        if self.pooling not in POOLINGS:
-            raise ValueError(f"pooling: expected one of {POOLINGS}, got {self.pooling!r}")
-        if self.task not in TASKS:
-            raise ValueError(f"task: expected one of {TASKS}, got {self.task!r}")
-        if self.loss not in LOSSES:
-            raise ValueError(f"loss: expected one of {LOSSES}, got {self.loss!r}")
+        check_choice("pooling", self.pooling, POOLINGS)
+        check_choice("task", self.task, TASKS)
+        check_choice("loss", self.loss, LOSSES)
         check_dtype(self.dtype)
         object.__setattr__(self, "dtype", np.dtype(self.dtype).name)
         if self.seed is not None and (isinstance(self.seed, bool) or not isinstance(self.seed, (int, np.integer))
@@ -120,6 +123,8 @@ class ModelConfig:
 
     @classmethod
     def from_dict(cls, d: dict) -> "ModelConfig":
+        if not isinstance(d, dict):
+            raise TypeError(f"ModelConfig: expected a JSON object (dict) of fields, got {type(d).__name__}")
         known = {f.name for f in dataclasses.fields(cls)}
         unknown = sorted(set(d) - known)
         if unknown:
@@ -169,89 +174,41 @@ def pool_backward(grad: np.ndarray, lengths: np.ndarray, T: int, mode: str, cach
 # ----------------------------------------------------------------------------------------------
 # the model
 # ----------------------------------------------------------------------------------------------
-class SequenceModel:
+class StepOutput(NamedTuple):
+    """What :meth:`SequenceModel.forward_backward` returns (nanoGPT's ``logits, loss = model(X, Y)``)."""
+
+    loss: float
+    output: np.ndarray   # (B, C) | (B, T, C): the head's output, before the loss
+    h_n: np.ndarray      # (L·D, B, H)
+
+
+class SequenceModel(Module):
     """Embedding/dense input -> RNN -> pooling (sequence task) -> Linear head, with its loss.
 
-    ``forward(x, lengths, h0)`` -> ``(out, h_n)``: out (B, C) or (B, T, C). ``backward(grad_out,
-    grad_h_n)`` -> ``(grad_x or None, grad_h0)``, accumulating into ``grads``.
-    ``loss(out, target, lengths)`` / ``loss_backward(...)``, and ``forward_backward(x, target,
-    lengths, h0)`` -> ``(loss, h_n)`` for the training loop (the loss's gradient, cotangent 1).
+    ``forward(x, h0=None, lengths=None)`` -> ``(out, h_n)``: out (B, C) or (B, T, C).
+    ``backward(grad_output, grad_h_n=None)`` -> ``(grad_x or None, grad_h0)``, accumulating into
+    ``grads`` (the lifecycle rules of :class:`~scratch_rnn.Module`). ``loss(out, target, lengths)`` /
+    ``loss_backward(...)``, and ``forward_backward(x, y, h0=None, lengths=None)`` ->
+    :class:`StepOutput` ``(loss, output, h_n)`` for the training loop.
     """
 
     def __init__(self, config: ModelConfig):
         if not isinstance(config, ModelConfig):
             raise TypeError(f"config: expected a ModelConfig, got {type(config).__name__}")
-        self.config = c = config
-        dtype = np.dtype(c.dtype)
-        self.dtype = dtype
+        c = config
+        super().__init__(dtype=c.dtype)
+        self.config = c
+        dtype = self.dtype
         s_emb, s_rnn, s_head, s_drop = np.random.SeedSequence(c.seed).spawn(4)
-        self.embedding = (Embedding(c.vocab_size, c.embedding_dim, c.padding_idx, dtype=dtype, seed=s_emb)
-                          if c.vocab_size is not None else None)
-        self.rnn = RNN(c.rnn_input_size, c.hidden_size, num_layers=c.num_layers, nonlinearity=c.nonlinearity,
-                       bias=c.bias, batch_first=True, dropout=c.dropout, bidirectional=c.bidirectional,
-                       dtype=dtype, seed=s_rnn)
-        self.head = Linear(c.num_directions * c.hidden_size, c.out_features, dtype=dtype, seed=s_head)
+        self.register_module("embedding", Embedding(c.vocab_size, c.embedding_dim, c.padding_idx, dtype=dtype,
+                                                    seed=s_emb) if c.vocab_size is not None else None)
+        self.register_module("rnn", RNN(c.rnn_input_size, c.hidden_size, num_layers=c.num_layers,
+                                        nonlinearity=c.nonlinearity, bias=c.bias, batch_first=True,
+                                        dropout=c.dropout, bidirectional=c.bidirectional, dtype=dtype, seed=s_rnn))
+        self.register_module("head", Linear(c.num_directions * c.hidden_size, c.out_features, dtype=dtype,
+                                            seed=s_head))
         # the generator of the dropout masks; its state is part of a checkpoint
         self.rng = np.random.default_rng(s_drop)
-        self.training = True
-        self._params = OrderedDict()
-        self._grads = OrderedDict()
-        for prefix, module in self._modules():
-            for name, p in module.parameters().items():
-                self._params[f"{prefix}.{name}"] = p
-                self._grads[f"{prefix}.{name}"] = module.grads[name]
-        self._cache = None
-
-    def _modules(self):
-        mods = [("embedding", self.embedding)] if self.embedding is not None else []
-        return mods + [("rnn", self.rnn), ("head", self.head)]
-
-    # -- parameters -----------------------------------------------------------------------------
-    def parameters(self) -> OrderedDict:
-        """The live flat parameter dict, torch twin's state_dict names -> ndarray."""
-        return self._params
-
-    @property
-    def grads(self) -> OrderedDict:
-        """The live flat gradient dict (same keys), accumulated by backward until zero_grad()."""
-        return self._grads
-
-    def zero_grad(self) -> None:
-        for g in self._grads.values():
-            g.fill(0)
-
-    def state_dict(self) -> OrderedDict:
-        return OrderedDict((k, v.copy()) for k, v in self._params.items())
-
-    def load_state_dict(self, state) -> None:
-        """Copy ``state`` (ndarrays or torch tensors) into the parameters, in place.
-
-        Keys and shapes must match exactly and values be finite floats; everything is checked
-        before anything is written.
-        """
-        if not hasattr(state, "keys"):
-            raise TypeError(f"state_dict: expected a mapping of name -> array, got {type(state).__name__}")
-        state = {k: (v.detach().cpu().numpy() if hasattr(v, "detach") else v) for k, v in state.items()}
-        missing = [k for k in self._params if k not in state]
-        unexpected = [k for k in state if k not in self._params]
-        if missing or unexpected:
-            raise KeyError(f"state_dict: missing keys {missing}, unexpected keys {unexpected}")
-        staged = {}
-        for k, p in self._params.items():
-            v = np.asarray(state[k])
-            if v.shape != p.shape:
-                raise ValueError(f"state_dict[{k!r}]: expected shape {p.shape}, got {v.shape}")
-            staged[k] = as_float_array(f"state_dict[{k!r}]", v, self.dtype)
-        for k, v in staged.items():
-            self._params[k][...] = v
-
-    def train(self, mode: bool = True) -> "SequenceModel":
-        self.training = bool(mode)
-        self.rnn.train(mode)
-        return self
-
-    def eval(self) -> "SequenceModel":
-        return self.train(False)
 
     def __repr__(self) -> str:
         return f"SequenceModel({self.config})"
@@ -263,6 +220,7 @@ class SequenceModel:
             x = as_index_array("x", x)
             if x.ndim != 2:
                 raise ValueError(f"x: expected token ids of shape (batch, time), got shape {x.shape}")
+            check_index_range("x", x, 0, c.vocab_size, f"token ids below vocab_size={c.vocab_size}")
         else:
             x = as_float_array("x", x, self.dtype)
             if x.ndim != 3 or x.shape[2] != c.input_size:
@@ -272,15 +230,28 @@ class SequenceModel:
             raise ValueError(f"x: expected at least one sequence and one step, got shape {x.shape}")
         return x
 
-    def _check_lengths(self, lengths, B, T):
-        if lengths is None:
-            return np.full(B, T, dtype=np.int64)
-        lengths = as_index_array("lengths", lengths)
-        check_shape("lengths", lengths, (B,), "(one length per sequence)")
-        if lengths.min() < 1 or lengths.max() > T:
-            bad = lengths[(lengths < 1) | (lengths > T)]
-            raise ValueError(f"lengths: expected every length in 1..{T} (the number of steps), got {bad.tolist()}")
-        return lengths
+    def check_batch(self, x, y, lengths=None) -> None:
+        """Every check forward, loss and backward would make of ``(x, y, lengths)``, without computing.
+
+        For a whole data set before training: token ids below vocab_size, finite dense values, lengths
+        in 1..T, labels below out_features or float targets of the output's shape.
+        """
+        c = self.config
+        x = self._check_x(x)
+        B, T = x.shape[:2]
+        self._lengths(lengths, B, T)
+        if c.loss == "cross_entropy":
+            y = as_index_array("y", y)
+            check_shape("y", y, (B,) if c.task == "sequence" else (B, T),
+                        "(class ids per sequence)" if c.task == "sequence" else "(class ids per step)")
+            check_index_range("y", y, 0, c.out_features, f"class ids below out_features={c.out_features}")
+        else:
+            y = as_float_array("y", y, self.dtype)
+            check_shape("y", y, (B, c.out_features) if c.task == "sequence" else (B, T, c.out_features),
+                        "(the shape of the model output)")
+
+    def _lengths(self, lengths, B, T):
+        return np.full(B, T, dtype=np.int64) if lengths is None else check_lengths("lengths", lengths, B, T)
 
     def draw_dropout_masks(self, T: int, B: int):
         """Keep-masks (T, B, D·H) for layers 0..L-2 from the model's generator, or None when off."""
@@ -290,42 +261,44 @@ class SequenceModel:
         shape = (T, B, c.num_directions * c.hidden_size)
         return [self.rng.random(shape) >= c.dropout for _ in range(c.num_layers - 1)]
 
-    def __call__(self, x, lengths=None, h0=None):
-        return self.forward(x, lengths, h0)
-
-    def forward(self, x, lengths=None, h0=None):
+    def _forward(self, x, h0=None, lengths=None):
         """x (B, T) int | (B, T, I) float -> (out (B, C) | (B, T, C), h_n (L·D, B, H))."""
         c = self.config
         x = self._check_x(x)
         B, T = x.shape[:2]
-        lengths = self._check_lengths(lengths, B, T)
-        emb = self.embedding.forward(x) if self.embedding is not None else x  # (B, T, E)
+        lengths = self._lengths(lengths, B, T).copy()  # the model's own (pooling reads it in backward)
+        if self.embedding is not None:
+            emb, emb_cache = self.embedding._forward(x)  # (B, T, E)
+        else:
+            emb, emb_cache = x, None
         masks = self.draw_dropout_masks(T, B)
-        rnn_out, h_n = self.rnn.forward(emb, h0, lengths, dropout_masks=masks)  # (B, T, D·H)
+        (rnn_out, h_n), rnn_cache = self.rnn._forward(emb, h0, lengths, dropout_masks=masks)  # (B, T, D·H)
         pool_cache = None
         if c.task == "sequence":
             feats, pool_cache = pool_forward(rnn_out, lengths, c.pooling)  # (B, D·H)
         else:
             feats = rnn_out  # (B, T, D·H)
-        out = self.head.forward(feats)  # (B, C) | (B, T, C)
-        self._cache = dict(B=B, T=T, lengths=lengths, pool=pool_cache)
-        return out, h_n
+        out, head_cache = self.head._forward(feats)  # (B, C) | (B, T, C)
+        cache = dict(B=B, T=T, lengths=lengths, pool=pool_cache, embedding=emb_cache, rnn=rnn_cache,
+                     head=head_cache)
+        return (out, h_n), cache
 
-    def backward(self, grad_out, grad_h_n=None):
-        """Backward through the last forward; returns (grad_x (dense input) or None, grad_h0)."""
-        if self._cache is None:
-            raise RuntimeError("backward: call forward first (backward runs through the last forward)")
-        c, cache = self.config, self._cache
-        d_feats = self.head.backward(grad_out)  # (B, D·H) | (B, T, D·H)
+    def _backward(self, cache, grad_output, grad_h_n=None):
+        """Backward through the forward of ``cache``; returns ((grad_x (dense input) or None, grad_h0), grads)."""
+        c = self.config
+        d_feats, grads = self.head._backward(cache["head"], grad_output)  # (B, D·H) | (B, T, D·H)
+        grads = self.prefixed("head", grads)
         if c.task == "sequence":
             d_rnn_out = pool_backward(d_feats, cache["lengths"], cache["T"], c.pooling, cache["pool"])
         else:
             d_rnn_out = d_feats * valid_mask(cache["lengths"], cache["B"], cache["T"])[:, :, None]
-        d_emb, d_h0 = self.rnn.backward(d_rnn_out, grad_h_n)
+        (d_emb, d_h0), rnn_grads = self.rnn._backward(cache["rnn"], d_rnn_out, grad_h_n)
+        grads.update(self.prefixed("rnn", rnn_grads))
         if self.embedding is not None:
-            self.embedding.backward(d_emb)
-            return None, d_h0
-        return d_emb, d_h0
+            _, emb_grads = self.embedding._backward(cache["embedding"], d_emb)
+            grads.update(self.prefixed("embedding", emb_grads))
+            return (None, d_h0), grads
+        return (d_emb, d_h0), grads
 
     # -- loss -----------------------------------------------------------------------------------
     def _scored(self, out, target, lengths):
@@ -342,11 +315,14 @@ class SequenceModel:
             what = "(the shape of the model output)"
         check_shape("target", target, expected, what)
         if c.task == "sequence":
-            return out, target, None
-        T = out.shape[1]
-        lengths = self._check_lengths(lengths, B, T)
-        mask = valid_mask(lengths, B, T)  # (B, T)
-        return out[mask], target[mask], mask
+            mask = None
+        else:
+            T = out.shape[1]
+            mask = valid_mask(self._lengths(lengths, B, T), B, T)  # (B, T)
+            out, target = out[mask], target[mask]
+        if c.loss == "cross_entropy":
+            check_index_range("target", target, 0, c.out_features, f"class ids below out_features={c.out_features}")
+        return out, target, mask
 
     def loss(self, out, target, lengths=None) -> float:
         """The mean loss over scored items (sequences, or valid steps)."""
@@ -363,17 +339,20 @@ class SequenceModel:
         full[mask] = g
         return full
 
-    def forward_backward(self, x, target, lengths=None, h0=None):
-        """Forward, loss, backward (grads accumulate); returns (loss, h_n)."""
-        out, h_n = self.forward(x, lengths, h0)
+    def forward_backward(self, x, y, h0=None, lengths=None) -> StepOutput:
+        """Forward, loss, backward (grads accumulate); returns :class:`StepOutput` (loss, output, h_n).
+
+        A non-finite output or loss raises FloatingPointError before anything is accumulated.
+        """
+        out, h_n = self.forward(x, h0, lengths)
         if not np.isfinite(out).all():
             raise FloatingPointError("forward: the model output is not finite (NaN or inf): the head overflowed; "
                                      "nothing was accumulated into grads")
-        loss = self.loss(out, target, lengths)
+        loss = self.loss(out, y, lengths)
         if not np.isfinite(loss):
             raise FloatingPointError(f"loss: the loss is not finite ({loss}); nothing was accumulated into grads")
-        self.backward(self.loss_backward(out, target, lengths))
-        return loss, h_n
+        self.backward(self.loss_backward(out, y, lengths))
+        return StepOutput(loss, out, h_n)
 
 
 _LOSS_FNS = {

@@ -6,31 +6,33 @@ directions and layers and handles layouts, variable lengths, dropout and validat
 from __future__ import annotations
 
 import math
+import numbers
 import warnings
-from collections import OrderedDict
 
 import numpy as np
 
 from . import functional as F
-from ._checks import (
+from .checks import (
     as_float_array,
-    as_index_array,
-    check_dtype,
+    check_bool,
+    check_choice,
+    check_lengths,
     check_positive_int,
     check_probability,
     check_shape,
 )
+from .module import Module
 
-# The subnormal flush of float32 BPTT (see the README, section Performance). Every FLUSH_EVERY-th step
-# of the backward loop, the entries of the total gradient dL/dh_t below FLUSH_BELOW in magnitude are
-# set to zero. 2^-100 (7.9e-31) is 26 binary orders above float32's smallest normal number (2^-126),
-# so a gradient that shrinks through time is zeroed before it turns subnormal (arithmetic on
-# subnormals is many times slower on many x86 CPUs) as long as it shrinks by less than 2^26 in
-# FLUSH_EVERY steps; checking every 4th step costs a quarter of a check at every step. What it
+# The default subnormal flush of float32 BPTT (docs/performance.md): every ``flush_every``-th step of
+# the backward loop, the entries of the total gradient dL/dh_t below ``flush_below`` in magnitude
+# are set to zero. 2^-100 (7.9e-31) is 26 binary orders above float32's smallest normal number
+# (2^-126), so a gradient that shrinks through time is zeroed before it turns subnormal (arithmetic
+# on subnormals is many times slower on many x86 CPUs) as long as it shrinks by less than 2^26 in
+# ``flush_every`` steps; checking every 4th step costs a quarter of a check at every step. What it
 # drops lies 23 orders of magnitude below float32's resolution of any gradient of order one.
 # float64 keeps every digit (no flush): it is the cross-validation dtype.
-FLUSH_BELOW = {np.dtype(np.float32): 2.0 ** -100, np.dtype(np.float64): 0.0}
-FLUSH_EVERY = 4
+DEFAULT_FLUSH_BELOW = {np.dtype(np.float32): 2.0 ** -100, np.dtype(np.float64): 0.0}
+DEFAULT_FLUSH_EVERY = 4
 
 
 def rnn_param_names(num_layers: int, bidirectional: bool, bias: bool) -> list[str]:
@@ -45,7 +47,7 @@ def rnn_param_names(num_layers: int, bidirectional: bool, bias: bool) -> list[st
     return names
 
 
-class RNN:
+class RNN(Module):
     """Elman RNN with the interface and semantics of ``torch.nn.RNN``.
 
     h_t = f(x_t W_ihᵀ + b_ih + h_{t-1} W_hhᵀ + b_hh), f = tanh or relu, stacked ``num_layers`` deep,
@@ -56,39 +58,73 @@ class RNN:
     ``forward(x, h0=None, lengths=None)`` returns ``(output, h_n)``; ``lengths`` gives
     packed-sequence semantics (``pack_padded_sequence(enforce_sorted=False)`` then
     ``pad_packed_sequence(total_length=L)``). ``backward(grad_output, grad_h_n=None)`` runs BPTT
-    through the last forward, returns ``(grad_x, grad_h0)`` and accumulates into ``grads``.
-    After backward, ``hidden_grads`` is the total dL/dh_t of every layer and direction:
-    (num_layers * D, L, N, H), time-major whatever the layout, zero at padded steps.
+    through that forward, returns ``(grad_x, grad_h0)`` and accumulates into ``grads`` (the
+    lifecycle rules of :class:`~scratch_rnn.Module`). After backward, ``hidden_grads`` is the total
+    dL/dh_t of every layer and direction: (num_layers * D, L, N, H), time-major whatever the
+    layout, zero at padded steps.
+
+    Keyword-only options beyond torch's: ``dtype`` (float32 or float64), ``seed`` (the generator of
+    the initial weights and the dropout masks), ``flush_below`` / ``flush_every`` (the subnormal
+    flush of backward, see :data:`DEFAULT_FLUSH_BELOW`; None: the dtype's default; 0.0: off). Both
+    are attributes that may be changed between calls.
     """
 
     def __init__(self, input_size, hidden_size, num_layers=1, nonlinearity="tanh", bias=True,
-                 batch_first=False, dropout=0.0, bidirectional=False, *, dtype=np.float32, seed=None):
+                 batch_first=False, dropout=0.0, bidirectional=False, *, dtype=np.float32, seed=None,
+                 flush_below=None, flush_every=DEFAULT_FLUSH_EVERY):
+        super().__init__(dtype=dtype)
         self.input_size = check_positive_int("input_size", input_size)
         self.hidden_size = check_positive_int("hidden_size", hidden_size)
         self.num_layers = check_positive_int("num_layers", num_layers)
-        if nonlinearity not in F.NONLINEARITIES:
-            raise ValueError(f"nonlinearity: expected 'tanh' or 'relu', got {nonlinearity!r}")
-        self.nonlinearity = nonlinearity
-        self.bias = bool(bias)
-        self.batch_first = bool(batch_first)
+        self.nonlinearity = check_choice("nonlinearity", nonlinearity, F.NONLINEARITIES)
+        self.bias = check_bool("bias", bias)
+        self.batch_first = check_bool("batch_first", batch_first)
         self.dropout = check_probability("dropout", dropout)
         if self.dropout > 0 and self.num_layers == 1:
             warnings.warn(f"dropout={self.dropout} acts between layers only, and num_layers=1: it has "
                           "no effect (as in torch.nn.RNN)", UserWarning, stacklevel=2)
-        self.bidirectional = bool(bidirectional)
+        self.bidirectional = check_bool("bidirectional", bidirectional)
         self.num_directions = 2 if self.bidirectional else 1
-        self.dtype = check_dtype(dtype)
-        self.training = True
+        self.flush_below = DEFAULT_FLUSH_BELOW[self.dtype] if flush_below is None else flush_below
+        self.flush_every = check_positive_int("flush_every", flush_every)
         self._rng = np.random.default_rng(seed)
-        self._params: OrderedDict[str, np.ndarray] = OrderedDict()
         for name in rnn_param_names(self.num_layers, self.bidirectional, self.bias):
-            self._params[name] = np.empty(self._param_shape(name), dtype=self.dtype)
+            self.register_parameter(name, np.zeros(self._param_shape(name)))
         self.reset_parameters()
-        self.grads = OrderedDict((k, np.zeros_like(v)) for k, v in self._params.items())
         self.hidden_grads = None
         self.dropout_masks = None
+        self._states = []       # the state buffers of the last forward, reused by the next one
+        self._x_copy = None     # the last forward's private copy of a caller's time-major input
+        self._delta = None      # backward's scratch buffer dL/da_t
+        self._generation = 0    # counts forwards; a cache of an older one is refused by backward
+
+    @property
+    def flush_below(self) -> float:
+        return self._flush_below
+
+    @flush_below.setter
+    def flush_below(self, value) -> None:
+        if isinstance(value, (bool, np.bool_)) or not isinstance(value, numbers.Real) or not (
+                math.isfinite(value) and value >= 0):
+            raise ValueError(f"flush_below: expected a finite number >= 0 (0 disables the flush), got {value!r}")
+        self._flush_below = float(value)
+
+    @property
+    def states(self) -> list:
+        """The last forward's state buffers, one (T + 1, B, H) array per layer and direction, time-major,
+        rows sorted by decreasing length (read-only views; the next forward overwrites them)."""
+        views = []
+        for hs in self._states:
+            v = hs.view()
+            v.flags.writeable = False
+            views.append(v)
+        return views
+
+    def release_buffers(self) -> None:
+        """Drop the cached forward, the reusable work buffers and ``hidden_grads`` (frees their memory)."""
         self._cache = None
-        self._delta = None  # backward's scratch buffer
+        self._states, self._x_copy, self._delta, self.hidden_grads = [], None, None, None
+        self._generation += 1
 
     # ---------------------------------------------------------------- parameters
     def _param_shape(self, name: str) -> tuple:
@@ -105,45 +141,6 @@ class RNN:
         k = 1.0 / math.sqrt(self.hidden_size)
         for name, p in self._params.items():
             p[...] = self._rng.uniform(-k, k, size=p.shape)
-
-    def parameters(self) -> OrderedDict:
-        """The live parameter arrays, name -> ndarray (optimizers update them in place)."""
-        return self._params
-
-    def state_dict(self) -> OrderedDict:
-        """Copies of the parameters under torch's names and shapes."""
-        return OrderedDict((k, v.copy()) for k, v in self._params.items())
-
-    def load_state_dict(self, state) -> None:
-        """Copy ``state`` into the parameters; keys and shapes must match exactly.
-
-        Accepts ndarrays (or anything with ``.detach().cpu().numpy()``, e.g. torch tensors).
-        Everything is checked before anything is written.
-        """
-        state = {k: _to_numpy(v) for k, v in dict(state).items()}
-        missing = [k for k in self._params if k not in state]
-        unexpected = [k for k in state if k not in self._params]
-        if missing or unexpected:
-            raise KeyError(f"load_state_dict: missing keys {missing}, unexpected keys {unexpected}")
-        new = {}
-        for k, p in self._params.items():
-            v = as_float_array(f"state_dict[{k!r}]", state[k], self.dtype)
-            if v.shape != p.shape:
-                raise ValueError(f"load_state_dict: {k!r} expected shape {p.shape}, got {v.shape}")
-            new[k] = v
-        for k, v in new.items():
-            self._params[k][...] = v
-
-    def zero_grad(self) -> None:
-        for g in self.grads.values():
-            g.fill(0)
-
-    def train(self, mode: bool = True) -> "RNN":
-        self.training = bool(mode)
-        return self
-
-    def eval(self) -> "RNN":
-        return self.train(False)
 
     def __repr__(self) -> str:
         opts = [f"{self.input_size}", f"{self.hidden_size}"]
@@ -164,6 +161,8 @@ class RNN:
 
     # ---------------------------------------------------------------- validation
     def _check_input(self, x, h0, lengths):
+        """Everything the forward reads, checked before any work: (x (T, B, I), h0, lengths, batched)."""
+        x_given = x
         x = as_float_array("input", x, self.dtype)
         if x.ndim not in (2, 3):
             raise ValueError(f"input: expected a 3-D (batched) or 2-D (unbatched) array, got {x.ndim}-D "
@@ -172,6 +171,8 @@ class RNN:
         if x.shape[-1] != self.input_size:
             raise ValueError(f"input: expected input_size={self.input_size} as the last dimension, got "
                              f"shape {x.shape}")
+        if batched and x.shape[0 if self.batch_first else 1] == 0:
+            raise ValueError(f"input: expected at least one sequence (batch size >= 1), got shape {x.shape}")
         if not batched:
             x = x[:, None, :]  # (T, 1, I)
         elif self.batch_first:
@@ -191,31 +192,29 @@ class RNN:
                 check_shape("h0", h0, (LD, H), "(num_layers * num_directions, hidden_size) for unbatched input")
                 h0 = h0[:, None, :]
         if lengths is not None:
-            lengths = as_index_array("lengths", lengths)
-            if lengths.ndim == 0 and not batched:
-                lengths = lengths.reshape(1)
-            check_shape("lengths", lengths, (B,), "(one length per batch element)")
-            if lengths.min() < 1 or lengths.max() > T:
-                bad = lengths[(lengths < 1) | (lengths > T)]
-                raise ValueError(f"lengths: expected every length in 1..{T} (the sequence length), got "
-                                 f"{bad.tolist()}")
-        return x, h0, lengths, batched
+            if not batched and np.ndim(lengths) == 0:
+                lengths = np.reshape(lengths, 1)
+            lengths = check_lengths("lengths", lengths, B, T)
+        # backward reads the layer input: it must be the model's own, not the caller's array
+        owned = not (isinstance(x_given, np.ndarray) and np.may_share_memory(x, x_given))
+        return x, h0, lengths, batched, owned
 
     # ---------------------------------------------------------------- forward
-    def __call__(self, x, h0=None, lengths=None, *, dropout_masks=None):
-        return self.forward(x, h0, lengths, dropout_masks=dropout_masks)
-
-    def forward(self, x, h0=None, lengths=None, *, dropout_masks=None):
-        """Run the stack. Returns ``(output, h_n)`` in the caller's layout.
+    def _forward(self, x, h0=None, lengths=None, *, dropout_masks=None):
+        """Run the stack. Returns ``((output, h_n), cache)``, output and h_n in the caller's layout.
 
         dropout_masks: optional list of ``num_layers - 1`` keep-masks (bool or 0/1), each of shape
         (T, B, D*H) time-major, applied to the outputs of layers 0..L-2 in train mode (scaled by
         1/(1-p)); without it they are drawn from the model's seeded generator. The masks used are
         left in ``self.dropout_masks``.
         """
-        x, h0, lengths, batched = self._check_input(x, h0, lengths)
+        x, h0, lengths, batched, owned = self._check_input(x, h0, lengths)
         T, B, _ = x.shape
         H, D, L = self.hidden_size, self.num_directions, self.num_layers
+
+        use_dropout = self.training and self.dropout > 0 and L > 1
+        masks = self._dropout_masks(dropout_masks, T, B) if use_dropout else None
+        self.dropout_masks = masks
 
         # Packed-sequence bookkeeping: sort by decreasing length (stable), so that at step t the
         # active sequences are the first batch_sizes[t] rows.
@@ -225,15 +224,20 @@ class RNN:
             perm = np.argsort(-lengths, kind="stable")
             lengths_sorted = lengths[perm]
             batch_sizes = (lengths_sorted[None, :] > np.arange(T)[:, None]).sum(axis=1)  # (T,)
-            x = x[:, perm]
+            x = x[:, perm]  # a copy: the model's own
             h0 = h0[:, perm]
+            owned = True
 
-        use_dropout = self.training and self.dropout > 0 and L > 1
-        masks = self._dropout_masks(dropout_masks, T, B) if use_dropout else None
-        self.dropout_masks = masks
-
-        # Every argument is valid: drop the last forward's cache, keeping its state buffers to overwrite.
-        spare = self._release_cache((T + 1, B, H))
+        # Every argument is valid: take the last forward's buffers to overwrite (that forward can no
+        # longer be differentiated: its generation is gone).
+        spare = self._take_state_buffers((T + 1, B, H))
+        self._generation += 1
+        if not owned:
+            if self._x_copy is None or self._x_copy.shape != x.shape:
+                self._x_copy = None
+                self._x_copy = np.empty_like(x)
+            np.copyto(self._x_copy, x)
+            x = self._x_copy
         layer_in = x
         h_n = np.empty((L * D, B, H), dtype=self.dtype)
         cache_layers = []
@@ -255,6 +259,7 @@ class RNN:
                 else:  # each sequence's state at its own last valid step
                     h_n[layer * D + d] = hs[lengths_sorted, np.arange(B)]
                 hs_dirs.append(hs)
+                self._states.append(hs)
             if D == 1:
                 out = hs_dirs[0][1:]  # the states themselves (a view): padded steps are already zero
             else:
@@ -263,7 +268,7 @@ class RNN:
                 out[:, :, H:] = hs_dirs[1][:-1]
                 if batch_sizes is not None:  # padded steps output zero (the h0 copies were inputs only)
                     out[:, :, H:][F.padding_mask(batch_sizes, B)] = 0
-            check_finite_state(out, layer)
+            check_finite_state(out, layer, self.dtype)
             keep = None
             if masks is not None and layer < L - 1:
                 keep = masks[layer] if perm is None else masks[layer][:, perm]
@@ -279,27 +284,23 @@ class RNN:
             inv = np.argsort(perm)
             output = output[:, inv]
             h_n = h_n[:, inv]
-        self._cache = dict(layers=cache_layers, perm=perm, batch_sizes=batch_sizes, T=T, B=B,
-                           batched=batched, lengths=lengths)
+        cache = dict(layers=cache_layers, perm=perm, batch_sizes=batch_sizes, T=T, B=B, batched=batched,
+                     generation=self._generation)
         # A unidirectional layer's output is a view of the states backward reads (and the next
         # forward overwrites): the caller gets a copy, which it may write into.
-        return (self._to_layout(output, batched, copy=D == 1 and perm is None),
-                (h_n if batched else h_n[:, 0]))
+        return ((self._to_layout(output, batched, copy=D == 1 and perm is None),
+                 (h_n if batched else h_n[:, 0])), cache)
 
-    def _release_cache(self, shape: tuple) -> list:
-        """Drop the last forward's cache; return its state buffers of ``shape`` to overwrite.
+    def _take_state_buffers(self, shape: tuple) -> list:
+        """The last forward's state buffers of ``shape``, to overwrite; the others are let go first.
 
-        Backward only ever runs through the last forward, and nothing handed to the caller is a view
-        of these buffers (the output is a copy). Reusing them spares the page faults of fresh memory
-        (about a quarter of a forward+backward at (32, 100, 64, 128)). Buffers of another shape are
-        let go here, before the new ones are allocated, so the old and the new cache never coexist.
-        The cache is cleared before any step runs, so a forward that raises leaves none behind.
-        Returned in reverse order of use (``pop()`` takes the next).
+        Nothing handed to the caller is a view of these buffers (the output is a copy). Reusing them
+        spares the page faults of fresh memory (about a quarter of a forward+backward at (32, 100,
+        64, 128)). Buffers of another shape are dropped here, before the new ones are allocated, so
+        the old and the new states never coexist. Returned in reverse order of use (``pop()``).
         """
-        old, self._cache = self._cache, None
-        if old is None:
-            return []
-        return [hs for _, hs_dirs, _ in old["layers"] for hs in hs_dirs if hs.shape == shape][::-1]
+        old, self._states = self._states, []
+        return [hs for hs in old if hs.shape == shape][::-1]
 
     def _dropout_scale(self) -> float:
         return 0.0 if self.dropout >= 1.0 else 1.0 / (1.0 - self.dropout)
@@ -315,6 +316,11 @@ class RNN:
         for i, m in enumerate(given):
             m = np.asarray(m)
             check_shape(f"dropout_masks[{i}]", m, shape, "(T, B, num_directions * hidden_size), time-major")
+            if m.dtype != bool:
+                if m.dtype.kind not in "iuf" or not np.isin(m, (0, 1)).all():
+                    bad = m if m.dtype.kind not in "iuf" else m[~np.isin(m, (0, 1))].ravel()[:3]
+                    raise ValueError(f"dropout_masks[{i}]: expected a keep-mask of booleans or 0/1, got values "
+                                     f"such as {bad.tolist() if hasattr(bad, 'tolist') else bad!r} (dtype {m.dtype})")
             masks.append(m.astype(self.dtype))
         return masks
 
@@ -327,15 +333,15 @@ class RNN:
         return a.copy() if copy else np.ascontiguousarray(a)
 
     # ---------------------------------------------------------------- backward
-    def backward(self, grad_output=None, grad_h_n=None):
-        """BPTT through the last forward. Returns ``(grad_x, grad_h0)`` in the caller's layout.
+    def _backward(self, c, grad_output=None, grad_h_n=None):
+        """BPTT through the forward of cache ``c``. Returns ``((grad_x, grad_h0), param_grads)``.
 
         grad_output: dL/d(output), the output's shape (None: zero); grad_h_n: dL/d(h_n), h_n's shape
-        (None: zero). Parameter gradients are added to ``self.grads``; ``self.hidden_grads`` is set.
+        (None: zero), both in the caller's layout. ``self.hidden_grads`` is set.
         """
-        if self._cache is None:
-            raise RuntimeError("backward: call forward first (backward runs through the last forward)")
-        c = self._cache
+        if c["generation"] != self._generation:
+            raise RuntimeError("RNN.backward: this RNN ran another forward since the one being differentiated, "
+                               "and that forward reused its buffers; run the forward again")
         T, B, perm, batch_sizes, batched = c["T"], c["B"], c["perm"], c["batch_sizes"], c["batched"]
         H, D, L = self.hidden_size, self.num_directions, self.num_layers
         out_shape = (T, B, D * H)
@@ -358,7 +364,6 @@ class RNN:
         if perm is not None:
             d_out, d_hn = d_out[:, perm], d_hn[:, perm]
 
-        flush = FLUSH_BELOW[self.dtype]
         new_grads = {}
         grad_h0 = np.empty((L * D, B, H), dtype=self.dtype)
         hidden = np.empty((L * D, T, B, H), dtype=self.dtype)
@@ -376,8 +381,8 @@ class RNN:
                 w_ih = self._p("weight_ih", layer, d)
                 _, dh0, _ = F.sequence_backward(
                     d_layer_out[:, :, d * H:(d + 1) * H], d_hn[layer * D + d], hs_dirs[d],
-                    self._p("weight_hh", layer, d), self.nonlinearity, batch_sizes, reverse, flush,
-                    flush_every=FLUSH_EVERY, hidden=hidden[layer * D + d], delta=delta)
+                    self._p("weight_hh", layer, d), self.nonlinearity, batch_sizes, reverse, self.flush_below,
+                    flush_every=self.flush_every, hidden=hidden[layer * D + d], delta=delta)
                 dw_ih, dw_hh, db = F.weight_gradients(delta, layer_in, hs_dirs[d], reverse, self.bias)
                 sfx = f"_l{layer}{'_reverse' if reverse else ''}"
                 new_grads["weight_ih" + sfx], new_grads["weight_hh" + sfx] = dw_ih, dw_hh
@@ -397,33 +402,21 @@ class RNN:
                     d_in *= self._dropout_scale()
             d_layer_out = d_in
 
-        for name, g in new_grads.items():
-            if not np.all(np.isfinite(g)):
-                raise FloatingPointError(
-                    f"backward: the gradient of {name} is not finite (NaN or inf): the backward pass "
-                    "overflowed (exploding gradients); nothing was accumulated into grads")
-        for name, g in new_grads.items():
-            self.grads[name] += g
-
         grad_x = d_layer_out
         if perm is not None:
             inv = np.argsort(perm)
             grad_x, grad_h0, hidden = grad_x[:, inv], grad_h0[:, inv], hidden[:, :, inv]
         self.hidden_grads = hidden
-        return self._to_layout(grad_x, batched), (grad_h0 if batched else grad_h0[:, 0])
+        return (self._to_layout(grad_x, batched), (grad_h0 if batched else grad_h0[:, 0])), new_grads
 
 
-def check_finite_state(out: np.ndarray, layer: int) -> None:
+def check_finite_state(out: np.ndarray, layer: int, dtype) -> None:
     """Report an overflowed recurrence (finite inputs, non-finite states) instead of passing it on."""
     if not np.isfinite(out).all():
         t = int(np.argwhere(~np.isfinite(out))[0][0])
+        advice = ("lower the weights' scale, use float64, or use tanh" if np.dtype(dtype) == np.float32
+                  else "lower the weights' scale or use tanh")
         raise FloatingPointError(
             f"forward: the hidden state of layer {layer} became non-finite at time step {t} although the "
-            "inputs were finite: the recurrence overflowed (relu with large recurrent weights); lower the "
-            "weights' scale, use float64, or use tanh")
-
-
-def _to_numpy(v):
-    if hasattr(v, "detach"):
-        v = v.detach().cpu().numpy()
-    return v
+            f"inputs were finite: the recurrence overflowed {np.dtype(dtype).name} (relu with large recurrent "
+            f"weights); {advice}")

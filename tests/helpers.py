@@ -7,6 +7,8 @@ from __future__ import annotations
 
 import numpy as np
 
+from scratch_rnn.gradcheck import rel_error  # noqa: F401 (the one relative error, re-exported)
+
 # (rtol, atol) per dtype. float64 is the cross-validation dtype: the scratch model and torch
 # compute the same sums in a possibly different order, which costs a few ulps per operation, so
 # 1e-10 relative is tight yet reachable for the sizes the suite draws. float32 is for speed only.
@@ -16,16 +18,6 @@ TOLERANCES = {
 }
 # Finite differences (central, eps ~1e-6 in float64) carry a truncation + rounding error of ~1e-8.
 FD_TOLERANCE = dict(rtol=1e-6, atol=1e-8)
-
-
-def rel_error(actual, expected) -> float:
-    """max |a - e| / max(max |e|, tiny): a scale-aware error that is 0 for equal arrays."""
-    a = np.asarray(actual, dtype=np.float64)
-    e = np.asarray(expected, dtype=np.float64)
-    if a.size == 0 and e.size == 0:
-        return 0.0
-    scale = max(float(np.max(np.abs(e))) if e.size else 0.0, np.finfo(np.float64).tiny)
-    return float(np.max(np.abs(a - e))) / scale
 
 
 def assert_close(actual, expected, *, name: str, config=None, dtype=None, rtol=None, atol=None):

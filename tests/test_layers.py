@@ -190,7 +190,7 @@ def test_linear_parameters_are_live_and_state_dict_copies():
 def test_linear_load_state_dict_errors_name_the_key():
     layer = Linear(3, 2, seed=0)
     good = layer.state_dict()
-    with pytest.raises(ValueError, match=r"state_dict\['weight'\].*\(3, 2\).*\(2, 3\)"):
+    with pytest.raises(ValueError, match=r"state_dict\['weight'\].*\(2, 3\).*\(3, 2\)"):
         layer.load_state_dict({**good, "weight": np.zeros((3, 2))})
     with pytest.raises(KeyError, match="bias"):
         layer.load_state_dict({"weight": good["weight"]})
@@ -205,18 +205,20 @@ def test_linear_load_state_dict_errors_name_the_key():
 
 def test_linear_bad_inputs():
     layer = Linear(3, 2, seed=0)
-    with pytest.raises(RuntimeError, match="before forward"):
+    with pytest.raises(RuntimeError, match="call forward first"):
         layer.backward(np.zeros((1, 2), np.float32))
-    with pytest.raises(ValueError, match=r"x: expected shape \(4, 3\).*got \(4, 5\)"):
+    with pytest.raises(ValueError, match=r"input: expected shape \(4, 3\).*got \(4, 5\)"):
         layer(np.zeros((4, 5), np.float32))
-    with pytest.raises(ValueError, match=r"x: expected shape \(3,\)"):
+    with pytest.raises(ValueError, match=r"input: expected shape \(3,\)"):
         layer(np.float32(1.0))
-    with pytest.raises(TypeError, match="x: .*int64"):
+    with pytest.raises(TypeError, match="input: .*int64"):
         layer(np.zeros((4, 3), np.int64))
-    with pytest.raises(ValueError, match="x: .*non-finite"):
-        layer(np.array([[0.0, np.inf, 0.0]]))
+    with pytest.raises(TypeError, match="input: expected dtype float32.*got float64"):
+        layer(np.zeros((4, 3)))  # torch's rule: no silent cast
+    with pytest.raises(ValueError, match="input: .*non-finite"):
+        layer(np.array([[0.0, np.inf, 0.0]], np.float32))
     layer(np.zeros((4, 3), np.float32))
-    with pytest.raises(ValueError, match=r"grad_y: expected shape \(4, 2\).*got \(4, 3\)"):
+    with pytest.raises(ValueError, match=r"grad_output: expected shape \(4, 2\).*got \(4, 3\)"):
         layer.backward(np.zeros((4, 3), np.float32))
     with pytest.raises(ValueError, match="in_features"):
         Linear(0, 2)
@@ -315,7 +317,7 @@ def test_embedding_broken_backward_is_caught(monkeypatch, mutant):
 
 def test_embedding_bad_inputs():
     layer = Embedding(4, 2, seed=0)
-    with pytest.raises(RuntimeError, match="before forward"):
+    with pytest.raises(RuntimeError, match="call forward first"):
         layer.backward(np.zeros((1, 2), np.float32))
     with pytest.raises(ValueError, match=r"indices: .*\[0, 4\).*got 4"):
         layer(np.array([[0, 4], [1, 2]]))
@@ -324,7 +326,7 @@ def test_embedding_bad_inputs():
     with pytest.raises(TypeError, match="indices: .*float"):
         layer(np.array([0.0, 1.0]))
     layer(np.array([[0, 1, 1]]))
-    with pytest.raises(ValueError, match=r"grad_y: expected shape \(1, 3, 2\)"):
+    with pytest.raises(ValueError, match=r"grad_output: expected shape \(1, 3, 2\)"):
         layer.backward(np.zeros((3, 2), np.float32))
     with pytest.raises(ValueError, match=r"padding_idx: .*\[-4, 4\).*got 4"):
         Embedding(4, 2, padding_idx=4)

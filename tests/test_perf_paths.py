@@ -33,32 +33,6 @@ def _batch_sizes(lengths, T):
     return (lengths[None, :] > np.arange(T)[:, None]).sum(axis=1)
 
 
-def naive_layer(x, h0, w_ih, w_hh, b_ih, b_hh, nonlinearity, grad_out, grad_h_last, reverse):
-    """Textbook BPTT of one full-length layer: fresh arrays, per-step sums, no buffers."""
-    f = np.tanh if nonlinearity == "tanh" else (lambda a: np.maximum(a, 0))
-    T = x.shape[0]
-    order = list(range(T))[::-1] if reverse else list(range(T))
-    h, hs = h0, {}
-    prev = {}
-    for t in order:
-        prev[t] = h
-        h = f(x[t] @ w_ih.T + b_ih + h @ w_hh.T + b_hh)
-        hs[t] = h
-    dW_ih, dW_hh, db = np.zeros_like(w_ih), np.zeros_like(w_hh), np.zeros_like(b_ih)
-    dx, gs = np.zeros_like(x), np.zeros((T,) + h0.shape)
-    dh = grad_h_last
-    for t in order[::-1]:
-        g = grad_out[t] + dh
-        gs[t] = g
-        d = g * (1 - hs[t] ** 2) if nonlinearity == "tanh" else g * (hs[t] > 0)
-        dW_ih += d.T @ x[t]
-        dW_hh += d.T @ prev[t]
-        db += d.sum(axis=0)
-        dx[t] = d @ w_ih
-        dh = d @ w_hh
-    return np.stack([hs[t] for t in range(T)]), gs, dh, dW_ih, dW_hh, db, dx
-
-
 # ------------------------------------------------------------------ one step
 @pytest.mark.parametrize("nonlinearity", ["tanh", "relu"])
 @pytest.mark.parametrize("dtype", [np.float32, np.float64])
@@ -71,33 +45,6 @@ def test_step_forward_in_place_equals_out_of_place(nonlinearity, dtype):
     h2, _ = F.step_forward(buf, h_prev, w_t, nonlinearity, out=buf, work=np.empty_like(buf))
     assert h2 is buf and hp is h_prev and h_again is h
     np.testing.assert_array_equal(h2, h)
-
-
-def stepwise_layer(proj, h0, w_hh, nonlinearity, grad_out, grad_h_last, batch_sizes, reverse):
-    """One layer through step_forward / step_backward, one call per step, fresh arrays each step.
-
-    Rows are sorted by decreasing length and step t acts on the first batch_sizes[t] rows (as the
-    packed path does, so that every GEMM has the same shape and the results can be bit-equal);
-    a row's running state stays frozen where it is inactive. Returns (states, hidden, delta, dh0),
-    zero at padded steps.
-    """
-    T, B, H = proj.shape
-    sizes = np.full(T, B) if batch_sizes is None else batch_sizes
-    states, hidden, delta = (np.zeros((T, B, H), proj.dtype) for _ in range(3))
-    w_t = np.ascontiguousarray(w_hh.T)
-    order = list(range(T))[::-1] if reverse else list(range(T))
-    h_run, caches = h0.copy(), {}
-    for t in order:
-        n = sizes[t]
-        h, caches[t] = F.step_forward(proj[t, :n], h_run[:n], w_t, nonlinearity)
-        h_run[:n] = states[t, :n] = h
-    dh_run = grad_h_last.copy()
-    for t in order[::-1]:
-        n = sizes[t]
-        g = grad_out[t, :n] + dh_run[:n]
-        d, dh_run[:n] = F.step_backward(g, caches[t], w_hh, nonlinearity)
-        hidden[t, :n], delta[t, :n] = g, d
-    return states, hidden, delta, dh_run
 
 
 @pytest.mark.parametrize("reverse", [False, True])
@@ -113,7 +60,7 @@ def test_sequence_loops_equal_the_step_functions(reverse, nonlinearity, lengths,
     g_out = rng.standard_normal((T, B, H)).astype(dtype)
     g_last = rng.standard_normal((B, H)).astype(dtype)
     bs = None if lengths is None else _batch_sizes(lengths, T)  # rows taken as sorted by length
-    ref = stepwise_layer(proj, h0, w_hh, nonlinearity, g_out, g_last, bs, reverse)
+    ref = F.stepwise_layer(proj, h0, w_hh, nonlinearity, g_out, g_last, bs, reverse)
     hs = F.sequence_forward(proj.copy(), h0, w_hh, nonlinearity, bs, reverse)
     delta, dh0, hidden = F.sequence_backward(g_out, g_last, hs, w_hh, nonlinearity, bs, reverse)
     states = (hs[:-1] if reverse else hs[1:]).copy()
@@ -138,7 +85,7 @@ def test_layer_equals_textbook_bptt(reverse, nonlinearity):
     delta, gh0, hidden = F.sequence_backward(g_out, g_last, hs, w_hh, nonlinearity, None, reverse)
     dw_ih, dw_hh, db = F.weight_gradients(delta, x, hs, reverse, True)
     dx = np.einsum("tbh,hi->tbi", delta, w_ih)
-    ref = naive_layer(x, h0, w_ih, w_hh, b_ih, b_hh, nonlinearity, g_out, g_last, reverse)
+    ref = F.textbook_layer(x, h0, w_ih, w_hh, b_ih, b_hh, nonlinearity, g_out, g_last, reverse)
     states = hs[:-1] if reverse else hs[1:]
     for name, mine, theirs in zip(("states", "hidden_grads", "grad_h0", "dW_ih", "dW_hh", "db", "dx"),
                                   (states, hidden, gh0, dw_ih, dw_hh, db, dx), ref):
@@ -287,7 +234,7 @@ def test_a_resized_forward_lets_the_old_states_go_before_it_allocates(monkeypatc
     import weakref
     model = RNN(3, 4, num_layers=2, bidirectional=True, dtype=np.float64, seed=0)
     model(np.ones((6, 2, 3)))
-    old = [weakref.ref(hs) for _, hs_dirs, _ in model._cache["layers"] for hs in hs_dirs]
+    old = [weakref.ref(hs.base) for hs in model.states]
     alive_at_first_projection = []
     orig = F.input_projection
 
@@ -313,24 +260,29 @@ def test_a_forward_that_raises_leaves_no_cache_behind():
 
 
 def test_in_place_dropout_equals_the_formula():
-    """Layer 1 reads out_0 * keep / (1 - p), and its gradient flows back through the same mask."""
+    """Layer 1 reads out_0 * keep / (1 - p): the stack equals two one-layer RNNs with the mask applied by hand."""
     model = RNN(3, 4, num_layers=2, dropout=0.4, dtype=np.float64, seed=0)
     rng = np.random.default_rng(6)
     x = rng.standard_normal((5, 2, 3))
     keep = rng.random((5, 2, 4)) >= 0.4
-    model(x, dropout_masks=[keep])
-    layer0_out = model._cache["layers"][0][1][0][1:]
-    layer1_in = model._cache["layers"][1][0]
-    np.testing.assert_array_equal(layer1_in, layer0_out * keep * (1 / 0.6))
+    out, _ = model(x, dropout_masks=[keep])
+    sd = model.state_dict()
+    first, second = RNN(3, 4, dtype=np.float64), RNN(4, 4, dtype=np.float64)
+    first.load_state_dict({k: sd[k] for k in first.state_dict()})
+    second.load_state_dict({k: sd[k.replace("_l0", "_l1")] for k in second.state_dict()})
+    layer0_out, _ = first(x)
+    expected, _ = second(layer0_out * keep * (1 / 0.6))
+    np.testing.assert_array_equal(out, expected)
 
 
 @pytest.mark.parametrize("bad", [np.nan, np.inf, -np.inf])
 def test_finiteness_check_sees_every_non_finite_value(bad):
     out = np.zeros((4, 2, 3))
-    rnn_module.check_finite_state(out, 0)
+    rnn_module.check_finite_state(out, 0, np.float64)
     out[2, 1, 0] = bad
-    with pytest.raises(FloatingPointError, match="time step 2"):
-        rnn_module.check_finite_state(out, 0)
+    with pytest.raises(FloatingPointError, match="time step 2") as err:
+        rnn_module.check_finite_state(out, 0, np.float64)
+    assert "use float64" not in str(err.value)  # it is float64 already
 
 
 # ------------------------------------------------------------------ the subnormal flush
@@ -361,10 +313,10 @@ def _subnormal(a):
     return (a > 0) & (a < TINY32)
 
 
-def test_flush_keeps_subnormals_out_and_changes_only_tiny_values(monkeypatch):
+def test_flush_keeps_subnormals_out_and_changes_only_tiny_values():
     model, x, g = _vanishing_case()
     flushed = _run(model, x, g)
-    monkeypatch.setitem(rnn_module.FLUSH_BELOW, np.dtype(np.float32), 0.0)
+    model.flush_below = 0.0  # the option, switched off between calls
     exact = _run(model, x, g)
     assert _subnormal(exact["hidden"]).any(), "the case must reach the subnormal range, or it tests nothing"
     assert not _subnormal(flushed["hidden"]).any()
@@ -400,9 +352,13 @@ def test_flush_acts_every_kth_step_below_the_threshold(reverse, lengths):
 
 
 def test_the_flush_settings_are_what_the_docs_say():
-    assert rnn_module.FLUSH_BELOW[np.dtype(np.float32)] == 2.0 ** -100
-    assert rnn_module.FLUSH_BELOW[np.dtype(np.float64)] == 0.0
-    assert rnn_module.FLUSH_EVERY == 4
+    assert RNN(2, 3, dtype=np.float32).flush_below == 2.0 ** -100
+    assert RNN(2, 3, dtype=np.float64).flush_below == 0.0
+    assert RNN(2, 3).flush_every == 4
+    assert RNN(2, 3, flush_below=0.0, flush_every=8).flush_below == 0.0
+    for bad in (-1.0, float("nan"), "0", True):
+        with pytest.raises(ValueError, match="flush_below"):
+            RNN(2, 3, flush_below=bad)
 
 
 def test_flushed_float32_vanishing_regime_matches_torch_float64():
@@ -416,8 +372,8 @@ def test_flushed_float32_vanishing_regime_matches_torch_float64():
 
 
 def test_float64_is_never_flushed():
-    assert rnn_module.FLUSH_BELOW[np.dtype(np.float64)] == 0.0
     model = RNN(2, 3, dtype=np.float64, seed=0)
+    assert model.flush_below == 0.0
     x = np.ones((3, 1, 2))
     model(x)
     g = np.zeros((3, 1, 3))

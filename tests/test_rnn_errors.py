@@ -100,7 +100,7 @@ def test_backward_before_forward():
     (dict(input_size=0), ["input_size", "positive integer", "0"]),
     (dict(hidden_size=2.5), ["hidden_size", "2.5"]),
     (dict(num_layers=0), ["num_layers"]),
-    (dict(nonlinearity="sigmoid"), ["nonlinearity", "'tanh' or 'relu'", "sigmoid"]),
+    (dict(nonlinearity="sigmoid"), ["nonlinearity", "'tanh', 'relu'", "sigmoid"]),
     (dict(dropout=1.5), ["dropout", "[0, 1]", "1.5"]),
     (dict(dtype=np.int32), ["dtype", "float32", "int32"]),
     (dict(dtype=np.float16), ["dtype", "float16"]),

@@ -1,0 +1,207 @@
+"""The one validation layer: every check of the package names the argument, the expected and the received.
+
+Policies, the same everywhere:
+
+- **dtypes follow torch**: a floating-point array whose dtype differs from the model's raises
+  ``TypeError`` (torch: "input dtype … does not match weight dtype"); nothing is cast behind the
+  caller's back. Python numbers and lists, which have no dtype of their own, are converted, and a
+  value that does not fit the model's dtype (1e300 into float32) is named as an overflow.
+  ``load_state_dict`` casts, as torch's ``copy_`` does (a state dict is data, not an input).
+- **flags are real booleans**: ``"False"``, ``0`` or ``None`` for ``bias`` / ``batch_first`` /
+  ``bidirectional`` / ``shuffle`` raise ``TypeError`` (a non-empty string is truthy).
+- **indices are integers in range**, printed as given (a huge uint64 is not shown as its int64
+  wrap-around).
+- **non-finite inputs are refused**, naming the first offending index.
+"""
+from __future__ import annotations
+
+import math
+import numbers
+
+import numpy as np
+
+FLOAT_DTYPES = (np.dtype(np.float32), np.dtype(np.float64))
+_INT64_MAX = np.iinfo(np.int64).max
+
+
+def check_dtype(dtype) -> np.dtype:
+    """The model dtype: float32 or float64, nothing else."""
+    try:
+        dt = np.dtype(dtype)
+    except TypeError as exc:
+        raise TypeError(f"dtype: expected np.float32 or np.float64, got {dtype!r}") from exc
+    if dt not in FLOAT_DTYPES:
+        raise TypeError(f"dtype: expected np.float32 or np.float64, got {dt}")
+    return dt
+
+
+def _to_numpy(value):
+    """torch tensors (anything with ``.detach()``) as ndarrays; everything else unchanged."""
+    if hasattr(value, "detach") and hasattr(value, "cpu"):
+        return value.detach().cpu().numpy()
+    return value
+
+
+def as_float_array(name: str, value, dtype, *, allow_nonfinite: bool = False, cast: bool = False) -> np.ndarray:
+    """``value`` as an ndarray of ``dtype``; only real floating-point input is accepted.
+
+    Integer, boolean, complex and object arrays raise TypeError (an integer array would silently
+    truncate gradients). A floating-point array of another dtype raises TypeError unless ``cast``
+    (torch's rule for inputs; ``load_state_dict`` casts). NaN or inf raise ValueError unless
+    ``allow_nonfinite``; a finite value that overflows the dtype is named as such.
+    """
+    dtype = np.dtype(dtype)
+    if value is None:
+        raise TypeError(f"{name}: expected a floating-point array, got None")
+    value = _to_numpy(value)
+    has_dtype = isinstance(value, (np.ndarray, np.generic))
+    try:
+        arr = np.asarray(value)
+    except (ValueError, TypeError) as exc:  # ragged nested lists
+        raise TypeError(f"{name}: expected a floating-point array, got {type(value).__name__} that is not "
+                        f"one ({exc})") from exc
+    if arr.dtype.kind != "f":
+        if has_dtype or arr.dtype.kind not in "iu":
+            raise TypeError(f"{name}: expected a floating-point array ({dtype}), got dtype {arr.dtype}")
+        arr = arr.astype(np.float64)  # a Python list of ints: numbers without a dtype of their own
+        has_dtype = False
+    if arr.dtype != dtype:
+        if has_dtype and not cast:
+            raise TypeError(f"{name}: expected dtype {dtype} (the model's), got {arr.dtype}; convert it "
+                            f"explicitly (e.g. x.astype(np.{dtype.name})): it is not cast silently")
+        src = arr
+        with np.errstate(over="ignore"):
+            arr = arr.astype(dtype)
+        if not allow_nonfinite and arr.size and np.isfinite(src).all() and not np.isfinite(arr).all():
+            idx = tuple(int(i) for i in np.argwhere(~np.isfinite(arr))[0])
+            raise ValueError(f"{name}: the value {src[idx]!r} at index {idx} overflows {dtype} (largest "
+                             f"{np.finfo(dtype).max:.3g})")
+    if not allow_nonfinite:
+        check_finite(name, arr)
+    return arr
+
+
+def check_finite(name: str, arr: np.ndarray) -> None:
+    """Raise ValueError naming ``name`` and the first offending index when ``arr`` has NaN/inf."""
+    if arr.size and not np.isfinite(arr).all():
+        bad = np.argwhere(~np.isfinite(arr))
+        idx = tuple(int(i) for i in bad[0])
+        raise ValueError(f"{name}: contains {len(bad)} non-finite value(s) (NaN or inf), first at index "
+                         f"{idx}: {arr[idx]!r}")
+
+
+def as_index_array(name: str, value) -> np.ndarray:
+    """``value`` as an int64 ndarray; floats, bools and objects raise TypeError.
+
+    Unsigned values beyond int64 are refused as they are (not printed as their wrap-around).
+    """
+    if value is None:
+        raise TypeError(f"{name}: expected an integer array, got None")
+    arr = np.asarray(_to_numpy(value))
+    if arr.dtype.kind not in "iu":
+        raise TypeError(f"{name}: expected an integer array, got dtype {arr.dtype}")
+    if arr.dtype.kind == "u" and arr.dtype.itemsize >= 8 and arr.size and int(arr.max()) > _INT64_MAX:
+        idx = tuple(int(i) for i in np.argwhere(arr > _INT64_MAX)[0])
+        raise ValueError(f"{name}: expected integers below 2**63, got {int(arr[idx])} at index {idx}")
+    return arr.astype(np.int64, copy=False)
+
+
+def check_index_range(name: str, idx: np.ndarray, low: int, high: int, what: str = "") -> None:
+    """ValueError unless every entry lies in [low, high); names the first offender and how many."""
+    if idx.size == 0:
+        return
+    bad = (idx < low) | (idx >= high)
+    if bad.any():
+        where = tuple(int(i) for i in np.argwhere(bad)[0])
+        meaning = f" ({what})" if what else ""
+        raise ValueError(f"{name}: expected values in [{low}, {high}){meaning}, got {int(idx[where])} at index "
+                         f"{where} ({int(bad.sum())} out of range)")
+
+
+def check_lengths(name: str, lengths, B: int, T: int) -> np.ndarray:
+    """(B,) int64 lengths, each in 1..T (the number of steps)."""
+    lengths = as_index_array(name, lengths)
+    check_shape(name, lengths, (B,), "(one length per sequence)")
+    if B and (lengths.min() < 1 or lengths.max() > T):
+        bad = lengths[(lengths < 1) | (lengths > T)]
+        raise ValueError(f"{name}: expected every length in 1..{T} (the number of steps), got {bad.tolist()}")
+    return lengths
+
+
+def check_shape(name: str, arr: np.ndarray, expected: tuple, what: str = "") -> None:
+    """Raise ValueError unless ``arr.shape == expected``; ``what`` spells the dimensions' meaning."""
+    if tuple(arr.shape) != tuple(expected):
+        meaning = f" {what}" if what else ""
+        raise ValueError(f"{name}: expected shape {tuple(expected)}{meaning}, got {tuple(arr.shape)}")
+
+
+def check_positive_int(name: str, value, *, allow_none: bool = False) -> int | None:
+    """The project's one positive-integer check (numpy integers count; bools and floats do not)."""
+    if value is None and allow_none:
+        return None
+    if isinstance(value, (bool, np.bool_)) or not isinstance(value, numbers.Integral) or value < 1:
+        raise ValueError(f"{name}: expected a positive integer{' or None' if allow_none else ''}, got {value!r}")
+    return int(value)
+
+
+def check_non_negative_int(name: str, value) -> int:
+    if isinstance(value, (bool, np.bool_)) or not isinstance(value, numbers.Integral) or value < 0:
+        raise ValueError(f"{name}: expected an integer >= 0, got {value!r}")
+    return int(value)
+
+
+def check_probability(name: str, value, *, below_one: bool = False) -> float:
+    """A number in [0, 1] (or [0, 1) with ``below_one``)."""
+    ok = (not isinstance(value, (bool, np.bool_)) and isinstance(value, numbers.Real)
+          and 0.0 <= float(value) and (float(value) < 1.0 if below_one else float(value) <= 1.0))
+    if not ok:
+        raise ValueError(f"{name}: expected a number in [0, 1{')' if below_one else ']'}, got {value!r}")
+    return float(value)
+
+
+def check_positive_float(name: str, value, *, allow_none: bool = False) -> float | None:
+    """A finite number > 0."""
+    if value is None and allow_none:
+        return None
+    if isinstance(value, (bool, np.bool_)) or not isinstance(value, numbers.Real) or not (
+            math.isfinite(value) and value > 0):
+        raise ValueError(f"{name}: expected a finite number > 0{' or None' if allow_none else ''}, got {value!r}")
+    return float(value)
+
+
+def check_non_negative_float(name: str, value) -> float:
+    """A finite real number >= 0 (inf and NaN are refused: an lr of inf turns every parameter into NaN)."""
+    if isinstance(value, (bool, np.bool_)) or not isinstance(value, numbers.Real) or not float(value) >= 0.0:
+        raise ValueError(f"{name}: expected a number >= 0, got {value!r}")
+    if not math.isfinite(float(value)):
+        raise ValueError(f"{name}: expected a finite number >= 0, got {value!r}")
+    return float(value)
+
+
+def check_norm_type(name: str, value) -> float:
+    """A p-norm's order: a number >= 1, or inf (also the string "inf").
+
+    Below 1 the "norm" breaks the triangle inequality, 0 counts non-zero entries and -inf is the
+    smallest magnitude: none of them bounds a gradient's size, so they are refused (torch accepts them).
+    """
+    if isinstance(value, str):
+        if value.lower() != "inf":
+            raise ValueError(f"{name}: expected a number >= 1 or 'inf', got {value!r}")
+        return math.inf
+    if isinstance(value, (bool, np.bool_)) or not isinstance(value, numbers.Real) or not float(value) >= 1.0:
+        raise ValueError(f"{name}: expected a number >= 1 or inf (a p-norm needs p >= 1; 0, -inf and p < 1 "
+                         f"do not measure the gradient's size), got {value!r}")
+    return float(value)
+
+
+def check_bool(name: str, value) -> bool:
+    """A real boolean (``True``/``False`` or numpy's); the string "False" is not False."""
+    if not isinstance(value, (bool, np.bool_)):
+        raise TypeError(f"{name}: expected True or False, got {value!r} ({type(value).__name__})")
+    return bool(value)
+
+
+def check_choice(name: str, value, options) -> str:
+    if not isinstance(value, str) or value not in options:
+        raise ValueError(f"{name}: expected one of {list(options)}, got {value!r}")
+    return value

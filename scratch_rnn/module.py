@@ -1,0 +1,246 @@
+"""``Module``: the one base of every layer and model (micrograd's ``Module``, torch's ``nn.Module``).
+
+It owns what no subclass re-implements:
+
+- **parameters**: ``parameters()`` is the live flat dict name -> ndarray (own parameters first, then
+  each child's under ``"<child>.<name>"``, torch's ``state_dict()`` order and names);
+  ``named_parameters()`` yields its items; ``grads`` is the live dict of accumulated gradients
+  with the same keys; ``state_dict()`` copies, ``load_state_dict()`` checks every key, shape and
+  value before it writes any (all or nothing); ``zero_grad()``; ``train(mode)`` / ``eval()``
+  (children follow).
+- **the forward/backward lifecycle**. A subclass writes two methods,
+
+  ``_forward(*inputs) -> (outputs, cache)`` and
+  ``_backward(cache, *grad_outputs) -> (grad_inputs, param_grads)``,
+
+  where ``param_grads`` maps the module's own parameter names (and ``"<child>.<name>"``) to this
+  backward's contribution. ``forward`` / ``backward`` / ``__call__`` are this class's, and enforce:
+
+  1. a forward that raises leaves no cache behind: the last cache is dropped before ``_forward``
+     runs, so a following ``backward`` raises;
+  2. ``backward`` without a successful forward raises; a second ``backward`` through the same forward
+     raises (torch: "Trying to backward through the graph a second time") unless the first was
+     called with ``retain_graph=True``;
+  3. ``_forward`` keeps in its cache only arrays that are the module's own (copies of the caller's
+     inputs where backward needs them), so changing an input after ``forward`` changes nothing;
+  4. the contributions are checked before any is added: a non-finite one raises
+     ``FloatingPointError`` naming the parameter, and an error anywhere inside ``backward`` leaves
+     every ``grads`` array as it was.
+
+A composite module calls its children's ``_forward`` / ``_backward`` directly and keeps their
+caches inside its own, so the rules hold for the whole model at once.
+"""
+from __future__ import annotations
+
+from collections import OrderedDict
+from dataclasses import dataclass
+from typing import Iterator
+
+import numpy as np
+
+from .checks import as_float_array, check_bool, check_dtype
+
+__all__ = ["Module", "RowGrad"]
+
+
+@dataclass(frozen=True)
+class RowGrad:
+    """A sparse gradient contribution: ``values[i]`` is added to row ``rows[i]`` (repeats add up).
+
+    What an embedding's backward produces: a few rows of a large table.
+    """
+
+    rows: np.ndarray    # (M,) int
+    values: np.ndarray  # (M, *row_shape)
+
+    def summed_into(self, grad: np.ndarray):
+        """(rows touched, their new values): ``grad``'s rows plus the contributions, formed aside."""
+        rows, inverse = np.unique(self.rows, return_inverse=True)
+        sums = np.zeros((len(rows),) + grad.shape[1:], dtype=grad.dtype)
+        np.add.at(sums, inverse.reshape(-1), self.values)  # repeats add up, in their order
+        return rows, grad[rows] + sums
+
+
+class Module:
+    """Base of every layer and model: parameters, gradients, state dicts, modes, lifecycle."""
+
+    def __init__(self, *, dtype=np.float32):
+        object.__setattr__(self, "_params", OrderedDict())
+        object.__setattr__(self, "_grads", OrderedDict())
+        object.__setattr__(self, "_children", OrderedDict())
+        self.dtype = check_dtype(dtype)
+        self.training = True
+        self._cache = None
+        self._flat = None  # (parameters, grads) flat dicts, built on first use
+
+    # -- registration ---------------------------------------------------------------------------
+    def register_parameter(self, name: str, value) -> np.ndarray:
+        """Add a parameter (a C-contiguous copy in the module's dtype) and its zero gradient."""
+        arr = np.array(value, dtype=self.dtype, order="C", copy=True)
+        self._params[name] = arr
+        self._grads[name] = np.zeros_like(arr)
+        self._flat = None
+        return arr
+
+    def register_module(self, name: str, module: "Module | None") -> None:
+        """Add a child whose parameters appear as ``"<name>.<param>"`` (None: no child of that name)."""
+        if module is not None:
+            if not isinstance(module, Module):
+                raise TypeError(f"{name}: expected a Module, got {type(module).__name__}")
+            self._children[name] = module
+        object.__setattr__(self, name, module)
+        self._flat = None
+
+    def __getattr__(self, name):
+        # ``layer.weight`` reads the live parameter array, as in torch
+        params = self.__dict__.get("_params", {})
+        if name in params:
+            return params[name]
+        raise AttributeError(f"{type(self).__name__} has no attribute {name!r}")
+
+    def __setattr__(self, name, value):
+        if name in self.__dict__.get("_params", {}):
+            raise AttributeError(f"{name}: parameters are not rebound (optimizers hold the arrays); assign in "
+                                 f"place ({type(self).__name__.lower()}.{name}[...] = value) or use load_state_dict")
+        if name in self.__dict__.get("_children", {}):
+            raise AttributeError(f"{name}: a child module is not replaced; build a new {type(self).__name__}")
+        object.__setattr__(self, name, value)
+
+    def children(self) -> Iterator[tuple[str, "Module"]]:
+        return iter(self._children.items())
+
+    def _build_flat(self):
+        if self._flat is None:
+            params, grads = OrderedDict(self._params), OrderedDict(self._grads)
+            for prefix, child in self._children.items():
+                for k, v in child.parameters().items():
+                    params[f"{prefix}.{k}"] = v
+                for k, v in child.grads.items():
+                    grads[f"{prefix}.{k}"] = v
+            self._flat = (params, grads)
+        return self._flat
+
+    # -- parameters -----------------------------------------------------------------------------
+    def parameters(self) -> OrderedDict:
+        """The LIVE flat dict name -> ndarray: optimizers update these arrays in place."""
+        return self._build_flat()[0]
+
+    def named_parameters(self) -> Iterator[tuple[str, np.ndarray]]:
+        """``(name, array)`` in ``state_dict()`` order, as torch."""
+        return iter(self.parameters().items())
+
+    @property
+    def grads(self) -> OrderedDict:
+        """The LIVE flat dict of accumulated gradients (same keys), added to by backward until zero_grad()."""
+        return self._build_flat()[1]
+
+    def state_dict(self) -> OrderedDict:
+        """A copy of every parameter under torch's names."""
+        return OrderedDict((k, v.copy()) for k, v in self.parameters().items())
+
+    def load_state_dict(self, state) -> None:
+        """Copy ``state`` (ndarrays or torch tensors) into the parameters, in place; all or nothing.
+
+        Keys must match exactly; each value must be a finite floating-point array of the parameter's
+        shape (cast to the module's dtype, as torch's ``copy_``). Nothing is written unless every
+        entry passes.
+        """
+        if not hasattr(state, "keys"):
+            raise TypeError(f"state_dict: expected a mapping of name -> array, got {type(state).__name__}")
+        params = self.parameters()
+        missing = [k for k in params if k not in state]
+        unexpected = [k for k in state if k not in params]
+        if missing or unexpected:
+            raise KeyError(f"state_dict: missing keys {missing}, unexpected keys {unexpected}; "
+                           f"{type(self).__name__} expects {list(params)}")
+        staged = {}
+        for name, p in params.items():
+            value = as_float_array(f"state_dict[{name!r}]", state[name], self.dtype, cast=True)
+            if value.shape != p.shape:
+                raise ValueError(f"state_dict[{name!r}]: expected shape {p.shape} (the parameter's), got {value.shape}")
+            staged[name] = value
+        for name, value in staged.items():
+            params[name][...] = value
+
+    def zero_grad(self) -> None:
+        """Reset every accumulated gradient to zero (in place)."""
+        for g in self.grads.values():
+            g.fill(0)
+
+    def train(self, mode=True) -> "Module":
+        """Training mode (dropout active) or, with ``mode=False``, evaluation mode; children follow."""
+        mode = check_bool("mode", mode)
+        self.training = mode
+        for _, child in self.children():
+            child.train(mode)
+        return self
+
+    def eval(self) -> "Module":
+        return self.train(False)
+
+    # -- the lifecycle --------------------------------------------------------------------------
+    def __call__(self, *args, **kwargs):
+        return self.forward(*args, **kwargs)
+
+    def forward(self, *args, **kwargs):
+        """Run ``_forward`` and keep its cache for one ``backward`` (see the class docstring)."""
+        self._cache = None  # a forward that raises leaves none behind
+        outputs, cache = self._forward(*args, **kwargs)
+        self._cache = cache
+        return outputs
+
+    def backward(self, *grad_outputs, retain_graph: bool = False, **kwargs):
+        """Backpropagate through the last forward; add the parameter gradients to ``grads``.
+
+        Returns the gradients with respect to the inputs. The forward's cache is consumed unless
+        ``retain_graph=True``. Nothing is added to ``grads`` unless the whole backward succeeds.
+        """
+        retain_graph = check_bool("retain_graph", retain_graph)
+        cache = self._cache
+        if cache is None:
+            raise RuntimeError(f"{type(self).__name__}.backward: there is no forward to differentiate through: call "
+                               "forward first (a forward that raised leaves none, and a backward consumes its "
+                               "forward unless called with retain_graph=True, as in torch)")
+        grad_inputs, param_grads = self._backward(cache, *grad_outputs, **kwargs)
+        self.accumulate(param_grads)
+        if not retain_graph:
+            self._cache = None
+        return grad_inputs
+
+    def accumulate(self, param_grads: dict) -> None:
+        """Add ``param_grads`` (flat names -> ndarray or :class:`RowGrad`) to ``grads``, all or nothing.
+
+        Every sum is formed aside and checked first: a contribution that is not finite, or a sum that
+        overflows, raises FloatingPointError naming the parameters, and no ``grads`` array changes.
+        """
+        grads = self.grads
+        unknown = [k for k in param_grads if k not in grads]
+        if unknown:
+            raise KeyError(f"accumulate: no parameters named {unknown} in {type(self).__name__}")
+        staged, bad = {}, []
+        with np.errstate(over="ignore", invalid="ignore"):
+            for name, g in param_grads.items():
+                staged[name] = new = g.summed_into(grads[name]) if isinstance(g, RowGrad) else grads[name] + g
+                if not np.isfinite(new[1] if isinstance(g, RowGrad) else new).all():
+                    bad.append(name)
+        if bad:
+            raise FloatingPointError(
+                f"backward: the gradient of {bad} is not finite (NaN or inf): the backward pass overflowed "
+                "(exploding gradients); nothing was accumulated into grads")
+        for name, new in staged.items():
+            if isinstance(param_grads[name], RowGrad):
+                rows, values = new
+                grads[name][rows] = values
+            else:
+                grads[name][...] = new
+
+    def _forward(self, *args, **kwargs):  # pragma: no cover - the subclass's job
+        raise NotImplementedError
+
+    def _backward(self, cache, *grad_outputs, **kwargs):  # pragma: no cover
+        raise NotImplementedError
+
+    @staticmethod
+    def prefixed(prefix: str, param_grads: dict) -> dict:
+        """A child's contributions under the parent's names."""
+        return {f"{prefix}.{k}": v for k, v in param_grads.items()}
