@@ -23,14 +23,31 @@ per step:
 ``maximize=True`` negates the gradient first, as in torch. Optimizer state is per parameter name
 and is created lazily on the first ``step`` (Adagrad's sum at construction), as in torch;
 ``state_dict()``/``load_state_dict()`` save and restore it exactly.
+
+Edges, checked before anything is updated: every hyperparameter is a finite number (``lr=inf``
+or NaN is a ValueError naming it); a gradient must be a floating-point array (an integer, bool or
+object gradient is a TypeError naming its key, never a silent cast); one array given under two
+names, or two views that overlap in memory, is refused at construction (each name would update
+it once more); a state dict with non-finite entries, negative running sums of squares
+(``exp_avg_sq``, ``max_exp_avg_sq``, ``square_avg``, ``sum``) or a ``step`` that is not a finite
+integer >= 0 is refused by :meth:`Optimizer.load_state_dict`, naming the parameter and the key.
+
+Norms (:func:`total_norm`, :func:`clip_grad_norm_`) are computed without overflow or underflow:
+each array is scaled by the power of two nearest its largest magnitude before the powers are
+summed (exact, so the result is bit-identical to the plain formula wherever that one does not
+overflow), and so are the per-array norms before they are combined. Gradients of 1e200 give the
+right finite norm and clip correctly; only a NaN or infinite entry gives a non-finite norm.
+``norm_type`` is p >= 1 or inf: torch also accepts 0 (a count of non-zeros), -inf (the smallest
+magnitude) and 0 < p < 1, none of which bounds the gradient's size, so they are refused here.
 """
 from __future__ import annotations
 
 import math
-import numbers
 from collections.abc import Mapping
 
 import numpy as np
+
+from .checks import check_bool, check_non_negative_float, check_norm_type, check_probability
 
 __all__ = [
     "Optimizer", "SGD", "Adam", "AdamW", "Adagrad", "RMSprop", "OPTIMIZERS", "make_optimizer",
@@ -50,22 +67,53 @@ def lerp_(a: np.ndarray, b: np.ndarray, w: float) -> np.ndarray:
     return a
 
 
-def _check_nonneg(name: str, value) -> float:
-    if isinstance(value, bool) or not isinstance(value, numbers.Real) or not float(value) >= 0.0:
-        raise ValueError(f"{name}: expected a number >= 0, got {value!r}")
-    return float(value)
+try:  # NumPy >= 2
+    from numpy.lib.array_utils import byte_bounds as _byte_bounds
+except ImportError:  # pragma: no cover - NumPy 1.x
+    _byte_bounds = np.byte_bounds
+_TooHardError = getattr(np, "exceptions", np).TooHardError  # np.exceptions: NumPy >= 1.25
 
 
-def _check_beta(name: str, value) -> float:
-    if isinstance(value, bool) or not isinstance(value, numbers.Real) or not 0.0 <= float(value) < 1.0:
-        raise ValueError(f"{name}: expected a number in [0, 1), got {value!r}")
-    return float(value)
+def _check_no_shared_memory(params: Mapping) -> None:
+    """Refuse two names whose arrays share memory (the same array twice, or overlapping views):
+    the optimizer would update the shared entries once per name.
+
+    A sweep over the arrays' byte ranges (sorted by start) compares only arrays whose ranges
+    overlap; for those ``np.shares_memory`` decides exactly (interleaved views such as
+    ``a[::2]`` and ``a[1::2]`` do not overlap and are accepted), and an overlap too hard to
+    decide counts as one.
+    """
+    spans = sorted(((*_byte_bounds(p), i, name, p) for i, (name, p) in enumerate(params.items()) if p.size),
+                   key=lambda t: (t[0], t[2]))
+    open_spans: list = []
+    for lo, hi, i, name, p in spans:
+        open_spans = [s for s in open_spans if s[1] > lo]
+        for _, _, j, other, q in open_spans:
+            try:
+                shared = np.shares_memory(p, q, max_work=10**6)
+            except _TooHardError:  # pragma: no cover - pathological strides
+                shared = True
+            if shared:
+                first, second = (other, name) if j < i else (name, other)
+                raise ValueError(f"params: {first!r} and {second!r} share memory (the same array, or views that "
+                                 "overlap); the optimizer would update the shared entries once per name. Pass "
+                                 "each array once")
+        open_spans.append((lo, hi, i, name, p))
 
 
-def _check_bool(name: str, value) -> bool:
-    if not isinstance(value, (bool, np.bool_)):
-        raise TypeError(f"{name}: expected True or False, got {value!r}")
-    return bool(value)
+def _check_float_array(what: str, value) -> np.ndarray:
+    """``value`` as an array, which must be of a floating-point dtype (no silent cast from int/bool/object)."""
+    try:
+        a = value if isinstance(value, np.ndarray) else np.asarray(value)
+    except (ValueError, TypeError) as exc:
+        raise TypeError(f"{what}: expected a floating-point array, got {type(value).__name__} ({exc})") from None
+    if a.dtype.kind != "f":
+        raise TypeError(f"{what}: expected a floating-point array, got dtype {a.dtype}")
+    return a
+
+
+# state entries that accumulate squares: negative values are impossible (and make sqrt NaN)
+_NONNEGATIVE_STATE = frozenset({"exp_avg_sq", "max_exp_avg_sq", "square_avg", "sum"})
 
 
 # ----------------------------------------------------------------------------------------------
@@ -92,6 +140,7 @@ class Optimizer:
                                 f"{type(p).__name__}{'' if not hasattr(p, 'dtype') else ' of ' + str(p.dtype)}")
             if not p.flags.writeable:
                 raise ValueError(f"params[{name!r}]: the array is read-only; the optimizer updates in place")
+        _check_no_shared_memory(params)
         unknown = sorted(set(hparams) - set(self.defaults))
         if unknown:
             raise TypeError(f"{type(self).__name__}: unknown hyperparameter(s) {unknown}; expected some of "
@@ -103,7 +152,7 @@ class Optimizer:
 
     # -- hyperparameters ------------------------------------------------------------------------
     def _check_hparams(self, h: dict) -> dict:
-        h["lr"] = _check_nonneg("lr", h["lr"])
+        h["lr"] = check_non_negative_float("lr", h["lr"])
         return h
 
     @property
@@ -112,7 +161,7 @@ class Optimizer:
 
     @lr.setter
     def lr(self, value) -> None:
-        self.hparams["lr"] = _check_nonneg("lr", value)
+        self.hparams["lr"] = check_non_negative_float("lr", value)
 
     # -- stepping -------------------------------------------------------------------------------
     def _check_grads(self, grads) -> None:
@@ -123,10 +172,10 @@ class Optimizer:
         if missing or unexpected:
             raise KeyError(f"grads: expected the keys of params; missing {missing}, unexpected {unexpected}")
         for name, p in self.params.items():
-            g = grads[name]
-            if np.shape(g) != p.shape:
+            g = _check_float_array(f"grads[{name!r}]", grads[name])
+            if g.shape != p.shape:
                 raise ValueError(f"grads[{name!r}]: expected shape {p.shape} (the parameter's), got "
-                                 f"{np.shape(g)}")
+                                 f"{g.shape}")
 
     def step(self, grads: Mapping) -> None:
         """One update of every parameter, in place, from ``grads`` (same keys and shapes)."""
@@ -171,12 +220,16 @@ class Optimizer:
         for key in ("hparams", "state"):
             if key not in sd:
                 raise KeyError(f"load_state_dict: missing entry {key!r}")
+        if not isinstance(sd["hparams"], Mapping):
+            raise TypeError(f"load_state_dict: 'hparams' expected a dict, got {type(sd['hparams']).__name__}")
         hparams = dict(sd["hparams"])
         if set(hparams) != set(self.defaults):
             raise KeyError(f"load_state_dict: hyperparameters {sorted(hparams)} differ from {type(self).__name__}'s "
                            f"{sorted(self.defaults)}")
         hparams = self._check_hparams({**self.defaults, **hparams})
         state = sd["state"]
+        if not isinstance(state, Mapping):
+            raise TypeError(f"load_state_dict: 'state' expected a dict name -> dict, got {type(state).__name__}")
         missing = [k for k in self.params if k not in state]
         unexpected = [k for k in state if k not in self.params]
         if missing or unexpected:
@@ -184,19 +237,37 @@ class Optimizer:
         expected_keys = self._state_keys(hparams)
         new_state = {}
         for name, p in self.params.items():
+            if not isinstance(state[name], Mapping):
+                raise TypeError(f"load_state_dict: state[{name!r}] expected a dict key -> array, got "
+                                f"{type(state[name]).__name__}")
             s = {}
             for k, v in state[name].items():
+                where = f"load_state_dict: state[{name!r}][{k!r}]"
                 v = np.array(v, copy=True)
                 if k == "step":
                     if v.shape != ():
-                        raise ValueError(f"load_state_dict: state[{name!r}]['step'] expected a scalar, got "
-                                         f"shape {v.shape}")
+                        raise ValueError(f"{where} expected a scalar, got shape {v.shape}")
+                    if v.dtype.kind not in "fiu":
+                        raise TypeError(f"{where} expected a number, got dtype {v.dtype}")
+                    step = float(v)
+                    if not (math.isfinite(step) and step >= 0 and step == math.floor(step)):
+                        raise ValueError(f"{where} expected a finite integer >= 0 (the number of steps taken), "
+                                         f"got {v.item()!r}")
                     v = v.astype(np.float64)
                 elif v.shape != p.shape:
-                    raise ValueError(f"load_state_dict: state[{name!r}][{k!r}] expected shape {p.shape}, got "
-                                     f"{v.shape}")
+                    raise ValueError(f"{where} expected shape {p.shape}, got {v.shape}")
                 else:
-                    v = v.astype(p.dtype, copy=False)
+                    if v.dtype.kind != "f":
+                        raise TypeError(f"{where} expected a floating-point array, got dtype {v.dtype}")
+                    with np.errstate(over="ignore"):  # an overflow to inf is reported just below
+                        v = v.astype(p.dtype, copy=False)  # as torch: floating state takes the parameter's dtype
+                    finite = np.isfinite(v)
+                    if not finite.all():
+                        raise ValueError(f"{where} expected finite entries, got {v.size - int(finite.sum())} "
+                                         f"non-finite of {v.size} (as {v.dtype})")
+                    if k in _NONNEGATIVE_STATE and (v < 0).any():
+                        raise ValueError(f"{where} expected entries >= 0 (a running sum or average of squares), "
+                                         f"got {int((v < 0).sum())} negative, the smallest {float(v.min())!r}")
                 s[k] = v
             if s and set(s) != expected_keys:  # an empty state: not stepped yet (lazy init)
                 raise KeyError(f"load_state_dict: state[{name!r}] has keys {sorted(s)}, expected "
@@ -227,9 +298,9 @@ class SGD(Optimizer):
     def _check_hparams(self, h):
         h = super()._check_hparams(h)
         for k in ("momentum", "dampening", "weight_decay"):
-            h[k] = _check_nonneg(k, h[k])
-        h["nesterov"] = _check_bool("nesterov", h["nesterov"])
-        h["maximize"] = _check_bool("maximize", h["maximize"])
+            h[k] = check_non_negative_float(k, h[k])
+        h["nesterov"] = check_bool("nesterov", h["nesterov"])
+        h["maximize"] = check_bool("maximize", h["maximize"])
         if h["nesterov"] and (h["momentum"] <= 0 or h["dampening"] != 0):
             raise ValueError(f"nesterov: Nesterov momentum requires momentum > 0 and dampening = 0, got "
                              f"momentum={h['momentum']}, dampening={h['dampening']}")
@@ -267,11 +338,12 @@ class Adam(Optimizer):
         betas = h["betas"]
         if not isinstance(betas, (tuple, list)) or len(betas) != 2:
             raise ValueError(f"betas: expected a pair (beta1, beta2), got {betas!r}")
-        h["betas"] = (_check_beta("betas[0]", betas[0]), _check_beta("betas[1]", betas[1]))
-        h["eps"] = _check_nonneg("eps", h["eps"])
-        h["weight_decay"] = _check_nonneg("weight_decay", h["weight_decay"])
-        h["amsgrad"] = _check_bool("amsgrad", h["amsgrad"])
-        h["maximize"] = _check_bool("maximize", h["maximize"])
+        h["betas"] = (check_probability("betas[0]", betas[0], below_one=True),
+                      check_probability("betas[1]", betas[1], below_one=True))
+        h["eps"] = check_non_negative_float("eps", h["eps"])
+        h["weight_decay"] = check_non_negative_float("weight_decay", h["weight_decay"])
+        h["amsgrad"] = check_bool("amsgrad", h["amsgrad"])
+        h["maximize"] = check_bool("maximize", h["maximize"])
         return h
 
     def _state_keys(self, h):
@@ -336,8 +408,8 @@ class Adagrad(Optimizer):
     def _check_hparams(self, h):
         h = super()._check_hparams(h)
         for k in ("lr_decay", "weight_decay", "initial_accumulator_value", "eps"):
-            h[k] = _check_nonneg(k, h[k])
-        h["maximize"] = _check_bool("maximize", h["maximize"])
+            h[k] = check_non_negative_float(k, h[k])
+        h["maximize"] = check_bool("maximize", h["maximize"])
         return h
 
     def _state_keys(self, h):
@@ -368,9 +440,9 @@ class RMSprop(Optimizer):
     def _check_hparams(self, h):
         h = super()._check_hparams(h)
         for k in ("alpha", "eps", "weight_decay", "momentum"):
-            h[k] = _check_nonneg(k, h[k])
-        h["centered"] = _check_bool("centered", h["centered"])
-        h["maximize"] = _check_bool("maximize", h["maximize"])
+            h[k] = check_non_negative_float(k, h[k])
+        h["centered"] = check_bool("centered", h["centered"])
+        h["maximize"] = check_bool("maximize", h["maximize"])
         return h
 
     def _state_keys(self, h):
@@ -426,69 +498,128 @@ def make_optimizer(name: str, params: Mapping, **hparams) -> Optimizer:
 # ----------------------------------------------------------------------------------------------
 # clipping
 # ----------------------------------------------------------------------------------------------
-def _arrays(grads) -> list:
-    return list(grads.values()) if isinstance(grads, Mapping) else list(grads)
+def _items(grads) -> list:
+    """``[(key, array)]`` of a dict, a list/tuple, or one ndarray (as torch accepts one tensor)."""
+    if isinstance(grads, Mapping):
+        return list(grads.items())
+    if isinstance(grads, np.ndarray):
+        return [(0, grads)]
+    try:
+        return list(enumerate(grads))
+    except TypeError:
+        raise TypeError(f"grads: expected a dict name -> ndarray, a list of ndarrays or one ndarray, got "
+                        f"{type(grads).__name__}") from None
 
 
-def _check_norm_type(norm_type) -> float:
-    if isinstance(norm_type, str):
-        if norm_type.lower() != "inf":
-            raise ValueError(f"norm_type: expected a number or 'inf', got {norm_type!r}")
-        return math.inf
-    if isinstance(norm_type, bool) or not isinstance(norm_type, numbers.Real) or math.isnan(norm_type):
-        raise ValueError(f"norm_type: expected a number or 'inf', got {norm_type!r}")
-    return float(norm_type)
+def _checked_arrays(grads, *, in_place: bool) -> list:
+    """The gradient arrays, each checked to be floating-point (and a writable ndarray when
+    ``in_place``), all before any is used."""
+    out = []
+    for key, g in _items(grads):
+        what = f"grads[{key!r}]"
+        if in_place and not isinstance(g, np.ndarray):
+            raise TypeError(f"{what}: expected a floating-point ndarray (clipped in place), got {type(g).__name__}")
+        g = _check_float_array(what, g)
+        if in_place and not g.flags.writeable:
+            raise ValueError(f"{what}: the array is read-only; clipping modifies it in place")
+        out.append(g)
+    return out
 
 
-def _vector_norm(a: np.ndarray, p: float) -> float:
-    """torch.linalg.vector_norm of the flattened ``a``."""
-    a = np.abs(np.asarray(a, dtype=np.float64).ravel())
+def _scaled_norm(a, p: float) -> tuple[float, int]:
+    """``(r, e)`` with torch.linalg.vector_norm(a, p) == r * 2**e, computed without overflow.
+
+    ``a`` is scaled by 2**-e, e the binary exponent of its largest magnitude, before powering and
+    summing; scaling by a power of two is exact, so ``r * 2**e`` equals the plain formula bit for
+    bit wherever that one neither overflows nor underflows. A NaN entry gives ``(nan, 0)``, an
+    infinite one ``(inf, 0)``; an empty or all-zero ``a`` gives ``(0.0, 0)``.
+    """
+    a = np.abs(np.asarray(a, dtype=np.float64).ravel())  # a fresh array: scaled in place below
     if a.size == 0:
-        return 0.0
+        return 0.0, 0
+    top = float(a.max())  # NaN when any entry is NaN
+    if not math.isfinite(top) or top == 0.0:
+        return top, 0
     if p == math.inf:
-        return float(a.max())
-    if p == -math.inf:
-        return float(a.min())
-    if p == 0:
-        return float(np.count_nonzero(a))
+        return top, 0
+    e = math.frexp(top)[1]
+    np.ldexp(a, -e, out=a)
     if p == 1:
-        return float(a.sum())
+        return float(a.sum()), e
     if p == 2:
-        return float(np.sqrt(np.dot(a, a)))
-    return float(np.sum(a ** p) ** (1.0 / p))
+        return float(np.sqrt(np.dot(a, a))), e
+    return float(np.sum(a ** p) ** (1.0 / p)), e
+
+
+def _scaled_total(arrays, p: float) -> tuple[float, int]:
+    """``(r, e)``: the norm of the per-array norms (as torch), each kept as ``(r_i, e_i)`` so that
+    neither they nor the total overflow."""
+    parts = [_scaled_norm(g, p) for g in arrays]
+    if any(math.isnan(r) for r, _ in parts):
+        return math.nan, 0
+    if any(math.isinf(r) for r, _ in parts):
+        return math.inf, 0
+    exps = [e for r, e in parts if r > 0]
+    if not exps:
+        return 0.0, 0
+    top = max(exps)
+    r, e = _scaled_norm(np.array([math.ldexp(r, e - top) for r, e in parts]), p)
+    return r, e + top
+
+
+def _as_float(r: float, e: int) -> float:
+    try:
+        return math.ldexp(r, e)
+    except OverflowError:  # beyond float64's range (only for gradients near 1e308 themselves)
+        return math.inf
 
 
 def total_norm(grads, norm_type=2.0) -> float:
-    """The norm of all gradients together, as one vector (the norm of the per-array norms, as torch)."""
-    p = _check_norm_type(norm_type)
-    arrays = _arrays(grads)
-    if not arrays:
-        return 0.0
-    return _vector_norm(np.array([_vector_norm(g, p) for g in arrays]), p)
+    """The norm of all gradients together, as one vector (the norm of the per-array norms, as torch).
+
+    ``norm_type``: p >= 1 or inf (see :func:`scratch_rnn.checks.check_norm_type`). Computed without overflow (see
+    the module docstring): finite gradients give a finite norm unless the norm itself exceeds
+    float64's range (~1.8e308); a NaN entry gives NaN, an infinite one inf.
+    """
+    p = check_norm_type("norm_type", norm_type)
+    return _as_float(*_scaled_total(_checked_arrays(grads, in_place=False), p))
 
 
 def clip_grad_norm_(grads, max_norm, norm_type=2.0, error_if_nonfinite: bool = False) -> float:
     """Scale all gradients in place by min(1, max_norm / (total + 1e-6)); return the pre-clip total.
 
-    ``grads``: a dict name -> ndarray (or a list of ndarrays), modified in place. As
-    ``torch.nn.utils.clip_grad_norm_``: a non-finite total norm raises with
-    ``error_if_nonfinite``, and otherwise propagates (the coefficient is NaN or 0).
+    ``grads``: a dict name -> ndarray, a list of ndarrays or one ndarray, floating-point and
+    writable (checked before any is changed), modified in place. ``max_norm``: a finite number
+    >= 0; ``norm_type``: p >= 1 or inf. As ``torch.nn.utils.clip_grad_norm_``: a non-finite total
+    norm (a NaN or infinite gradient entry) raises with ``error_if_nonfinite``, and otherwise
+    propagates (the coefficient is NaN or 0). The norm is computed without overflow, so huge
+    finite gradients (1e200) are scaled correctly, never zeroed; should the norm exceed
+    float64's range (gradients near 1e308) it is returned as inf, the clipping is still exact
+    and ``error_if_nonfinite`` does not raise (every entry is finite).
     """
-    max_norm = _check_nonneg("max_norm", max_norm)
-    total = total_norm(grads, norm_type)
-    if error_if_nonfinite and not math.isfinite(total):
+    max_norm = check_non_negative_float("max_norm", max_norm)
+    p = check_norm_type("norm_type", norm_type)
+    arrays = _checked_arrays(grads, in_place=True)
+    r, e = _scaled_total(arrays, p)
+    total = _as_float(r, e)
+    if error_if_nonfinite and not math.isfinite(r):
         raise FloatingPointError(f"clip_grad_norm_: the total norm of order {norm_type} of the gradients is "
                                  f"{total}, so they cannot be clipped")
+    if math.isfinite(r) and math.isinf(total):  # finite gradients, a norm beyond float64: scale in two exact-ish steps
+        for g in arrays:
+            np.ldexp(g, -e, out=g)
+            g *= max_norm / r
+        return total
     coef = max_norm / (total + 1e-6)
     coef = coef if math.isnan(coef) else min(coef, 1.0)
     if coef != 1.0:
-        for g in _arrays(grads):
+        for g in arrays:
             g *= coef
     return total
 
 
 def clip_grad_value_(grads, clip_value) -> None:
-    """Clamp every gradient entry to [-clip_value, clip_value], in place."""
-    clip_value = _check_nonneg("clip_value", clip_value)
-    for g in _arrays(grads):
+    """Clamp every gradient entry to [-clip_value, clip_value], in place (``clip_value``: finite, >= 0)."""
+    clip_value = check_non_negative_float("clip_value", clip_value)
+    for g in _checked_arrays(grads, in_place=True):
         np.clip(g, -clip_value, clip_value, out=g)

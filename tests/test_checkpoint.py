@@ -47,14 +47,16 @@ def _snapshot(trainer):
     opt = trainer.optimizer.state_dict()
     return dict(params={k: v.copy() for k, v in trainer.model.parameters().items()},
                 opt_state=opt["state"], opt_hparams=opt["hparams"], step=trainer.step,
-                history=[dataclasses.astuple(r) for r in trainer.history],
-                rng=trainer.model.rng.bit_generator.state, data_rng=trainer.data_rng.bit_generator.state)
+                history=[dataclasses.astuple(r) for r in trainer.history], epochs=trainer.epochs,
+                rng=trainer.model.rng.bit_generator.state)
 
 
 def _assert_same(a, b):
     assert a["step"] == b["step"]
     assert a["history"] == b["history"]
-    assert a["rng"] == b["rng"] and a["data_rng"] == b["data_rng"]
+    assert a["rng"] == b["rng"]
+    assert [{k: v for k, v in r.items() if "seconds" not in k} for r in a["epochs"]] == \
+        [{k: v for k, v in r.items() if "seconds" not in k} for r in b["epochs"]]
     assert a["opt_hparams"] == b["opt_hparams"]
     for k in a["params"]:
         np.testing.assert_array_equal(a["params"][k], b["params"][k], err_msg=k)
@@ -130,9 +132,9 @@ def test_save_and_load_round_trip_every_optimizer_state(tmp_path):
         assert out["step"] == 3 and out["meta"] == dict(note="hi")
         np.testing.assert_array_equal(out["arrays"]["extra"], np.arange(3))
         _assert_same(dict(params=model.state_dict(), opt_state=opt.state_dict()["state"], step=0, history=[],
-                          rng=model.rng.bit_generator.state, data_rng=None, opt_hparams=opt.hparams),
+                          rng=model.rng.bit_generator.state, epochs=[], opt_hparams=opt.hparams),
                      dict(params=model2.state_dict(), opt_state=opt2.state_dict()["state"], step=0, history=[],
-                          rng=model2.rng.bit_generator.state, data_rng=None, opt_hparams=opt2.hparams))
+                          rng=model2.rng.bit_generator.state, epochs=[], opt_hparams=opt2.hparams))
 
 
 # ---------------------------------------------------------------------------------------------

@@ -138,6 +138,45 @@ def test_vocab_order_limits_and_roundtrip(tmp_path):
         T.Vocab.load(path)
 
 
+def test_vocab_and_corpus_files_use_the_shared_atomic_writer(tmp_path, monkeypatch):
+    """One atomic-write helper in the project (scratch_rnn.fileio): the mode open() gives, UTF-8
+    text, and a write that fails midway keeps the previous file and leaves no temporary."""
+    import os
+
+    from scratch_rnn import fileio
+    assert not hasattr(T, "_write_atomically") and not hasattr(T, "_chmod_like_open")
+    calls = []
+    real = fileio.atomic_write
+
+    def spy(path, write, *, binary=True):
+        calls.append((os.path.basename(path), binary))
+        return real(path, write, binary=binary)
+    monkeypatch.setattr(T, "atomic_write", spy)
+    v = T.Vocab.build([["é", "a"], ["a"]])
+    corpus = T.TokenizedCorpus.from_token_lists([["é", "a"], ["a"]], T.TextConfig())
+    old = os.umask(0o027)
+    try:
+        v.save(tmp_path / "vocab.json")
+        corpus.save(tmp_path / "c.npz")
+    finally:
+        os.umask(old)
+    assert calls == [("vocab.json", False), ("c.npz", True)]
+    for name in ("vocab.json", "c.npz"):
+        assert os.stat(tmp_path / name).st_mode & 0o777 == 0o640, name
+    assert "é" in (tmp_path / "vocab.json").read_text(encoding="utf-8") and T.Vocab.load(tmp_path / "vocab.json") == v
+    good = (tmp_path / "vocab.json").read_bytes()
+
+    def fail_midway(payload, f, **kw):
+        f.write('{"format": "scratch-rnn-vocab", "itos": [')
+        raise OSError("disk full")
+    monkeypatch.setattr(T.json, "dump", fail_midway)
+    with pytest.raises(OSError, match="disk full"):
+        T.Vocab.build([["x"]]).save(tmp_path / "vocab.json")
+    monkeypatch.undo()
+    assert (tmp_path / "vocab.json").read_bytes() == good
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["c.npz", "vocab.json"]
+
+
 def test_vocab_from_training_rows_only():
     corpus = T.TokenizedCorpus.from_token_lists(
         [["good", "film"], ["bad", "film"], ["unseen", "film"]], T.TextConfig())
@@ -195,7 +234,7 @@ def test_batches_cover_every_example_once(n, bs, chunk, bucket, seed):
     ids, lengths, _ = _data(n, seed)
     labels = np.arange(n)  # label = example index, to trace rows
     seen = []
-    for x, L, y in T.iterate_batches(ids, lengths, labels, bs, seed, bucket, chunk_batches=chunk):
+    for x, y, L in T.iterate_batches(ids, lengths, labels, bs, seed, bucket, chunk_batches=chunk):
         assert x.dtype == np.int64 and x.shape == (len(y), L.max()) and 1 <= len(y) <= bs
         assert np.all(np.diff(L) <= 0)  # descending lengths within a batch
         for row, length, i in zip(x, L, y):
@@ -210,16 +249,16 @@ def test_batches_reproducible_and_bucketed():
     a = _epoch(ids, lengths, labels, 32, seed=7, bucket=True)
     b = _epoch(ids, lengths, labels, 32, seed=7, bucket=True)
     c = _epoch(ids, lengths, labels, 32, seed=8, bucket=True)
-    assert all(np.array_equal(x[0], y[0]) and np.array_equal(x[2], y[2]) for x, y in zip(a, b))
-    assert not all(np.array_equal(x[2], y[2]) for x, y in zip(a, c))
+    assert all(np.array_equal(x[0], y[0]) and np.array_equal(x[1], y[1]) for x, y in zip(a, b))
+    assert not all(np.array_equal(x[1], y[1]) for x, y in zip(a, c))
 
     def padding(batches):
-        return sum(x.size - L.sum() for x, L, _ in batches) / sum(L.sum() for _, L, _ in batches)
+        return sum(x.size - L.sum() for x, _, L in batches) / sum(L.sum() for _, _, L in batches)
 
     plain = _epoch(ids, lengths, labels, 32, seed=7, bucket=False)
     assert padding(a) < 0.1 < padding(plain)
     # batch order is shuffled, not sorted by length
-    maxima = [L.max() for _, L, _ in a]
+    maxima = [L.max() for _, _, L in a]
     assert maxima != sorted(maxima) and maxima != sorted(maxima, reverse=True)
     kept = _epoch(ids, lengths, labels, 32, seed=7, bucket=True, drop_last=True)
     assert all(len(y) == 32 for *_, y in kept) and len(kept) == sum(len(y) == 32 for *_, y in a)
@@ -317,7 +356,7 @@ def test_prepare_builds_vocab_on_train_and_encodes_every_split(tmp_path, stopwor
     assert p["test"].labels.tolist() == [1, 0] and p["test"].rows.tolist() == [2, 3]
     s = p.summary()
     assert s["vocab_size"] == 5 and s["test"]["truncated"] == 1 and s["train"]["truncated"] == 1
-    x, L, y = next(p["train"].batches(8, rng=0))
+    x, y, L = next(p["train"].batches(8, rng=0))
     assert x.shape == (2, 2) and sorted(y.tolist()) == [0, 1]
     with pytest.raises(ValueError, match="no split"):
         T.prepare(df.assign(split=[None] * 4), cfg, cache_dir=None, progress=False)

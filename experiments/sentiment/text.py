@@ -33,7 +33,6 @@ import json
 import logging
 import os
 import re
-import tempfile
 import unicodedata
 from collections import Counter
 from dataclasses import dataclass
@@ -41,6 +40,8 @@ from pathlib import Path
 from typing import Iterable, Iterator, Mapping, Sequence
 
 import numpy as np
+
+from scratch_rnn.fileio import atomic_write
 
 from .data import PROJECT_ROOT
 
@@ -283,7 +284,7 @@ class TokenizedCorpus:
         arrays = dict(token_ids=self.token_ids, offsets=self.offsets,
                       types=np.frombuffer("\n".join(self.types).encode("utf-8"), dtype=np.uint8),
                       meta=np.frombuffer(json.dumps(m).encode("utf-8"), dtype=np.uint8))
-        _write_atomically(path, "wb", lambda f: np.savez(f, **arrays))
+        atomic_write(path, lambda f: np.savez(f, **arrays))
 
     @classmethod
     def load(cls, path: str | os.PathLike) -> tuple["TokenizedCorpus", dict]:
@@ -293,27 +294,6 @@ class TokenizedCorpus:
             types = raw_types.split("\n") if raw_types else []
             corpus = cls(types, z["token_ids"], z["offsets"], TextConfig(**meta["config"]))
         return corpus, meta
-
-
-def _write_atomically(path: Path, mode: str, write) -> None:
-    """``write(f)`` into a temporary file beside ``path``, then rename it over ``path``: a crash leaves
-    the old file (or none), never a half-written one."""
-    fd, tmp = tempfile.mkstemp(prefix=path.name + ".", suffix=".tmp", dir=path.parent)
-    try:
-        with os.fdopen(fd, mode, **({} if "b" in mode else {"encoding": "utf-8"})) as f:
-            write(f)
-        _chmod_like_open(tmp)
-        os.replace(tmp, path)
-    finally:
-        if os.path.exists(tmp):
-            os.unlink(tmp)
-
-
-def _chmod_like_open(path) -> None:
-    """mkstemp makes 0600 files; give the renamed file the mode open() would (0666 & ~umask)."""
-    mask = os.umask(0)
-    os.umask(mask)
-    os.chmod(path, 0o666 & ~mask)
 
 
 def _texts_digest(texts: Sequence[str]) -> str:
@@ -457,7 +437,7 @@ class Vocab:
         path.parent.mkdir(parents=True, exist_ok=True)
         payload = {"format": "scratch-rnn-vocab", "version": 1, "pad_id": PAD_ID, "unk_id": UNK_ID,
                    "itos": self.itos, "counts": self.counts}
-        _write_atomically(path, "w", lambda f: json.dump(payload, f, ensure_ascii=False))
+        atomic_write(path, lambda f: json.dump(payload, f, ensure_ascii=False), binary=False)
 
     @classmethod
     def load(cls, path: str | os.PathLike) -> "Vocab":
@@ -520,7 +500,8 @@ def pad_batch(seqs: Sequence[np.ndarray], pad_id: int = PAD_ID, length: int | No
 def iterate_batches(ids: Sequence[np.ndarray], lengths, labels, batch_size: int, rng, bucket: bool = True,
                     *, chunk_batches: int = 50, drop_last: bool = False
                     ) -> Iterator[tuple[np.ndarray, np.ndarray, np.ndarray]]:
-    """One epoch of (padded ids (B, T_batch) int64 padded with 0, lengths (B,), labels (B,)).
+    """One epoch of (padded ids (B, T_batch) int64 padded with 0, labels (B,), lengths (B,)): the
+    project's batch order (x, y, lengths).
 
     ``rng`` is a ``numpy.random.Generator`` or a seed. The examples are shuffled; with ``bucket``,
     the shuffled order is cut into chunks of ``batch_size * chunk_batches`` examples, each chunk is
@@ -553,7 +534,7 @@ def iterate_batches(ids: Sequence[np.ndarray], lengths, labels, batch_size: int,
         if drop_last and len(b) < batch_size:
             continue
         b = b[np.argsort(-lengths[b], kind="stable")]
-        yield pad_batch([ids[i] for i in b]), lengths[b], labels[b]
+        yield pad_batch([ids[i] for i in b]), labels[b], lengths[b]
 
 
 # --------------------------------------------------------------------------------------------
