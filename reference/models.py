@@ -38,7 +38,7 @@ def draw_dropout_masks(rng: np.random.Generator, config, T: int, B: int, trainin
 
 
 class TorchSequenceModel(torch.nn.Module):
-    """The twin; ``forward(x, lengths, h0, dropout_masks)`` -> (out, h_n), ``loss(out, target, lengths)``."""
+    """The twin; ``forward(x, h0=None, lengths=None, dropout_masks=None)`` -> (out, h_n), ``loss(out, target, lengths)``."""
 
     def __init__(self, config, dtype=torch.float64):
         super().__init__()
@@ -85,7 +85,7 @@ class TorchSequenceModel(torch.nn.Module):
             layer_in = out
         return layer_in, torch.cat(h_ns, dim=0)
 
-    def forward(self, x, lengths=None, h0=None, dropout_masks=None):
+    def forward(self, x, h0=None, lengths=None, dropout_masks=None):
         c = self.config
         x = to_tensor(x, self.tdtype) if not torch.is_tensor(x) else x
         emb = self.embedding(x) if self.embedding is not None else x  # (B, T, E)

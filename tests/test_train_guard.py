@@ -72,7 +72,7 @@ def test_stop_names_the_step_and_last_norm_and_keeps_the_last_good_checkpoint(tm
         np.testing.assert_array_equal(resumed.model.parameters()[k], v)
     assert open(path, "rb").read() == before
     rows = (tmp_path / "log.csv").read_text().splitlines()
-    assert rows[0] == "step,epoch,loss,grad_norm,skipped" and rows[-1] == "3,0,nan,nan,True"
+    assert rows[0] == "step,epoch,loss,grad_norm,skipped" and rows[-1] == "3,1,nan,nan,True"
 
 
 def _exploding_model(cfg=None):
@@ -91,7 +91,7 @@ def _exploding_model(cfg=None):
 
 @pytest.mark.parametrize("where, T, match", [
     ("forward", 10, r"hidden state of layer 0 became non-finite at time step 7.*recurrence overflowed"),
-    ("backward", 5, r"gradient of weight_.._l0 is not finite.*backward pass overflowed"),
+    ("backward", 5, r"gradient of \['rnn.weight_ih_l0'.* is not finite.*backward pass overflowed"),
 ])
 def test_rnn_overflow_in_forward_or_backward_is_caught(tmp_path, where, T, match):
     model = _exploding_model()
@@ -116,7 +116,8 @@ def test_rnn_overflow_in_forward_or_backward_is_caught(tmp_path, where, T, match
 def test_skip_drops_the_step_counts_it_and_continues_as_if_the_batch_was_absent(tmp_path, poison):
     data = _data(poison)
     snapshots = []
-    trainer = Trainer(SequenceModel(DENSE), _cfg(tmp_path, on_nonfinite="skip", checkpoint_dir=None),
+    trainer = Trainer(SequenceModel(DENSE), _cfg(tmp_path, on_nonfinite="skip", checkpoint_dir=None,
+                                                                 max_skipped_fraction=0.5),
                       callback=lambda t, r: snapshots.append((t.model.state_dict(), t.optimizer.state_dict())))
     trainer.fit(data)
     assert trainer.skipped_steps == 1 and trainer.step == 6
@@ -159,7 +160,7 @@ def test_an_update_that_makes_parameters_nonfinite_always_stops(tmp_path):
 
 
 def test_bad_guard_option():
-    with pytest.raises(ValueError, match="on_nonfinite: expected 'stop' or 'skip', got 'ignore'"):
+    with pytest.raises(ValueError, match=r"on_nonfinite: expected one of \['stop', 'skip'\], got 'ignore'"):
         TrainConfig(on_nonfinite="ignore")
 
 
@@ -178,10 +179,11 @@ def _cli_files(tmp_path, poison, **train_kw):
 def test_cli_exit_status(tmp_path, capsys):
     assert main(_cli_files(tmp_path, "none")) == 0
     assert "done: 6 steps (0 skipped)" in capsys.readouterr().out
-    assert main(_cli_files(tmp_path, "input", on_nonfinite="skip")) == 0
+    assert main(_cli_files(tmp_path, "none")) == 2  # the finished run is not replaced unasked
+    assert "already holds a checkpoint" in capsys.readouterr().err
+    assert main(_cli_files(tmp_path, "input", on_nonfinite="skip", max_skipped_fraction=0.5) + ["--overwrite"]) == 0
     assert "done: 6 steps (1 skipped)" in capsys.readouterr().out
-    (tmp_path / "ckpt" / "checkpoint.npz").unlink()
-    assert main(_cli_files(tmp_path, "loss")) == 1
+    assert main(_cli_files(tmp_path, "loss") + ["--overwrite"]) == 1
     err = capsys.readouterr().err
     assert "training stopped at step 3" in err and "(step 2) was kept" in err
     (tmp_path / "bad.json").write_text(json.dumps(dict(hidden_size=3)))
