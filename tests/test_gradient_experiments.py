@@ -96,24 +96,25 @@ def test_task_errors_and_bad_arguments():
 # --------------------------------------------------------------------------------------------
 @pytest.mark.parametrize("task,method", [("adding", "sgd"), ("adding", "irnn"), ("temporal_order", "sgd_clip")])
 def test_train_step_matches_torch(task, method):
-    seed, hidden, length, clip = 3, 6, 12, (None if method == "sgd" else 0.05)
-    rnn, head = pathological.build(task, method, hidden, seed)
+    """One step of a trial's Trainer (SGD, clipping for sgd_clip/irnn) against nn.RNN + nn.Linear on h_n."""
+    seed, hidden, length, clip = 3, 6, 12, 0.05
+    model = pathological.build(task, method, hidden, seed)
     # randomise what the init zeroes, so that every gradient is exercised
     rng = np.random.default_rng(seed)
-    for p in list(rnn.parameters().values()) + list(head.parameters().values()):
+    for p in model.parameters().values():
         p += rng.normal(0, 0.1, p.shape)
+    rnn = model.rnn
     twin = torch.nn.RNN(rnn.input_size, hidden, nonlinearity=rnn.nonlinearity, dtype=torch.float64)
-    lin = torch.nn.Linear(hidden, head.weight.shape[0], dtype=torch.float64)
+    lin = torch.nn.Linear(hidden, model.head.weight.shape[0], dtype=torch.float64)
     with torch.no_grad():
-        for k, v in rnn.state_dict().items():
-            getattr(twin, k).copy_(torch.tensor(v))
-        lin.weight.copy_(torch.tensor(head.weight))
-        lin.bias.copy_(torch.tensor(head.bias))
+        for k, v in model.state_dict().items():
+            module, name = (twin, k[4:]) if k.startswith("rnn.") else (lin, k[5:])
+            getattr(module, name).copy_(torch.tensor(v))
     x, y = tasks.make_batch(task, np.random.default_rng(seed + 1), 5, length)
-    params = {**{f"rnn.{k}": v for k, v in rnn.parameters().items()},
-              **{f"head.{k}": v for k, v in head.parameters().items()}}
-    opt = pathological.optim.SGD(params, lr=0.1)
-    loss, norm = pathological.train_step(task, rnn, head, opt, x, y, clip)
+    spec = dict(task=task, method=method, length=length, clip=clip, lr=0.1, max_iters=1, check_every=1,
+                eval_samples=10)
+    trainer = pathological.trial_trainer(spec, model, np.random.default_rng(0))
+    (rec,) = trainer.train_batch(pathological.batch_first(x), y)
 
     _, h_n = twin(torch.tensor(x))
     out = lin(h_n[0])
@@ -122,13 +123,15 @@ def test_train_step_matches_torch(task, method):
     ref_loss.backward()
     tparams = {**{f"rnn.{k}": v for k, v in twin.named_parameters()},
                **{f"head.{k}": v for k, v in lin.named_parameters()}}
-    ref_norm = torch.nn.utils.clip_grad_norm_(list(tparams.values()), clip if clip else float("inf"))
+    clipped = method != "sgd"
+    ref_norm = torch.nn.utils.clip_grad_norm_(list(tparams.values()), clip if clipped else float("inf"))
     torch.optim.SGD(list(tparams.values()), lr=0.1).step()
-    config = dict(task=task, method=method, seed=seed, clip=clip)
-    assert_close(loss, ref_loss.item(), name="loss", config=config)
-    assert_close(norm, ref_norm.item(), name="pre-clip gradient norm", config=config)
+    config = dict(task=task, method=method, seed=seed, clip=clip if clipped else None)
+    assert_close(rec.loss, ref_loss.item(), name="loss", config=config)
+    assert_close(rec.grad_norm, ref_norm.item(), name="pre-clip gradient norm", config=config)
+    assert (rec.grad_norm > clip) == clipped or not clipped  # the clipping path is exercised
     for k, v in tparams.items():
-        assert_close(params[k], v.detach().numpy(), name=f"{k} after one step", config=config)
+        assert_close(model.parameters()[k], v.detach().numpy(), name=f"{k} after one step", config=config)
 
 
 # --------------------------------------------------------------------------------------------
@@ -184,7 +187,7 @@ def _files(path: Path) -> set:
 
 
 def test_spectrum_quick(tmp_path):
-    cli.main(["spectrum", "--quick", "--no-progress", "--out", str(tmp_path)])
+    assert cli.main(["spectrum", "--quick", "--no-progress", "--out", str(tmp_path)]) == 0
     assert {"spectrum.csv", "curves.csv", "transition.csv", "summary.json", "report.md",
             "grad_norm_vs_distance.png", "rate_vs_lambda.png"} <= _files(tmp_path)
     df = pd.read_csv(tmp_path / "spectrum.csv")
@@ -194,7 +197,7 @@ def test_spectrum_quick(tmp_path):
 
 
 def test_cliff_quick(tmp_path):
-    cli.main(["cliff", "--quick", "--no-progress", "--out", str(tmp_path)])
+    assert cli.main(["cliff", "--quick", "--no-progress", "--out", str(tmp_path)]) == 0
     assert {"surface.csv", "paths.csv", "descent_summary.csv", "cliff.png", "descent.png", "report.md",
             "summary.json"} <= _files(tmp_path)
     s = pd.read_csv(tmp_path / "descent_summary.csv")
@@ -202,14 +205,14 @@ def test_cliff_quick(tmp_path):
 
 
 def test_pathological_quick_and_resume(tmp_path):
-    cli.main(["pathological", "--quick", "--no-progress", "--workers", "2", "--out", str(tmp_path)])
+    assert cli.main(["pathological", "--quick", "--no-progress", "--workers", "2", "--out", str(tmp_path)]) == 0
     assert {"trials.jsonl", "trials.csv", "success.csv", "success_vs_length.png", "report.md",
             "summary.json"} <= _files(tmp_path)
     p = pathological.PROTOCOLS["quick"]
     df = pd.read_csv(tmp_path / "trials.csv")
     assert len(df) == len(p.tasks) * len(p.lengths) * len(p.methods) * len(p.seeds)
     before = (tmp_path / "trials.jsonl").read_text()
-    cli.main(["pathological", "--quick", "--no-progress", "--out", str(tmp_path)])  # all done: no new trial
+    assert cli.main(["pathological", "--quick", "--no-progress", "--out", str(tmp_path)]) == 0  # all done: no new trial
     assert (tmp_path / "trials.jsonl").read_text() == before
 
 
@@ -221,17 +224,16 @@ def test_flow_quick(tmp_path):
         sdata.resolve_source(None)
     except (FileNotFoundError, ValueError) as exc:  # no IMDB copy on this machine
         pytest.skip(f"IMDB data not found: {exc}")
-    cli.main(["flow", "--quick", "--no-progress", "--out", str(tmp_path)])
+    assert cli.main(["flow", "--quick", "--no-progress", "--out", str(tmp_path)]) == 0
     assert {"flow.csv", "curves.csv", "flow.png", "report.md", "summary.json", "jobs.jsonl"} <= _files(tmp_path)
     df = pd.read_csv(tmp_path / "flow.csv")
     assert len(df) == 4 and df.init_factor.between(0, 10).all()
     jobs = (tmp_path / "jobs.jsonl").read_text()
-    cli.main(["flow", "--quick", "--no-progress", "--out", str(tmp_path)])  # resumes: no model retrained
+    assert cli.main(["flow", "--quick", "--no-progress", "--out", str(tmp_path)]) == 0  # resumes: no model retrained
     assert (tmp_path / "jobs.jsonl").read_text() == jobs
     pd.testing.assert_frame_equal(pd.read_csv(tmp_path / "flow.csv"), df)
 
 
 def test_cli_lists_every_experiment():
-    with pytest.raises(SystemExit):
-        cli.main(["nope"])
+    assert cli.main(["nope"]) == 2  # argparse's error, under the exit-code table
     assert set(cli.EXPERIMENTS) == {"spectrum", "cliff", "pathological", "flow"}

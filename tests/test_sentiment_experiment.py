@@ -73,18 +73,18 @@ def first_steps(cfg: T.SentimentConfig, split: EncodedSplit, vocab_size: int):
             state[k] = rng.uniform(-0.5, 0.5, size=state[k].shape).astype(state[k].dtype)
     out = {}
     for name in ("numpy", "torch"):
-        backend = T.make_backend(name, cfg, mc, state)
+        trainer = T.make_trainer(name, cfg, mc, state)  # the experiment's own Trainer / TorchTrainer
         rec = {"loss": [], "grad_norm": [], "logits": [], "params": []}
-        batches = list(T.epoch_batches(split, cfg, 1))[:N_STEPS]
+        batches = list(T.SentimentBatches(split, cfg).batches(0))[:N_STEPS]
         assert len(batches) == N_STEPS
-        for i, (x, lengths, y) in enumerate(batches):
-            if i == N_STEPS // 2:  # as run_backend does at an epoch boundary
-                backend.set_lr(cfg.lr * cfg.lr_decay)
-            loss, norm, logits = backend.train_batch(x, y, lengths)
-            rec["loss"].append(loss)
-            rec["grad_norm"].append(norm)
-            rec["logits"].append(np.array(logits, dtype=np.float64))
-            rec["params"].append(backend.state())
+        for i, (x, y, lengths) in enumerate(batches):
+            if i == N_STEPS // 2:  # as the Trainer does at an epoch boundary
+                trainer.set_lr(cfg.lr * cfg.lr_decay)
+            (r,) = trainer.train_batch(x, y, lengths)
+            rec["loss"].append(r.loss)
+            rec["grad_norm"].append(r.grad_norm)
+            rec["logits"].append(np.array(trainer.last_output.output, dtype=np.float64))
+            rec["params"].append(trainer.model_state())
         out[name] = rec
     return out
 
@@ -119,15 +119,17 @@ def test_a_run_repeats_bit_for_bit():
 def test_same_seed_same_batches_and_token_dropout():
     split = synthetic_split()
     cfg = T.SentimentConfig(batch_size=8, token_dropout=0.3)
-    one = list(T.epoch_batches(split, cfg, 1))
-    again = list(T.epoch_batches(split, cfg, 1))
-    other = list(T.epoch_batches(split, cfg, 2))
-    for (x1, l1, y1), (x2, l2, y2) in zip(one, again):
+    source = T.SentimentBatches(split, cfg)
+    one = list(source.batches(0))
+    again = list(T.SentimentBatches(split, cfg).batches(0))
+    other = list(source.batches(1))
+    assert source.num_batches(0) == len(one)
+    for (x1, y1, l1), (x2, y2, l2) in zip(one, again):
         np.testing.assert_array_equal(x1, x2)
         np.testing.assert_array_equal(l1, l2)
     assert any(not np.array_equal(x1, x2) for (x1, _, _), (x2, _, _) in zip(one, other))
     # every review exactly once per epoch
-    assert sum(len(y) for _, _, y in one) == len(split)
+    assert sum(len(y) for _, y, _ in one) == len(split)
 
 
 def test_token_dropout_replaces_valid_tokens_only():
@@ -238,24 +240,51 @@ def test_glove_needs_50_dimensions():
     (["--run-name", "a/b"], "plain folder name"),
 ])
 def test_bad_arguments_exit_2_with_a_message(argv, message, capsys, tmp_path):
-    with pytest.raises(SystemExit) as exc:
-        main(argv + ["--out-root", str(tmp_path)])
-    assert exc.value.code == 2
+    assert main(argv + ["--out-root", str(tmp_path)]) == 2
     assert message in capsys.readouterr().err
+    assert not any(tmp_path.iterdir())  # found before anything was written
 
 
 def test_missing_data_exits_2(tmp_path, capsys):
     code = main(["--data", str(tmp_path / "nope.csv"), "--out-root", str(tmp_path), "--no-progress"])
     assert code == 2
-    assert "does not exist" in capsys.readouterr().err
+    assert "--data" in capsys.readouterr().err
 
 
 def test_an_existing_run_is_not_overwritten(tmp_path, capsys):
     (tmp_path / "r").mkdir()
     (tmp_path / "r" / "metrics.json").write_text("{}")
-    with pytest.raises(SystemExit) as exc:
-        main(["--run-name", "r", "--out-root", str(tmp_path)])
-    assert exc.value.code == 2 and "--overwrite" in capsys.readouterr().err
+    assert main(["--run-name", "r", "--out-root", str(tmp_path)]) == 2
+    assert "--overwrite" in capsys.readouterr().err
+
+
+def test_bad_data_and_out_root_exit_2_before_anything_is_written(tmp_path, capsys):
+    only_train = tmp_path / "train_only.csv"
+    only_train.write_text("review,sentiment,split\ngood film,positive,train\nbad film,negative,train\n")
+    out = tmp_path / "out"
+    assert main(["--data", str(only_train), "--out-root", str(out), "--no-progress"]) == 2
+    assert "test" in capsys.readouterr().err and not out.exists()
+    a_file = tmp_path / "file"
+    a_file.write_text("x")
+    assert main(["--out-root", str(a_file), "--no-progress"]) == 2
+    assert "--out-root" in capsys.readouterr().err
+
+
+def test_a_failed_overwrite_leaves_the_old_run_whole(tmp_path, monkeypatch):
+    """--overwrite replaces a run only when the new one finishes: a failure leaves the old files together."""
+    old = tmp_path / "r"
+    old.mkdir()
+    (old / "config.json").write_text('{"old": true}')
+    (old / "metrics.json").write_text('{"old": true}')
+
+    def failing(cfg, out_dir, **kw):
+        (out_dir / "config.json").write_text('{"new": true}')
+        raise ValueError("bad data found midway")
+    monkeypatch.setattr(T, "_run_into", failing)
+    with pytest.raises(ValueError, match="midway"):
+        T.run_experiment(T.SentimentConfig(), old, progress=False, overwrite=True)
+    assert json.loads((old / "config.json").read_text()) == {"old": True}
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["r"]  # no partial folder left
 
 
 # ------------------------------------------------------------------------------------------------

@@ -7,7 +7,9 @@ valid step -> Linear -> BCE with logits), float64, W_hh re-initialised by ``init
 Data: a random subset of the official IMDB train split (``experiments.sentiment.data.load_imdb``,
 the shared CSV by default), tokenised by the project's text pipeline with the whitespace tokenizer
 and no stopword removal (no NLTK data needed), the first ``max_len`` tokens kept; the probe batch
-and the accuracy set come from the test split. Training: Adam, global-norm clipping at 5.
+and the accuracy set come from the test split. Training: ``scratch_rnn.train.Trainer`` with Adam and
+global-norm clipping at 5 (its divergence stop off: an exploding relu run is a result here, recorded
+as diverged when it turns non-finite).
 """
 from __future__ import annotations
 
@@ -21,8 +23,11 @@ import pandas as pd
 from tqdm.auto import tqdm
 
 from scratch_rnn import diagnostics as dg
-from scratch_rnn import init, optim
+from scratch_rnn import init
+from scratch_rnn.checks import check_positive_float, check_positive_int
+from scratch_rnn.cli import BadInput
 from scratch_rnn.models import ModelConfig, SequenceModel
+from scratch_rnn.train import TrainConfig, Trainer, TrainingStopped
 
 from .common import markdown_table, result_dir, save_figure, write_csv, write_json, write_report
 from .sweep import append_row, load_results
@@ -53,6 +58,15 @@ class FlowConfig:
     seed: int = 0
     data: str | None = None
 
+    def __post_init__(self):
+        for name in ("n_train", "n_eval", "probe", "max_len", "vocab", "embedding", "hidden", "epochs", "batch"):
+            check_positive_int(name, getattr(self, name))
+        check_positive_float("lr", self.lr)
+        check_positive_float("clip", self.clip)
+        unknown = [i for i in self.inits if i not in INITS]
+        if unknown:
+            raise ValueError(f"inits: expected names among {sorted(INITS)}, got {unknown}")
+
 
 QUICK = FlowConfig(n_train=64, n_eval=32, probe=8, max_len=20, vocab=300, embedding=8, hidden=8, epochs=1,
                    batch=16, inits=("torch_uniform", "identity"))
@@ -63,7 +77,14 @@ def load_data(cfg: FlowConfig):
     from experiments.sentiment import data as sdata  # the IMDB pipeline (experiments/sentiment)
     from experiments.sentiment import text as stext
 
-    frames = sdata.split_frames(sdata.load_imdb(cfg.data))
+    try:
+        frames = sdata.split_frames(sdata.load_imdb(cfg.data))
+    except (ValueError, OSError) as exc:  # a malformed or unreadable source: bad input, before any training
+        raise BadInput(f"--data: {exc}") from exc
+    need = {"train": cfg.n_train, "test": cfg.probe + cfg.n_eval}
+    short = {k: (n, len(frames.get(k, ()))) for k, n in need.items() if n > len(frames.get(k, ()))}
+    if short:
+        raise BadInput(f"--data: the flow experiment needs {', '.join(f'{n} {k} reviews (the source has {have})' for k, (n, have) in short.items())}")
     rng = np.random.default_rng(cfg.seed)
     train = frames["train"].iloc[rng.choice(len(frames["train"]), cfg.n_train, replace=False)]
     test_rows = rng.choice(len(frames["test"]), cfg.probe + cfg.n_eval, replace=False)
@@ -94,7 +115,7 @@ def probe_norms(model: SequenceModel, batch, stext):
     ids, lengths, labels = batch
     x = stext.pad_batch(ids)
     model.zero_grad()
-    model.forward_backward(x, labels[:, None].astype(np.float64), lengths)
+    model.forward_backward(x, labels[:, None].astype(np.float64), lengths=lengths)
     norms = dg.grad_norms_by_distance(model.rnn.hidden_grads[0], lengths)
     model.zero_grad()
     return norms
@@ -105,27 +126,35 @@ def accuracy(model, batch, stext, chunk=250) -> float:
     correct = 0
     model.eval()
     for s in range(0, len(ids), chunk):
-        out, _ = model(stext.pad_batch(ids[s:s + chunk]), lengths[s:s + chunk])
+        out, _ = model(stext.pad_batch(ids[s:s + chunk]), lengths=lengths[s:s + chunk])
         correct += int(((out[:, 0] > 0).astype(int) == labels[s:s + chunk]).sum())
     model.train()
     return correct / len(ids)
 
 
+class ReviewBatches:
+    """The training reviews as a batch source: length-bucketed batches from one generator, BCE targets (B, 1)."""
+
+    def __init__(self, batch, cfg: FlowConfig, stext, seed: int):
+        self.ids, self.lengths, self.labels = batch
+        self.cfg, self.stext, self.rng = cfg, stext, np.random.default_rng(seed)
+
+    def num_batches(self, epoch: int) -> int:
+        return -(-len(self.ids) // self.cfg.batch)
+
+    def batches(self, epoch: int):
+        for x, y, ln in self.stext.iterate_batches(self.ids, self.lengths, self.labels, self.cfg.batch, self.rng):
+            yield x, y[:, None].astype(np.float64), ln
+
+
 def train(model, cfg: FlowConfig, batch, stext, seed: int) -> dict:
-    ids, lengths, labels = batch
-    opt = optim.Adam(model.parameters(), lr=cfg.lr)
-    rng = np.random.default_rng(seed)
-    losses, norms = [], []
-    for _ in range(cfg.epochs):
-        for x, ln, y in stext.iterate_batches(ids, lengths, labels, cfg.batch, rng):
-            model.zero_grad()
-            loss, _ = model.forward_backward(x, y[:, None].astype(np.float64), ln)
-            norms.append(optim.clip_grad_norm_(model.grads, cfg.clip))
-            opt.step(model.grads)
-            losses.append(loss)
+    trainer = Trainer(model, TrainConfig(optimizer="adam", optimizer_kwargs={"lr": cfg.lr}, clip_norm=cfg.clip,
+                                         epochs=cfg.epochs, divergence_factor=None, progress=False))
+    trainer.fit(ReviewBatches(batch, cfg, stext, seed))
+    losses, norms = trainer.losses, trainer.grad_norms
     tail = losses[-max(1, len(losses) // 5):]
     return dict(train_loss_last20pct=float(np.mean(tail)), steps=len(losses),
-                grad_norm_median=float(np.median(norms)), clipped_fraction=float(np.mean(np.asarray(norms) > cfg.clip)))
+                grad_norm_median=float(np.median(norms)), clipped_fraction=float(np.mean(norms > cfg.clip)))
 
 
 def _fit(norms: np.ndarray) -> dict:
@@ -149,7 +178,7 @@ def _run_job(cfg: FlowConfig, data, vocab_size, stext, scheme: str, nl: str, see
         row["diverged"] = False
         stages.append(("trained", probe_norms(model, data["probe"], stext)))
         row["accuracy_trained"] = accuracy(model, data["eval"], stext)
-    except FloatingPointError as exc:  # an overflowing relu recurrence: recorded, not hidden
+    except TrainingStopped as exc:  # an overflowing relu recurrence: recorded, not hidden
         row.update(diverged=True, error=str(exc)[:200], accuracy_trained=float("nan"))
     reg1 = dg.regime(w, nl)
     row.update(lambda1_trained=reg1.lambda1, rho_trained=reg1.spectral_radius)
@@ -171,7 +200,8 @@ def run(cfg: FlowConfig, out, progress: bool = True) -> dict:
     # each finished model is appended to jobs.jsonl at once: a rerun with the same config resumes
     done_path = out / "jobs.jsonl"
     key = json.dumps(asdict(cfg), sort_keys=True, default=str)
-    done = {(r["init"], r["nonlinearity"]): r for r in load_results(done_path) if r.get("config_key") == key}
+    done = {(r["init"], r["nonlinearity"]): r for r in load_results(done_path)
+            if r.get("config_key") == key and {"init", "nonlinearity", "curves"} <= set(r)}  # whole rows only
     rows, curves = [], []
     for k, (scheme, nl) in enumerate(tqdm(jobs, desc="flow", disable=not progress)):
         if (scheme, nl) not in done:

@@ -14,22 +14,26 @@ seed); trials run as a resumable sweep (:mod:`.sweep`). ``--protocol full`` is t
 ``reduced`` grid is what fits a few minutes on two cores (fewer lengths, seeds and iterations, and a
 smaller evaluation set): what was run is written into every report.
 
-Model: ``scratch_rnn.RNN`` (two biases, both trained, where their code has one) + ``layers.Linear``
-readout of the last state; losses from ``scratch_rnn.losses``; ``optim.SGD`` and
-``optim.clip_grad_norm_``. float64.
+Model: ``scratch_rnn.models.SequenceModel`` with dense input: ``RNN`` (two biases, both trained, where
+their code has one), the state at the last step, a ``Linear`` readout and the task's loss (MSE or
+cross-entropy), float64. Training: ``scratch_rnn.train.Trainer`` with SGD and, for sgd_clip and
+irnn, global-norm clipping; an "epoch" is ``check_every`` fresh batches, evaluated at its end on fresh
+samples, and the trial stops once solved (``stop_when``) or after ``max_iters`` steps. The trainer's
+divergence stop is off (their protocol has none: a trial that explodes shows it in its error); a
+non-finite step ends the trial as diverged.
 """
 from __future__ import annotations
 
-import math
 import time
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, replace
 
 import matplotlib.pyplot as plt
 import numpy as np
 import pandas as pd
 
-from scratch_rnn import RNN, init, losses, optim
-from scratch_rnn.layers import Linear
+from scratch_rnn import init
+from scratch_rnn.models import ModelConfig, SequenceModel
+from scratch_rnn.train import TrainConfig, Trainer, TrainingStopped
 
 from .common import markdown_table, result_dir, save_figure, write_csv, write_json, write_report
 from .sweep import run_sweep
@@ -70,56 +74,72 @@ PROTOCOLS = {
 }
 
 
-def build(task: str, method: str, hidden: int, seed: int):
-    """The model of one trial: (rnn, readout)."""
+def build(task: str, method: str, hidden: int, seed: int) -> SequenceModel:
+    """The model of one trial: dense input -> RNN -> last state -> Linear readout -> the task's loss."""
     spec = TASKS[task]
     rng = np.random.default_rng(seed)
     nonlinearity = "relu" if method == "irnn" else "tanh"
-    rnn = RNN(spec.n_in, hidden, nonlinearity=nonlinearity, dtype=np.float64, seed=seed)
+    model = SequenceModel(ModelConfig(hidden_size=hidden, out_features=spec.n_out, input_size=spec.n_in,
+                                      nonlinearity=nonlinearity, pooling="last", loss=spec.loss, dtype="float64",
+                                      seed=seed))
     if method == "irnn":
-        init.init_rnn(rnn, init.RecurrentInit("identity", zero_bias=True, input_std=1e-3), seed=rng)
+        init.init_rnn(model.rnn, init.RecurrentInit("identity", zero_bias=True, input_std=1e-3), seed=rng)
     else:
         cfg = init.RecurrentInit("gaussian", scale=0.95, target="spectral_radius",
                                  nonzero_per_row=min(15, hidden), zero_bias=True, input_std=0.01)
-        init.init_rnn(rnn, cfg, seed=rng)
-    head = Linear(hidden, spec.n_out, dtype=np.float64, seed=seed)
-    head.load_state_dict({"weight": rng.normal(0, 0.01, (spec.n_out, hidden)), "bias": np.zeros(spec.n_out)})
-    return rnn, head
+        init.init_rnn(model.rnn, cfg, seed=rng)
+    model.head.load_state_dict({"weight": rng.normal(0, 0.01, (spec.n_out, hidden)), "bias": np.zeros(spec.n_out)})
+    return model
 
 
-def predict(rnn, head, x):
-    _, h_n = rnn(x)
-    return head(h_n[0])  # (B, n_out)
+def batch_first(x: np.ndarray) -> np.ndarray:
+    """The tasks' time-major (T, B, I) batches in the model's layout (B, T, I)."""
+    return x.transpose(1, 0, 2)
 
 
-def evaluate(task, rnn, head, rng, samples: int, length: int, chunk: int = 1000) -> float:
-    """Fraction of wrong samples among ``samples`` fresh ones."""
+def evaluate(task, model, rng, samples: int, length: int, chunk: int = 1000) -> float:
+    """Fraction of wrong samples among ``samples`` fresh ones (eval mode)."""
     wrong = 0
-    for start in range(0, samples, chunk):
-        n = min(chunk, samples - start)
-        x, y = make_batch(task, rng, n, length)
-        wrong += int(sample_errors(task, predict(rnn, head, x), y).sum())
+    model.eval()
+    try:
+        for start in range(0, samples, chunk):
+            n = min(chunk, samples - start)
+            x, y = make_batch(task, rng, n, length)
+            out, _ = model(batch_first(x))
+            wrong += int(sample_errors(task, out, y).sum())
+    finally:
+        model.train()
     return wrong / samples
 
 
-def train_step(task, rnn, head, opt, x, y, clip):
-    """One SGD step; returns (loss, pre-clip gradient norm)."""
-    spec = TASKS[task]
-    rnn.zero_grad()
-    head.zero_grad()
-    out = predict(rnn, head, x)
-    if spec.loss == "mse":
-        loss, dout = losses.mse_loss(out, y), losses.mse_loss_backward(1.0, out, y)
-    else:
-        loss, dout = losses.cross_entropy(out, y), losses.cross_entropy_backward(1.0, out, y)
-    dh = head.backward(dout)
-    rnn.backward(None, dh[None])
-    grads = {**{f"rnn.{k}": v for k, v in rnn.grads.items()}, **{f"head.{k}": v for k, v in head.grads.items()}}
-    norm = optim.clip_grad_norm_(grads, clip) if clip is not None else optim.total_norm(grads)
-    if not math.isfinite(norm):
-        raise FloatingPointError(f"gradient norm {norm}")
-    opt.step(grads)
-    return float(loss), float(norm)
+class FreshBatches:
+    """The trial's batch source: every "epoch" is ``per_epoch`` fresh batches from one generator.
+
+    It draws as it goes (a trial is never resumed midway: the sweep reruns an unfinished trial whole).
+    """
+
+    def __init__(self, task: str, length: int, batch: int, rng: np.random.Generator, per_epoch: int):
+        self.task, self.length, self.batch, self.rng, self.per_epoch = task, length, batch, rng, per_epoch
+
+    def num_batches(self, epoch: int) -> int:
+        return self.per_epoch
+
+    def batches(self, epoch: int):
+        for _ in range(self.per_epoch):
+            x, y = make_batch(self.task, self.rng, self.batch, self.length)
+            yield batch_first(x), y, None
+
+
+def trial_trainer(spec: dict, model: SequenceModel, eval_rng: np.random.Generator) -> Trainer:
+    """The Trainer of one trial: SGD, clipping for sgd_clip/irnn, an evaluation every check_every steps."""
+    clip = spec["clip"] if spec["method"] in ("sgd_clip", "irnn") else None
+    cfg = TrainConfig(optimizer="sgd", optimizer_kwargs={"lr": spec["lr"]}, clip_norm=clip,
+                      epochs=-(-spec["max_iters"] // spec["check_every"]), max_steps=spec["max_iters"],
+                      divergence_factor=None, progress=False)
+    return Trainer(model, cfg,
+                   evaluate=lambda m: {"error": evaluate(spec["task"], m, eval_rng, spec["eval_samples"],
+                                                         spec["length"])},
+                   stop_when=lambda row: row["error"] == 0.0)
 
 
 def run_trial(spec: dict) -> dict:
@@ -132,35 +152,24 @@ def run_trial(spec: dict) -> dict:
 
 def _run_trial(spec: dict) -> dict:
     t0 = time.time()
-    task, method, length, seed = spec["task"], spec["method"], spec["length"], spec["seed"]
-    rnn, head = build(task, method, spec["hidden"], seed)
-    params = {**{f"rnn.{k}": v for k, v in rnn.parameters().items()},
-              **{f"head.{k}": v for k, v in head.parameters().items()}}
-    opt = optim.SGD(params, lr=spec["lr"])
-    clip = spec["clip"] if method in ("sgd_clip", "irnn") else None
-    data_rng = np.random.default_rng([seed, 1])
-    eval_rng = np.random.default_rng([seed, 2])
-    best, error, it, solved, diverged = 1.0, 1.0, 0, False, False
-    norms, losses_ = [], []
+    task, length, seed = spec["task"], spec["length"], spec["seed"]
+    model = build(task, spec["method"], spec["hidden"], seed)
+    trainer = trial_trainer(spec, model, np.random.default_rng([seed, 2]))
+    source = FreshBatches(task, length, spec["batch"], np.random.default_rng([seed, 1]), spec["check_every"])
+    diverged = False
     try:
-        for it in range(1, spec["max_iters"] + 1):
-            x, y = make_batch(task, data_rng, spec["batch"], length)
-            loss, norm = train_step(task, rnn, head, opt, x, y, clip)
-            norms.append(norm)
-            losses_.append(loss)
-            if it % spec["check_every"] == 0 or it == spec["max_iters"]:
-                error = evaluate(task, rnn, head, eval_rng, spec["eval_samples"], length)
-                best = min(best, error)
-                if error == 0.0:
-                    solved = True
-                    break
-    except FloatingPointError:
+        trainer.fit(source)
+    except TrainingStopped:
         diverged = True
-    norms = np.asarray(norms) if norms else np.array([np.nan])
-    tail = losses_[-max(1, len(losses_) // 10):] if losses_ else [np.nan]
-    return dict(solved=solved, diverged=diverged, iters=it, final_error=error, best_error=best,
+    errors = [row["error"] for row in trainer.epochs]
+    norms = trainer.grad_norms if trainer.history else np.array([np.nan])
+    losses_ = trainer.losses if trainer.history else np.array([np.nan])
+    tail = losses_[-max(1, len(losses_) // 10):]
+    clip = spec["clip"]
+    return dict(solved=bool(errors) and errors[-1] == 0.0, diverged=diverged, iters=trainer.step,
+                final_error=errors[-1] if errors else 1.0, best_error=min([1.0] + errors),
                 final_train_loss=float(np.mean(tail)), grad_norm_median=float(np.median(norms)),
-                grad_norm_max=float(np.max(norms)), clipped_fraction=float(np.mean(norms > spec["clip"])),
+                grad_norm_max=float(np.max(norms)), clipped_fraction=float(np.mean(norms > clip)),
                 seconds=time.time() - t0)
 
 
@@ -230,9 +239,14 @@ def run(p: Protocol, out, *, workers=2, scheduler=None, tasks=None, progress=Tru
     return res
 
 
+def with_seed_offset(p: Protocol, offset: int) -> Protocol:
+    """The protocol with its seeds shifted by ``offset`` (``--seed``): other trials, other ids in the table."""
+    return replace(p, seeds=tuple(offset + s for s in p.seeds)) if offset else p
+
+
 def main(args) -> dict:
     name = args.protocol or ("quick" if args.quick else "reduced")
     out = result_dir("pathological" if name in ("reduced", "quick") else f"pathological-{name}", name == "quick",
                      args.out)
-    return run(PROTOCOLS[name], out, workers=args.workers, scheduler=args.scheduler, tasks=args.tasks,
-               progress=not args.no_progress)
+    return run(with_seed_offset(PROTOCOLS[name], args.seed), out, workers=args.workers, scheduler=args.scheduler,
+               tasks=args.tasks, progress=not args.no_progress)

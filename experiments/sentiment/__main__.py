@@ -1,15 +1,19 @@
 """``python -m experiments.sentiment [--backend numpy|torch|both] [--preset full|quick] [options]``.
 
 Trains the IMDB sentiment RNN and writes ``results/sentiment/<run-name>/``: config.json, metrics.json,
-steps.csv, steps_/epochs_/result_<backend> files, predictions_<backend>.npy, curves.png, grad_norm.png.
-Exit status: 0 done, 1 training stopped on NaN/inf or a backend's process failed, 2 bad arguments or data.
+steps.csv, steps_/epochs_/result_<backend> files, predictions_<backend>.npy, checkpoint.npz (numpy),
+curves.png, grad_norm.png. The folder appears whole when the run has finished (an earlier run of the
+same name is replaced only with --overwrite, and only then). Exit status (scratch_rnn.cli): 0 done,
+1 stopped (non-finite values, divergence, a backend's process failed), 2 bad arguments or data (checked
+before training starts), 3 crashed.
 """
 from __future__ import annotations
 
 import argparse
 import json
 import sys
-from pathlib import Path
+
+from scratch_rnn.cli import BadInput, as_bad_input, output_dir, run_main
 
 from .train import BACKENDS, EMBEDDINGS, PRESETS, RESULTS_ROOT, SELECT, STOPWORDS, SentimentConfig
 
@@ -30,15 +34,15 @@ def parser() -> argparse.ArgumentParser:
         prog="python -m experiments.sentiment",
         description="Train the IMDB sentiment RNN (Embedding -> RNN -> pooling -> Linear) with the NumPy stack, "
                     "its torch twin, or both from the same initial weights and the same batches. Options left out "
-                    "take the preset's value, else the default shown. Exit status: 0 done, 1 stopped on NaN/inf "
-                    "or a backend's process failed, 2 bad arguments or data.",
+                    "take the preset's value, else the default shown. Exit status: 0 done, 1 stopped (non-finite "
+                    "values, divergence, a backend's process failed), 2 bad arguments or data, 3 crashed.",
         formatter_class=argparse.ArgumentDefaultsHelpFormatter, argument_default=argparse.SUPPRESS)
     p.add_argument("--backend", choices=BACKENDS, help=f"which implementation trains (default {d.backend})")
     p.add_argument("--preset", choices=sorted(PRESETS), default="full",
                    help="full: the reported run; quick: the reduced CI run (3,000 reviews, one epoch, 2,000 test)")
     p.add_argument("--run-name", default=None, help="result folder name (default: derived from the options)")
     p.add_argument("--out-root", default=str(RESULTS_ROOT), help="where run folders go")
-    p.add_argument("--overwrite", action="store_true", default=False, help="replace an existing run folder's results")
+    p.add_argument("--overwrite", action="store_true", default=False, help="replace an existing run folder (only once the new run has finished)")
     p.add_argument("--no-progress", action="store_true", default=False, help="no progress bars or epoch lines")
 
     g = p.add_argument_group("data and text pipeline")
@@ -101,38 +105,59 @@ def config_from_args(args: argparse.Namespace) -> SentimentConfig:
     return SentimentConfig(**values)
 
 
-def main(argv=None) -> int:
+def check_data(cfg: SentimentConfig):
+    """The source exists and holds the official train and test splits (read once, before any work)."""
+    from .data import load_imdb, split_frames
+
+    try:
+        df = load_imdb(cfg.data)
+        frames = split_frames(df)
+    except (FileNotFoundError, ValueError, OSError) as e:
+        raise BadInput(f"--data: {e}") from e
+    missing = [s for s in ("train", "test") if s not in frames]
+    if missing:
+        raise BadInput(f"--data: expected the official train and test splits in {df.attrs.get('source', cfg.data)!r}, "
+                       f"got only {sorted(frames)} (missing {missing})")
+    for name, size in (("train", cfg.train_size), ("test", cfg.test_size)):
+        if size is not None and size > len(frames[name]):
+            raise BadInput(f"--{name}-size: expected at most the {len(frames[name])} {name} reviews of the source, "
+                           f"got {size}")
+
+
+def _main(argv=None) -> int:
     p = parser()
     args = p.parse_args(argv)
-    try:
+    with as_bad_input():
         cfg = config_from_args(args)
-    except ValueError as e:
-        p.error(str(e))
     run_name = args.run_name or (("quick-" if args.preset == "quick" else "") + cfg.default_run_name())
-    if "/" in run_name or run_name in ("", ".", ".."):
-        p.error(f"--run-name: expected a plain folder name, got {run_name!r}")
-    out_dir = Path(args.out_root) / run_name
-    if (out_dir / "metrics.json").exists() and not args.overwrite:
-        p.error(f"{out_dir} already holds a run (metrics.json); pass --overwrite or another --run-name")
+    if "/" in run_name or run_name in ("", ".", "..") or run_name.startswith("."):
+        raise BadInput(f"--run-name: expected a plain folder name (not starting with '.'), got {run_name!r}")
+    out_root = output_dir("--out-root", args.out_root)
+    out_dir = out_root / run_name
+    if out_dir.exists() and not args.overwrite:
+        raise BadInput(f"--run-name: {out_dir} already holds a run; pass --overwrite (the old run is replaced only "
+                       "when the new one finishes) or another --run-name")
+    if cfg.embedding == "glove":
+        from .glove import GloveUnavailable, load_glove
 
-    from scratch_rnn.train import NonFiniteError
+        try:
+            load_glove()
+        except GloveUnavailable as e:
+            raise BadInput(f"--embedding glove: {e}") from e
+    check_data(cfg)
 
-    from .glove import GloveUnavailable
-    from .train import BackendFailed, run_experiment
+    from .train import run_experiment
 
     argv_used = list(sys.argv[1:] if argv is None else argv)
-    try:
-        metrics = run_experiment(cfg, out_dir, progress=not args.no_progress, argv=argv_used)
-    except (FileNotFoundError, GloveUnavailable, ValueError) as e:
-        print(f"error: {e}", file=sys.stderr)
-        return 2
-    except (NonFiniteError, BackendFailed) as e:
-        print(f"error: {e}", file=sys.stderr)
-        return 1
+    metrics = run_experiment(cfg, out_dir, progress=not args.no_progress, argv=argv_used, overwrite=args.overwrite)
     rows = [{k: r[k] for k in ("backend", "test_accuracy", "test_size", "train_size", "epochs", "selected_epoch",
                                "seconds", "peak_memory_mb")} for r in metrics["results"]]
     print(json.dumps({"run": str(out_dir), "results": rows, "comparison": metrics.get("comparison")}, indent=1))
     return 0
+
+
+def main(argv=None) -> int:
+    return run_main(_main, argv, prog="python -m experiments.sentiment")
 
 
 if __name__ == "__main__":

@@ -361,6 +361,27 @@ def split_frames(df: pd.DataFrame) -> dict[str, pd.DataFrame]:
     return {s: df[df["split"] == s].reset_index(drop=True) for s in SPLITS if (df["split"] == s).any()}
 
 
+def stratified_pick(labels, size, rng: np.random.Generator) -> np.ndarray:
+    """Positions of a stratified sample of ``labels``: the project's one stratified sampler.
+
+    ``size``: the total (split as evenly as possible over the labels, in sorted label order) or a
+    dict label -> count. For each label in sorted order, its rows are permuted by ``rng`` and the
+    first ``count`` taken. Returns the positions, label by label (sort them for the original order).
+    """
+    labels = np.asarray(labels)
+    classes = np.unique(labels)
+    if not isinstance(size, dict):
+        size = {lab: size // len(classes) + (1 if i < size % len(classes) else 0) for i, lab in enumerate(classes)}
+    picked = []
+    for lab in classes:
+        rows = np.flatnonzero(labels == lab)
+        k = size.get(lab, 0)
+        if k > len(rows):
+            raise ValueError(f"size: asked for {k} rows of label {lab}, but it has only {len(rows)}")
+        picked.append(rows[rng.permutation(len(rows))[:k]])
+    return np.concatenate(picked) if picked else np.zeros(0, dtype=np.int64)
+
+
 def random_split(df: pd.DataFrame, *, test_fraction: float = 0.5, seed: int = 0,
                  split_names: tuple[str, str] = ("train", "test"), only_missing: bool = True
                  ) -> pd.DataFrame:
@@ -372,17 +393,14 @@ def random_split(df: pd.DataFrame, *, test_fraction: float = 0.5, seed: int = 0,
     so its accuracy is a little optimistic.)
     """
     if not 0.0 < test_fraction < 1.0:
-        raise ValueError(f"test_fraction must be in (0, 1), not {test_fraction}")
+        raise ValueError(f"test_fraction: expected a number in (0, 1), got {test_fraction!r}")
     out = df.copy()
-    todo = np.ones(len(df), bool) if not only_missing else df["split"].isna().to_numpy()
-    rng = np.random.default_rng(seed)
+    todo = np.flatnonzero(np.ones(len(df), bool) if not only_missing else df["split"].isna().to_numpy())
     split = out["split"].to_numpy(dtype=object).copy()
-    labels = out["label"].to_numpy()
-    for lab in np.unique(labels[todo]):
-        rows = np.flatnonzero(todo & (labels == lab))
-        rows = rows[rng.permutation(len(rows))]
-        n_test = int(round(test_fraction * len(rows)))
-        split[rows[:n_test]] = split_names[1]
-        split[rows[n_test:]] = split_names[0]
+    labels = out["label"].to_numpy()[todo]
+    counts = {lab: int(round(test_fraction * np.sum(labels == lab))) for lab in np.unique(labels)}
+    test = todo[stratified_pick(labels, counts, np.random.default_rng(seed))]
+    split[todo] = split_names[0]
+    split[test] = split_names[1]
     out["split"] = pd.Series(split, index=out.index, dtype=object)
     return out

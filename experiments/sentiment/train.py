@@ -9,38 +9,58 @@ the 25,000 training reviews is held out (``data.random_split``) to choose the ep
 25,000 test reviews are scored once, at the end, with the chosen weights. The vocabulary is built
 from the remaining training reviews only (``text.prepare``).
 
-Both backends see the same batches in the same order: epoch e's bucketed batches come from
-``default_rng([seed, 1, e])`` and its token dropout (tokens replaced by ``<unk>``, a regularizer
-applied to the data, so identically for both) from ``default_rng([seed, 2, e])``.
-NumPy steps go through ``scratch_rnn.train.Trainer`` (loss, pre-clip gradient norm, clipping,
-non-finite guard); torch steps through ``torch.optim`` (``reference.training.torch_optimizer``,
-single-tensor as on CPU) and ``torch.nn.utils.clip_grad_norm_``, with the same hyperparameters.
+Both backends see the same batches in the same order (:class:`SentimentBatches`, the batch source):
+epoch e's bucketed batches come from ``default_rng([seed, 1, e])`` and its token dropout (tokens
+replaced by ``<unk>``, a regularizer applied to the data as a batch transform, so identically for
+both) from ``default_rng([seed, 2, e])``. Both are trained by the project's one loop:
+``scratch_rnn.train.Trainer`` for NumPy, its torch twin ``reference.training.TorchTrainer`` (torch.optim,
+autograd) for torch: the learning-rate schedule, the evaluation on the validation split after every
+epoch, the choice of the best epoch, patience, the non-finite and divergence guard are the Trainer's.
+The NumPy run also leaves its final checkpoint (``checkpoint.npz``: the chosen weights, the
+optimizer, the history) in the run folder.
 
 With ``backend="both"`` each backend runs in its own process (``isolate``), one after the other,
 so that each reports its own time and peak memory (``ru_maxrss``: the process's peak resident set
 size, data loading included; ``peak_memory_after_data_mb`` is the same high-water mark taken
-before the model is built).
+before the model is built). A child dies with its parent.
+
+The run folder is written whole or not at all: everything goes into a temporary folder beside it,
+which replaces the run folder only when the run has finished; a run that fails or stops leaves an
+earlier run of the same name as it was.
 """
 from __future__ import annotations
 
 import dataclasses
 import hashlib
 import json
-import math
 import os
 import platform
 import resource
+import shutil
 import sys
+import tempfile
 import time
 from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
 
+from scratch_rnn.checks import (
+    check_bool,
+    check_choice,
+    check_non_negative_float,
+    check_non_negative_int,
+    check_positive_float,
+    check_positive_int,
+    check_probability,
+)
+from scratch_rnn.cli import Stopped
+from scratch_rnn.fileio import atomic_write_text
+
 from .data import PROJECT_ROOT
 
 __all__ = ["SentimentConfig", "PRESETS", "BACKENDS", "STOPWORDS", "prepare_data", "build_initial_state",
-           "NumpyBackend", "TorchBackend", "run_backend", "run_experiment", "token_dropout", "RESULTS_ROOT"]
+           "SentimentBatches", "make_trainer", "run_backend", "run_experiment", "token_dropout", "RESULTS_ROOT"]
 
 BACKENDS = ("numpy", "torch", "both")
 STOPWORDS = ("remove", "keep-negations", "keep")
@@ -90,55 +110,40 @@ class SentimentConfig:
     isolate: bool = True                 # backend="both": each backend in its own process
 
     def __post_init__(self):
-        def choice(name, options):
-            if getattr(self, name) not in options:
-                raise ValueError(f"{name}: expected one of {list(options)}, got {getattr(self, name)!r}")
-
-        def pos_int(name, allow_none=False):
-            v = getattr(self, name)
-            if v is None and allow_none:
-                return
-            if isinstance(v, bool) or not isinstance(v, (int, np.integer)) or v < 1:
-                raise ValueError(f"{name}: expected a positive integer{' or None' if allow_none else ''}, got {v!r}")
-
-        choice("backend", BACKENDS)
-        choice("stopwords", STOPWORDS)
-        choice("embedding", EMBEDDINGS)
-        choice("select", SELECT)
-        choice("nonlinearity", ("tanh", "relu"))
-        choice("pooling", ("last", "mean", "max"))
-        choice("dtype", ("float32", "float64"))
-        choice("optimizer", ("sgd", "adam", "adamw", "adagrad", "rmsprop"))
+        for name, options in (("backend", BACKENDS), ("stopwords", STOPWORDS), ("embedding", EMBEDDINGS),
+                              ("select", SELECT), ("nonlinearity", ("tanh", "relu")),
+                              ("pooling", ("last", "mean", "max")), ("dtype", ("float32", "float64")),
+                              ("optimizer", ("sgd", "adam", "adamw", "adagrad", "rmsprop"))):
+            check_choice(name, getattr(self, name), options)
+        for name in ("bidirectional", "isolate"):
+            check_bool(name, getattr(self, name))
+        if self.data is not None and not isinstance(self.data, (str, os.PathLike)):
+            raise TypeError(f"data: expected a path or None, got {self.data!r}")
         for name in ("min_freq", "embedding_dim", "hidden_size", "num_layers", "batch_size", "epochs",
                      "eval_batch_size", "threads", "max_len"):
-            pos_int(name)
+            check_positive_int(name, getattr(self, name))
         for name in ("train_size", "test_size", "patience"):
-            pos_int(name, allow_none=True)
+            check_positive_int(name, getattr(self, name), allow_none=True)
+        check_non_negative_int("seed", self.seed)
         if self.max_vocab is not None and (isinstance(self.max_vocab, bool) or not isinstance(self.max_vocab, int)
                                            or self.max_vocab < 3):
             raise ValueError(f"max_vocab: counts <pad> and <unk>, expected an integer >= 3 or None (every token "
                              f"seen min_freq times), got {self.max_vocab!r}")
         if self.train_size is not None and self.train_size < 4:
             raise ValueError(f"train_size: expected at least 4 reviews, got {self.train_size}")
-        if not 0.0 <= self.valid_fraction < 1.0:
-            raise ValueError(f"valid_fraction: expected a number in [0, 1), got {self.valid_fraction!r}")
+        check_probability("valid_fraction", self.valid_fraction, below_one=True)
         if self.select == "best" and self.valid_fraction == 0:
             raise ValueError("select='best' chooses the epoch on the validation set: give valid_fraction > 0 "
                              "or select='last'")
         if self.patience is not None and self.valid_fraction == 0:
             raise ValueError("patience needs a validation set (valid_fraction > 0)")
         for name in ("dropout", "token_dropout"):
-            v = getattr(self, name)
-            if not 0.0 <= v < 1.0:
-                raise ValueError(f"{name}: expected a probability in [0, 1), got {v!r}")
-        if not (self.lr > 0 and math.isfinite(self.lr)):
-            raise ValueError(f"lr: expected a positive number, got {self.lr!r}")
-        if not 0 < self.lr_decay <= 1:
+            check_probability(name, getattr(self, name), below_one=True)
+        check_positive_float("lr", self.lr)
+        check_positive_float("clip_norm", self.clip_norm, allow_none=True)
+        check_non_negative_float("weight_decay", self.weight_decay)
+        if not check_positive_float("lr_decay", self.lr_decay) <= 1:
             raise ValueError(f"lr_decay: expected a number in (0, 1], got {self.lr_decay!r}")
-        if not self.weight_decay >= 0:
-            raise ValueError(f"weight_decay: expected a number >= 0, got {self.weight_decay!r}")
-        if self.clip_norm is not None and not self.clip_norm > 0:
-            raise ValueError(f"clip_norm: expected a positive number or None (no clipping), got {self.clip_norm!r}")
         if self.embedding == "glove" and self.embedding_dim != 50:
             raise ValueError(f"embedding_dim: the GloVe vectors are 50-d, so embedding='glove' needs "
                              f"embedding_dim=50, got {self.embedding_dim}")
@@ -165,12 +170,21 @@ class SentimentConfig:
             kw["weight_decay"] = self.weight_decay
         return kw
 
-    def train_config(self):
+    def train_config(self, *, progress: bool = False, checkpoint_dir=None, validation: bool | None = None):
+        """The Trainer's configuration: optimizer, clipping, epochs, schedule, selection, patience, guard.
+
+        ``validation``: whether a validation split is evaluated (default: valid_fraction > 0); without
+        one the last epoch is kept and there is no patience.
+        """
         from scratch_rnn.train import TrainConfig
 
+        validation = self.valid_fraction > 0 if validation is None else validation
         return TrainConfig(optimizer=self.optimizer, optimizer_kwargs=self.optimizer_kwargs(),
                            clip_norm=self.clip_norm, batch_size=self.batch_size, epochs=self.epochs,
-                           seed=self.seed, progress=False, on_nonfinite="stop")
+                           seed=self.seed, lr_decay=self.lr_decay, select=self.select if validation else "last",
+                           select_metric="valid_accuracy" if validation else None,
+                           patience=self.patience if validation else None, on_nonfinite="stop", progress=progress,
+                           checkpoint_dir=None if checkpoint_dir is None else str(checkpoint_dir))
 
     def default_run_name(self) -> str:
         parts = [self.embedding, self.stopwords, self.backend, f"seed{self.seed}"]
@@ -205,19 +219,6 @@ PRESETS = {
 # ------------------------------------------------------------------------------------------------
 # data
 # ------------------------------------------------------------------------------------------------
-def _stratified_rows(labels: np.ndarray, n: int, rng: np.random.Generator) -> np.ndarray:
-    """``n`` row positions, half of each label (as near as possible), in their original order."""
-    rows = []
-    classes = np.unique(labels)
-    for i, lab in enumerate(classes):
-        pool = np.flatnonzero(labels == lab)
-        k = n // len(classes) + (1 if i < n % len(classes) else 0)
-        if k > len(pool):
-            raise ValueError(f"asked for {n} reviews, but label {lab} has only {len(pool)}")
-        rows.append(rng.choice(pool, size=k, replace=False))
-    return np.sort(np.concatenate(rows))
-
-
 def prepare_data(cfg: SentimentConfig, *, progress: bool = True, df=None):
     """(PreparedData with splits train / valid (when valid_fraction > 0) / test, info dict).
 
@@ -226,7 +227,7 @@ def prepare_data(cfg: SentimentConfig, *, progress: bool = True, df=None):
     """
     import pandas as pd
 
-    from .data import load_imdb, random_split, split_frames
+    from .data import load_imdb, random_split, split_frames, stratified_pick
     from .text import prepare
 
     if df is None:
@@ -239,7 +240,7 @@ def prepare_data(cfg: SentimentConfig, *, progress: bool = True, df=None):
     for name, size in (("train", cfg.train_size), ("test", cfg.test_size)):
         rows = np.flatnonzero(split == name)
         if size is not None and size < len(rows):
-            rows = rows[_stratified_rows(labels[rows], size, rng)]
+            rows = np.sort(rows[stratified_pick(labels[rows], size, rng)])
         keep[rows] = True
     if cfg.valid_fraction > 0:
         train_rows = np.flatnonzero(keep & (split == "train"))
@@ -267,12 +268,31 @@ def token_dropout(x: np.ndarray, lengths: np.ndarray, p: float, rng: np.random.G
     return out
 
 
-def epoch_batches(split, cfg: SentimentConfig, epoch: int):
-    """Epoch ``epoch``'s training batches (x, lengths, y), token dropout applied: the same for both backends."""
-    order_rng = np.random.default_rng([cfg.seed, 1, epoch])
-    drop_rng = np.random.default_rng([cfg.seed, 2, epoch])
-    for x, lengths, y in split.batches(cfg.batch_size, order_rng):
-        yield token_dropout(x, lengths, cfg.token_dropout, drop_rng), lengths, y
+class SentimentBatches:
+    """The training reviews as the Trainer's batch source: epoch e (0-based) is the experiment's epoch e + 1.
+
+    Batches (x, y, lengths): length-bucketed from ``default_rng([seed, 1, e + 1])``, token dropout
+    from ``default_rng([seed, 2, e + 1])``; the same for both backends and every time they are asked for.
+    """
+
+    def __init__(self, split, cfg: SentimentConfig):
+        self.split, self.cfg = split, cfg
+
+    def num_batches(self, epoch: int) -> int:
+        return -(-len(self.split) // self.cfg.batch_size)
+
+    def batches(self, epoch: int):
+        cfg = self.cfg
+        order_rng = np.random.default_rng([cfg.seed, 1, epoch + 1])
+        drop_rng = np.random.default_rng([cfg.seed, 2, epoch + 1])
+        for x, y, lengths in self.split.batches(cfg.batch_size, order_rng):
+            yield token_dropout(x, lengths, cfg.token_dropout, drop_rng), y, lengths
+
+    def fingerprint(self) -> str:
+        from scratch_rnn.train import array_fingerprint
+
+        s = self.split
+        return array_fingerprint(np.concatenate(s.ids) if len(s.ids) else np.zeros(0, np.int64), s.lengths, s.labels)
 
 
 def build_initial_state(cfg: SentimentConfig, vocab) -> tuple[dict, dict]:
@@ -303,119 +323,63 @@ def state_checksum(state) -> str:
 
 
 # ------------------------------------------------------------------------------------------------
-# the two backends: one interface
+# the two backends: one loop (scratch_rnn.train.Trainer and its torch twin)
 # ------------------------------------------------------------------------------------------------
-class NumpyBackend:
-    """The scratch model trained by ``scratch_rnn.train.Trainer`` one batch at a time."""
-
-    name = "numpy"
-
-    def __init__(self, cfg: SentimentConfig, model_config, state: dict):
-        from scratch_rnn.models import SequenceModel
-        from scratch_rnn.train import Trainer
-
-        class _Model(SequenceModel):  # keeps the logits of the last forward, for the training accuracy
-            last_out = None
-
-            def forward(self, x, lengths=None, h0=None):
-                out, h_n = super().forward(x, lengths, h0)
-                self.last_out = out
-                return out, h_n
-
-        self.model = _Model(model_config)
-        self.model.load_state_dict(state)
-        self.trainer = Trainer(self.model, cfg.train_config())
-
-    def train_batch(self, x, y, lengths):
-        rec = self.trainer.train_batch(x, y, lengths)[0]
-        return rec.loss, rec.grad_norm, self.model.last_out
-
-    def logits(self, x, lengths) -> np.ndarray:
-        return self.model(x, lengths)[0]
-
-    def set_lr(self, lr: float) -> None:
-        self.trainer.optimizer.lr = lr
-
-    def train(self, mode=True):
-        self.model.train(mode)
-
-    def state(self) -> dict:
-        return self.model.state_dict()
-
-    def load(self, state) -> None:
-        self.model.load_state_dict(state)
-
-
-class TorchBackend:
-    """The torch twin with torch.optim; the same hyperparameters, clipping and dropout masks."""
-
-    name = "torch"
-
-    def __init__(self, cfg: SentimentConfig, model_config, state: dict, dropout_rng_state=None):
-        import torch
-
-        from reference.models import TorchSequenceModel
-        from reference.training import torch_optimizer
-
-        self.torch = torch
-        self.cfg, self.mc = cfg, model_config
-        self.dtype = torch.float32 if cfg.dtype == "float32" else torch.float64
-        self.model = TorchSequenceModel(model_config, self.dtype)
-        self.load(state)
-        self.params = list(self.model.parameters())
-        self.opt = torch_optimizer(cfg.optimizer, self.params, **cfg.optimizer_kwargs())
-        self.rng = np.random.default_rng()
-        if dropout_rng_state is not None:  # the scratch model's generator: the same dropout masks
-            self.rng.bit_generator.state = dropout_rng_state
-        self.step = 0
-
-    def train_batch(self, x, y, lengths):
-        from reference.models import draw_dropout_masks
-        from reference.training import total_norm
-        from scratch_rnn.train import NonFiniteError
-
-        torch = self.torch
-        self.opt.zero_grad()
-        masks = draw_dropout_masks(self.rng, self.mc, x.shape[1], x.shape[0], self.model.training)
-        out, _ = self.model(torch.from_numpy(np.ascontiguousarray(x)), lengths, None, masks)
-        loss = self.model.loss(out, torch.from_numpy(np.asarray(y, dtype=np.int64)))
-        loss.backward()
-        if self.cfg.clip_norm is not None:
-            norm = float(torch.nn.utils.clip_grad_norm_(self.params, self.cfg.clip_norm))
-        else:
-            norm = total_norm(self.params)
-        self.step += 1
-        if not (math.isfinite(loss.item()) and math.isfinite(norm)):
-            raise NonFiniteError(self.step, f"torch: loss {loss.item()}, gradient norm {norm}", None, None, None, None)
-        self.opt.step()
-        return loss.item(), norm, out.detach().numpy()
-
-    def set_lr(self, lr: float) -> None:
-        for group in self.opt.param_groups:
-            group["lr"] = lr
-
-    def logits(self, x, lengths) -> np.ndarray:
-        with self.torch.no_grad():
-            return self.model(self.torch.from_numpy(np.ascontiguousarray(x)), lengths)[0].numpy()
-
-    def train(self, mode=True):
-        self.model.train(mode)
-
-    def state(self) -> dict:
-        return {k: v.detach().numpy().copy() for k, v in self.model.state_dict().items()}
-
-    def load(self, state) -> None:
-        torch = self.torch
-        self.model.load_state_dict({k: torch.from_numpy(np.array(v)).to(self.dtype) for k, v in state.items()})
-
-
-def make_backend(name: str, cfg: SentimentConfig, model_config, state: dict):
+def make_model(name: str, model_config, state: dict):
+    """The NumPy SequenceModel or its torch twin, holding ``state``."""
     if name == "numpy":
-        return NumpyBackend(cfg, model_config, state)
+        from scratch_rnn.models import SequenceModel
+
+        model = SequenceModel(model_config)
+        model.load_state_dict(state)
+        return model
+    import torch
+
+    from reference.training import twin_from_state
+
+    dtype = torch.float32 if model_config.dtype == "float32" else torch.float64
+    return twin_from_state(model_config, state, dtype)
+
+
+def logits_fn(name: str, model):
+    """(x, lengths) -> logits (B, 2) as NumPy, in eval mode (the caller sets it)."""
+    if name == "numpy":
+        return lambda x, lengths: model(x, lengths=lengths)[0]
+    import torch
+
+    def torch_logits(x, lengths):
+        with torch.no_grad():
+            return model(torch.from_numpy(np.ascontiguousarray(x)), lengths=lengths)[0].numpy()
+    return torch_logits
+
+
+def make_trainer(name: str, cfg: SentimentConfig, model_config, state: dict, *, valid=None, progress=False,
+                 checkpoint_dir=None):
+    """The Trainer (numpy) or TorchTrainer (torch) of one backend, from the same initial ``state``.
+
+    With a validation split, ``evaluate`` scores it after every epoch (valid_loss, valid_accuracy).
+    The torch twin draws its dropout masks from a generator in the scratch model's initial state.
+    """
     from scratch_rnn.models import SequenceModel
 
+    model = make_model(name, model_config, state)
+    logits = logits_fn(name, model)
+
+    def evaluate_valid(m):
+        ev = evaluate(m, logits, valid, cfg.eval_batch_size)
+        return {"valid_loss": ev["loss"], "valid_accuracy": ev["accuracy"]}
+
+    hooks = dict(evaluate=evaluate_valid if valid is not None else None)
+    if name == "numpy":
+        from scratch_rnn.train import Trainer
+
+        return Trainer(model, cfg.train_config(progress=progress, checkpoint_dir=checkpoint_dir,
+                                               validation=valid is not None), **hooks)
+    from reference.training import TorchTrainer
+
     rng_state = SequenceModel(model_config).rng.bit_generator.state  # the scratch model's dropout generator
-    return TorchBackend(cfg, model_config, state, rng_state)
+    return TorchTrainer(model, cfg.train_config(progress=progress, validation=valid is not None),
+                        dropout_rng_state=rng_state, **hooks)
 
 
 def set_threads(backend: str, n: int):
@@ -435,7 +399,7 @@ def set_threads(backend: str, n: int):
 
 
 # ------------------------------------------------------------------------------------------------
-# training and evaluation
+# evaluation
 # ------------------------------------------------------------------------------------------------
 def _ce_and_correct(logits: np.ndarray, y: np.ndarray) -> tuple[float, int]:
     z = np.asarray(logits, dtype=np.float64)
@@ -444,38 +408,29 @@ def _ce_and_correct(logits: np.ndarray, y: np.ndarray) -> tuple[float, int]:
     return float(-logp[np.arange(len(y)), y].sum()), int((z.argmax(axis=1) == y).sum())
 
 
-def evaluate(backend, split, batch_size: int, *, return_predictions: bool = False):
-    """Mean cross-entropy and accuracy of ``backend`` on ``split`` (eval mode), optionally predictions."""
-    backend.train(False)
+def evaluate(model, logits, split, batch_size: int, *, return_predictions: bool = False):
+    """Mean cross-entropy and accuracy on ``split`` in eval mode (``logits(x, lengths)``), optionally predictions."""
+    model.train(False)
     total_loss, correct = 0.0, 0
     preds = np.empty(len(split), dtype=np.int8) if return_predictions else None
     # bucketed for little padding; the order does not matter, predictions go back by position
-    idx_split = _IndexedSplit(split)
-    for x, lengths, packed in idx_split.batches(batch_size):
-        y, pos = packed[:, 0], packed[:, 1]
-        logits = backend.logits(x, lengths)
-        loss, ok = _ce_and_correct(logits, y)
-        total_loss += loss
-        correct += ok
-        if preds is not None:
-            preds[pos] = np.argmax(logits, axis=1)
-    backend.train(True)
+    s = split
+    packed = np.stack([s.labels, np.arange(len(s))], axis=1)
+    from .text import iterate_batches
+
+    try:
+        for x, packed_b, lengths in iterate_batches(s.ids, s.lengths, packed, batch_size, np.random.default_rng(0)):
+            y, pos = packed_b[:, 0], packed_b[:, 1]
+            z = logits(x, lengths)
+            loss, ok = _ce_and_correct(z, y)
+            total_loss += loss
+            correct += ok
+            if preds is not None:
+                preds[pos] = np.argmax(z, axis=1)
+    finally:
+        model.train(True)
     n = len(split)
     return {"loss": total_loss / n, "accuracy": correct / n, "predictions": preds}
-
-
-class _IndexedSplit:
-    """Batches of a split carrying each review's label and position (for predictions)."""
-
-    def __init__(self, split):
-        self.split = split
-
-    def batches(self, batch_size):
-        from .text import iterate_batches
-
-        s = self.split
-        packed = np.stack([s.labels, np.arange(len(s))], axis=1)
-        return iterate_batches(s.ids, s.lengths, packed, batch_size, np.random.default_rng(0))
 
 
 def _rss_mb() -> float:
@@ -495,10 +450,10 @@ def run_backend(cfg: SentimentConfig, backend_name: str, out_dir: str | os.PathL
 
     Files in ``out_dir``: ``steps_<backend>.csv`` (step, epoch, loss, grad_norm: the pre-clip global
     L2 norm), ``epochs_<backend>.csv``, ``predictions_<backend>.npy`` (test predictions, in the
-    order of the test split) and ``result_<backend>.json`` (the metrics entry).
+    order of the test split), ``result_<backend>.json`` (the metrics entry) and, for numpy,
+    ``checkpoint.npz`` (the chosen weights, optimizer and history).
     """
     import pandas as pd
-    from tqdm.auto import tqdm
 
     out_dir = Path(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
@@ -507,71 +462,29 @@ def run_backend(cfg: SentimentConfig, backend_name: str, out_dir: str | os.PathL
     if backend_name == "torch" and cfg.dtype == "float32":
         import torch
 
-        torch.set_flush_denormal(True)  # scratch_rnn flushes tiny float32 gradients too (rnn.FLUSH_BELOW)
+        torch.set_flush_denormal(True)  # scratch_rnn flushes tiny float32 gradients too (RNN.flush_below)
     if data is None:
         data, data_info = prepare_data(cfg, progress=progress)
     t_data = time.perf_counter() - t_start
     rss_data = _rss_mb()
     state, init_info = build_initial_state(cfg, data.vocab)
     mc = cfg.model_config(len(data.vocab))
-    backend = make_backend(backend_name, cfg, mc, state)
     train, valid, test = data["train"], data.splits.get("valid"), data["test"]
-    n_batches = -(-len(train) // cfg.batch_size)
-
-    steps, epochs = [], []
-    best = (-1.0, 0, None)  # (valid accuracy, epoch, state)
-    t_train = t_eval = 0.0
-    step = 0
-    stale = 0
-    for epoch in range(1, cfg.epochs + 1):
-        t0 = time.perf_counter()
-        backend.set_lr(cfg.lr * cfg.lr_decay ** (epoch - 1))
-        loss_sum, correct, seen = 0.0, 0, 0
-        with tqdm(total=n_batches, desc=f"{backend_name} epoch {epoch}/{cfg.epochs}", unit="batch",
-                  disable=not progress, leave=False, file=sys.stderr, mininterval=0.5) as bar:
-            for x, lengths, y in epoch_batches(train, cfg, epoch):
-                loss, norm, logits = backend.train_batch(x, y, lengths)
-                step += 1
-                steps.append((step, epoch, loss, norm))
-                loss_sum += loss * len(y)
-                correct += int((np.argmax(logits, axis=1) == y).sum())
-                seen += len(y)
-                bar.update(1)
-                bar.set_postfix(loss=f"{loss_sum / seen:.4f}", acc=f"{correct / seen:.4f}")
-        t_train += time.perf_counter() - t0
-        row = {"epoch": epoch, "step": step, "train_loss": loss_sum / seen, "train_accuracy": correct / seen,
-               "seconds": time.perf_counter() - t0}
-        if valid is not None:
-            t0 = time.perf_counter()
-            ev = evaluate(backend, valid, cfg.eval_batch_size)
-            t_eval += time.perf_counter() - t0
-            row.update(valid_loss=ev["loss"], valid_accuracy=ev["accuracy"])
-            if ev["accuracy"] > best[0]:
-                best, stale = (ev["accuracy"], epoch, backend.state() if cfg.select == "best" else None), 0
-            else:
-                stale += 1
-        epochs.append(row)
-        msg = (f"[{backend_name}] epoch {epoch}: train loss {row['train_loss']:.4f} acc {row['train_accuracy']:.4f}"
-               + (f", valid loss {row['valid_loss']:.4f} acc {row['valid_accuracy']:.4f}" if valid is not None else "")
-               + f" ({row['seconds']:.0f} s)")
-        if progress:
-            tqdm.write(msg, file=sys.stderr)
-        if cfg.patience is not None and stale >= cfg.patience:
-            if progress:
-                tqdm.write(f"[{backend_name}] no better validation accuracy for {stale} epochs: stopping",
-                           file=sys.stderr)
-            break
-
-    selected = epochs[-1]["epoch"]
-    if cfg.select == "best":
-        selected = best[1]
-        backend.load(best[2])
+    trainer = make_trainer(backend_name, cfg, mc, state, valid=valid, progress=progress,
+                           checkpoint_dir=out_dir if backend_name == "numpy" else None)
+    if progress:
+        print(f"[{backend_name}] training: {len(train)} reviews, {cfg.epochs} epoch(s)", file=sys.stderr)
+    trainer.fit(SentimentBatches(train, cfg))
+    epochs = trainer.epochs
+    selected = trainer.selected_epoch
     t0 = time.perf_counter()
-    ev = evaluate(backend, test, cfg.eval_batch_size, return_predictions=True)
-    t_eval += time.perf_counter() - t0
+    ev = evaluate(trainer.model, logits_fn(backend_name, trainer.model), test, cfg.eval_batch_size,
+                  return_predictions=True)
+    t_test = time.perf_counter() - t0
     seconds = time.perf_counter() - t_start
     sel_row = epochs[selected - 1]
 
+    steps = [(r.step, r.epoch, r.loss, r.grad_norm) for r in trainer.history]
     pd.DataFrame(steps, columns=["step", "epoch", "loss", "grad_norm"]).to_csv(
         out_dir / f"steps_{backend_name}.csv", index=False)
     pd.DataFrame(epochs).to_csv(out_dir / f"epochs_{backend_name}.csv", index=False)
@@ -586,11 +499,12 @@ def run_backend(cfg: SentimentConfig, backend_name: str, out_dir: str | os.PathL
         "valid_accuracy": sel_row.get("valid_accuracy"),
         "epochs": len(epochs),
         "selected_epoch": selected,
-        "steps": step,
+        "stopped_early": trainer.stop_reason,
+        "steps": trainer.step,
         "seconds": seconds,
         "seconds_data": t_data,
-        "seconds_train": t_train,
-        "seconds_eval": t_eval,
+        "seconds_train": sum(r["seconds"] for r in epochs),
+        "seconds_eval": sum(r.get("eval_seconds", 0.0) for r in epochs) + t_test,
         "cpu_seconds": _cpu_seconds() - cpu_start,
         "peak_memory_mb": _rss_mb(),
         "peak_memory_after_data_mb": rss_data,
@@ -601,7 +515,7 @@ def run_backend(cfg: SentimentConfig, backend_name: str, out_dir: str | os.PathL
         **init_info,
         "data": data_info,
     }
-    (out_dir / f"result_{backend_name}.json").write_text(json.dumps(entry, indent=1, default=_json_default))
+    atomic_write_text(out_dir / f"result_{backend_name}.json", json.dumps(entry, indent=1, default=_json_default))
     return entry
 
 
@@ -627,27 +541,70 @@ def _json_default(o):
 
 
 def _child(cfg_dict: dict, backend_name: str, out_dir: str, progress: bool) -> None:
-    """Entry point of a backend's own process (spawned): results go to out_dir's files."""
+    """Entry point of a backend's own process (spawned): results go to out_dir's files; dies with its parent."""
+    from experiments.process import die_with_parent
+
+    die_with_parent()
     run_backend(SentimentConfig.from_dict(cfg_dict), backend_name, out_dir, progress=progress)
 
 
-class BackendFailed(RuntimeError):
-    pass
+class BackendFailed(Stopped):
+    """A backend's own process failed (exit 1)."""
 
 
 def run_experiment(cfg: SentimentConfig, out_dir: str | os.PathLike, *, progress: bool = True,
-                   argv: list[str] | None = None) -> dict:
+                   argv: list[str] | None = None, overwrite: bool = False) -> dict:
     """Run ``cfg.backend`` (one or both, in order numpy then torch), then write config.json,
-    metrics.json, steps.csv (both backends side by side) and the plots. Returns the metrics."""
+    metrics.json, steps.csv (both backends side by side) and the plots. Returns the metrics.
+
+    Everything is written into a temporary folder beside ``out_dir`` that replaces ``out_dir`` only
+    once the run has finished (an existing ``out_dir`` needs ``overwrite``); a run that fails
+    removes its temporary folder and leaves ``out_dir`` as it was.
+    """
+    out_dir = Path(out_dir)
+    if out_dir.exists() and not overwrite:
+        raise FileExistsError(f"{out_dir} already exists; pass overwrite=True (--overwrite) or another run name")
+    out_dir.parent.mkdir(parents=True, exist_ok=True)
+    for stale in out_dir.parent.glob(f".{out_dir.name}.partial-*"):  # left by a killed run
+        shutil.rmtree(stale, ignore_errors=True)
+    work = Path(tempfile.mkdtemp(prefix=f".{out_dir.name}.partial-", dir=out_dir.parent))
+    try:
+        metrics = _run_into(cfg, work, progress=progress, argv=argv)
+        metrics["run"] = out_dir.name
+        atomic_write_text(work / "metrics.json", json.dumps(metrics, indent=1, default=_json_default))
+        _replace_dir(work, out_dir)
+    except BaseException:
+        shutil.rmtree(work, ignore_errors=True)
+        raise
+    return metrics
+
+
+def _replace_dir(new: Path, target: Path) -> None:
+    """Put the finished folder ``new`` in place of ``target`` (an old ``target`` is moved aside, then removed)."""
+    os.chmod(new, 0o777 & ~_umask())  # mkdtemp makes 0700 folders
+    old = None
+    if target.exists():
+        old = target.with_name(f".{target.name}.old-{os.getpid()}")
+        os.replace(target, old)
+    os.replace(new, target)
+    if old is not None:
+        shutil.rmtree(old, ignore_errors=True)
+
+
+def _umask() -> int:
+    mask = os.umask(0)
+    os.umask(mask)
+    return mask
+
+
+def _run_into(cfg: SentimentConfig, out_dir: Path, *, progress: bool, argv) -> dict:
     from . import report
 
-    out_dir = Path(out_dir)
-    out_dir.mkdir(parents=True, exist_ok=True)
     backends = ["numpy", "torch"] if cfg.backend == "both" else [cfg.backend]
     config = {"sentiment": cfg.to_dict(), "text": dataclasses.asdict(cfg.text_config()),
               "train": cfg.train_config().to_dict(), "command": argv,
               "backends": backends, "isolated_processes": cfg.backend == "both" and cfg.isolate}
-    (out_dir / "config.json").write_text(json.dumps(config, indent=1, default=_json_default))
+    atomic_write_text(out_dir / "config.json", json.dumps(config, indent=1, default=_json_default))
     entries = []
     if len(backends) > 1 and cfg.isolate:
         import multiprocessing as mp
@@ -656,7 +613,12 @@ def run_experiment(cfg: SentimentConfig, out_dir: str | os.PathLike, *, progress
         for b in backends:
             p = ctx.Process(target=_child, args=(cfg.to_dict(), b, str(out_dir), progress), name=f"sentiment-{b}")
             p.start()
-            p.join()
+            try:
+                p.join()
+            finally:
+                if p.is_alive():  # interrupted while waiting: the child goes too
+                    p.kill()
+                    p.join()
             if p.exitcode != 0:
                 raise BackendFailed(f"the {b} backend's process exited with status {p.exitcode} (see its messages "
                                     "above)")
@@ -671,7 +633,6 @@ def run_experiment(cfg: SentimentConfig, out_dir: str | os.PathLike, *, progress
     metrics = {"run": out_dir.name, "results": entries}
     if len(entries) == 2:
         metrics["comparison"] = report.compare(out_dir, entries)
-    (out_dir / "metrics.json").write_text(json.dumps(metrics, indent=1, default=_json_default))
     report.write_steps_table(out_dir, backends)
     report.plot_curves(out_dir, backends)
     report.plot_grad_norms(out_dir, backends, cfg.clip_norm)
