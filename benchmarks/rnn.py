@@ -4,8 +4,13 @@
 
 (``env -u`` matters only where those variables are set: they pin an older OpenBLAS kernel; the
 report names the kernel that actually ran.) Options: ``--threads 1 2``, ``--dtypes float32 float64``,
-``--rounds``/``--reps`` (timing blocks), ``--quick`` (a smoke run), ``--no-memory``,
-``--json PATH`` (default ``results/bench_rnn.json``; ``results/`` is git-ignored).
+``--rounds``/``--reps`` (timing blocks), ``--cases NAME...`` (a part of the grid), ``--quick`` (a smoke
+run), ``--no-memory``, ``--json PATH`` (default: a new ``results/bench_rnn-<date>-<time>.json`` each run,
+never an earlier one; ``results/`` is git-ignored; an existing ``--json PATH`` is refused unless
+``--overwrite``), ``--markdown JSON`` (reprint an earlier run's tables).
+
+Exit codes (scratch_rnn.cli): 0 done, 2 bad input (every option, the case names and the ``--json``
+path are checked before anything is timed; the message names the option), 3 crashed, 130 interrupted.
 
 What is measured, for each (B, T, I, H) of the grid, dtype and thread count:
 - the median wall time of one forward+backward (single layer, tanh, h0 = 0, the input's gradient
@@ -53,7 +58,13 @@ from pathlib import Path
 
 import numpy as np
 
+from scratch_rnn.checks import check_positive_int
+from scratch_rnn.cli import BadInput, as_bad_input, input_file, output_file, run_main
+from scratch_rnn.fileio import atomic_write_text
+
 ROOT = Path(__file__).resolve().parents[1]
+RESULTS = ROOT / "results"
+PROG = "python -m benchmarks.rnn"
 
 
 @dataclass(frozen=True)
@@ -136,16 +147,15 @@ def torch_step(twin, x, g):
     return run
 
 
-def flush_off(fn, module):
-    """``fn`` with scratch_rnn's float32 subnormal flush disabled during the call."""
+def flush_off(fn, model):
+    """``fn`` with ``model``'s subnormal flush disabled during the call (``model.flush_below = 0.0``)."""
     def run():
-        key = np.dtype(np.float32)
-        saved = module.FLUSH_BELOW[key]
-        module.FLUSH_BELOW[key] = 0.0
+        saved = model.flush_below
+        model.flush_below = 0.0
         try:
             fn()
         finally:
-            module.FLUSH_BELOW[key] = saved
+            model.flush_below = saved
     return run
 
 
@@ -259,7 +269,7 @@ def memory_child(lib: str, dtype: str, case: Case, threads: int) -> dict:
     res = dict(lib=lib, rss_before_kb=rss0, hwm_kb=peak, peak_rise_mb=(peak - rss0) / 1024, hwm_reset=exact)
     if lib == "numpy":
         import tracemalloc
-        model._cache, model._delta, model.hidden_grads = None, None, None  # drop the first call's buffers
+        model.release_buffers()  # drop the first call's cached forward and work buffers
         gc.collect()
         tracemalloc.start()  # counts numpy's buffers as numpy allocates them
         run()
@@ -349,12 +359,8 @@ def run(args) -> dict:
     import torch
     from threadpoolctl import threadpool_limits
 
-    import scratch_rnn.rnn as scratch_rnn_module
-
-    grid = QUICK_GRID if args.quick else GRID
+    grid = select_grid(args.quick, args.cases)
     peak_n, pause = (QUICK_PEAK_N, QUICK_PAUSE_S) if args.quick else (PEAK_N, PAUSE_S)
-    if args.cases:
-        grid = tuple(c for c in grid if c.name in args.cases)
     info = machine_info()
     report = dict(machine=info, command=" ".join([Path(sys.executable).name, "-m", "benchmarks.rnn"] + sys.argv[1:]),
                   started=time.strftime("%Y-%m-%d %H:%M:%S"), load_at_start=load(), flops_formula="6*T*B*H*(I+H)",
@@ -383,7 +389,7 @@ def run(args) -> dict:
                     twin = make_torch(model, dtype)
                     fns = {"scratch": scratch_step(model, x, g), "torch": torch_step(twin, x, g)}
                     if case.loss == "last" and dtype == "float32":
-                        fns["scratch_flush_off"] = flush_off(fns["scratch"], scratch_rnn_module)
+                        fns["scratch_flush_off"] = flush_off(fns["scratch"], model)
                     fns.update(peak)  # the peak, timed among the case's own blocks: the machine drifts
                     reps = {k: (1 if k.endswith("gemm") else args.reps) for k in fns}
                     load0 = load()
@@ -485,17 +491,75 @@ def markdown(report: dict) -> str:
     return "\n".join(lines)
 
 
-def main(argv=None) -> int:
-    p = argparse.ArgumentParser(prog="python -m benchmarks.rnn", description=__doc__.split("\n")[0])
+def select_grid(quick: bool, names=None) -> tuple:
+    """The grid (``--quick``'s or the full one), restricted to ``names`` in the grid's order."""
+    grid = QUICK_GRID if quick else GRID
+    if not names:
+        return grid
+    known = [c.name for c in grid]
+    unknown = [n for n in names if n not in known]
+    if unknown:
+        raise BadInput(f"--cases: expected names among {known}{' (the --quick grid)' if quick else ''}, "
+                       f"got {unknown}")
+    return tuple(c for c in grid if c.name in names)
+
+
+def default_json_path(results: Path = RESULTS, now: float | None = None) -> Path:
+    """``results/bench_rnn-<date>-<time>.json`` that does not exist yet (``-2``, ``-3``... if taken)."""
+    stem = "bench_rnn-" + time.strftime("%Y%m%d-%H%M%S", time.localtime(now))
+    path, k = Path(results) / f"{stem}.json", 1
+    while path.exists():
+        k += 1
+        path = Path(results) / f"{stem}-{k}.json"
+    return path
+
+
+def check_args(args) -> Path:
+    """Every option, before anything is timed; returns the path the report will be written to."""
+    with as_bad_input():
+        for t in args.threads:
+            check_positive_int("--threads", t)
+        check_positive_int("--rounds", args.rounds)
+        check_positive_int("--reps", args.reps)
+    select_grid(args.quick, args.cases)
+    if args.json is None:
+        path = default_json_path()
+        output_file(f"--json (default {path})", path)
+        return path
+    path = output_file("--json", args.json)
+    if path.exists() and not args.overwrite:
+        raise BadInput(f"--json: expected a new file, got {args.json!r}, which exists (an earlier run?); "
+                       "pass --overwrite to replace it, or omit --json for a new time-stamped file")
+    return path
+
+
+def read_report(path) -> dict:
+    """An earlier run's JSON (for ``--markdown``), with a message naming the file when it is not one."""
+    path = input_file("--markdown", path)
+    try:
+        report = json.loads(path.read_text())
+        if not isinstance(report, dict) or not isinstance(report.get("rows"), list) or "summary" not in report:
+            raise ValueError("no 'rows' list or no 'summary'")
+    except (ValueError, UnicodeDecodeError) as exc:  # JSONDecodeError is a ValueError
+        raise BadInput(f"--markdown: expected the JSON file of an earlier benchmark run, got {str(path)!r} "
+                       f"({exc})") from exc
+    return report
+
+
+def _main(argv=None) -> int:
+    p = argparse.ArgumentParser(prog=PROG, description=__doc__.split("\n")[0])
     p.add_argument("--threads", type=int, nargs="+", default=[1, 2])
     p.add_argument("--dtypes", nargs="+", default=["float32", "float64"], choices=["float32", "float64"])
     p.add_argument("--rounds", type=int, default=6, help="timing blocks per library and case")
     p.add_argument("--reps", type=int, default=2, help="timed calls per block (after a discarded warm-up)")
     p.add_argument("--quick", action="store_true",
                    help="a smoke run: small grid, 256² peak product, short pauses (not a measurement)")
-    p.add_argument("--cases", nargs="+", help="only these cases of the grid, by name")
+    p.add_argument("--cases", nargs="+", help=f"only these cases of the grid, by name ({[c.name for c in GRID]}; "
+                                              f"--quick: {[c.name for c in QUICK_GRID]})")
     p.add_argument("--no-memory", dest="memory", action="store_false")
-    p.add_argument("--json", default=str(ROOT / "results" / "bench_rnn.json"))
+    p.add_argument("--json", default=None, metavar="PATH",
+                   help="where to write the report (default: a new results/bench_rnn-<date>-<time>.json)")
+    p.add_argument("--overwrite", action="store_true", help="let --json replace an existing file")
     p.add_argument("--markdown", metavar="JSON", help="print the tables of an earlier run's JSON and exit")
     p.add_argument("--memory-child", nargs=4, metavar=("LIB", "DTYPE", "CASE", "THREADS"), help=argparse.SUPPRESS)
     args = p.parse_args(argv)
@@ -504,16 +568,22 @@ def main(argv=None) -> int:
         print(json.dumps(memory_child(lib, dtype, Case(**json.loads(case)), int(threads))))
         return 0
     if args.markdown:
-        print(markdown(json.loads(Path(args.markdown).read_text())))
+        print(markdown(read_report(args.markdown)))
         return 0
+    path = check_args(args)
+    print(f"the report will be written to {path}", flush=True)
     report = run(args)
     print("\n" + markdown(report))
     print("\nsummary:", json.dumps(report["summary"], indent=1))
-    path = Path(args.json)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    path.write_text(json.dumps(report, indent=1))
+    if args.json is None and path.exists():  # another run took the time-stamped name meanwhile
+        path = default_json_path()
+    atomic_write_text(path, json.dumps(report, indent=1))
     print(f"\nwrote {path}")
     return 0
+
+
+def main(argv=None) -> int:
+    return run_main(_main, argv, prog=PROG)
 
 
 if __name__ == "__main__":

@@ -5,8 +5,11 @@
 Draws random configurations (every torch.nn.RNN option, variable lengths and dropout included),
 runs the scratch model and its torch twin on the same weights, inputs and random cotangents in
 float64, checks each gradient along a random direction by central differences, and prints per
-quantity the number of cases and the worst relative error against each oracle. Exits with
-status 1 when any error exceeds its threshold.
+quantity the number of cases and the worst relative error against each oracle.
+
+Exit codes (scratch_rnn.cli): 0 all agree, 1 a mismatch (an error above its threshold), 2 bad input
+(``--cases``/``--max-steps`` not positive, ``--seed`` negative, a ``--json`` path that cannot be
+written: all checked before the first case), 3 crashed, 130 interrupted.
 """
 from __future__ import annotations
 
@@ -21,19 +24,15 @@ from tqdm import tqdm
 
 from reference.cases import random_case
 from reference.rnn import run_torch
-from scratch_rnn.gradcheck import NonDifferentiableError, rnn_directional_checks
+from scratch_rnn.checks import check_positive_int
+from scratch_rnn.cli import BadInput, Stopped, as_bad_input, output_file, run_main
+from scratch_rnn.fileio import atomic_write_text
+from scratch_rnn.gradcheck import NonDifferentiableError, rel_error, rnn_directional_checks
+
+PROG = "python -m reference.crosscheck"
 
 TORCH_THRESHOLD = 1e-8  # relative, float64
 FD_THRESHOLD = 1e-5  # relative, central differences with eps = 1e-6
-
-
-def rel_error(a, b) -> float:
-    a, b = np.asarray(a, np.float64), np.asarray(b, np.float64)
-    if a.shape != b.shape:
-        return float("inf")
-    if a.size == 0:
-        return 0.0
-    return float(np.max(np.abs(a - b)) / max(np.max(np.abs(b)), np.finfo(np.float64).tiny))
 
 
 def param_kind(name: str) -> str:
@@ -71,15 +70,24 @@ def check_case(case) -> tuple[dict, dict]:
 
 
 def main(argv=None) -> int:
-    parser = argparse.ArgumentParser(prog="python -m reference.crosscheck", description=__doc__,
+    return run_main(_main, argv, prog=PROG)
+
+
+def _main(argv=None) -> int:
+    parser = argparse.ArgumentParser(prog=PROG, description=__doc__,
                                      formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--cases", type=int, default=200, help="random configurations to draw (default 200)")
     parser.add_argument("--seed", type=int, default=0, help="seed of the configuration stream (default 0)")
     parser.add_argument("--max-steps", type=int, default=12, help="longest sequence drawn (default 12)")
     parser.add_argument("--json", metavar="PATH", help="also write the table and failures as JSON")
     args = parser.parse_args(argv)
-    if args.cases < 1:
-        parser.error(f"--cases: expected a positive number, got {args.cases}")
+    with as_bad_input():
+        check_positive_int("--cases", args.cases)
+        check_positive_int("--max-steps", args.max_steps)
+    if args.seed < 0:
+        raise BadInput(f"--seed: expected a non-negative integer, got {args.seed}")
+    if args.json:
+        output_file("--json", args.json)
 
     rng = np.random.default_rng(args.seed)
     worst_torch, worst_fd, counts = defaultdict(float), defaultdict(float), defaultdict(int)
@@ -104,13 +112,13 @@ def main(argv=None) -> int:
                                   "worst rel. error vs finite differences"]))
     print(f"thresholds: torch {TORCH_THRESHOLD:g}, finite differences {FD_THRESHOLD:g}")
     if args.json:
-        with open(args.json, "w") as f:
-            json.dump(dict(cases=args.cases, seed=args.seed, rows=rows, failures=failures), f, indent=2)
+        atomic_write_text(args.json, json.dumps(dict(cases=args.cases, seed=args.seed, rows=rows,
+                                                     failures=failures), indent=2))
     if failures:
         print(f"\n{len(failures)} MISMATCH(ES); first ones:", file=sys.stderr)
         for f in failures[:5]:
             print(f"  {f['quantity']} vs {f['oracle']}: {f['rel_error']:.3e} for {f['case']}", file=sys.stderr)
-        return 1
+        raise Stopped(f"{len(failures)} mismatch(es) above the thresholds")
     print("all quantities agree with both oracles")
     return 0
 

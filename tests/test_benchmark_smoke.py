@@ -28,10 +28,12 @@ def test_time_blocks_rotates_which_library_goes_first():
 
 def test_quick_run_writes_rows_summary_and_memory(tmp_path):
     out = tmp_path / "bench.json"
+    out.write_text("{}")  # an earlier run: replaced only because of --overwrite
     cmd = [sys.executable, "-m", "benchmarks.rnn", "--quick", "--threads", "1", "--dtypes", "float32",
-           "--rounds", "1", "--reps", "1", "--json", str(out)]
+           "--rounds", "1", "--reps", "1", "--json", str(out), "--overwrite"]
     proc = subprocess.run(cmd, cwd=ROOT, capture_output=True, text=True, timeout=300)
     assert proc.returncode == 0, proc.stderr[-3000:]
+    assert f"wrote {out}" in proc.stdout
     report = json.loads(out.read_text())
     assert report["quick"] is True and report["gemm_peak_n"] == bench.QUICK_PEAK_N
     assert {r["case"] for r in report["rows"]} == {c.name for c in bench.QUICK_GRID}
@@ -51,3 +53,45 @@ def test_quick_run_writes_rows_summary_and_memory(tmp_path):
     again = subprocess.run([sys.executable, "-m", "benchmarks.rnn", "--markdown", str(out)], cwd=ROOT,
                            capture_output=True, text=True, timeout=60)
     assert again.returncode == 0 and "| float32 | 1 | small |" in again.stdout
+
+
+def test_flush_off_switches_the_models_public_flush_and_restores_it():
+    class Model:
+        flush_below = 2.0 ** -100
+        seen = None
+
+    model = Model()
+
+    def step():
+        model.seen = model.flush_below
+
+    bench.flush_off(step, model)()
+    assert model.seen == 0.0 and model.flush_below == 2.0 ** -100
+
+
+def test_default_json_path_never_names_an_earlier_run(tmp_path):
+    now = 1_700_000_000.0
+    first = bench.default_json_path(tmp_path, now)
+    assert first.parent == tmp_path and first.name.startswith("bench_rnn-") and first.suffix == ".json"
+    first.write_text("{}")
+    second = bench.default_json_path(tmp_path, now)  # same second: another name
+    assert second != first and not second.exists()
+    second.write_text("{}")
+    assert bench.default_json_path(tmp_path, now) not in (first, second)
+
+
+def test_an_existing_json_is_refused_before_the_run_unless_overwrite(tmp_path, monkeypatch, capsys):
+    out = tmp_path / "bench.json"
+    out.write_text('{"earlier": "run"}')
+
+    def no_run(args):
+        raise AssertionError("ran")
+
+    monkeypatch.setattr(bench, "run", no_run)
+    assert bench.main(["--quick", "--json", str(out)]) == 2
+    assert "--overwrite" in capsys.readouterr().err and out.read_text() == '{"earlier": "run"}'
+    monkeypatch.setattr(bench, "run", lambda args: dict(rows=[], summary={}, peaks={}))
+    monkeypatch.setattr(bench, "markdown", lambda report: "")
+    assert bench.main(["--quick", "--json", str(out), "--overwrite"]) == 0
+    assert json.loads(out.read_text()) == dict(rows=[], summary={}, peaks={})
+    assert f"wrote {out}" in capsys.readouterr().out

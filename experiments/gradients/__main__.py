@@ -1,10 +1,23 @@
-"""``python -m experiments.gradients <experiment> [--quick] [--out DIR] [--seed N]``."""
+"""``python -m experiments.gradients <experiment> [--quick] [--out DIR] [--seed N]``.
+
+Exit codes (scratch_rnn.cli): 0 done, 1 stopped (a worker process died), 2 bad input (every option
+is checked before an experiment starts: the message names it), 3 crashed, 130 interrupted.
+"""
 from __future__ import annotations
 
 import argparse
 import importlib
 import json
+import socket
 import sys
+from pathlib import Path
+
+from scratch_rnn.checks import check_positive_int
+from scratch_rnn.cli import BadInput, Stopped, as_bad_input, input_file, output_dir, run_main
+
+PROG = "python -m experiments.gradients"
+SCHEDULER_CONNECT_TIMEOUT_S = 3.0  # the up-front reachability check of --scheduler
+DASK_DEFAULT_PORT = 8786
 
 EXPERIMENTS = {
     "spectrum": "gradient norm vs distance for lambda_1 in [0.5, 1.5] x initializer x nonlinearity",
@@ -15,14 +28,14 @@ EXPERIMENTS = {
 
 
 def parser() -> argparse.ArgumentParser:
-    p = argparse.ArgumentParser(prog="python -m experiments.gradients",
-                                description="The exploding/vanishing gradient study (issue #5).")
+    p = argparse.ArgumentParser(prog=PROG, description="The exploding/vanishing gradient study (issue #5).")
     sub = p.add_subparsers(dest="experiment", required=True)
     for name, help_ in EXPERIMENTS.items():
         s = sub.add_parser(name, help=help_, description=help_)
         s.add_argument("--quick", action="store_true", help="the seconds-long CI version")
         s.add_argument("--out", default=None, help="result folder (default results/gradients/[quick/]<experiment>)")
-        s.add_argument("--seed", type=int, default=0)
+        s.add_argument("--seed", type=int, default=0,
+                       help="base seed, >= 0 (pathological: added to the protocol's seeds 0, 1, 2, ...: other trials)")
         s.add_argument("--no-progress", action="store_true", help="no progress bars")
         if name == "pathological":
             s.add_argument("--protocol", choices=["quick", "reduced", "long", "extended", "full"], default=None,
@@ -36,12 +49,83 @@ def parser() -> argparse.ArgumentParser:
     return p
 
 
-def main(argv=None) -> int:
+def check_scheduler(address: str, timeout: float = SCHEDULER_CONNECT_TIMEOUT_S) -> None:
+    """BadInput unless dask.distributed is installed and ``address`` accepts a TCP connection."""
+    try:
+        from distributed.comm.addressing import parse_address, parse_host_port
+    except ImportError as exc:
+        raise BadInput(f"--scheduler: running on a Dask cluster needs dask.distributed (pip install "
+                       f"'dask[distributed]'), which is not installed; got --scheduler {address!r}") from exc
+    try:
+        scheme, location = parse_address(address)
+        if scheme not in ("tcp", "tls"):
+            return  # no plain socket probe for other transports: the client itself will try
+        host, port = parse_host_port(location, default_port=DASK_DEFAULT_PORT)
+        port = int(port)
+    except (ValueError, TypeError) as exc:
+        raise BadInput(f"--scheduler: expected an address like tcp://HOST:PORT, got {address!r} ({exc})") from exc
+    try:
+        socket.create_connection((host, port), timeout=timeout).close()
+    except OSError as exc:
+        why = "no answer" if isinstance(exc, TimeoutError) else (exc.strerror or str(exc))
+        raise BadInput(f"--scheduler: expected a reachable Dask scheduler, got {address!r}: cannot connect to "
+                       f"{host}:{port} ({why}; waited at most {timeout:g} s)") from exc
+
+
+def check_data(data) -> None:
+    """The IMDB source of ``flow`` exists (the given path, else $SCRATCH_RNN_IMDB or the shared copy)."""
+    if data is not None and not Path(data).expanduser().exists():
+        raise BadInput(f"--data: expected an existing IMDB CSV file or folder, got {data!r} (no such file or folder)")
+    from experiments.sentiment import data as sdata
+
+    try:
+        source = sdata.resolve_source(data)
+    except (FileNotFoundError, ValueError) as exc:
+        raise BadInput(f"--data: {'not given and ' if data is None else ''}{exc}") from exc
+    if source.is_file():
+        input_file("--data", source)
+
+
+def check_args(args) -> None:
+    """Every check that needs no work, before the experiment starts (raises BadInput naming the option)."""
+    from .common import RESULTS_ROOT
+
+    if args.seed < 0:
+        raise BadInput(f"--seed: expected a non-negative integer, got {args.seed}")
+    output_dir("--out" if args.out is not None else f"--out (default under {RESULTS_ROOT})",
+               args.out if args.out is not None else RESULTS_ROOT)
+    if args.experiment == "pathological":
+        from .tasks import TASKS
+
+        with as_bad_input():
+            check_positive_int("--workers", args.workers)
+        if args.tasks is not None:
+            bad = [t for t in args.tasks if t not in TASKS]
+            if bad:
+                raise BadInput(f"--tasks: expected names among {sorted(TASKS)}, got {bad}")
+            args.tasks = list(dict.fromkeys(args.tasks))  # a task named twice runs once
+        if args.scheduler is not None:
+            check_scheduler(args.scheduler)
+    if args.experiment == "flow":
+        check_data(args.data)
+
+
+def _main(argv=None) -> int:
     args = parser().parse_args(argv)
+    check_args(args)
     module = importlib.import_module(f"experiments.gradients.{args.experiment}")
-    summary = module.main(args)
+    from concurrent.futures.process import BrokenProcessPool
+
+    try:
+        summary = module.main(args)
+    except BrokenProcessPool as exc:  # a worker was killed (OOM killer, kill -9): a child failed
+        raise Stopped(f"a worker process died abruptly ({exc}); finished trials are saved, rerun to resume") from exc
     print(json.dumps({k: v for k, v in summary.items() if k != "config"}, indent=1, default=str)[:4000])
     return 0
+
+
+def main(argv=None) -> int:
+    return run_main(_main, argv, prog=PROG)
 
 
 if __name__ == "__main__":

@@ -1,4 +1,8 @@
-"""Shared plumbing of the gradient experiments: result folders, tables, reports, plotting setup."""
+"""Shared plumbing of the gradient experiments: result folders, tables, reports, plotting setup.
+
+Every result file is written atomically (:mod:`scratch_rnn.fileio`): a run that fails or is killed
+while writing leaves the previous file (or none), never half of one.
+"""
 from __future__ import annotations
 
 import json
@@ -11,6 +15,8 @@ import matplotlib
 matplotlib.use("Agg")  # files only, never a window
 import matplotlib.pyplot as plt  # noqa: E402
 import pandas as pd  # noqa: E402
+
+from scratch_rnn.fileio import atomic_write, atomic_write_text  # noqa: E402
 
 PROJECT_ROOT = Path(__file__).resolve().parents[2]
 RESULTS_ROOT = PROJECT_ROOT / "results" / "gradients"
@@ -35,13 +41,11 @@ def _jsonable(obj):
 
 
 def write_json(path: Path, data) -> Path:
-    path.write_text(json.dumps(data, indent=2, default=_jsonable, allow_nan=True) + "\n")
-    return path
+    return atomic_write_text(path, json.dumps(data, indent=2, default=_jsonable, allow_nan=True) + "\n")
 
 
 def write_csv(path: Path, df: pd.DataFrame) -> Path:
-    df.to_csv(path, index=False)
-    return path
+    return atomic_write_text(path, df.to_csv(index=False))  # rendered whole before the file is touched
 
 
 def markdown_table(df: pd.DataFrame, floatfmt: str = ".3g") -> str:
@@ -53,12 +57,17 @@ def write_report(path: Path, title: str, sections: list[tuple[str, str]]) -> Pat
     lines = [f"# {title}", ""]
     for heading, body in sections:
         lines += [f"## {heading}", "", body.strip(), ""]
-    path.write_text("\n".join(lines))
-    return path
+    return atomic_write_text(path, "\n".join(lines))
 
 
-def save_figure(fig, path: Path) -> Path:
-    fig.tight_layout()
-    fig.savefig(path, dpi=120)
-    plt.close(fig)
+def save_figure(fig, path: Path, *, tight: bool = True) -> Path:
+    """Save ``fig`` (format from the suffix) atomically and close it; ``tight``: tight_layout first
+    (pass False for a figure made with ``layout="constrained"``)."""
+    path = Path(path)
+    try:
+        if tight:
+            fig.tight_layout()
+        atomic_write(path, lambda f: fig.savefig(f, dpi=120, format=path.suffix.lstrip(".") or "png"))
+    finally:
+        plt.close(fig)
     return path

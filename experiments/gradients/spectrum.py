@@ -119,8 +119,7 @@ def plot_curves(curves: pd.DataFrame, cfg: SpectrumConfig, path):
     sm = plt.cm.ScalarMappable(norm=norm, cmap=cmap)
     fig.colorbar(sm, ax=axes.ravel().tolist(), label="λ₁ of W_hh (largest singular value)")
     fig.suptitle("Gradient norm against distance, loss on the last step (log scale)")
-    fig.savefig(path, dpi=120)
-    plt.close(fig)
+    save_figure(fig, path, tight=False)  # constrained layout already
 
 
 def plot_rates(df: pd.DataFrame, cfg: SpectrumConfig, path):

@@ -6,17 +6,30 @@ same ``concurrent.futures`` interface. Each finished trial is appended to a JSON
 at once (one line, flushed and fsync'ed), keyed by the trial's id; a rerun skips every id already
 there, so an interrupted sweep resumes where it stopped and never runs a finished trial twice. A
 trial that raises stops the sweep (pending trials are cancelled) after the finished ones are saved.
+
+The table is read leniently: a line cut by a crash is ignored (and its trial rerun); a line that is
+JSON but not a trial of this sweep (not an object, no ``trial_id``, or fields that differ from the
+spec its id names) is skipped with a :class:`SkippedLineWarning` naming the file and line, and does
+not count as done. Local workers die with the sweep's process (:func:`experiments.process.die_with_parent`):
+a ``kill -9`` of the parent leaves no worker computing for nobody.
 """
 from __future__ import annotations
 
 import concurrent.futures as cf
 import json
 import os
+import warnings
 from pathlib import Path
-from typing import Callable, Iterable
+from typing import Callable, Iterable, Iterator
 
 import pandas as pd
 from tqdm.auto import tqdm
+
+from experiments.process import die_with_parent
+
+
+class SkippedLineWarning(UserWarning):
+    """A line of a result table that is valid JSON but not a usable row (named by file and line)."""
 
 
 def trial_id(spec: dict) -> str:
@@ -24,18 +37,71 @@ def trial_id(spec: dict) -> str:
     return "|".join(f"{k}={spec[k]}" for k in sorted(spec))
 
 
-def load_results(path: Path) -> list[dict]:
-    """Every complete line of the table (a line cut by a crash is ignored and will be rerun)."""
+def _json_lines(path: Path) -> Iterator[tuple[int, object]]:
+    """(line number, value) of every line that parses as JSON; a line cut by a crash is left out."""
+    with open(path, encoding="utf-8", errors="replace") as f:
+        for lineno, line in enumerate(f, 1):
+            if not line.strip():
+                continue
+            try:
+                yield lineno, json.loads(line)
+            except json.JSONDecodeError:
+                continue
+
+
+def _same(a, b) -> bool:
+    return a == b or json.dumps(a) == json.dumps(b)  # NaN == NaN here
+
+
+def _skip(path: Path, lineno: int, why: str, warn: bool) -> None:
+    if warn:
+        warnings.warn(f"{path}:{lineno}: skipped: {why}", SkippedLineWarning, stacklevel=3)
+
+
+def load_results(path: Path, *, warn: bool = True) -> list[dict]:
+    """Every complete line of the table that is a JSON object (a line cut by a crash is ignored and
+    will be rerun; a line that is JSON but not an object is skipped with a warning)."""
     path = Path(path)
     if not path.exists():
         return []
     rows = []
-    for line in path.read_text().splitlines():
-        try:
-            rows.append(json.loads(line))
-        except json.JSONDecodeError:
-            continue
+    for lineno, row in _json_lines(path):
+        if isinstance(row, dict):
+            rows.append(row)
+        else:
+            _skip(path, lineno, f"expected a JSON object, got {json.dumps(row)[:80]}", warn)
     return rows
+
+
+def load_trials(path: Path, specs: Iterable[dict], *, warn: bool = True) -> dict[str, dict]:
+    """The finished trials of ``specs`` in the table: {trial_id: row}, the first row of each id.
+
+    A row counts only when it is an object with a string ``trial_id`` and, when that id is one of
+    ``specs``, every field of that spec has the spec's value; other rows are skipped with a warning
+    (rows of trials outside ``specs``, e.g. another protocol's, are left alone silently).
+    """
+    path = Path(path)
+    wanted = {trial_id(s): json.loads(json.dumps(s, default=str)) for s in specs}
+    done: dict[str, dict] = {}
+    if not path.exists():
+        return done
+    for lineno, row in _json_lines(path):
+        if not isinstance(row, dict):
+            _skip(path, lineno, f"expected a JSON object, got {json.dumps(row)[:80]}", warn)
+            continue
+        tid = row.get("trial_id")
+        if not isinstance(tid, str):
+            _skip(path, lineno, f"no trial_id (a string) in {json.dumps(row)[:80]}", warn)
+            continue
+        spec = wanted.get(tid)
+        if spec is None or tid in done:
+            continue
+        wrong = [k for k in spec if k not in row or not _same(row[k], spec[k])]
+        if wrong:
+            _skip(path, lineno, f"fields {wrong} differ from the spec of trial {tid!r}", warn)
+            continue
+        done[tid] = row
+    return done
 
 
 def append_row(path: Path, row: dict) -> None:
@@ -53,7 +119,7 @@ def append_row(path: Path, row: dict) -> None:
 
 def _executor(workers: int, scheduler):
     if scheduler is None:
-        return cf.ProcessPoolExecutor(max_workers=workers), None
+        return cf.ProcessPoolExecutor(max_workers=workers, initializer=die_with_parent), None
     from distributed import Client  # optional dependency: dask[distributed]
 
     client = scheduler if isinstance(scheduler, Client) else Client(scheduler)
@@ -71,13 +137,14 @@ def run_sweep(fn: Callable[[dict], dict], specs: Iterable[dict], table: Path, *,
     table = Path(table)
     table.parent.mkdir(parents=True, exist_ok=True)
     specs = list(specs)
-    done = {row["trial_id"] for row in load_results(table)}
-    todo = [s for s in specs if trial_id(s) not in done]
+    done = load_trials(table, specs)
+    todo = list({trial_id(s): s for s in specs if trial_id(s) not in done}.values())  # each trial once
     if todo:
         executor, own_client = _executor(workers, scheduler)
         try:
             futures = {executor.submit(fn, s): s for s in todo}
-            bar = tqdm(total=len(specs), initial=len(specs) - len(todo), desc=desc, disable=not progress)
+            total = len({trial_id(s) for s in specs})
+            bar = tqdm(total=total, initial=total - len(todo), desc=desc, disable=not progress)
             saved = set()
 
             def save(fut):
@@ -105,6 +172,5 @@ def run_sweep(fn: Callable[[dict], dict], specs: Iterable[dict], table: Path, *,
                 executor.shutdown(wait=False)
             if own_client is not None:
                 own_client.close()
-    wanted = {trial_id(s) for s in specs}
-    rows = [r for r in load_results(table) if r["trial_id"] in wanted]
-    return pd.DataFrame(rows)
+    done = load_trials(table, specs, warn=False)  # warned above
+    return pd.DataFrame([done[i] for i in dict.fromkeys(trial_id(s) for s in specs) if i in done])

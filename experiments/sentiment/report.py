@@ -1,7 +1,15 @@
 """The files of a run folder beyond each backend's own: the side-by-side step table, the backend
-comparison and the plots (matplotlib, Agg backend: no display needed)."""
+comparison and the plots (matplotlib, Agg backend: no display needed).
+
+``python -m experiments.sentiment.report RUN_DIR...`` prints a Markdown table of finished runs. Each
+folder counts once however often (and however spelled) it is given; a folder without a finished run
+(no metrics.json, or a broken metrics.json/config.json) is listed on stderr with the reason and left
+out. Exit codes (scratch_rnn.cli): 0 at least one run reported; 2 a path that is not a folder, or no
+finished run at all; 3 crashed.
+"""
 from __future__ import annotations
 
+import json
 from pathlib import Path
 
 import numpy as np
@@ -187,74 +195,161 @@ SUMMARY_COLUMNS = [
     ("valid", "valid acc. (chosen epoch)"), ("test", "test accuracy"), ("epoch", "epoch chosen / run"),
     ("minutes", "time (min)"), ("cpu_minutes", "CPU (min)"), ("memory", "peak memory (MB)"),
 ]
+SETTING_COLUMNS = [("embedding", "embedding"), ("stopwords", "stopwords"), ("backend", "backend"), ("seeds", "seeds"),
+                   ("test", "test accuracy (mean)"), ("range", "min - max"), ("valid", "valid acc. (mean)"),
+                   ("minutes", "time (min, mean)")]
 
 
-def summary_rows(run_dirs) -> list[dict]:
-    """One row per backend of each run folder, for :func:`markdown_table`."""
-    import json
+class IncompleteRun(ValueError):
+    """A run folder without a finished, readable result (the message says which file and why)."""
 
-    rows = []
-    for d in map(Path, run_dirs):
-        metrics = json.loads((d / "metrics.json").read_text())
-        cfg = json.loads((d / "config.json").read_text())["sentiment"]
-        for r in metrics["results"]:
-            rows.append({
+
+def _read_json(path: Path) -> dict:
+    if not path.is_file():
+        raise IncompleteRun(f"no {path.name}" + (" (the run did not finish, or is still running)"
+                                                 if path.name == "metrics.json" else ""))
+    try:
+        data = json.loads(path.read_text(encoding="utf-8"))
+    except json.JSONDecodeError as exc:
+        raise IncompleteRun(f"{path}: not valid JSON ({exc.msg} at line {exc.lineno}, column {exc.colno}): "
+                            "cut short or edited") from exc
+    except (OSError, UnicodeDecodeError) as exc:
+        raise IncompleteRun(f"{path}: cannot be read ({exc})") from exc
+    if not isinstance(data, dict):
+        raise IncompleteRun(f"{path}: expected a JSON object, got {type(data).__name__}")
+    return data
+
+
+def _fields(path: Path, fn):
+    """``fn()``, a missing or malformed field becoming :class:`IncompleteRun` naming ``path``."""
+    try:
+        return fn()
+    except KeyError as exc:
+        raise IncompleteRun(f"{path}: no field {exc}") from exc
+    except (TypeError, ValueError, AttributeError, IndexError) as exc:
+        raise IncompleteRun(f"{path}: a malformed field ({exc})") from exc
+
+
+def load_run(run_dir) -> dict:
+    """One finished run folder: its summary rows and per-seed records; :class:`IncompleteRun` otherwise."""
+    d = Path(run_dir)
+    metrics = _read_json(d / "metrics.json")
+    config = _read_json(d / "config.json")
+    cfg = _fields(d / "config.json", lambda: {k: config["sentiment"][k] for k in ("embedding", "stopwords", "seed")})
+    results = _fields(d / "metrics.json", lambda: list(metrics["results"]))
+    if not results:
+        raise IncompleteRun(f"{d / 'metrics.json'}: no results")
+    rows, records = [], []
+    for r in results:
+        def row(r=r):
+            return {
                 "run": d.name, "backend": r["backend"], "embedding": cfg["embedding"], "stopwords": cfg["stopwords"],
                 "valid": "-" if r.get("valid_accuracy") is None else f"{100 * r['valid_accuracy']:.2f} %",
                 "test": f"**{100 * r['test_accuracy']:.2f} %** of {r['test_size']:,}",
                 "epoch": f"{r['selected_epoch']} / {r['epochs']}",
                 "minutes": f"{r['seconds'] / 60:.1f}", "cpu_minutes": f"{r['cpu_seconds'] / 60:.1f}",
                 "memory": f"{r['peak_memory_mb']:.0f}",
-            })
-    return rows
+            }
+
+        def record(r=r):
+            return {"embedding": cfg["embedding"], "stopwords": cfg["stopwords"], "backend": r["backend"],
+                    "seed": cfg["seed"], "test": 100 * float(r["test_accuracy"]),
+                    "valid": 100 * float(r["valid_accuracy"]) if r.get("valid_accuracy") is not None else float("nan"),
+                    "minutes": float(r["seconds"]) / 60}
+
+        rows.append(_fields(d / "metrics.json", row))
+        records.append(_fields(d / "metrics.json", record))
+    return {"dir": d, "rows": rows, "records": records}
 
 
-def main(argv=None) -> int:
-    """``python -m experiments.sentiment.report RUN_DIR...``: a Markdown table of the runs' results."""
-    import argparse
-
-    p = argparse.ArgumentParser(prog="python -m experiments.sentiment.report",
-                                description="Print a Markdown table of sentiment run folders' results.")
-    p.add_argument("runs", nargs="+", help="run folders (results/sentiment/<run-name>)")
-    p.add_argument("--by-setting", action="store_true",
-                   help="one row per (embedding, stopwords, backend): mean, min and max over the runs (seeds)")
-    args = p.parse_args(argv)
-    missing = [r for r in args.runs if not (Path(r) / "metrics.json").is_file()]
-    if missing:
-        p.error(f"no metrics.json in {missing}")
-    if args.by_setting:
-        rows, cols = setting_rows(args.runs)
-        print(markdown_table(rows, cols))
-    else:
-        print(markdown_table(summary_rows(args.runs), SUMMARY_COLUMNS))
-    return 0
+def unique_dirs(run_dirs) -> list[Path]:
+    """The run folders, each once (by resolved path), in the order given."""
+    seen = {}
+    for d in map(Path, run_dirs):
+        seen.setdefault(d.resolve(), d)
+    return list(seen.values())
 
 
-def setting_rows(run_dirs):
-    """Mean / min / max test accuracy per (embedding, stopwords, backend) over the given runs."""
-    import json
+def collect(run_dirs) -> tuple[list[dict], list[tuple[Path, str]]]:
+    """(finished runs, [(folder, why incomplete)]) of the given folders, each folder once."""
+    good, incomplete = [], []
+    for d in unique_dirs(run_dirs):
+        try:
+            good.append(load_run(d))
+        except IncompleteRun as exc:
+            incomplete.append((d, str(exc)))
+    return good, incomplete
 
+
+def summary_rows(run_dirs) -> list[dict]:
+    """One row per backend of each run folder (each folder once), for :func:`markdown_table`."""
+    return [row for run in map(load_run, unique_dirs(run_dirs)) for row in run["rows"]]
+
+
+def _setting_table(records):
     import pandas as pd
 
-    recs = []
-    for d in map(Path, run_dirs):
-        cfg = json.loads((d / "config.json").read_text())["sentiment"]
-        for r in json.loads((d / "metrics.json").read_text())["results"]:
-            recs.append({"embedding": cfg["embedding"], "stopwords": cfg["stopwords"], "backend": r["backend"],
-                         "seed": cfg["seed"], "test": 100 * r["test_accuracy"],
-                         "valid": 100 * r["valid_accuracy"] if r.get("valid_accuracy") is not None else float("nan"),
-                         "minutes": r["seconds"] / 60})
-    df = pd.DataFrame(recs)
+    df = pd.DataFrame(records)
     rows = []
     for key, g in df.groupby(["embedding", "stopwords", "backend"], sort=False):
         rows.append({"embedding": key[0], "stopwords": key[1], "backend": key[2],
                      "seeds": ", ".join(str(s) for s in sorted(g["seed"])),
                      "test": f"{g['test'].mean():.2f} %", "range": f"{g['test'].min():.2f} - {g['test'].max():.2f}",
                      "valid": f"{g['valid'].mean():.2f} %", "minutes": f"{g['minutes'].mean():.1f}"})
-    cols = [("embedding", "embedding"), ("stopwords", "stopwords"), ("backend", "backend"), ("seeds", "seeds"),
-            ("test", "test accuracy (mean)"), ("range", "min - max"), ("valid", "valid acc. (mean)"),
-            ("minutes", "time (min, mean)")]
-    return rows, cols
+    return rows, SETTING_COLUMNS
+
+
+def setting_rows(run_dirs):
+    """Mean / min / max test accuracy per (embedding, stopwords, backend) over the given runs (each once)."""
+    return _setting_table([rec for run in map(load_run, unique_dirs(run_dirs)) for rec in run["records"]])
+
+
+PROG = "python -m experiments.sentiment.report"
+
+
+def _main(argv=None) -> int:
+    import argparse
+    import sys
+
+    from scratch_rnn.cli import BadInput
+
+    p = argparse.ArgumentParser(
+        prog=PROG, description="Print a Markdown table of sentiment run folders' results.",
+        epilog="A folder given twice (however spelled) counts once. Folders without a finished run (no or a "
+               "broken metrics.json or config.json: a failed, killed or running run) are listed on stderr with "
+               "the reason and left out. Exit 0 when at least one run is reported; 2 when a path is not a "
+               "folder or no folder holds a finished run.")
+    p.add_argument("runs", nargs="+", help="run folders (results/sentiment/<run-name>)")
+    p.add_argument("--by-setting", action="store_true",
+                   help="one row per (embedding, stopwords, backend): mean, min and max over the runs (seeds)")
+    args = p.parse_args(argv)
+    not_dirs = [r for r in args.runs if not Path(r).is_dir()]
+    if not_dirs:
+        raise BadInput(f"runs: expected run folders, got {not_dirs} "
+                       f"({'no such folder' if not Path(not_dirs[0]).exists() else 'not a folder'})")
+    dirs = unique_dirs(args.runs)
+    if len(dirs) < len(args.runs):
+        print(f"note: {len(args.runs) - len(dirs)} run folder(s) given more than once; each is counted once",
+              file=sys.stderr)
+    good, incomplete = collect(dirs)
+    listing = "\n".join(f"  {d}: {why}" for d, why in incomplete)
+    if not good:
+        raise BadInput(f"runs: expected at least one folder with a finished run, got none:\n{listing}")
+    if args.by_setting:
+        rows, cols = _setting_table([rec for run in good for rec in run["records"]])
+    else:
+        rows, cols = [row for run in good for row in run["rows"]], SUMMARY_COLUMNS
+    print(markdown_table(rows, cols))
+    if incomplete:
+        print(f"left out {len(incomplete)} folder(s) without a finished run:\n{listing}", file=sys.stderr)
+    return 0
+
+
+def main(argv=None) -> int:
+    """``python -m experiments.sentiment.report RUN_DIR...``: a Markdown table of the runs' results."""
+    from scratch_rnn.cli import run_main
+
+    return run_main(_main, argv, prog=PROG)
 
 
 if __name__ == "__main__":

@@ -1,0 +1,256 @@
+"""Every command line under the one exit-code table (scratch_rnn.cli): bad input exits 2 before any
+work, with a message naming the option; a good quick run exits 0.
+
+To add a command or a case, add a row to CASES:
+    row(id, "package.module:main", argv, expected exit code, substring(s) of the output)
+argv may use the placeholders {tmp} (an empty folder), {file} (an existing file) and {closed}
+(tcp://127.0.0.1:PORT with nothing listening). Each main runs in-process through ``main(argv)``.
+"""
+from __future__ import annotations
+
+import importlib
+import socket
+import time
+
+import pytest
+
+BENCH, CROSSCHECK, GRADIENTS = "benchmarks.rnn:main", "reference.crosscheck:main", "experiments.gradients.__main__:main"
+REPORT = "experiments.sentiment.report:main"
+SENTIMENT = "experiments.sentiment.__main__:main"
+
+
+def row(id_, target, argv, code, expected):
+    return pytest.param(target, argv, code, (expected,) if isinstance(expected, str) else tuple(expected), id=id_)
+
+
+CASES = [
+    # benchmarks.rnn
+    row("bench --rounds 0", BENCH, ["--rounds", "0"], 2, ["--rounds", "positive integer", "got 0"]),
+    row("bench --threads 0", BENCH, ["--threads", "1", "0"], 2, ["--threads", "got 0"]),
+    row("bench --reps 0", BENCH, ["--reps", "0"], 2, "--reps"),
+    row("bench --cases bogus", BENCH, ["--cases", "small", "bogus"], 2, ["--cases", "bogus", "small"]),
+    row("bench --quick --cases not in the quick grid", BENCH, ["--quick", "--cases", "large"], 2, ["--cases", "large"]),
+    row("bench --dtypes float16", BENCH, ["--dtypes", "float16"], 2, "--dtypes"),
+    row("bench --json folder", BENCH, ["--json", "{tmp}"], 2, ["--json", "folder"]),
+    row("bench --json under a file", BENCH, ["--json", "{file}/sub/out.json"], 2, "--json"),
+    row("bench --json existing", BENCH, ["--json", "{file}"], 2, ["--json", "exists", "--overwrite"]),
+    row("bench --markdown missing", BENCH, ["--markdown", "{tmp}/nope.json"], 2, ["--markdown", "nope.json"]),
+    row("bench --markdown not a report", BENCH, ["--markdown", "{file}"], 2, ["--markdown", "earlier benchmark run"]),
+    # reference.crosscheck
+    row("crosscheck --seed -1", CROSSCHECK, ["--seed", "-1"], 2, ["--seed", "got -1"]),
+    row("crosscheck --max-steps 0", CROSSCHECK, ["--max-steps", "0"], 2, ["--max-steps", "got 0"]),
+    row("crosscheck --cases 0", CROSSCHECK, ["--cases", "0"], 2, ["--cases", "got 0"]),
+    row("crosscheck --json folder", CROSSCHECK, ["--cases", "2", "--json", "{tmp}"], 2, ["--json", "folder"]),
+    row("crosscheck --json under a file", CROSSCHECK, ["--cases", "2", "--json", "{file}/x.json"], 2, "--json"),
+    row("crosscheck --cases 2", CROSSCHECK, ["--cases", "2", "--json", "{tmp}/cc.json"], 0, "agree with both"),
+    # experiments.gradients
+    row("gradients unknown experiment", GRADIENTS, ["nope"], 2, "invalid choice"),
+    row("pathological --workers 0", GRADIENTS, ["pathological", "--workers", "0"], 2, ["--workers", "got 0"]),
+    row("pathological --tasks bogus", GRADIENTS, ["pathological", "--tasks", "adding", "bogus"], 2,
+        ["--tasks", "bogus", "temporal_order"]),
+    row("pathological --out file", GRADIENTS, ["pathological", "--quick", "--out", "{file}"], 2, ["--out", "a file"]),
+    row("pathological --seed -5", GRADIENTS, ["pathological", "--quick", "--seed", "-5"], 2, ["--seed", "got -5"]),
+    row("pathological --scheduler closed", GRADIENTS, ["pathological", "--scheduler", "{closed}"], 2,
+        ["--scheduler", "{closed}"]),
+    row("pathological --scheduler no port", GRADIENTS, ["pathological", "--scheduler", "tcp://[::1"], 2, "--scheduler"),
+    row("spectrum --out file", GRADIENTS, ["spectrum", "--out", "{file}"], 2, "--out"),
+    row("cliff --seed -1", GRADIENTS, ["cliff", "--seed", "-1"], 2, "--seed"),
+    row("flow --data missing", GRADIENTS, ["flow", "--quick", "--data", "{tmp}/nope.csv"], 2, ["--data", "nope.csv"]),
+    row("cliff --quick", GRADIENTS, ["cliff", "--quick", "--no-progress", "--out", "{tmp}/cliff"], 0, "grad_norm_max"),
+    # experiments.sentiment
+    row("sentiment --out-root file", SENTIMENT, ["--out-root", "{file}"], 2, ["--out-root", "a file"]),
+    row("sentiment --data missing", SENTIMENT, ["--data", "{tmp}/nope.csv", "--out-root", "{tmp}"], 2,
+        ["--data", "nope.csv"]),
+    row("sentiment --epochs 0", SENTIMENT, ["--epochs", "0", "--out-root", "{tmp}"], 2, ["epochs", "got 0"]),
+    # experiments.sentiment.report
+    row("report missing folder", REPORT, ["{tmp}/nope"], 2, ["runs", "nope"]),
+    row("report no finished run", REPORT, ["{tmp}"], 2, ["no metrics.json"]),
+]
+
+
+def _closed_address() -> str:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    return f"tcp://127.0.0.1:{port}"  # closed again: connecting is refused
+
+
+def _resolve(target: str):
+    module, _, fn = target.partition(":")
+    return getattr(importlib.import_module(module), fn)
+
+
+@pytest.mark.parametrize("target,argv,code,expected", CASES)
+def test_exit_code_and_message(target, argv, code, expected, tmp_path, capsys):
+    folder = tmp_path / "empty"
+    folder.mkdir()
+    existing = tmp_path / "existing.txt"
+    existing.write_text("not a report\n")
+    fill = dict(tmp=str(folder), file=str(existing), closed=_closed_address())
+    argv = [a.format(**fill) for a in argv]
+    t0 = time.perf_counter()
+    rc = _resolve(target)(argv)
+    elapsed = time.perf_counter() - t0
+    out = capsys.readouterr()
+    text = out.out + out.err
+    assert rc == code, f"exit {rc}, expected {code}; output:\n{text[-3000:]}"
+    for s in expected:
+        assert s.format(**fill) in text, f"{s!r} not in the output:\n{text[-3000:]}"
+    if code == 2:
+        assert "Traceback" not in text
+        assert elapsed < 10, f"bad input took {elapsed:.1f} s to be found (should be found before any work)"
+
+
+def test_bad_bench_json_is_found_before_the_run(tmp_path, monkeypatch, capsys):
+    from benchmarks import rnn as bench
+
+    def no_run(args):
+        raise AssertionError("the benchmark ran before its --json path was checked")
+
+    monkeypatch.setattr(bench, "run", no_run)
+    assert bench.main(["--quick", "--json", str(tmp_path)]) == 2
+    assert "--json" in capsys.readouterr().err
+
+
+def test_bad_crosscheck_json_is_found_before_the_cases(tmp_path, monkeypatch, capsys):
+    from reference import crosscheck
+
+    def no_case(case):
+        raise AssertionError("a case ran before --json was checked")
+
+    monkeypatch.setattr(crosscheck, "check_case", no_case)
+    assert crosscheck.main(["--cases", "3", "--json", str(tmp_path)]) == 2
+    assert "--json" in capsys.readouterr().err
+
+
+def test_unreachable_scheduler_fails_fast_naming_the_address(capsys):
+    from experiments.gradients import __main__ as cli
+
+    address = _closed_address()
+    t0 = time.perf_counter()
+    assert cli.main(["pathological", "--quick", "--no-progress", "--scheduler", address]) == 2
+    assert time.perf_counter() - t0 < cli.SCHEDULER_CONNECT_TIMEOUT_S + 3
+    err = capsys.readouterr().err
+    assert "--scheduler" in err and address in err
+
+
+def test_crosscheck_mismatch_stays_exit_1(monkeypatch, capsys):
+    from reference import crosscheck
+
+    monkeypatch.setattr(crosscheck, "check_case", lambda case: ({"output": 1.0}, {}))
+    assert crosscheck.main(["--cases", "1"]) == 1
+    assert "MISMATCH" in capsys.readouterr().err
+
+
+def test_scheduler_that_does_not_answer_is_bad_input(monkeypatch):
+    from experiments.gradients import __main__ as cli
+    from scratch_rnn.cli import BadInput
+
+    def silent(address, timeout):
+        assert timeout == cli.SCHEDULER_CONNECT_TIMEOUT_S
+        raise TimeoutError("timed out")
+
+    monkeypatch.setattr(cli.socket, "create_connection", silent)
+    with pytest.raises(BadInput, match=r"--scheduler: .*'tcp://10\.1\.2\.3:8786'.*no answer"):
+        cli.check_scheduler("tcp://10.1.2.3:8786")
+
+
+def killed_trial(spec):
+    """A worker that dies abruptly (as under the OOM killer)."""
+    import os
+
+    os._exit(9)
+
+
+def test_a_dead_worker_stops_the_sweep_with_exit_1(tmp_path, monkeypatch, capsys):
+    from experiments.gradients import __main__ as cli
+    from experiments.gradients import pathological
+
+    monkeypatch.setattr(pathological, "run_trial", killed_trial)
+    assert cli.main(["pathological", "--quick", "--no-progress", "--workers", "1", "--out", str(tmp_path)]) == 1
+    assert "worker process died" in capsys.readouterr().err
+
+
+# ---------------------------------------------------------------------------------------------
+# python -m scratch_rnn.train: the data, both JSON files and the output paths are checked up front
+# ---------------------------------------------------------------------------------------------
+TOKENS = dict(hidden_size=3, out_features=2, vocab_size=5, embedding_dim=2, dtype="float64", seed=0)
+DENSE = dict(hidden_size=3, out_features=2, input_size=2, dtype="float64", seed=0)
+
+
+def _train_files(tmp_path, model=TOKENS, train=None, x=None, y=None, lengths=None, data_bytes=None):
+    import json
+
+    import numpy as np
+
+    rng = np.random.default_rng(0)
+    dense = "input_size" in model
+    x = (rng.standard_normal((8, 4, 2)) if dense else rng.integers(0, 5, (8, 4))) if x is None else x
+    y = rng.integers(0, 2, 8) if y is None else y
+    arrays = dict(x=x, y=y) if lengths is None else dict(x=x, y=y, lengths=lengths)
+    data = tmp_path / "data.npz"
+    if data_bytes is None:
+        np.savez(data, **arrays)
+    else:
+        data.write_bytes(data_bytes)
+    (tmp_path / "model.json").write_text(json.dumps(model))
+    base = dict(optimizer="sgd", optimizer_kwargs={"lr": 0.1}, batch_size=4, progress=False,
+                checkpoint_dir=str(tmp_path / "run"))
+    (tmp_path / "train.json").write_text(json.dumps({**base, **(train or {})}))
+    return ["--data", str(data), "--model", str(tmp_path / "model.json"), "--train", str(tmp_path / "train.json")]
+
+
+TRAIN_CASES = [
+    ("token id >= vocab_size", dict(x=[[1, 2, 7, 0]] * 8), ["x", "[0, 5)", "got 7"]),
+    ("label >= out_features", dict(y=[0, 1, 2, 0, 1, 0, 1, 0]), ["y", "[0, 2)", "got 2"]),
+    ("length > T", dict(lengths=[4, 4, 5, 1, 1, 2, 3, 4]), ["lengths", "1..4", "5"]),
+    ("NaN in dense x", dict(model=DENSE, x=[[[0.0, float("nan")]] * 4] * 8), ["x", "non-finite"]),
+    ("clip_norm_type abc", dict(train={"clip_norm_type": "abc"}), ["clip_norm_type", "abc"]),
+    ("shuffle 'false'", dict(train={"shuffle": "false"}), ["shuffle", "True or False", "'false'"]),
+    ("bidirectional 'false'", dict(model={**TOKENS, "bidirectional": "false"}), ["bidirectional", "'false'"]),
+    ("a text file as .npz", dict(data_bytes=b"x,y\n1,2\n"), ["--data", "not a zip archive"]),
+    ("unknown model field", dict(model={**TOKENS, "hiden_size": 3}), ["unknown field", "hiden_size"]),
+]
+
+
+@pytest.mark.parametrize("case", TRAIN_CASES, ids=[c[0] for c in TRAIN_CASES])
+def test_train_cli_bad_input_exits_2_before_training(case, tmp_path, capsys):
+    from scratch_rnn.train import main
+
+    _, kw, expected = case
+    rc = main(_train_files(tmp_path, **kw))
+    text = capsys.readouterr().err
+    assert rc == 2, text
+    for s in expected:
+        assert s in text, f"{s!r} not in {text!r}"
+    assert "Traceback" not in text and not (tmp_path / "run").exists()  # found before anything was written
+
+
+def test_train_cli_output_paths_and_finished_runs(tmp_path, capsys):
+    from scratch_rnn.train import main
+
+    a_file = tmp_path / "f"
+    a_file.write_text("x")
+    assert main(_train_files(tmp_path, train={"checkpoint_dir": str(a_file)})) == 2
+    assert "checkpoint_dir" in capsys.readouterr().err
+    assert main(_train_files(tmp_path, train={"log_csv": str(tmp_path)})) == 2
+    assert "log_csv" in capsys.readouterr().err
+    args = _train_files(tmp_path)
+    assert main(args) == 0
+    finished = (tmp_path / "run" / "checkpoint.npz").read_bytes()
+    assert main(args) == 2  # the finished run is not restarted over its own checkpoint
+    assert "--resume" in capsys.readouterr().err
+    assert (tmp_path / "run" / "checkpoint.npz").read_bytes() == finished
+    assert main(args + ["--resume"]) == 0  # nothing left to do: done
+    other = _train_files(tmp_path, y=[1, 1, 1, 1, 0, 0, 0, 0])
+    assert main(other + ["--resume"]) == 2  # another data file: refused, not continued silently
+    assert "other data" in capsys.readouterr().err
+
+
+def test_train_cli_divergence_exits_1(tmp_path, capsys):
+    from scratch_rnn.train import main
+
+    rc = main(_train_files(tmp_path, model=DENSE, train={"optimizer_kwargs": {"lr": 1e300}, "epochs": 3},
+                           y=[1, 0] * 4))
+    assert rc == 1, capsys.readouterr().err
+    assert "training stopped at step" in capsys.readouterr().err
