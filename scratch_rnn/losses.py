@@ -23,6 +23,7 @@ import numbers
 import numpy as np
 
 from .checks import FLOAT_DTYPES, as_float_array, as_index_array, check_shape
+from .module import Module
 
 __all__ = [
     "mse_loss", "mse_loss_backward",
@@ -233,37 +234,34 @@ def binary_cross_entropy_with_logits_backward(grad_loss, input, target, reductio
 # torch-like classes
 # ----------------------------------------------------------------------------------------------
 
-class _Loss:
-    """forward(input, target) -> loss, caching its arguments; backward(grad_loss=1.0) -> grad_input."""
+class _Loss(Module):
+    """forward(input, target) -> loss; backward(grad_loss=1.0) -> grad_input, under Module's lifecycle.
 
-    _forward = None  # set by subclasses (staticmethod of the functional form)
-    _backward = None
+    No parameters: the base gives the rules (a backward consumes its forward, the inputs are the
+    module's own copies, nothing survives a raising forward).
+    """
+
+    _loss_fn = None  # set by subclasses (staticmethod of the functional form)
+    _loss_backward_fn = None
 
     def __init__(self, reduction: str = "mean"):
+        super().__init__(dtype=None)
         self.reduction = _check_reduction(reduction)
-        self._cache = None
 
     def _options(self) -> dict:
         return dict(reduction=self.reduction)
 
-    def forward(self, input, target):
-        loss = type(self)._forward(input, target, **self._options())
-        self._cache = (np.array(input, copy=True), np.array(target, copy=True))
-        return loss
+    def _forward(self, input, target):
+        loss = type(self)._loss_fn(input, target, **self._options())
+        return loss, (np.array(input, copy=True), np.array(target, copy=True))
 
-    def __call__(self, input, target):
-        return self.forward(input, target)
-
-    def backward(self, grad_loss=1.0) -> np.ndarray:
-        """Gradient of the last forward's loss with respect to its input.
+    def _backward(self, cache, grad_loss=1.0):
+        """Gradient of the forward's loss with respect to its input.
 
         ``grad_loss`` defaults to 1.0 (d loss / d loss) for "mean"/"sum"; "none" needs an array
         of the unreduced loss's shape.
         """
-        if self._cache is None:
-            raise RuntimeError(f"{type(self).__name__}.backward called before forward: there is no "
-                               f"cached input to differentiate through")
-        return type(self)._backward(grad_loss, *self._cache, **self._options())
+        return type(self)._loss_backward_fn(grad_loss, *cache, **self._options()), {}
 
     def __repr__(self):
         opts = ", ".join(f"{k}={v!r}" for k, v in self._options().items())
@@ -272,14 +270,14 @@ class _Loss:
 
 class MSELoss(_Loss):
     """Mean squared error, as torch.nn.MSELoss."""
-    _forward = staticmethod(mse_loss)
-    _backward = staticmethod(mse_loss_backward)
+    _loss_fn = staticmethod(mse_loss)
+    _loss_backward_fn = staticmethod(mse_loss_backward)
 
 
 class CrossEntropyLoss(_Loss):
     """Softmax cross-entropy over integer class targets, as torch.nn.CrossEntropyLoss."""
-    _forward = staticmethod(cross_entropy)
-    _backward = staticmethod(cross_entropy_backward)
+    _loss_fn = staticmethod(cross_entropy)
+    _loss_backward_fn = staticmethod(cross_entropy_backward)
 
     def __init__(self, reduction: str = "mean", ignore_index: int = -100):
         super().__init__(reduction)
@@ -293,5 +291,5 @@ class CrossEntropyLoss(_Loss):
 
 class BCEWithLogitsLoss(_Loss):
     """Binary cross-entropy on logits, as torch.nn.BCEWithLogitsLoss (no weight/pos_weight)."""
-    _forward = staticmethod(binary_cross_entropy_with_logits)
-    _backward = staticmethod(binary_cross_entropy_with_logits_backward)
+    _loss_fn = staticmethod(binary_cross_entropy_with_logits)
+    _loss_backward_fn = staticmethod(binary_cross_entropy_with_logits_backward)

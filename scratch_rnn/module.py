@@ -68,7 +68,7 @@ class Module:
         object.__setattr__(self, "_params", OrderedDict())
         object.__setattr__(self, "_grads", OrderedDict())
         object.__setattr__(self, "_children", OrderedDict())
-        self.dtype = check_dtype(dtype)
+        self.dtype = None if dtype is None else check_dtype(dtype)  # None: no parameters of its own (a loss)
         self.training = True
         self._cache = None
         self._flat = None  # (parameters, grads) flat dicts, built on first use
