@@ -83,19 +83,19 @@ class TorchTrainer(Trainer):
         loss.backward()
         return StepOutput(loss.item(), out.detach().numpy(), h_n.detach().numpy())
 
-    def _grad_norm(self) -> float:
+    def _measure_and_clip(self) -> float:
         norm = total_norm(self.params)
         if not math.isfinite(norm):
             raise FloatingPointError(f"the gradient norm is {norm}")
-        return norm
-
-    def _clip_and_update(self) -> None:
         cfg = self.config
         if cfg.clip_value is not None:
             torch.nn.utils.clip_grad_value_(self.params, cfg.clip_value)
         self.last_clip_norm = None
         if cfg.clip_norm is not None:
             self.last_clip_norm = float(torch.nn.utils.clip_grad_norm_(self.params, cfg.clip_norm, cfg.clip_norm_type))
+        return norm
+
+    def _update(self) -> None:
         self.optimizer.step()
 
     def _nonfinite_parameters(self) -> list[str]:

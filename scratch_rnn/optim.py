@@ -526,6 +526,9 @@ def _checked_arrays(grads, *, in_place: bool) -> list:
     return out
 
 
+_SAFE_LOW, _SAFE_HIGH = 2.0 ** -300, 2.0 ** 300  # squares of up to 2**100 such entries stay normal and finite
+
+
 def _scaled_norm(a, p: float) -> tuple[float, int]:
     """``(r, e)`` with torch.linalg.vector_norm(a, p) == r * 2**e, computed without overflow.
 
@@ -534,12 +537,16 @@ def _scaled_norm(a, p: float) -> tuple[float, int]:
     bit wherever that one neither overflows nor underflows. A NaN entry gives ``(nan, 0)``, an
     infinite one ``(inf, 0)``; an empty or all-zero ``a`` gives ``(0.0, 0)``.
     """
-    a = np.abs(np.asarray(a, dtype=np.float64).ravel())  # a fresh array: scaled in place below
+    a = np.array(a, dtype=np.float64).ravel()  # always a fresh array: made absolute and scaled in place below
     if a.size == 0:
         return 0.0, 0
-    top = float(a.max())  # NaN when any entry is NaN
+    top = max(float(a.max()), -float(a.min()))  # NaN when any entry is NaN
     if not math.isfinite(top) or top == 0.0:
-        return top, 0
+        return float(np.abs(top)), 0
+    if p == 2 and _SAFE_LOW < top < _SAFE_HIGH:
+        # nothing can overflow or underflow: scaling by 2**-e would change no bit of the result
+        return float(np.sqrt(np.dot(a, a))), 0
+    np.abs(a, out=a)
     if p == math.inf:
         return top, 0
     e = math.frexp(top)[1]

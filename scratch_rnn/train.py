@@ -391,21 +391,30 @@ class Trainer:
         self.model.zero_grad()
         return self.model.forward_backward(x, y, h0=h0, lengths=lengths)
 
-    def _grad_norm(self) -> float:
-        norm = total_norm(self.model.grads, 2)
+    def _measure_and_clip(self) -> float:
+        """The global L2 norm of the gradients before clipping (FloatingPointError if not finite), then clip.
+
+        With L2 clipping alone, clip_grad_norm_'s own pre-clip total is that norm: one pass, not two.
+        """
+        grads, cfg = self.model.grads, self.config
+        if cfg.clip_value is None and cfg.clip_norm is not None and cfg.clip_norm_type == 2.0:
+            norm = clip_grad_norm_(grads, cfg.clip_norm, 2.0)
+        else:
+            norm = total_norm(grads, 2)
         if not math.isfinite(norm):
-            bad = [k for k, g in self.model.grads.items() if not np.isfinite(g).all()]
+            bad = [k for k, g in grads.items() if not np.isfinite(g).all()]
             raise FloatingPointError(f"the gradient norm is {norm} (non-finite gradients of {bad})" if bad else
                                      f"the gradient norm overflows ({norm}) although every gradient is finite")
-        return norm
-
-    def _clip_and_update(self) -> None:
-        grads, cfg = self.model.grads, self.config
         if cfg.clip_value is not None:
             clip_grad_value_(grads, cfg.clip_value)
-        if cfg.clip_norm is not None:
+            if cfg.clip_norm is not None:
+                clip_grad_norm_(grads, cfg.clip_norm, cfg.clip_norm_type)
+        elif cfg.clip_norm is not None and cfg.clip_norm_type != 2.0:
             clip_grad_norm_(grads, cfg.clip_norm, cfg.clip_norm_type)
-        self.optimizer.step(grads)
+        return norm
+
+    def _update(self) -> None:
+        self.optimizer.step(self.model.grads)
 
     def _nonfinite_parameters(self) -> list[str]:
         return [k for k, p in self.model.parameters().items() if not np.isfinite(p).all()]
@@ -434,7 +443,7 @@ class Trainer:
             out = self._forward_backward(x, y, h0, lengths)
             if not math.isfinite(out.loss):
                 raise FloatingPointError(f"the loss is {out.loss}")
-            norm = self._grad_norm()
+            norm = self._measure_and_clip()
         except FloatingPointError as exc:
             return self._nonfinite(index, str(exc)), None
         cfg = self.config
@@ -446,7 +455,7 @@ class Trainer:
                 self._write_csv(StepRecord(index, self.epoch + 1, out.loss, norm, True))
                 raise self._stop(DivergenceError, index, f"the loss {out.loss:.6g} exceeds divergence_factor "
                                  f"{cfg.divergence_factor:g} × max(first loss {start:.6g}, 1) = {bound:.6g}")
-        self._clip_and_update()
+        self._update()
         bad = self._nonfinite_parameters()
         if bad:
             self._write_csv(StepRecord(index, self.epoch + 1, out.loss, norm, True))
