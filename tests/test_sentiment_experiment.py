@@ -345,3 +345,14 @@ def test_both_backends_in_their_own_processes(tmp_path):
     assert "torch" in res["torch"]["versions"] and "torch" not in res["numpy"]["versions"]
     assert metrics["comparison"]["same_initial_weights"]
     assert res["numpy"]["test_accuracy"] > QUICK_MIN_ACCURACY
+
+
+def test_a_diverging_run_exits_1_and_leaves_no_run_folder(tmp_path, capsys):
+    """--lr 1e6 used to end with exit 0 and a test loss of 1.6e7: the trainer's divergence stop ends it."""
+    _need_real_data()
+    code = main(["--preset", "quick", "--backend", "numpy", "--lr", "1e6", "--train-size", "600", "--test-size", "100",
+                 "--out-root", str(tmp_path), "--run-name", "diverged", "--no-progress"])
+    err = capsys.readouterr().err
+    assert code == 1, err
+    assert "training stopped at step" in err and ("divergence" in err or "non-finite" in err)
+    assert not (tmp_path / "diverged").exists() and not list(tmp_path.glob(".diverged*"))
