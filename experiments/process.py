@@ -30,12 +30,12 @@ import sys
 import threading
 import time
 
-__all__ = ["die_with_parent"]
+__all__ = ["die_with_parent", "pid_alive"]
 
 PR_SET_PDEATHSIG = 1  # <linux/prctl.h>
 
 
-def _pid_alive(pid: int) -> bool:
+def pid_alive(pid: int) -> bool:
     """Whether ``pid`` runs (a zombie, dead but not yet reaped, counts as gone)."""
     try:
         with open(f"/proc/{pid}/stat") as f:
@@ -64,7 +64,7 @@ def _logical_parent(parent_pid: int | None) -> int | None:
 def _orphaned(kernel_parent: int, logical_parent: int | None) -> bool:
     if os.getppid() != kernel_parent:  # reparented: the parent died
         return True
-    return logical_parent is not None and logical_parent != os.getpid() and not _pid_alive(logical_parent)
+    return logical_parent is not None and logical_parent != os.getpid() and not pid_alive(logical_parent)
 
 
 def _die() -> None:

@@ -17,6 +17,7 @@ import pandas as pd
 import pytest
 
 from experiments.gradients import common, sweep
+from experiments.process import pid_alive
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -37,21 +38,6 @@ def square_trial(spec: dict) -> dict:
     return dict(square=spec["k"] ** 2)
 
 
-def _running(pid: int) -> bool:
-    """True while ``pid`` runs (a zombie, dead but not yet reaped by its new parent, is gone)."""
-    try:
-        with open(f"/proc/{pid}/stat") as f:
-            return f.read().rpartition(")")[2].split()[0] not in ("Z", "X")
-    except FileNotFoundError:
-        return False
-    except OSError:
-        try:
-            os.kill(pid, 0)
-        except ProcessLookupError:
-            return False
-        return True
-
-
 def _wait_for(predicate, timeout: float, step: float = 0.05) -> bool:
     end = time.monotonic() + timeout
     while time.monotonic() < end:
@@ -63,7 +49,7 @@ def _wait_for(predicate, timeout: float, step: float = 0.05) -> bool:
 
 def _reap_leftovers(pids) -> None:
     for pid in pids:  # only the processes this test started, by pid
-        if _running(pid):
+        if pid_alive(pid):
             try:
                 os.kill(pid, signal.SIGKILL)
             except ProcessLookupError:
@@ -93,11 +79,11 @@ def test_sweep_workers_die_when_the_parent_is_killed(tmp_path):
         assert _wait_for(lambda: all(p.exists() and p.read_text() for p in pid_files), 60), \
             f"the workers did not start: {parent.poll()} {parent.stderr.read() if parent.poll() is not None else ''}"
         workers = [int(p.read_text()) for p in pid_files]
-        assert all(_running(pid) for pid in workers)
+        assert all(pid_alive(pid) for pid in workers)
         parent.kill()  # SIGKILL: no finally, no atexit
         parent.wait(10)
-        assert _wait_for(lambda: not any(_running(pid) for pid in workers), 5), \
-            f"workers {[pid for pid in workers if _running(pid)]} outlived their killed parent"
+        assert _wait_for(lambda: not any(pid_alive(pid) for pid in workers), 5), \
+            f"workers {[pid for pid in workers if pid_alive(pid)]} outlived their killed parent"
     finally:
         parent.kill()
         _reap_leftovers(workers)  # first: survivors hold the parent's output pipes open
@@ -145,7 +131,7 @@ def test_die_with_parent(tmp_path, mechanism, when):
             parent.wait(10)
         else:
             parent.wait(30)
-        assert _wait_for(lambda: not _running(child), 5), f"the child outlived its parent ({mechanism}, {when})"
+        assert _wait_for(lambda: not pid_alive(child), 5), f"the child outlived its parent ({mechanism}, {when})"
         assert Path(str(ready) + ".calling").exists(), "the child died before it called die_with_parent"
         if when == "before-the-call":
             assert not ready.exists(), "die_with_parent returned although the parent had already died"
