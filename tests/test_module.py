@@ -208,7 +208,8 @@ def test_every_module_subclass_is_covered():
         for sub in cls.__subclasses__():
             yield sub
             yield from subclasses(sub)
-    mine = {c for c in subclasses(Module) if c.__module__.startswith("scratch_rnn") and not c.__name__.startswith("_")}
+    mine = {c for c in subclasses(Module) if c.__module__.startswith("scratch_rnn") and not c.__name__.startswith("_")
+            and c._forward is not Module._forward}  # abstract bases (RecurrentBase) have no forward of their own
     covered = {type(case.make()) for case in CASES}
     assert mine <= covered, f"not covered by the lifecycle check: {sorted(c.__name__ for c in mine - covered)}"
 
