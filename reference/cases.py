@@ -1,11 +1,14 @@
-"""A drawn RNN configuration and its data: shared by the test strategies and the crosscheck command."""
+"""A drawn recurrent configuration (RNN, LSTM or GRU) and its data: shared by the test strategies and the
+crosscheck command. States go in the model's own form: ``h0`` (RNN, GRU) or ``(h0, c0)`` (LSTM)."""
 from __future__ import annotations
 
 from dataclasses import asdict, dataclass
 
 import numpy as np
 
-from scratch_rnn import RNN
+from scratch_rnn.rnn import CELLS
+
+CELL_NAMES = tuple(CELLS)  # "rnn", "lstm", "gru"
 
 
 @dataclass
@@ -27,57 +30,83 @@ class RNNCase:
     with_grad_h_n: bool
     dropout: float
     seed: int
+    cell: str = "rnn"
+    proj_size: int = 0          # LSTM only
 
-    def model(self, dtype=np.float64) -> RNN:
-        return RNN(self.input_size, self.hidden_size, self.num_layers, self.nonlinearity, self.bias,
-                   self.batch_first, self.dropout, self.bidirectional, dtype=dtype, seed=self.seed)
+    @property
+    def out_size(self) -> int:
+        return self.proj_size or self.hidden_size
 
-    def arrays(self, model: RNN):
-        """x, h0, lengths, cotangents in the model's layout. The weights and biases are redrawn
-        wider than torch's U(±1/√H) so that saturation and dead relu units are exercised."""
+    @property
+    def lstm(self) -> bool:
+        return self.cell == "lstm"
+
+    def model(self, dtype=np.float64):
+        common = dict(num_layers=self.num_layers, bias=self.bias, batch_first=self.batch_first, dropout=self.dropout,
+                      bidirectional=self.bidirectional, dtype=dtype, seed=self.seed)
+        if self.cell == "rnn":
+            common["nonlinearity"] = self.nonlinearity
+        if self.lstm:
+            common["proj_size"] = self.proj_size
+        return CELLS[self.cell](self.input_size, self.hidden_size, **common)
+
+    def arrays(self, model):
+        """x, hx, lengths, the output's cotangent and the final state's, in the model's layout and form
+        (hx and the final cotangent are pairs for the LSTM). The weights and biases are redrawn wider
+        than torch's U(±1/√H) so that saturation and dead relu units are exercised."""
         rng = np.random.default_rng(self.seed + 1)
         for p in model.parameters().values():
             p[...] = rng.uniform(-1.2, 1.2, size=p.shape) / np.sqrt(max(1, p.shape[-1]) / 2)
         T, B, I = self.steps, self.batch, self.input_size
         LD = self.num_layers * (2 if self.bidirectional else 1)
+        sizes = (self.out_size, self.hidden_size) if self.lstm else (self.hidden_size,)
         if self.unbatched:
-            x_shape, h_shape = (T, I), (LD, self.hidden_size)
+            x_shape, s_shapes = (T, I), [(LD, n) for n in sizes]
         else:
             x_shape = (B, T, I) if self.batch_first else (T, B, I)
-            h_shape = (LD, B, self.hidden_size)
+            s_shapes = [(LD, B, n) for n in sizes]
         x = rng.standard_normal(x_shape)
-        h0 = rng.standard_normal(h_shape) if self.with_h0 else None
+        h0 = tuple(rng.standard_normal(s) for s in s_shapes) if self.with_h0 else None
         lengths = None if self.lengths is None else np.array(self.lengths, dtype=np.int64)
-        out_shape = x_shape[:-1] + ((2 if self.bidirectional else 1) * self.hidden_size,)
+        out_shape = x_shape[:-1] + ((2 if self.bidirectional else 1) * self.out_size,)
         g_out = rng.standard_normal(out_shape)
-        g_hn = rng.standard_normal(h_shape) if self.with_grad_h_n else None
-        return x, h0, lengths, g_out, g_hn
+        g_fin = tuple(rng.standard_normal(s) for s in s_shapes) if self.with_grad_h_n else None
+        if not self.lstm:
+            h0 = None if h0 is None else h0[0]
+            g_fin = None if g_fin is None else g_fin[0]
+        return x, h0, lengths, g_out, g_fin
 
     def dropout_masks(self):
         """Keep-masks for the inter-layer dropout, time-major (T, B, D*H), or None."""
         if self.dropout == 0 or self.num_layers == 1:
             return None
         rng = np.random.default_rng(self.seed + 2)
-        shape = (self.steps, self.batch, (2 if self.bidirectional else 1) * self.hidden_size)
+        shape = (self.steps, self.batch, (2 if self.bidirectional else 1) * self.out_size)
         return [rng.random(shape) >= self.dropout for _ in range(self.num_layers - 1)]
 
     def __str__(self) -> str:
         return str(asdict(self))
 
 
-def random_case(rng: np.random.Generator, max_layers=3, max_steps=12, max_batch=6, max_size=8) -> RNNCase:
-    """Draw every option of torch.nn.RNN together, lengths and dropout included."""
+def random_case(rng: np.random.Generator, max_layers=3, max_steps=12, max_batch=6, max_size=8,
+                cells=("rnn",)) -> RNNCase:
+    """Draw every option of the cell's torch module together, lengths, dropout and proj_size included."""
+    cell = str(rng.choice(list(cells)))
     unbatched = bool(rng.random() < 0.15)
     batch = 1 if unbatched else int(rng.integers(1, max_batch + 1))
     steps = int(rng.integers(1, max_steps + 1))
     lengths = tuple(int(v) for v in rng.integers(1, steps + 1, size=batch)) if rng.random() < 0.5 else None
     num_layers = int(rng.integers(1, max_layers + 1))
+    hidden = int(rng.integers(1, max_size + 1))
+    proj = int(rng.integers(1, hidden)) if cell == "lstm" and hidden > 1 and rng.random() < 0.4 else 0
     return RNNCase(
+        cell=cell,
+        proj_size=proj,
         input_size=int(rng.integers(1, max_size + 1)),
-        hidden_size=int(rng.integers(1, max_size + 1)),
+        hidden_size=hidden,
         num_layers=num_layers,
         bidirectional=bool(rng.random() < 0.5),
-        nonlinearity=str(rng.choice(["tanh", "relu"])),
+        nonlinearity=str(rng.choice(["tanh", "relu"])) if cell == "rnn" else "tanh",
         bias=bool(rng.random() < 0.8),
         batch_first=bool(rng.random() < 0.5),
         unbatched=unbatched,

@@ -1,4 +1,4 @@
-"""The torch twin of ``scratch_rnn.models.SequenceModel``: nn.Embedding -> nn.RNN -> pooling -> nn.Linear.
+"""The torch twin of ``scratch_rnn.models.SequenceModel``: nn.Embedding -> nn.RNN / LSTM / GRU -> pooling -> nn.Linear.
 
 Built from the same ``ModelConfig``; its ``state_dict()`` keys are the scratch model's flat
 parameter names (submodules ``embedding``, ``rnn``, ``head``), so one ``load_state_dict`` moves
@@ -34,7 +34,7 @@ def draw_dropout_masks(rng: np.random.Generator, config, T: int, B: int, trainin
     if not (training and config.dropout > 0 and config.num_layers > 1):
         return None
     D = 2 if config.bidirectional else 1
-    return [rng.random((T, B, D * config.hidden_size)) >= config.dropout for _ in range(config.num_layers - 1)]
+    return [rng.random((T, B, D * config.output_size)) >= config.dropout for _ in range(config.num_layers - 1)]
 
 
 class TorchSequenceModel(torch.nn.Module):
@@ -50,11 +50,20 @@ class TorchSequenceModel(torch.nn.Module):
         else:
             self.embedding = None
         in_size = c.embedding_dim if c.vocab_size is not None else c.input_size
-        self.rnn = torch.nn.RNN(in_size, c.hidden_size, num_layers=c.num_layers, nonlinearity=c.nonlinearity,
-                                bias=c.bias, batch_first=True, dropout=c.dropout, bidirectional=c.bidirectional,
-                                dtype=dtype)
+        self.rnn = self._recurrent(in_size, num_layers=c.num_layers, dropout=c.dropout)
         D = 2 if c.bidirectional else 1
-        self.head = torch.nn.Linear(D * c.hidden_size, c.out_features, dtype=dtype)
+        self.head = torch.nn.Linear(D * c.output_size, c.out_features, dtype=dtype)
+
+    def _recurrent(self, in_size, num_layers, dropout=0.0) -> torch.nn.Module:
+        """nn.RNN / nn.LSTM / nn.GRU of the config's cell."""
+        c = self.config
+        opts = dict(num_layers=num_layers, bias=c.bias, batch_first=True, dropout=dropout,
+                    bidirectional=c.bidirectional, dtype=self.tdtype)
+        if c.cell == "rnn":
+            return torch.nn.RNN(in_size, c.hidden_size, nonlinearity=c.nonlinearity, **opts)
+        if c.cell == "lstm":
+            return torch.nn.LSTM(in_size, c.hidden_size, proj_size=c.proj_size, **opts)
+        return torch.nn.GRU(in_size, c.hidden_size, **opts)
 
     # -- the RNN, whole or unrolled per layer --------------------------------------------------
     def _rnn(self, module, x, h0, lengths):
@@ -71,27 +80,30 @@ class TorchSequenceModel(torch.nn.Module):
         c = self.config
         D = 2 if c.bidirectional else 1
         scale = 0.0 if c.dropout >= 1 else 1.0 / (1.0 - c.dropout)
-        layer_in, h_ns = x, []
+        layer_in, finals = x, []
         for layer in range(c.num_layers):
-            single = torch.nn.RNN(layer_in.shape[-1], c.hidden_size, nonlinearity=c.nonlinearity, bias=c.bias,
-                                  batch_first=True, bidirectional=c.bidirectional, dtype=x.dtype)
+            single = self._recurrent(layer_in.shape[-1], num_layers=1)
             for name, _ in list(single.named_parameters()):
                 setattr(single, name, getattr(self.rnn, name.replace("_l0", f"_l{layer}")))  # shared leaves
-            out, h_n = self._rnn(single, layer_in, None if h0 is None else h0[layer * D:(layer + 1) * D], lengths)
-            h_ns.append(h_n)
+            hx = None if h0 is None else (tuple(s[layer * D:(layer + 1) * D] for s in h0) if isinstance(h0, tuple)
+                                          else h0[layer * D:(layer + 1) * D])
+            out, h_n = self._rnn(single, layer_in, hx, lengths)
+            finals.append(h_n if isinstance(h_n, tuple) else (h_n,))
             if layer < c.num_layers - 1:
-                keep = torch.as_tensor(np.asarray(masks[layer], dtype=np.float64), dtype=x.dtype)  # (T, B, D·H)
+                keep = torch.as_tensor(np.array(masks[layer], dtype=np.float64), dtype=x.dtype)  # (T, B, D·H), a copy
                 out = out * keep.transpose(0, 1) * scale
             layer_in = out
-        return layer_in, torch.cat(h_ns, dim=0)
+        cat = tuple(torch.cat(parts, dim=0) for parts in zip(*finals))
+        return layer_in, cat if len(cat) > 1 else cat[0]
 
     def forward(self, x, h0=None, lengths=None, dropout_masks=None):
         c = self.config
         x = to_tensor(x, self.tdtype) if not torch.is_tensor(x) else x
         emb = self.embedding(x) if self.embedding is not None else x  # (B, T, E)
         B, T = emb.shape[:2]
-        if h0 is not None and not torch.is_tensor(h0):
-            h0 = to_tensor(h0, self.tdtype)
+        if h0 is not None:  # an array, or (h0, c0) for an LSTM
+            h0 = tuple(s if torch.is_tensor(s) else to_tensor(s, self.tdtype) for s in h0) if isinstance(
+                h0, (tuple, list)) else (h0 if torch.is_tensor(h0) else to_tensor(h0, self.tdtype))
         if self.training and c.dropout > 0 and c.num_layers > 1:
             if dropout_masks is None:
                 raise ValueError("dropout_masks: the twin needs the scratch model's masks in training mode")

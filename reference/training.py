@@ -81,7 +81,8 @@ class TorchTrainer(Trainer):
         if not math.isfinite(loss.item()):
             raise FloatingPointError(f"the loss is {loss.item()}")
         loss.backward()
-        return StepOutput(loss.item(), out.detach().numpy(), h_n.detach().numpy())
+        finals = tuple(f.detach().numpy() for f in h_n) if isinstance(h_n, tuple) else h_n.detach().numpy()
+        return StepOutput(loss.item(), out.detach().numpy(), finals)
 
     def _measure_and_clip(self) -> float:
         norm = total_norm(self.params)
@@ -109,6 +110,9 @@ class TorchTrainer(Trainer):
 
     def load_model_state(self, state: dict) -> None:
         self.model.load_state_dict({k: torch.from_numpy(np.array(v)).to(self.model.tdtype) for k, v in state.items()})
+
+    def _state_dtype(self):
+        return np.dtype(np.float64 if self.model.tdtype == torch.float64 else np.float32)
 
     def set_lr(self, lr: float) -> None:
         for group in self.optimizer.param_groups:

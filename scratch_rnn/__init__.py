@@ -19,11 +19,11 @@ from .losses import (
 )
 from .models import ModelConfig, SequenceModel, StepOutput
 from .module import Module
-from .rnn import RNN
+from .rnn import GRU, LSTM, RNN
 from .train import Dataset, NonFiniteError, StepRecord, TrainConfig, Trainer
 
 __all__ = [
-    "Module", "RNN", "Linear", "Embedding", "step_forward", "step_backward",
+    "Module", "RNN", "LSTM", "GRU", "Linear", "Embedding", "step_forward", "step_backward",
     "mse_loss", "mse_loss_backward", "cross_entropy", "cross_entropy_backward",
     "binary_cross_entropy_with_logits", "binary_cross_entropy_with_logits_backward",
     "MSELoss", "CrossEntropyLoss", "BCEWithLogitsLoss",

@@ -54,7 +54,7 @@ def activation_pattern(model) -> tuple:
     Finite differences are only an oracle where the function is smooth along the segment: a relu
     pre-activation that changes sign between θ - εv and θ + εv puts a kink inside it.
     """
-    if model.nonlinearity != "relu":
+    if getattr(model, "nonlinearity", "tanh") != "relu":  # gated cells are smooth
         return ()
     cache = model._cache
     T, B, sizes = cache["T"], cache["B"], cache["batch_sizes"]
@@ -67,31 +67,41 @@ def activation_pattern(model) -> tuple:
     return tuple(pattern)
 
 
-def _rnn_loss(model, x, h0, lengths, g_out, g_hn, dropout_masks):
-    out, h_n = model.forward(x, h0, lengths, dropout_masks=dropout_masks)
-    return float(np.sum(out * g_out) + np.sum(h_n * g_hn)), activation_pattern(model)
+def _as_states(hx) -> tuple:
+    return tuple(hx) if isinstance(hx, (tuple, list)) else (hx,)
+
+
+def _rnn_loss(model, x, states, lengths, g_out, g_finals, dropout_masks):
+    hx = states if len(states) > 1 else states[0]
+    out, finals = model.forward(x, hx, lengths, dropout_masks=dropout_masks)
+    loss = float(np.sum(out * g_out)) + sum(float(np.sum(f * g)) for f, g in zip(_as_states(finals), g_finals))
+    return loss, activation_pattern(model)
 
 
 def rnn_directional_checks(model, x, h0, lengths=None, *, n_directions=3, eps=1e-6, seed=0,
                            dropout_masks=None, restrict_to=None) -> list[DirectionalCheck]:
     """Central-difference checks of ``model``'s BPTT along random directions (use float64).
 
-    Perturbs every parameter, ``x`` (named "input") and ``h0`` together, or only the names in
-    ``restrict_to`` (e.g. ``["weight_hh_l0"]`` or ``["input"]``) to check one gradient alone.
-    Parameters are restored afterwards and the model's ``grads`` are left as they were.
+    ``model``: an RNN, GRU or LSTM; ``h0`` its initial state as its forward takes it (an array, or
+    (h0, c0) for the LSTM). Perturbs every parameter, ``x`` (named "input") and the initial states
+    ("h0", "c0") together, or only the names in ``restrict_to`` (e.g. ``["weight_hh_l0"]`` or
+    ``["input"]``) to check one gradient alone. Parameters are restored afterwards and the model's
+    ``grads`` are left as they were.
     """
     rng = np.random.default_rng(seed)
     params = model.parameters()
     saved = {k: v.copy() for k, v in params.items()}
     saved_grads = {k: v.copy() for k, v in model.grads.items()}
     x = np.asarray(x, dtype=np.float64)
-    h0 = np.asarray(h0, dtype=np.float64)
-    out, h_n = model.forward(x, h0, lengths, dropout_masks=dropout_masks)
+    states = tuple(np.asarray(s, dtype=np.float64) for s in _as_states(h0))
+    names = ("h0", "c0")[:len(states)]
+    out, finals = model.forward(x, states if len(states) > 1 else states[0], lengths, dropout_masks=dropout_masks)
     base_pattern = activation_pattern(model)
     g_out = rng.standard_normal(out.shape)
-    g_hn = rng.standard_normal(h_n.shape)
+    g_finals = tuple(rng.standard_normal(f.shape) for f in _as_states(finals))
     model.zero_grad()
-    grad_x, grad_h0 = model.backward(g_out, g_hn)
+    grad_x, grad_states = model.backward(g_out, g_finals if len(g_finals) > 1 else g_finals[0])
+    grad_states = _as_states(grad_states)
     analytic_grads = {k: v.copy() for k, v in model.grads.items()}
 
     results = []
@@ -108,15 +118,16 @@ def rnn_directional_checks(model, x, h0, lengths=None, *, n_directions=3, eps=1e
                 return v if restrict_to is None or name in restrict_to else np.zeros(shape)
             vp = {k: draw(k, v.shape) for k, v in params.items()}
             vx = draw("input", x.shape)
-            vh = draw("h0", h0.shape)
+            vs = tuple(draw(n, s.shape) for n, s in zip(names, states))
             analytic = (sum(float(np.sum(analytic_grads[k] * vp[k])) for k in params)
-                        + float(np.sum(grad_x * vx)) + float(np.sum(grad_h0 * vh)))
+                        + float(np.sum(grad_x * vx)) + sum(float(np.sum(g * v)) for g, v in zip(grad_states, vs)))
             losses, smooth = [], True
             for sign in (1.0, -1.0):
                 for k in params:
                     params[k][...] = saved[k] + sign * eps * vp[k]
-                loss, pattern = _rnn_loss(model, x + sign * eps * vx, h0 + sign * eps * vh, lengths,
-                                          g_out, g_hn, dropout_masks)
+                loss, pattern = _rnn_loss(model, x + sign * eps * vx,
+                                          tuple(s + sign * eps * v for s, v in zip(states, vs)), lengths,
+                                          g_out, g_finals, dropout_masks)
                 losses.append(loss)
                 smooth &= pattern == base_pattern
             if not smooth:  # a relu kink lies on the segment: this direction proves nothing

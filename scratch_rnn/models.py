@@ -20,7 +20,9 @@ Parameters form one flat dict under the names of the torch twin's ``state_dict()
 the layers' own (live), so an optimizer given ``model.parameters()`` trains the model.
 
 Inputs are batch-first: tokens (B, T) int, or dense (B, T, input_size) float; ``lengths`` (B,)
-in 1..T (None: every sequence has length T); ``h0`` (num_layers·D, B, H) or None.
+in 1..T (None: every sequence has length T); ``h0`` the cell's initial state or None: an array
+(num_layers·D, B, H) for ``cell="rnn"`` / ``"gru"``, a pair (h0, c0) for ``cell="lstm"`` (h0's last
+dimension is proj_size when the LSTM projects). ``h_n`` comes back in the same form.
 """
 from __future__ import annotations
 
@@ -39,13 +41,14 @@ from .checks import (
     check_dtype,
     check_index_range,
     check_lengths,
+    check_non_negative_int,
     check_positive_int,
     check_probability,
     check_shape,
 )
 from .layers import Embedding, Linear
 from .module import Module
-from .rnn import RNN
+from .rnn import CELLS
 
 __all__ = ["ModelConfig", "SequenceModel", "StepOutput", "POOLINGS", "TASKS", "LOSSES", "valid_mask"]
 
@@ -69,7 +72,9 @@ class ModelConfig:
     embedding_dim: int | None = None
     input_size: int | None = None
     num_layers: int = 1
-    nonlinearity: str = "tanh"
+    nonlinearity: str = "tanh"           # the Elman cell's; LSTM and GRU have their own gates
+    cell: str = "rnn"                    # "rnn" (Elman), "lstm" or "gru"
+    proj_size: int = 0                   # LSTM only: h_t = W_hr (o ⊙ tanh c_t), P < hidden_size
     bias: bool = True
     bidirectional: bool = False
     dropout: float = 0.0
@@ -100,6 +105,14 @@ class ModelConfig:
                 raise ValueError(f"embedding_dim/padding_idx: only meaningful with vocab_size (token input), got "
                                  f"embedding_dim={self.embedding_dim!r}, padding_idx={self.padding_idx!r}")
         check_choice("nonlinearity", self.nonlinearity, ("tanh", "relu"))
+        check_choice("cell", self.cell, CELLS)
+        if self.cell != "rnn" and self.nonlinearity != "tanh":
+            raise ValueError(f"nonlinearity: only the Elman cell (cell='rnn') has one, got nonlinearity="
+                             f"{self.nonlinearity!r} with cell={self.cell!r}")
+        check_non_negative_int("proj_size", self.proj_size)
+        if self.proj_size and (self.cell != "lstm" or self.proj_size >= self.hidden_size):
+            raise ValueError(f"proj_size: expected 0, or with cell='lstm' a number below hidden_size="
+                             f"{self.hidden_size}, got {self.proj_size} (cell={self.cell!r})")
         check_probability("dropout", self.dropout)
         check_choice("pooling", self.pooling, POOLINGS)
         check_choice("task", self.task, TASKS)
@@ -113,6 +126,11 @@ class ModelConfig:
     @property
     def num_directions(self) -> int:
         return 2 if self.bidirectional else 1
+
+    @property
+    def output_size(self) -> int:
+        """The size of h per direction: proj_size when the LSTM projects, else hidden_size."""
+        return self.proj_size or self.hidden_size
 
     @property
     def rnn_input_size(self) -> int:
@@ -179,7 +197,7 @@ class StepOutput(NamedTuple):
 
     loss: float
     output: np.ndarray   # (B, C) | (B, T, C): the head's output, before the loss
-    h_n: np.ndarray      # (L·D, B, H)
+    h_n: object          # (L·D, B, H), or (h_n, c_n) for an LSTM
 
 
 class SequenceModel(Module):
@@ -202,10 +220,11 @@ class SequenceModel(Module):
         s_emb, s_rnn, s_head, s_drop = np.random.SeedSequence(c.seed).spawn(4)
         self.register_module("embedding", Embedding(c.vocab_size, c.embedding_dim, c.padding_idx, dtype=dtype,
                                                     seed=s_emb) if c.vocab_size is not None else None)
-        self.register_module("rnn", RNN(c.rnn_input_size, c.hidden_size, num_layers=c.num_layers,
-                                        nonlinearity=c.nonlinearity, bias=c.bias, batch_first=True,
-                                        dropout=c.dropout, bidirectional=c.bidirectional, dtype=dtype, seed=s_rnn))
-        self.register_module("head", Linear(c.num_directions * c.hidden_size, c.out_features, dtype=dtype,
+        cell_options = {"rnn": dict(nonlinearity=c.nonlinearity), "lstm": dict(proj_size=c.proj_size), "gru": {}}
+        self.register_module("rnn", CELLS[c.cell](c.rnn_input_size, c.hidden_size, num_layers=c.num_layers, bias=c.bias,
+                                                  batch_first=True, dropout=c.dropout, bidirectional=c.bidirectional,
+                                                  dtype=dtype, seed=s_rnn, **cell_options[c.cell]))
+        self.register_module("head", Linear(c.num_directions * c.output_size, c.out_features, dtype=dtype,
                                             seed=s_head))
         # the generator of the dropout masks; its state is part of a checkpoint
         self.rng = np.random.default_rng(s_drop)
@@ -258,7 +277,7 @@ class SequenceModel(Module):
         c = self.config
         if not (self.training and c.dropout > 0 and c.num_layers > 1):
             return None
-        shape = (T, B, c.num_directions * c.hidden_size)
+        shape = (T, B, c.num_directions * c.output_size)
         return [self.rng.random(shape) >= c.dropout for _ in range(c.num_layers - 1)]
 
     def _forward(self, x, h0=None, lengths=None):

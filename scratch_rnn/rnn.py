@@ -25,8 +25,10 @@ import warnings
 import numpy as np
 
 from . import functional as F
+from . import gated as G
 from .checks import (
     as_float_array,
+    shares_memory,
     check_bool,
     check_choice,
     check_lengths,
@@ -237,7 +239,7 @@ class RecurrentBase(Module):
                 lengths = np.reshape(lengths, 1)
             lengths = check_lengths("lengths", lengths, B, T)
         # backward reads the layer input: it must be the model's own, not the caller's array
-        owned = not (isinstance(x_given, np.ndarray) and np.may_share_memory(x, x_given))
+        owned = not shares_memory(x, x_given)
         return x, tuple(checked), lengths, batched, owned
 
     # ---------------------------------------------------------------- forward
@@ -250,6 +252,9 @@ class RecurrentBase(Module):
 
         use_dropout = self.training and self.dropout > 0 and L > 1
         masks = self._dropout_masks(dropout_masks, T, B) if use_dropout else None
+        if masks is not None:  # what backward reads: shown to the caller, not writable by it
+            for m in masks:
+                m.flags.writeable = False
         self.dropout_masks = masks
 
         # Packed-sequence bookkeeping: sort by decreasing length (stable), so that at step t the
@@ -533,3 +538,117 @@ def check_finite_state(out: np.ndarray, layer: int, dtype) -> None:
             f"forward: the hidden state of layer {layer} became non-finite at time step {t} although the "
             f"inputs were finite: the recurrence overflowed {np.dtype(dtype).name} (relu with large recurrent "
             f"weights); {advice}")
+
+
+def _pair(name: str, value) -> tuple:
+    """``value`` as a pair (a, b), either entry may be None; None itself is (None, None)."""
+    if value is None:
+        return (None, None)
+    if not isinstance(value, (tuple, list)) or len(value) != 2:
+        raise TypeError(f"{name}: expected a pair (h, c) of arrays (either may be None) or None, got "
+                        f"{type(value).__name__}{f' of length {len(value)}' if isinstance(value, (tuple, list)) else ''}")
+    return tuple(value)
+
+
+class LSTM(RecurrentBase):
+    """LSTM with the interface and semantics of ``torch.nn.LSTM`` (gate order i, f, g, o; ``proj_size``).
+
+    i, f, o = σ(x W_i·ᵀ + b_i· + h W_h·ᵀ + b_h·), g = tanh(…), c_t = f ⊙ c_{t-1} + i ⊙ g,
+    h_t = o ⊙ tanh(c_t), or with ``proj_size`` P > 0, h_t = (o ⊙ tanh(c_t)) W_hrᵀ.
+    ``forward(x, hx=None, lengths=None)`` -> ``output, (h_n, c_n)`` with hx = (h0, c0) or None;
+    ``backward(grad_output, grad_hx=None)`` -> ``grad_x, (grad_h0, grad_c0)`` with grad_hx = (grad_h_n,
+    grad_c_n), either may be None. h0/h_n are (D·L, N, P or H), c0/c_n (D·L, N, H); output's last
+    dimension D·(P or H). After backward, ``hidden_grads`` (D·L, T, N, P or H) = dL/dh_t and
+    ``cell_grads`` (D·L, T, N, H) = dL/dc_t, time-major, zero at padded steps. The math is
+    :mod:`scratch_rnn.gated`; everything else is :class:`RecurrentBase`, shared with ``RNN``.
+    """
+
+    GATES, STATES, NAME = 4, ("h", "c"), "LSTM"
+
+    def __init__(self, input_size, hidden_size, num_layers=1, bias=True, batch_first=False, dropout=0.0,
+                 bidirectional=False, proj_size=0, *, dtype=np.float32, seed=None, flush_below=None,
+                 flush_every=DEFAULT_FLUSH_EVERY):
+        super().__init__(input_size, hidden_size, num_layers, bias, batch_first, dropout, bidirectional,
+                         proj_size, dtype=dtype, seed=seed, flush_below=flush_below, flush_every=flush_every)
+        self.cell_grads = None
+
+    def _forward(self, x, hx=None, lengths=None, *, dropout_masks=None):
+        """Returns ``((output, (h_n, c_n)), cache)``; see :meth:`RNN._forward` for ``dropout_masks``."""
+        (output, (h_n, c_n)), cache = self._run_forward(x, _pair("hx", hx), lengths, dropout_masks)
+        return (output, (h_n, c_n)), cache
+
+    def _backward(self, c, grad_output=None, grad_hx=None):
+        (grad_x, (grad_h0, grad_c0)), grads = self._run_backward(c, grad_output, _pair("grad_hx", grad_hx))
+        return (grad_x, (grad_h0, grad_c0)), grads
+
+    def _direction_forward(self, x, state0, layer, d, ctx):
+        b = None if not self.bias else self._p("bias_ih", layer, d) + self._p("bias_hh", layer, d)
+        x_proj = G.input_projection(x, self._p("weight_ih", layer, d), b)
+        cache = G.lstm_sequence_forward(x_proj, state0[0], state0[1], self._p("weight_hh", layer, d),
+                                        self._p("weight_hr", layer, d), ctx["batch_sizes"], d == 1)
+        return (cache["h"][:-1] if d == 1 else cache["h"][1:]), (cache["h_n"], cache["c_n"]), cache
+
+    def _direction_backward(self, d_out, d_finals, cache, layer, d, ctx, out):
+        T, B = ctx["T"], ctx["B"]
+        w_ih, reverse = self._p("weight_ih", layer, d), d == 1
+        res = G.lstm_sequence_backward(d_out, d_finals[0], d_finals[1], cache, self._p("weight_hh", layer, d),
+                                       self._p("weight_hr", layer, d), ctx["batch_sizes"], reverse,
+                                       flush_below=self.flush_below, flush_every=self.flush_every)
+        out["hidden"][...] = res["hidden_grads"]
+        out["cell"][...] = res["cell_grads"]
+        wg = G.lstm_weight_gradients(res["da"], ctx["layer_in"], cache, res["hidden_grads"], reverse, self.bias,
+                                     self.proj_size > 0)
+        grads = {"weight_ih": wg["w_ih"], "weight_hh": wg["w_hh"]}
+        if self.bias:
+            grads["bias_ih"] = grads["bias_hh"] = wg["b"]
+        if self.proj_size:
+            grads["weight_hr"] = wg["w_hr"]
+        dx = np.dot(res["da"].reshape(T * B, -1), w_ih).reshape(T, B, w_ih.shape[1])
+        return dx, (res["dh0"], res["dc0"]), grads
+
+
+class GRU(RecurrentBase):
+    """GRU with the interface and semantics of ``torch.nn.GRU`` (gate order r, z, n).
+
+    r, z = σ(x W_i·ᵀ + b_i· + h W_h·ᵀ + b_h·), n = tanh(x W_inᵀ + b_in + r ⊙ (h W_hnᵀ + b_hn)),
+    h_t = (1 − z) ⊙ n + z ⊙ h_{t-1}. ``forward(x, h0=None, lengths=None)`` -> ``output, h_n``;
+    ``backward(grad_output, grad_h_n=None)`` -> ``grad_x, grad_h0``; shapes, lengths, dropout and
+    ``hidden_grads`` as :class:`RNN`. The math is :mod:`scratch_rnn.gated`.
+    """
+
+    GATES, NAME = 3, "GRU"
+
+    def __init__(self, input_size, hidden_size, num_layers=1, bias=True, batch_first=False, dropout=0.0,
+                 bidirectional=False, *, dtype=np.float32, seed=None, flush_below=None, flush_every=DEFAULT_FLUSH_EVERY):
+        super().__init__(input_size, hidden_size, num_layers, bias, batch_first, dropout, bidirectional,
+                         dtype=dtype, seed=seed, flush_below=flush_below, flush_every=flush_every)
+
+    def _forward(self, x, h0=None, lengths=None, *, dropout_masks=None):
+        (output, (h_n,)), cache = self._run_forward(x, (h0,), lengths, dropout_masks)
+        return (output, h_n), cache
+
+    def _backward(self, c, grad_output=None, grad_h_n=None):
+        (grad_x, (grad_h0,)), grads = self._run_backward(c, grad_output, (grad_h_n,))
+        return (grad_x, grad_h0), grads
+
+    def _direction_forward(self, x, state0, layer, d, ctx):
+        x_proj = G.input_projection(x, self._p("weight_ih", layer, d), self._p("bias_ih", layer, d))
+        cache = G.gru_sequence_forward(x_proj, state0[0], self._p("weight_hh", layer, d), self._p("bias_hh", layer, d),
+                                       ctx["batch_sizes"], d == 1)
+        return (cache["h"][:-1] if d == 1 else cache["h"][1:]), (cache["h_n"],), cache
+
+    def _direction_backward(self, d_out, d_finals, cache, layer, d, ctx, out):
+        T, B = ctx["T"], ctx["B"]
+        w_ih, reverse = self._p("weight_ih", layer, d), d == 1
+        res = G.gru_sequence_backward(d_out, d_finals[0], cache, self._p("weight_hh", layer, d), ctx["batch_sizes"],
+                                      reverse, flush_below=self.flush_below, flush_every=self.flush_every)
+        out["hidden"][...] = res["hidden_grads"]
+        wg = G.gru_weight_gradients(res["dgi"], res["dgh"], ctx["layer_in"], cache, reverse, self.bias)
+        grads = {"weight_ih": wg["w_ih"], "weight_hh": wg["w_hh"]}
+        if self.bias:
+            grads["bias_ih"], grads["bias_hh"] = wg["b_ih"], wg["b_hh"]
+        dx = np.dot(res["dgi"].reshape(T * B, -1), w_ih).reshape(T, B, w_ih.shape[1])
+        return dx, (res["dh0"],), grads
+
+
+CELLS = {"rnn": RNN, "lstm": LSTM, "gru": GRU}

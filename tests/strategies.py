@@ -1,13 +1,15 @@
-"""Hypothesis strategies that draw an RNN configuration and its data together."""
+"""Hypothesis strategies that draw a recurrent configuration (the cell too) and its data together."""
 from __future__ import annotations
 
 from hypothesis import strategies as st
 
-from reference.cases import RNNCase
+from reference.cases import CELL_NAMES, RNNCase
 
 
 @st.composite
-def rnn_cases(draw, max_layers=3, max_steps=7, max_batch=5, dropout=False, allow_unbatched=True):
+def rnn_cases(draw, max_layers=3, max_steps=7, max_batch=5, dropout=False, allow_unbatched=True, cells=CELL_NAMES):
+    """One strategy for every cell: the cell ("rnn", "lstm", "gru") is drawn with its options."""
+    cell = draw(st.sampled_from(list(cells)))
     unbatched = draw(st.booleans()) if allow_unbatched else False
     batch = 1 if unbatched else draw(st.integers(1, max_batch))
     steps = draw(st.integers(1, max_steps))
@@ -16,12 +18,16 @@ def rnn_cases(draw, max_layers=3, max_steps=7, max_batch=5, dropout=False, allow
     if use_lengths:
         lengths = tuple(draw(st.lists(st.integers(1, steps), min_size=batch, max_size=batch)))
     num_layers = draw(st.integers(1, max_layers))
+    hidden = draw(st.integers(1, 6))
+    proj = draw(st.integers(0, hidden - 1)) if cell == "lstm" and hidden > 1 else 0
     return RNNCase(
+        cell=cell,
+        proj_size=proj,
         input_size=draw(st.integers(1, 5)),
-        hidden_size=draw(st.integers(1, 6)),
+        hidden_size=hidden,
         num_layers=num_layers,
         bidirectional=draw(st.booleans()),
-        nonlinearity=draw(st.sampled_from(["tanh", "relu"])),
+        nonlinearity=draw(st.sampled_from(["tanh", "relu"])) if cell == "rnn" else "tanh",
         bias=draw(st.booleans()),
         batch_first=draw(st.booleans()),
         unbatched=unbatched,

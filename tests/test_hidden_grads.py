@@ -41,7 +41,7 @@ def case_arrays(case: RNNCase, with_grad_output: bool = True):
     return model, x, h0, lengths, go, ghn, case.dropout_masks()
 
 
-@given(case=rnn_cases(dropout=True), with_grad_output=st.booleans())
+@given(case=rnn_cases(dropout=True, cells=("rnn",)), with_grad_output=st.booleans())  # the Elman unroll oracle
 def test_hidden_grads_match_torch_unroll(case, with_grad_output):
     model, x, h0, lengths, go, ghn, masks = case_arrays(case, with_grad_output)
     got = scratch_hidden_grads(model, x, h0, lengths, go, ghn, masks)

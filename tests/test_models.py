@@ -21,15 +21,18 @@ THOROUGH = settings.default.max_examples > 25
 # strategies shared with the trajectory and TBPTT tests
 # ---------------------------------------------------------------------------------------------
 @st.composite
-def model_configs(draw, task=None, max_layers=2):
-    """A float64 ModelConfig over every option: token/dense input, layers, directions, dropout..."""
+def model_configs(draw, task=None, max_layers=2, cells=("rnn", "lstm", "gru")):
+    """A float64 ModelConfig over every option: the cell, token/dense input, layers, directions, dropout..."""
+    cell = draw(st.sampled_from(list(cells)))
     tokens = draw(st.booleans())
     layers = draw(st.integers(1, max_layers))
+    hidden = draw(st.integers(1, 5))
     kw = dict(vocab_size=draw(st.integers(2, 8)), embedding_dim=draw(st.integers(1, 4)),
               padding_idx=draw(st.sampled_from([None, 0]))) if tokens else dict(input_size=draw(st.integers(1, 4)))
     return ModelConfig(
-        hidden_size=draw(st.integers(1, 5)), out_features=draw(st.integers(1, 4)), num_layers=layers,
-        nonlinearity=draw(st.sampled_from(["tanh", "relu"])), bias=draw(st.booleans()),
+        cell=cell, proj_size=draw(st.integers(0, hidden - 1)) if cell == "lstm" and hidden > 1 else 0,
+        hidden_size=hidden, out_features=draw(st.integers(1, 4)), num_layers=layers,
+        nonlinearity=draw(st.sampled_from(["tanh", "relu"])) if cell == "rnn" else "tanh", bias=draw(st.booleans()),
         bidirectional=draw(st.booleans()), dropout=draw(st.sampled_from([0.0, 0.4])) if layers > 1 else 0.0,
         pooling=draw(st.sampled_from(["last", "mean", "max"])),
         task=task or draw(st.sampled_from(["sequence", "per_step"])),
@@ -53,6 +56,17 @@ def random_batch(rng, cfg: ModelConfig, B: int, T: int, variable: bool):
     return x, y, lengths
 
 
+def random_state(rng, cfg: ModelConfig, B: int):
+    """A random initial state in the model's form: an array, or (h0, c0) for an LSTM."""
+    LD = cfg.num_layers * cfg.num_directions
+    h = rng.standard_normal((LD, B, cfg.output_size))
+    return (h, rng.standard_normal((LD, B, cfg.hidden_size))) if cfg.cell == "lstm" else h
+
+
+def as_tuple(s):
+    return s if isinstance(s, tuple) else (s,)
+
+
 def randomize_biases(model: SequenceModel, rng) -> None:
     """torch's init is already random, but make sure no parameter is zero (padding row aside)."""
     state = model.state_dict()
@@ -70,20 +84,31 @@ def _masks_for(model, T, B):
 
 
 def _torch_run(model, x, lengths, h0, masks, grad_out=None, grad_h_n=None, y=None):
+    """The twin's forward and backward; h0, grad_h_n and the returned h_n / grad_h0 in the model's form."""
     twin = torch_twin(model)
     xt = torch.tensor(x) if np.asarray(x).dtype.kind in "iu" else torch.tensor(x, requires_grad=True)
-    h0t = torch.tensor(h0, requires_grad=True)
-    out, h_n = twin(xt, h0t, lengths, masks)
+    h0t = tuple(torch.tensor(s, requires_grad=True) for s in as_tuple(h0))
+    out, h_n = twin(xt, h0t if len(h0t) > 1 else h0t[0], lengths, masks)
     if y is not None:
         loss = twin.loss(out, y, lengths)
         loss.backward()
     else:
         loss = None
-        ((out * torch.tensor(grad_out)).sum() + (h_n * torch.tensor(grad_h_n)).sum()).backward()
-    return dict(out=out.detach().numpy(), h_n=h_n.detach().numpy(), loss=None if loss is None else loss.item(),
-                grad_x=None if xt.grad is None else xt.grad.numpy(), grad_h0=h0t.grad.numpy(),
+        total = (out * torch.tensor(grad_out)).sum()
+        for f, g in zip(as_tuple(h_n), as_tuple(grad_h_n)):
+            total = total + (f * torch.tensor(g)).sum()
+        total.backward()
+    form = (lambda t: t) if len(h0t) > 1 else (lambda t: t[0])
+    return dict(out=out.detach().numpy(), h_n=form(tuple(f.detach().numpy() for f in as_tuple(h_n))),
+                loss=None if loss is None else loss.item(),
+                grad_x=None if xt.grad is None else xt.grad.numpy(), grad_h0=form(tuple(t.grad.numpy() for t in h0t)),
                 grads={k: (p.grad.numpy() if p.grad is not None else np.zeros(tuple(p.shape)))
                        for k, p in twin.named_parameters()})
+
+
+def assert_states_close(mine, theirs, name, config):
+    for i, (a, b) in enumerate(zip(as_tuple(mine), as_tuple(theirs))):
+        assert_close(a, b, name=f"{name}[{'hc'[i]}]", config=config)
 
 
 # ---------------------------------------------------------------------------------------------
@@ -97,19 +122,19 @@ def test_forward_backward_match_torch_with_random_cotangents(cfg, seed, B, T, va
     model = SequenceModel(cfg).train(train)
     randomize_biases(model, rng)
     x, _, lengths = random_batch(rng, cfg, B, T, variable)
-    LD = cfg.num_layers * cfg.num_directions
-    h0 = rng.standard_normal((LD, B, cfg.hidden_size))
+    h0 = random_state(rng, cfg, B)
     masks = _masks_for(model, T, B)
     out, h_n = model.forward(x, h0, lengths)
     grad_out = rng.standard_normal(out.shape)  # random cotangents, never .sum()
-    grad_h_n = rng.standard_normal(h_n.shape)
+    grad_h_n = tuple(rng.standard_normal(f.shape) for f in as_tuple(h_n))
+    grad_h_n = grad_h_n if len(grad_h_n) > 1 else grad_h_n[0]
     model.zero_grad()
     grad_x, grad_h0 = model.backward(grad_out, grad_h_n)
     ref = _torch_run(model, x, lengths, h0, masks, grad_out, grad_h_n)
     config = dict(cfg=cfg, seed=seed, B=B, T=T, lengths=lengths, train=train)
     assert_close(out, ref["out"], name="out", config=config)
-    assert_close(h_n, ref["h_n"], name="h_n", config=config)
-    assert_close(grad_h0, ref["grad_h0"], name="grad_h0", config=config)
+    assert_states_close(h_n, ref["h_n"], "h_n", config)
+    assert_states_close(grad_h0, ref["grad_h0"], "grad_h0", config)
     if cfg.vocab_size is None:
         assert_close(grad_x, ref["grad_x"], name="grad_x", config=config)
     else:
@@ -127,7 +152,7 @@ def test_loss_and_its_gradient_match_torch(cfg, seed, B, T, variable):
     model = SequenceModel(cfg)
     randomize_biases(model, rng)
     x, y, lengths = random_batch(rng, cfg, B, T, variable)
-    h0 = rng.standard_normal((cfg.num_layers * cfg.num_directions, B, cfg.hidden_size))
+    h0 = random_state(rng, cfg, B)
     masks = _masks_for(model, T, B)
     model.zero_grad()
     loss, _, _ = model.forward_backward(x, y, h0, lengths)
@@ -144,24 +169,26 @@ HEADS = [("sequence", p, lo) for p in ("last", "mean", "max") for lo in ("cross_
 
 @pytest.mark.parametrize("task, pooling, loss", HEADS)
 @pytest.mark.parametrize("tokens", [True, False])
-def test_every_head_matches_torch_with_variable_lengths(task, pooling, loss, tokens):
-    """Deterministic coverage of each task/pooling/loss with lengths 1..T (the property above samples them)."""
-    rng = np.random.default_rng(zlib.crc32(f"{task}{pooling}{loss}{tokens}".encode()))
+@pytest.mark.parametrize("cell", ["rnn", "lstm", "gru"])
+def test_every_head_matches_torch_with_variable_lengths(task, pooling, loss, tokens, cell):
+    """Deterministic coverage of each cell/task/pooling/loss with lengths 1..T (the property above samples them)."""
+    rng = np.random.default_rng(zlib.crc32(f"{task}{pooling}{loss}{tokens}{cell}".encode()))
     kw = dict(vocab_size=7, embedding_dim=3, padding_idx=0) if tokens else dict(input_size=3)
     cfg = ModelConfig(hidden_size=4, out_features=3, num_layers=2, bidirectional=True, dropout=0.3, task=task,
-                      pooling=pooling, loss=loss, nonlinearity="tanh", dtype="float64", seed=7, **kw)
+                      pooling=pooling, loss=loss, cell=cell, proj_size=2 if cell == "lstm" else 0, dtype="float64",
+                      seed=7, **kw)
     model = SequenceModel(cfg)
     randomize_biases(model, rng)
     x, y, _ = random_batch(rng, cfg, 4, 5, False)
     lengths = np.array([5, 1, 3, 2])
-    h0 = rng.standard_normal((4, 4, 4))
+    h0 = random_state(rng, cfg, 4)
     masks = _masks_for(model, 5, 4)
     model.zero_grad()
     loss_value, _, h_n = model.forward_backward(x, y, h0, lengths)
     ref = _torch_run(model, x, lengths, h0, masks, y=y)
-    config = dict(task=task, pooling=pooling, loss=loss, tokens=tokens)
+    config = dict(task=task, pooling=pooling, loss=loss, tokens=tokens, cell=cell)
     assert_close(loss_value, ref["loss"], name="loss", config=config)
-    assert_close(h_n, ref["h_n"], name="h_n", config=config)
+    assert_states_close(h_n, ref["h_n"], "h_n", config)
     for k, g in model.grads.items():
         assert_close(g, ref["grads"][k], name=f"grad {k}", config=config)
 

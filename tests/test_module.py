@@ -17,7 +17,7 @@ import numpy as np
 import pytest
 
 import scratch_rnn
-from scratch_rnn import BCEWithLogitsLoss, CrossEntropyLoss, Embedding, Linear, Module, MSELoss, RNN
+from scratch_rnn import GRU, LSTM, RNN, BCEWithLogitsLoss, CrossEntropyLoss, Embedding, Linear, Module, MSELoss
 from scratch_rnn.models import ModelConfig, SequenceModel
 
 
@@ -97,6 +97,22 @@ CASES = [
          _with_lengths, _rnn_grad, bad=lambda a, k: ((a[0], a[1][:, :2], a[2]), k),
          mutate=lambda a, k: (a[0].fill(0), a[1].fill(0), a[2].fill(1)),
          overflow=lambda m, out: tuple(np.full_like(o, np.finfo(m.dtype).max) for o in out)),
+    Case("GRU lengths and h0", lambda: GRU(3, 4, num_layers=2, bidirectional=True, dtype=np.float64, seed=1),
+         _with_lengths, _rnn_grad, bad=lambda a, k: ((a[0], a[1][:, :2], a[2]), k),
+         mutate=lambda a, k: (a[0].fill(0), a[1].fill(0), a[2].fill(1)),
+         overflow=lambda m, out: tuple(np.full_like(o, np.finfo(m.dtype).max) for o in out)),
+    Case("LSTM projection, lengths and (h0, c0)",
+         lambda: LSTM(3, 4, num_layers=2, bidirectional=True, proj_size=2, dtype=np.float64, seed=1),
+         lambda rng: ((rng.standard_normal((5, 3, 3)), (rng.standard_normal((4, 3, 2)), rng.standard_normal((4, 3, 4))),
+                       np.array([5, 2, 4])), {}),
+         lambda m, out, rng: (rng.standard_normal(out[0].shape), tuple(rng.standard_normal(s.shape) for s in out[1])),
+         bad=lambda a, k: ((a[0], (a[1][0][:, :2], a[1][1]), a[2]), k),
+         mutate=lambda a, k: (a[0].fill(0), a[1][0].fill(0), a[1][1].fill(0), a[2].fill(1)),
+         overflow=lambda m, out: (np.full_like(out[0], np.finfo(m.dtype).max), None)),
+    Case("LSTM batch_first float32", lambda: LSTM(3, 4, batch_first=True, dtype=np.float32, seed=2),
+         lambda rng: ((rng.standard_normal((2, 5, 3)).astype(np.float32),), {}),
+         lambda m, out, rng: (rng.standard_normal(out[0].shape).astype(np.float32),), bad=lambda a, k: ((a[0][..., :2],), k),
+         mutate=_zero_all, overflow=lambda m, out: (np.full_like(out[0], np.finfo(m.dtype).max),)),
     Case("Linear", lambda: Linear(3, 2, dtype=np.float64, seed=0), lambda rng: ((rng.standard_normal((4, 3)),), {}),
          lambda m, out, rng: (rng.standard_normal(out.shape),), bad=lambda a, k: ((a[0][:, :2],), k), mutate=_zero_all,
          overflow=lambda m, out: (np.full_like(out, np.finfo(m.dtype).max),)),
@@ -320,3 +336,33 @@ def test_messages_at_the_edges():
     model = RNN(2, 3, num_layers=2, dropout=0.5, dtype=np.float64, seed=0)
     with pytest.raises(ValueError, match=r"dropout_masks\[0\]: expected a keep-mask of booleans or 0/1"):
         model(np.zeros((4, 1, 2)), dropout_masks=[np.full((4, 1, 3), np.nan)])
+
+
+def test_inputs_from_torch_tensors_and_dropout_masks_cannot_change_a_backward():
+    """A torch tensor shares memory with the numpy view the RNN makes of it: it must be copied too; the masks
+    backward reads are shown read-only."""
+    import torch
+
+    rng = np.random.default_rng(1)
+    a, g = rng.standard_normal((5, 2, 3)), rng.standard_normal((5, 2, 8))
+    rnn = RNN(3, 4, num_layers=2, bidirectional=True, dropout=0.5, dtype=np.float64, seed=0)
+    masks = [rng.random((5, 2, 8)) > 0.5]
+    rnn(a.copy(), dropout_masks=masks)
+    rnn.backward(g)
+    expected = {k: v.copy() for k, v in rnn.grads.items()}
+    rnn.zero_grad()
+    t = torch.from_numpy(a.copy())
+    rnn(t, dropout_masks=masks)
+    t.zero_()
+    with pytest.raises(ValueError, match="read-only"):
+        rnn.dropout_masks[0][...] = 0
+    rnn.backward(g)
+    for k, v in expected.items():
+        np.testing.assert_array_equal(rnn.grads[k], v, err_msg=k)
+
+
+def test_a_gradient_of_the_wrong_shape_is_refused_not_broadcast():
+    layer = Linear(3, 2, dtype=np.float64)
+    with pytest.raises(ValueError, match="'bias' has shape"):
+        layer.accumulate({"bias": np.float64(5.0)})
+    assert not layer.grads["bias"].any()

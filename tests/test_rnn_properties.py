@@ -2,6 +2,8 @@
 demonstration that the checks catch a broken backward."""
 from __future__ import annotations
 
+import dataclasses
+
 import numpy as np
 import pytest
 from hypothesis import given, reject, settings
@@ -9,10 +11,34 @@ from hypothesis import strategies as st
 
 import scratch_rnn.functional as F
 from reference.rnn import run_torch
-from scratch_rnn import RNN
+from scratch_rnn import GRU, LSTM, RNN
 from scratch_rnn.gradcheck import NonDifferentiableError, rnn_directional_checks
 from tests.helpers import FD_TOLERANCE, assert_close, examples
 from tests.strategies import rnn_cases
+
+
+def states(s) -> tuple:
+    """A model's state (an array, or (h, c) for the LSTM) as a tuple."""
+    return s if isinstance(s, tuple) else (s,)
+
+
+def row(s, b):
+    """Sequence b's slice of a state (batched: (L·D, B, ·) -> (L·D, ·)), in the model's own form."""
+    if s is None:
+        return None
+    return tuple(v[:, b] for v in s) if isinstance(s, tuple) else s[:, b]
+
+
+def close_states(mine, theirs, name, config):
+    for i, (a, b) in enumerate(zip(states(mine), states(theirs))):
+        assert_close(a, b, name=f"{name}[{'hc'[i]}]", config=config)
+
+
+def zero_state(case):
+    LD = case.num_layers * (2 if case.bidirectional else 1)
+    lead = (LD,) if case.unbatched else (LD, case.batch)
+    zeros = (np.zeros(lead + (case.out_size,)), np.zeros(lead + (case.hidden_size,)))
+    return zeros if case.lstm else zeros[0]
 
 
 # ------------------------------------------------------------------ finite differences
@@ -22,8 +48,7 @@ def test_bptt_matches_central_differences(case):
     model = case.model(np.float64)
     x, h0, lengths, _, _ = case.arrays(model)
     if h0 is None:
-        h0 = np.zeros((model.num_layers * model.num_directions,) + ((model.hidden_size,) if case.unbatched
-                                                                     else (case.batch, model.hidden_size)))
+        h0 = zero_state(case)
     model.train()
     masks = None
     if model.dropout and model.num_layers > 1:  # FD needs the same masks on every forward
@@ -98,8 +123,7 @@ def test_two_chunks_with_carried_state_equal_one_run(case, data):
     model = case.model(np.float64).eval()
     x, h0, _, _, _ = case.arrays(model)
     if model.bidirectional:  # a carried state only makes sense one way
-        model = RNN(case.input_size, case.hidden_size, case.num_layers, case.nonlinearity, case.bias,
-                    case.batch_first, dtype=np.float64, seed=case.seed)
+        model = dataclasses.replace(case, bidirectional=False).model(np.float64)
         h0 = None
     k = data.draw(st.integers(1, case.steps - 1), label="split")
     ax = 1 if case.batch_first else 0
@@ -107,7 +131,7 @@ def test_two_chunks_with_carried_state_equal_one_run(case, data):
     first, h_mid = model(np.take(x, range(k), axis=ax), h0)
     second, hn2 = model(np.take(x, range(k, case.steps), axis=ax), h_mid)
     assert_close(np.concatenate([first, second], axis=ax), whole, name="output (chunked)", config=case)
-    assert_close(hn2, hn, name="h_n (chunked)", config=case)
+    close_states(hn2, hn, "h_n (chunked)", case)
 
 
 @given(rnn_cases(allow_unbatched=False))
@@ -123,18 +147,17 @@ def test_each_sequence_alone_equals_its_row_of_the_padded_batch(case):
     for b in range(case.batch):
         n = int(lengths[b])
         xb = x[b, :n] if bf else x[:n, b]
-        h0b = None if h0 is None else h0[:, b]
-        ob, hb = model(xb, h0b)  # unbatched, exactly its valid steps
-        row = out[b] if bf else out[:, b]
-        assert_close(row[:n], ob, name=f"output of sequence {b} alone", config=case)
-        assert not row[n:].any(), f"padded outputs of sequence {b} are not zero; config={case}"
-        assert_close(h_n[:, b], hb, name=f"h_n of sequence {b} alone", config=case)
+        ob, hb = model(xb, row(h0, b))  # unbatched, exactly its valid steps
+        out_b = out[b] if bf else out[:, b]
+        assert_close(out_b[:n], ob, name=f"output of sequence {b} alone", config=case)
+        assert not out_b[n:].any(), f"padded outputs of sequence {b} are not zero; config={case}"
+        close_states(row(h_n, b), hb, f"h_n of sequence {b} alone", case)
         gb = g_out[b, :n] if bf else g_out[:n, b]
-        gxb, gh0b = model.backward(gb, None if g_hn is None else g_hn[:, b])
+        gxb, gh0b = model.backward(gb, row(g_hn, b))
         grow = gx[b] if bf else gx[:, b]
         assert_close(grow[:n], gxb, name=f"grad_x of sequence {b} alone", config=case)
         assert not grow[n:].any(), f"padded steps of sequence {b} got gradient; config={case}"
-        assert_close(gh0[:, b], gh0b, name=f"grad_h0 of sequence {b} alone", config=case)
+        close_states(row(gh0, b), gh0b, f"grad_h0 of sequence {b} alone", case)
 
 
 @given(rnn_cases(max_layers=1, allow_unbatched=False))
@@ -143,27 +166,27 @@ def test_reverse_direction_equals_forward_over_flipped_sequence(case):
     case.lengths = None
     bi = case.model(np.float64).eval()
     x, _, _, _, _ = case.arrays(bi)
-    uni = RNN(case.input_size, case.hidden_size, 1, case.nonlinearity, case.bias, case.batch_first,
-              dtype=np.float64)
+    uni = dataclasses.replace(case, bidirectional=False).model(np.float64)
     uni.load_state_dict({k.replace("_reverse", ""): v for k, v in bi.state_dict().items() if "reverse" in k})
     ax = 1 if case.batch_first else 0
     out_bi, hn_bi = bi(x)
     out_rev, hn_rev = uni(np.flip(x, axis=ax))
-    H = case.hidden_size
+    H = case.out_size
     assert_close(out_bi[..., H:], np.flip(out_rev, axis=ax), name="reverse output vs flipped forward", config=case)
-    assert_close(hn_bi[1], hn_rev[0], name="reverse h_n vs flipped forward", config=case)
+    close_states(tuple(s[1:2] for s in states(hn_bi)), states(hn_rev), "reverse h_n vs flipped forward", case)
 
 
-def test_batch_first_equals_time_major():
+@pytest.mark.parametrize("cls", [RNN, LSTM, GRU])
+def test_batch_first_equals_time_major(cls):
     rng = np.random.default_rng(5)
-    a = RNN(3, 4, num_layers=2, bidirectional=True, dtype=np.float64, seed=1)
-    b = RNN(3, 4, num_layers=2, bidirectional=True, batch_first=True, dtype=np.float64, seed=1)
+    a = cls(3, 4, num_layers=2, bidirectional=True, dtype=np.float64, seed=1)
+    b = cls(3, 4, num_layers=2, bidirectional=True, batch_first=True, dtype=np.float64, seed=1)
     x = rng.standard_normal((6, 3, 3))
     lengths = np.array([6, 2, 4])
     oa, ha = a(x, lengths=lengths)
     ob, hb = b(x.transpose(1, 0, 2), lengths=lengths)
     assert_close(ob.transpose(1, 0, 2), oa, name="batch_first output")
-    assert_close(hb, ha, name="batch_first h_n")
+    close_states(hb, ha, "batch_first h_n", cls.__name__)
 
 
 # ------------------------------------------------------------------ saturation edges

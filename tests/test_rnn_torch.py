@@ -1,4 +1,6 @@
-"""scratch_rnn.RNN against torch.nn.RNN, in float64, over randomly drawn configurations."""
+"""scratch_rnn.RNN / LSTM / GRU against torch.nn.RNN / LSTM / GRU, in float64, over randomly drawn configurations.
+
+The strategy draws the cell with its options (one strategy, not three copies of the tests)."""
 from __future__ import annotations
 
 import numpy as np
@@ -8,24 +10,39 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from reference.rnn import load_torch_state, run_torch, torch_twin
-from scratch_rnn import RNN
+from scratch_rnn import GRU, LSTM, RNN
 from tests.helpers import assert_close, examples
 from tests.strategies import rnn_cases
 
-QUANTITIES = ("output", "h_n", "grad_x", "grad_h0")
+QUANTITIES = ("output", "h_n", "c_n", "grad_x", "grad_h0", "grad_c0")
 
 
-def run_scratch(model, x, h0, lengths, g_out, g_hn, dropout_masks=None):
-    out, h_n = model.forward(x, h0, lengths, dropout_masks=dropout_masks)
+def _pair(a):
+    return a if isinstance(a, tuple) else (a, None)
+
+
+def run_scratch(model, x, hx, lengths, g_out, g_fin, dropout_masks=None):
+    """Forward and backward; results keyed as reference.rnn.run_torch keys them (c_n/grad_c0: LSTM only)."""
+    out, fin = model.forward(x, hx, lengths, dropout_masks=dropout_masks)
     model.zero_grad()
-    grad_x, grad_h0 = model.backward(g_out, g_hn)
-    return dict(output=out, h_n=h_n, grad_x=grad_x, grad_h0=grad_h0,
-                grads={k: v.copy() for k, v in model.grads.items()})
+    grad_x, grad_s = model.backward(g_out, g_fin)
+    (h_n, c_n), (grad_h0, grad_c0) = _pair(fin), _pair(grad_s)
+    res = dict(output=out, h_n=h_n, grad_x=grad_x, grad_h0=grad_h0, grads={k: v.copy() for k, v in model.grads.items()})
+    if c_n is not None:
+        res.update(c_n=c_n, grad_c0=grad_c0)
+    return res
+
+
+def _cast(a, dtype):
+    if a is None:
+        return None
+    return tuple(None if v is None else v.astype(dtype) for v in a) if isinstance(a, tuple) else a.astype(dtype)
 
 
 def compare(mine, ref, config, dtype=np.float64):
     for q in QUANTITIES:
-        assert_close(mine[q], ref[q], name=q, config=config, dtype=dtype)
+        if q in ref:
+            assert_close(mine[q], ref[q], name=q, config=config, dtype=dtype)
     assert set(mine["grads"]) == set(ref["grads"]), config
     for k in ref["grads"]:
         assert_close(mine["grads"][k], ref["grads"][k], name=f"grad of {k}", config=config, dtype=dtype)
@@ -44,14 +61,12 @@ def test_matches_torch_float64(case):
 def test_matches_torch_float32(case):
     """The float32 path against the same float64 oracle, with the float32 row of the table."""
     model = case.model(np.float32)
-    x, h0, lengths, g_out, g_hn = case.arrays(model)
-    mine = run_scratch(model, x.astype(np.float32), None if h0 is None else h0.astype(np.float32),
-                       lengths, g_out.astype(np.float32), None if g_hn is None else g_hn.astype(np.float32))
+    x, h0, lengths, g_out, g_hn = (_cast(a, np.float32) if i != 2 else a for i, a in enumerate(case.arrays(model)))
+    mine = run_scratch(model, x, h0, lengths, g_out, g_hn)
     for k, v in mine.items():
         if k != "grads":
             assert v.dtype == np.float32, f"{k} is {v.dtype}, expected float32; config={case}"
-    ref = run_torch(model, x.astype(np.float32), None if h0 is None else h0.astype(np.float32), lengths,
-                    g_out.astype(np.float32), None if g_hn is None else g_hn.astype(np.float32))
+    ref = run_torch(model, x, h0, lengths, g_out, g_hn)
     compare(mine, ref, case, dtype=np.float32)
 
 
@@ -79,7 +94,7 @@ def test_layerwise_oracle_equals_whole_nn_rnn(case):
     model = case.model(np.float64).eval()
     x, h0, lengths, g_out, g_hn = case.arrays(model)
     D = 2 if case.bidirectional else 1
-    ones = [np.ones((case.steps, case.batch, D * case.hidden_size))] * (case.num_layers - 1)
+    ones = [np.ones((case.steps, case.batch, D * case.out_size))] * (case.num_layers - 1)
     model.train()
     model.dropout = 0.0  # scale 1: the layerwise unroll with ones must equal the whole module
     whole = run_torch(model.eval(), x, h0, lengths, g_out, g_hn)
@@ -105,10 +120,14 @@ def test_dropout_on_single_layer_warns_like_torch():
         RNN(2, 3, dropout=0.3)
 
 
-def test_state_dict_names_and_shapes_equal_torch():
-    for kw in (dict(), dict(num_layers=3, bidirectional=True), dict(bias=False, num_layers=2)):
-        model = RNN(5, 7, **kw, dtype=np.float64, seed=0)
-        twin = torch.nn.RNN(5, 7, **kw)
+@pytest.mark.parametrize("cls, torch_cls", [(RNN, torch.nn.RNN), (LSTM, torch.nn.LSTM), (GRU, torch.nn.GRU)])
+def test_state_dict_names_and_shapes_equal_torch(cls, torch_cls):
+    options = [dict(), dict(num_layers=3, bidirectional=True), dict(bias=False, num_layers=2)]
+    if cls is LSTM:
+        options += [dict(proj_size=3, num_layers=2, bidirectional=True), dict(proj_size=1, bias=False)]
+    for kw in options:
+        model = cls(5, 7, **kw, dtype=np.float64, seed=0)
+        twin = torch_cls(5, 7, **kw)
         mine = model.state_dict()
         theirs = twin.state_dict()
         assert list(mine) == list(theirs), kw
@@ -135,11 +154,12 @@ def test_twin_copies_weights_exactly():
         np.testing.assert_array_equal(getattr(twin, k).detach().numpy(), v)
 
 
-def test_initialization_matches_torch_distribution_and_is_seeded():
+@pytest.mark.parametrize("cls", [RNN, LSTM, GRU])
+def test_initialization_matches_torch_distribution_and_is_seeded(cls):
     H = 64
-    a = RNN(8, H, num_layers=2, seed=42).state_dict()
-    b = RNN(8, H, num_layers=2, seed=42).state_dict()
-    c = RNN(8, H, num_layers=2, seed=43).state_dict()
+    a = cls(8, H, num_layers=2, seed=42).state_dict()
+    b = cls(8, H, num_layers=2, seed=42).state_dict()
+    c = cls(8, H, num_layers=2, seed=43).state_dict()
     bound = 1 / np.sqrt(H)
     for k in a:
         np.testing.assert_array_equal(a[k], b[k])
