@@ -4,7 +4,7 @@ Layout of the archive (an uncompressed zip, ``np.load(path, allow_pickle=False)`
 
 - ``model/<name>``: every parameter, under the model's flat names, in its own dtype;
 - ``optim/<param>/<key>``: the optimizer state (e.g. ``optim/head.weight/exp_avg``);
-- ``extra/<key>``: arrays the caller adds (the trainer's history, its data order);
+- ``extra/<key>``: arrays the caller adds (the trainer's history, the best weights so far);
 - ``__meta__``: UTF-8 JSON as a uint8 array: format and version, the model config, the
   optimizer's type, hyperparameters and step count, the step, RNG states (NumPy
   ``bit_generator.state`` dicts), the caller's metadata, and a SHA-256 of every array.
@@ -14,7 +14,8 @@ archive goes to a temporary file in the same directory (``.<name>.<random>.tmp``
 fsync'ed, given the mode ``open()`` would give (0666 & ~umask), then ``os.replace``'d over the
 target (and the directory fsync'ed), so a crash mid-save leaves the previous checkpoint in place,
 never a half-written one. Temporary files a killed writer left are removed before each save and
-at the start of each :func:`load` (a resume): a checkpoint path has one writer at a time.
+by a trainer's resume (``Trainer.load_checkpoint``); a plain :func:`load` deletes nothing, since a
+writer may be saving beside it.
 
 Saving refuses, before anything is written, what loading would refuse: non-finite parameters or
 optimizer state raise :class:`UnsavableCheckpointError` (a ``CheckpointError`` and a ``ValueError``).

@@ -81,6 +81,17 @@ def as_float_array(name: str, value, dtype, *, allow_nonfinite: bool = False, ca
     return arr
 
 
+def shares_memory(arr: np.ndarray, given) -> bool:
+    """Whether ``arr`` may share memory with what the caller passed (an ndarray, a torch tensor, a
+    memoryview...): then a module must copy it before keeping it for backward. Lists never do."""
+    if isinstance(given, (list, tuple)) or given is None:
+        return False
+    try:
+        return bool(np.may_share_memory(arr, np.asarray(_to_numpy(given))))
+    except (TypeError, ValueError):  # pragma: no cover - something np.asarray cannot view: assume shared
+        return True
+
+
 def check_finite(name: str, arr: np.ndarray) -> None:
     """Raise ValueError naming ``name`` and the first offending index when ``arr`` has NaN/inf."""
     if arr.size and not np.isfinite(arr).all():

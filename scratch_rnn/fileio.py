@@ -15,10 +15,18 @@ import tempfile
 from pathlib import Path
 from typing import Callable
 
-__all__ = ["atomic_write", "atomic_write_text", "atomic_write_bytes", "remove_stale_temporaries", "temp_pattern"]
+__all__ = ["current_umask", "atomic_write", "atomic_write_text", "atomic_write_bytes", "remove_stale_temporaries", "temp_pattern"]
 
 
-def _umask() -> int:
+def current_umask() -> int:
+    """The process's umask (read from /proc where possible: setting it to read it races with threads)."""
+    try:
+        with open("/proc/self/status") as f:
+            for line in f:
+                if line.startswith("Umask:"):
+                    return int(line.split()[1], 8)
+    except OSError:  # pragma: no cover - no procfs
+        pass
     mask = os.umask(0)
     os.umask(mask)
     return mask
@@ -58,7 +66,7 @@ def atomic_write(path, write: Callable, *, binary: bool = True) -> Path:
             write(f)
             f.flush()
             os.fsync(f.fileno())
-        os.chmod(tmp, 0o666 & ~_umask())
+        os.chmod(tmp, 0o666 & ~current_umask())
         os.replace(tmp, path)
     except BaseException:
         try:

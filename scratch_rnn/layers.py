@@ -14,7 +14,15 @@ import numbers
 
 import numpy as np
 
-from .checks import as_float_array, as_index_array, check_bool, check_index_range, check_positive_int, check_shape
+from .checks import (
+    as_float_array,
+    as_index_array,
+    check_bool,
+    check_index_range,
+    check_positive_int,
+    check_shape,
+    shares_memory,
+)
 from .module import Module, RowGrad
 
 __all__ = ["Linear", "Embedding"]
@@ -52,7 +60,7 @@ class Linear(Module):
         y = x @ self._params["weight"].T  # (*, out)
         if self.has_bias:
             y = y + self._params["bias"]
-        return y, (x.copy() if np.may_share_memory(x, x_given) else x)
+        return y, (x.copy() if shares_memory(x, x_given) else x)
 
     def _backward(self, x, grad_output):
         """grad_output (*, out_features) -> grad_x (*, in_features); dW = gᵀx, db = Σ g."""
@@ -94,7 +102,7 @@ class Embedding(Module):
         idx_given = indices
         idx = as_index_array("indices", indices)
         check_index_range("indices", idx, 0, self.num_embeddings, f"num_embeddings={self.num_embeddings}")
-        if np.may_share_memory(idx, idx_given):
+        if shares_memory(idx, idx_given):
             idx = idx.copy()
         return self._params["weight"][idx], idx  # (*, dim)
 

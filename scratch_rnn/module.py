@@ -217,6 +217,12 @@ class Module:
         unknown = [k for k in param_grads if k not in grads]
         if unknown:
             raise KeyError(f"accumulate: no parameters named {unknown} in {type(self).__name__}")
+        for name, g in param_grads.items():  # a wrong shape would broadcast silently
+            shape = (g.values.shape[1:] if isinstance(g, RowGrad) else np.shape(g))
+            expected = grads[name].shape[1:] if isinstance(g, RowGrad) else grads[name].shape
+            if shape != expected:
+                raise ValueError(f"accumulate: the gradient of {name!r} has shape {shape}, the parameter's is "
+                                 f"{expected}")
         staged, bad = {}, []
         with np.errstate(over="ignore", invalid="ignore"):
             for name, g in param_grads.items():

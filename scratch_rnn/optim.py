@@ -606,6 +606,7 @@ def clip_grad_norm_(grads, max_norm, norm_type=2.0, error_if_nonfinite: bool = F
     """
     max_norm = check_non_negative_float("max_norm", max_norm)
     p = check_norm_type("norm_type", norm_type)
+    error_if_nonfinite = check_bool("error_if_nonfinite", error_if_nonfinite)
     arrays = _checked_arrays(grads, in_place=True)
     r, e = _scaled_total(arrays, p)
     total = _as_float(r, e)

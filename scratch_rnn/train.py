@@ -63,12 +63,13 @@ from . import checkpoint as ckpt
 from .checks import (
     check_bool,
     check_choice,
+    check_lengths,
     check_non_negative_int,
     check_norm_type,
     check_positive_float,
     check_positive_int,
 )
-from .cli import BadInput, Stopped, as_bad_input, input_file, run_main
+from .cli import BadInput, Stopped, as_bad_input, input_file, output_dir, output_file, run_main
 from .fileio import atomic_write_text, remove_stale_temporaries
 from .optim import OPTIMIZERS, clip_grad_norm_, clip_grad_value_, make_optimizer, total_norm
 
@@ -377,7 +378,7 @@ class Trainer:
         self.last_checkpoint: str | None = None
         self.last_checkpoint_step: int | None = None
         self._sums = _EpochSums()
-        self._resumed = False
+        self._resumed_from = None  # the checkpoint this trainer resumed, if any
         self._outputs_checked = False
         self._csv_ready = False
         self._bar = None
@@ -509,17 +510,29 @@ class Trainer:
             return [rec]
         x, y = np.asarray(x), np.asarray(y)
         B, T = x.shape[:2]
-        lengths = np.full(B, T, dtype=np.int64) if lengths is None else np.asarray(lengths)
-        c = self.model.config
-        h = np.zeros((c.num_layers * c.num_directions, B, c.hidden_size), dtype=np.dtype(c.dtype))
+        lengths = np.full(B, T, dtype=np.int64) if lengths is None else check_lengths("lengths", lengths, B, T)
+        state = self._zero_state(B)  # a tuple: (h,) or (h, c), (L·D, B, ·)
         records = []
         for start, stop, rows, chunk_len in tbptt_chunks(T, lengths, k):
-            rec, h_n = self._optimizer_step(x[rows, start:stop], y[rows, start:stop], chunk_len, h[:, rows])
+            h0 = tuple(s[:, rows] for s in state)
+            rec, finals = self._optimizer_step(x[rows, start:stop], y[rows, start:stop], chunk_len,
+                                               h0 if len(h0) > 1 else h0[0])
             records.append(rec)
-            if h_n is None:  # skipped: the carried state is unusable, end this batch
+            if finals is None:  # skipped: the carried state is unusable, end this batch
                 break
-            h[:, rows] = h_n  # carried on, without gradient: the next backward stops at this chunk
+            for s, f in zip(state, finals if isinstance(finals, tuple) else (finals,)):
+                s[:, rows] = f  # carried on, without gradient: the next backward stops at this chunk
         return records
+
+    def _zero_state(self, B: int) -> tuple:
+        """The state TBPTT carries from chunk to chunk, zero: (h,) or (h, c) for an LSTM, in the model's dtype."""
+        c, dtype = self.model.config, self._state_dtype()
+        LD = c.num_layers * c.num_directions
+        shapes = [(LD, B, c.proj_size or c.hidden_size)] + ([(LD, B, c.hidden_size)] if c.cell == "lstm" else [])
+        return tuple(np.zeros(shape, dtype=dtype) for shape in shapes)
+
+    def _state_dtype(self):
+        return np.dtype(self.model.config.dtype)
 
     def run(self, batches) -> list[StepRecord]:
         """Train on an explicit iterable of (x, y, lengths) batches, in order; returns the history."""
@@ -557,13 +570,13 @@ class Trainer:
                 if finished or self._done():
                     self._end_epoch(partial=not finished)
             self._check_skipped()
+            if cfg.checkpoint_dir and self.last_checkpoint_step != self.step:
+                self.save_checkpoint()  # the last state (a resume continues from it); the best is inside too
             if cfg.select == "best" and self.best is not None:
                 self.load_model_state(self.best["state"])
                 self.selected_epoch = self.best["epoch"]
             elif self.epochs:
                 self.selected_epoch = self.epochs[-1]["epoch"]
-            if cfg.checkpoint_dir and self.last_checkpoint_step != self.step:
-                self.save_checkpoint()
         finally:
             self._close_bar()
         return self.history
@@ -587,14 +600,21 @@ class Trainer:
                 if cfg.select_metric not in metrics:
                     raise KeyError(f"select_metric: evaluate() returned {sorted(metrics)}, not {cfg.select_metric!r}")
                 value = float(metrics[cfg.select_metric])
+                if not math.isfinite(value):
+                    raise self._stop(NonFiniteError, self.step, f"evaluate() returned {cfg.select_metric}={value} "
+                                     f"after epoch {number}")
                 better = self.best is None or (value > self.best["value"] if cfg.select_mode == "max"
                                                else value < self.best["value"])
-                if better:
+                if partial:
+                    pass  # a part of an epoch neither sets the best nor counts toward patience
+                elif better:
                     self.best = {"value": value, "epoch": number,
                                  "state": self.model_state() if cfg.select == "best" else None}
                     self.stale_epochs = 0
                 else:
                     self.stale_epochs += 1
+        # a resumed epoch replaces the row of its earlier, partial part
+        self.epochs = [r for r in self.epochs if not (r["epoch"] == number and r.get("partial"))]
         self.epochs.append(row)
         if self._bar is not None:
             self._bar.write(self._epoch_line(row))
@@ -603,6 +623,8 @@ class Trainer:
             self.batch_in_epoch = 0
             self._sums = _EpochSums()
         self._check_skipped()
+        if partial:
+            return
         if cfg.patience is not None and self.stale_epochs >= cfg.patience:
             self.stop_reason = f"no better {cfg.select_metric} for {self.stale_epochs} epoch(s) (patience)"
         elif self.stop_when is not None and self.stop_when(row):
@@ -616,24 +638,27 @@ class Trainer:
 
     # -- outputs: checked before the first step --------------------------------------------------
     def _check_outputs(self) -> None:
-        """Refuse, before any step, to write over another run's checkpoint or log, or into a wrong kind of path."""
+        """Refuse, before any step, to write over another run's checkpoint or log, or into a wrong kind of path.
+
+        Writing over them is allowed only for the run this trainer resumed (its own checkpoint and the
+        log beside it) or with ``overwrite=True``.
+        """
         if self._outputs_checked:
             return
         cfg = self.config
+        own = self._resumed_from is not None and cfg.checkpoint_dir is not None and \
+            self._resumed_from == os.path.abspath(self.checkpoint_path())
         if cfg.checkpoint_dir is not None:
-            d = os.fspath(cfg.checkpoint_dir)
-            if os.path.exists(d) and not os.path.isdir(d):
-                raise ValueError(f"checkpoint_dir: expected a folder, got {d!r}, which is a file")
+            output_dir("checkpoint_dir", cfg.checkpoint_dir)
             path = self.checkpoint_path()
-            if os.path.exists(path) and not self._resumed and not cfg.overwrite:
-                raise FileExistsError(f"checkpoint_dir: {d!r} already holds a checkpoint of another run "
-                                      f"({path}); resume it (load_checkpoint / --resume) or pass overwrite=True "
-                                      "(--overwrite) to replace it")
+            if os.path.exists(path) and not own and not cfg.overwrite:
+                raise FileExistsError(f"checkpoint_dir: {os.fspath(cfg.checkpoint_dir)!r} already holds a checkpoint "
+                                      f"of another run ({path}); resume it (load_checkpoint / --resume) or pass "
+                                      "overwrite=True (--overwrite) to replace it")
         if cfg.log_csv is not None:
+            output_file("log_csv", cfg.log_csv)
             p = os.fspath(cfg.log_csv)
-            if os.path.isdir(p):
-                raise ValueError(f"log_csv: expected a file path, got {p!r}, which is a folder")
-            if os.path.exists(p) and not self._resumed and not cfg.overwrite:
+            if os.path.exists(p) and not own and not cfg.overwrite:
                 raise FileExistsError(f"log_csv: {p!r} already exists (another run's log); resume that run or pass "
                                       "overwrite=True (--overwrite) to replace it")
         self._outputs_checked = True
@@ -719,7 +744,8 @@ class Trainer:
                     batch_in_epoch=self.batch_in_epoch, skipped_steps=self.skipped_steps,
                     last_finite_grad_norm=self.last_finite_grad_norm, last_finite_step=self.last_finite_step,
                     first_loss=self.first_loss, epochs=self.epochs, sums=self._sums.to_dict(), best=best,
-                    stale_epochs=self.stale_epochs, data_fingerprint=self.data_fingerprint)
+                    stale_epochs=self.stale_epochs, data_fingerprint=self.data_fingerprint,
+                    stop_reason=self.stop_reason)
         ckpt.save(path, self.model, self.optimizer, step=self.step, meta=meta, arrays=arrays)
         self.last_checkpoint, self.last_checkpoint_step = path, self.step
         return path
@@ -763,6 +789,7 @@ class Trainer:
         self._sums = _EpochSums(**meta["sums"])
         self.stale_epochs = int(meta["stale_epochs"])
         self.data_fingerprint = meta["data_fingerprint"]
+        self.stop_reason = meta["stop_reason"]
         best = meta["best"]
         if best is not None:
             state = {k[len("best/"):]: v for k, v in a.items() if k.startswith("best/")} or None
@@ -771,7 +798,7 @@ class Trainer:
             a["history_step"], a["history_epoch"], a["history_loss"], a["history_grad_norm"], a["history_skipped"])]
         self.last_checkpoint, self.last_checkpoint_step = path, self.step
         self._csv_ready = False
-        self._resumed = True
+        self._resumed_from = os.path.abspath(path)
 
 
 # ----------------------------------------------------------------------------------------------
@@ -833,7 +860,7 @@ def _main(argv) -> None:
         data = Dataset(arrays["x"], arrays["y"], arrays.get("lengths"))
         model = SequenceModel(model_cfg)
         model.check_batch(data.x, data.y, data.lengths)
-    trainer = Trainer(model, train_cfg)
+        trainer = Trainer(model, train_cfg)
     resume = args.resume and train_cfg.checkpoint_dir and os.path.exists(trainer.checkpoint_path())
     try:
         if resume:

@@ -228,3 +228,78 @@ def test_checkpoint_files_get_the_normal_mode(tmp_path):
     mask = os.umask(0)
     os.umask(mask)
     assert (os.stat(tmp_path / "checkpoint.npz").st_mode & 0o777) == 0o666 & ~mask
+
+
+# ---------------------------------------------------------------------------------------------
+# what an independent review found (each red before its fix)
+# ---------------------------------------------------------------------------------------------
+def test_the_final_checkpoint_of_a_best_run_holds_the_last_state_and_resumes_exactly(tmp_path):
+    scores = [0.9, 0.5, 0.6, 0.7]
+    whole = Trainer(SequenceModel(CFG), _tc(epochs=4, select="best", select_metric="valid_accuracy"),
+                    evaluate=Scores(scores))
+    whole.fit(_data())
+    part = Trainer(SequenceModel(CFG), _tc(epochs=2, select="best", select_metric="valid_accuracy",
+                                           checkpoint_dir=str(tmp_path)), evaluate=Scores(scores))
+    part.fit(_data())
+    more = Trainer(SequenceModel(CFG), _tc(epochs=4, select="best", select_metric="valid_accuracy",
+                                           checkpoint_dir=str(tmp_path)), evaluate=Scores(scores[2:]))
+    more.load_checkpoint()
+    more.fit(_data())
+    np.testing.assert_array_equal(more.losses, whole.losses)  # not continued from the best epoch's weights
+    assert more.selected_epoch == whole.selected_epoch == 1
+    for k, v in whole.model.state_dict().items():
+        np.testing.assert_array_equal(more.model.state_dict()[k], v)
+
+
+def test_a_run_stopped_by_patience_stays_stopped_after_a_resume(tmp_path):
+    cfg = _tc(epochs=6, patience=1, select_metric="valid_accuracy", checkpoint_dir=str(tmp_path))
+    first = Trainer(SequenceModel(CFG), cfg, evaluate=Scores([0.5, 0.4] + [0.9] * 4))
+    first.fit(_data())
+    assert len(first.epochs) == 2 and first.stop_reason
+    again = Trainer(SequenceModel(CFG), cfg, evaluate=Scores([0.9] * 6))
+    again.load_checkpoint()
+    again.fit(_data())
+    assert again.step == first.step and len(again.epochs) == 2
+
+
+def test_a_partial_epoch_neither_sets_the_best_nor_counts_for_patience(tmp_path):
+    kw = dict(epochs=3, patience=1, select_metric="valid_accuracy")
+    whole = Trainer(SequenceModel(CFG), _tc(**kw), evaluate=Scores([0.5, 0.6, 0.7]))
+    whole.fit(_data())
+    cut = Trainer(SequenceModel(CFG), _tc(max_steps=4, checkpoint_dir=str(tmp_path), **kw),
+                  evaluate=Scores([0.5, 0.6, 0.7, 0.8]))
+    cut.fit(_data())  # stops inside epoch 1: a partial row
+    more = Trainer(SequenceModel(CFG), _tc(checkpoint_dir=str(tmp_path), **kw), evaluate=Scores([0.6, 0.7, 0.8]))
+    more.load_checkpoint()
+    more.fit(_data())
+    assert more.step == whole.step == 15 and [r["epoch"] for r in more.epochs] == [1, 2, 3]
+    assert not any(r.get("partial") for r in more.epochs)
+
+
+def test_a_non_finite_metric_stops_instead_of_winning():
+    trainer = Trainer(SequenceModel(CFG), _tc(select="best", select_metric="valid_accuracy"),
+                      evaluate=Scores([float("nan"), 0.8, 0.9, 0.95]))
+    with pytest.raises(NonFiniteError, match="valid_accuracy=nan"):
+        trainer.fit(_data())
+
+
+def test_tbptt_checks_lengths():
+    cfg = dataclasses.replace(DENSE, task="per_step", loss="mse")
+    trainer = Trainer(SequenceModel(cfg), _tc(tbptt_k=2))
+    x, y = np.zeros((2, 6, 3)), np.zeros((2, 6, 2))
+    for bad in ([99, 3], [0, 3], [-5, 3]):
+        with pytest.raises(ValueError, match="lengths"):
+            trainer.train_batch(x, y, np.array(bad))
+    assert trainer.step == 0
+
+
+def test_loading_one_runs_checkpoint_does_not_license_overwriting_another(tmp_path):
+    a, b = tmp_path / "a", tmp_path / "b"
+    Trainer(SequenceModel(CFG), _tc(epochs=1, checkpoint_dir=str(a))).fit(_data())
+    Trainer(SequenceModel(CFG), _tc(epochs=1, checkpoint_dir=str(b))).fit(_data())
+    before = (b / "checkpoint.npz").read_bytes()
+    t = Trainer(SequenceModel(CFG), _tc(epochs=2, checkpoint_dir=str(b)))
+    t.load_checkpoint(a / "checkpoint.npz")
+    with pytest.raises(FileExistsError, match="another run"):
+        t.fit(_data())
+    assert (b / "checkpoint.npz").read_bytes() == before

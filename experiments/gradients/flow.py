@@ -178,7 +178,7 @@ def _run_job(cfg: FlowConfig, data, vocab_size, stext, scheme: str, nl: str, see
         row["diverged"] = False
         stages.append(("trained", probe_norms(model, data["probe"], stext)))
         row["accuracy_trained"] = accuracy(model, data["eval"], stext)
-    except TrainingStopped as exc:  # an overflowing relu recurrence: recorded, not hidden
+    except (TrainingStopped, FloatingPointError) as exc:  # an overflowing relu recurrence: recorded, not hidden
         row.update(diverged=True, error=str(exc)[:200], accuracy_trained=float("nan"))
     reg1 = dg.regime(w, nl)
     row.update(lambda1_trained=reg1.lambda1, rho_trained=reg1.spectral_radius)

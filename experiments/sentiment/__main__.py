@@ -134,6 +134,9 @@ def _main(argv=None) -> int:
         raise BadInput(f"--run-name: expected a plain folder name (not starting with '.'), got {run_name!r}")
     out_root = output_dir("--out-root", args.out_root)
     out_dir = out_root / run_name
+    from .. import runfolder
+
+    runfolder.recover(out_dir)  # an old run moved aside by a killed swap is back before we look
     if out_dir.exists() and not args.overwrite:
         raise BadInput(f"--run-name: {out_dir} already holds a run; pass --overwrite (the old run is replaced only "
                        "when the new one finishes) or another --run-name")

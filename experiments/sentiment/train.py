@@ -31,14 +31,12 @@ earlier run of the same name as it was.
 from __future__ import annotations
 
 import dataclasses
-import hashlib
 import json
 import os
 import platform
 import resource
 import shutil
 import sys
-import tempfile
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -57,6 +55,7 @@ from scratch_rnn.checks import (
 from scratch_rnn.cli import Stopped
 from scratch_rnn.fileio import atomic_write_text
 
+from .. import runfolder
 from .data import PROJECT_ROOT
 
 __all__ = ["SentimentConfig", "PRESETS", "BACKENDS", "STOPWORDS", "prepare_data", "build_initial_state",
@@ -315,11 +314,10 @@ def build_initial_state(cfg: SentimentConfig, vocab) -> tuple[dict, dict]:
 
 
 def state_checksum(state) -> str:
-    h = hashlib.sha256()
-    for k, v in state.items():
-        h.update(k.encode())
-        h.update(np.ascontiguousarray(v).tobytes())
-    return h.hexdigest()[:16]
+    """A checksum of a state dict's arrays (the two backends record it: the same initial weights)."""
+    from scratch_rnn.train import array_fingerprint
+
+    return array_fingerprint(*state.values())
 
 
 # ------------------------------------------------------------------------------------------------
@@ -562,42 +560,20 @@ def run_experiment(cfg: SentimentConfig, out_dir: str | os.PathLike, *, progress
     removes its temporary folder and leaves ``out_dir`` as it was.
     """
     out_dir = Path(out_dir)
+    runfolder.recover(out_dir)  # what a killed earlier run of this name may have left
     if out_dir.exists() and not overwrite:
         raise FileExistsError(f"{out_dir} already exists; pass overwrite=True (--overwrite) or another run name")
-    out_dir.parent.mkdir(parents=True, exist_ok=True)
-    for stale in out_dir.parent.glob(f".{out_dir.name}.partial-*"):  # left by a killed run
-        shutil.rmtree(stale, ignore_errors=True)
-    work = Path(tempfile.mkdtemp(prefix=f".{out_dir.name}.partial-", dir=out_dir.parent))
+    work = runfolder.make_partial_dir(out_dir)
     try:
-        metrics = _run_into(cfg, work, progress=progress, argv=argv)
-        metrics["run"] = out_dir.name
-        atomic_write_text(work / "metrics.json", json.dumps(metrics, indent=1, default=_json_default))
-        _replace_dir(work, out_dir)
+        metrics = _run_into(cfg, work, progress=progress, argv=argv, run_name=out_dir.name)
+        runfolder.replace_dir(work, out_dir)
     except BaseException:
         shutil.rmtree(work, ignore_errors=True)
         raise
     return metrics
 
 
-def _replace_dir(new: Path, target: Path) -> None:
-    """Put the finished folder ``new`` in place of ``target`` (an old ``target`` is moved aside, then removed)."""
-    os.chmod(new, 0o777 & ~_umask())  # mkdtemp makes 0700 folders
-    old = None
-    if target.exists():
-        old = target.with_name(f".{target.name}.old-{os.getpid()}")
-        os.replace(target, old)
-    os.replace(new, target)
-    if old is not None:
-        shutil.rmtree(old, ignore_errors=True)
-
-
-def _umask() -> int:
-    mask = os.umask(0)
-    os.umask(mask)
-    return mask
-
-
-def _run_into(cfg: SentimentConfig, out_dir: Path, *, progress: bool, argv) -> dict:
+def _run_into(cfg: SentimentConfig, out_dir: Path, *, progress: bool, argv, run_name: str) -> dict:
     from . import report
 
     backends = ["numpy", "torch"] if cfg.backend == "both" else [cfg.backend]
@@ -630,9 +606,10 @@ def _run_into(cfg: SentimentConfig, out_dir: Path, *, progress: bool, argv) -> d
             if len(backends) > 1:
                 entry["peak_memory_measure"] += " (one process for both backends: the high-water mark so far)"
             entries.append(entry)
-    metrics = {"run": out_dir.name, "results": entries}
+    metrics = {"run": run_name, "results": entries}
     if len(entries) == 2:
         metrics["comparison"] = report.compare(out_dir, entries)
+    atomic_write_text(out_dir / "metrics.json", json.dumps(metrics, indent=1, default=_json_default))
     report.write_steps_table(out_dir, backends)
     report.plot_curves(out_dir, backends)
     report.plot_grad_norms(out_dir, backends, cfg.clip_norm)
