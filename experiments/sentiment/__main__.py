@@ -68,7 +68,9 @@ def parser() -> argparse.ArgumentParser:
     g.add_argument("--hidden-size", type=int, help=f"(default {d.hidden_size})")
     g.add_argument("--num-layers", type=int, help=f"(default {d.num_layers})")
     g.add_argument("--bidirectional", action=argparse.BooleanOptionalAction, help=f"(default {d.bidirectional})")
-    g.add_argument("--nonlinearity", choices=("tanh", "relu"), help=f"(default {d.nonlinearity})")
+    g.add_argument("--cell", choices=("rnn", "lstm", "gru"),
+                   help=f"the recurrent cell: Elman RNN, LSTM or GRU (default {d.cell})")
+    g.add_argument("--nonlinearity", choices=("tanh", "relu"), help=f"the Elman cell's (default {d.nonlinearity})")
     g.add_argument("--pooling", choices=("last", "mean", "max"), help=f"(default {d.pooling})")
     g.add_argument("--dropout", type=float, help=f"between RNN layers (default {d.dropout})")
     g.add_argument("--dtype", choices=("float32", "float64"), help=f"(default {d.dtype})")

@@ -62,6 +62,7 @@ __all__ = ["SentimentConfig", "PRESETS", "BACKENDS", "STOPWORDS", "prepare_data"
            "SentimentBatches", "make_trainer", "run_backend", "run_experiment", "token_dropout", "RESULTS_ROOT"]
 
 BACKENDS = ("numpy", "torch", "both")
+CELLS = ("rnn", "lstm", "gru")
 STOPWORDS = ("remove", "keep-negations", "keep")
 EMBEDDINGS = ("random", "glove")
 SELECT = ("best", "last")
@@ -88,7 +89,8 @@ class SentimentConfig:
     hidden_size: int = 64
     num_layers: int = 1
     bidirectional: bool = True
-    nonlinearity: str = "tanh"
+    nonlinearity: str = "tanh"           # the Elman cell's (cell="rnn")
+    cell: str = "rnn"                    # rnn (Elman), lstm or gru
     pooling: str = "mean"
     dropout: float = 0.0                 # between RNN layers (num_layers > 1)
     dtype: str = "float32"
@@ -110,10 +112,13 @@ class SentimentConfig:
 
     def __post_init__(self):
         for name, options in (("backend", BACKENDS), ("stopwords", STOPWORDS), ("embedding", EMBEDDINGS),
-                              ("select", SELECT), ("nonlinearity", ("tanh", "relu")),
+                              ("select", SELECT), ("nonlinearity", ("tanh", "relu")), ("cell", CELLS),
                               ("pooling", ("last", "mean", "max")), ("dtype", ("float32", "float64")),
                               ("optimizer", ("sgd", "adam", "adamw", "adagrad", "rmsprop"))):
             check_choice(name, getattr(self, name), options)
+        if self.cell != "rnn" and self.nonlinearity != "tanh":
+            raise ValueError(f"nonlinearity: only the Elman cell has one (cell='rnn'), got {self.nonlinearity!r} "
+                             f"with cell={self.cell!r}")
         for name in ("bidirectional", "isolate"):
             check_bool(name, getattr(self, name))
         if self.data is not None and not isinstance(self.data, (str, os.PathLike)):
@@ -159,7 +164,7 @@ class SentimentConfig:
 
         return ModelConfig(hidden_size=self.hidden_size, out_features=2, vocab_size=vocab_size,
                            embedding_dim=self.embedding_dim, num_layers=self.num_layers,
-                           nonlinearity=self.nonlinearity, bidirectional=self.bidirectional,
+                           nonlinearity=self.nonlinearity, cell=self.cell, bidirectional=self.bidirectional,
                            dropout=self.dropout, pooling=self.pooling, task="sequence", loss="cross_entropy",
                            padding_idx=0, dtype=self.dtype, seed=self.seed)
 
@@ -187,6 +192,8 @@ class SentimentConfig:
 
     def default_run_name(self) -> str:
         parts = [self.embedding, self.stopwords, self.backend, f"seed{self.seed}"]
+        if self.cell != "rnn":
+            parts.insert(0, self.cell)
         if self.train_size:
             parts.insert(0, f"n{self.train_size}")
         return "-".join(parts)
