@@ -26,7 +26,7 @@ setup: $(STAMP)
 
 ## The main job: scratch vs torch vs finite differences over random configurations.
 crosscheck: $(STAMP)
-	$(PY) -m reference.crosscheck --cases $(CASES) --seed $(SEED)
+	$(PY) -m reference.crosscheck --cases $(CASES) --seed $(SEED) --cell all
 
 ## IMDB sentiment: the NumPy model and its torch twin from the same weights (about 3 min).
 sentiment: $(STAMP)

@@ -1,8 +1,9 @@
-"""Cross-validation report: scratch_rnn.RNN against torch.nn.RNN and against finite differences.
+"""Cross-validation report: scratch_rnn.RNN / LSTM / GRU against torch's and against finite differences.
 
-    python -m reference.crosscheck --cases 200 --seed 0
+    python -m reference.crosscheck --cases 200 --seed 0 --cell all
 
-Draws random configurations (every torch.nn.RNN option, variable lengths and dropout included),
+Draws random configurations (every option of the cell's torch module, lengths, dropout and the LSTM's
+proj_size included),
 runs the scratch model and its torch twin on the same weights, inputs and random cotangents in
 float64, checks each gradient along a random direction by central differences, and prints per
 quantity the number of cases and the worst relative error against each oracle.
@@ -40,33 +41,64 @@ def param_kind(name: str) -> str:
     return "grad " + name.split("_l")[0]
 
 
+def _pair(a):
+    return a if isinstance(a, tuple) else (a, None)
+
+
 def check_case(case) -> tuple[dict, dict]:
     """Errors of one case: {quantity: worst rel error} against torch and against finite differences."""
     model = case.model(np.float64)
-    x, h0, lengths, g_out, g_hn = case.arrays(model)
+    x, hx, lengths, g_out, g_fin = case.arrays(model)
     masks = case.dropout_masks()
-    out, h_n = model.forward(x, h0, lengths, dropout_masks=masks)
+    out, finals = model.forward(x, hx, lengths, dropout_masks=masks)
     model.zero_grad()
-    grad_x, grad_h0 = model.backward(g_out, g_hn)
-    ref = run_torch(model, x, h0, lengths, g_out, g_hn, dropout_masks=masks)
+    grad_x, grad_s = model.backward(g_out, g_fin)
+    ref = run_torch(model, x, hx, lengths, g_out, g_fin, dropout_masks=masks)
+    (h_n, c_n), (grad_h0, grad_c0) = _pair(finals), _pair(grad_s)
     vs_torch = {"output": rel_error(out, ref["output"]), "h_n": rel_error(h_n, ref["h_n"]),
                 "grad_x": rel_error(grad_x, ref["grad_x"]), "grad_h0": rel_error(grad_h0, ref["grad_h0"])}
+    if c_n is not None:
+        vs_torch.update(c_n=rel_error(c_n, ref["c_n"]), grad_c0=rel_error(grad_c0, ref["grad_c0"]))
     for name, g in model.grads.items():
         kind = param_kind(name)
         vs_torch[kind] = max(vs_torch.get(kind, 0.0), rel_error(g, ref["grads"][name]))
 
-    if h0 is None:
-        h0 = np.zeros(ref["h_n"].shape)
+    if hx is None:  # finite differences perturb the initial state too: a zero one
+        zeros = (np.zeros(ref["h_n"].shape),) + ((np.zeros(ref["c_n"].shape),) if c_n is not None else ())
+        hx = zeros if c_n is not None else zeros[0]
     vs_fd = {}
-    targets = [("grad_x", "input"), ("grad_h0", "h0")] + [(param_kind(n), n) for n in model.grads]
+    states = [("grad_h0", "h0")] + ([("grad_c0", "c0")] if c_n is not None else [])
+    targets = [("grad_x", "input")] + states + [(param_kind(n), n) for n in model.grads]
     for i, (quantity, name) in enumerate(targets):
         try:
-            checks = rnn_directional_checks(model, x, h0, lengths, n_directions=1, seed=case.seed + i,
+            checks = rnn_directional_checks(model, x, hx, lengths, n_directions=1, seed=case.seed + i,
                                             dropout_masks=masks, restrict_to=[name])
         except NonDifferentiableError:  # a relu pre-activation sits exactly at its kink
             continue
         vs_fd[quantity] = max(vs_fd.get(quantity, 0.0), max(c.rel_error for c in checks))
     return vs_torch, vs_fd
+
+
+def crosscheck_cell(cell: str, cases: int, seed: int, max_steps: int, progress: bool = True):
+    """(rows, failures) of ``cases`` random configurations of ``cell``."""
+    rng = np.random.default_rng(seed)
+    worst_torch, worst_fd, counts = defaultdict(float), defaultdict(float), defaultdict(int)
+    failures = []
+    for _ in tqdm(range(cases), desc=f"cross-checking {cell}", unit="case", disable=not progress):
+        case = random_case(rng, max_steps=max_steps, cells=(cell,))
+        vs_torch, vs_fd = check_case(case)
+        for q, e in vs_torch.items():
+            counts[q] += 1
+            worst_torch[q] = max(worst_torch[q], e)
+            if not e <= TORCH_THRESHOLD:
+                failures.append(dict(cell=cell, quantity=q, oracle="torch", rel_error=e, case=str(case)))
+        for q, e in vs_fd.items():
+            worst_fd[q] = max(worst_fd[q], e)
+            if not e <= FD_THRESHOLD:
+                failures.append(dict(cell=cell, quantity=q, oracle="finite differences", rel_error=e, case=str(case)))
+    rows = [[q, counts[q], f"{worst_torch[q]:.2e}", f"{worst_fd[q]:.2e}" if q in worst_fd else "-"]
+            for q in counts]
+    return rows, failures
 
 
 def main(argv=None) -> int:
@@ -79,7 +111,9 @@ def _main(argv=None) -> int:
     parser.add_argument("--cases", type=int, default=200, help="random configurations to draw (default 200)")
     parser.add_argument("--seed", type=int, default=0, help="seed of the configuration stream (default 0)")
     parser.add_argument("--max-steps", type=int, default=12, help="longest sequence drawn (default 12)")
-    parser.add_argument("--json", metavar="PATH", help="also write the table and failures as JSON")
+    parser.add_argument("--cell", choices=["rnn", "lstm", "gru", "all"], default="rnn",
+                        help="which cell against its torch module (default rnn; all: one table per cell)")
+    parser.add_argument("--json", metavar="PATH", help="also write the tables and failures as JSON")
     args = parser.parse_args(argv)
     with as_bad_input():
         check_positive_int("--cases", args.cases)
@@ -89,35 +123,24 @@ def _main(argv=None) -> int:
     if args.json:
         output_file("--json", args.json)
 
-    rng = np.random.default_rng(args.seed)
-    worst_torch, worst_fd, counts = defaultdict(float), defaultdict(float), defaultdict(int)
-    failures = []
-    for _ in tqdm(range(args.cases), desc="cross-checking", unit="case"):
-        case = random_case(rng, max_steps=args.max_steps)
-        vs_torch, vs_fd = check_case(case)
-        for q, e in vs_torch.items():
-            counts[q] += 1
-            worst_torch[q] = max(worst_torch[q], e)
-            if not e <= TORCH_THRESHOLD:
-                failures.append(dict(quantity=q, oracle="torch", rel_error=e, case=str(case)))
-        for q, e in vs_fd.items():
-            worst_fd[q] = max(worst_fd[q], e)
-            if not e <= FD_THRESHOLD:
-                failures.append(dict(quantity=q, oracle="finite differences", rel_error=e, case=str(case)))
-
-    rows = [[q, counts[q], f"{worst_torch[q]:.2e}", f"{worst_fd[q]:.2e}" if q in worst_fd else "-"]
-            for q in counts]
-    print(f"\n{args.cases} random configurations, float64, seed {args.seed}")
-    print(tabulate(rows, headers=["quantity", "cases", "worst rel. error vs torch",
-                                  "worst rel. error vs finite differences"]))
+    cells = ["rnn", "lstm", "gru"] if args.cell == "all" else [args.cell]
+    tables, failures = {}, []
+    for cell in cells:
+        rows, fails = crosscheck_cell(cell, args.cases, args.seed, args.max_steps)
+        tables[cell] = rows
+        failures += fails
+        print(f"\n{cell.upper()}: {args.cases} random configurations, float64, seed {args.seed}")
+        print(tabulate(rows, headers=["quantity", "cases", "worst rel. error vs torch",
+                                      "worst rel. error vs finite differences"]))
     print(f"thresholds: torch {TORCH_THRESHOLD:g}, finite differences {FD_THRESHOLD:g}")
     if args.json:
-        atomic_write_text(args.json, json.dumps(dict(cases=args.cases, seed=args.seed, rows=rows,
-                                                     failures=failures), indent=2))
+        atomic_write_text(args.json, json.dumps(dict(cases=args.cases, seed=args.seed, tables=tables,
+                                                     rows=tables[cells[0]], failures=failures), indent=2))
     if failures:
         print(f"\n{len(failures)} MISMATCH(ES); first ones:", file=sys.stderr)
         for f in failures[:5]:
-            print(f"  {f['quantity']} vs {f['oracle']}: {f['rel_error']:.3e} for {f['case']}", file=sys.stderr)
+            print(f"  {f['cell']} {f['quantity']} vs {f['oracle']}: {f['rel_error']:.3e} for {f['case']}",
+                  file=sys.stderr)
         raise Stopped(f"{len(failures)} mismatch(es) above the thresholds")
     print("all quantities agree with both oracles")
     return 0

@@ -43,6 +43,8 @@ CASES = [
     row("crosscheck --json folder", CROSSCHECK, ["--cases", "2", "--json", "{tmp}"], 2, ["--json", "folder"]),
     row("crosscheck --json under a file", CROSSCHECK, ["--cases", "2", "--json", "{file}/x.json"], 2, "--json"),
     row("crosscheck --cases 2", CROSSCHECK, ["--cases", "2", "--json", "{tmp}/cc.json"], 0, "agree with both"),
+    row("crosscheck --cell all --cases 2", CROSSCHECK, ["--cell", "all", "--cases", "2"], 0, ["LSTM:", "GRU:", "c_n"]),
+    row("crosscheck --cell bogus", CROSSCHECK, ["--cell", "bogus"], 2, ["--cell", "invalid choice"]),
     # experiments.gradients
     row("gradients unknown experiment", GRADIENTS, ["nope"], 2, "invalid choice"),
     row("pathological --workers 0", GRADIENTS, ["pathological", "--workers", "0"], 2, ["--workers", "got 0"]),
