@@ -33,6 +33,7 @@ import numpy as np
 from .checks import as_index_array, check_shape
 
 __all__ = [
+    "lstm_state_jacobian", "gru_state_jacobian",
     "GAMMA", "RateFit", "Regime", "activation_slope", "align_to_end", "bound_log_rate", "fit_rate",
     "grad_norms_by_distance", "jacobian_products", "largest_singular_value", "layer_states",
     "model_slopes", "pascanu_bound", "product_singular_values", "product_spectral_norms", "regime",
@@ -85,6 +86,56 @@ def step_jacobians(slopes: np.ndarray, w_hh: np.ndarray) -> np.ndarray:
     if slopes.ndim != 3 or slopes.shape[-1] != w_hh.shape[0]:
         raise ValueError(f"slopes: expected shape (T, B, H={w_hh.shape[0]}), got {slopes.shape}")
     return slopes[..., :, None] * w_hh  # row i of W_hh scaled by f'(a_t)_i
+
+
+def lstm_state_jacobian(x_proj: np.ndarray, h_prev: np.ndarray, c_prev: np.ndarray, w_hh: np.ndarray,
+                        w_hr: np.ndarray | None = None) -> np.ndarray:
+    """The per-step Jacobian of the LSTM's joint state map (h_{t-1}, c_{t-1}) -> (h_t, c_t), per sample.
+
+    x_proj: (B, 4H) = x_t W_ihᵀ + b_ih + b_hh; h_prev: (B, out); c_prev: (B, H); w_hh: (4H, out);
+    w_hr: (P, H) or None. Returns (B, out + H, out + H), the blocks [[∂h/∂h, ∂h/∂c], [∂c/∂h, ∂c/∂c]]:
+        ∂a/∂h = W_hh; ∂i/∂h = diag(i(1-i)) W_hi, likewise f and o; ∂g/∂h = diag(1-g²) W_hg;
+        ∂c/∂h = diag(g) ∂i/∂h + diag(c_prev) ∂f/∂h + diag(i) ∂g/∂h;  ∂c/∂c_prev = diag(f);
+        ∂m/∂· = diag(tanh c) ∂o/∂· + diag(o (1 - tanh² c)) ∂c/∂·;  ∂h/∂· = W_hr ∂m/∂· (or ∂m/∂·).
+    """
+    from .gated import lstm_step_forward
+
+    _, _, cache = lstm_step_forward(x_proj, h_prev, c_prev, w_hh, w_hr)
+    H = c_prev.shape[-1]
+    i, f, g, o = (cache.gates[:, k * H:(k + 1) * H] for k in range(4))
+    w = [w_hh[k * H:(k + 1) * H] for k in range(4)]                         # (H, out) each
+    di, df, do = (s * (1 - s) for s in (i, f, o))
+    dg = 1 - g * g
+    dc_dh = (g * di)[:, :, None] * w[0] + (c_prev * df)[:, :, None] * w[1] + (i * dg)[:, :, None] * w[2]  # (B, H, out)
+    dc_dc = f[:, :, None] * np.eye(H)                                        # (B, H, H)
+    dtanh = o * (1 - cache.tanh_c ** 2)
+    dm_dh = (cache.tanh_c * do)[:, :, None] * w[3] + dtanh[:, :, None] * dc_dh
+    dm_dc = dtanh[:, :, None] * dc_dc
+    if w_hr is not None:
+        dm_dh, dm_dc = w_hr @ dm_dh, w_hr @ dm_dc                            # (B, P, ·)
+    top = np.concatenate([dm_dh, dm_dc], axis=2)
+    bottom = np.concatenate([dc_dh, dc_dc], axis=2)
+    return np.concatenate([top, bottom], axis=1)                             # (B, out + H, out + H)
+
+
+def gru_state_jacobian(x_proj: np.ndarray, h_prev: np.ndarray, w_hh: np.ndarray, b_hh: np.ndarray | None) -> np.ndarray:
+    """The per-step Jacobian ∂h_t/∂h_{t-1} of the GRU (torch's equations), per sample: (B, H, H).
+
+    x_proj: (B, 3H) = x_t W_ihᵀ + b_ih; h_prev: (B, H); w_hh: (3H, H); b_hh: (3H,) or None.
+        ∂r/∂h = diag(r(1-r)) W_hr, ∂z/∂h = diag(z(1-z)) W_hz,
+        ∂n/∂h = diag(1-n²) (diag(r) W_hn + diag(gh_n) ∂r/∂h),
+        ∂h_t/∂h = diag(z) + diag(h_prev - n) ∂z/∂h + diag(1-z) ∂n/∂h.
+    """
+    from .gated import gru_step_forward
+
+    _, cache = gru_step_forward(x_proj, h_prev, w_hh, b_hh)
+    H = h_prev.shape[-1]
+    r, z, n = (cache.gates[:, k * H:(k + 1) * H] for k in range(3))
+    w_r, w_z, w_n = (w_hh[k * H:(k + 1) * H] for k in range(3))
+    dr = (r * (1 - r))[:, :, None] * w_r
+    dz = (z * (1 - z))[:, :, None] * w_z
+    dn = (1 - n * n)[:, :, None] * (r[:, :, None] * w_n + cache.gh_n[:, :, None] * dr)
+    return z[:, :, None] * np.eye(H) + (h_prev - n)[:, :, None] * dz + (1 - z)[:, :, None] * dn
 
 
 def _time_major(model, x, h0, lengths):

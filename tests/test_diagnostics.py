@@ -280,3 +280,56 @@ def test_clear_errors():
     with pytest.raises(ValueError, match="lambda1: expected a singular value"):
         dg.pascanu_bound(-1.0, "tanh", [1])
 
+
+
+# ------------------------------------------------------------------ the gated cells' state Jacobians
+@pytest.mark.parametrize("proj", [0, 2])
+@pytest.mark.parametrize("bias", [True, False])
+def test_lstm_state_jacobian_matches_torch_autograd(proj, bias):
+    import torch
+
+    from scratch_rnn import diagnostics as dg
+    rng = np.random.default_rng(3 + proj)
+    B, I, H = 3, 2, 4
+    out = proj or H
+    w_ih, w_hh = rng.uniform(-1, 1, (4 * H, I)), rng.uniform(-1, 1, (4 * H, out))
+    b = rng.uniform(-1, 1, 4 * H) if bias else np.zeros(4 * H)
+    w_hr = rng.uniform(-1, 1, (proj, H)) if proj else None
+    x, h, c = rng.standard_normal((B, I)), rng.standard_normal((B, out)), rng.standard_normal((B, H))
+    mine = dg.lstm_state_jacobian(x @ w_ih.T + b, h, c, w_hh, w_hr)
+
+    def step(state):  # one sample's (h, c) -> (h', c'): torch's fused cell, or its equations with a projection
+        hp, cp = state[None, :out], state[None, out:]
+        if w_hr is None:
+            h2, c2 = torch.lstm_cell(torch.tensor(xb)[None], (hp, cp), torch.tensor(w_ih), torch.tensor(w_hh),
+                                     torch.tensor(b), None)
+        else:
+            a = torch.tensor(xb)[None] @ torch.tensor(w_ih).T + torch.tensor(b) + hp @ torch.tensor(w_hh).T
+            i_, f_, g_, o_ = a.chunk(4, dim=1)
+            c2 = torch.sigmoid(f_) * cp + torch.sigmoid(i_) * torch.tanh(g_)
+            h2 = (torch.sigmoid(o_) * torch.tanh(c2)) @ torch.tensor(w_hr).T
+        return torch.cat([h2[0], c2[0]])
+    for k in range(B):
+        xb = x[k]
+        ref = torch.autograd.functional.jacobian(step, torch.tensor(np.concatenate([h[k], c[k]])))
+        assert_close(mine[k], ref.numpy(), name=f"LSTM d(h, c)_t / d(h, c)_(t-1), sample {k}",
+                     config=dict(proj=proj, bias=bias))
+
+
+@pytest.mark.parametrize("bias", [True, False])
+def test_gru_state_jacobian_matches_torch_autograd(bias):
+    import torch
+
+    from scratch_rnn import diagnostics as dg
+    rng = np.random.default_rng(5)
+    B, I, H = 3, 2, 4
+    w_ih, w_hh = rng.uniform(-1, 1, (3 * H, I)), rng.uniform(-1, 1, (3 * H, H))
+    b_ih, b_hh = (rng.uniform(-1, 1, 3 * H), rng.uniform(-1, 1, 3 * H)) if bias else (np.zeros(3 * H), None)
+    x, h = rng.standard_normal((B, I)), rng.standard_normal((B, H))
+    mine = dg.gru_state_jacobian(x @ w_ih.T + b_ih, h, w_hh, b_hh)
+    for k in range(B):
+        def step(state, xb=x[k]):
+            return torch.gru_cell(torch.tensor(xb)[None], state[None], torch.tensor(w_ih), torch.tensor(w_hh),
+                                  torch.tensor(b_ih), None if b_hh is None else torch.tensor(b_hh))[0]
+        ref = torch.autograd.functional.jacobian(step, torch.tensor(h[k]))
+        assert_close(mine[k], ref.numpy(), name=f"GRU dh_t/dh_(t-1), sample {k}", config=dict(bias=bias))
