@@ -75,10 +75,16 @@ class Case:
     I: int  # noqa: E741 - torch's name
     H: int
     loss: str = "all"  # "all": a cotangent on every output step; "last": on the last step only
+    cell: str = "rnn"  # "rnn", "lstm" or "gru": against torch.nn.RNN / LSTM / GRU
+
+    @property
+    def gates(self) -> int:
+        return {"rnn": 1, "lstm": 4, "gru": 3}[self.cell]
 
     @property
     def flops(self) -> float:
-        return 6.0 * self.T * self.B * self.H * (self.I + self.H)
+        """The GEMM work of one forward+backward: 6·T·B·G·H·(I + H), G the gate count (1, 4, 3)."""
+        return 6.0 * self.T * self.B * self.gates * self.H * (self.I + self.H)
 
     @property
     def shape(self) -> str:
@@ -115,18 +121,15 @@ def make_inputs(case: Case, dtype, seed: int = 0):
 
 
 def make_scratch(case: Case, dtype):
-    from scratch_rnn import RNN
-    return RNN(case.I, case.H, dtype=dtype, seed=0)
+    from scratch_rnn.rnn import CELLS
+    return CELLS[case.cell](case.I, case.H, dtype=dtype, seed=0)
 
 
 def make_torch(model, dtype):
     import torch
-    twin = torch.nn.RNN(model.input_size, model.hidden_size,
-                        dtype=torch.float32 if np.dtype(dtype) == np.float32 else torch.float64)
-    with torch.no_grad():
-        for name, value in model.state_dict().items():
-            getattr(twin, name).copy_(torch.from_numpy(value))
-    return twin
+
+    from reference.rnn import torch_twin
+    return torch_twin(model, torch.float32 if np.dtype(dtype) == np.float32 else torch.float64)
 
 
 def scratch_step(model, x, g):
@@ -134,6 +137,12 @@ def scratch_step(model, x, g):
         model.forward(x)
         model.backward(g)
     return run
+
+
+def with_cell(grid, cells) -> tuple:
+    """The grid once per cell (``--cells``), in that order."""
+    from dataclasses import replace
+    return tuple(replace(c, cell=cell) for cell in cells for c in grid)
 
 
 def torch_step(twin, x, g):
@@ -359,7 +368,7 @@ def run(args) -> dict:
     import torch
     from threadpoolctl import threadpool_limits
 
-    grid = select_grid(args.quick, args.cases)
+    grid = with_cell(select_grid(args.quick, args.cases), args.cells)
     peak_n, pause = (QUICK_PEAK_N, QUICK_PAUSE_S) if args.quick else (PEAK_N, PAUSE_S)
     info = machine_info()
     report = dict(machine=info, command=" ".join([Path(sys.executable).name, "-m", "benchmarks.rnn"] + sys.argv[1:]),
@@ -398,7 +407,8 @@ def run(args) -> dict:
                     local_peak = {k.split("_")[0]: 2.0 * peak_n ** 3 / res[k]["median_s"] / 1e9 for k in peak}
                     flush_off_res = res.get("scratch_flush_off")
                     ours, theirs = res["scratch"]["median_s"], res["torch"]["median_s"]
-                    row = dict(case=case.name, B=case.B, T=case.T, I=case.I, H=case.H, loss=case.loss, dtype=dtype,
+                    row = dict(case=case.name, cell=case.cell, B=case.B, T=case.T, I=case.I, H=case.H, loss=case.loss,
+                               dtype=dtype,
                                threads=threads, scratch_ms=ours * 1e3, torch_ms=theirs * 1e3, ratio=ours / theirs,
                                scratch_min_ms=res["scratch"]["min_s"] * 1e3, torch_min_ms=res["torch"]["min_s"] * 1e3,
                                samples=res["scratch"]["samples"], scratch_gflops=case.flops / ours / 1e9,
@@ -411,7 +421,7 @@ def run(args) -> dict:
                         row["scratch_flush_off_ms"] = flush_off_res["median_s"] * 1e3
                     report["rows"].append(row)
                     extra = f"  (flush off: {row['scratch_flush_off_ms']:.2f} ms)" if flush_off_res else ""
-                    print(f"  {case.name:13s} {case.shape:20s} {case.loss:4s}: scratch {ours * 1e3:9.2f} ms  "
+                    print(f"  {case.cell:4s} {case.name:13s} {case.shape:20s} {case.loss:4s}: scratch {ours * 1e3:9.2f} ms  "
                           f"torch {theirs * 1e3:9.2f} ms  ratio {ours / theirs:5.3f}  "
                           f"{row['scratch_gflops']:6.1f} GFLOP/s = {100 * row['scratch_peak_frac']:4.1f}% of peak "
                           f"(torch {100 * row['torch_peak_frac']:4.1f}%)  others {other.cores:.2f} cores{extra}", flush=True)
@@ -422,12 +432,12 @@ def run(args) -> dict:
         for dtype in args.dtypes:
             for case in grid:
                 mem = {lib: measure_memory(lib, dtype, case, max(args.threads)) for lib in ("numpy", "torch")}
-                entry = dict(case=case.name, dtype=dtype, scratch_mb=mem["numpy"]["peak_rise_mb"],
+                entry = dict(case=case.name, cell=case.cell, dtype=dtype, scratch_mb=mem["numpy"]["peak_rise_mb"],
                              torch_mb=mem["torch"]["peak_rise_mb"],
                              scratch_tracemalloc_mb=mem["numpy"].get("tracemalloc_peak_mb"),
                              hwm_reset=mem["numpy"]["hwm_reset"] and mem["torch"]["hwm_reset"])
                 report["memory"].append(entry)
-                print(f"  memory {dtype} {case.name:13s}: scratch {entry['scratch_mb']:8.1f} MB "
+                print(f"  memory {dtype} {case.cell:4s} {case.name:13s}: scratch {entry['scratch_mb']:8.1f} MB "
                       f"(tracemalloc {entry['scratch_tracemalloc_mb']:.1f})  torch {entry['torch_mb']:8.1f} MB", flush=True)
     report["load_at_end"] = load()
     report["summary"] = summarize(report, grid)
@@ -437,8 +447,8 @@ def run(args) -> dict:
 def summarize(report: dict, grid) -> dict:
     out = {}
     largest = max(grid, key=lambda c: (c.loss == "all", c.flops))
-    for key in sorted({(r["dtype"], r["threads"]) for r in report["rows"]}):
-        rows = [r for r in report["rows"] if (r["dtype"], r["threads"]) == key]
+    for key in sorted({(r["dtype"], r["threads"], r.get("cell", "rnn")) for r in report["rows"]}):
+        rows = [r for r in report["rows"] if (r["dtype"], r["threads"], r.get("cell", "rnn")) == key]
         ratios = [r["ratio"] for r in rows]
         big = next(r for r in rows if r["case"] == largest.name)
         s = dict(geomean_ratio=math.exp(sum(map(math.log, ratios)) / len(ratios)), max_ratio=max(ratios),
@@ -452,21 +462,22 @@ def summarize(report: dict, grid) -> dict:
                 s["torch_vanishing_over_normal"] = van["torch_ms"] / normal["torch_ms"]
                 if "scratch_flush_off_ms" in van:
                     s["vanishing_flush_off_over_normal"] = van["scratch_flush_off_ms"] / normal["scratch_ms"]
-        out[f"{key[0]}/{key[1]}"] = s
+        out[f"{key[0]}/{key[1]}" + ("" if key[2] == "rnn" else f"/{key[2]}")] = s
     if "memory" in report:
-        out["memory_scratch_over_torch"] = {f"{m['dtype']}/{m['case']}": m["scratch_mb"] / m["torch_mb"]
-                                            for m in report["memory"]}
+        out["memory_scratch_over_torch"] = {f"{m['dtype']}/{m.get('cell', 'rnn')}/{m['case']}":
+                                            m["scratch_mb"] / m["torch_mb"] for m in report["memory"]}
     return out
 
 
 def markdown(report: dict) -> str:
     """The tables of the README, section Performance, from a report (``--markdown FILE.json`` reprints them)."""
-    lines = ["| dtype | threads | case | (B, T, I, H) | loss | scratch ms | torch ms | ratio | scratch GFLOP/s | "
+    lines = ["| cell | dtype | threads | case | (B, T, I, H) | loss | scratch ms | torch ms | ratio | scratch GFLOP/s | "
              "% of numpy peak | torch % of torch peak | numpy / torch peak GFLOP/s | other processes (cores) |",
-             "|---|---:|---|---|---|---:|---:|---:|---:|---:|---:|---|---:|"]
+             "|---|---|---:|---|---|---|---:|---:|---:|---:|---:|---:|---|---:|"]
     for r in report["rows"]:
         flush = f" (flush off: {r['scratch_flush_off_ms']:.2f})" if "scratch_flush_off_ms" in r else ""
-        lines.append(f"| {r['dtype']} | {r['threads']} | {r['case']} | ({r['B']}, {r['T']}, {r['I']}, {r['H']}) | "
+        lines.append(f"| {r.get('cell', 'rnn')} | {r['dtype']} | {r['threads']} | {r['case']} | "
+                     f"({r['B']}, {r['T']}, {r['I']}, {r['H']}) | "
                      f"{r['loss']} | {r['scratch_ms']:.2f}{flush} | {r['torch_ms']:.2f} | {r['ratio']:.3f} | "
                      f"{r['scratch_gflops']:.1f} | {100 * r['scratch_peak_frac']:.0f}% | "
                      f"{100 * r['torch_peak_frac']:.0f}% | {r['numpy_peak_gflops']:.0f} / {r['torch_peak_gflops']:.0f} | "
@@ -477,16 +488,17 @@ def markdown(report: dict) -> str:
     for key, s in report["summary"].items():
         if key.startswith("memory"):
             continue
-        pk = report["peaks"][key]
+        pk = report["peaks"]["/".join(key.split("/")[:2])]
         lines.append(f"| {key} | {pk['numpy']:.1f} | {pk['torch']:.1f} | {s['geomean_ratio']:.3f} | "
                      f"{s['max_ratio']:.3f} | {100 * s['largest_peak_frac']:.0f}% | "
                      f"{s.get('vanishing_over_normal', float('nan')):.2f} | "
                      f"{s.get('torch_vanishing_over_normal', float('nan')):.2f} |")
     if report.get("memory"):
-        lines += ["", "| dtype | case | scratch MB (RSS rise) | scratch MB (tracemalloc) | torch MB (RSS rise) | "
-                  "scratch / torch |", "|---|---|---:|---:|---:|---:|"]
+        lines += ["", "| cell | dtype | case | scratch MB (RSS rise) | scratch MB (tracemalloc) | torch MB (RSS rise) | "
+                  "scratch / torch |", "|---|---|---|---:|---:|---:|---:|"]
         for m in report["memory"]:
-            lines.append(f"| {m['dtype']} | {m['case']} | {m['scratch_mb']:.1f} | {m['scratch_tracemalloc_mb']:.1f} | "
+            lines.append(f"| {m.get('cell', 'rnn')} | {m['dtype']} | {m['case']} | {m['scratch_mb']:.1f} | "
+                         f"{m['scratch_tracemalloc_mb']:.1f} | "
                          f"{m['torch_mb']:.1f} | {m['scratch_mb'] / m['torch_mb']:.2f} |")
     return "\n".join(lines)
 
@@ -550,6 +562,8 @@ def _main(argv=None) -> int:
     p = argparse.ArgumentParser(prog=PROG, description=__doc__.split("\n")[0])
     p.add_argument("--threads", type=int, nargs="+", default=[1, 2])
     p.add_argument("--dtypes", nargs="+", default=["float32", "float64"], choices=["float32", "float64"])
+    p.add_argument("--cells", nargs="+", default=["rnn"], choices=["rnn", "lstm", "gru"],
+                   help="against torch.nn.RNN / LSTM / GRU (default: rnn)")
     p.add_argument("--rounds", type=int, default=6, help="timing blocks per library and case")
     p.add_argument("--reps", type=int, default=2, help="timed calls per block (after a discarded warm-up)")
     p.add_argument("--quick", action="store_true",
