@@ -21,6 +21,7 @@ from __future__ import annotations
 import math
 import numbers
 import warnings
+from typing import NamedTuple
 
 import numpy as np
 
@@ -65,6 +66,19 @@ def rnn_param_names(num_layers: int, bidirectional: bool, bias: bool, proj: bool
     return names
 
 
+class ForwardRecord(NamedTuple):
+    """What the last forward ran on, kept until the next one (read-only): diagnostics such as Pascanu's Ω read it.
+
+    input: the layer-0 input, time-major (T, B, I), rows sorted by decreasing length when ``lengths`` were
+    given; lengths: (B,) in the caller's order, or None when every sequence had length T; batched: False
+    for a 2-D (unbatched) input.
+    """
+
+    input: np.ndarray
+    lengths: np.ndarray | None
+    batched: bool
+
+
 class RecurrentBase(Module):
     """The stack shared by ``RNN``, ``LSTM`` and ``GRU``: see the module docstring.
 
@@ -103,6 +117,7 @@ class RecurrentBase(Module):
         self.reset_parameters()
         self.hidden_grads = None
         self.dropout_masks = None
+        self.last_forward = None    # ForwardRecord of the last successful forward (what diagnostics read)
         self._workspace = {}        # reusable buffers of the last forward/backward, keyed by purpose
         self._workspace_size = None  # the (T, B) they were made for
         self._generation = 0        # counts forwards; a cache of an older one is refused by backward
@@ -138,7 +153,7 @@ class RecurrentBase(Module):
     def release_buffers(self) -> None:
         """Drop the cached forward, the reusable work buffers and ``hidden_grads`` (frees their memory)."""
         self._cache = None
-        self._workspace, self._workspace_size, self.hidden_grads = {}, None, None
+        self._workspace, self._workspace_size, self.hidden_grads, self.last_forward = {}, None, None, None
         self._generation += 1
 
     def _buffer(self, key: tuple, shape: tuple) -> np.ndarray:
@@ -318,6 +333,9 @@ class RecurrentBase(Module):
             finals = tuple(f[:, inv] for f in finals)
         cache = dict(layers=cache_layers, perm=perm, batch_sizes=batch_sizes, lengths_sorted=lengths_sorted, T=T,
                      B=B, batched=batched, generation=self._generation)
+        x_view = x.view()
+        x_view.flags.writeable = False
+        self.last_forward = ForwardRecord(x_view, None if perm is None else lengths.copy(), batched)
         # A unidirectional layer's output may be a view of the states backward reads (and the next
         # forward overwrites): the caller gets a copy, which it may write into.
         output = self._to_layout(output, batched, copy=D == 1 and perm is None)
