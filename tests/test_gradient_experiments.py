@@ -237,3 +237,63 @@ def test_flow_quick(tmp_path):
 def test_cli_lists_every_experiment():
     assert cli.main(["nope"]) == 2  # argparse's error, under the exit-code table
     assert set(cli.EXPERIMENTS) == {"spectrum", "cliff", "pathological", "flow"}
+
+
+@pytest.mark.parametrize("task", ["adding", "temporal_order"])
+@pytest.mark.parametrize("scale, regime", [(0.1, "rescale"), (1e-4, "no clip"), (1e12, "fallback")])
+def test_sgd_cr_step_is_the_authors_update(task, scale, regime):
+    """One SGD-CR step: the loss gradient from torch autograd (nn.RNN + nn.Linear on h_n), α·∂Ω/∂W_hh of the
+    code form from its torch twin, then their 'rescale' clipping at c (c·g/‖g‖) or, past 1e10, their fallback."""
+    from reference.regularizers import omega_twin
+
+    seed, hidden, length = 4, 5, 12
+    c = 100.0 if regime == "no clip" else 1.0
+    model = pathological.build(task, "sgd_cr", hidden, seed)
+    rng = np.random.default_rng(seed)
+    for p in model.parameters().values():
+        p += rng.normal(0, 0.3, p.shape)
+    x, y = tasks.make_batch(task, np.random.default_rng(seed + 1), 6, length)
+    spec = dict(task=task, method="sgd_cr", length=length, clip=c, lr=0.1, max_iters=1, check_every=1, eval_samples=10)
+    trainer = pathological.trial_trainer(spec, model, np.random.default_rng(0))
+    model.parameters()["head.weight"][...] *= scale  # small, moderate or huge gradients: each regime
+    before = model.state_dict()
+    (rec,) = trainer.train_batch(pathological.batch_first(x), y)
+
+    rnn = torch.nn.RNN(2 if task == "adding" else 6, hidden, dtype=torch.float64)
+    lin = torch.nn.Linear(hidden, model.head.weight.shape[0], dtype=torch.float64)
+    with torch.no_grad():
+        for k, v in before.items():
+            module, name = (rnn, k[4:]) if k.startswith("rnn.") else (lin, k[5:])
+            getattr(module, name).copy_(torch.tensor(v))
+    _, h_n = rnn(torch.tensor(x))
+    h_n.retain_grad()
+    pred = lin(h_n[0])
+    loss = (torch.nn.functional.mse_loss(pred, torch.tensor(y)) if task == "adding"
+            else torch.nn.functional.cross_entropy(pred, torch.tensor(y)))
+    loss.backward()
+    g = {**{f"rnn.{k}": v.grad.numpy().copy() for k, v in rnn.named_parameters()},
+         **{f"head.{k}": v.grad.numpy().copy() for k, v in lin.named_parameters()}}
+    shadow = pathological.build(task, "sgd_cr", hidden, seed)
+    shadow.rnn.load_state_dict({k[4:]: v for k, v in before.items() if k.startswith("rnn.")})
+    omega = omega_twin(shadow.rnn, pathological.batch_first(x), None, None, h_n.grad.numpy(), form="code")
+    g["rnn.weight_hh_l0"] = g["rnn.weight_hh_l0"] + pathological.CR_ALPHA * omega["grads"]["weight_hh_l0"]
+    norm = np.sqrt(sum(float(np.sum(v ** 2)) for v in g.values()))
+    if not np.isfinite(norm) or norm > pathological.CR_FALLBACK_NORM:
+        step = {k: np.zeros_like(v) for k, v in g.items()}
+        step["rnn.weight_hh_l0"] = 0.02 * before["rnn.weight_hh_l0"]
+        assert regime == "fallback"
+    else:
+        step = {k: v * (c / norm if norm > c else 1.0) for k, v in g.items()}
+        assert (norm > c) == (regime == "rescale")
+    config = dict(task=task, regime=regime, norm=norm)
+    assert_close(rec.grad_norm, norm, name="recorded norm (Ω included)", config=config)
+    for k, v in before.items():
+        assert_close(model.parameters()[k], v - 0.1 * step[k], name=f"{k} after one SGD-CR step", config=config)
+
+
+@pytest.mark.parametrize("method", ["sgd_cr", "lstm", "gru"])
+def test_part_two_methods_run_a_trial(method):
+    spec = dict(task="adding", length=10, method=method, seed=0, hidden=8, batch=5, lr=0.01, clip=1.0,
+                max_iters=20, check_every=10, eval_samples=50)
+    res = pathological._run_trial(spec)
+    assert res["iters"] == 20 and not res["diverged"] and 0 <= res["best_error"] <= 1

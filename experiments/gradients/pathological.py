@@ -39,7 +39,13 @@ from .common import markdown_table, result_dir, save_figure, write_csv, write_js
 from .sweep import run_sweep
 from .tasks import TASKS, make_batch, sample_errors
 
-METHODS = ("sgd", "sgd_clip", "irnn")
+METHODS = ("sgd", "sgd_clip", "irnn")  # the protocols of part one
+# The methods of part two: SGD-CR (Pascanu et al.'s clipping plus the soft constraint Ω) and the gated cells,
+# trained with sgd_clip's optimizer and clipping.
+ALL_METHODS = ("sgd", "sgd_clip", "sgd_cr", "irnn", "lstm", "gru")
+CLIPPED = ("sgd_clip", "sgd_cr", "irnn", "lstm", "gru")
+CR_ALPHA = 2.0          # their default weight of Ω
+CR_FALLBACK_NORM = 1e10  # above it (or NaN/inf) their step is 0.02·W_hh on W_hh and nothing elsewhere
 BASELINE_ERROR = {"adding": 0.36, "temporal_order": 0.75}  # constant prediction / chance
 
 
@@ -79,10 +85,15 @@ def build(task: str, method: str, hidden: int, seed: int) -> SequenceModel:
     spec = TASKS[task]
     rng = np.random.default_rng(seed)
     nonlinearity = "relu" if method == "irnn" else "tanh"
+    cell = method if method in ("lstm", "gru") else "rnn"
     model = SequenceModel(ModelConfig(hidden_size=hidden, out_features=spec.n_out, input_size=spec.n_in,
-                                      nonlinearity=nonlinearity, pooling="last", loss=spec.loss, dtype="float64",
-                                      seed=seed))
-    if method == "irnn":
+                                      nonlinearity=nonlinearity, cell=cell, pooling="last", loss=spec.loss,
+                                      dtype="float64", seed=seed))
+    if cell != "rnn":  # their usual init: torch's U(±1/√H), and for the LSTM a forget-gate bias of 1
+        if cell == "lstm":
+            model.rnn.parameters()["bias_ih_l0"][hidden:2 * hidden] = 1.0
+            model.rnn.parameters()["bias_hh_l0"][hidden:2 * hidden] = 0.0
+    elif method == "irnn":
         init.init_rnn(model.rnn, init.RecurrentInit("identity", zero_bias=True, input_std=1e-3), seed=rng)
     else:
         cfg = init.RecurrentInit("gaussian", scale=0.95, target="spectral_radius",
@@ -130,16 +141,68 @@ class FreshBatches:
             yield batch_first(x), y, None
 
 
+class SGDCRTrainer(Trainer):
+    """SGD-CR as pascanur/trainingRNNs RNN.py runs it: the one step the Trainer takes is changed in its
+    gradient, nothing else (the loop, evaluation and stopping are the Trainer's).
+
+    After backward, α times the gradient of Ω (``pascanu_omega``, the code's form: into W_hh only) is added to
+    W_hh's gradient; the norm of all gradients (Ω included) is recorded; when it is NaN, inf or above 1e10 the
+    step becomes 0.02·W_hh on W_hh and 0 elsewhere (their fallback), else it is rescaled to ``clip`` when larger
+    (c·g/‖g‖, their 'rescale' clipping, without torch's 1e-6).
+    """
+
+    def __init__(self, model, config, *, clip: float, alpha: float = CR_ALPHA, omega_form: str = "code", **hooks):
+        super().__init__(model, config, **hooks)
+        self.clip, self.alpha, self.omega_form = clip, alpha, omega_form
+        self.omegas = []
+
+    def _measure_and_clip(self) -> float:
+        from scratch_rnn.optim import total_norm
+        from scratch_rnn.regularizers import pascanu_omega
+
+        grads = self.model.grads
+        w_hh = self.model.parameters()["rnn.weight_hh_l0"]
+        norm = None
+        if self.alpha:
+            try:
+                omega, og = pascanu_omega(self.model.rnn, form=self.omega_form)
+                self.omegas.append(omega)
+                grads["rnn.weight_hh_l0"] += self.alpha * og["weight_hh_l0"]
+            except FloatingPointError:  # Ω overflowed: their code's norm would be NaN, so the fallback
+                norm = float("inf")
+        norm = total_norm(grads, 2) if norm is None else norm
+        if not np.isfinite(norm) or norm > CR_FALLBACK_NORM:
+            for g in grads.values():
+                g.fill(0.0)
+            grads["rnn.weight_hh_l0"][...] = 0.02 * w_hh
+        elif norm > self.clip:
+            for g in grads.values():
+                g *= self.clip / norm
+        return norm
+
+
 def trial_trainer(spec: dict, model: SequenceModel, eval_rng: np.random.Generator) -> Trainer:
-    """The Trainer of one trial: SGD, clipping for sgd_clip/irnn, an evaluation every check_every steps."""
-    clip = spec["clip"] if spec["method"] in ("sgd_clip", "irnn") else None
-    cfg = TrainConfig(optimizer="sgd", optimizer_kwargs={"lr": spec["lr"]}, clip_norm=clip,
+    """The Trainer of one trial: SGD, clipping for every method but plain sgd, an evaluation every check_every
+    steps (on ``eval_samples`` fresh samples; with ``confirm_samples``, a zero error is confirmed on that many
+    more before the trial counts as solved)."""
+    clip = spec["clip"] if spec["method"] in CLIPPED else None
+    cfg = TrainConfig(optimizer="sgd", optimizer_kwargs={"lr": spec["lr"]},
+                      clip_norm=None if spec["method"] == "sgd_cr" else clip,
                       epochs=-(-spec["max_iters"] // spec["check_every"]), max_steps=spec["max_iters"],
                       divergence_factor=None, progress=False)
-    return Trainer(model, cfg,
-                   evaluate=lambda m: {"error": evaluate(spec["task"], m, eval_rng, spec["eval_samples"],
-                                                         spec["length"])},
-                   stop_when=lambda row: row["error"] == 0.0)
+
+    def evaluate_trial(m):
+        error = evaluate(spec["task"], m, eval_rng, spec["eval_samples"], spec["length"])
+        confirm = spec.get("confirm_samples")
+        if error == 0.0 and confirm:  # a cheap screen passed: the real criterion on the larger sample
+            error = evaluate(spec["task"], m, eval_rng, confirm, spec["length"])
+        return {"error": error}
+
+    hooks = dict(evaluate=evaluate_trial, stop_when=lambda row: row["error"] == 0.0)
+    if spec["method"] == "sgd_cr":
+        return SGDCRTrainer(model, cfg, clip=clip, alpha=spec.get("alpha", CR_ALPHA),
+                            omega_form=spec.get("omega_form", "code"), **hooks)
+    return Trainer(model, cfg, **hooks)
 
 
 def run_trial(spec: dict) -> dict:
@@ -193,7 +256,7 @@ def plot(summary: pd.DataFrame, path, p: Protocol):
     tasks = list(summary.task.unique())
     fig, axes = plt.subplots(2, len(tasks), figsize=(5.5 * len(tasks), 7.5), squeeze=False)
     for j, task in enumerate(tasks):
-        for m in METHODS:
+        for m in ALL_METHODS:
             s = summary[(summary.task == task) & (summary.method == m)]
             if s.empty:
                 continue
