@@ -58,6 +58,8 @@ CONFIGS = {
     "uni-last-sgd": dict(pooling="last", bidirectional=False, optimizer="sgd", lr=0.1, clip_norm=None, lr_decay=0.5),
     "mean-adamw-tokendrop": dict(pooling="mean", optimizer="adamw", weight_decay=0.01, token_dropout=0.2),
     "2layer-dropout-relu": dict(num_layers=2, dropout=0.3, nonlinearity="relu", pooling="max", lr=5e-3),
+    "lstm-2layer-dropout": dict(cell="lstm", num_layers=2, dropout=0.3, pooling="mean", optimizer="adam"),
+    "gru-last-sgd": dict(cell="gru", pooling="last", bidirectional=False, optimizer="sgd", lr=0.1, lr_decay=0.5),
 }
 
 
