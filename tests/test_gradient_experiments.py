@@ -297,3 +297,87 @@ def test_part_two_methods_run_a_trial(method):
                 max_iters=20, check_every=10, eval_samples=50)
     res = pathological._run_trial(spec)
     assert res["iters"] == 20 and not res["diverged"] and 0 <= res["best_error"] <= 1
+
+
+# --------------------------------------------------------------------------------------------
+# The budget protocol's checks: the free screen, then the real test on 10,000 fresh samples
+# --------------------------------------------------------------------------------------------
+@pytest.mark.parametrize("task", ["adding", "temporal_order"])
+def test_screen_scores_each_training_batch_before_its_update(task):
+    """Screen's count against a recomputation: each step's prediction is the model *before* that step's update
+    on the batch it was trained on (a replay of the same steps on a copy gives the oracle)."""
+    spec = dict(task=task, length=10, method="sgd_clip", seed=1, hidden=6, batch=7, lr=0.5, clip=1.0, max_iters=6,
+                check_every=3, eval_samples=10, screen=True, track_every=3, track_samples=10, eval_chunk=5)
+    model = pathological.build(task, "sgd_clip", 6, 1)
+    shadow = pathological.build(task, "sgd_clip", 6, 1)
+    source = pathological.FreshBatches(task, 10, 7, np.random.default_rng(5), 3)
+    trainer = pathological.trial_trainer(spec, model, np.random.default_rng(0), source)
+    screens = []
+    trainer.evaluate = lambda m, take=trainer.callback.take: screens.append(take()) or {"error": None}
+    trainer.stop_when = None
+    trainer.fit(source)
+    replay = pathological.trial_trainer({**spec, "screen": False}, shadow, np.random.default_rng(0))
+    wrong, expected = 0, []
+    for i, (x, y, _) in enumerate(pathological.FreshBatches(task, 10, 7, np.random.default_rng(5), 6).batches(0)):
+        shadow.eval()
+        out, _ = shadow(x)
+        shadow.train()
+        wrong += int(tasks.sample_errors(task, out, y).sum())
+        replay.train_batch(x, y)
+        if (i + 1) % 3 == 0:
+            expected.append(wrong / 21)
+            wrong = 0
+    assert screens == expected and len(screens) == 2
+    assert not np.isclose(model.head.weight, pathological.build(task, "sgd_clip", 6, 1).head.weight).all()
+
+
+def test_screened_trial_tests_only_a_clean_screen_and_solves_only_on_the_full_test(monkeypatch):
+    """The fresh-sample test runs exactly when the screen saw no wrong sample; the trial stops (solved) only when
+    that test, on eval_samples fresh samples, finds none wrong; tracking runs every track_every steps otherwise."""
+    screens = iter([0.05, 0.0, 0.0, 0.1, 0.0])  # 0.05: one wrong sample in 20 is not clean
+    tests = iter([0.001, 0.0])  # the first clean screen fails the full test, the second passes it
+    calls = []
+
+    def fake_evaluate(task, model, rng, samples, length, chunk=1000):
+        calls.append(samples)
+        return next(tests) if samples == 10_000 else 0.3
+
+    monkeypatch.setattr(pathological.Screen, "take", lambda self: next(screens))
+    monkeypatch.setattr(pathological, "evaluate", fake_evaluate)
+    spec = dict(task="adding", length=10, method="irnn", seed=0, hidden=4, batch=3, lr=0.01, clip=1.0, max_iters=200,
+                check_every=2, eval_samples=10_000, screen=True, track_every=8, track_samples=50, eval_chunk=250)
+    res = pathological._run_trial(spec)
+    # checks at steps 2 (dirty), 4 (clean: test 0.001), 6 (clean: test 0), stop
+    assert calls == [10_000, 10_000] and res["solved"] and res["solved_at"] == 6 and res["tests"] == 2
+    assert res["iters"] == 6 and res["best_error"] == 0.0 and res["final_error"] == 0.0
+
+    screens = iter([0.05] * 100)
+    calls.clear()
+    res = pathological._run_trial({**spec, "max_iters": 20})
+    # never clean: no test; tracking at steps 8, 16 and at the end (20)
+    assert calls == [50, 50, 50] and not res["solved"] and res["solved_at"] is None and res["tests"] == 0
+    assert res["iters"] == 20 and res["best_error"] == 0.3
+
+
+def test_budget_protocol_grid():
+    """The budget grid: every method at every length but the paper-form SGD-CR row (one length), dearest first."""
+    p = pathological.PROTOCOLS["budget"]
+    specs = pathological.specs_for(p)
+    per_cell = len(p.tasks) * len(p.seeds)
+    assert len(specs) == per_cell * (len(p.lengths) * (len(pathological.ALL_METHODS) - 1) + 1)
+    assert {s["length"] for s in specs if s["method"] == "sgd_cr_paper"} == {50}
+    assert specs[0]["length"] == 200 and specs[0]["method"] == "lstm" and specs[-1]["length"] == 50
+    assert all(s["eval_samples"] == 10_000 and s["check_every"] == 20 and s["screen"] for s in specs)
+    assert len({sweep.trial_id(s) for s in specs}) == len(specs)
+    # the older protocols' trial ids do not change (their tables stay resumable)
+    assert "screen" not in pathological.specs_for(pathological.PROTOCOLS["reduced"])[0]
+
+
+def test_pathological_budget_quick_cli(tmp_path):
+    assert cli.main(["pathological", "--protocol", "budget", "--quick", "--no-progress", "--tasks", "adding",
+                     "--out", str(tmp_path)]) == 0
+    df = pd.read_csv(tmp_path / "trials.csv")
+    p = pathological.PROTOCOLS["budget-quick"]
+    assert len(df) == len(p.seeds) * (len(p.lengths) * (len(pathological.ALL_METHODS) - 1) + 1)
+    assert (df.iters == p.max_iters).all() and (df.train_seconds > 0).all() and (df.eval_seconds > 0).all()
+    assert "Where the time went" in (tmp_path / "report.md").read_text()

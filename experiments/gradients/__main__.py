@@ -22,7 +22,7 @@ DASK_DEFAULT_PORT = 8786
 EXPERIMENTS = {
     "spectrum": "gradient norm vs distance for lambda_1 in [0.5, 1.5] x initializer x nonlinearity",
     "cliff": "the single-unit loss wall and gradient descent with and without clipping",
-    "pathological": "adding / temporal order: success rate vs length for SGD, clipping, IRNN (resumable sweep)",
+    "pathological": "adding / temporal order: success rate vs length for SGD, clipping, SGD-CR, IRNN, LSTM, GRU (resumable sweep)",
     "flow": "per-step gradient norms in the IMDB sentiment model, at init and after training",
 }
 
@@ -38,8 +38,9 @@ def parser() -> argparse.ArgumentParser:
                        help="base seed, >= 0 (pathological: added to the protocol's seeds 0, 1, 2, ...: other trials)")
         s.add_argument("--no-progress", action="store_true", help="no progress bars")
         if name == "pathological":
-            s.add_argument("--protocol", choices=["quick", "reduced", "long", "extended", "full"], default=None,
-                           help="trial grid (default: quick with --quick, else reduced)")
+            s.add_argument("--protocol", choices=["quick", "reduced", "long", "extended", "budget", "full"], default=None,
+                           help="trial grid (default: quick with --quick, else reduced; budget with --quick: "
+                                "its CI form)")
             s.add_argument("--workers", type=int, default=2, help="local worker processes")
             s.add_argument("--scheduler", default=None,
                            help="a Dask scheduler address (tcp://host:port): run trials on that cluster")

@@ -12,7 +12,10 @@ batch 20, one fresh batch per iteration, evaluation every 20 iterations on 10,00
 solved when none of them is wrong, at most 5·10⁶ iterations. A trial is one (task, length, method,
 seed); trials run as a resumable sweep (:mod:`.sweep`). ``--protocol full`` is that grid; the
 ``reduced`` grid is what fits a few minutes on two cores (fewer lengths, seeds and iterations, and a
-smaller evaluation set): what was run is written into every report.
+smaller evaluation set): what was run is written into every report. ``--protocol budget`` (part two) is the
+paper's lengths 50-200 with all methods of :data:`ALL_METHODS`, their checks (every 20 iterations, solved = none
+of 10,000 fresh samples wrong) behind a free screen (:class:`Screen`), at the iteration cap that fits 2 hours on
+2 cores.
 
 Model: ``scratch_rnn.models.SequenceModel`` with dense input: ``RNN`` (two biases, both trained, where
 their code has one), the state at the last step, a ``Linear`` readout and the task's loss (MSE or
@@ -42,11 +45,14 @@ from .tasks import TASKS, make_batch, sample_errors
 METHODS = ("sgd", "sgd_clip", "irnn")  # the protocols of part one
 # The methods of part two: SGD-CR (Pascanu et al.'s clipping plus the soft constraint Ω) and the gated cells,
 # trained with sgd_clip's optimizer and clipping.
-ALL_METHODS = ("sgd", "sgd_clip", "sgd_cr", "irnn", "lstm", "gru")
-CLIPPED = ("sgd_clip", "sgd_cr", "irnn", "lstm", "gru")
+# sgd_cr_paper: SGD-CR with the paper's form of Ω (the exact gradient through every parameter) in place of the code's.
+ALL_METHODS = ("sgd", "sgd_clip", "sgd_cr", "sgd_cr_paper", "irnn", "lstm", "gru")
+CLIPPED = ("sgd_clip", "sgd_cr", "sgd_cr_paper", "irnn", "lstm", "gru")
+CR_METHODS = {"sgd_cr": "code", "sgd_cr_paper": "paper"}  # method -> the form of Ω its step adds
 CR_ALPHA = 2.0          # their default weight of Ω
 CR_FALLBACK_NORM = 1e10  # above it (or NaN/inf) their step is 0.02·W_hh on W_hh and nothing elsewhere
 BASELINE_ERROR = {"adding": 0.36, "temporal_order": 0.75}  # constant prediction / chance
+BUDGET_ITERS = 6000  # the budget protocol's iteration cap (measured to fit: docs/gradients.md)
 
 
 @dataclass(frozen=True)
@@ -63,6 +69,15 @@ class Protocol:
     batch: int = 20
     lr: float = 0.01
     clip: float = 1.0
+    # The budget protocol's checks (off elsewhere: each check evaluates eval_samples fresh samples). With screen, a
+    # check first scores the check_every training batches just seen (each predicted before its own update: fresh
+    # samples, free); only when none of them is wrong do eval_samples fresh samples decide. The error curve comes
+    # from track_samples fresh samples every track_every iterations and at the end; eval_chunk samples per forward.
+    screen: bool = False
+    track_every: int = 0
+    track_samples: int = 0
+    eval_chunk: int = 1000
+    only: tuple = ()  # (method, lengths) pairs: these methods run at these lengths only
 
 
 PROTOCOLS = {
@@ -77,6 +92,15 @@ PROTOCOLS = {
                          max_iters=20000, check_every=1000, eval_samples=1000),
     "quick": Protocol("quick", ("adding", "temporal_order"), (10,), METHODS, (0,),
                       max_iters=20, check_every=10, eval_samples=100, hidden=8),
+    # Part two: the paper's lengths, all methods, their checks (every 20 iterations, solved = none of 10,000 fresh
+    # samples wrong) behind the free screen; the cap is what fits 2 hours on 2 cores (docs/gradients.md).
+    "budget": Protocol("budget", ("adding", "temporal_order"), (50, 100, 150, 200), ALL_METHODS, (0, 1, 2),
+                       max_iters=BUDGET_ITERS, check_every=20, eval_samples=10_000, screen=True,
+                       track_every=500, track_samples=1000, eval_chunk=250, only=(("sgd_cr_paper", (50,)),)),
+    # its CI form: the same code and checks, two lengths, one seed, 40 iterations
+    "budget-quick": Protocol("budget-quick", ("adding", "temporal_order"), (50, 100), ALL_METHODS, (0,),
+                             max_iters=40, check_every=20, eval_samples=10_000, screen=True, track_every=20,
+                             track_samples=200, eval_chunk=250, only=(("sgd_cr_paper", (50,)),)),
 }
 
 
@@ -138,15 +162,41 @@ class FreshBatches:
     def batches(self, epoch: int):
         for _ in range(self.per_epoch):
             x, y = make_batch(self.task, self.rng, self.batch, self.length)
+            self.last_y = y  # the batch the trainer is stepping on (read by Screen)
             yield batch_first(x), y, None
+
+
+class Screen:
+    """The budget protocol's free check: wrong samples among the training batches since the last check.
+
+    A Trainer ``callback``: after every step it scores the step's output (computed before that step's update, on a
+    batch never seen before) against the batch's targets by the task's criterion.
+    """
+
+    def __init__(self, task: str, source: FreshBatches):
+        self.task, self.source = task, source
+        self.wrong = self.seen = 0
+
+    def __call__(self, trainer, record) -> None:
+        if record.skipped:
+            return
+        y = self.source.last_y
+        self.wrong += int(sample_errors(self.task, np.asarray(trainer.last_output.output), y).sum())
+        self.seen += len(y)
+
+    def take(self) -> float:
+        """The error since the last call (NaN when no step was scored), and start counting again."""
+        error = self.wrong / self.seen if self.seen else float("nan")
+        self.wrong = self.seen = 0
+        return error
 
 
 class SGDCRTrainer(Trainer):
     """SGD-CR as pascanur/trainingRNNs RNN.py runs it: the one step the Trainer takes is changed in its
     gradient, nothing else (the loop, evaluation and stopping are the Trainer's).
 
-    After backward, α times the gradient of Ω (``pascanu_omega``, the code's form: into W_hh only) is added to
-    W_hh's gradient; the norm of all gradients (Ω included) is recorded; when it is NaN, inf or above 1e10 the
+    After backward, α times the gradient of Ω (``pascanu_omega``; the code's form reaches W_hh only, the paper's
+    form, method ``sgd_cr_paper``, every parameter) is added to the gradients; the norm of all gradients (Ω included) is recorded; when it is NaN, inf or above 1e10 the
     step becomes 0.02·W_hh on W_hh and 0 elsewhere (their fallback), else it is rescaled to ``clip`` when larger
     (c·g/‖g‖, their 'rescale' clipping, without torch's 1e-6).
     """
@@ -167,7 +217,8 @@ class SGDCRTrainer(Trainer):
             try:
                 omega, og = pascanu_omega(self.model.rnn, form=self.omega_form)
                 self.omegas.append(omega)
-                grads["rnn.weight_hh_l0"] += self.alpha * og["weight_hh_l0"]
+                for name, g in og.items():  # the code form's is zero but in W_hh; the paper form's reaches all
+                    grads[f"rnn.{name}"] += self.alpha * g
             except FloatingPointError:  # Ω overflowed: their code's norm would be NaN, so the fallback
                 norm = float("inf")
         norm = total_norm(grads, 2) if norm is None else norm
@@ -181,27 +232,58 @@ class SGDCRTrainer(Trainer):
         return norm
 
 
-def trial_trainer(spec: dict, model: SequenceModel, eval_rng: np.random.Generator) -> Trainer:
-    """The Trainer of one trial: SGD, clipping for every method but plain sgd, an evaluation every check_every
-    steps (on ``eval_samples`` fresh samples; with ``confirm_samples``, a zero error is confirmed on that many
-    more before the trial counts as solved)."""
-    clip = spec["clip"] if spec["method"] in CLIPPED else None
+def trial_trainer(spec: dict, model: SequenceModel, eval_rng: np.random.Generator,
+                  source: FreshBatches | None = None) -> Trainer:
+    """The Trainer of one trial: SGD, clipping for every method but plain sgd, a check every check_every steps.
+
+    A check evaluates ``eval_samples`` fresh samples (with ``confirm_samples``, a zero error is confirmed on that
+    many more before the trial counts as solved). With ``screen`` (the budget protocol; needs ``source``) a check
+    first scores the training batches since the last one (:class:`Screen`) and evaluates the ``eval_samples`` only
+    when none of them was wrong; ``track_samples`` fresh samples every ``track_every`` steps and at the last check
+    give the error curve. Each check's row: ``error`` (the evaluation run, if any, else None), and with screen
+    ``screen_error``, ``test_error`` and ``track_error`` (None when not run).
+    """
+    method = spec["method"]
+    clip = spec["clip"] if method in CLIPPED else None
     cfg = TrainConfig(optimizer="sgd", optimizer_kwargs={"lr": spec["lr"]},
-                      clip_norm=None if spec["method"] == "sgd_cr" else clip,
+                      clip_norm=None if method in CR_METHODS else clip,
                       epochs=-(-spec["max_iters"] // spec["check_every"]), max_steps=spec["max_iters"],
                       divergence_factor=None, progress=False)
+    chunk = spec.get("eval_chunk", 1000)
+
+    def fresh_error(samples):
+        return evaluate(spec["task"], model, eval_rng, samples, spec["length"], chunk=chunk)
 
     def evaluate_trial(m):
-        error = evaluate(spec["task"], m, eval_rng, spec["eval_samples"], spec["length"])
+        error = fresh_error(spec["eval_samples"])
         confirm = spec.get("confirm_samples")
         if error == 0.0 and confirm:  # a cheap screen passed: the real criterion on the larger sample
-            error = evaluate(spec["task"], m, eval_rng, confirm, spec["length"])
+            error = fresh_error(confirm)
         return {"error": error}
 
-    hooks = dict(evaluate=evaluate_trial, stop_when=lambda row: row["error"] == 0.0)
-    if spec["method"] == "sgd_cr":
+    checks = []
+
+    def screened_check(m):
+        checks.append(None)
+        step = len(checks) * spec["check_every"]
+        row = {"screen_error": screen.take(), "test_error": None, "track_error": None}
+        if row["screen_error"] == 0.0:
+            row["test_error"] = fresh_error(spec["eval_samples"])
+        if row["test_error"] is None and (step % spec["track_every"] == 0 or step >= spec["max_iters"]):
+            row["track_error"] = fresh_error(spec["track_samples"])
+        row["error"] = row["test_error"] if row["test_error"] is not None else row["track_error"]
+        return row
+
+    if spec.get("screen"):
+        if source is None:
+            raise ValueError("source: a screened trial scores its training batches: pass its FreshBatches")
+        screen = Screen(spec["task"], source)
+        hooks = dict(evaluate=screened_check, stop_when=lambda row: row["test_error"] == 0.0, callback=screen)
+    else:
+        hooks = dict(evaluate=evaluate_trial, stop_when=lambda row: row["error"] == 0.0)
+    if method in CR_METHODS:
         return SGDCRTrainer(model, cfg, clip=clip, alpha=spec.get("alpha", CR_ALPHA),
-                            omega_form=spec.get("omega_form", "code"), **hooks)
+                            omega_form=spec.get("omega_form", CR_METHODS[method]), **hooks)
     return Trainer(model, cfg, **hooks)
 
 
@@ -217,29 +299,49 @@ def _run_trial(spec: dict) -> dict:
     t0 = time.time()
     task, length, seed = spec["task"], spec["length"], spec["seed"]
     model = build(task, spec["method"], spec["hidden"], seed)
-    trainer = trial_trainer(spec, model, np.random.default_rng([seed, 2]))
     source = FreshBatches(task, length, spec["batch"], np.random.default_rng([seed, 1]), spec["check_every"])
+    trainer = trial_trainer(spec, model, np.random.default_rng([seed, 2]), source)
     diverged = False
     try:
         trainer.fit(source)
     except TrainingStopped:
         diverged = True
-    errors = [row["error"] for row in trainer.epochs]
+    errors = [row["error"] for row in trainer.epochs if row["error"] is not None]
     norms = trainer.grad_norms if trainer.history else np.array([np.nan])
     losses_ = trainer.losses if trainer.history else np.array([np.nan])
     tail = losses_[-max(1, len(losses_) // 10):]
     clip = spec["clip"]
-    return dict(solved=bool(errors) and errors[-1] == 0.0, diverged=diverged, iters=trainer.step,
+    if spec.get("screen"):
+        solved = trainer.stop_reason == "stop_when"
+        extra = dict(solved_at=trainer.step if solved else None,
+                     tests=sum(row["test_error"] is not None for row in trainer.epochs))
+    else:
+        solved, extra = bool(errors) and errors[-1] == 0.0, {}
+    return dict(solved=solved, diverged=diverged, iters=trainer.step,
                 final_error=errors[-1] if errors else 1.0, best_error=min([1.0] + errors),
                 final_train_loss=float(np.mean(tail)), grad_norm_median=float(np.median(norms)),
                 grad_norm_max=float(np.max(norms)), clipped_fraction=float(np.mean(norms > clip)),
-                seconds=time.time() - t0)
+                train_seconds=float(sum(row["seconds"] for row in trainer.epochs)),
+                eval_seconds=float(sum(row.get("eval_seconds", 0.0) for row in trainer.epochs)),
+                **extra, seconds=time.time() - t0)
+
+
+# Relative cost of one iteration per method at a given length (measured, docs/gradients.md): the screened grid
+# hands out its dearest trials first, so that no long trial starts last while the other worker idles.
+COST = {"sgd": 1.0, "sgd_clip": 1.0, "irnn": 1.0, "sgd_cr": 2.5, "sgd_cr_paper": 3.0, "lstm": 7.5, "gru": 6.5}
 
 
 def specs_for(p: Protocol, tasks=None) -> list[dict]:
-    return [dict(task=t, length=L, method=m, seed=s, hidden=p.hidden, batch=p.batch, lr=p.lr, clip=p.clip,
-                 max_iters=p.max_iters, check_every=p.check_every, eval_samples=p.eval_samples)
-            for t in (tasks or p.tasks) for L in p.lengths for m in p.methods for s in p.seeds]
+    only = dict(p.only)
+    extra = dict(screen=True, track_every=p.track_every, track_samples=p.track_samples,
+                 eval_chunk=p.eval_chunk) if p.screen else {}  # the older protocols' trial ids stay as they were
+    specs = [dict(task=t, length=L, method=m, seed=s, hidden=p.hidden, batch=p.batch, lr=p.lr, clip=p.clip,
+                  max_iters=p.max_iters, check_every=p.check_every, eval_samples=p.eval_samples, **extra)
+             for t in (tasks or p.tasks) for L in p.lengths for m in p.methods if L in only.get(m, p.lengths)
+             for s in p.seeds]
+    if p.screen:
+        specs.sort(key=lambda s: -s["length"] * COST[s["method"]])  # stable: ties keep the grid's order
+    return specs
 
 
 def summarize(df: pd.DataFrame) -> pd.DataFrame:
@@ -247,8 +349,19 @@ def summarize(df: pd.DataFrame) -> pd.DataFrame:
     out = g.agg(runs=("solved", "size"), solved=("solved", "sum"), diverged=("diverged", "sum"),
                 median_best_error=("best_error", "median"), median_final_loss=("final_train_loss", "median"),
                 median_grad_norm=("grad_norm_median", "median"), max_grad_norm=("grad_norm_max", "max"),
-                clipped_fraction=("clipped_fraction", "mean")).reset_index()
+                clipped_fraction=("clipped_fraction", "mean"), median_iters=("iters", "median"),
+                **({"trial_seconds": ("seconds", "sum")} if "seconds" in df else {})).reset_index()
     out["success_rate"] = out["solved"] / out["runs"]
+    return out
+
+
+def time_table(df: pd.DataFrame) -> pd.DataFrame:
+    """Where the trials' time went, per (length, method): training and evaluation seconds, per iteration too."""
+    g = df.groupby(["length", "method"], sort=True)
+    out = g.agg(trials=("seconds", "size"), iterations=("iters", "sum"), train_s=("train_seconds", "sum"),
+                eval_s=("eval_seconds", "sum"), total_s=("seconds", "sum")).reset_index()
+    out["train_ms_per_iter"] = 1e3 * out.train_s / out.iterations
+    out["eval_share"] = out.eval_s / out.total_s
     return out
 
 
@@ -288,17 +401,26 @@ def run(p: Protocol, out, *, workers=2, scheduler=None, tasks=None, progress=Tru
                trial_cpu_seconds=float(df.seconds.sum()), summary=summary.to_dict(orient="records"))
     write_json(out / "summary.json", res)
     table = summary[["task", "length", "method", "runs", "solved", "success_rate", "diverged",
-                     "median_best_error", "median_final_loss", "clipped_fraction"]]
-    write_report(out / "report.md", f"Pathological tasks ({p.name} protocol)", [
-        ("What ran", f"tasks {list(tasks or p.tasks)}, lengths {list(p.lengths)}, methods {list(p.methods)}, "
+                     "median_best_error", "median_iters", "median_final_loss", "clipped_fraction"]]
+    checks = (f"a check every {p.check_every} iterations: the training batches since the last check are scored "
+              f"(free); when none of them was wrong, {p.eval_samples} fresh samples decide (solved = none wrong); "
+              f"the error curve: {p.track_samples} fresh samples every {p.track_every} iterations and at the end"
+              if p.screen else f"evaluation every {p.check_every} on {p.eval_samples} fresh samples; solved = "
+              f"no wrong sample")
+    sections = [
+        ("What ran", f"tasks {list(tasks or p.tasks)}, lengths {list(p.lengths)}, methods {list(p.methods)}"
+                     f"{' (' + ', '.join(f'{m} at lengths {list(ls)} only' for m, ls in p.only) + ')' if p.only else ''}, "
                      f"seeds {list(p.seeds)} ({len(p.seeds)} runs per cell); hidden {p.hidden}, batch {p.batch}, "
-                     f"lr {p.lr}, clipping threshold {p.clip} (sgd_clip, irnn); at most {p.max_iters} "
-                     f"iterations, evaluation every {p.check_every} on {p.eval_samples} fresh samples; solved = "
-                     f"no wrong sample. {len(df)} trials, {df.seconds.sum():.0f} trial-seconds."),
+                     f"lr {p.lr}, clipping threshold {p.clip} (all but sgd); at most {p.max_iters} "
+                     f"iterations; {checks}. {len(df)} trials, {df.seconds.sum():.0f} trial-seconds, "
+                     f"{res['seconds']:.0f} s wall for this call (a resumed sweep counts only its own part)."),
         ("Success rate against length", markdown_table(table) + "\n\nBaselines: constant prediction gets "
          "36% of adding samples wrong (squared error > 0.04); chance on temporal order is 75%."),
         ("Plots", "success_vs_length.png"),
-    ])
+    ]
+    if "train_seconds" in df and df.train_seconds.notna().all():
+        sections.insert(2, ("Where the time went", markdown_table(time_table(df))))
+    write_report(out / "report.md", f"Pathological tasks ({p.name} protocol)", sections)
     return res
 
 
@@ -309,7 +431,9 @@ def with_seed_offset(p: Protocol, offset: int) -> Protocol:
 
 def main(args) -> dict:
     name = args.protocol or ("quick" if args.quick else "reduced")
-    out = result_dir("pathological" if name in ("reduced", "quick") else f"pathological-{name}", name == "quick",
-                     args.out)
+    if name == "budget" and args.quick:
+        name = "budget-quick"
+    out = result_dir("pathological" if name in ("reduced", "quick") else f"pathological-{name}",
+                     name in ("quick", "budget-quick"), args.out)
     return run(with_seed_offset(PROTOCOLS[name], args.seed), out, workers=args.workers, scheduler=args.scheduler,
                tasks=args.tasks, progress=not args.no_progress)
