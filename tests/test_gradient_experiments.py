@@ -4,6 +4,7 @@ and Dask paths, and every experiment's --quick run end to end (the CI version)."
 from __future__ import annotations
 
 import json
+from dataclasses import replace
 from pathlib import Path
 
 import numpy as np
@@ -14,7 +15,7 @@ from hypothesis import given
 from hypothesis import strategies as st
 
 from experiments.gradients import __main__ as cli
-from experiments.gradients import cliff, pathological, sweep, tasks
+from experiments.gradients import cliff, pathological, spectrum, sweep, tasks
 from tests.helpers import assert_close
 
 
@@ -227,7 +228,8 @@ def test_flow_quick(tmp_path):
     assert cli.main(["flow", "--quick", "--no-progress", "--out", str(tmp_path)]) == 0
     assert {"flow.csv", "curves.csv", "flow.png", "report.md", "summary.json", "jobs.jsonl"} <= _files(tmp_path)
     df = pd.read_csv(tmp_path / "flow.csv")
-    assert len(df) == 4 and df.init_factor.between(0, 10).all()
+    assert len(df) == 4 + 2 and df.init_factor.between(0, 10).all()  # 2 inits × 2 nonlinearities, LSTM, GRU
+    assert sorted(df.cell.unique()) == ["gru", "lstm", "rnn"] and df[df.cell != "rnn"].lambda1_init.isna().all()
     jobs = (tmp_path / "jobs.jsonl").read_text()
     assert cli.main(["flow", "--quick", "--no-progress", "--out", str(tmp_path)]) == 0  # resumes: no model retrained
     assert (tmp_path / "jobs.jsonl").read_text() == jobs
@@ -381,3 +383,34 @@ def test_pathological_budget_quick_cli(tmp_path):
     assert len(df) == len(p.seeds) * (len(p.lengths) * (len(pathological.ALL_METHODS) - 1) + 1)
     assert (df.iters == p.max_iters).all() and (df.train_seconds > 0).all() and (df.eval_seconds > 0).all()
     assert "Where the time went" in (tmp_path / "report.md").read_text()
+
+
+@pytest.mark.parametrize("cell", ["rnn", "lstm", "lstm_fb1", "gru"])
+def test_cell_jacobian_products_are_bptt(cell):
+    """The spectrum's products of per-step state Jacobians, applied to the cotangent on h_T, are what BPTT gives:
+    dL/dh_(T-n) from the model's own backward at every distance n; for the LSTM, whose state is (h, c), the c part
+    is ∂L/∂c_(T-n) with h_(T-n) held: BPTT's cell gradient of the next step times its forget gate (0 at n = 0)."""
+    from scratch_rnn import gated
+
+    cfg = replace(spectrum.QUICK, hidden=5, input_size=3, steps=9, batch=4)
+    _, row, prods, model, x, g = spectrum.cell_products(cfg, cell, seed=7)
+    H, T = cfg.hidden, cfg.steps
+    lstm = "lstm" in cell
+    cot = np.concatenate([g, np.zeros_like(g)], axis=1) if lstm else g
+    if lstm:  # the forget gates along the trajectory
+        p = model.parameters()
+        xp = gated.input_projection(x, p["weight_ih_l0"], p["bias_ih_l0"] + p["bias_hh_l0"])
+        h, c, forget = np.zeros((cfg.batch, H)), np.zeros((cfg.batch, H)), []
+        for t in range(T):
+            h, c, step = gated.lstm_step_forward(xp[t], h, c, p["weight_hh_l0"])
+            forget.append(step.gates[:, H:2 * H])
+    for n in range(T):
+        through = np.einsum("bs,bst->bt", cot, prods[n])  # cot · ∂s_T/∂s_(T-n)
+        config = dict(cell=cell, distance=n)
+        assert_close(through[:, :H], model.hidden_grads[0, T - 1 - n], name="dL/dh_(T-n)", config=config)
+        if lstm:
+            expected = np.zeros_like(g) if n == 0 else model.cell_grads[0, T - n] * forget[T - n]
+            assert_close(through[:, H:], expected, name="∂L/∂c_(T-n), h held", config=config)
+    assert row["state_size"] == (2 * H if "lstm" in cell else H)
+    if cell == "lstm_fb1":
+        assert (model.parameters()["bias_ih_l0"][H:2 * H] == 1).all()

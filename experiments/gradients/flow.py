@@ -1,6 +1,8 @@
 """Experiment 4, gradient flow in the sentiment model: ‖∂L/∂h_t‖ against the distance from each
 review's last token, on real IMDB batches, at initialization and after a short training, for tanh
-and relu and each initializer of ``scratch_rnn.init``.
+and relu and each initializer of ``scratch_rnn.init`` — and, as the control group (part two), for an LSTM and a
+GRU of the same size at torch's initialisation U(±1/√H). ``factor`` is the per-step gradient factor: exp of the
+fitted per-step log-rate of ‖∂L/∂h_t‖ (the total gradient w.r.t. the hidden state, every cell alike).
 
 Model: ``scratch_rnn.models.SequenceModel`` (Embedding -> RNN -> the state at each review's last
 valid step -> Linear -> BCE with logits), float64, W_hh re-initialised by ``init.init_rnn``.
@@ -55,6 +57,7 @@ class FlowConfig:
     clip: float = 5.0
     inits: tuple = tuple(INITS)
     nonlinearities: tuple = ("tanh", "relu")
+    cells: tuple = ("rnn", "lstm", "gru")  # rnn: every init × nonlinearity; a gated cell: one model at torch's init
     seed: int = 0
     data: str | None = None
 
@@ -66,6 +69,14 @@ class FlowConfig:
         unknown = [i for i in self.inits if i not in INITS]
         if unknown:
             raise ValueError(f"inits: expected names among {sorted(INITS)}, got {unknown}")
+        unknown = [c for c in self.cells if c not in ("rnn", "lstm", "gru")]
+        if unknown:
+            raise ValueError(f"cells: expected names among ['gru', 'lstm', 'rnn'], got {unknown}")
+
+    def jobs(self) -> list[tuple[str, str, str]]:
+        """(cell, init, nonlinearity) of every model; a gated cell's nonlinearity is "gated" (σ and tanh inside)."""
+        return ([("rnn", s, nl) for s in self.inits for nl in self.nonlinearities] if "rnn" in self.cells else []) + \
+            [(c, "torch_uniform", "gated") for c in self.cells if c != "rnn"]
 
 
 QUICK = FlowConfig(n_train=64, n_eval=32, probe=8, max_len=20, vocab=300, embedding=8, hidden=8, epochs=1,
@@ -102,11 +113,14 @@ def load_data(cfg: FlowConfig):
     return out, len(vocab), stext
 
 
-def build(cfg: FlowConfig, vocab_size: int, scheme: str, nonlinearity: str, seed: int) -> SequenceModel:
+def build(cfg: FlowConfig, vocab_size: int, scheme: str, nonlinearity: str, seed: int, cell: str = "rnn") -> SequenceModel:
+    """The model of one job; a gated cell keeps the constructor's torch initialisation (``scheme`` torch_uniform)."""
     model = SequenceModel(ModelConfig(hidden_size=cfg.hidden, out_features=1, vocab_size=vocab_size,
-                                      embedding_dim=cfg.embedding, nonlinearity=nonlinearity, loss="bce",
+                                      embedding_dim=cfg.embedding, cell=cell,
+                                      nonlinearity="tanh" if cell != "rnn" else nonlinearity, loss="bce",
                                       padding_idx=0, dtype="float64", seed=seed))
-    init.init_rnn(model.rnn, INITS[scheme], seed=seed)
+    if cell == "rnn":
+        init.init_rnn(model.rnn, INITS[scheme], seed=seed)
     return model
 
 
@@ -165,13 +179,19 @@ def _fit(norms: np.ndarray) -> dict:
         return dict(log_rate=np.nan, factor=np.nan, r2=np.nan)
 
 
-def _run_job(cfg: FlowConfig, data, vocab_size, stext, scheme: str, nl: str, seed: int):
+def _regime(w: np.ndarray, cell: str, nl: str):
+    """λ₁ and ρ of W_hh for the Elman RNN; NaN for a gated cell (its W_hh is a stack of gate blocks, no bound)."""
+    nan = float("nan")
+    return dg.regime(w, nl) if cell == "rnn" else dg.Regime(nan, nan, nan, nan, False, False)
+
+
+def _run_job(cfg: FlowConfig, data, vocab_size, stext, scheme: str, nl: str, seed: int, cell: str = "rnn"):
     """One model: probe norms at init, training, probe norms after; (row dict, curves frame)."""
-    model = build(cfg, vocab_size, scheme, nl, seed)
+    model = build(cfg, vocab_size, scheme, nl, seed, cell)
     w = model.rnn.parameters()["weight_hh_l0"]
-    reg0 = dg.regime(w, nl)
-    row = dict(init=scheme, nonlinearity=nl, seed=seed, lambda1_init=reg0.lambda1, rho_init=reg0.spectral_radius,
-               accuracy_init=accuracy(model, data["eval"], stext))
+    reg0 = _regime(w, cell, nl)
+    row = dict(cell=cell, init=scheme, nonlinearity=nl, seed=seed, lambda1_init=reg0.lambda1,
+               rho_init=reg0.spectral_radius, accuracy_init=accuracy(model, data["eval"], stext))
     stages = [("init", probe_norms(model, data["probe"], stext))]
     try:
         row.update(train(model, cfg, data["train"], stext, seed))
@@ -180,7 +200,7 @@ def _run_job(cfg: FlowConfig, data, vocab_size, stext, scheme: str, nl: str, see
         row["accuracy_trained"] = accuracy(model, data["eval"], stext)
     except (TrainingStopped, FloatingPointError) as exc:  # an overflowing relu recurrence: recorded, not hidden
         row.update(diverged=True, error=str(exc)[:200], accuracy_trained=float("nan"))
-    reg1 = dg.regime(w, nl)
+    reg1 = _regime(w, cell, nl)
     row.update(lambda1_trained=reg1.lambda1, rho_trained=reg1.spectral_radius)
     curves = []
     for stage, norms in stages:
@@ -188,7 +208,7 @@ def _run_job(cfg: FlowConfig, data, vocab_size, stext, scheme: str, nl: str, see
         valid = np.sum(np.isfinite(norms), axis=1)
         with np.errstate(all="ignore"):
             med = np.nanmedian(np.where(norms > 0, norms, np.nan), axis=1)
-        curves.append(pd.DataFrame(dict(init=scheme, nonlinearity=nl, stage=stage,
+        curves.append(pd.DataFrame(dict(cell=cell, init=scheme, nonlinearity=nl, stage=stage,
                                         distance=np.arange(norms.shape[0]), grad_norm_median=med, samples=valid)))
     return row, pd.concat(curves, ignore_index=True)
 
@@ -196,19 +216,20 @@ def _run_job(cfg: FlowConfig, data, vocab_size, stext, scheme: str, nl: str, see
 def run(cfg: FlowConfig, out, progress: bool = True) -> dict:
     t0 = time.time()
     data, vocab_size, stext = load_data(cfg)
-    jobs = [(s, nl) for s in cfg.inits for nl in cfg.nonlinearities]
+    jobs = cfg.jobs()
     # each finished model is appended to jobs.jsonl at once: a rerun with the same config resumes
     done_path = out / "jobs.jsonl"
     key = json.dumps(asdict(cfg), sort_keys=True, default=str)
-    done = {(r["init"], r["nonlinearity"]): r for r in load_results(done_path)
-            if r.get("config_key") == key and {"init", "nonlinearity", "curves"} <= set(r)}  # whole rows only
+    done = {(r["cell"], r["init"], r["nonlinearity"]): r for r in load_results(done_path)
+            if r.get("config_key") == key and {"cell", "init", "nonlinearity", "curves"} <= set(r)}  # whole rows only
     rows, curves = [], []
-    for k, (scheme, nl) in enumerate(tqdm(jobs, desc="flow", disable=not progress)):
-        if (scheme, nl) not in done:
-            row, job_curves = _run_job(cfg, data, vocab_size, stext, scheme, nl, cfg.seed + k)
-            done[(scheme, nl)] = dict(row, config_key=key, curves=job_curves.to_dict(orient="list"))
-            append_row(done_path, done[(scheme, nl)])
-        rec = dict(done[(scheme, nl)])
+    for k, job in enumerate(tqdm(jobs, desc="flow", disable=not progress)):
+        cell, scheme, nl = job
+        if job not in done:
+            row, job_curves = _run_job(cfg, data, vocab_size, stext, scheme, nl, cfg.seed + k, cell)
+            done[job] = dict(row, config_key=key, curves=job_curves.to_dict(orient="list"))
+            append_row(done_path, done[job])
+        rec = dict(done[job])
         curves.append(pd.DataFrame(rec.pop("curves")))
         rec.pop("config_key")
         rows.append(rec)
@@ -220,14 +241,20 @@ def run(cfg: FlowConfig, out, progress: bool = True) -> dict:
     for i, nl in enumerate(cfg.nonlinearities):
         for j, stage in enumerate(("init", "trained")):
             ax = axes[i, j]
-            for scheme in cfg.inits:
-                c = curves[(curves.init == scheme) & (curves.nonlinearity == nl) & (curves.stage == stage)]
+            for cell, scheme, job_nl in jobs:  # the gated cells drawn beside the tanh RNNs
+                if job_nl != nl and not (job_nl == "gated" and nl == cfg.nonlinearities[0]):
+                    continue
+                c = curves[(curves.cell == cell) & (curves.init == scheme) & (curves.nonlinearity == job_nl)
+                           & (curves.stage == stage)]
                 c = c[c.samples >= max(1, cfg.probe // 4)]  # distances most of the probe reaches
-                ax.plot(c.distance, c.grad_norm_median, label=scheme)
+                ax.plot(c.distance, c.grad_norm_median, "--" if cell != "rnn" else "-",
+                        label=scheme if cell == "rnn" else f"{cell.upper()} (torch init)")
             ax.set_yscale("log")
             ax.set_xlabel("distance from the review's last token (steps)")
             ax.set_ylabel("median ‖∂L/∂h_t‖ (log)")
-            ax.set_title(f"{nl}, {'at initialization' if stage == 'init' else 'after training'}")
+            gated_here = nl == cfg.nonlinearities[0] and any(c != "rnn" for c in cfg.cells)
+            ax.set_title(f"{nl}{' (and the gated cells)' if gated_here else ''}, "
+                         f"{'at initialization' if stage == 'init' else 'after training'}")
             ax.grid(alpha=0.3, which="both")
             ax.legend(fontsize=8)
     save_figure(fig, out / "flow.png")
@@ -235,11 +262,11 @@ def run(cfg: FlowConfig, out, progress: bool = True) -> dict:
     summary = dict(config=asdict(cfg), seconds=time.time() - t0, vocab_size=vocab_size,
                    results=df.to_dict(orient="records"))
     write_json(out / "summary.json", summary)
-    cols = [c for c in ["init", "nonlinearity", "lambda1_init", "rho_init", "init_factor", "accuracy_init",
+    cols = [c for c in ["cell", "init", "nonlinearity", "lambda1_init", "rho_init", "init_factor", "accuracy_init",
                         "trained_factor", "accuracy_trained", "lambda1_trained", "rho_trained", "diverged"]
             if c in df]
     write_report(out / "report.md", "Gradient flow in the IMDB sentiment model", [
-        ("Setup", f"SequenceModel: Embedding({vocab_size}, {cfg.embedding}) -> RNN(H={cfg.hidden}) -> last valid "
+        ("Setup", f"SequenceModel: Embedding({vocab_size}, {cfg.embedding}) -> RNN, LSTM or GRU (H={cfg.hidden}) -> last valid "
                   f"state -> Linear -> BCE, float64. {cfg.n_train} random training reviews, first {cfg.max_len} "
                   f"tokens (whitespace tokens, no stopword removal), {cfg.epochs} epoch(s) of Adam (lr {cfg.lr}, "
                   f"batch {cfg.batch}, clip {cfg.clip}); probe batch: {cfg.probe} test reviews; accuracy on "

@@ -6,6 +6,11 @@ N(0, 1) inputs, a loss on the last state only (random unit cotangents), ``rnn.hi
 model's own BPTT, the exact spectral norms of the Jacobian products ∂h_T/∂h_{T-n}
 (``diagnostics.product_singular_values``), and a log-linear fit of the per-step rate beside the
 Pascanu bound log(γλ₁). The transition is where the fitted rate crosses 0 (interpolated in λ₁).
+
+Part two, the gated cells (:func:`cell_products`): where the notion applies, the per-step Jacobian of the state
+update — ∂h_t/∂h_{t-1} for the Elman RNN and the GRU, the joint map (h_{t-1}, c_{t-1}) -> (h_t, c_t) for the LSTM
+(``diagnostics.lstm_state_jacobian`` / ``gru_state_jacobian``, each held to torch's autograd) — multiplied along a
+trajectory, and the singular values of ∂s_T/∂s_{T-n} against n for the three cells at their usual initialisation.
 """
 from __future__ import annotations
 
@@ -17,9 +22,10 @@ import numpy as np
 import pandas as pd
 from tqdm.auto import tqdm
 
-from scratch_rnn import RNN
+from scratch_rnn import LSTM, RNN
+from scratch_rnn.rnn import CELLS
 from scratch_rnn import diagnostics as dg
-from scratch_rnn import init
+from scratch_rnn import gated, init
 
 from .common import markdown_table, result_dir, save_figure, write_csv, write_json, write_report
 
@@ -34,10 +40,127 @@ class SpectrumConfig:
     inits: tuple = ("gaussian", "orthogonal", "identity", "torch_uniform")
     nonlinearities: tuple = ("tanh", "relu")
     seed: int = 0
+    # part two: the cells compared at their usual initialisation (torch's U(±1/√H); lstm_fb1: forget-gate bias 1)
+    cells: tuple = ("rnn", "lstm", "lstm_fb1", "gru")
 
 
 QUICK = SpectrumConfig(hidden=12, input_size=3, steps=25, batch=4, lambdas=(0.5, 1.0, 1.5),
                        inits=("gaussian", "orthogonal"), nonlinearities=("tanh", "relu"))
+
+
+# ------------------------------------------------------------------------------------------------
+# Part two: the state-update Jacobians of the three cells
+# ------------------------------------------------------------------------------------------------
+def make_cell(name: str, input_size: int, hidden: int, seed: int):
+    """A single-layer float64 cell at its usual initialisation: torch's U(±1/√H) (``rnn``: tanh); ``lstm_fb1`` is the
+    LSTM with its forget-gate bias set to 1 (b_ih) and 0 (b_hh), as the pathological trials use it."""
+    cell = "lstm" if name == "lstm_fb1" else name
+    model = CELLS[cell](input_size, hidden, dtype=np.float64, seed=seed)
+    if name == "lstm_fb1":
+        params = model.parameters()
+        params["bias_ih_l0"][hidden:2 * hidden] = 1.0
+        params["bias_hh_l0"][hidden:2 * hidden] = 0.0
+    return model
+
+
+def state_jacobians(model, x: np.ndarray) -> np.ndarray:
+    """J_t = ∂s_t/∂s_{t-1} along the trajectory of x from a zero state: (T, B, S, S), time-major x (T, B, I).
+
+    s is h (RNN, GRU; S = H) or the pair (h, c) (LSTM; S = 2H). Single layer, one direction, no lengths.
+    """
+    p = model.parameters()
+    T, B, _ = x.shape
+    H = model.hidden_size
+    if isinstance(model, RNN):
+        return dg.step_jacobians(dg.model_slopes(model, x)[0], p["weight_hh_l0"])
+    w_hh = p["weight_hh_l0"]
+    h = np.zeros((B, H))
+    out = []
+    if isinstance(model, LSTM):
+        xp = gated.input_projection(x, p["weight_ih_l0"], p["bias_ih_l0"] + p["bias_hh_l0"])
+        c = np.zeros((B, H))
+        for t in range(T):
+            out.append(dg.lstm_state_jacobian(xp[t], h, c, w_hh))
+            h, c, _ = gated.lstm_step_forward(xp[t], h, c, w_hh)
+    else:
+        xp = gated.input_projection(x, p["weight_ih_l0"], p["bias_ih_l0"])
+        for t in range(T):
+            out.append(dg.gru_state_jacobian(xp[t], h, w_hh, p["bias_hh_l0"]))
+            h, _ = gated.gru_step_forward(xp[t], h, w_hh, p["bias_hh_l0"])
+    return np.stack(out)
+
+
+def jacobian_products(jacobians: np.ndarray) -> np.ndarray:
+    """P(n) = ∂s_T/∂s_{T-n} = J_T J_{T-1} ... J_{T-n+1} for n = 0..T: (T + 1, B, S, S) from (T, B, S, S)."""
+    T, B, S, _ = jacobians.shape
+    out = np.empty((T + 1, B, S, S))
+    out[0] = np.eye(S)
+    for n in range(1, T + 1):
+        out[n] = out[n - 1] @ jacobians[T - n]
+    return out
+
+
+def cell_products(cfg: SpectrumConfig, name: str, seed: int):
+    """One cell at init: singular values of ∂s_T/∂s_{T-n} over n, and the BPTT gradient norms beside them.
+
+    Returns (curve frame, row dict, products (T + 1, B, S, S), the model, x, the unit cotangent on h_T).
+    """
+    rng = np.random.default_rng(seed)
+    model = make_cell(name, cfg.input_size, cfg.hidden, seed)
+    x = rng.standard_normal((cfg.steps, cfg.batch, cfg.input_size))
+    g = rng.standard_normal((cfg.batch, cfg.hidden))
+    g /= np.linalg.norm(g, axis=-1, keepdims=True)
+    prods = jacobian_products(state_jacobians(model, x))
+    sv = np.linalg.svd(prods, compute_uv=False)                       # (T + 1, B, S), descending
+    model(x)
+    if isinstance(model, LSTM):
+        model.backward(None, (g[None], None))
+    else:
+        model.backward(None, g[None])
+    norms = dg.grad_norms_by_distance(model.hidden_grads[0])         # (T, B): ‖∂L/∂h_{T-n}‖, n = 0..T-1
+    distances = np.arange(cfg.steps + 1)
+    curve = pd.DataFrame(dict(cell=name, distance=distances, sigma_max_median=np.median(sv[..., 0], axis=1),
+                              sigma_max_q10=np.quantile(sv[..., 0], 0.1, axis=1),
+                              sigma_max_q90=np.quantile(sv[..., 0], 0.9, axis=1),
+                              sigma_mid_median=np.median(sv[..., sv.shape[-1] // 2], axis=1),
+                              grad_norm_median=np.append(np.median(norms, axis=1), np.nan)))
+    try:
+        fit = dg.fit_rate(np.arange(cfg.steps), norms)
+        factor = fit.factor
+    except ValueError:
+        factor = 0.0
+    at = {n: float(np.median(sv[n, :, 0])) for n in (10, 50, cfg.steps) if n <= cfg.steps}
+    row = dict(cell=name, state_size=prods.shape[-1], grad_factor_per_step=factor,
+               **{f"sigma_max_at_{n}": v for n, v in at.items()})
+    return curve, row, prods, model, x, g
+
+
+def run_cells(cfg: SpectrumConfig, out, seed: int) -> tuple[pd.DataFrame, pd.DataFrame]:
+    rows, curves = [], []
+    for k, name in enumerate(cfg.cells):
+        curve, row, *_ = cell_products(cfg, name, seed + k)
+        rows.append(dict(row, seed=seed + k))
+        curves.append(curve)
+    df, curves = pd.DataFrame(rows), pd.concat(curves, ignore_index=True)
+    write_csv(out / "cells.csv", df)
+    write_csv(out / "cell_curves.csv", curves)
+    fig, axes = plt.subplots(1, 2, figsize=(11, 4))
+    for name in cfg.cells:
+        c = curves[curves.cell == name]
+        line, = axes[0].plot(c.distance, c.sigma_max_median.where(c.sigma_max_median > 0), label=f"{name}: σ_max")
+        axes[0].fill_between(c.distance, c.sigma_max_q10, c.sigma_max_q90, color=line.get_color(), alpha=0.15)
+        axes[0].plot(c.distance, c.sigma_mid_median.where(c.sigma_mid_median > 0), "--", color=line.get_color(),
+                     lw=1, label=f"{name}: median σ")
+        axes[1].plot(c.distance, c.grad_norm_median.where(c.grad_norm_median > 0), label=name)
+    axes[0].set_title("singular values of ∂s_T/∂s_(T−n) at init (median over the batch)")
+    axes[1].set_title("‖∂L/∂h_(T−n)‖ by BPTT, unit cotangent on h_T")
+    for ax in axes:
+        ax.set_yscale("log")
+        ax.set_xlabel("distance n (steps)")
+        ax.grid(alpha=0.3, which="both")
+        ax.legend(fontsize=7)
+    save_figure(fig, out / "cells.png")
+    return df, curves
 
 
 def measure(cfg: SpectrumConfig, scheme: str, nonlinearity: str, lam: float, seed: int):
@@ -173,6 +296,8 @@ def run(cfg: SpectrumConfig, out, progress: bool = True) -> dict:
                    bound_ever_exceeded=bool((df.max_product_over_bound > 1 + 1e-9).any()
                                             or (df.max_grad_over_bound > 1 + 1e-9).any()),
                    transition=trans.to_dict(orient="records"))
+    cells, _ = run_cells(cfg, out, cfg.seed + len(jobs))
+    summary["cells"] = cells.to_dict(orient="records")
     write_json(out / "summary.json", summary)
     table = df[["init", "nonlinearity", "lambda1", "spectral_radius", "fit_factor", "bound_log_rate",
                 "fit_log_rate", "fit_r2", "max_product_over_bound"]].copy()
@@ -191,7 +316,12 @@ def run(cfg: SpectrumConfig, out, progress: bool = True) -> dict:
                         f"{df.max_product_over_bound.max():.4g}; max ‖∂L/∂h_(T-n)‖ / (γλ₁)ⁿ (unit final "
                         f"gradient): {df.max_grad_over_bound.max():.4g} (both must be ≤ 1)."),
         ("All configurations", markdown_table(table)),
-        ("Plots", "grad_norm_vs_distance.png, rate_vs_lambda.png"),
+        ("The gated cells at init (part two)", f"Cells {list(cfg.cells)}, H={cfg.hidden}, I={cfg.input_size}, "
+         f"T={cfg.steps}, batch {cfg.batch}, N(0,1) inputs, zero initial state, torch's U(±1/√H) "
+         f"(lstm_fb1: forget-gate bias 1). State s = h (rnn, gru) or (h, c) (lstm). σ_max at n: the median over "
+         f"the batch of the largest singular value of ∂s_T/∂s_(T−n); grad factor: exp(fitted per-step rate) of "
+         f"‖∂L/∂h_(T−n)‖ by BPTT.\n\n" + markdown_table(cells)),
+        ("Plots", "grad_norm_vs_distance.png, rate_vs_lambda.png, cells.png"),
     ])
     return summary
 
