@@ -14,8 +14,9 @@ the output at step t plus what flows back from h_{t+1}):
     dx_t    = δ_t W_ih
 
 The input projection ``x_t W_ihᵀ + b`` of every step is one GEMM before the time loop and the
-weight gradients are one GEMM each after it, so that only ``h_{t-1} W_hhᵀ`` (forward) and
-``δ_t W_hh`` (backward) stay inside the loop.
+weight gradients are one GEMM each after it (in float32, GEMMs over chunks of the T·B rows, for
+accuracy: :func:`weight_gradients`), so that only ``h_{t-1} W_hhᵀ`` (forward) and ``δ_t W_hh``
+(backward) stay inside the loop.
 
 Variable lengths follow torch's packed sequences: the batch is sorted by decreasing length, so
 at step t only the first ``batch_sizes[t]`` rows are active; the others are left untouched.
@@ -30,6 +31,8 @@ so the forward holds one (T + 1, B, H) array per layer and direction; inside the
 result goes into a preallocated buffer (``out=``).
 """
 from __future__ import annotations
+
+import math
 
 import numpy as np
 
@@ -332,15 +335,76 @@ def sequence_backward(grad_out: np.ndarray, grad_h_last: np.ndarray, hs: np.ndar
     return delta, dh, hidden
 
 
+# Float32 sums over the T·B rows of a batch (docs/performance.md, "Float32 accuracy"). A BLAS GEMM adds
+# the K = T·B products of each entry one after another in float32 (OpenBLAS 0.3.31: all K of them in its
+# kernel for small matrices, runs of up to 448 in its blocked kernel), and numpy's column sum adds the
+# rows one after another; the rounding error grows with the length of such a run. One float32 GEMM over
+# all rows put scratch's grad W_hh at 2.7x torch's largest error and the column sum db at 6.5x. In
+# float32 each sum is therefore taken in two levels, sums over chunks of rows and then the sum of those:
+# - small results (the stack of partial products holds at most STACK_MAX entries): ⌊√K⌋ rows per chunk,
+#   one stacked matmul and one sum, so that no run is longer than about √K;
+# - larger ones: chunks of at least GEMM_CHUNK_MIN rows, GEMM_CHUNKS_MAX of them at most, one GEMM and one
+#   (M, N) addition each (1-4% of the weight-gradient GEMMs at the largest benchmark sizes); there the
+#   blocked kernel already keeps runs short.
+# float64 keeps one GEMM and one column sum (its results do not change).
+GEMM_CHUNK_MIN = 128
+GEMM_CHUNKS_MAX = 16
+STACK_MAX = 1 << 16
+
+
+def sum_of_products(a: np.ndarray, b: np.ndarray) -> np.ndarray:
+    """aᵀb = Σ_k a_kᵀ b_k for a (K, M) and b (K, N), summed in two levels (see STACK_MAX).
+
+    Every float32 run of additions is at most about √K long (small results) or at most
+    max(GEMM_CHUNK_MIN, K / GEMM_CHUNKS_MAX) plus GEMM_CHUNKS_MAX long (larger ones).
+    """
+    (K, M), N = a.shape, b.shape[1]
+    c = max(1, math.isqrt(K))
+    n = K // c
+    if n * M * N <= STACK_MAX:
+        out = np.matmul(a[:n * c].reshape(n, c, M).transpose(0, 2, 1), b[:n * c].reshape(n, c, N)).sum(axis=0)
+        if n * c < K:
+            out += np.dot(a[n * c:].T, b[n * c:])
+        return out
+    chunk = max(GEMM_CHUNK_MIN, -(-K // GEMM_CHUNKS_MAX))
+    out = np.dot(a[:chunk].T, b[:chunk])
+    if K > chunk:
+        work = np.empty_like(out)
+        for s in range(chunk, K, chunk):
+            a[s:s + chunk].T.dot(b[s:s + chunk], work)
+            out += work
+    return out
+
+
+def column_sum(a: np.ndarray) -> np.ndarray:
+    """a.sum(axis=0) for a C-contiguous (K, N) array, as ⌊√K⌋-row chunk sums added up: runs of about √K."""
+    K, N = a.shape
+    c = max(1, math.isqrt(K))
+    n = K // c
+    out = a[:n * c].reshape(n, c, N).sum(axis=1).sum(axis=0)
+    if n * c < K:
+        out += a[n * c:].sum(axis=0)
+    return out
+
+
 def weight_gradients(delta: np.ndarray, x: np.ndarray, hs: np.ndarray, reverse: bool, bias: bool):
-    """dW_ih = Σ_t δ_tᵀ x_t, dW_hh = Σ_t δ_tᵀ h_{t-1}, db = Σ_t δ_t, each one reduction over all steps.
+    """dW_ih = Σ_t δ_tᵀ x_t, dW_hh = Σ_t δ_tᵀ h_{t-1}, db = Σ_t δ_t, each a reduction over all steps.
 
     delta: (T, B, H); x: (T, B, I); hs: (T + 1, B, H). Returns (dW_ih (H, I), dW_hh (H, H), db (H,) or None).
+    float64: one GEMM (or column sum) each over the T·B rows. float32: in two levels, over chunks of rows
+    and then over the chunks (:func:`sum_of_products`, :func:`column_sum`): the same sums with float32
+    rounding error at torch's level.
     """
     T, B, H = delta.shape
     d2 = delta.reshape(T * B, H)
     h_prev = hs[1:] if reverse else hs[:-1]  # the state each step read
-    dw_ih = np.dot(d2.T, x.reshape(T * B, x.shape[2]))
-    dw_hh = np.dot(d2.T, h_prev.reshape(T * B, H))
-    db = d2.sum(axis=0) if bias else None
+    x2, h2 = x.reshape(T * B, x.shape[2]), h_prev.reshape(T * B, H)
+    if delta.dtype != np.float32:
+        dw_ih = np.dot(d2.T, x2)
+        dw_hh = np.dot(d2.T, h2)
+        db = d2.sum(axis=0) if bias else None
+        return dw_ih, dw_hh, db
+    dw_ih = sum_of_products(d2, x2)
+    dw_hh = sum_of_products(d2, h2)
+    db = column_sum(d2) if bias else None
     return dw_ih, dw_hh, db
