@@ -38,7 +38,7 @@ from pathlib import Path
 import numpy as np
 
 from scratch_rnn.checks import check_non_negative_int, check_positive_int
-from scratch_rnn.cli import BadInput, Stopped, as_bad_input, output_file, run_main
+from scratch_rnn.cli import BadInput, Stopped, as_bad_input, new_output_file, run_main
 from scratch_rnn.fileio import atomic_write_text
 from scratch_rnn.gradcheck import rel_error
 
@@ -239,11 +239,7 @@ def check_args(args) -> Path | None:
         if args.overwrite:
             raise BadInput("--overwrite: expected together with --json PATH, got no --json")
         return None
-    path = output_file("--json", args.json)
-    if path.exists() and not args.overwrite:
-        raise BadInput(f"--json: expected a new file, got {args.json!r}, which exists (an earlier run?); "
-                       "pass --overwrite to replace it")
-    return path
+    return new_output_file("--json", args.json, args.overwrite)
 
 
 def _main(argv=None) -> int:

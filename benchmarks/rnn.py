@@ -59,7 +59,7 @@ from pathlib import Path
 import numpy as np
 
 from scratch_rnn.checks import check_positive_int
-from scratch_rnn.cli import BadInput, as_bad_input, input_file, output_file, run_main
+from scratch_rnn.cli import BadInput, as_bad_input, input_file, new_output_file, output_file, run_main
 from scratch_rnn.fileio import atomic_write_text
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -538,11 +538,7 @@ def check_args(args) -> Path:
         path = default_json_path()
         output_file(f"--json (default {path})", path)
         return path
-    path = output_file("--json", args.json)
-    if path.exists() and not args.overwrite:
-        raise BadInput(f"--json: expected a new file, got {args.json!r}, which exists (an earlier run?); "
-                       "pass --overwrite to replace it, or omit --json for a new time-stamped file")
-    return path
+    return new_output_file("--json", args.json, args.overwrite, ", or omit --json for a new time-stamped file")
 
 
 def read_report(path) -> dict:

@@ -111,6 +111,16 @@ def output_file(option: str, path) -> Path:
     return p
 
 
+def new_output_file(option: str, path, overwrite: bool, alternative: str = "") -> Path:
+    """:func:`output_file` that refuses an existing file unless ``overwrite`` (the ``--overwrite`` flag);
+    ``alternative`` (", or ...") is appended to the advice."""
+    p = output_file(option, path)
+    if p.exists() and not overwrite:
+        raise BadInput(f"{option}: expected a new file, got {str(path)!r}, which exists (an earlier run?); "
+                       f"pass --overwrite to replace it{alternative}")
+    return p
+
+
 @contextmanager
 def as_bad_input():
     """Inside the block, a ValueError/TypeError of a config's validation becomes :class:`BadInput`.
