@@ -138,8 +138,12 @@ def diagnose(shape, seed: int, index: int) -> dict:
     scratch, m32 = run_scratch(problem, np.float32)
     off, _ = run_scratch(problem, np.float32, flush_below=0.0)
     torch32 = run_torch_rnn(problem, m32, torch.float32)
-    d32, d64 = (m._workspace[("delta",)].reshape(T * B, H) for m in (m32, m64))
-    hs32, hs64 = (m._workspace[(0, 0, "h")] for m in (m32, m64))
+    from scratch_rnn.functional import activation_derivative
+
+    hs32, hs64 = (m.states[0] for m in (m32, m64))  # (T + 1, B, H)
+    # δ_t = dL/dh_t ⊙ f'(a_t), the same two elementwise operations as the backward's
+    d32, d64 = ((m.hidden_grads[0] * activation_derivative(hs[1:], "tanh")).reshape(T * B, H)
+                for m, hs in ((m32, hs32), (m64, hs64)))
     hp32, hp64 = hs32[:-1].reshape(T * B, H), hs64[:-1].reshape(T * B, H)
     want = truth["grad_weight_hh"]
     per_step = np.zeros((H, H), np.float32)
