@@ -48,6 +48,8 @@ those h0 copies at padded steps: the caller zeroes them, as rnn.py does).
 Readability first: the sequence loops call the step functions on the active rows (fresh arrays per
 step); the input projection of all steps is one GEMM before the loop (:func:`input_projection`) and the
 weight gradients are one GEMM each after it (:func:`lstm_weight_gradients`, :func:`gru_weight_gradients`).
+The models run :mod:`scratch_rnn.gated_loops` instead, the same loops written for speed and held to
+these bit for bit (tests/test_gated_loops.py): these are the executed reference.
 Every function takes float32 or float64 arrays (one dtype throughout) and returns that dtype.
 """
 from __future__ import annotations

@@ -14,7 +14,8 @@ adds only its parameters' shapes and two methods for one layer and one direction
   (T, B, ·) arrays to fill (``hidden`` = dL/dh_t, and ``cell`` = dL/dc_t for the LSTM); returns dx
   (T, B, I_layer), a tuple of (B, ·) state gradients and {kind: gradient} (kind = "weight_ih", ...).
 
-The per-step math lives in :mod:`scratch_rnn.functional` (Elman) and :mod:`scratch_rnn.gated`.
+The per-step math lives in :mod:`scratch_rnn.functional` (Elman) and :mod:`scratch_rnn.gated` (LSTM, GRU;
+the loops the models run are :mod:`scratch_rnn.gated_loops`, held to gated.py's bit for bit).
 """
 from __future__ import annotations
 
@@ -27,6 +28,7 @@ import numpy as np
 
 from . import functional as F
 from . import gated as G
+from . import gated_loops as GL
 from .checks import (
     as_float_array,
     shares_memory,
@@ -602,14 +604,14 @@ class LSTM(RecurrentBase):
     def _direction_forward(self, x, state0, layer, d, ctx):
         b = None if not self.bias else self._p("bias_ih", layer, d) + self._p("bias_hh", layer, d)
         x_proj = G.input_projection(x, self._p("weight_ih", layer, d), b)
-        cache = G.lstm_sequence_forward(x_proj, state0[0], state0[1], self._p("weight_hh", layer, d),
+        cache = GL.lstm_sequence_forward(x_proj, state0[0], state0[1], self._p("weight_hh", layer, d),
                                         self._p("weight_hr", layer, d), ctx["batch_sizes"], d == 1)
         return (cache["h"][:-1] if d == 1 else cache["h"][1:]), (cache["h_n"], cache["c_n"]), cache
 
     def _direction_backward(self, d_out, d_finals, cache, layer, d, ctx, out):
         T, B = ctx["T"], ctx["B"]
         w_ih, reverse = self._p("weight_ih", layer, d), d == 1
-        res = G.lstm_sequence_backward(d_out, d_finals[0], d_finals[1], cache, self._p("weight_hh", layer, d),
+        res = GL.lstm_sequence_backward(d_out, d_finals[0], d_finals[1], cache, self._p("weight_hh", layer, d),
                                        self._p("weight_hr", layer, d), ctx["batch_sizes"], reverse,
                                        flush_below=self.flush_below, flush_every=self.flush_every)
         out["hidden"][...] = res["hidden_grads"]
@@ -651,14 +653,14 @@ class GRU(RecurrentBase):
 
     def _direction_forward(self, x, state0, layer, d, ctx):
         x_proj = G.input_projection(x, self._p("weight_ih", layer, d), self._p("bias_ih", layer, d))
-        cache = G.gru_sequence_forward(x_proj, state0[0], self._p("weight_hh", layer, d), self._p("bias_hh", layer, d),
+        cache = GL.gru_sequence_forward(x_proj, state0[0], self._p("weight_hh", layer, d), self._p("bias_hh", layer, d),
                                        ctx["batch_sizes"], d == 1)
         return (cache["h"][:-1] if d == 1 else cache["h"][1:]), (cache["h_n"],), cache
 
     def _direction_backward(self, d_out, d_finals, cache, layer, d, ctx, out):
         T, B = ctx["T"], ctx["B"]
         w_ih, reverse = self._p("weight_ih", layer, d), d == 1
-        res = G.gru_sequence_backward(d_out, d_finals[0], cache, self._p("weight_hh", layer, d), ctx["batch_sizes"],
+        res = GL.gru_sequence_backward(d_out, d_finals[0], cache, self._p("weight_hh", layer, d), ctx["batch_sizes"],
                                       reverse, flush_below=self.flush_below, flush_every=self.flush_every)
         out["hidden"][...] = res["hidden_grads"]
         wg = G.gru_weight_gradients(res["dgi"], res["dgh"], ctx["layer_in"], cache, reverse, self.bias)
