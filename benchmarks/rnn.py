@@ -29,6 +29,11 @@ What is measured, for each (B, T, I, H) of the grid, dtype and thread count:
   range in float32 (the report gives the number of steps whose float64 gradient is below float32's
   smallest normal number). For float32 that case is also timed with the subnormal flush disabled,
   in the same blocks.
+- where the time goes (loss ``all``): the same case's matrix products alone (:func:`gemm_work`: the input
+  projection, the T per-step products each way, the weight gradients and dx, at the implementation's
+  shapes), in numpy and in torch, timed in the same blocks. ``gemm_floor_ratio`` = scratch's products
+  / torch's whole forward+backward is the ratio no amount of elementwise work can go below at that
+  size; total − products is the rest (elementwise passes, copies, Python and dispatch overhead).
 - peak memory of one forward+backward, each library in a fresh process: the rise of the resident
   set's high-water mark (VmHWM, reset through /proc/self/clear_refs) over the resident set just
   before the call, after a small warm-up call and with inputs and weights already allocated.
@@ -154,6 +159,51 @@ def torch_step(twin, x, g):
         out, _ = twin(xt)
         out.backward(gt)
     return run
+
+
+def gemm_work(case: Case, dtype) -> dict:
+    """The matrix products of one forward+backward alone, in numpy and in torch: {"numpy_gemms", "torch_gemms"}.
+
+    With G gates (1, 4, 3): the input projection (T·B, I)·(I, G·H); T forward steps (B, H)·(H, G·H); T backward
+    steps (B, G·H)·(G·H, H); dW_ih (G·H, T·B)·(T·B, I); dW_hh (G·H, T·B)·(T·B, H); dx (T·B, G·H)·(G·H, I).
+    6·T·B·G·H·(I + H) flops, the ``flops`` of the case, each product into a preallocated output. A library's
+    time for these is the floor of its forward+backward at this size and thread count: what is left
+    (elementwise passes, copies, Python and dispatch overhead) is the rest. (scratch's float32 weight
+    gradients add up chunks of rows in two levels, for accuracy: a few percent more than the one product
+    timed here.)
+    """
+    import torch
+    rng = np.random.default_rng(2)
+    T, B, I, H, GH = case.T, case.B, case.I, case.H, case.gates * case.H
+    a = {k: rng.standard_normal(shape).astype(dtype) for k, shape in dict(
+        x=(T * B, I), w_ih=(I, GH), h=(B, H), w_t=(H, GH), d=(B, GH), w_hh=(GH, H), dT=(GH, T * B),
+        hs=(T * B, H), da=(T * B, GH), w_ihT=(GH, I)).items()}
+    out = {k: np.empty(shape, dtype) for k, shape in dict(
+        proj=(T * B, GH), step=(B, GH), back=(B, H), dw_ih=(GH, I), dw_hh=(GH, H), dx=(T * B, I)).items()}
+    ta = {k: torch.from_numpy(v) for k, v in a.items()}
+    tout = {k: torch.from_numpy(v.copy()) for k, v in out.items()}
+
+    def numpy_gemms():
+        a["x"].dot(a["w_ih"], out["proj"])
+        for _ in range(T):
+            a["h"].dot(a["w_t"], out["step"])
+        for _ in range(T):
+            a["d"].dot(a["w_hh"], out["back"])
+        a["dT"].dot(a["x"], out["dw_ih"])
+        a["dT"].dot(a["hs"], out["dw_hh"])
+        a["da"].dot(a["w_ihT"], out["dx"])
+
+    def torch_gemms():
+        torch.mm(ta["x"], ta["w_ih"], out=tout["proj"])
+        for _ in range(T):
+            torch.mm(ta["h"], ta["w_t"], out=tout["step"])
+        for _ in range(T):
+            torch.mm(ta["d"], ta["w_hh"], out=tout["back"])
+        torch.mm(ta["dT"], ta["x"], out=tout["dw_ih"])
+        torch.mm(ta["dT"], ta["hs"], out=tout["dw_hh"])
+        torch.mm(ta["da"], ta["w_ihT"], out=tout["dx"])
+
+    return {"numpy_gemms": numpy_gemms, "torch_gemms": torch_gemms}
 
 
 def flush_off(fn, model):
@@ -399,6 +449,8 @@ def run(args) -> dict:
                     fns = {"scratch": scratch_step(model, x, g), "torch": torch_step(twin, x, g)}
                     if case.loss == "last" and dtype == "float32":
                         fns["scratch_flush_off"] = flush_off(fns["scratch"], model)
+                    if case.loss == "all":
+                        fns.update(gemm_work(case, dtype))  # where the time goes: the products alone
                     fns.update(peak)  # the peak, timed among the case's own blocks: the machine drifts
                     reps = {k: (1 if k.endswith("gemm") else args.reps) for k in fns}
                     load0 = load()
@@ -419,8 +471,15 @@ def run(args) -> dict:
                                load_before=load0, load_after=load(), other_processes_cores=other.cores)
                     if flush_off_res is not None:
                         row["scratch_flush_off_ms"] = flush_off_res["median_s"] * 1e3
+                    if "numpy_gemms" in res:
+                        ng, tg = res["numpy_gemms"]["median_s"], res["torch_gemms"]["median_s"]
+                        row.update(scratch_gemms_ms=ng * 1e3, torch_gemms_ms=tg * 1e3, gemm_floor_ratio=ng / theirs,
+                                   scratch_rest_ms=(ours - ng) * 1e3, torch_rest_ms=(theirs - tg) * 1e3)
                     report["rows"].append(row)
                     extra = f"  (flush off: {row['scratch_flush_off_ms']:.2f} ms)" if flush_off_res else ""
+                    if "gemm_floor_ratio" in row:
+                        extra += (f"  products alone: scratch {row['scratch_gemms_ms']:.2f} ms, torch "
+                                  f"{row['torch_gemms_ms']:.2f} ms (floor {row['gemm_floor_ratio']:.3f})")
                     print(f"  {case.cell:4s} {case.name:13s} {case.shape:20s} {case.loss:4s}: scratch {ours * 1e3:9.2f} ms  "
                           f"torch {theirs * 1e3:9.2f} ms  ratio {ours / theirs:5.3f}  "
                           f"{row['scratch_gflops']:6.1f} GFLOP/s = {100 * row['scratch_peak_frac']:4.1f}% of peak "
@@ -482,6 +541,19 @@ def markdown(report: dict) -> str:
                      f"{r['scratch_gflops']:.1f} | {100 * r['scratch_peak_frac']:.0f}% | "
                      f"{100 * r['torch_peak_frac']:.0f}% | {r['numpy_peak_gflops']:.0f} / {r['torch_peak_gflops']:.0f} | "
                      f"{r.get('other_processes_cores', float('nan')):.2f} |")
+    parts = [r for r in report["rows"] if "gemm_floor_ratio" in r]
+    if parts:
+        lines += ["", "Where the time goes: the products of one forward+backward alone (`gemm_work`), and the rest "
+                  "(elementwise passes, copies, overhead) = total − products.", "",
+                  "| cell | dtype | threads | case | scratch: products + rest ms | torch: products + rest ms | "
+                  "products, scratch / torch | floor: scratch products / torch total | ratio |",
+                  "|---|---|---:|---|---|---|---:|---:|---:|"]
+        for r in parts:
+            lines.append(f"| {r.get('cell', 'rnn')} | {r['dtype']} | {r['threads']} | {r['case']} | "
+                         f"{r['scratch_gemms_ms']:.2f} + {r['scratch_rest_ms']:.2f} | "
+                         f"{r['torch_gemms_ms']:.2f} + {r['torch_rest_ms']:.2f} | "
+                         f"{r['scratch_gemms_ms'] / r['torch_gemms_ms']:.3f} | {r['gemm_floor_ratio']:.3f} | "
+                         f"{r['ratio']:.3f} |")
     lines += ["", "| dtype / threads | GEMM peak numpy (start) | GEMM peak torch (start) | geomean ratio | max ratio | "
               "% of peak, largest | vanishing / normal (scratch) | vanishing / normal (torch) |",
               "|---|---:|---:|---:|---:|---:|---:|---:|"]

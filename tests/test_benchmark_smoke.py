@@ -41,6 +41,10 @@ def test_quick_run_writes_rows_summary_and_memory(tmp_path):
         for key in ("scratch_ms", "torch_ms", "ratio", "scratch_gflops", "numpy_peak_gflops", "torch_peak_gflops"):
             assert math.isfinite(row[key]) and row[key] > 0, (key, row)
         assert math.isclose(row["ratio"], row["scratch_ms"] / row["torch_ms"], rel_tol=1e-12)
+    for row in (r for r in report["rows"] if r["loss"] == "all"):  # where the time goes
+        assert row["scratch_gemms_ms"] > 0 and row["torch_gemms_ms"] > 0, row
+        assert math.isclose(row["gemm_floor_ratio"], row["scratch_gemms_ms"] / row["torch_ms"], rel_tol=1e-12)
+        assert math.isclose(row["scratch_rest_ms"], row["scratch_ms"] - row["scratch_gemms_ms"], rel_tol=1e-9)
     vanishing = [r for r in report["rows"] if r["loss"] == "last"]
     assert vanishing and all(r["scratch_flush_off_ms"] > 0 for r in vanishing)
     summary = report["summary"]["float32/1"]
@@ -53,6 +57,7 @@ def test_quick_run_writes_rows_summary_and_memory(tmp_path):
     again = subprocess.run([sys.executable, "-m", "benchmarks.rnn", "--markdown", str(out)], cwd=ROOT,
                            capture_output=True, text=True, timeout=60)
     assert again.returncode == 0 and "| float32 | 1 | small |" in again.stdout
+    assert "Where the time goes" in again.stdout
 
 
 def test_flush_off_switches_the_models_public_flush_and_restores_it():
