@@ -7,7 +7,8 @@ report names the kernel that actually ran.) Options: ``--threads 1 2``, ``--dtyp
 ``--rounds``/``--reps`` (timing blocks), ``--cases NAME...`` (a part of the grid), ``--quick`` (a smoke
 run), ``--no-memory``, ``--json PATH`` (default: a new ``results/bench_rnn-<date>-<time>.json`` each run,
 never an earlier one; ``results/`` is git-ignored; an existing ``--json PATH`` is refused unless
-``--overwrite``), ``--markdown JSON`` (reprint an earlier run's tables).
+``--overwrite``), ``--markdown JSON`` (reprint an earlier run's tables), ``--spread JSON...`` (the
+run-to-run spread of several runs).
 
 Exit codes (scratch_rnn.cli): 0 done, 2 bad input (every option, the case names and the ``--json``
 path are checked before anything is timed; the message names the option), 3 crashed, 130 interrupted.
@@ -575,6 +576,39 @@ def markdown(report: dict) -> str:
     return "\n".join(lines)
 
 
+def spread_markdown(reports: list) -> str:
+    """Run-to-run spread (``--spread A.json B.json ...``): each case's ratio in every run, its range, and the
+    geometric mean and largest ratio of each run, per cell, dtype and thread count."""
+    keys, ratios, floors = [], {}, {}
+    for i, rep in enumerate(reports):
+        for r in rep["rows"]:
+            key = (r.get("cell", "rnn"), r["dtype"], r["threads"], r["case"])
+            if key not in ratios:
+                keys.append(key)
+                ratios[key], floors[key] = [None] * len(reports), [None] * len(reports)
+            ratios[key][i] = r["ratio"]
+            floors[key][i] = r.get("gemm_floor_ratio")
+    n = len(reports)
+    fmt = lambda v: "—" if v is None else f"{v:.3f}"  # noqa: E731
+    lines = ["| cell | dtype | threads | case | " + " | ".join(f"run {i + 1}" for i in range(n)) +
+             " | min – max | products floor (min – max) |",
+             "|---|---|---:|---|" + "---:|" * n + "---|---|"]
+    for key in keys:
+        got = [v for v in ratios[key] if v is not None]
+        fl = [v for v in floors[key] if v is not None]
+        lines.append(f"| {key[0]} | {key[1]} | {key[2]} | {key[3]} | " + " | ".join(fmt(v) for v in ratios[key]) +
+                     f" | {min(got):.3f} – {max(got):.3f} | " + (f"{min(fl):.3f} – {max(fl):.3f}" if fl else "—") + " |")
+    lines += ["", "| cell | dtype | threads | " + " | ".join(f"run {i + 1}: geomean / max" for i in range(n)) + " |",
+              "|---|---|---:|" + "---|" * n]
+    for group in dict.fromkeys(k[:3] for k in keys):
+        cells = []
+        for i in range(n):
+            vals = [ratios[k][i] for k in keys if k[:3] == group and ratios[k][i] is not None]
+            cells.append(f"{math.exp(sum(map(math.log, vals)) / len(vals)):.3f} / {max(vals):.3f}" if vals else "—")
+        lines.append(f"| {group[0]} | {group[1]} | {group[2]} | " + " | ".join(cells) + " |")
+    return "\n".join(lines)
+
+
 def select_grid(quick: bool, names=None) -> tuple:
     """The grid (``--quick``'s or the full one), restricted to ``names`` in the grid's order."""
     grid = QUICK_GRID if quick else GRID
@@ -613,15 +647,15 @@ def check_args(args) -> Path:
     return new_output_file("--json", args.json, args.overwrite, ", or omit --json for a new time-stamped file")
 
 
-def read_report(path) -> dict:
-    """An earlier run's JSON (for ``--markdown``), with a message naming the file when it is not one."""
-    path = input_file("--markdown", path)
+def read_report(path, option: str = "--markdown") -> dict:
+    """An earlier run's JSON (for ``--markdown``, ``--spread``), with a message naming the file when it is not one."""
+    path = input_file(option, path)
     try:
         report = json.loads(path.read_text())
         if not isinstance(report, dict) or not isinstance(report.get("rows"), list) or "summary" not in report:
             raise ValueError("no 'rows' list or no 'summary'")
     except (ValueError, UnicodeDecodeError) as exc:  # JSONDecodeError is a ValueError
-        raise BadInput(f"--markdown: expected the JSON file of an earlier benchmark run, got {str(path)!r} "
+        raise BadInput(f"{option}: expected the JSON file of an earlier benchmark run, got {str(path)!r} "
                        f"({exc})") from exc
     return report
 
@@ -643,6 +677,8 @@ def _main(argv=None) -> int:
                    help="where to write the report (default: a new results/bench_rnn-<date>-<time>.json)")
     p.add_argument("--overwrite", action="store_true", help="let --json replace an existing file")
     p.add_argument("--markdown", metavar="JSON", help="print the tables of an earlier run's JSON and exit")
+    p.add_argument("--spread", nargs="+", metavar="JSON",
+                   help="print the run-to-run spread of several earlier runs' JSON files and exit")
     p.add_argument("--memory-child", nargs=4, metavar=("LIB", "DTYPE", "CASE", "THREADS"), help=argparse.SUPPRESS)
     args = p.parse_args(argv)
     if args.memory_child:
@@ -651,6 +687,9 @@ def _main(argv=None) -> int:
         return 0
     if args.markdown:
         print(markdown(read_report(args.markdown)))
+        return 0
+    if args.spread:
+        print(spread_markdown([read_report(p, "--spread") for p in args.spread]))
         return 0
     path = check_args(args)
     print(f"the report will be written to {path}", flush=True)

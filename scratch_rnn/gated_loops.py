@@ -7,10 +7,12 @@ the results are equal **bit for bit** (tests/test_gated_loops.py, float32 and fl
 
 - every result is written into a preallocated buffer (``out=``): the states, gates and gradients go
   straight into their (T, ...) arrays, never through a fresh array and a copy;
-- the backward's factors that depend on the forward alone are computed for all steps in one pass
-  before the loop: σ'(a) = s ⊙ (1 - s), tanh'(a) = 1 - y², and for the GRU 1 - z and h_{t-1} - n.
-  Elementwise operations do not depend on how many elements a call covers, so these are the numbers
-  the step function computes one step at a time;
+- ``ndarray.dot(b, out)`` for ``@`` (the same BLAS call, a third of the call's cost) and 0-d arrays for
+  the constants 0 and 1 (a Python scalar costs a conversion in every call);
+- the backward's factors that depend on the forward alone, σ'(a) = s ⊙ (1 - s), tanh'(a) = 1 - y² and for
+  the GRU 1 - z and h_{t-1} - n, are computed for a block of consecutive steps in one call each
+  (:data:`BLOCK_ENTRIES`). Elementwise operations do not depend on how many elements a call covers, so
+  these are the numbers the step function computes one step at a time;
 - the LSTM's three products da_i = (k ⊙ g) ⊙ σ'_i, da_f = (k ⊙ c_{t-1}) ⊙ σ'_f, da_g = (k ⊙ i) ⊙ tanh'_g
   are two broadcast calls over a (B, 3, H) view instead of six.
 

@@ -58,6 +58,14 @@ def test_quick_run_writes_rows_summary_and_memory(tmp_path):
                            capture_output=True, text=True, timeout=60)
     assert again.returncode == 0 and "| float32 | 1 | small |" in again.stdout
     assert "Where the time goes" in again.stdout
+    # run-to-run spread over several runs' files (the same file twice: every range is one value)
+    spread = subprocess.run([sys.executable, "-m", "benchmarks.rnn", "--spread", str(out), str(out)], cwd=ROOT,
+                            capture_output=True, text=True, timeout=60)
+    assert spread.returncode == 0, spread.stderr[-2000:]
+    small = next(r for r in report["rows"] if r["case"] == "small")
+    assert f"| rnn | float32 | 1 | small | {small['ratio']:.3f} | {small['ratio']:.3f} | " \
+           f"{small['ratio']:.3f} – {small['ratio']:.3f} |" in spread.stdout
+    assert f"| rnn | float32 | 1 | {summary['geomean_ratio']:.3f} / {summary['max_ratio']:.3f} |" in spread.stdout
 
 
 def test_flush_off_switches_the_models_public_flush_and_restores_it():
