@@ -605,15 +605,15 @@ class LSTM(RecurrentBase):
         b = None if not self.bias else self._p("bias_ih", layer, d) + self._p("bias_hh", layer, d)
         x_proj = G.input_projection(x, self._p("weight_ih", layer, d), b)
         cache = GL.lstm_sequence_forward(x_proj, state0[0], state0[1], self._p("weight_hh", layer, d),
-                                        self._p("weight_hr", layer, d), ctx["batch_sizes"], d == 1)
+                                         self._p("weight_hr", layer, d), ctx["batch_sizes"], d == 1)
         return (cache["h"][:-1] if d == 1 else cache["h"][1:]), (cache["h_n"], cache["c_n"]), cache
 
     def _direction_backward(self, d_out, d_finals, cache, layer, d, ctx, out):
         T, B = ctx["T"], ctx["B"]
         w_ih, reverse = self._p("weight_ih", layer, d), d == 1
         res = GL.lstm_sequence_backward(d_out, d_finals[0], d_finals[1], cache, self._p("weight_hh", layer, d),
-                                       self._p("weight_hr", layer, d), ctx["batch_sizes"], reverse,
-                                       flush_below=self.flush_below, flush_every=self.flush_every)
+                                        self._p("weight_hr", layer, d), ctx["batch_sizes"], reverse,
+                                        flush_below=self.flush_below, flush_every=self.flush_every)
         out["hidden"][...] = res["hidden_grads"]
         out["cell"][...] = res["cell_grads"]
         wg = G.lstm_weight_gradients(res["da"], ctx["layer_in"], cache, res["hidden_grads"], reverse, self.bias,
@@ -654,14 +654,14 @@ class GRU(RecurrentBase):
     def _direction_forward(self, x, state0, layer, d, ctx):
         x_proj = G.input_projection(x, self._p("weight_ih", layer, d), self._p("bias_ih", layer, d))
         cache = GL.gru_sequence_forward(x_proj, state0[0], self._p("weight_hh", layer, d), self._p("bias_hh", layer, d),
-                                       ctx["batch_sizes"], d == 1)
+                                        ctx["batch_sizes"], d == 1)
         return (cache["h"][:-1] if d == 1 else cache["h"][1:]), (cache["h_n"],), cache
 
     def _direction_backward(self, d_out, d_finals, cache, layer, d, ctx, out):
         T, B = ctx["T"], ctx["B"]
         w_ih, reverse = self._p("weight_ih", layer, d), d == 1
         res = GL.gru_sequence_backward(d_out, d_finals[0], cache, self._p("weight_hh", layer, d), ctx["batch_sizes"],
-                                      reverse, flush_below=self.flush_below, flush_every=self.flush_every)
+                                       reverse, flush_below=self.flush_below, flush_every=self.flush_every)
         out["hidden"][...] = res["hidden_grads"]
         wg = G.gru_weight_gradients(res["dgi"], res["dgh"], ctx["layer_in"], cache, reverse, self.bias)
         grads = {"weight_ih": wg["w_ih"], "weight_hh": wg["w_hh"]}
