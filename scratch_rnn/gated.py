@@ -269,6 +269,30 @@ def _start_rows(buffers, initials, t: int, n: int, prev_n: int, reverse: bool) -
             buf[t + 1, prev_n:n] = init[prev_n:n]
 
 
+def _forward_steps(T: int, batch_sizes, reverse: bool, buffers: tuple, initials: tuple):
+    """The forward's steps in order, as (t, n) with n the active rows. Writes each initial state into its
+    (T + 1, B, ·) buffer where the recurrence starts and, for the reverse direction with lengths, into the
+    slot a sequence's first processed step reads, as that sequence becomes active (:func:`_start_rows`)."""
+    B = buffers[0].shape[1]
+    sizes = _sizes(batch_sizes, T, B)
+    for buf, init in zip(buffers, initials):
+        buf[T if reverse else 0] = init
+    prev_n = 0 if reverse else B
+    for t in _order(T, reverse):
+        n = sizes[t]
+        if batch_sizes is not None:  # full batches: every row starts at the slot written above
+            _start_rows(buffers, initials, t, n, prev_n, reverse)
+            prev_n = n
+        yield t, n
+
+
+def _finals(buffers: tuple, batch_sizes, reverse: bool) -> tuple:
+    """:func:`final_states` of each (T + 1, B, ·) state buffer, the lengths derived once."""
+    B = buffers[0].shape[1]
+    lengths = None if batch_sizes is None else lengths_from_batch_sizes(batch_sizes, B)
+    return tuple(final_states(buf, batch_sizes, lengths, reverse) for buf in buffers)
+
+
 def _flush(a: np.ndarray, flush_below: float, i: int, flush_every: int) -> None:
     """functional.sequence_backward's subnormal flush: zero |a| < flush_below at every flush_every-th step."""
     if flush_below > 0.0 and i % flush_every == 0:
@@ -295,14 +319,7 @@ def lstm_sequence_forward(x_proj: np.ndarray, h0: np.ndarray, c0: np.ndarray, w_
     gates = np.zeros((T, B, G), dtype=dtype)
     tanh_c = np.zeros((T, B, H), dtype=dtype)
     m = np.zeros((T, B, H), dtype=dtype) if w_hr is not None else None
-    sizes = _sizes(batch_sizes, T, B)
-    start = T if reverse else 0
-    S[start], C[start] = h0, c0
-    prev_n = 0 if reverse else B
-    for t in _order(T, reverse):
-        n = sizes[t]
-        _start_rows((S, C), (h0, c0), t, n, prev_n, reverse)
-        prev_n = n
+    for t, n in _forward_steps(T, batch_sizes, reverse, (S, C), (h0, c0)):
         p, q = _prev(t, reverse), _prev(t, not reverse)
         h, c, cache = lstm_step_forward(x_proj[t, :n], S[p, :n], C[p, :n], w_hh, w_hr)
         S[q, :n], C[q, :n] = h, c
@@ -311,10 +328,8 @@ def lstm_sequence_forward(x_proj: np.ndarray, h0: np.ndarray, c0: np.ndarray, w_
             m[t, :n] = cache.m
     if m is None:
         m = S[:-1] if reverse else S[1:]
-    lengths = None if batch_sizes is None else lengths_from_batch_sizes(batch_sizes, B)
-    return dict(h=S, c=C, gates=gates, tanh_c=tanh_c, m=m,
-                h_n=final_states(S, batch_sizes, lengths, reverse),
-                c_n=final_states(C, batch_sizes, lengths, reverse))
+    h_n, c_n = _finals((S, C), batch_sizes, reverse)
+    return dict(h=S, c=C, gates=gates, tanh_c=tanh_c, m=m, h_n=h_n, c_n=c_n)
 
 
 def _lstm_step_cache(cache: dict, t: int, n: int, reverse: bool) -> LSTMStepCache:
@@ -404,18 +419,11 @@ def gru_sequence_forward(x_proj: np.ndarray, h0: np.ndarray, w_hh: np.ndarray, b
     S = np.zeros((T + 1, B, H), dtype=dtype)
     gates = np.zeros((T, B, G), dtype=dtype)
     gh_n = np.zeros((T, B, H), dtype=dtype)
-    sizes = _sizes(batch_sizes, T, B)
-    S[T if reverse else 0] = h0
-    prev_n = 0 if reverse else B
-    for t in _order(T, reverse):
-        n = sizes[t]
-        _start_rows((S,), (h0,), t, n, prev_n, reverse)
-        prev_n = n
+    for t, n in _forward_steps(T, batch_sizes, reverse, (S,), (h0,)):
         h, step = gru_step_forward(x_proj[t, :n], S[_prev(t, reverse), :n], w_hh, b_hh)
         S[_prev(t, not reverse), :n] = h
         gates[t, :n], gh_n[t, :n] = step.gates, step.gh_n
-    lengths = None if batch_sizes is None else lengths_from_batch_sizes(batch_sizes, B)
-    return dict(h=S, gates=gates, gh_n=gh_n, h_n=final_states(S, batch_sizes, lengths, reverse))
+    return dict(h=S, gates=gates, gh_n=gh_n, h_n=_finals((S,), batch_sizes, reverse)[0])
 
 
 def gru_sequence_backward(grad_out: np.ndarray, grad_h_last: np.ndarray | None, cache: dict, w_hh: np.ndarray,

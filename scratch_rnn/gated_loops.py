@@ -29,7 +29,7 @@ from __future__ import annotations
 
 import numpy as np
 
-from scratch_rnn.gated import _flush, _order, _prev, _sizes, _start_rows, final_states, lengths_from_batch_sizes
+from scratch_rnn.gated import _finals, _flush, _forward_steps, _order, _prev, _sizes
 
 
 def _alloc(shape, dtype, padded: bool) -> np.ndarray:
@@ -93,15 +93,7 @@ def lstm_sequence_forward(x_proj: np.ndarray, h0: np.ndarray, c0: np.ndarray, w_
     zero, one = np.zeros((), dtype), np.ones((), dtype)
     w_t = w_hh.T        # the step function's operand (ndarray.dot with out= makes @'s BLAS call, cheaper)
     w_rt = None if w_hr is None else w_hr.T
-    sizes = _sizes(batch_sizes, T, B)
-    start = T if reverse else 0
-    S[start], C[start] = h0, c0
-    prev_n = 0 if reverse else B
-    for t in _order(T, reverse):
-        n = sizes[t]
-        if padded:
-            _start_rows((S, C), (h0, c0), t, n, prev_n, reverse)
-            prev_n = n
+    for t, n in _forward_steps(T, batch_sizes, reverse, (S, C), (h0, c0)):
         p, q = _prev(t, reverse), _prev(t, not reverse)
         an, gt, c_prev, c = a[:n], gates[t, :n], C[p, :n], C[q, :n]
         S[p, :n].dot(w_t, an)                 # h_{t-1} W_hhᵀ
@@ -121,10 +113,8 @@ def lstm_sequence_forward(x_proj: np.ndarray, h0: np.ndarray, c0: np.ndarray, w_
             m[t, :n].dot(w_rt, S[q, :n])
     if m is None:
         m = S[:-1] if reverse else S[1:]
-    lengths = None if batch_sizes is None else lengths_from_batch_sizes(batch_sizes, B)
-    return dict(h=S, c=C, gates=gates, tanh_c=tanh_c, m=m,
-                h_n=final_states(S, batch_sizes, lengths, reverse),
-                c_n=final_states(C, batch_sizes, lengths, reverse))
+    h_n, c_n = _finals((S, C), batch_sizes, reverse)
+    return dict(h=S, c=C, gates=gates, tanh_c=tanh_c, m=m, h_n=h_n, c_n=c_n)
 
 
 def lstm_sequence_backward(grad_out: np.ndarray, grad_h_last: np.ndarray | None, grad_c_last: np.ndarray | None,
@@ -206,15 +196,9 @@ def gru_sequence_forward(x_proj: np.ndarray, h0: np.ndarray, w_hh: np.ndarray, b
     rz, e = np.empty((B, 2 * H), dtype), np.empty((B, 2 * H), dtype)
     work, zero, one = np.empty((B, H), dtype), np.zeros((), dtype), np.ones((), dtype)
     w_t = w_hh.T
-    sizes = _sizes(batch_sizes, T, B)
-    S[T if reverse else 0] = h0
-    prev_n = 0 if reverse else B
-    for t in _order(T, reverse):
-        n = sizes[t]
-        if padded:
-            _start_rows((S,), (h0,), t, n, prev_n, reverse)
-            prev_n = n
-        h_prev, h, gh, gt, xp = S[_prev(t, reverse), :n], S[_prev(t, not reverse), :n], GH[t, :n], gates[t, :n], x_proj[t, :n]
+    for t, n in _forward_steps(T, batch_sizes, reverse, (S,), (h0,)):
+        h_prev, h = S[_prev(t, reverse), :n], S[_prev(t, not reverse), :n]
+        gh, gt, xp = GH[t, :n], gates[t, :n], x_proj[t, :n]
         h_prev.dot(w_t, gh)                            # gh_t = h_{t-1} W_hhᵀ + b_hh
         if b_hh is not None:
             np.add(gh, b_hh, out=gh)
@@ -228,8 +212,7 @@ def gru_sequence_forward(x_proj: np.ndarray, h0: np.ndarray, w_hh: np.ndarray, b
         np.subtract(h_prev, nn, out=h)                 # h_t = n + z ⊙ (h_{t-1} - n)
         np.multiply(gt[:, H:2 * H], h, out=h)
         np.add(nn, h, out=h)
-    lengths = None if batch_sizes is None else lengths_from_batch_sizes(batch_sizes, B)
-    return dict(h=S, gates=gates, gh_n=GH[..., 2 * H:], h_n=final_states(S, batch_sizes, lengths, reverse))
+    return dict(h=S, gates=gates, gh_n=GH[..., 2 * H:], h_n=_finals((S,), batch_sizes, reverse)[0])
 
 
 def gru_sequence_backward(grad_out: np.ndarray, grad_h_last: np.ndarray | None, cache: dict, w_hh: np.ndarray,
