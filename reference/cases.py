@@ -1,14 +1,16 @@
-"""A drawn recurrent configuration (RNN, LSTM or GRU) and its data: shared by the test strategies and the
-crosscheck command. States go in the model's own form: ``h0`` (RNN, GRU) or ``(h0, c0)`` (LSTM)."""
+"""A drawn recurrent configuration (any registered cell, or a user's ``"module:Class"`` cell) and its data: shared by
+the test strategies and the crosscheck command. States go in the model's own form: ``h0`` for a one-state cell,
+a tuple such as ``(h0, c0)`` (LSTM) otherwise."""
 from __future__ import annotations
 
 from dataclasses import asdict, dataclass
 
 import numpy as np
 
-from scratch_rnn.rnn import CELLS
+from scratch_rnn.cells import cell_names, cell_spec
 
-CELL_NAMES = tuple(CELLS)  # "rnn", "lstm", "gru"
+CELL_NAMES = cell_names(builtin=True)  # "rnn", "lstm", "gru": the cells with a torch.nn module
+PLUGIN_CELLS = cell_names(builtin=False)  # the step-function cells, with a torch step as their twin
 
 
 @dataclass
@@ -32,6 +34,7 @@ class RNNCase:
     seed: int
     cell: str = "rnn"
     proj_size: int = 0          # LSTM only
+    options: tuple = ()         # a plug-in cell's own options, (name, value) pairs drawn from its OPTIONS
 
     @property
     def out_size(self) -> int:
@@ -48,7 +51,7 @@ class RNNCase:
             common["nonlinearity"] = self.nonlinearity
         if self.lstm:
             common["proj_size"] = self.proj_size
-        return CELLS[self.cell](self.input_size, self.hidden_size, **common)
+        return cell_spec(self.cell).model_class()(self.input_size, self.hidden_size, **common, **dict(self.options))
 
     def arrays(self, model):
         """x, hx, lengths, the output's cotangent and the final state's, in the model's layout and form
@@ -59,7 +62,7 @@ class RNNCase:
             p[...] = rng.uniform(-1.2, 1.2, size=p.shape) / np.sqrt(max(1, p.shape[-1]) / 2)
         T, B, I = self.steps, self.batch, self.input_size
         LD = self.num_layers * (2 if self.bidirectional else 1)
-        sizes = (self.out_size, self.hidden_size) if self.lstm else (self.hidden_size,)
+        sizes = tuple(model.output_size if s == "h" else model.hidden_size for s in model.STATES)
         if self.unbatched:
             x_shape, s_shapes = (T, I), [(LD, n) for n in sizes]
         else:
@@ -71,7 +74,7 @@ class RNNCase:
         out_shape = x_shape[:-1] + ((2 if self.bidirectional else 1) * self.out_size,)
         g_out = rng.standard_normal(out_shape)
         g_fin = tuple(rng.standard_normal(s) for s in s_shapes) if self.with_grad_h_n else None
-        if not self.lstm:
+        if len(sizes) == 1:
             h0 = None if h0 is None else h0[0]
             g_fin = None if g_fin is None else g_fin[0]
         return x, h0, lengths, g_out, g_fin
@@ -90,7 +93,8 @@ class RNNCase:
 
 def random_case(rng: np.random.Generator, max_layers=3, max_steps=12, max_batch=6, max_size=8,
                 cells=("rnn",)) -> RNNCase:
-    """Draw every option of the cell's torch module together, lengths, dropout and proj_size included."""
+    """Draw every option of the cell's torch module together, lengths, dropout and proj_size included (a plug-in
+    cell's own options last, from its spec: the built-in cells' streams are those of old)."""
     cell = str(rng.choice(list(cells))) if len(cells) > 1 else cells[0]  # one cell: the stream is the RNN's of old
     unbatched = bool(rng.random() < 0.15)
     batch = 1 if unbatched else int(rng.integers(1, max_batch + 1))
@@ -100,7 +104,7 @@ def random_case(rng: np.random.Generator, max_layers=3, max_steps=12, max_batch=
     input_size = int(rng.integers(1, max_size + 1))  # drawn in the order of old: the RNN stream is unchanged
     hidden = int(rng.integers(1, max_size + 1))
     proj = int(rng.integers(1, hidden)) if cell == "lstm" and hidden > 1 and rng.random() < 0.4 else 0
-    return RNNCase(
+    case = RNNCase(
         cell=cell,
         proj_size=proj,
         input_size=input_size,
@@ -119,3 +123,7 @@ def random_case(rng: np.random.Generator, max_layers=3, max_steps=12, max_batch=
         dropout=float(rng.choice([0.0, 0.3, 0.6])) if num_layers > 1 else 0.0,
         seed=int(rng.integers(0, 2**31 - 1)),
     )
+    spec = cell_spec(cell)
+    if not spec.builtin:
+        case.options = tuple((k, choices[int(rng.integers(len(choices)))]) for k, choices in spec.options.items())
+    return case

@@ -1,6 +1,12 @@
-"""Cross-validation report: scratch_rnn.RNN / LSTM / GRU against torch's and against finite differences.
+"""Cross-validation report: every registered cell (RNN / LSTM / GRU / IndRNN / ...) against its torch twin and
+against finite differences.
 
     python -m reference.crosscheck --cases 200 --seed 0 --cell all
+    python -m reference.crosscheck --cell mypkg.cells:MyCell [--twin mypkg.twin:my_step]
+
+The built-in cells' twins are torch.nn.RNN / LSTM / GRU; a step-function cell's twin is its torch step
+(the class's ``TWIN``, or ``--twin``) unrolled by reference.cells and differentiated by autograd. A cell
+in a user's own file is named ``module:Class`` (the module importable, e.g. from the working directory).
 
 Draws random configurations (every option of the cell's torch module, lengths, dropout and the LSTM's
 proj_size included),
@@ -25,6 +31,7 @@ from tqdm import tqdm
 
 from reference.cases import random_case
 from reference.rnn import run_torch
+from scratch_rnn.cells import cell_names, cell_spec, resolve
 from scratch_rnn.checks import check_positive_int
 from scratch_rnn.cli import BadInput, Stopped, as_bad_input, output_file, run_main
 from scratch_rnn.fileio import atomic_write_text
@@ -45,15 +52,16 @@ def _pair(a):
     return a if isinstance(a, tuple) else (a, None)
 
 
-def check_case(case) -> tuple[dict, dict]:
-    """Errors of one case: {quantity: worst rel error} against torch and against finite differences."""
+def check_case(case, twin=None) -> tuple[dict, dict]:
+    """Errors of one case: {quantity: worst rel error} against torch and against finite differences
+    (``twin``: a torch step for a step-function cell, instead of its own)."""
     model = case.model(np.float64)
     x, hx, lengths, g_out, g_fin = case.arrays(model)
     masks = case.dropout_masks()
     out, finals = model.forward(x, hx, lengths, dropout_masks=masks)
     model.zero_grad()
     grad_x, grad_s = model.backward(g_out, g_fin)
-    ref = run_torch(model, x, hx, lengths, g_out, g_fin, dropout_masks=masks)
+    ref = run_torch(model, x, hx, lengths, g_out, g_fin, dropout_masks=masks, twin=twin)
     (h_n, c_n), (grad_h0, grad_c0) = _pair(finals), _pair(grad_s)
     vs_torch = {"output": rel_error(out, ref["output"]), "h_n": rel_error(h_n, ref["h_n"]),
                 "grad_x": rel_error(grad_x, ref["grad_x"]), "grad_h0": rel_error(grad_h0, ref["grad_h0"])}
@@ -79,14 +87,14 @@ def check_case(case) -> tuple[dict, dict]:
     return vs_torch, vs_fd
 
 
-def crosscheck_cell(cell: str, cases: int, seed: int, max_steps: int, progress: bool = True):
-    """(rows, failures) of ``cases`` random configurations of ``cell``."""
+def crosscheck_cell(cell: str, cases: int, seed: int, max_steps: int, progress: bool = True, twin=None):
+    """(rows, failures) of ``cases`` random configurations of ``cell`` (a registered name or 'module:Class')."""
     rng = np.random.default_rng(seed)
     worst_torch, worst_fd, counts = defaultdict(float), defaultdict(float), defaultdict(int)
     failures = []
     for _ in tqdm(range(cases), desc=f"cross-checking {cell}", unit="case", disable=not progress):
         case = random_case(rng, max_steps=max_steps, cells=(cell,))
-        vs_torch, vs_fd = check_case(case)
+        vs_torch, vs_fd = check_case(case, twin)
         for q, e in vs_torch.items():
             counts[q] += 1
             worst_torch[q] = max(worst_torch[q], e)
@@ -111,8 +119,11 @@ def _main(argv=None) -> int:
     parser.add_argument("--cases", type=int, default=200, help="random configurations to draw (default 200)")
     parser.add_argument("--seed", type=int, default=0, help="seed of the configuration stream (default 0)")
     parser.add_argument("--max-steps", type=int, default=12, help="longest sequence drawn (default 12)")
-    parser.add_argument("--cell", choices=["rnn", "lstm", "gru", "all"], default="rnn",
-                        help="which cell against its torch module (default rnn; all: one table per cell)")
+    parser.add_argument("--cell", default="rnn",
+                        help=f"a registered cell ({', '.join(cell_names())}), 'all' (one table per registered "
+                             "cell) or a cell of your own as 'module:Class' (default rnn)")
+    parser.add_argument("--twin", metavar="MODULE:FUNCTION", default=None,
+                        help="the torch step of a step-function cell (default: the cell's own TWIN)")
     parser.add_argument("--json", metavar="PATH", help="also write the tables and failures as JSON")
     args = parser.parse_args(argv)
     with as_bad_input():
@@ -122,14 +133,24 @@ def _main(argv=None) -> int:
         raise BadInput(f"--seed: expected a non-negative integer, got {args.seed}")
     if args.json:
         output_file("--json", args.json)
+    cells = list(cell_names()) if args.cell == "all" else [args.cell]
+    twin = None
+    with as_bad_input():
+        for cell in cells:
+            spec = cell_spec(cell)
+            if not spec.builtin:
+                twin = spec.twin_function() if args.twin is None else resolve(args.twin, "--twin")
+            elif args.twin is not None:
+                raise ValueError(f"--twin: {cell!r} is checked against its torch.nn module; --twin is for "
+                                 "step-function cells")
 
-    cells = ["rnn", "lstm", "gru"] if args.cell == "all" else [args.cell]
     tables, failures = {}, []
     for cell in cells:
-        rows, fails = crosscheck_cell(cell, args.cases, args.seed, args.max_steps)
+        rows, fails = crosscheck_cell(cell, args.cases, args.seed, args.max_steps,
+                                      twin=None if cell_spec(cell).builtin or args.twin is None else twin)
         tables[cell] = rows
         failures += fails
-        print(f"\n{cell.upper()}: {args.cases} random configurations, float64, seed {args.seed}")
+        print(f"\n{cell.upper() if ':' not in cell else cell}: {args.cases} random configurations, float64, seed {args.seed}")
         print(tabulate(rows, headers=["quantity", "cases", "worst rel. error vs torch",
                                       "worst rel. error vs finite differences"]))
     print(f"thresholds: torch {TORCH_THRESHOLD:g}, finite differences {FD_THRESHOLD:g}")

@@ -87,7 +87,7 @@ def _layerwise(model, twin, x, states, lengths, masks, batch_first):
 
 
 def run_torch(model, x, hx=None, lengths=None, grad_output=None, grad_final=None, *, dropout_masks=None,
-              dtype=torch.float64) -> dict:
+              dtype=torch.float64, twin=None) -> dict:
     """Forward and backward of ``model``'s torch twin; NumPy results keyed like the scratch model.
 
     x, hx, grad_output, grad_final are in the caller's layout, as given to the scratch model (hx and
@@ -95,7 +95,14 @@ def run_torch(model, x, hx=None, lengths=None, grad_output=None, grad_final=None
     None). With ``dropout_masks`` (time-major keep-masks, one per layer but the last) the stack is
     unrolled layer by layer so that the same masks are applied; otherwise the module runs whole (in
     eval mode when the scratch model is, so that torch draws no dropout of its own).
+
+    A cell torch has no module for (a :class:`~scratch_rnn.cells.generic.StepCell`) runs its twin step
+    unrolled by :func:`reference.cells.run_step_twin` instead (``twin``: that step, default the cell's own).
     """
+    if model.NAME not in TORCH_CLASSES:
+        from reference.cells import run_step_twin
+        return run_step_twin(model, x, hx, lengths, grad_output, grad_final, dropout_masks=dropout_masks,
+                             step=twin, dtype=dtype)
     twin = torch_twin(model, dtype)
     lstm = model.NAME == "LSTM"
     batched = np.ndim(x) == 3

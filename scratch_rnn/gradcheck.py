@@ -54,6 +54,8 @@ def activation_pattern(model) -> tuple:
     Finite differences are only an oracle where the function is smooth along the segment: a relu
     pre-activation that changes sign between θ - εv and θ + εv puts a kink inside it.
     """
+    if hasattr(model, "kink_pattern"):  # a step-function cell says where its kinks are
+        return model.kink_pattern()
     if getattr(model, "nonlinearity", "tanh") != "relu":  # gated cells are smooth
         return ()
     cache = model._cache

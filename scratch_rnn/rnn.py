@@ -114,7 +114,7 @@ class RecurrentBase(Module):
         self.flush_below = DEFAULT_FLUSH_BELOW[self.dtype] if flush_below is None else flush_below
         self.flush_every = check_positive_int("flush_every", flush_every)
         self._rng = np.random.default_rng(seed)
-        for name in rnn_param_names(self.num_layers, self.bidirectional, self.bias, self.proj_size > 0):
+        for name in self._param_names():
             self.register_parameter(name, np.zeros(self._param_shape(name)))
         self.reset_parameters()
         self.hidden_grads = None
@@ -171,6 +171,10 @@ class RecurrentBase(Module):
         return buf
 
     # ---------------------------------------------------------------- parameters
+    def _param_names(self) -> list[str]:
+        """The parameters in torch's order (a cell with another layout overrides this and ``_param_shape``)."""
+        return rnn_param_names(self.num_layers, self.bidirectional, self.bias, self.proj_size > 0)
+
     def _param_shape(self, name: str) -> tuple:
         H, G, out = self.hidden_size, self.GATES, self.output_size
         layer = int(name.split("_l")[1].split("_")[0])
