@@ -19,6 +19,9 @@ import torch
 import torch.nn.functional as F
 from torch.nn.utils.rnn import pack_padded_sequence, pad_packed_sequence
 
+from reference.cells import TorchStepRNN
+from scratch_rnn.cells import cell_spec
+
 __all__ = ["TorchSequenceModel", "torch_twin", "draw_dropout_masks", "to_tensor"]
 
 
@@ -55,8 +58,13 @@ class TorchSequenceModel(torch.nn.Module):
         self.head = torch.nn.Linear(D * c.output_size, c.out_features, dtype=dtype)
 
     def _recurrent(self, in_size, num_layers, dropout=0.0) -> torch.nn.Module:
-        """nn.RNN / nn.LSTM / nn.GRU of the config's cell."""
+        """nn.RNN / nn.LSTM / nn.GRU of the config's cell; a step-function cell's TorchStepRNN twin."""
         c = self.config
+        if not cell_spec(c.cell).builtin:
+            cell = cell_spec(c.cell).model_class()(in_size, c.hidden_size, num_layers=num_layers, bias=c.bias,
+                                                   batch_first=True, dropout=dropout, bidirectional=c.bidirectional,
+                                                   dtype=np.float64, **c.cell_options())
+            return TorchStepRNN(cell, dtype=self.tdtype)
         opts = dict(num_layers=num_layers, bias=c.bias, batch_first=True, dropout=dropout,
                     bidirectional=c.bidirectional, dtype=self.tdtype)
         if c.cell == "rnn":
@@ -104,9 +112,11 @@ class TorchSequenceModel(torch.nn.Module):
         if h0 is not None:  # an array, or (h0, c0) for an LSTM
             h0 = tuple(s if torch.is_tensor(s) else to_tensor(s, self.tdtype) for s in h0) if isinstance(
                 h0, (tuple, list)) else (h0 if torch.is_tensor(h0) else to_tensor(h0, self.tdtype))
-        if self.training and c.dropout > 0 and c.num_layers > 1:
-            if dropout_masks is None:
-                raise ValueError("dropout_masks: the twin needs the scratch model's masks in training mode")
+        if self.training and c.dropout > 0 and c.num_layers > 1 and dropout_masks is None:
+            raise ValueError("dropout_masks: the twin needs the scratch model's masks in training mode")
+        if isinstance(self.rnn, TorchStepRNN):  # unrolled here, masks and all
+            out, h_n = self.rnn(emb, h0, lengths, dropout_masks)
+        elif self.training and c.dropout > 0 and c.num_layers > 1:
             out, h_n = self._rnn_layerwise(emb, h0, lengths, dropout_masks)
         else:
             out, h_n = self._rnn(self.rnn, emb, h0, lengths)  # (B, T, D·H)

@@ -48,7 +48,7 @@ from .checks import (
 )
 from .layers import Embedding, Linear
 from .module import Module
-from .rnn import CELLS
+from .cells import cell_names, cell_spec
 
 __all__ = ["ModelConfig", "SequenceModel", "StepOutput", "POOLINGS", "TASKS", "LOSSES", "valid_mask"]
 
@@ -72,8 +72,8 @@ class ModelConfig:
     embedding_dim: int | None = None
     input_size: int | None = None
     num_layers: int = 1
-    nonlinearity: str = "tanh"           # the Elman cell's; LSTM and GRU have their own gates
-    cell: str = "rnn"                    # "rnn" (Elman), "lstm" or "gru"
+    nonlinearity: str = "tanh"           # of a cell that has one (Elman, IndRNN); LSTM and GRU have their own gates
+    cell: str = "rnn"                    # a registered cell ("rnn" Elman, "lstm", "gru", "indrnn", ...) or "module:Class"
     proj_size: int = 0                   # LSTM only: h_t = W_hr (o ⊙ tanh c_t), P < hidden_size
     bias: bool = True
     bidirectional: bool = False
@@ -105,10 +105,15 @@ class ModelConfig:
                 raise ValueError(f"embedding_dim/padding_idx: only meaningful with vocab_size (token input), got "
                                  f"embedding_dim={self.embedding_dim!r}, padding_idx={self.padding_idx!r}")
         check_choice("nonlinearity", self.nonlinearity, ("tanh", "relu"))
-        check_choice("cell", self.cell, CELLS)
-        if self.cell != "rnn" and self.nonlinearity != "tanh":
-            raise ValueError(f"nonlinearity: only the Elman cell (cell='rnn') has one, got nonlinearity="
-                             f"{self.nonlinearity!r} with cell={self.cell!r}")
+        if not isinstance(self.cell, str):
+            raise ValueError(f"cell: expected one of {', '.join(map(repr, cell_names()))} or 'module:Class', "
+                             f"got {self.cell!r}")
+        nonlinearities = cell_spec(self.cell).options.get("nonlinearity")
+        if nonlinearities is None and self.nonlinearity != "tanh":
+            raise ValueError(f"nonlinearity: cell={self.cell!r} has none (its gates are its own), got "
+                             f"nonlinearity={self.nonlinearity!r}")
+        if nonlinearities is not None:
+            check_choice("nonlinearity", self.nonlinearity, nonlinearities)
         check_non_negative_int("proj_size", self.proj_size)
         if self.proj_size and (self.cell != "lstm" or self.proj_size >= self.hidden_size):
             raise ValueError(f"proj_size: expected 0, or with cell='lstm' a number below hidden_size="
@@ -122,6 +127,15 @@ class ModelConfig:
         if self.seed is not None and (isinstance(self.seed, bool) or not isinstance(self.seed, (int, np.integer))
                                       or self.seed < 0):
             raise ValueError(f"seed: expected a non-negative integer or None, got {self.seed!r}")
+
+    def cell_options(self) -> dict:
+        """The cell's own constructor options this config sets: nonlinearity where it has one, proj_size if set."""
+        opts = {}
+        if "nonlinearity" in cell_spec(self.cell).options:
+            opts["nonlinearity"] = self.nonlinearity
+        if self.proj_size:
+            opts["proj_size"] = self.proj_size
+        return opts
 
     @property
     def num_directions(self) -> int:
@@ -220,10 +234,9 @@ class SequenceModel(Module):
         s_emb, s_rnn, s_head, s_drop = np.random.SeedSequence(c.seed).spawn(4)
         self.register_module("embedding", Embedding(c.vocab_size, c.embedding_dim, c.padding_idx, dtype=dtype,
                                                     seed=s_emb) if c.vocab_size is not None else None)
-        cell_options = {"rnn": dict(nonlinearity=c.nonlinearity), "lstm": dict(proj_size=c.proj_size), "gru": {}}
-        self.register_module("rnn", CELLS[c.cell](c.rnn_input_size, c.hidden_size, num_layers=c.num_layers, bias=c.bias,
-                                                  batch_first=True, dropout=c.dropout, bidirectional=c.bidirectional,
-                                                  dtype=dtype, seed=s_rnn, **cell_options[c.cell]))
+        self.register_module("rnn", cell_spec(c.cell).model_class()(
+            c.rnn_input_size, c.hidden_size, num_layers=c.num_layers, bias=c.bias, batch_first=True, dropout=c.dropout,
+            bidirectional=c.bidirectional, dtype=dtype, seed=s_rnn, **c.cell_options()))
         self.register_module("head", Linear(c.num_directions * c.output_size, c.out_features, dtype=dtype,
                                             seed=s_head))
         # the generator of the dropout masks; its state is part of a checkpoint

@@ -11,6 +11,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from reference.models import TorchSequenceModel, draw_dropout_masks, torch_twin
+from scratch_rnn.cells import cell_names, cell_spec
 from scratch_rnn.models import ModelConfig, SequenceModel, pool_backward, pool_forward
 from tests.helpers import FD_TOLERANCE, assert_close, numerical_grad
 
@@ -21,9 +22,11 @@ THOROUGH = settings.default.max_examples > 25
 # strategies shared with the trajectory and TBPTT tests
 # ---------------------------------------------------------------------------------------------
 @st.composite
-def model_configs(draw, task=None, max_layers=2, cells=("rnn", "lstm", "gru")):
-    """A float64 ModelConfig over every option: the cell, token/dense input, layers, directions, dropout..."""
-    cell = draw(st.sampled_from(list(cells)))
+def model_configs(draw, task=None, max_layers=2, cells=None):
+    """A float64 ModelConfig over every option: the cell (any registered one), token/dense input, layers,
+    directions, dropout..."""
+    cell = draw(st.sampled_from(list(cells or cell_names())))
+    nonlinearities = cell_spec(cell).options.get("nonlinearity", ("tanh",))
     tokens = draw(st.booleans())
     layers = draw(st.integers(1, max_layers))
     hidden = draw(st.integers(1, 5))
@@ -32,7 +35,7 @@ def model_configs(draw, task=None, max_layers=2, cells=("rnn", "lstm", "gru")):
     return ModelConfig(
         cell=cell, proj_size=draw(st.integers(0, hidden - 1)) if cell == "lstm" and hidden > 1 else 0,
         hidden_size=hidden, out_features=draw(st.integers(1, 4)), num_layers=layers,
-        nonlinearity=draw(st.sampled_from(["tanh", "relu"])) if cell == "rnn" else "tanh", bias=draw(st.booleans()),
+        nonlinearity=draw(st.sampled_from(list(nonlinearities))), bias=draw(st.booleans()),
         bidirectional=draw(st.booleans()), dropout=draw(st.sampled_from([0.0, 0.4])) if layers > 1 else 0.0,
         pooling=draw(st.sampled_from(["last", "mean", "max"])),
         task=task or draw(st.sampled_from(["sequence", "per_step"])),
