@@ -150,7 +150,10 @@ def _main(argv=None) -> int:
     twin = None
     with as_bad_input():
         for cell in cells:
-            spec = cell_spec(cell)
+            try:
+                spec = cell_spec(cell)
+            except ValueError as e:
+                raise ValueError(f"--{e}") from None
             if not spec.builtin:
                 twin = spec.twin_function() if args.twin is None else resolve(args.twin, "--twin")
             elif args.twin is not None:

@@ -170,3 +170,32 @@ def test_docs_cells_md_trains_the_example_as_it_says(tmp_path, monkeypatch):
         opt.step(model.grads)
     assert losses[-1] < 0.5 * losses[0]
     sys.modules.pop("mycells", None)
+
+
+@pytest.mark.parametrize("cell", ["indrnn", "mgu"])
+def test_state_jacobian_from_the_step_backward_is_torchs(cell, tmp_path, monkeypatch):
+    """Per-step state Jacobians for any step-function cell, from its own step backward, against
+    torch.autograd.functional.jacobian of its twin step (and, for IndRNN, the closed form diag(u ⊙ σ'(a)))."""
+    import torch
+
+    if cell == "mgu":
+        monkeypatch.syspath_prepend(str(_outside(tmp_path)))
+        cls = resolve("mycells:MGU")
+    else:
+        cls = cell_spec(cell).model_class()
+    rng = np.random.default_rng(7)
+    model = cls(3, 5, num_layers=2, bidirectional=True, dtype=np.float64, seed=1)
+    step = cell_spec(cls).twin_function()
+    x_t, h = rng.standard_normal((4, 10)), rng.standard_normal((4, 5))  # layer 1 reads 2·5 inputs
+    jac = model.state_jacobian(x_t, h, layer=1, d=1)
+    p = {k: torch.tensor(v) for k, v in model._layer_params(1, 1).items()}
+    for b in range(4):
+        ref = torch.autograd.functional.jacobian(
+            lambda hb: step(model, torch.tensor(x_t[b:b + 1]), (hb[None],), p)[0][0], torch.tensor(h[b]))
+        np.testing.assert_allclose(jac[b], ref.numpy(), rtol=1e-12, atol=1e-14)
+    if cell == "indrnn":
+        a = x_t @ model.weight_ih_l1_reverse.T + model.weight_hh_l1_reverse * h + model.bias_ih_l1_reverse \
+            + model.bias_hh_l1_reverse
+        np.testing.assert_allclose(jac, np.stack([np.diag(r) for r in model.weight_hh_l1_reverse * (a > 0)]),
+                                   rtol=1e-15)
+    sys.modules.pop("mycells", None)

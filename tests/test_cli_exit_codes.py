@@ -44,7 +44,7 @@ CASES = [
     row("crosscheck --json under a file", CROSSCHECK, ["--cases", "2", "--json", "{file}/x.json"], 2, "--json"),
     row("crosscheck --cases 2", CROSSCHECK, ["--cases", "2", "--json", "{tmp}/cc.json"], 0, "agree with both"),
     row("crosscheck --cell all --cases 2", CROSSCHECK, ["--cell", "all", "--cases", "2"], 0, ["LSTM:", "GRU:", "c_n"]),
-    row("crosscheck --cell bogus", CROSSCHECK, ["--cell", "bogus"], 2, ["--cell", "invalid choice"]),
+    row("crosscheck --cell bogus", CROSSCHECK, ["--cell", "bogus"], 2, ["--cell", "bogus", "'rnn'", "module:Class"]),
     # experiments.gradients
     row("gradients unknown experiment", GRADIENTS, ["nope"], 2, "invalid choice"),
     row("pathological --workers 0", GRADIENTS, ["pathological", "--workers", "0"], 2, ["--workers", "got 0"]),
@@ -139,7 +139,7 @@ def test_unreachable_scheduler_fails_fast_naming_the_address(capsys):
 def test_crosscheck_mismatch_stays_exit_1(monkeypatch, capsys):
     from reference import crosscheck
 
-    monkeypatch.setattr(crosscheck, "check_case", lambda case: ({"output": 1.0}, {}))
+    monkeypatch.setattr(crosscheck, "check_case", lambda case, twin=None: ({"output": 1.0}, {}))
     assert crosscheck.main(["--cases", "1"]) == 1
     assert "MISMATCH" in capsys.readouterr().err
 

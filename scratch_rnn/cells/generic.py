@@ -43,10 +43,15 @@ class StepCell(RecurrentBase):
     """
 
     NAME = "StepCell"
+    ABSTRACT = True      # a base, not a cell (a subclass that is a cell is not abstract)
     OPTIONS: dict = {}
     TWIN: str | None = None
 
     # ------------------------------------------------------------------ what a cell writes
+    def __init_subclass__(cls, **kwargs):
+        super().__init_subclass__(**kwargs)
+        cls.ABSTRACT = cls.__dict__.get("ABSTRACT", False)
+
     def param_shapes(self, layer_input_size: int) -> dict:  # pragma: no cover - the cell's job
         raise NotImplementedError
 
@@ -137,6 +142,31 @@ class StepCell(RecurrentBase):
             for kind, g in d_params.items():
                 grads[kind] += g
         return dx, tuple(d_states), grads
+
+    def state_jacobian(self, x_t, states, layer: int = 0, d: int = 0) -> np.ndarray:
+        """∂(new states)/∂(states) of one step, from the cell's own step backward: (B, S, S), S the sizes of the
+        states concatenated in STATES order (H for a one-state cell), row i = ∂new_i/∂(every previous state).
+
+        x_t (B, I_layer); states a tuple of (B, ·) arrays (or one array for a one-state cell). One step backward
+        per state unit, with that unit's cotangent set to 1: what the per-step gradient factor of any cell is
+        measured with (for the Elman cell it is diag(f'(a_t)) W_hh, for IndRNN diag(u ⊙ σ'(a_t))).
+        """
+        states = tuple(np.asarray(s, dtype=self.dtype) for s in (states if isinstance(states, tuple) else (states,)))
+        x_t = np.asarray(x_t, dtype=self.dtype)
+        p = self._layer_params(layer, d)
+        _, cache = self.step_forward(x_t, tuple(s.copy() for s in states), p)
+        sizes = [s.shape[1] for s in states]
+        B, S = x_t.shape[0], sum(sizes)
+        jac = np.empty((B, S, S), dtype=self.dtype)
+        i = 0
+        for k, size in enumerate(sizes):
+            for j in range(size):
+                cot = tuple(np.zeros_like(s) for s in states)
+                cot[k][:, j] = 1.0
+                _, d_prev, _ = self.step_backward(cot, cache, p)
+                jac[:, i] = np.concatenate(d_prev, axis=1)
+                i += 1
+        return jac
 
     def kink_pattern(self) -> tuple:
         """Where the last forward's steps sat relative to their kinks (empty for a smooth cell)."""
