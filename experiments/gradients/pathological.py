@@ -45,10 +45,15 @@ from .tasks import TASKS, make_batch, sample_errors
 METHODS = ("sgd", "sgd_clip", "irnn")  # the protocols of part one
 # The methods of part two: SGD-CR (Pascanu et al.'s clipping plus the soft constraint Ω) and the gated cells,
 # trained with sgd_clip's optimizer and clipping.
-# sgd_cr_paper: SGD-CR with the paper's form of Ω (the exact gradient through every parameter) in place of the code's.
-ALL_METHODS = ("sgd", "sgd_clip", "sgd_cr", "sgd_cr_paper", "irnn", "lstm", "gru")
-CLIPPED = ("sgd_clip", "sgd_cr", "sgd_cr_paper", "irnn", "lstm", "gru")
-CR_METHODS = {"sgd_cr": "code", "sgd_cr_paper": "paper"}  # method -> the form of Ω its step adds
+# sgd_cr_exact: SGD-CR with the exact gradient of Ω into every parameter (form="exact", summed over steps: at init its
+# α‖∇Ω‖ is 16-68× the code form's at lengths 50-200, docs/gradients.md) in place of the code's form (= the paper's
+# eq. 10 up to α). Called sgd_cr_paper in part two's tables.
+ALL_METHODS = ("sgd", "sgd_clip", "sgd_cr", "sgd_cr_exact", "irnn", "lstm", "gru")
+CLIPPED = ("sgd_clip", "sgd_cr", "sgd_cr_exact", "irnn", "lstm", "gru")
+CR_METHODS = {"sgd_cr": "code", "sgd_cr_exact": "exact"}  # method -> the form of Ω its step adds
+# Methods whose step is their code's (SGDCRTrainer): 'rescale' clipping with the fallback step past 1e10 / NaN / inf
+# (pascanur/trainingRNNs RNN.py l. 224-243); sgd_clip is the same step with α = 0.
+FALLBACK_METHODS = ("sgd_clip",) + tuple(CR_METHODS)
 CR_ALPHA = 2.0          # their default weight of Ω
 CR_FALLBACK_NORM = 1e10  # above it (or NaN/inf) their step is 0.02·W_hh on W_hh and nothing elsewhere
 BASELINE_ERROR = {"adding": 0.36, "temporal_order": 0.75}  # constant prediction / chance
@@ -96,11 +101,11 @@ PROTOCOLS = {
     # samples wrong) behind the free screen; the cap is what fits 2 hours on 2 cores (docs/gradients.md).
     "budget": Protocol("budget", ("adding", "temporal_order"), (50, 100, 150, 200), ALL_METHODS, (0, 1, 2),
                        max_iters=BUDGET_ITERS, check_every=20, eval_samples=10_000, screen=True,
-                       track_every=500, track_samples=1000, eval_chunk=250, only=(("sgd_cr_paper", (50,)),)),
+                       track_every=500, track_samples=1000, eval_chunk=250, only=(("sgd_cr_exact", (50,)),)),
     # its CI form: the same code and checks, two lengths, one seed, 40 iterations
     "budget-quick": Protocol("budget-quick", ("adding", "temporal_order"), (50, 100), ALL_METHODS, (0,),
                              max_iters=40, check_every=20, eval_samples=10_000, screen=True, track_every=20,
-                             track_samples=200, eval_chunk=250, only=(("sgd_cr_paper", (50,)),)),
+                             track_samples=200, eval_chunk=250, only=(("sgd_cr_exact", (50,)),)),
 }
 
 
@@ -193,17 +198,21 @@ class Screen:
 
 class SGDCRTrainer(Trainer):
     """SGD-CR as pascanur/trainingRNNs RNN.py runs it: the one step the Trainer takes is changed in its
-    gradient, nothing else (the loop, evaluation and stopping are the Trainer's).
+    gradient, nothing else (the loop, evaluation and stopping are the Trainer's). With ``alpha=0`` it is their
+    clipped SGD (method ``sgd_clip``): the same clipping and fallback, no Ω.
 
-    After backward, α times the gradient of Ω (``pascanu_omega``; the code's form reaches W_hh only, the paper's
-    form, method ``sgd_cr_paper``, every parameter) is added to the gradients; the norm of all gradients (Ω included) is recorded; when it is NaN, inf or above 1e10 the
-    step becomes 0.02·W_hh on W_hh and 0 elsewhere (their fallback), else it is rescaled to ``clip`` when larger
-    (c·g/‖g‖, their 'rescale' clipping, without torch's 1e-6).
+    After backward, α times the gradient of Ω (``pascanu_omega``; the code's form reaches W_hh only, the exact
+    form, method ``sgd_cr_exact``, every parameter) is added to the gradients (RNN.py l. 216-217); the norm of all
+    gradients (Ω included) is recorded (l. 219-223); when it is NaN, inf or above 1e10 the step becomes 0.02·W_hh on
+    W_hh and 0 elsewhere (their fallback, l. 231-243: "we can not even trust the numbers we get"), else it is
+    rescaled to ``clip`` when larger (c·g/‖g‖, their 'rescale' clipping, l. 224-230, without torch's 1e-6).
+    Line numbers: RNN.py of github.com/pascanur/trainingRNNs, commit 3f5df3f.
     """
 
-    def __init__(self, model, config, *, clip: float, alpha: float = CR_ALPHA, omega_form: str = "code", **hooks):
+    def __init__(self, model, config, *, clip: float, alpha: float = CR_ALPHA, omega_form: str = "code",
+                 omega_steps: str | None = None, **hooks):
         super().__init__(model, config, **hooks)
-        self.clip, self.alpha, self.omega_form = clip, alpha, omega_form
+        self.clip, self.alpha, self.omega_form, self.omega_steps = clip, alpha, omega_form, omega_steps
         self.omegas = []
 
     def _measure_and_clip(self) -> float:
@@ -215,9 +224,9 @@ class SGDCRTrainer(Trainer):
         norm = None
         if self.alpha:
             try:
-                omega, og = pascanu_omega(self.model.rnn, form=self.omega_form)
+                omega, og = pascanu_omega(self.model.rnn, form=self.omega_form, steps=self.omega_steps)
                 self.omegas.append(omega)
-                for name, g in og.items():  # the code form's is zero but in W_hh; the paper form's reaches all
+                for name, g in og.items():  # the code form's is zero but in W_hh; the exact form's reaches all
                     grads[f"rnn.{name}"] += self.alpha * g
             except FloatingPointError:  # Ω overflowed: their code's norm would be NaN, so the fallback
                 norm = float("inf")
@@ -246,7 +255,7 @@ def trial_trainer(spec: dict, model: SequenceModel, eval_rng: np.random.Generato
     method = spec["method"]
     clip = spec["clip"] if method in CLIPPED else None
     cfg = TrainConfig(optimizer="sgd", optimizer_kwargs={"lr": spec["lr"]},
-                      clip_norm=None if method in CR_METHODS else clip,
+                      clip_norm=None if method in FALLBACK_METHODS else clip,
                       epochs=-(-spec["max_iters"] // spec["check_every"]), max_steps=spec["max_iters"],
                       divergence_factor=None, progress=False)
     chunk = spec.get("eval_chunk", 1000)
@@ -283,7 +292,10 @@ def trial_trainer(spec: dict, model: SequenceModel, eval_rng: np.random.Generato
         hooks = dict(evaluate=evaluate_trial, stop_when=lambda row: row["error"] == 0.0)
     if method in CR_METHODS:
         return SGDCRTrainer(model, cfg, clip=clip, alpha=spec.get("alpha", CR_ALPHA),
-                            omega_form=spec.get("omega_form", CR_METHODS[method]), **hooks)
+                            omega_form=spec.get("omega_form", CR_METHODS[method]),
+                            omega_steps=spec.get("omega_steps"), **hooks)
+    if method in FALLBACK_METHODS:  # sgd_clip: their clipped step with its fallback, no Ω
+        return SGDCRTrainer(model, cfg, clip=clip, alpha=0.0, **hooks)
     return Trainer(model, cfg, **hooks)
 
 
@@ -328,7 +340,7 @@ def _run_trial(spec: dict) -> dict:
 
 # Relative cost of one iteration per method at a given length (measured, docs/gradients.md): the screened grid
 # hands out its dearest trials first, so that no long trial starts last while the other worker idles.
-COST = {"sgd": 1.0, "sgd_clip": 1.0, "irnn": 1.0, "sgd_cr": 2.5, "sgd_cr_paper": 3.0, "lstm": 7.5, "gru": 6.5}
+COST = {"sgd": 1.0, "sgd_clip": 1.0, "irnn": 1.0, "sgd_cr": 2.5, "sgd_cr_exact": 3.0, "lstm": 7.5, "gru": 6.5}
 
 
 def specs_for(p: Protocol, tasks=None) -> list[dict]:
