@@ -96,7 +96,7 @@ STEPS = ("sum", "mean")
 CODE_BOUND = 1e-20
 # The first transition t (J_t = ∂h_t/∂h_{t-1}, 0-based, h_{-1} = h0) each form counts.
 FIRST_TRANSITION = {"exact": 1, "code": 0}
-# The name the exact form had until part three of the gradient study: refused, because the paper's eq. 10 is the code form.
+# The exact form's name until part three of the gradient study: refused (the paper's eq. 10 is the code form).
 AMBIGUOUS_FORM = ("form: \"paper\" is ambiguous: the paper's eq. 10 (Pascanu et al. 2013) is form=\"code\" up to the "
                   "weight α (the direct derivative through W_hh, squared norms, as in their code); the exact gradient "
                   "of Ω into every parameter, formerly called \"paper\", is form=\"exact\"")
