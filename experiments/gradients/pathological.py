@@ -3,7 +3,8 @@ the temporal order problem, success rate against sequence length for three metho
 
 - ``sgd``: tanh RNN, their "smart tanh" init (W_hh Gaussian with 15 non-zeros per row rescaled to
   spectral radius 0.95; W_ih and the readout N(0, 0.01²); zero biases), plain SGD;
-- ``sgd_clip``: the same with the global gradient norm rescaled to 1 when larger (their c = 1);
+- ``sgd_clip``: the same with the global gradient norm rescaled to 1 when larger (their c = 1), and their fallback
+  step 0.02·W_hh when the norm is NaN, inf or above 1e10 (:class:`SGDCRTrainer` with α = 0);
 - ``irnn``: Le, Jaitly & Hinton (2015): relu RNN, W_hh = I, zero biases, W_ih N(0, 0.001²), SGD with
   the same clipping.
 
