@@ -3,7 +3,7 @@
 An independent unroll: the weights are copied from ``model.state_dict()``, the RNN is run step by step in torch
 (nothing here calls ``torch.nn.RNN`` or the scratch code), δ_t = dL/dh_t is taken by autograd from the same
 cotangents the scratch backward was given (L = Σ_t ⟨grad_output_t, h_t⟩ + ⟨grad_h_n, h_n⟩), then held
-constant (``detach``) as the definition requires, and Ω is differentiated by autograd. The paper form takes
+constant (``detach``) as the definition requires, and Ω is differentiated by autograd. The exact form takes
 δ_t J_t as autograd's vector-Jacobian product of h_t w.r.t. h_{t-1} (double backward finds the f'' path); the
 code form writes it as the authors do, (δ_t ⊙ f'(a_t)) W_hh with f'(a_t) from the pre-activation (1 - tanh²(a),
 [a > 0]), the states detached. Returned under the scratch names:
@@ -25,9 +25,12 @@ def _time_major(model, a):
     return a.transpose(1, 0, 2) if model.batch_first else a
 
 
-def omega_twin(model, x, h0=None, grad_output=None, grad_h_n=None, *, form="paper", detach_delta=True,
+def omega_twin(model, x, h0=None, grad_output=None, grad_h_n=None, *, form="exact", steps=None, detach_delta=True,
                detach_states=True) -> dict:
-    """Ω of ``form`` ("paper" or "code") and its gradient for ``model``'s weights on input ``x``.
+    """Ω of ``form`` ("exact" or "code") and its gradient for ``model``'s weights on input ``x``.
+
+    steps: "sum" (Σ over steps of the batch mean) or "mean" (the mean over the terms that count); default the
+    form's own (exact: "sum", code: "mean").
 
     model: a single-layer unidirectional scratch RNN (only its weights and flags are read); x, h0,
     grad_output, grad_h_n: what its forward and backward were given, in its layout (None: zero).
@@ -60,9 +63,12 @@ def omega_twin(model, x, h0=None, grad_output=None, grad_h_n=None, *, form="pape
         delta = [d.detach() for d in delta]
 
     terms, counted = [], []
-    first = 1 if form == "paper" else 0
+    if form not in ("exact", "code"):
+        raise ValueError(f"form: expected 'exact' or 'code', got {form!r}")
+    steps = steps or ("sum" if form == "exact" else "mean")
+    first = 1 if form == "exact" else 0
     for t in range(first, T):
-        if form == "paper":
+        if form == "exact":
             # δ_t J_t = δ_t ∂h_t/∂h_{t-1} as a vector-Jacobian product through the unroll itself, kept in the
             # graph (create_graph): its dependence on W_hh and, through f'(a_t), on everything upstream of
             # a_t is autograd's, not a formula's
@@ -71,6 +77,7 @@ def omega_twin(model, x, h0=None, grad_output=None, grad_h_n=None, *, form="pape
             keep = nd != 0
             r = torch.linalg.vector_norm(v, dim=1) / torch.where(keep, nd, torch.ones_like(nd))
             terms.append(torch.where(keep, (r - 1) ** 2, torch.zeros_like(r)))
+            counted.append(keep.to(torch.float64))
         else:  # the authors' expression (RNN.py l. 194-209), the states held constant unless asked
             a = pre[t].detach() if detach_states else pre[t]
             slope = 1 - torch.tanh(a) ** 2 if model.nonlinearity == "tanh" else (a > 0).to(torch.float64)
@@ -83,11 +90,11 @@ def omega_twin(model, x, h0=None, grad_output=None, grad_h_n=None, *, form="pape
 
     if not terms:
         omega = torch.zeros((), dtype=torch.float64)
-    elif form == "paper":
+    elif steps == "sum":  # every sequence counts in B, a term that does not count adds 0
         omega = torch.stack(terms).sum() / B
-    else:
-        n = torch.stack(counted).mean(1).sum()
-        omega = (torch.stack(terms).mean(1).sum() / n if n > 0 else torch.zeros((), dtype=torch.float64))
+    else:  # the mean over the terms that count
+        n = torch.stack(counted).sum()
+        omega = (torch.stack(terms).sum() / n if n > 0 else torch.zeros((), dtype=torch.float64))
     names = list(p)
     if omega.requires_grad:
         g = torch.autograd.grad(omega, [p[k] for k in names], allow_unused=True, materialize_grads=True)

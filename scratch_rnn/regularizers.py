@@ -9,17 +9,23 @@ Notation (:mod:`scratch_rnn.functional`'s, steps 0-based): for one layer and one
 with W_hh = ``weight_hh_l0`` as stored (torch's orientation). δ is held constant throughout: Ω is a function
 of the parameters through W_hh and through s_t = f'(a_t) only, and no gradient flows through δ.
 
-**form="paper"** (the default; the paper's section 3.3): the ratio of norms, over the transitions between
-computed states, t = 1 … T-1 (J_0, the step out of h0, is not a term, whether or not h0 was given):
+**form="exact"** (the default): Ω as the paper's section 3.3 defines it, a ratio of norms, over the transitions
+between computed states, t = 1 … T-1 (J_0, the step out of h0, is not a term, whether or not h0 was given), and
+the exact gradient of that Ω into every parameter (through W_hh and, via f'', through every weight and bias). That
+gradient is neither the paper's nor the code's: the paper's eq. 10 keeps only the direct derivative through W_rec,
+with squared norms, which is **form="code"** up to the weight α. (This form was called "paper" until part three
+of the gradient study; ``form="paper"`` now raises ValueError, pointing to both.)
 
     r_{b,t} = ‖v_{b,t}‖₂ / ‖δ_{b,t}‖₂
-    Ω = (1/B) Σ_b Σ_{t=1}^{T-1} (r_{b,t} - 1)²
+    Ω = (1/B) Σ_b Σ_{t=1}^{T-1} (r_{b,t} - 1)²                      steps="sum" (this form's own)
+    Ω = Σ_b Σ_{t=1}^{T-1} (r_{b,t} - 1)² / n                        steps="mean": n = the number of terms
 
-A term is skipped iff δ_{b,t} = 0 exactly (its sequence still counts in B; there is no division by T-1).
+A term is skipped iff δ_{b,t} = 0 exactly (its sequence still counts in B; with steps="sum" there is no division by
+T-1, and n counts the terms not skipped).
 If δ_{b,t} ≠ 0 but v_{b,t} = 0 (relu with every unit off at step t), the term is (0 - 1)² = 1 and its
 gradient is 0. Its gradient, through every path (shapes (T, B, H) unless stated):
 
-    ∂Ω/∂v_t  = (2/B)(r_t - 1) v_t / (‖v_t‖ ‖δ_t‖)      0 where the term is skipped or v_t = 0
+    ∂Ω/∂v_t  = (2/B)(r_t - 1) v_t / (‖v_t‖ ‖δ_t‖)      0 where the term is skipped or v_t = 0 (steps="mean": 2/n)
     dW_hh    = Σ_t (δ_t ⊙ s_t)ᵀ ∂Ω/∂v_t                the direct factor W_hh of J_t      (H, H)
     ∂Ω/∂s_t  = δ_t ⊙ (∂Ω/∂v_t W_hhᵀ)
     e_t      = ∂Ω/∂s_t ⊙ f''(a_t)                       what Ω puts on a_t: f'' = -2h(1-h²) (tanh), 0 (relu)
@@ -53,16 +59,19 @@ So, with q_{b,t} = ‖v_{b,t}‖² / ‖δ_{b,t}‖² and c_{b,t} = [‖δ_{b,t}
     Ω = Σ_t mean_b(term_{·,t}) / Σ_t mean_b(c_{·,t})
     dΩ/dW_hh = Σ_{b,t} (δ_{b,t} ⊙ s_{b,t})ᵀ ∂Ω/∂v_{b,t},  ∂Ω/∂v = 4 (q - 1) v / (‖δ‖² Σ_{b,t} c);  0 for the rest
 
+This is steps="mean" (the code's own: the mean over the counted terms, whatever T); steps="sum" gives
+Σ_{b,t} term_{b,t} / B instead, the exact form's normalisation, so that the two forms can be compared at one scale.
+
 Where this differs from the code, deliberately: relu (which the code does not have) takes s_t = [h_t > 0], as
-the paper form does; when no term counts (Σ c = 0) Ω is 0 with zero gradients, where the code divides 0 by 0;
+the exact form does; when no term counts (Σ c = 0) Ω is 0 with zero gradients, where the code divides 0 by 0;
 the ratio of a term that does not count is never formed (the code forms tmp_x/tmp_y also where ``switch``
 discards it: 0/0 when δ = 0, which may put NaN into Theano's gradient); the threshold is compared in float64
 (the code: floatX); h0 may be given (the code's is always zero; its first term counts either way).
 
-API: ``value, grads = pascanu_omega(rnn, x, form="paper")`` right after ``rnn(x, h0)`` and
+API: ``value, grads = pascanu_omega(rnn, x, form="code")`` right after ``rnn(x, h0)`` and
 ``rnn.backward(...)`` (before any parameter update), for a single-layer, unidirectional :class:`RNN`, tanh or
 relu, with or without bias, time-major or ``batch_first``, float32 or float64, h0 given or not. ``x`` is that
-forward's input, in the RNN's layout; the paper form needs it (the gradient reaches W_ih through x_t), the code
+forward's input, in the RNN's layout; the exact form needs it (the gradient reaches W_ih through x_t), the code
 form does not (it is then checked if given). The states and δ are read from ``rnn.states`` and
 ``rnn.hidden_grads``; nothing in the RNN is changed. Given x, the states are first checked to be those of x under
 the current parameters (recomputed in one pass from the stored h_{t-1}, to a rounding bound), which catches a
@@ -77,29 +86,41 @@ import numpy as np
 from . import functional as F
 from .checks import as_float_array, check_choice, check_shape
 
-__all__ = ["pascanu_omega", "FORMS", "CODE_BOUND", "FIRST_TRANSITION"]
+__all__ = ["pascanu_omega", "FORMS", "STEPS", "CODE_BOUND", "FIRST_TRANSITION"]
 
-FORMS = ("paper", "code")
+FORMS = ("exact", "code")
+# How each form combines its terms over the steps, unless ``steps`` says otherwise.
+OWN_STEPS = {"exact": "sum", "code": "mean"}
+STEPS = ("sum", "mean")
 # The authors' threshold on ‖δ‖² below which a term does not count (RNN.py l. 67, state['bound']).
 CODE_BOUND = 1e-20
 # The first transition t (J_t = ∂h_t/∂h_{t-1}, 0-based, h_{-1} = h0) each form counts.
-FIRST_TRANSITION = {"paper": 1, "code": 0}
+FIRST_TRANSITION = {"exact": 1, "code": 0}
+# The exact form's name until part three of the gradient study: refused (the paper's eq. 10 is the code form).
+AMBIGUOUS_FORM = ("form: \"paper\" is ambiguous: the paper's eq. 10 (Pascanu et al. 2013) is form=\"code\" up to the "
+                  "weight α (the direct derivative through W_hh, squared norms, as in their code); the exact gradient "
+                  "of Ω into every parameter, formerly called \"paper\", is form=\"exact\"")
 
 
-def pascanu_omega(rnn, x=None, *, form: str = "paper") -> tuple[float, OrderedDict]:
+def pascanu_omega(rnn, x=None, *, form: str = "exact", steps: str | None = None) -> tuple[float, OrderedDict]:
     """Ω of the last forward and backward of ``rnn`` and dΩ/dθ with δ = ``rnn.hidden_grads`` held constant.
 
     rnn: a single-layer, unidirectional :class:`~scratch_rnn.RNN` after ``forward`` and ``backward`` (no
     ``lengths``, batched input); x: optional, that forward's input in the caller's layout, (T, B, I) or
     (B, T, I) with ``batch_first`` (default: the input the RNN kept, ``rnn.last_forward.input``; given, it is
-    checked to be the one the states were computed from); form: "paper" or "code" (module docstring).
+    checked to be the one the states were computed from); form: "exact" or "code" (module docstring; "paper",
+    the exact form's old name, raises ValueError); steps: "sum" (the sum over steps of the batch mean) or "mean"
+    (the mean over the counted terms), default the form's own (exact: "sum", code: "mean").
     Returns (Ω as a float, grads): grads has exactly the keys of ``rnn.state_dict()``, each array shaped
     like its parameter, in the RNN's dtype. Changes nothing in ``rnn``.
     Raises ValueError naming the argument for what is not supported (num_layers > 1, bidirectional,
     unbatched x, a forward with lengths, a wrong x), RuntimeError without a backward, TypeError for a cell
     other than the Elman RNN, FloatingPointError if Ω or its gradient is not finite.
     """
+    if form == "paper":
+        raise ValueError(AMBIGUOUS_FORM)
     form = check_choice("form", form, FORMS)
+    steps = OWN_STEPS[form] if steps is None else check_choice("steps", steps, STEPS)
     hs, delta = _last_pass(rnn)                       # (T+1, B, H), (T, B, H)
     params = rnn.parameters()
     record = rnn.last_forward
@@ -122,14 +143,17 @@ def pascanu_omega(rnn, x=None, *, form: str = "paper") -> tuple[float, OrderedDi
     v = (u.reshape(T * B, H) @ w_hh).reshape(T, B, H)              # δ_t J_t
     first = FIRST_TRANSITION[form]
     with np.errstate(over="ignore", invalid="ignore"):             # reported below as non-finite
-        if form == "paper":
-            value, dv = _paper_terms(d_hat, v, first, B)
+        if form == "exact":
+            value, dv, n_terms = _exact_terms(d_hat, v, first, B)
         else:
-            value, dv = _code_terms(delta, d_hat, v, first)
+            value, dv, n_terms = _code_terms(delta, d_hat, v, first)
+        if steps != OWN_STEPS[form] and n_terms:                   # the other normalisation: Ω and dΩ scale alike
+            factor = B / n_terms if steps == "mean" else n_terms / B
+            value, dv = value * factor, dv * factor
 
         grads = OrderedDict((name, np.zeros_like(p)) for name, p in params.items())
         grads["weight_hh_l0"] += u.reshape(T * B, H).T @ dv.reshape(T * B, H)   # the direct factor W_hh
-        if form == "paper":
+        if form == "exact":
             d_slopes = d_hat * (dv.reshape(T * B, H) @ w_hh.T).reshape(T, B, H)  # ∂Ω/∂s_t
             e = d_slopes * _slope_derivative(hs[1:], rnn.nonlinearity)             # ∂Ω/∂a_t, direct
             eps = _through_recurrence(e, slopes, w_hh)                             # total dΩ/da_t
@@ -149,10 +173,10 @@ def pascanu_omega(rnn, x=None, *, form: str = "paper") -> tuple[float, OrderedDi
 # --------------------------------------------------------------------------------------------
 # The terms of each form: Ω and ∂Ω/∂v_t
 # --------------------------------------------------------------------------------------------
-def _paper_terms(d_hat: np.ndarray, v: np.ndarray, first: int, B: int):
-    """The paper's Ω from δ̂ (T, B, H) and v = δ̂ J (T, B, H), terms from step ``first`` on.
+def _exact_terms(d_hat: np.ndarray, v: np.ndarray, first: int, B: int):
+    """The exact form's Ω (steps="sum") from δ̂ (T, B, H) and v = δ̂ J (T, B, H), terms from step ``first`` on.
 
-    Returns (Ω, ∂Ω/∂v (T, B, H)).
+    Returns (Ω, ∂Ω/∂v (T, B, H), the number of terms).
     """
     nd = np.linalg.norm(d_hat, axis=-1)        # ‖δ̂_t‖ (T, B): 0 iff δ_t = 0, else in [1, √H]
     nv = np.linalg.norm(v, axis=-1)            # ‖δ̂_t J_t‖ (T, B)
@@ -163,13 +187,13 @@ def _paper_terms(d_hat: np.ndarray, v: np.ndarray, first: int, B: int):
     # d(r-1)²/dv = 2(r-1) v/(‖v‖‖δ‖); ‖v‖ = 0 (relu, every unit off): the term is 1 and its gradient 0
     live = active & (nv > 0)
     coef = np.where(live, 2 * (r - 1) / (B * np.where(live, nv * nd, 1)), 0)
-    return value, coef[..., None] * v
+    return value, coef[..., None] * v, int(active.sum())
 
 
 def _code_terms(delta: np.ndarray, d_hat: np.ndarray, v: np.ndarray, first: int):
     """The authors' Ω (RNN.py l. 203-209) from δ (T, B, H), δ̂ and v = δ̂ J, terms from step ``first`` on.
 
-    Returns (Ω, ∂Ω/∂v (T, B, H)).
+    Returns (Ω, ∂Ω/∂v (T, B, H), the number of counted terms).
     """
     scale = np.abs(delta).max(axis=-1).astype(np.float64)     # max|δ_t| (T, B)
     den = np.sum(d_hat * d_hat, axis=-1)                       # ‖δ̂_t‖² (T, B)
@@ -178,14 +202,14 @@ def _code_terms(delta: np.ndarray, d_hat: np.ndarray, v: np.ndarray, first: int)
     counted[:first] = False
     n_counted = int(counted.sum())
     if n_counted == 0:                                         # the code's 0/0: Ω = 0 here
-        return 0.0, np.zeros_like(v)
+        return 0.0, np.zeros_like(v), 0
     q = num / np.where(counted, den, 1)                        # ‖δJ‖²/‖δ‖², the code's tmp_x/tmp_y
     term = np.where(counted, (q - 1) ** 2, 0)                  # a term that does not count: (1 - 1)² = 0
     T, B = counted.shape
     value = term.mean(axis=1).sum() / float(counted.mean(axis=1).sum())   # l. 209
     # dΩ/dterm = 1 / Σc (the B of mean_b cancels); dq/dv = 2v/‖δ‖²
     coef = np.where(counted, 4 * (q - 1) / (n_counted * np.where(counted, den, 1)), 0)
-    return value, coef[..., None] * v
+    return value, coef[..., None] * v, n_counted
 
 
 # --------------------------------------------------------------------------------------------

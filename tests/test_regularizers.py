@@ -84,10 +84,10 @@ def twin(case: Case, form: str, **kwargs) -> dict:
     return omega_twin(case.rnn, case.x, case.h0, case.grad_output, case.grad_h_n, form=form, **kwargs)
 
 
-def check_against(case: Case, form: str, ref: dict, dtype=None) -> None:
+def check_against(case: Case, form: str, ref: dict, dtype=None, steps=None) -> None:
     """pascanu_omega's Ω and gradients against ``ref`` (a twin's result); raises AssertionError."""
-    value, grads = pascanu_omega(case.rnn, case.x, form=form)
-    config = dict(asdict(case.cfg), form=form)
+    value, grads = pascanu_omega(case.rnn, case.x, form=form, steps=steps)
+    config = dict(asdict(case.cfg), form=form, steps=steps)
     assert isinstance(value, float)
     assert_close(np.float64(value), np.float64(ref["omega"]), name=f"Ω ({form})", config=config, dtype=dtype)
     assert list(grads) == list(case.rnn.state_dict())
@@ -96,19 +96,19 @@ def check_against(case: Case, form: str, ref: dict, dtype=None) -> None:
         assert_close(grads[name], ref["grads"][name], name=f"dΩ/d{name} ({form})", config=config, dtype=dtype)
 
 
-def check_twin(case: Case, form: str, dtype=None) -> None:
-    ref = twin(case, form)
+def check_twin(case: Case, form: str, dtype=None, steps=None) -> None:
+    ref = twin(case, form, steps=steps)
     # the twin's δ (autograd, its own unroll) is the scratch backward's dL/dh_t
     assert_close(case.rnn.hidden_grads[0], ref["delta"], name="δ = dL/dh_t", config=asdict(case.cfg), dtype=dtype)
-    check_against(case, form, ref, dtype)
+    check_against(case, form, ref, dtype, steps=steps)
 
 
 # --------------------------------------------------------------------------------------------
 # Both forms against their torch twins
 # --------------------------------------------------------------------------------------------
 @given(cfg=configs())
-def test_paper_form_matches_twin(cfg):
-    check_twin(make_case(cfg), "paper")
+def test_exact_form_matches_twin(cfg):
+    check_twin(make_case(cfg), "exact")
 
 
 @given(cfg=configs())
@@ -116,8 +116,32 @@ def test_code_form_matches_twin(cfg):
     check_twin(make_case(cfg), "code")
 
 
+@given(cfg=configs(), form=st.sampled_from(["exact", "code"]))
+def test_the_other_normalisation_matches_twin(cfg, form):
+    """steps: each form at the other's normalisation (exact: the mean over its terms, as the code averages; code:
+    the sum over steps of the batch mean), against the twin's own sum or count of terms."""
+    check_twin(make_case(cfg), form, steps="mean" if form == "exact" else "sum")
+
+
+@pytest.mark.parametrize("form", ["exact", "code"])
+def test_steps_closed_form_relation(form):
+    """Ω(sum) · B = Ω(mean) · n, n the number of terms: T-1 per sequence for the exact form (δ ≠ 0 here), T for the
+    code form (every ‖δ‖² ≥ 1e-20 here); the form's own normalisation is its default."""
+    cfg = Config(9, 7, 3, 2, 4, "tanh", True, False, True, 1.0, "both")
+    case = make_case(cfg)
+    assert (np.sum(case.rnn.hidden_grads[0] ** 2, axis=-1) >= 1e-20).all()
+    n = cfg.B * (cfg.T - 1 if form == "exact" else cfg.T)
+    own = pascanu_omega(case.rnn, case.x, form=form)
+    total = pascanu_omega(case.rnn, case.x, form=form, steps="sum")
+    mean = pascanu_omega(case.rnn, case.x, form=form, steps="mean")
+    assert own[0] == (total if form == "exact" else mean)[0]
+    assert_close(np.float64(total[0] * cfg.B), np.float64(mean[0] * n), name="Ω sum·B vs mean·n")
+    for k in total[1]:
+        assert_close(total[1][k] * cfg.B, mean[1][k] * n, name=f"dΩ/d{k} sum·B vs mean·n")
+
+
 @pytest.mark.parametrize("T", [1, 2])
-@pytest.mark.parametrize("form", ["paper", "code"])
+@pytest.mark.parametrize("form", ["exact", "code"])
 @pytest.mark.parametrize("nonlinearity", ["tanh", "relu"])
 def test_short_sequences_match_twin(T, form, nonlinearity):
     for seed in range(4):  # every flag, both values
@@ -126,8 +150,8 @@ def test_short_sequences_match_twin(T, form, nonlinearity):
         check_twin(make_case(cfg), form)
 
 
-def test_one_step_paper_form_is_zero_code_form_is_not():
-    """T = 1: no transition between computed states (the paper form), the one out of h0 (the code form)."""
+def test_one_step_exact_form_is_zero_code_form_is_not():
+    """T = 1: no transition between computed states (the exact form), the one out of h0 (the code form)."""
     case = make_case(Config(3, 1, 2, 2, 3, "tanh", True, False, True, 1.0, "both"))
     value, grads = pascanu_omega(case.rnn, case.x)
     assert value == 0.0 and all(not g.any() for g in grads.values())
@@ -136,7 +160,7 @@ def test_one_step_paper_form_is_zero_code_form_is_not():
     assert not any(grads[k].any() for k in grads if k != "weight_hh_l0")
 
 
-@pytest.mark.parametrize("form", ["paper", "code"])
+@pytest.mark.parametrize("form", ["exact", "code"])
 def test_float32_against_the_float64_twin(form):
     for seed, nl in ((0, "tanh"), (1, "relu"), (2, "tanh")):
         cfg = Config(seed, 5, 3, 2, 4, nl, seed != 1, seed == 2, seed == 0, 0.8, "both")
@@ -165,7 +189,7 @@ def omega_at_current_parameters(case: Case):
 
 
 @given(cfg=configs(min_T=2, max_T=5))
-def test_paper_form_matches_finite_differences(cfg):
+def test_exact_form_matches_finite_differences(cfg):
     case = make_case(cfg)
     value, grads = pascanu_omega(case.rnn, case.x)
     if cfg.nonlinearity == "relu":  # a kink within reach of ε: no oracle there
@@ -200,11 +224,11 @@ def test_dead_relu_step_term_is_one_with_zero_gradient():
     value, grads = pascanu_omega(case.rnn, case.x)  # the one term: (‖0‖/‖δ‖ - 1)² = 1
     assert value == 1.0
     assert all(np.isfinite(g).all() and not g.any() for g in grads.values())
-    check_twin(case, "paper")
+    check_twin(case, "exact")
     check_twin(case, "code")  # (q_0 - 1)² and 1, averaged; the second's gradient is 0
 
 
-@pytest.mark.parametrize("form", ["paper", "code"])
+@pytest.mark.parametrize("form", ["exact", "code"])
 def test_dead_relu_step_in_a_longer_sequence_matches_twin(form):
     case = dead_relu_case(T=6, B=3, dead_step=3, seed=5)
     value, grads = pascanu_omega(case.rnn, case.x, form=form)
@@ -214,14 +238,14 @@ def test_dead_relu_step_in_a_longer_sequence_matches_twin(form):
 
 def test_delta_exactly_zero_for_a_whole_sequence():
     """A sequence with zero cotangent has δ = 0 everywhere: its terms are skipped, it still counts in B
-    (paper), and it is not counted at all (code: the mean over counted terms)."""
+    (exact), and it is not counted at all (code: the mean over counted terms)."""
     cfg = Config(11, 5, 3, 2, 4, "tanh", True, True, True, 1.0, "output")
     rng = np.random.default_rng(0)
     grad_output = np.zeros((3, 5, 4))
     grad_output[[0, 2], -1] = rng.normal(size=(2, 4))  # a loss on the last step only, none for sequence 1
     case = make_case(cfg, grad_output=grad_output)
     assert not case.rnn.hidden_grads[0, :, 1].any()
-    for form in ("paper", "code"):
+    for form in ("exact", "code"):
         check_twin(case, form)
     # the same model on sequences 0 and 2 alone
     keep = [0, 2]
@@ -230,9 +254,9 @@ def test_delta_exactly_zero_for_a_whole_sequence():
     sub.rnn.load_state_dict(case.rnn.state_dict())
     sub.rnn(sub.x, sub.h0)
     sub.rnn.backward(sub.grad_output)
-    paper, paper_sub = pascanu_omega(case.rnn, case.x)[0], pascanu_omega(sub.rnn, sub.x)[0]
-    assert paper > 0
-    assert_close(np.float64(3 * paper), np.float64(2 * paper_sub), name="B counts the all-skipped sequence")
+    exact, exact_sub = pascanu_omega(case.rnn, case.x)[0], pascanu_omega(sub.rnn, sub.x)[0]
+    assert exact > 0
+    assert_close(np.float64(3 * exact), np.float64(2 * exact_sub), name="B counts the all-skipped sequence")
     code, code_sub = pascanu_omega(case.rnn, form="code")[0], pascanu_omega(sub.rnn, form="code")[0]
     assert_close(np.float64(code), np.float64(code_sub), name="the code form's mean over counted terms")
 
@@ -244,14 +268,14 @@ def test_delta_exactly_zero_from_some_step_on(nonlinearity):
     grad_output[3:] = 0  # no loss from step 3 on, none on h_n: δ_t = 0 for t >= 3
     case = make_case(cfg, grad_output=grad_output)
     assert not case.rnn.hidden_grads[0, 3:].any() and case.rnn.hidden_grads[0, 1:3].any()
-    for form in ("paper", "code"):
+    for form in ("exact", "code"):
         check_twin(case, form)
 
 
 def test_delta_zero_everywhere_gives_zero():
     cfg = Config(2, 4, 2, 2, 3, "tanh", True, False, False, 1.0, "output")
     case = make_case(cfg, grad_output=np.zeros((4, 2, 3)))
-    for form in ("paper", "code"):  # code: no term counts, Ω = 0 (where the authors' code divides 0 by 0)
+    for form in ("exact", "code"):  # code: no term counts, Ω = 0 (where the authors' code divides 0 by 0)
         value, grads = pascanu_omega(case.rnn, case.x, form=form)
         assert value == 0.0 and all(not g.any() for g in grads.values())
         check_twin(case, form)
@@ -266,12 +290,12 @@ def test_code_form_bound_counts_squared_norms_from_1e_minus_20():
     assert (np.sum(case.rnn.hidden_grads[0, :, 1] ** 2, axis=-1) < 1e-20).all()
     check_twin(case, "code")
     go_big = go.copy()
-    go_big[:, 1] *= 1e6  # ~1e-12: counts; the paper form, scale-free, is unchanged by the factor
+    go_big[:, 1] *= 1e6  # ~1e-12: counts; the exact form, scale-free, is unchanged by the factor
     big = make_case(cfg, grad_output=go_big)
     check_twin(big, "code")
     assert pascanu_omega(case.rnn, form="code")[0] != pascanu_omega(big.rnn, form="code")[0]
     assert_close(np.float64(pascanu_omega(case.rnn, case.x)[0]), np.float64(pascanu_omega(big.rnn, big.x)[0]),
-                 name="paper Ω is invariant to the scale of δ")
+                 name="exact Ω is invariant to the scale of δ")
 
 
 # --------------------------------------------------------------------------------------------
@@ -287,7 +311,7 @@ def test_rnn_is_unchanged(nonlinearity):
     hidden, hidden_id = rnn.hidden_grads.copy(), id(rnn.hidden_grads)
     states = rnn.states[0].copy()
     x = case.x.copy()
-    for form in ("paper", "code"):
+    for form in ("exact", "code"):
         _, grads = pascanu_omega(rnn, case.x, form=form)
         for g in grads.values():  # the result is the caller's: writing into it changes nothing in the RNN
             g[...] = 7.0
@@ -305,18 +329,18 @@ MUTANT_CFG = Config(21, 6, 3, 2, 4, "tanh", True, False, True, 1.0, "both")
 
 def test_mutation_without_the_f_second_path_fails(monkeypatch):
     case = make_case(MUTANT_CFG)
-    ref = twin(case, "paper")
-    check_against(case, "paper", ref)
+    ref = twin(case, "exact")
+    check_against(case, "exact", ref)
     monkeypatch.setattr(R, "_slope_derivative", lambda h, nonlinearity: np.zeros_like(h))
     with pytest.raises(AssertionError):
-        check_against(case, "paper", ref)
+        check_against(case, "exact", ref)
     with pytest.raises(AssertionError):  # finite differences see it too
         grads = pascanu_omega(case.rnn, case.x)[1]
         num = numerical_grad(lambda: omega_at_current_parameters(case), case.rnn.parameters()["weight_ih_l0"])
         assert_close(grads["weight_ih_l0"], num, name="dΩ/dweight_ih without f''", **FD_TOLERANCE)
 
 
-@pytest.mark.parametrize("form, wrong_first", [("paper", 0), ("code", 1)])
+@pytest.mark.parametrize("form, wrong_first", [("exact", 0), ("code", 1)])
 def test_mutation_of_the_first_transition_fails(monkeypatch, form, wrong_first):
     case = make_case(MUTANT_CFG)
     ref = twin(case, form)
@@ -326,7 +350,7 @@ def test_mutation_of_the_first_transition_fails(monkeypatch, form, wrong_first):
         check_against(case, form, ref)
 
 
-@pytest.mark.parametrize("form", ["paper", "code"])
+@pytest.mark.parametrize("form", ["exact", "code"])
 def test_delta_carrying_gradient_is_not_what_is_computed(form):
     case = make_case(MUTANT_CFG)
     check_against(case, form, twin(case, form))
@@ -344,7 +368,7 @@ def test_code_form_gradient_through_the_states_is_not_what_is_computed():
 def test_the_two_forms_differ():
     case = make_case(MUTANT_CFG)
     with pytest.raises(AssertionError):
-        check_against(case, "paper", twin(case, "code"))
+        check_against(case, "exact", twin(case, "code"))
 
 
 # --------------------------------------------------------------------------------------------
@@ -387,6 +411,10 @@ def test_bad_arguments_raise():
     rnn = run(RNN(2, 3, dtype=np.float64), X)
     with pytest.raises(ValueError, match="form: "):
         pascanu_omega(rnn, X, form="Paper")
+    with pytest.raises(ValueError, match='form: "paper" is ambiguous.*form="code".*form="exact"'):
+        pascanu_omega(rnn, X, form="paper")  # the exact form's old name: refused, pointing to both
+    with pytest.raises(ValueError, match="steps: expected one of \\['sum', 'mean'\\], got 'avg'"):
+        pascanu_omega(rnn, X, form="code", steps="avg")
     value, grads = pascanu_omega(rnn)  # the issue's call: x is the input the RNN kept
     value_x, grads_x = pascanu_omega(rnn, X)
     assert value == value_x and all(np.array_equal(grads[k], grads_x[k]) for k in grads)

@@ -45,6 +45,15 @@ def parser() -> argparse.ArgumentParser:
             s.add_argument("--scheduler", default=None,
                            help="a Dask scheduler address (tcp://host:port): run trials on that cluster")
             s.add_argument("--tasks", nargs="+", default=None, help="subset of tasks")
+            s.add_argument("--lengths", nargs="+", type=int, default=None,
+                           help="sequence lengths (>= 10) in place of the protocol's")
+            s.add_argument("--methods", nargs="+", default=None,
+                           help="methods in place of the protocol's (any of the study's; the protocol's "
+                                "per-method length limits are then off: exactly these trials run)")
+            s.add_argument("--max-iters", type=int, default=None, help="iteration cap in place of the protocol's")
+            s.add_argument("--num-seeds", type=int, default=None,
+                           help="run seeds SEED .. SEED+N-1 (SEED from --seed) in place of the protocol's seeds "
+                                "offset by --seed")
         if name == "flow":
             s.add_argument("--data", default=None, help="IMDB source (folder/CSV); default: the shared copy")
     return p
@@ -105,6 +114,25 @@ def check_args(args) -> None:
             if bad:
                 raise BadInput(f"--tasks: expected names among {sorted(TASKS)}, got {bad}")
             args.tasks = list(dict.fromkeys(args.tasks))  # a task named twice runs once
+        from .pathological import ALL_METHODS, MIN_LENGTH
+
+        if args.methods is not None:
+            bad = [m for m in args.methods if m not in ALL_METHODS]
+            if bad:
+                hint = (' ("sgd_cr_paper" is now "sgd_cr_exact": the exact gradient of Ω, not the paper\'s form)'
+                        if "sgd_cr_paper" in bad else "")
+                raise BadInput(f"--methods: expected names among {list(ALL_METHODS)}, got {bad}{hint}")
+            args.methods = list(dict.fromkeys(args.methods))
+        if args.lengths is not None:
+            bad = [n for n in args.lengths if n < MIN_LENGTH]
+            if bad:
+                raise BadInput(f"--lengths: expected integers >= {MIN_LENGTH} (the tasks place their markers in "
+                               f"tenths of the length), got {bad}")
+            args.lengths = list(dict.fromkeys(args.lengths))
+        for option, value in (("--max-iters", args.max_iters), ("--num-seeds", args.num_seeds)):
+            if value is not None:
+                with as_bad_input():
+                    check_positive_int(option, value)
         if args.scheduler is not None:
             check_scheduler(args.scheduler)
     if args.experiment == "flow":

@@ -3,7 +3,8 @@ the temporal order problem, success rate against sequence length for three metho
 
 - ``sgd``: tanh RNN, their "smart tanh" init (W_hh Gaussian with 15 non-zeros per row rescaled to
   spectral radius 0.95; W_ih and the readout N(0, 0.01²); zero biases), plain SGD;
-- ``sgd_clip``: the same with the global gradient norm rescaled to 1 when larger (their c = 1);
+- ``sgd_clip``: the same with the global gradient norm rescaled to 1 when larger (their c = 1), and their fallback
+  step 0.02·W_hh when the norm is NaN, inf or above 1e10 (:class:`SGDCRTrainer` with α = 0);
 - ``irnn``: Le, Jaitly & Hinton (2015): relu RNN, W_hh = I, zero biases, W_ih N(0, 0.001²), SGD with
   the same clipping.
 
@@ -38,21 +39,28 @@ from scratch_rnn import init
 from scratch_rnn.models import ModelConfig, SequenceModel
 from scratch_rnn.train import TrainConfig, Trainer, TrainingStopped
 
-from .common import markdown_table, result_dir, save_figure, write_csv, write_json, write_report
+from .common import (markdown_table, result_dir, save_figure, separation_chance, wilson_interval, write_csv,
+                     write_json, write_report)
 from .sweep import run_sweep
 from .tasks import TASKS, make_batch, sample_errors
 
 METHODS = ("sgd", "sgd_clip", "irnn")  # the protocols of part one
 # The methods of part two: SGD-CR (Pascanu et al.'s clipping plus the soft constraint Ω) and the gated cells,
 # trained with sgd_clip's optimizer and clipping.
-# sgd_cr_paper: SGD-CR with the paper's form of Ω (the exact gradient through every parameter) in place of the code's.
-ALL_METHODS = ("sgd", "sgd_clip", "sgd_cr", "sgd_cr_paper", "irnn", "lstm", "gru")
-CLIPPED = ("sgd_clip", "sgd_cr", "sgd_cr_paper", "irnn", "lstm", "gru")
-CR_METHODS = {"sgd_cr": "code", "sgd_cr_paper": "paper"}  # method -> the form of Ω its step adds
+# sgd_cr_exact: SGD-CR with the exact gradient of Ω into every parameter (form="exact", summed over steps: at init its
+# α‖∇Ω‖ is 16-68× the code form's at lengths 50-200, docs/gradients.md) in place of the code's form (= the paper's
+# eq. 10 up to α). Called sgd_cr_paper in part two's tables.
+ALL_METHODS = ("sgd", "sgd_clip", "sgd_cr", "sgd_cr_exact", "irnn", "lstm", "gru")
+CLIPPED = ("sgd_clip", "sgd_cr", "sgd_cr_exact", "irnn", "lstm", "gru")
+CR_METHODS = {"sgd_cr": "code", "sgd_cr_exact": "exact"}  # method -> the form of Ω its step adds
+# Methods whose step is their code's (SGDCRTrainer): 'rescale' clipping with the fallback step past 1e10 / NaN / inf
+# (pascanur/trainingRNNs RNN.py l. 224-243); sgd_clip is the same step with α = 0.
+FALLBACK_METHODS = ("sgd_clip",) + tuple(CR_METHODS)
 CR_ALPHA = 2.0          # their default weight of Ω
 CR_FALLBACK_NORM = 1e10  # above it (or NaN/inf) their step is 0.02·W_hh on W_hh and nothing elsewhere
 BASELINE_ERROR = {"adding": 0.36, "temporal_order": 0.75}  # constant prediction / chance
 BUDGET_ITERS = 6000  # the budget protocol's iteration cap (measured to fit: docs/gradients.md)
+MIN_LENGTH = 10  # the tasks place their markers in tenths of the length (tasks._check_length)
 
 
 @dataclass(frozen=True)
@@ -96,11 +104,11 @@ PROTOCOLS = {
     # samples wrong) behind the free screen; the cap is what fits 2 hours on 2 cores (docs/gradients.md).
     "budget": Protocol("budget", ("adding", "temporal_order"), (50, 100, 150, 200), ALL_METHODS, (0, 1, 2),
                        max_iters=BUDGET_ITERS, check_every=20, eval_samples=10_000, screen=True,
-                       track_every=500, track_samples=1000, eval_chunk=250, only=(("sgd_cr_paper", (50,)),)),
+                       track_every=500, track_samples=1000, eval_chunk=250, only=(("sgd_cr_exact", (50,)),)),
     # its CI form: the same code and checks, two lengths, one seed, 40 iterations
     "budget-quick": Protocol("budget-quick", ("adding", "temporal_order"), (50, 100), ALL_METHODS, (0,),
                              max_iters=40, check_every=20, eval_samples=10_000, screen=True, track_every=20,
-                             track_samples=200, eval_chunk=250, only=(("sgd_cr_paper", (50,)),)),
+                             track_samples=200, eval_chunk=250, only=(("sgd_cr_exact", (50,)),)),
 }
 
 
@@ -193,17 +201,21 @@ class Screen:
 
 class SGDCRTrainer(Trainer):
     """SGD-CR as pascanur/trainingRNNs RNN.py runs it: the one step the Trainer takes is changed in its
-    gradient, nothing else (the loop, evaluation and stopping are the Trainer's).
+    gradient, nothing else (the loop, evaluation and stopping are the Trainer's). With ``alpha=0`` it is their
+    clipped SGD (method ``sgd_clip``): the same clipping and fallback, no Ω.
 
-    After backward, α times the gradient of Ω (``pascanu_omega``; the code's form reaches W_hh only, the paper's
-    form, method ``sgd_cr_paper``, every parameter) is added to the gradients; the norm of all gradients (Ω included) is recorded; when it is NaN, inf or above 1e10 the
-    step becomes 0.02·W_hh on W_hh and 0 elsewhere (their fallback), else it is rescaled to ``clip`` when larger
-    (c·g/‖g‖, their 'rescale' clipping, without torch's 1e-6).
+    After backward, α times the gradient of Ω (``pascanu_omega``; the code's form reaches W_hh only, the exact
+    form, method ``sgd_cr_exact``, every parameter) is added to the gradients (RNN.py l. 216-217); the norm of all
+    gradients (Ω included) is recorded (l. 219-223); when it is NaN, inf or above 1e10 the step becomes 0.02·W_hh on
+    W_hh and 0 elsewhere (their fallback, l. 231-243: "we can not even trust the numbers we get"), else it is
+    rescaled to ``clip`` when larger (c·g/‖g‖, their 'rescale' clipping, l. 224-230, without torch's 1e-6).
+    Line numbers: RNN.py of github.com/pascanur/trainingRNNs, commit 3f5df3f.
     """
 
-    def __init__(self, model, config, *, clip: float, alpha: float = CR_ALPHA, omega_form: str = "code", **hooks):
+    def __init__(self, model, config, *, clip: float, alpha: float = CR_ALPHA, omega_form: str = "code",
+                 omega_steps: str | None = None, **hooks):
         super().__init__(model, config, **hooks)
-        self.clip, self.alpha, self.omega_form = clip, alpha, omega_form
+        self.clip, self.alpha, self.omega_form, self.omega_steps = clip, alpha, omega_form, omega_steps
         self.omegas = []
 
     def _measure_and_clip(self) -> float:
@@ -215,9 +227,9 @@ class SGDCRTrainer(Trainer):
         norm = None
         if self.alpha:
             try:
-                omega, og = pascanu_omega(self.model.rnn, form=self.omega_form)
+                omega, og = pascanu_omega(self.model.rnn, form=self.omega_form, steps=self.omega_steps)
                 self.omegas.append(omega)
-                for name, g in og.items():  # the code form's is zero but in W_hh; the paper form's reaches all
+                for name, g in og.items():  # the code form's is zero but in W_hh; the exact form's reaches all
                     grads[f"rnn.{name}"] += self.alpha * g
             except FloatingPointError:  # Ω overflowed: their code's norm would be NaN, so the fallback
                 norm = float("inf")
@@ -230,6 +242,31 @@ class SGDCRTrainer(Trainer):
             for g in grads.values():
                 g *= self.clip / norm
         return norm
+
+
+def omega_scale(task: str, length: int, seed: int, *, hidden: int = 50, batch: int = 20) -> dict:
+    """α‖∇Ω‖ of the exact form against the code form's at initialisation (α cancels in the ratios).
+
+    The model of an sgd_cr trial (``build``), one fresh training batch, its forward and backward; then the global
+    L2 norm of ∇Ω over every parameter for: the code form (its own mean over counted terms), the exact form at its
+    own normalisation (sum over steps) and at the code's (steps="mean"). Also the loss gradient's norm, which
+    the clipping sees beside α∇Ω.
+    """
+    from scratch_rnn.optim import total_norm
+    from scratch_rnn.regularizers import pascanu_omega
+
+    model = build(task, "sgd_cr", hidden, seed)
+    x, y = make_batch(task, np.random.default_rng([seed, 1]), batch, length)
+    model.zero_grad()
+    model.forward_backward(batch_first(x), y)
+    loss_norm = total_norm(model.grads, 2)
+    norm = {}
+    for key, form, steps in (("code", "code", None), ("exact", "exact", None), ("exact_mean", "exact", "mean")):
+        norm[key] = total_norm(pascanu_omega(model.rnn, form=form, steps=steps)[1], 2)
+    return dict(task=task, length=length, seed=seed, loss_grad_norm=loss_norm,
+                alpha_omega_code=CR_ALPHA * norm["code"], alpha_omega_exact=CR_ALPHA * norm["exact"],
+                alpha_omega_exact_mean=CR_ALPHA * norm["exact_mean"], ratio_exact_code=norm["exact"] / norm["code"],
+                ratio_exact_mean_code=norm["exact_mean"] / norm["code"])
 
 
 def trial_trainer(spec: dict, model: SequenceModel, eval_rng: np.random.Generator,
@@ -246,7 +283,7 @@ def trial_trainer(spec: dict, model: SequenceModel, eval_rng: np.random.Generato
     method = spec["method"]
     clip = spec["clip"] if method in CLIPPED else None
     cfg = TrainConfig(optimizer="sgd", optimizer_kwargs={"lr": spec["lr"]},
-                      clip_norm=None if method in CR_METHODS else clip,
+                      clip_norm=None if method in FALLBACK_METHODS else clip,
                       epochs=-(-spec["max_iters"] // spec["check_every"]), max_steps=spec["max_iters"],
                       divergence_factor=None, progress=False)
     chunk = spec.get("eval_chunk", 1000)
@@ -283,7 +320,10 @@ def trial_trainer(spec: dict, model: SequenceModel, eval_rng: np.random.Generato
         hooks = dict(evaluate=evaluate_trial, stop_when=lambda row: row["error"] == 0.0)
     if method in CR_METHODS:
         return SGDCRTrainer(model, cfg, clip=clip, alpha=spec.get("alpha", CR_ALPHA),
-                            omega_form=spec.get("omega_form", CR_METHODS[method]), **hooks)
+                            omega_form=spec.get("omega_form", CR_METHODS[method]),
+                            omega_steps=spec.get("omega_steps"), **hooks)
+    if method in FALLBACK_METHODS:  # sgd_clip: their clipped step with its fallback, no Ω
+        return SGDCRTrainer(model, cfg, clip=clip, alpha=0.0, **hooks)
     return Trainer(model, cfg, **hooks)
 
 
@@ -316,7 +356,8 @@ def _run_trial(spec: dict) -> dict:
         extra = dict(solved_at=trainer.step if solved else None,
                      tests=sum(row["test_error"] is not None for row in trainer.epochs))
     else:
-        solved, extra = bool(errors) and errors[-1] == 0.0, {}
+        solved = bool(errors) and errors[-1] == 0.0
+        extra = dict(solved_at=trainer.step if solved else None)  # the check that solved it stopped the trial
     return dict(solved=solved, diverged=diverged, iters=trainer.step,
                 final_error=errors[-1] if errors else 1.0, best_error=min([1.0] + errors),
                 final_train_loss=float(np.mean(tail)), grad_norm_median=float(np.median(norms)),
@@ -328,7 +369,7 @@ def _run_trial(spec: dict) -> dict:
 
 # Relative cost of one iteration per method at a given length (measured, docs/gradients.md): the screened grid
 # hands out its dearest trials first, so that no long trial starts last while the other worker idles.
-COST = {"sgd": 1.0, "sgd_clip": 1.0, "irnn": 1.0, "sgd_cr": 2.5, "sgd_cr_paper": 3.0, "lstm": 7.5, "gru": 6.5}
+COST = {"sgd": 1.0, "sgd_clip": 1.0, "irnn": 1.0, "sgd_cr": 2.5, "sgd_cr_exact": 3.0, "lstm": 7.5, "gru": 6.5}
 
 
 def specs_for(p: Protocol, tasks=None) -> list[dict]:
@@ -348,12 +389,40 @@ def summarize(df: pd.DataFrame) -> pd.DataFrame:
     g = df.groupby(["task", "length", "method"], sort=True)
     out = g.agg(runs=("solved", "size"), solved=("solved", "sum"),
                 under_1pct=("best_error", lambda e: int((e < 0.01).sum())), diverged=("diverged", "sum"),
-                median_best_error=("best_error", "median"), median_final_loss=("final_train_loss", "median"),
+                median_best_error=("best_error", "median"), min_best_error=("best_error", "min"),
+                max_best_error=("best_error", "max"), median_final_loss=("final_train_loss", "median"),
                 median_grad_norm=("grad_norm_median", "median"), max_grad_norm=("grad_norm_max", "max"),
                 clipped_fraction=("clipped_fraction", "mean"), median_iters=("iters", "median"),
                 **({"trial_seconds": ("seconds", "sum")} if "seconds" in df else {})).reset_index()
     out["success_rate"] = out["solved"] / out["runs"]
+    ci = [wilson_interval(int(k), int(n)) for k, n in zip(out.solved, out.runs)]
+    out["success_ci_low"] = [lo for lo, _ in ci]
+    out["success_ci_high"] = [hi for _, hi in ci]
     return out
+
+
+def supported_orderings(summary: pd.DataFrame, df: pd.DataFrame) -> list[str]:
+    """What the runs support, per (task, length), and nothing more: pairs of methods whose 95 % Wilson intervals of
+    the success rate are disjoint; and, where no run of either method was solved, pairs whose best errors do not
+    overlap at all (every run of one below every run of the other), each with the chance of that separation when
+    the runs are exchangeable (:func:`separation_chance`; 3 runs against 3: 0.1). One line per cell."""
+    lines = []
+    for (task, length), cell in summary.groupby(["task", "length"], sort=True):
+        rows = list(cell.itertuples())
+        success = [f"{a.method} above {b.method}" for a in rows for b in rows
+                   if a.success_ci_low > b.success_ci_high]
+        errors = []
+        for i, a in enumerate(rows):
+            for b in rows[i + 1:]:
+                if a.solved or b.solved:
+                    continue
+                lo, hi = (a, b) if a.max_best_error < b.min_best_error else (b, a)
+                if lo.max_best_error < hi.min_best_error:
+                    errors.append(f"{lo.method} below {hi.method} (chance {separation_chance(lo.runs, hi.runs):.2g})")
+        lines.append(f"- {task}, length {length}: success rates: "
+                     f"{'; '.join(success) if success else 'no ordering (every pair of intervals overlaps)'}; "
+                     f"best errors of unsolved methods, separated: {'; '.join(errors) if errors else 'none'}.")
+    return lines
 
 
 def time_table(df: pd.DataFrame) -> pd.DataFrame:
@@ -401,8 +470,9 @@ def run(p: Protocol, out, *, workers=2, scheduler=None, tasks=None, progress=Tru
     res = dict(config=asdict(p), seconds=time.time() - t0, trials=len(df),
                trial_cpu_seconds=float(df.seconds.sum()), summary=summary.to_dict(orient="records"))
     write_json(out / "summary.json", res)
-    table = summary[["task", "length", "method", "runs", "solved", "success_rate", "under_1pct", "diverged",
-                     "median_best_error", "median_iters", "median_final_loss", "clipped_fraction"]]
+    table = summary[["task", "length", "method", "runs", "solved", "success_rate", "success_ci_low",
+                     "success_ci_high", "under_1pct", "diverged", "median_best_error", "min_best_error",
+                     "max_best_error", "median_iters", "median_final_loss", "clipped_fraction"]]
     checks = (f"a check every {p.check_every} iterations: the training batches since the last check are scored "
               f"(free); when none of them was wrong, {p.eval_samples} fresh samples decide (solved = none wrong); "
               f"the error curve: {p.track_samples} fresh samples every {p.track_every} iterations and at the end"
@@ -418,13 +488,35 @@ def run(p: Protocol, out, *, workers=2, scheduler=None, tasks=None, progress=Tru
         ("Success rate against length", markdown_table(table) + "\n\nsolved: the code's criterion (no wrong "
          "sample); under_1pct: runs whose best measured error fell below 1% (the paper's §4.1 criterion, on the "
          "samples each check drew). Baselines: constant prediction gets 36% of adding samples wrong (squared error "
-         "> 0.04); chance on temporal order is 75%."),
+         "> 0.04); chance on temporal order is 75%. success_ci_low/high: the 95% Wilson interval of the success "
+         "rate. min/median/max_best_error: the spread of the runs' best fresh-sample errors."),
+        ("What the intervals support", "\n".join(supported_orderings(summary, df)) + "\n\nNo other ordering "
+         "of methods is supported by these runs: a difference of medians inside overlapping intervals or ranges is "
+         "not one."),
         ("Plots", "success_vs_length.png"),
     ]
     if "train_seconds" in df and df.train_seconds.notna().all():
         sections.insert(2, ("Where the time went", markdown_table(time_table(df))))
     write_report(out / "report.md", f"Pathological tasks ({p.name} protocol)", sections)
     return res
+
+
+def select(p: Protocol, *, lengths=None, methods=None, max_iters=None, num_seeds=None) -> Protocol:
+    """The protocol with the command line's selection in place of its own (None: the protocol's). With lengths or
+    methods given, its per-method length limits (``only``) are dropped: exactly the trials asked for run. num_seeds:
+    seeds 0 .. N-1 (then offset by ``--seed``)."""
+    changes = {}
+    if lengths is not None:
+        changes["lengths"] = tuple(lengths)
+    if methods is not None:
+        changes["methods"] = tuple(methods)
+    if lengths is not None or methods is not None:
+        changes["only"] = ()
+    if max_iters is not None:
+        changes["max_iters"] = int(max_iters)
+    if num_seeds is not None:
+        changes["seeds"] = tuple(range(num_seeds))
+    return replace(p, **changes) if changes else p
 
 
 def with_seed_offset(p: Protocol, offset: int) -> Protocol:
@@ -438,5 +530,7 @@ def main(args) -> dict:
         name = "budget-quick"
     out = result_dir("pathological" if name in ("reduced", "quick") else f"pathological-{name}",
                      name in ("quick", "budget-quick"), args.out)
-    return run(with_seed_offset(PROTOCOLS[name], args.seed), out, workers=args.workers, scheduler=args.scheduler,
+    p = select(PROTOCOLS[name], lengths=getattr(args, "lengths", None), methods=getattr(args, "methods", None),
+               max_iters=getattr(args, "max_iters", None), num_seeds=getattr(args, "num_seeds", None))
+    return run(with_seed_offset(p, args.seed), out, workers=args.workers, scheduler=args.scheduler,
                tasks=args.tasks, progress=not args.no_progress)
