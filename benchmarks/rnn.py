@@ -127,8 +127,8 @@ def make_inputs(case: Case, dtype, seed: int = 0):
 
 
 def make_scratch(case: Case, dtype):
-    from scratch_rnn.rnn import CELLS
-    return CELLS[case.cell](case.I, case.H, dtype=dtype, seed=0)
+    from scratch_rnn.cells import cell_spec
+    return cell_spec(case.cell).model_class()(case.I, case.H, dtype=dtype, seed=0)
 
 
 def make_torch(model, dtype):

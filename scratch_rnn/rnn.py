@@ -674,5 +674,3 @@ class GRU(RecurrentBase):
         dx = np.dot(res["dgi"].reshape(T * B, -1), w_ih).reshape(T, B, w_ih.shape[1])
         return dx, (res["dh0"],), grads
 
-
-CELLS = {"rnn": RNN, "lstm": LSTM, "gru": GRU}

@@ -188,7 +188,7 @@ def test_state_jacobian_from_the_step_backward_is_torchs(cell, tmp_path, monkeyp
     step = cell_spec(cls).twin_function()
     x_t, h = rng.standard_normal((4, 10)), rng.standard_normal((4, 5))  # layer 1 reads 2·5 inputs
     jac = model.state_jacobian(x_t, h, layer=1, d=1)
-    p = {k: torch.tensor(v) for k, v in model._layer_params(1, 1).items()}
+    p = {k: torch.tensor(v) for k, v in model.layer_params(1, 1).items()}
     for b in range(4):
         ref = torch.autograd.functional.jacobian(
             lambda hb: step(model, torch.tensor(x_t[b:b + 1]), (hb[None],), p)[0][0], torch.tensor(h[b]))

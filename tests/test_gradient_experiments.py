@@ -389,7 +389,7 @@ def test_pathological_budget_quick_cli(tmp_path):
     assert "Where the time went" in (tmp_path / "report.md").read_text()
 
 
-@pytest.mark.parametrize("cell", ["rnn", "lstm", "lstm_fb1", "gru"])
+@pytest.mark.parametrize("cell", ["rnn", "lstm", "lstm_fb1", "gru", "indrnn"])
 def test_cell_jacobian_products_are_bptt(cell):
     """The spectrum's products of per-step state Jacobians, applied to the cotangent on h_T, are what BPTT gives:
     dL/dh_(T-n) from the model's own backward at every distance n; for the LSTM, whose state is (h, c), the c part

@@ -56,6 +56,12 @@ def parser() -> argparse.ArgumentParser:
                                 "offset by --seed")
         if name == "flow":
             s.add_argument("--data", default=None, help="IMDB source (folder/CSV); default: the shared copy")
+        if name in ("flow", "spectrum"):
+            from scratch_rnn.cells import cell_names
+
+            extra = " (and lstm_fb1: the LSTM with forget-gate bias 1)" if name == "spectrum" else ""
+            s.add_argument("--cells", nargs="+", default=None,
+                           help=f"the cells compared, any registered: {', '.join(cell_names())}{extra}")
     return p
 
 
@@ -137,6 +143,14 @@ def check_args(args) -> None:
             check_scheduler(args.scheduler)
     if args.experiment == "flow":
         check_data(args.data)
+    if getattr(args, "cells", None):
+        from scratch_rnn.cells import cell_names
+
+        known = cell_names() + (("lstm_fb1",) if args.experiment == "spectrum" else ())
+        bad = [c for c in args.cells if c not in known]
+        if bad:
+            raise BadInput(f"--cells: expected names among {list(known)}, got {bad}")
+        args.cells = list(dict.fromkeys(args.cells))
 
 
 def _main(argv=None) -> int:

@@ -26,6 +26,7 @@ from tqdm.auto import tqdm
 
 from scratch_rnn import diagnostics as dg
 from scratch_rnn import init
+from scratch_rnn.cells import cell_names, cell_spec
 from scratch_rnn.checks import check_positive_float, check_positive_int
 from scratch_rnn.cli import BadInput
 from scratch_rnn.models import ModelConfig, SequenceModel
@@ -69,14 +70,16 @@ class FlowConfig:
         unknown = [i for i in self.inits if i not in INITS]
         if unknown:
             raise ValueError(f"inits: expected names among {sorted(INITS)}, got {unknown}")
-        unknown = [c for c in self.cells if c not in ("rnn", "lstm", "gru")]
+        unknown = [c for c in self.cells if c not in cell_names()]
         if unknown:
-            raise ValueError(f"cells: expected names among ['gru', 'lstm', 'rnn'], got {unknown}")
+            raise ValueError(f"cells: expected names among {list(cell_names())}, got {unknown}")
 
     def jobs(self) -> list[tuple[str, str, str]]:
-        """(cell, init, nonlinearity) of every model; a gated cell's nonlinearity is "gated" (σ and tanh inside)."""
+        """(cell, init, nonlinearity) of every model; a gated cell's nonlinearity is "gated" (σ and tanh inside), another
+        cell's is its own default (IndRNN: relu)."""
         return ([("rnn", s, nl) for s in self.inits for nl in self.nonlinearities] if "rnn" in self.cells else []) + \
-            [(c, "torch_uniform", "gated") for c in self.cells if c != "rnn"]
+            [(c, "torch_uniform", cell_spec(c).options.get("nonlinearity", ("gated",))[0])
+             for c in self.cells if c != "rnn"]
 
 
 QUICK = FlowConfig(n_train=64, n_eval=32, probe=8, max_len=20, vocab=300, embedding=8, hidden=8, epochs=1,
@@ -117,7 +120,7 @@ def build(cfg: FlowConfig, vocab_size: int, scheme: str, nonlinearity: str, seed
     """The model of one job; a gated cell keeps the constructor's torch initialisation (``scheme`` torch_uniform)."""
     model = SequenceModel(ModelConfig(hidden_size=cfg.hidden, out_features=1, vocab_size=vocab_size,
                                       embedding_dim=cfg.embedding, cell=cell,
-                                      nonlinearity="tanh" if cell != "rnn" else nonlinearity, loss="bce",
+                                      nonlinearity="tanh" if nonlinearity == "gated" else nonlinearity, loss="bce",
                                       padding_idx=0, dtype="float64", seed=seed))
     if cell == "rnn":
         init.init_rnn(model.rnn, INITS[scheme], seed=seed)
@@ -280,5 +283,5 @@ def run(cfg: FlowConfig, out, progress: bool = True) -> dict:
 
 def main(args) -> dict:
     cfg = QUICK if args.quick else FlowConfig()
-    cfg = replace(cfg, seed=args.seed, data=args.data)
+    cfg = replace(cfg, seed=args.seed, data=args.data, **({"cells": tuple(args.cells)} if args.cells else {}))
     return run(cfg, result_dir("flow", args.quick, args.out), progress=not args.no_progress)

@@ -23,11 +23,15 @@ import pandas as pd
 from tqdm.auto import tqdm
 
 from scratch_rnn import LSTM, RNN
-from scratch_rnn.rnn import CELLS
 from scratch_rnn import diagnostics as dg
+from scratch_rnn.cells import cell_names, cell_spec
+from scratch_rnn.cells.generic import StepCell
 from scratch_rnn import gated, init
 
 from .common import markdown_table, result_dir, save_figure, write_csv, write_json, write_report
+
+
+VARIANTS = ("lstm_fb1",)  # a registered cell with another initialisation (part two)
 
 
 @dataclass(frozen=True)
@@ -40,8 +44,14 @@ class SpectrumConfig:
     inits: tuple = ("gaussian", "orthogonal", "identity", "torch_uniform")
     nonlinearities: tuple = ("tanh", "relu")
     seed: int = 0
-    # part two: the cells compared at their usual initialisation (torch's U(±1/√H); lstm_fb1: forget-gate bias 1)
+    # part two: the cells compared at their usual initialisation (torch's U(±1/√H); lstm_fb1: forget-gate bias 1;
+    # any registered cell, e.g. indrnn at its constructor's init, by name)
     cells: tuple = ("rnn", "lstm", "lstm_fb1", "gru")
+
+    def __post_init__(self):
+        unknown = [c for c in self.cells if c not in cell_names() + VARIANTS]
+        if unknown:
+            raise ValueError(f"cells: expected names among {list(cell_names() + VARIANTS)}, got {unknown}")
 
 
 QUICK = SpectrumConfig(hidden=12, input_size=3, steps=25, batch=4, lambdas=(0.5, 1.0, 1.5),
@@ -58,7 +68,7 @@ def make_cell(name: str, input_size: int, hidden: int, seed: int):
     """A single-layer float64 cell at its usual initialisation: torch's U(±1/√H) (``rnn``: tanh); ``lstm_fb1`` is the
     LSTM with its forget-gate bias set to 1 (b_ih) and 0 (b_hh), as the pathological trials use it."""
     cell = "lstm" if name == "lstm_fb1" else name
-    model = CELLS[cell](input_size, hidden, dtype=np.float64, seed=seed)
+    model = cell_spec(cell).model_class()(input_size, hidden, dtype=np.float64, seed=seed)
     if name == "lstm_fb1":
         params = model.parameters()
         params["bias_ih_l0"][hidden:2 * hidden] = 1.0
@@ -69,11 +79,19 @@ def make_cell(name: str, input_size: int, hidden: int, seed: int):
 def state_jacobians(model, x: np.ndarray) -> np.ndarray:
     """J_t = ∂s_t/∂s_{t-1} along the trajectory of x from a zero state: (T, B, S, S), time-major x (T, B, I).
 
-    s is h (RNN, GRU; S = H) or the pair (h, c) (LSTM; S = 2H). Single layer, one direction, no lengths.
+    s is h (RNN, GRU; S = H) or the pair (h, c) (LSTM; S = 2H), or a step cell's states (its own step backward,
+    :meth:`~scratch_rnn.cells.generic.StepCell.state_jacobian`). Single layer, one direction, no lengths.
     """
     p = model.parameters()
     T, B, _ = x.shape
     H = model.hidden_size
+    if isinstance(model, StepCell):
+        states = tuple(np.zeros((B, model.output_size if s == "h" else H)) for s in model.STATES)
+        jacs = []
+        for t in range(T):
+            jacs.append(model.state_jacobian(x[t], states))
+            states, _ = model.step_forward(x[t], states, model.layer_params(0, 0))
+        return np.stack(jacs)
     if isinstance(model, RNN):
         return dg.step_jacobians(dg.model_slopes(model, x)[0], p["weight_hh_l0"])
     w_hh = p["weight_hh_l0"]
@@ -334,5 +352,5 @@ def run(cfg: SpectrumConfig, out, progress: bool = True) -> dict:
 
 def main(args) -> dict:
     cfg = QUICK if args.quick else SpectrumConfig()
-    cfg = replace(cfg, seed=args.seed)
+    cfg = replace(cfg, seed=args.seed, **({"cells": tuple(args.cells)} if args.cells else {}))
     return run(cfg, result_dir("spectrum", args.quick, args.out), progress=not args.no_progress)

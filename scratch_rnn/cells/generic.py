@@ -87,7 +87,8 @@ class StepCell(RecurrentBase):
         layer = int(rest.split("_")[0])
         return self._kinds(layer)[kind]
 
-    def _layer_params(self, layer: int, d: int) -> dict:
+    def layer_params(self, layer: int, d: int) -> dict:
+        """The live parameters of one layer and direction, by kind (what the step functions receive)."""
         sfx = f"_l{layer}{'_reverse' if d else ''}"
         return {kind: self._params[kind + sfx] for kind in self._kinds(layer)}
 
@@ -103,7 +104,7 @@ class StepCell(RecurrentBase):
 
     def _direction_forward(self, x, state0, layer, d, ctx):
         T, B, sizes = ctx["T"], ctx["B"], ctx["batch_sizes"]
-        p = self._layer_params(layer, d)
+        p = self.layer_params(layer, d)
         states = [s.copy() for s in state0]                # (B, ·) each, carried from step to step
         hs = self._buffer((layer, d, "h"), (T + 1, B, self.output_size))  # as the built-in cells keep them
         hs[T if d else 0] = states[0]
@@ -122,7 +123,7 @@ class StepCell(RecurrentBase):
 
     def _direction_backward(self, d_out, d_finals, steps, layer, d, ctx, out):
         T, B = ctx["T"], ctx["B"]
-        p = self._layer_params(layer, d)
+        p = self.layer_params(layer, d)
         d_states = [np.array(g, dtype=self.dtype) for g in d_finals]   # dL/d(carried state), (B, ·)
         dx = np.zeros((T, B, self._layer_input_size(layer)), dtype=self.dtype)
         grads = {kind: np.zeros(v.shape, dtype=self.dtype) for kind, v in p.items()}
@@ -153,7 +154,7 @@ class StepCell(RecurrentBase):
         """
         states = tuple(np.asarray(s, dtype=self.dtype) for s in (states if isinstance(states, tuple) else (states,)))
         x_t = np.asarray(x_t, dtype=self.dtype)
-        p = self._layer_params(layer, d)
+        p = self.layer_params(layer, d)
         _, cache = self.step_forward(x_t, tuple(s.copy() for s in states), p)
         sizes = [s.shape[1] for s in states]
         B, S = x_t.shape[0], sum(sizes)
