@@ -558,25 +558,33 @@ class BackendFailed(Stopped):
 
 
 def run_experiment(cfg: SentimentConfig, out_dir: str | os.PathLike, *, progress: bool = True,
-                   argv: list[str] | None = None, overwrite: bool = False) -> dict:
+                   argv: list[str] | None = None, overwrite: bool = False, owned=None) -> dict:
     """Run ``cfg.backend`` (one or both, in order numpy then torch), then write config.json,
     metrics.json, steps.csv (both backends side by side) and the plots. Returns the metrics.
 
-    Everything is written into a temporary folder beside ``out_dir`` that replaces ``out_dir`` only
-    once the run has finished (an existing ``out_dir`` needs ``overwrite``); a run that fails
-    removes its temporary folder and leaves ``out_dir`` as it was.
+    The run owns ``out_dir`` from start to end (``runfolder.claim``: a run of the same name in
+    progress refuses this one with :class:`~scratch_rnn.runlock.RunInUse`, overwrite or not);
+    ``owned`` is that lock when the caller has already taken it. Everything is written into a
+    temporary folder beside ``out_dir`` that replaces ``out_dir`` only once the run has finished
+    (an existing ``out_dir`` needs ``overwrite``); a run that fails removes its temporary folder and
+    leaves ``out_dir`` as it was.
     """
     out_dir = Path(out_dir)
-    runfolder.recover(out_dir)  # what a killed earlier run of this name may have left
-    if out_dir.exists() and not overwrite:
-        raise FileExistsError(f"{out_dir} already exists; pass overwrite=True (--overwrite) or another run name")
-    work = runfolder.make_partial_dir(out_dir)
+    lock = owned if owned is not None and owned.held else runfolder.claim(out_dir)
     try:
-        metrics = _run_into(cfg, work, progress=progress, argv=argv, run_name=out_dir.name)
-        runfolder.replace_dir(work, out_dir)
-    except BaseException:
-        shutil.rmtree(work, ignore_errors=True)
-        raise
+        runfolder.recover(out_dir)  # what a killed earlier run of this name may have left
+        if out_dir.exists() and not overwrite:
+            raise FileExistsError(f"{out_dir} already exists; pass overwrite=True (--overwrite) or another run name")
+        work = runfolder.make_partial_dir(out_dir)
+        try:
+            metrics = _run_into(cfg, work, progress=progress, argv=argv, run_name=out_dir.name)
+            runfolder.replace_dir(work, out_dir)
+        except BaseException:
+            shutil.rmtree(work, ignore_errors=True)
+            raise
+    finally:
+        if lock is not owned:
+            lock.release()
     return metrics
 
 
