@@ -90,6 +90,42 @@ def test_of_processes_starting_at_the_same_instant_exactly_one_gets_the_lock(tmp
     assert not (tmp_path / "run").exists()  # released: the lock file and the folder made for it are gone
 
 
+CHURNER = """
+import os, sys, time
+from scratch_rnn.runlock import RunLock, RunInUse
+path, marker, rounds, start = sys.argv[1], sys.argv[2], int(sys.argv[3]), float(sys.argv[4])
+while time.time() < start:
+    pass
+held = 0
+while held < rounds:
+    try:
+        lock = RunLock(path).acquire()
+    except RunInUse:
+        continue
+    try:
+        fd = os.open(marker, os.O_CREAT | os.O_EXCL | os.O_WRONLY)  # two holders at once: this fails
+    except FileExistsError:
+        print("two holders at once")
+        sys.exit(1)
+    os.close(fd)
+    time.sleep(0.002)
+    os.unlink(marker)
+    lock.release()
+    held += 1
+print("ok")
+"""
+
+
+def test_a_lock_taken_and_released_in_a_tight_loop_by_several_processes_never_has_two_holders(tmp_path):
+    """Release removes the lock file: one who opened it before the removal must not hold it beside a new one."""
+    start = time.time() + 1.5
+    procs = [subprocess.Popen([PY, "-c", CHURNER, str(tmp_path / ".lock"), str(tmp_path / "marker"), "200",
+                               repr(start)], env=ENV, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+             for _ in range(3)]
+    outs = [p.communicate(timeout=120) for p in procs]
+    assert [o.strip() for o, _ in outs] == ["ok"] * 3, outs
+
+
 def test_a_lock_of_a_killed_run_is_taken_over_and_named(tmp_path):
     path = tmp_path / ".lock"
     holder = subprocess.Popen([PY, "-c", "import sys, time\nfrom scratch_rnn.runlock import RunLock\n"
