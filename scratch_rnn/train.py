@@ -39,7 +39,10 @@ the position (epoch, batch), the model's dropout generator, the history, the epo
 weights so far and the data's fingerprint, so that :meth:`Trainer.load_checkpoint` then
 :meth:`Trainer.fit` continues bit for bit like the uninterrupted run. A trainer that did not load
 the checkpoint in its folder refuses to start over it (or over an existing ``log_csv``) unless
-``overwrite=True``: a finished run is never replaced by accident.
+``overwrite=True``: a finished run is never replaced by accident. While it writes them, a trainer owns its
+checkpoint folder and its log (:mod:`scratch_rnn.runlock`: another run, overwrite or not, is refused with
+``RunInUse`` naming the owner); a resume writes an existing log only when its rows are the checkpoint's
+history; an interrupted ``fit``/``run`` (Ctrl-C) cuts the log back to the checkpoint's step.
 """
 from __future__ import annotations
 

@@ -16,8 +16,9 @@ both) from ``default_rng([seed, 2, e])``. Both are trained by the project's one 
 ``scratch_rnn.train.Trainer`` for NumPy, its torch twin ``reference.training.TorchTrainer`` (torch.optim,
 autograd) for torch: the learning-rate schedule, the evaluation on the validation split after every
 epoch, the choice of the best epoch, patience, the non-finite and divergence guard are the Trainer's.
-The NumPy run also leaves its final checkpoint (``checkpoint.npz``: the chosen weights, the
-optimizer, the history) in the run folder.
+The NumPy run also leaves its final checkpoint (``checkpoint.npz``: the last epoch's weights and
+optimizer state, the history, and with ``select="best"`` the chosen epoch's weights under
+``extra/best/``) in the run folder.
 
 With ``backend="both"`` each backend runs in its own process (``isolate``), one after the other,
 so that each reports its own time and peak memory (``ru_maxrss``: the process's peak resident set
@@ -456,7 +457,8 @@ def run_backend(cfg: SentimentConfig, backend_name: str, out_dir: str | os.PathL
     Files in ``out_dir``: ``steps_<backend>.csv`` (step, epoch, loss, grad_norm: the pre-clip global
     L2 norm), ``epochs_<backend>.csv``, ``predictions_<backend>.npy`` (test predictions, in the
     order of the test split), ``result_<backend>.json`` (the metrics entry) and, for numpy,
-    ``checkpoint.npz`` (the chosen weights, optimizer and history).
+    ``checkpoint.npz`` (the last epoch's weights and optimizer state, the history, and the chosen
+    epoch's weights under ``extra/best/``: the trainer's checkpoint, from which a resume continues).
     """
     import pandas as pd
 
