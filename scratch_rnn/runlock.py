@@ -34,8 +34,15 @@ import warnings
 import weakref
 from pathlib import Path
 
-__all__ = ["RunLock", "RunInUse", "StaleLockWarning", "folder_lock_path", "beside_lock_path", "pid_alive",
-           "describe_owner"]
+__all__ = [
+    "RunInUse",
+    "RunLock",
+    "StaleLockWarning",
+    "beside_lock_path",
+    "describe_owner",
+    "folder_lock_path",
+    "pid_alive",
+]
 
 
 class RunInUse(FileExistsError):
@@ -161,7 +168,7 @@ class RunLock:
     def held(self) -> bool:
         return self._fd is not None
 
-    def acquire(self) -> "RunLock":
+    def acquire(self) -> RunLock:
         if self._fd is not None:
             return self
         created: list[str] = []
@@ -180,8 +187,8 @@ class RunLock:
                         from exc
                 owner = self._wait_for_name(fd)
                 os.close(fd)
-                holder = ("this process (pid {}) already holds it: another trainer or run of the same "
-                          "process".format(os.getpid()) if owner and owner.get("pid") == os.getpid()
+                holder = (f"this process (pid {os.getpid()}) already holds it: another trainer or run of the same "
+                          "process" if owner and owner.get("pid") == os.getpid()
                           and owner.get("host") == socket.gethostname() else describe_owner(owner))
                 raise RunInUse(f"{self.what} is in use by another run: {holder}; wait for it to finish, or "
                                "stop it, or choose another", owner) from None
@@ -221,7 +228,7 @@ class RunLock:
         self._fd = None
         self._finalizer = None
 
-    def __enter__(self) -> "RunLock":
+    def __enter__(self) -> RunLock:  # noqa: PYI034 (Python 3.10: no typing.Self)
         return self.acquire()
 
     def __exit__(self, *exc) -> None:

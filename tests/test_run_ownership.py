@@ -128,8 +128,8 @@ def test_a_lock_taken_and_released_in_a_tight_loop_by_several_processes_never_ha
 
 def test_a_lock_of_a_killed_run_is_taken_over_and_named(tmp_path):
     path = tmp_path / ".lock"
-    holder = subprocess.Popen([PY, "-c", "import sys, time\nfrom scratch_rnn.runlock import RunLock\n"
-                               "lock = RunLock(sys.argv[1]).acquire(); print('held', flush=True); time.sleep(60)", str(path)],
+    holder = subprocess.Popen([PY, "-c", ("import sys, time\nfrom scratch_rnn.runlock import RunLock\n"
+                               "lock = RunLock(sys.argv[1]).acquire(); print('held', flush=True); time.sleep(60)"), str(path)],
                               env=ENV, stdout=subprocess.PIPE, text=True)
     try:
         assert holder.stdout.readline().strip() == "held"
@@ -163,9 +163,9 @@ def _train_files(tmp_path, n=4000, **train_kw):
     rng = np.random.default_rng(0)
     np.savez(tmp_path / "data.npz", x=rng.standard_normal((n, 5, 3)), y=rng.standard_normal((n, 2)))
     (tmp_path / "model.json").write_text(json.dumps(DENSE.to_dict()))
-    train = dict(optimizer="sgd", optimizer_kwargs={"lr": 1e-3}, batch_size=1, epochs=100, shuffle=False,
-                 checkpoint_dir=str(tmp_path / "ckpt"), checkpoint_every=150, log_csv=str(tmp_path / "ckpt" / "log.csv"),
-                 progress=False)
+    train = {"optimizer": "sgd", "optimizer_kwargs": {"lr": 1e-3}, "batch_size": 1, "epochs": 100, "shuffle": False,
+                 "checkpoint_dir": str(tmp_path / "ckpt"), "checkpoint_every": 150, "log_csv": str(tmp_path / "ckpt" / "log.csv"),
+                 "progress": False}
     train.update(train_kw)
     (tmp_path / "train.json").write_text(json.dumps(train))
     return ["--data", str(tmp_path / "data.npz"), "--model", str(tmp_path / "model.json"),
@@ -202,7 +202,7 @@ def test_a_second_train_run_into_a_folder_in_use_exits_2_naming_the_first(tmp_pa
         owner = _owner(folder_lock_path(tmp_path / "ckpt"))
         assert owner["pid"] == first.pid
         for extra in ([], ["--overwrite"], ["--resume"]):
-            second = subprocess.run([PY, "-m", "scratch_rnn.train", *args, *extra], env=ENV, capture_output=True,
+            second = subprocess.run([PY, "-m", "scratch_rnn.train", *args, *extra], env=ENV, check=False, capture_output=True,
                                     text=True, timeout=60)
             assert second.returncode == 2, (extra, second.stderr)
             assert f"in use by another run: pid {first.pid}" in second.stderr, second.stderr
@@ -224,7 +224,7 @@ def test_ctrl_c_leaves_the_log_at_the_checkpoints_step(tmp_path):
     assert not (tmp_path / "ckpt" / ".lock").exists()
     # and the resume continues both from there
     args = _train_files(tmp_path, epochs=1, n=4000)
-    done = subprocess.run([PY, "-m", "scratch_rnn.train", *args, "--resume"], env=ENV, capture_output=True,
+    done = subprocess.run([PY, "-m", "scratch_rnn.train", *args, "--resume"], env=ENV, check=False, capture_output=True,
                           text=True, timeout=120)
     assert done.returncode == 0, done.stderr
     assert [int(r[0]) for r in _log_rows(tmp_path / "ckpt" / "log.csv")] == list(range(1, 4001))
@@ -232,7 +232,7 @@ def test_ctrl_c_leaves_the_log_at_the_checkpoints_step(tmp_path):
 
 def test_the_train_command_imports_itself_once(tmp_path):
     args = _train_files(tmp_path, n=8, epochs=1, checkpoint_every=0)
-    proc = subprocess.run([PY, "-m", "scratch_rnn.train", *args], env=ENV, capture_output=True, text=True, timeout=60)
+    proc = subprocess.run([PY, "-m", "scratch_rnn.train", *args], env=ENV, check=False, capture_output=True, text=True, timeout=60)
     assert proc.returncode == 0, proc.stderr
     assert "RuntimeWarning" not in proc.stderr and "unpredictable" not in proc.stderr, proc.stderr
 
@@ -241,7 +241,7 @@ def test_a_resume_refuses_to_rewrite_another_runs_log(tmp_path, capsys):
     a, b = tmp_path / "a", tmp_path / "b"
     a.mkdir()
     b.mkdir()
-    common = dict(n=24, epochs=1, checkpoint_every=0)
+    common = {"n": 24, "epochs": 1, "checkpoint_every": 0}
     args_a = _train_files(a, log_csv=str(tmp_path / "log_a.csv"), **common)
     args_b = _train_files(b, log_csv=str(tmp_path / "log_b.csv"), optimizer_kwargs={"lr": 2e-3}, **common)
     assert train_main(args_a) == 0 and train_main(args_b) == 0
@@ -270,7 +270,7 @@ def test_a_log_outside_the_folder_is_owned_too(tmp_path):
         other = tmp_path / "other"
         other.mkdir()
         args2 = _train_files(other, log_csv=str(tmp_path / "shared.csv"))
-        second = subprocess.run([PY, "-m", "scratch_rnn.train", *args2, "--overwrite"], env=ENV,
+        second = subprocess.run([PY, "-m", "scratch_rnn.train", *args2, "--overwrite"], env=ENV, check=False,
                                 capture_output=True, text=True, timeout=60)
         assert second.returncode == 2 and f"pid {first.pid}" in second.stderr, second.stderr
         assert not (other / "ckpt").exists()  # refused before anything was written
@@ -283,7 +283,7 @@ def test_a_log_outside_the_folder_is_owned_too(tmp_path):
 # ------------------------------------------------------------------------------------------------
 def _tiny_imdb(path):
     rng = np.random.default_rng(0)
-    good, bad = "good great fine lovely superb nice".split(), "bad awful poor boring dull worst".split()
+    good, bad = ["good", "great", "fine", "lovely", "superb", "nice"], ["bad", "awful", "poor", "boring", "dull", "worst"]
     rows = ["review,sentiment,split"]
     for split, n in (("train", 60), ("test", 20)):
         for i in range(n):
@@ -309,10 +309,10 @@ def test_a_second_sentiment_run_of_one_name_is_refused_while_the_first_runs(tmp_
         _wait_for(lambda: (_owner(lock) or {}).get("pid") == first.pid and any((tmp_path / "out").glob(".r.partial-*"))
                   and first.poll() is None, what="the first run to start training")
         for extra in ([], ["--overwrite"]):
-            second = subprocess.run(_sentiment(tmp_path, 1, *extra), env=env, capture_output=True, text=True,
+            second = subprocess.run(_sentiment(tmp_path, 1, *extra), env=env, check=False, capture_output=True, text=True,
                                     timeout=60)
             assert second.returncode == 2, (extra, second.stderr)
-            assert f"--run-name 'r'" in second.stderr and f"in use by another run: pid {first.pid}" in second.stderr
+            assert "--run-name 'r'" in second.stderr and f"in use by another run: pid {first.pid}" in second.stderr
             assert first.poll() is None
     finally:
         code = _stop(first)
@@ -320,6 +320,6 @@ def test_a_second_sentiment_run_of_one_name_is_refused_while_the_first_runs(tmp_
     # no run, no partial folder, no lock left (and the folder made for them is gone too)
     assert not (tmp_path / "out").exists() or not any((tmp_path / "out").iterdir())
     # the name is free again
-    done = subprocess.run(_sentiment(tmp_path, 1), env=env, capture_output=True, text=True, timeout=120)
+    done = subprocess.run(_sentiment(tmp_path, 1), env=env, check=False, capture_output=True, text=True, timeout=120)
     assert done.returncode == 0, done.stderr
     assert sorted(p.name for p in (tmp_path / "out").iterdir()) == ["r"]
