@@ -1003,6 +1003,7 @@ def _main(argv) -> None:
         trainer._check_outputs()
         trainer._check_data(ArrayBatches(data, train_cfg.batch_size, train_cfg.shuffle, train_cfg.seed))
     except (ValueError, OSError, ckpt.CheckpointError) as exc:  # OSError: FileExistsError, RunInUse, a lock...
+        trainer.release_outputs()
         raise BadInput(str(exc)) from exc
     trainer.fit(data)
     last = trainer.history[-1] if trainer.history else None
