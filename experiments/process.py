@@ -30,27 +30,11 @@ import sys
 import threading
 import time
 
+from scratch_rnn.runlock import pid_alive  # the one liveness check (re-exported here)
+
 __all__ = ["die_with_parent", "pid_alive"]
 
 PR_SET_PDEATHSIG = 1  # <linux/prctl.h>
-
-
-def pid_alive(pid: int) -> bool:
-    """Whether ``pid`` runs (a zombie, dead but not yet reaped, counts as gone)."""
-    try:
-        with open(f"/proc/{pid}/stat") as f:
-            return f.read().rpartition(")")[2].split()[0] not in ("Z", "X")
-    except FileNotFoundError:
-        return False
-    except OSError:
-        pass
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    except PermissionError:
-        return True
-    return True
 
 
 def _logical_parent(parent_pid: int | None) -> int | None:

@@ -6,6 +6,11 @@ renames, the first undone if the second fails). What a killed process can leave 
 by :func:`recover`, which every run calls first: a partial folder of a process that is gone is
 removed (one of a live run of the same name is left alone), and an old run moved aside by an
 interrupted fallback swap is put back.
+
+A run name is owned by one run at a time: :func:`claim` takes the lock ``.<name>.lock`` beside the
+folder (:mod:`scratch_rnn.runlock`) before the run looks at the folder and holds it until the
+folder has been swapped in, so that two runs of one name (with or without ``--overwrite``) can
+never both write it, nor one replace the other while it runs.
 """
 from __future__ import annotations
 
@@ -17,16 +22,24 @@ import tempfile
 from pathlib import Path
 
 from scratch_rnn.fileio import current_umask
+from scratch_rnn.runlock import RunLock, beside_lock_path
 
 from .process import pid_alive
 
-__all__ = ["make_partial_dir", "replace_dir", "recover"]
+__all__ = ["make_partial_dir", "replace_dir", "recover", "claim"]
 
 _AT_FDCWD, _RENAME_EXCHANGE = -100, 2
 
 
 def _pattern(target: Path, kind: str) -> str:
     return str(target.parent / f".{glob.escape(target.name)}.{kind}-*")
+
+
+def claim(target, what: str | None = None) -> RunLock:
+    """Own the run folder ``target`` (its lock ``.<name>.lock`` beside it), or raise
+    :class:`~scratch_rnn.runlock.RunInUse` naming the run that owns it. Release it when done."""
+    target = Path(target)
+    return RunLock(beside_lock_path(target), what or f"the run folder {str(target)!r}").acquire()
 
 
 def make_partial_dir(target) -> Path:

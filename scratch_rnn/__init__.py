@@ -1,7 +1,14 @@
 """scratch_rnn: an Elman RNN and its backpropagation through time in NumPy alone.
 
 Nothing here imports torch: the torch twins live in the separate ``reference`` package.
+
+The training names (``Trainer``, ``TrainConfig``, ...) are loaded from :mod:`scratch_rnn.train` on
+first use, not when the package is imported: ``python -m scratch_rnn.train`` then runs that module
+once, as ``__main__``, instead of importing it a second time (runpy's "found in sys.modules ...
+unpredictable behaviour" warning).
 """
+from typing import TYPE_CHECKING
+
 from . import checkpoint, diagnostics, init, optim
 from .functional import step_backward, step_forward
 from .init import RecurrentInit, init_rnn
@@ -20,7 +27,6 @@ from .losses import (
 from .models import ModelConfig, SequenceModel, StepOutput
 from .module import Module
 from .rnn import GRU, LSTM, RNN
-from .train import Dataset, NonFiniteError, StepRecord, TrainConfig, Trainer
 
 __all__ = [
     "Module", "RNN", "LSTM", "GRU", "Linear", "Embedding", "step_forward", "step_backward",
@@ -31,3 +37,15 @@ __all__ = [
     "RecurrentInit", "init_rnn", "checkpoint", "diagnostics", "init", "optim",
 ]
 __version__ = "0.1.0"
+
+_TRAIN_NAMES = ("Dataset", "NonFiniteError", "StepRecord", "TrainConfig", "Trainer")
+if TYPE_CHECKING:  # pragma: no cover
+    from .train import Dataset, NonFiniteError, StepRecord, TrainConfig, Trainer
+
+
+def __getattr__(name: str):
+    if name in _TRAIN_NAMES:
+        from . import train
+
+        return getattr(train, name)
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")

@@ -39,7 +39,10 @@ the position (epoch, batch), the model's dropout generator, the history, the epo
 weights so far and the data's fingerprint, so that :meth:`Trainer.load_checkpoint` then
 :meth:`Trainer.fit` continues bit for bit like the uninterrupted run. A trainer that did not load
 the checkpoint in its folder refuses to start over it (or over an existing ``log_csv``) unless
-``overwrite=True``: a finished run is never replaced by accident.
+``overwrite=True``: a finished run is never replaced by accident. While it writes them, a trainer owns its
+checkpoint folder and its log (:mod:`scratch_rnn.runlock`: another run, overwrite or not, is refused with
+``RunInUse`` naming the owner); a resume writes an existing log only when its rows are the checkpoint's
+history; an interrupted ``fit``/``run`` (Ctrl-C) cuts the log back to the checkpoint's step.
 """
 from __future__ import annotations
 
@@ -72,6 +75,7 @@ from .checks import (
 from .cli import BadInput, Stopped, as_bad_input, input_file, output_dir, output_file, run_main
 from .fileio import atomic_write_text, remove_stale_temporaries
 from .optim import OPTIMIZERS, clip_grad_norm_, clip_grad_value_, make_optimizer, total_norm
+from .runlock import RunLock, beside_lock_path, folder_lock_path
 
 __all__ = ["TrainConfig", "Trainer", "Dataset", "ArrayBatches", "StepRecord", "TrainingStopped", "NonFiniteError",
            "DivergenceError", "TooManySkippedError", "tbptt_chunks", "main"]
@@ -260,6 +264,11 @@ class Dataset:
         return array_fingerprint(self.x, self.y, self.lengths)
 
 
+def _same_float(a: float, b: float) -> bool:
+    """Equal as logged (a float32 loss may be written with fewer digits); NaN equals NaN."""
+    return (math.isnan(a) and math.isnan(b)) or math.isclose(a, b, rel_tol=1e-6, abs_tol=0.0)
+
+
 def array_fingerprint(*arrays) -> str:
     """SHA-256 (first 16 hex digits) of the arrays' dtypes, shapes and bytes: what a resume checks."""
     h = hashlib.sha256()
@@ -380,6 +389,7 @@ class Trainer:
         self._sums = _EpochSums()
         self._resumed_from = None  # the checkpoint this trainer resumed, if any
         self._outputs_checked = False
+        self._locks: dict[str, RunLock] = {}  # the outputs this trainer owns while it writes them
         self._csv_ready = False
         self._bar = None
 
@@ -536,9 +546,15 @@ class Trainer:
 
     def run(self, batches) -> list[StepRecord]:
         """Train on an explicit iterable of (x, y, lengths) batches, in order; returns the history."""
-        for batch in batches:
-            self.train_batch(*batch)
-        self._check_skipped()
+        try:
+            for batch in batches:
+                self.train_batch(*batch)
+            self._check_skipped()
+        except KeyboardInterrupt:
+            self._trim_log_to_checkpoint()
+            raise
+        finally:
+            self.release_outputs()
         return self.history
 
     def fit(self, data) -> list[StepRecord]:
@@ -546,10 +562,10 @@ class Trainer:
         cfg = self.config
         source = data if hasattr(data, "batches") and not isinstance(data, Dataset) else \
             ArrayBatches(data, cfg.batch_size, cfg.shuffle, cfg.seed)
-        self._check_data(source)
-        self._check_outputs()
-        self._open_bar(source)
         try:
+            self._check_data(source)
+            self._check_outputs()
+            self._open_bar(source)
             while self.epoch < cfg.epochs and self.stop_reason is None and not self._done():
                 self.set_lr(cfg.lr * cfg.lr_decay ** self.epoch)
                 t0 = time.perf_counter()
@@ -577,8 +593,12 @@ class Trainer:
                 self.selected_epoch = self.best["epoch"]
             elif self.epochs:
                 self.selected_epoch = self.epochs[-1]["epoch"]
+        except KeyboardInterrupt:
+            self._trim_log_to_checkpoint()
+            raise
         finally:
             self._close_bar()
+            self.release_outputs()
         return self.history
 
     def _done(self) -> bool:
@@ -636,32 +656,127 @@ class Trainer:
                  if k not in ("epoch", "seconds", "eval_seconds")]
         return f"epoch {row['epoch']}: " + ", ".join(parts) + f" ({row['seconds']:.0f} s)"
 
-    # -- outputs: checked before the first step --------------------------------------------------
-    def _check_outputs(self) -> None:
-        """Refuse, before any step, to write over another run's checkpoint or log, or into a wrong kind of path.
+    # -- outputs: owned while written, checked before the first step ----------------------------
+    def _owned_paths(self) -> dict[str, tuple]:
+        """{key: (lock path, what)} of the outputs this trainer writes: the checkpoint folder (its lock
+        inside it) and the log (its lock beside it, unless it lies inside the checkpoint folder)."""
+        cfg, out = self.config, {}
+        if cfg.checkpoint_dir is not None:
+            d = os.fspath(cfg.checkpoint_dir)
+            out["checkpoint_dir"] = (folder_lock_path(d), f"checkpoint_dir {d!r}")
+        if cfg.log_csv is not None:
+            log = os.fspath(cfg.log_csv)
+            inside = cfg.checkpoint_dir is not None and os.path.commonpath(
+                [os.path.realpath(log), os.path.realpath(cfg.checkpoint_dir)]) == os.path.realpath(cfg.checkpoint_dir)
+            if not inside:
+                out["log_csv"] = (beside_lock_path(log), f"log_csv {log!r}")
+        return out
 
-        Writing over them is allowed only for the run this trainer resumed (its own checkpoint and the
-        log beside it) or with ``overwrite=True``.
+    def _claim_outputs(self, keys=None) -> list[str]:
+        """Take the lock of each output not held yet (:class:`~scratch_rnn.runlock.RunInUse` when another
+        run holds one, naming it); returns the keys taken by this call. All or none are taken."""
+        taken = []
+        try:
+            for key, (path, what) in self._owned_paths().items():
+                if (keys is not None and key not in keys) or (key in self._locks and self._locks[key].held):
+                    continue
+                self._locks[key] = RunLock(path, what).acquire()
+                taken.append(key)
+        except BaseException:
+            self.release_outputs(taken)
+            raise
+        return taken
+
+    def release_outputs(self, keys=None) -> None:
+        """Give up ownership of the checkpoint folder and the log (done at the end of ``fit`` and ``run``;
+        the next write takes it again)."""
+        for key in list(self._locks if keys is None else keys):
+            lock = self._locks.pop(key, None)
+            if lock is not None:
+                lock.release()
+
+    def _check_outputs(self) -> None:
+        """Own the outputs, then refuse, before any step, to write over another run's checkpoint or log,
+        or into a wrong kind of path.
+
+        Writing over them is allowed only for the run this trainer resumed (its own checkpoint, and a
+        log whose rows are that checkpoint's history) or with ``overwrite=True``; a run in progress
+        (one that holds the lock) is never written over.
         """
         if self._outputs_checked:
+            self._claim_outputs()  # a later fit / run: own the outputs again
             return
         cfg = self.config
-        own = self._resumed_from is not None and cfg.checkpoint_dir is not None and \
-            self._resumed_from == os.path.abspath(self.checkpoint_path())
         if cfg.checkpoint_dir is not None:
             output_dir("checkpoint_dir", cfg.checkpoint_dir)
-            path = self.checkpoint_path()
-            if os.path.exists(path) and not own and not cfg.overwrite:
-                raise FileExistsError(f"checkpoint_dir: {os.fspath(cfg.checkpoint_dir)!r} already holds a checkpoint "
-                                      f"of another run ({path}); resume it (load_checkpoint / --resume) or pass "
-                                      "overwrite=True (--overwrite) to replace it")
         if cfg.log_csv is not None:
             output_file("log_csv", cfg.log_csv)
-            p = os.fspath(cfg.log_csv)
-            if os.path.exists(p) and not own and not cfg.overwrite:
-                raise FileExistsError(f"log_csv: {p!r} already exists (another run's log); resume that run or pass "
-                                      "overwrite=True (--overwrite) to replace it")
+        taken = self._claim_outputs()
+        try:
+            own = self._resumed_from is not None and cfg.checkpoint_dir is not None and \
+                self._resumed_from == os.path.abspath(self.checkpoint_path())
+            if cfg.checkpoint_dir is not None:
+                path = self.checkpoint_path()
+                if os.path.exists(path) and not own and not cfg.overwrite:
+                    raise FileExistsError(f"checkpoint_dir: {os.fspath(cfg.checkpoint_dir)!r} already holds a "
+                                          f"checkpoint of another run ({path}); resume it (load_checkpoint / --resume) "
+                                          "or pass overwrite=True (--overwrite) to replace it")
+            if cfg.log_csv is not None:
+                p = os.fspath(cfg.log_csv)
+                if os.path.exists(p) and not cfg.overwrite:
+                    if not own:
+                        raise FileExistsError(f"log_csv: {p!r} already exists (another run's log); resume that run or "
+                                              "pass overwrite=True (--overwrite) to replace it")
+                    why = self._log_mismatch(p)
+                    if why:
+                        raise FileExistsError(f"log_csv: {p!r} is not the log of the run being resumed "
+                                              f"({self._resumed_from}): {why}. Point log_csv at that run's log or "
+                                              "at a new file, or pass overwrite=True (--overwrite) to replace it")
+        except BaseException:
+            self.release_outputs(taken)  # (a folder made for the lock goes with it: a refused run leaves nothing)
+            raise
         self._outputs_checked = True
+
+    def _log_mismatch(self, path) -> str | None:
+        """Why the CSV at ``path`` is not this run's log (None when it is): its first rows must be the
+        resumed checkpoint's history (rows after it are steps a killed run logged past its checkpoint)."""
+        try:
+            with open(path, newline="", encoding="utf-8") as f:
+                rows = list(csv.reader(f))
+        except (OSError, UnicodeDecodeError, csv.Error) as exc:
+            return f"it cannot be read as a CSV ({exc})"
+        if not rows or tuple(rows[0]) != self._CSV_FIELDS:
+            return f"its header is {rows[0] if rows else 'missing'}, not {list(self._CSV_FIELDS)}"
+        body = rows[1:]
+        if not self.history and body:
+            return f"it has {len(body)} step row(s), the checkpoint none"
+        if len(body) < len(self.history):
+            return f"it has {len(body)} step row(s), fewer than the checkpoint's {len(self.history)}"
+        for rec, row in zip(self.history, body):
+            try:
+                same = (len(row) == len(self._CSV_FIELDS) and int(row[0]) == rec.step and int(row[1]) == rec.epoch
+                        and _same_float(float(row[2]), rec.loss) and _same_float(float(row[3]), rec.grad_norm)
+                        and row[4] == str(rec.skipped))
+            except ValueError:
+                same = False
+            if not same:
+                return (f"its row {row} differs from the checkpoint's step {rec.step} "
+                        f"(loss {rec.loss!r}, grad_norm {rec.grad_norm!r})")
+        return None
+
+    def _trim_log_to_checkpoint(self) -> None:
+        """After an interruption: cut the log back to the last checkpoint's step, so that log and checkpoint
+        agree (a resume continues both from there). Without a checkpoint the log is left as it is."""
+        if not self.config.log_csv or self.last_checkpoint_step is None or not self._csv_ready:
+            return
+        keep = [r for r in self.history if r.step <= self.last_checkpoint_step]
+        buf = io.StringIO()
+        w = csv.writer(buf)
+        w.writerow(self._CSV_FIELDS)
+        for r in keep:
+            w.writerow([getattr(r, k) for k in self._CSV_FIELDS])
+        atomic_write_text(self.config.log_csv, buf.getvalue())
+        self._csv_ready = False  # a later write starts again from the history
 
     def _check_data(self, source) -> None:
         fp = source.fingerprint() if hasattr(source, "fingerprint") else None
@@ -728,7 +843,16 @@ class Trainer:
 
     def save_checkpoint(self, path=None) -> str:
         """Write everything needed to resume, atomically (default: checkpoint_dir/checkpoint.npz)."""
+        own_path = path is None or os.path.abspath(path) == os.path.abspath(self.checkpoint_path()) \
+            if self.config.checkpoint_dir else False
         path = os.fspath(path) if path is not None else self.checkpoint_path()
+        taken = self._claim_outputs(("checkpoint_dir",)) if own_path else []
+        try:
+            return self._save_checkpoint(path)
+        finally:
+            self.release_outputs(taken)  # taken for this call only (fit holds it for the whole run)
+
+    def _save_checkpoint(self, path: str) -> str:
         h = self.history
         arrays = dict(
             history_step=np.array([r.step for r in h], dtype=np.int64),
@@ -758,7 +882,18 @@ class Trainer:
         refuses data with another fingerprint.
         """
         path = os.fspath(path) if path is not None else self.checkpoint_path()
-        remove_stale_temporaries(path)  # a resume: this trainer is the folder's writer now
+        own_path = bool(self.config.checkpoint_dir) and os.path.abspath(path) == os.path.abspath(self.checkpoint_path())
+        # resuming this trainer's own folder: own it from now on (refused while another run writes it)
+        taken = self._claim_outputs(("checkpoint_dir",)) if own_path else []
+        try:
+            self._load_checkpoint(path, own_path)
+        except BaseException:
+            self.release_outputs(taken)
+            raise
+
+    def _load_checkpoint(self, path: str, own_path: bool) -> None:
+        if own_path:
+            remove_stale_temporaries(path)  # what a killed writer of this folder left; we are its writer now
         arrays, info = ckpt.read_archive(path)  # verify integrity before comparing configs
         meta = info.get("meta", {})
         if meta.get("trainer_version") != TRAINER_STATE_VERSION:
@@ -867,7 +1002,8 @@ def _main(argv) -> None:
             trainer.load_checkpoint()
         trainer._check_outputs()
         trainer._check_data(ArrayBatches(data, train_cfg.batch_size, train_cfg.shuffle, train_cfg.seed))
-    except (ValueError, FileExistsError, ckpt.CheckpointError) as exc:
+    except (ValueError, OSError, ckpt.CheckpointError) as exc:  # OSError: FileExistsError, RunInUse, a lock...
+        trainer.release_outputs()
         raise BadInput(str(exc)) from exc
     trainer.fit(data)
     last = trainer.history[-1] if trainer.history else None

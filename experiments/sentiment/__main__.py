@@ -3,7 +3,9 @@
 Trains the IMDB sentiment RNN and writes ``results/sentiment/<run-name>/``: config.json, metrics.json,
 steps.csv, steps_/epochs_/result_<backend> files, predictions_<backend>.npy, checkpoint.npz (numpy),
 curves.png, grad_norm.png. The folder appears whole when the run has finished (an earlier run of the
-same name is replaced only with --overwrite, and only then). Exit status (scratch_rnn.cli): 0 done,
+same name is replaced only with --overwrite, and only then). A run name belongs to one run at a time:
+while a run of that name is in progress, another is refused (exit 2, naming the running one's pid), with
+or without --overwrite. Exit status (scratch_rnn.cli): 0 done,
 1 stopped (non-finite values, divergence, a backend's process failed), 2 bad arguments or data (checked
 before training starts), 3 crashed.
 """
@@ -136,25 +138,35 @@ def _main(argv=None) -> int:
         raise BadInput(f"--run-name: expected a plain folder name (not starting with '.'), got {run_name!r}")
     out_root = output_dir("--out-root", args.out_root)
     out_dir = out_root / run_name
+    from scratch_rnn.runlock import RunInUse
+
     from .. import runfolder
 
-    runfolder.recover(out_dir)  # an old run moved aside by a killed swap is back before we look
-    if out_dir.exists() and not args.overwrite:
-        raise BadInput(f"--run-name: {out_dir} already holds a run; pass --overwrite (the old run is replaced only "
-                       "when the new one finishes) or another --run-name")
-    if cfg.embedding == "glove":
-        from .glove import GloveUnavailable, load_glove
+    try:  # the run name is this run's until it ends: a run of that name in progress is never replaced
+        lock = runfolder.claim(out_dir, f"--run-name {run_name!r} ({out_dir})")
+    except RunInUse as e:
+        raise BadInput(str(e)) from e
+    try:
+        runfolder.recover(out_dir)  # an old run moved aside by a killed swap is back before we look
+        if out_dir.exists() and not args.overwrite:
+            raise BadInput(f"--run-name: {out_dir} already holds a run; pass --overwrite (the old run is replaced "
+                           "only when the new one finishes) or another --run-name")
+        if cfg.embedding == "glove":
+            from .glove import GloveUnavailable, load_glove
 
-        try:
-            load_glove()
-        except GloveUnavailable as e:
-            raise BadInput(f"--embedding glove: {e}") from e
-    check_data(cfg)
+            try:
+                load_glove()
+            except GloveUnavailable as e:
+                raise BadInput(f"--embedding glove: {e}") from e
+        check_data(cfg)
 
-    from .train import run_experiment
+        from .train import run_experiment
 
-    argv_used = list(sys.argv[1:] if argv is None else argv)
-    metrics = run_experiment(cfg, out_dir, progress=not args.no_progress, argv=argv_used, overwrite=args.overwrite)
+        argv_used = list(sys.argv[1:] if argv is None else argv)
+        metrics = run_experiment(cfg, out_dir, progress=not args.no_progress, argv=argv_used,
+                                 overwrite=args.overwrite, owned=lock)
+    finally:
+        lock.release()
     rows = [{k: r[k] for k in ("backend", "test_accuracy", "test_size", "train_size", "epochs", "selected_epoch",
                                "seconds", "peak_memory_mb")} for r in metrics["results"]]
     print(json.dumps({"run": str(out_dir), "results": rows, "comparison": metrics.get("comparison")}, indent=1))

@@ -6,6 +6,10 @@ folder counts once however often (and however spelled) it is given; a folder wit
 (no metrics.json, or a broken metrics.json/config.json) is listed on stderr with the reason and left
 out. Exit codes (scratch_rnn.cli): 0 at least one run reported; 2 a path that is not a folder, or no
 finished run at all; 3 crashed.
+
+``--by-setting`` pools runs that differ in nothing but the seed: the group of a result is its backend
+and every setting of its run's config.json except ``seed``. The table names the settings that
+differ between groups (one column each), and stderr says which they are.
 """
 from __future__ import annotations
 
@@ -195,9 +199,13 @@ SUMMARY_COLUMNS = [
     ("valid", "valid acc. (chosen epoch)"), ("test", "test accuracy"), ("epoch", "epoch chosen / run"),
     ("minutes", "time (min)"), ("cpu_minutes", "CPU (min)"), ("memory", "peak memory (MB)"),
 ]
-SETTING_COLUMNS = [("embedding", "embedding"), ("stopwords", "stopwords"), ("backend", "backend"), ("seeds", "seeds"),
-                   ("test", "test accuracy (mean)"), ("range", "min - max"), ("valid", "valid acc. (mean)"),
-                   ("minutes", "time (min, mean)")]
+#: The statistics of a --by-setting row, after the settings that differ between groups and the backend.
+SETTING_STAT_COLUMNS = [("backend", "backend"), ("seeds", "seeds"), ("test", "test accuracy (mean)"),
+                        ("range", "min - max"), ("valid", "valid acc. (mean)"), ("minutes", "time (min, mean)")]
+#: The settings a --by-setting group does not hold fixed: the seed is what its runs repeat over; the
+#: backend of a result is its own column (a "both" run's numpy result pools with a "numpy" run's).
+NOT_A_GROUP_SETTING = ("seed", "backend")
+NOT_RECORDED = "(not recorded)"
 
 
 class IncompleteRun(ValueError):
@@ -236,6 +244,8 @@ def load_run(run_dir) -> dict:
     metrics = _read_json(d / "metrics.json")
     config = _read_json(d / "config.json")
     cfg = _fields(d / "config.json", lambda: {k: config["sentiment"][k] for k in ("embedding", "stopwords", "seed")})
+    settings = _fields(d / "config.json", lambda: {k: v for k, v in config["sentiment"].items()
+                                                   if k not in NOT_A_GROUP_SETTING})
     results = _fields(d / "metrics.json", lambda: list(metrics["results"]))
     if not results:
         raise IncompleteRun(f"{d / 'metrics.json'}: no results")
@@ -252,7 +262,7 @@ def load_run(run_dir) -> dict:
             }
 
         def record(r=r):
-            return {"embedding": cfg["embedding"], "stopwords": cfg["stopwords"], "backend": r["backend"],
+            return {"settings": settings, "backend": r["backend"], "run": d.name,
                     "seed": cfg["seed"], "test": 100 * float(r["test_accuracy"]),
                     "valid": 100 * float(r["valid_accuracy"]) if r.get("valid_accuracy") is not None else float("nan"),
                     "minutes": float(r["seconds"]) / 60}
@@ -286,22 +296,44 @@ def summary_rows(run_dirs) -> list[dict]:
     return [row for run in map(load_run, unique_dirs(run_dirs)) for row in run["rows"]]
 
 
-def _setting_table(records):
-    import pandas as pd
+def _show(value) -> str:
+    return value if isinstance(value, str) else json.dumps(value)
 
-    df = pd.DataFrame(records)
+
+def setting_table(records) -> tuple[list[dict], list[tuple[str, str]], list[str]]:
+    """(rows, columns, differing settings): one row per group of results that share the backend and
+    every setting but the seed, with the mean, min and max test accuracy over the group's seeds.
+
+    The columns name the settings that differ between groups, so that no two rows look alike.
+    """
+    keys = sorted(set().union(*(r["settings"] for r in records)))
+
+    def value(r, k):
+        return _show(r["settings"].get(k, NOT_RECORDED))
+
+    differ = [k for k in keys if len({value(r, k) for r in records}) > 1]
+    groups: dict[tuple, list[dict]] = {}
+    for r in records:
+        groups.setdefault((r["backend"], tuple(value(r, k) for k in keys)), []).append(r)
     rows = []
-    for key, g in df.groupby(["embedding", "stopwords", "backend"], sort=False):
-        rows.append({"embedding": key[0], "stopwords": key[1], "backend": key[2],
-                     "seeds": ", ".join(str(s) for s in sorted(g["seed"])),
-                     "test": f"{g['test'].mean():.2f} %", "range": f"{g['test'].min():.2f} - {g['test'].max():.2f}",
-                     "valid": f"{g['valid'].mean():.2f} %", "minutes": f"{g['minutes'].mean():.1f}"})
-    return rows, SETTING_COLUMNS
+    for (backend, _), g in groups.items():
+        tests = [r["test"] for r in g]
+        rows.append({**{k: value(g[0], k) for k in differ}, "backend": backend,
+                     "seeds": ", ".join(str(s) for s in sorted(r["seed"] for r in g)),
+                     "test": f"{np.mean(tests):.2f} %", "range": f"{min(tests):.2f} - {max(tests):.2f}",
+                     "valid": f"{np.mean([r['valid'] for r in g]):.2f} %",
+                     "minutes": f"{np.mean([r['minutes'] for r in g]):.1f}"})
+    return rows, [(k, k) for k in differ] + SETTING_STAT_COLUMNS, differ
 
 
-def setting_rows(run_dirs):
-    """Mean / min / max test accuracy per (embedding, stopwords, backend) over the given runs (each once)."""
-    return _setting_table([rec for run in map(load_run, unique_dirs(run_dirs)) for rec in run["records"]])
+def _repeated_seeds(records) -> list[str]:
+    """Notes on groups in which a seed occurs more than once (repeats of one run, not more seeds)."""
+    seen: dict[tuple, list[str]] = {}
+    for r in records:
+        key = (r["backend"], json.dumps(r["settings"], sort_keys=True, default=str), r["seed"])
+        seen.setdefault(key, []).append(r["run"])
+    return [f"seed {k[2]} ({k[0]}) occurs in {len(v)} runs of one setting: {', '.join(v)}"
+            for k, v in seen.items() if len(v) > 1]
 
 
 PROG = "python -m experiments.sentiment.report"
@@ -321,7 +353,8 @@ def _main(argv=None) -> int:
                "folder or no folder holds a finished run.")
     p.add_argument("runs", nargs="+", help="run folders (results/sentiment/<run-name>)")
     p.add_argument("--by-setting", action="store_true",
-                   help="one row per (embedding, stopwords, backend): mean, min and max over the runs (seeds)")
+                   help="one row per backend and setting (every option of config.json but the seed): mean, min "
+                        "and max over the runs (seeds); the settings that differ between rows are named")
     args = p.parse_args(argv)
     not_dirs = [r for r in args.runs if not Path(r).is_dir()]
     if not_dirs:
@@ -336,7 +369,13 @@ def _main(argv=None) -> int:
     if not good:
         raise BadInput(f"runs: expected at least one folder with a finished run, got none:\n{listing}")
     if args.by_setting:
-        rows, cols = _setting_table([rec for run in good for rec in run["records"]])
+        records = [rec for run in good for rec in run["records"]]
+        rows, cols, differ = setting_table(records)
+        print("settings that differ between rows: " + (", ".join(differ) if differ else "none (only the backend)")
+              + "; every other setting is the same in all runs, and the runs of a row differ only in seed",
+              file=sys.stderr)
+        for note in _repeated_seeds(records):
+            print(f"note: {note}", file=sys.stderr)
     else:
         rows, cols = [row for run in good for row in run["rows"]], SUMMARY_COLUMNS
     print(markdown_table(rows, cols))

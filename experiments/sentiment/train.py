@@ -16,8 +16,9 @@ both) from ``default_rng([seed, 2, e])``. Both are trained by the project's one 
 ``scratch_rnn.train.Trainer`` for NumPy, its torch twin ``reference.training.TorchTrainer`` (torch.optim,
 autograd) for torch: the learning-rate schedule, the evaluation on the validation split after every
 epoch, the choice of the best epoch, patience, the non-finite and divergence guard are the Trainer's.
-The NumPy run also leaves its final checkpoint (``checkpoint.npz``: the chosen weights, the
-optimizer, the history) in the run folder.
+The NumPy run also leaves its final checkpoint (``checkpoint.npz``: the last epoch's weights and
+optimizer state, the history, and with ``select="best"`` the chosen epoch's weights under
+``extra/best/``) in the run folder.
 
 With ``backend="both"`` each backend runs in its own process (``isolate``), one after the other,
 so that each reports its own time and peak memory (``ru_maxrss``: the process's peak resident set
@@ -456,7 +457,8 @@ def run_backend(cfg: SentimentConfig, backend_name: str, out_dir: str | os.PathL
     Files in ``out_dir``: ``steps_<backend>.csv`` (step, epoch, loss, grad_norm: the pre-clip global
     L2 norm), ``epochs_<backend>.csv``, ``predictions_<backend>.npy`` (test predictions, in the
     order of the test split), ``result_<backend>.json`` (the metrics entry) and, for numpy,
-    ``checkpoint.npz`` (the chosen weights, optimizer and history).
+    ``checkpoint.npz`` (the last epoch's weights and optimizer state, the history, and the chosen
+    epoch's weights under ``extra/best/``: the trainer's checkpoint, from which a resume continues).
     """
     import pandas as pd
 
@@ -558,25 +560,33 @@ class BackendFailed(Stopped):
 
 
 def run_experiment(cfg: SentimentConfig, out_dir: str | os.PathLike, *, progress: bool = True,
-                   argv: list[str] | None = None, overwrite: bool = False) -> dict:
+                   argv: list[str] | None = None, overwrite: bool = False, owned=None) -> dict:
     """Run ``cfg.backend`` (one or both, in order numpy then torch), then write config.json,
     metrics.json, steps.csv (both backends side by side) and the plots. Returns the metrics.
 
-    Everything is written into a temporary folder beside ``out_dir`` that replaces ``out_dir`` only
-    once the run has finished (an existing ``out_dir`` needs ``overwrite``); a run that fails
-    removes its temporary folder and leaves ``out_dir`` as it was.
+    The run owns ``out_dir`` from start to end (``runfolder.claim``: a run of the same name in
+    progress refuses this one with :class:`~scratch_rnn.runlock.RunInUse`, overwrite or not);
+    ``owned`` is that lock when the caller has already taken it. Everything is written into a
+    temporary folder beside ``out_dir`` that replaces ``out_dir`` only once the run has finished
+    (an existing ``out_dir`` needs ``overwrite``); a run that fails removes its temporary folder and
+    leaves ``out_dir`` as it was.
     """
     out_dir = Path(out_dir)
-    runfolder.recover(out_dir)  # what a killed earlier run of this name may have left
-    if out_dir.exists() and not overwrite:
-        raise FileExistsError(f"{out_dir} already exists; pass overwrite=True (--overwrite) or another run name")
-    work = runfolder.make_partial_dir(out_dir)
+    lock = owned if owned is not None and owned.held else runfolder.claim(out_dir)
     try:
-        metrics = _run_into(cfg, work, progress=progress, argv=argv, run_name=out_dir.name)
-        runfolder.replace_dir(work, out_dir)
-    except BaseException:
-        shutil.rmtree(work, ignore_errors=True)
-        raise
+        runfolder.recover(out_dir)  # what a killed earlier run of this name may have left
+        if out_dir.exists() and not overwrite:
+            raise FileExistsError(f"{out_dir} already exists; pass overwrite=True (--overwrite) or another run name")
+        work = runfolder.make_partial_dir(out_dir)
+        try:
+            metrics = _run_into(cfg, work, progress=progress, argv=argv, run_name=out_dir.name)
+            runfolder.replace_dir(work, out_dir)
+        except BaseException:
+            shutil.rmtree(work, ignore_errors=True)
+            raise
+    finally:
+        if lock is not owned:
+            lock.release()
     return metrics
 
 
