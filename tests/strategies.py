@@ -3,13 +3,15 @@ from __future__ import annotations
 
 from hypothesis import strategies as st
 
-from reference.cases import CELL_NAMES, RNNCase
+from reference.cases import RNNCase
+from scratch_rnn.cells import cell_names, cell_spec
 
 
 @st.composite
-def rnn_cases(draw, max_layers=3, max_steps=7, max_batch=5, dropout=False, allow_unbatched=True, cells=CELL_NAMES):
-    """One strategy for every cell: the cell ("rnn", "lstm", "gru") is drawn with its options."""
-    cell = draw(st.sampled_from(list(cells)))
+def rnn_cases(draw, max_layers=3, max_steps=7, max_batch=5, dropout=False, allow_unbatched=True, cells=None):
+    """One strategy for every cell: the cell (any registered one unless ``cells`` says) is drawn with its
+    options — the built-in ones' here, a plug-in cell's from its ``OPTIONS`` (the hook every cell has)."""
+    cell = draw(st.sampled_from(list(cells or cell_names())))
     unbatched = draw(st.booleans()) if allow_unbatched else False
     batch = 1 if unbatched else draw(st.integers(1, max_batch))
     steps = draw(st.integers(1, max_steps))
@@ -38,4 +40,6 @@ def rnn_cases(draw, max_layers=3, max_steps=7, max_batch=5, dropout=False, allow
         with_grad_h_n=draw(st.booleans()),
         dropout=draw(st.sampled_from([0.2, 0.5, 0.9])) if dropout and num_layers > 1 else 0.0,
         seed=draw(st.integers(0, 2**31 - 1)),
+        options=() if cell_spec(cell).builtin else tuple(
+            (k, draw(st.sampled_from(list(v)))) for k, v in cell_spec(cell).options.items()),
     )
