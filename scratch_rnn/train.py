@@ -535,10 +535,14 @@ class Trainer:
         return records
 
     def _zero_state(self, B: int) -> tuple:
-        """The state TBPTT carries from chunk to chunk, zero: (h,) or (h, c) for an LSTM, in the model's dtype."""
+        """The state TBPTT carries from chunk to chunk, zero: one array per name in the cell's STATES ((h,), or
+        (h, c) for an LSTM), in the model's dtype."""
+        from .cells import cell_spec
+
         c, dtype = self.model.config, self._state_dtype()
         LD = c.num_layers * c.num_directions
-        shapes = [(LD, B, c.proj_size or c.hidden_size)] + ([(LD, B, c.hidden_size)] if c.cell == "lstm" else [])
+        shapes = [(LD, B, (c.proj_size or c.hidden_size) if s == "h" else c.hidden_size)
+                  for s in cell_spec(c.cell).model_class().STATES]
         return tuple(np.zeros(shape, dtype=dtype) for shape in shapes)
 
     def _state_dtype(self):
