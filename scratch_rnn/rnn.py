@@ -143,8 +143,11 @@ class RecurrentBase(Module):
     @property
     def states(self) -> list:
         """The last forward's hidden-state buffers, one (T + 1, B, out) array per layer and direction,
-        time-major, rows sorted by decreasing length (read-only views; the next forward overwrites them)."""
+        time-major, rows sorted by decreasing length (read-only views; the next forward overwrites them);
+        empty when there is no successful forward to show."""
         views = []
+        if self.last_forward is None:  # no forward, released, or the last one raised midway
+            return views
         for key, buf in self._workspace.items():
             if key[-1] == "h":
                 v = buf.view()
@@ -153,10 +156,21 @@ class RecurrentBase(Module):
         return views
 
     def release_buffers(self) -> None:
-        """Drop the cached forward, the reusable work buffers and ``hidden_grads`` (frees their memory)."""
+        """Drop the cached forward, the reusable work buffers and every result of the last pass
+        (``states``, ``last_forward``, ``dropout_masks``, ``hidden_grads``, ``cell_grads``): frees their memory."""
         self._cache = None
-        self._workspace, self._workspace_size, self.hidden_grads, self.last_forward = {}, None, None, None
+        self._workspace, self._workspace_size = {}, None
+        self._drop_pass()
+
+    def _drop_pass(self) -> None:
+        """Forget the last pass: its forward can no longer be differentiated (its generation is gone), and what
+        described it (``last_forward``, ``states``, ``dropout_masks``) and its backward (``hidden_grads``,
+        ``cell_grads``) is dropped. The one rule (docs/model.md): these always belong to one forward and, once it
+        has run, that forward's backward; a forward that raises after its checks leaves none of them."""
         self._generation += 1
+        self.last_forward = self.dropout_masks = self.hidden_grads = None
+        if "c" in self.STATES:
+            self.cell_grads = None
 
     def _buffer(self, key: tuple, shape: tuple) -> np.ndarray:
         """The workspace array for ``key`` (uninitialised when new): reused from call to call at the same (T, B).
@@ -187,6 +201,10 @@ class RecurrentBase(Module):
         k = 1.0 / math.sqrt(self.hidden_size)
         for name, p in self._params.items():
             p[...] = self._rng.uniform(-k, k, size=p.shape)
+
+    def _backward_reads(self) -> tuple:
+        """The weights: BPTT reads W_hh (and W_hr), dx reads W_ih; the biases are not read."""
+        return tuple(name for name in self._params if name.startswith("weight_"))
 
     def _p(self, kind: str, layer: int, direction: int):
         return self._params.get(f"{kind}_l{layer}{'_reverse' if direction else ''}")
@@ -272,7 +290,6 @@ class RecurrentBase(Module):
         if masks is not None:  # what backward reads: shown to the caller, not writable by it
             for m in masks:
                 m.flags.writeable = False
-        self.dropout_masks = masks
 
         # Packed-sequence bookkeeping: sort by decreasing length (stable), so that at step t the
         # active sequences are the first batch_sizes[t] rows.
@@ -290,7 +307,8 @@ class RecurrentBase(Module):
         # no longer be differentiated: its generation is gone). Buffers of another (T, B) are let go first.
         if self._workspace_size != (T, B):
             self._workspace, self._workspace_size = {}, (T, B)
-        self._generation += 1
+        self._drop_pass()
+        self.dropout_masks = masks
         if not owned:
             buf = self._buffer(("x",), x.shape)
             np.copyto(buf, x)
@@ -337,6 +355,7 @@ class RecurrentBase(Module):
                      B=B, batched=batched, generation=self._generation)
         x_view = x.view()
         x_view.flags.writeable = False
+        # set last, so that a forward that raised midway (an overflow) leaves no record: no states either
         self.last_forward = ForwardRecord(x_view, None if perm is None else lengths.copy(), batched)
         # A unidirectional layer's output may be a view of the states backward reads (and the next
         # forward overwrites): the caller gets a copy, which it may write into.

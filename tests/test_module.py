@@ -5,6 +5,8 @@
    was called with retain_graph=True (and then it adds the same gradient again);
 3. backward never reads an array the caller may change after forward (inputs are copied where needed);
 4. an error inside backward leaves every ``grads`` array as it was;
+5. a parameter changed in place between forward and backward makes the backward raise, naming it, or (one the
+   backward does not read) changes nothing;
 plus the parameter bookkeeping every subclass gets from the base (named_parameters in state_dict order,
 all-or-nothing load_state_dict, real booleans for train()). ``check_lifecycle`` is also run against a
 mutant base class whose forward keeps the old cache: the check must fail (it can fail).
@@ -151,9 +153,14 @@ def _fill_grads(module, rng):
     return {k: v.copy() for k, v in module.grads.items()}
 
 
+def _copy_one(a):
+    if isinstance(a, (tuple, list)):  # the LSTM's (h0, c0): its arrays are copied too
+        return type(a)(_copy_one(b) for b in a)
+    return np.array(a) if isinstance(a, np.ndarray) else a
+
+
 def _copy(args, kwargs):
-    return [np.array(a) if isinstance(a, np.ndarray) else a for a in args], \
-        {k: (np.array(v) if isinstance(v, np.ndarray) else v) for k, v in kwargs.items()}
+    return [_copy_one(a) for a in args], {k: _copy_one(v) for k, v in kwargs.items()}
 
 
 def check_lifecycle(case: Case, seed: int = 0) -> None:
@@ -211,6 +218,27 @@ def check_lifecycle(case: Case, seed: int = 0) -> None:
     for k, v in before.items():
         assert np.array_equal(m.grads[k], v), f"rule 4: a failed backward changed grads[{k!r}]"
 
+    # rule 5: a parameter changed in place between forward and backward: the backward raises naming it,
+    # or (a parameter it does not read) gives exactly what it gives without the change
+    for name, p in m.named_parameters():
+        kept = p.copy()
+        m.forward(*args, **kwargs)
+        p.flat[p.size // 2] += 0.5  # as an optimizer step or W[...] = ... would
+        m.zero_grad()
+        try:
+            changed = m.backward(*g)
+        except RuntimeError as err:
+            assert f"['{name}'] were modified in place" in str(err), f"rule 5: {name}: {err}"
+            assert not any(v.any() for v in m.grads.values()), "rule 5: a refused backward added grads"
+        else:
+            for k in once:
+                assert np.array_equal(m.grads[k], once[k]), \
+                    f"rule 5: {name} changed after forward, backward ran and its grad {k} changed"
+            for r1, r2 in zip(_flat(first), _flat(changed)):
+                assert np.array_equal(r1, r2), f"rule 5: {name} changed after forward changed an input gradient"
+        finally:
+            p[...] = kept
+
 
 def _flat(x):
     if isinstance(x, (tuple, list)):
@@ -235,7 +263,7 @@ def test_lifecycle_rules(case):
     check_lifecycle(case)
 
 
-@pytest.mark.parametrize("mutant", ["keep_cache_on_failed_forward", "never_consume", "no_staging"])
+@pytest.mark.parametrize("mutant", ["keep_cache_on_failed_forward", "never_consume", "no_staging", "no_snapshot"])
 def test_the_lifecycle_check_fails_on_a_broken_base(monkeypatch, mutant):
     """Mutation check: a base without the cache clearing / the consumption / the staged accumulation is caught."""
     if mutant == "keep_cache_on_failed_forward":
@@ -248,6 +276,8 @@ def test_the_lifecycle_check_fails_on_a_broken_base(monkeypatch, mutant):
         orig = Module.backward
         monkeypatch.setattr(Module, "backward", lambda self, *g, retain_graph=False, **kw:
                             orig(self, *g, retain_graph=True, **kw))
+    elif mutant == "no_snapshot":
+        monkeypatch.setattr(Module, "_check_unchanged", lambda self, snapshot, reader: None)
     else:
         def accumulate(self, param_grads):
             for name, g in param_grads.items():
