@@ -396,8 +396,10 @@ def test_bad_arguments_raise():
         pascanu_omega(rnn, X.transpose(1, 0, 2))  # batch-first data for a time-major RNN
     with pytest.raises(ValueError, match="x: the RNN's last forward"):
         pascanu_omega(rnn, X + 0.1)  # not the forward's input
-    with pytest.raises(TypeError, match="x: "):
-        pascanu_omega(rnn, X.astype(np.float32))
+    with pytest.raises(ValueError, match="x: the RNN's last forward"):
+        pascanu_omega(rnn, X.astype(np.float32))  # converted exactly, but not the forward's input: rounded
+    with pytest.raises(TypeError, match="x: expected dtype float32"):
+        pascanu_omega(run(RNN(2, 3), X.astype(np.float32)), X)  # float64 into float32 would round
     with pytest.raises(TypeError, match="rnn: "):
         pascanu_omega(run(LSTM(2, 3, dtype=np.float64), X), X)
     with pytest.raises(RuntimeError, match="backward"):
