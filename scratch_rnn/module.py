@@ -242,7 +242,7 @@ class Module:
 
     def _set_seen(self, snapshot) -> None:
         self._seen_at_forward = snapshot
-        for _, child in self._children.items():
+        for child in self._children.values():
             child._set_seen(snapshot)
 
     def _take_snapshot(self) -> None:

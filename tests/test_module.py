@@ -231,8 +231,8 @@ def check_lifecycle(case: Case, seed: int = 0) -> None:
             assert f"['{name}'] were modified in place" in str(err), f"rule 5: {name}: {err}"
             assert not any(v.any() for v in m.grads.values()), "rule 5: a refused backward added grads"
         else:
-            for k in once:
-                assert np.array_equal(m.grads[k], once[k]), \
+            for k, v in once.items():
+                assert np.array_equal(m.grads[k], v), \
                     f"rule 5: {name} changed after forward, backward ran and its grad {k} changed"
             for r1, r2 in zip(_flat(first), _flat(changed)):
                 assert np.array_equal(r1, r2), f"rule 5: {name} changed after forward changed an input gradient"

@@ -129,7 +129,7 @@ def test_the_rule_is_the_one_validation_layer_for_every_module():
 @pytest.mark.parametrize("name", list(CELLS))
 def test_torch_keyword_names_give_the_positional_numbers(name):
     """``model(input=x, hx=...)`` is ``model(x, h0)`` bit for bit (forward and backward), and torch's twin takes
-    the very same call. Mutation: drop the hx alias -> TypeError (unexpected keyword)."""
+    the very same call. Mutation: torch_alias ignores the torch name -> zeros for hx (x missing for input)."""
     cls = CELLS[name]
     model = cls(I, H, bidirectional=True, dtype=np.float64, seed=0)
     x, hx, g_out, g_fin = _arrays(cls, np.float64)
