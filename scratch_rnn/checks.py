@@ -2,11 +2,14 @@
 
 Policies, the same everywhere:
 
-- **dtypes follow torch**: a floating-point array whose dtype differs from the model's raises
-  ``TypeError`` (torch: "input dtype … does not match weight dtype"); nothing is cast behind the
-  caller's back. Python numbers and lists, which have no dtype of their own, are converted, and a
-  value that does not fit the model's dtype (1e300 into float32) is named as an overflow.
-  ``load_state_dict`` casts, as torch's ``copy_`` does (a state dict is data, not an input).
+- **dtypes: only lossless conversions are implicit**. A floating-point array of a narrower dtype
+  than the model's (float16 or float32 into a float64 model) is converted: every value is kept
+  exactly, as torch's autograd converts a float32 cotangent for a float64 output and its LSTM takes a
+  float32 ``c0`` beside a float64 ``h0``. A wider one (float64 into a float32 model) raises
+  ``TypeError`` naming the argument: that conversion rounds, so the caller makes it explicitly.
+  Python numbers and lists, which have no dtype of their own, are converted, and a value that does
+  not fit the model's dtype (1e300 into float32) is named as an overflow. ``load_state_dict`` casts
+  either way, as torch's ``copy_`` does (a state dict is data, not an input).
 - **flags are real booleans**: ``"False"``, ``0`` or ``None`` for ``bias`` / ``batch_first`` /
   ``bidirectional`` / ``shuffle`` raise ``TypeError`` (a non-empty string is truthy).
 - **indices are integers in range**, printed as given (a huge uint64 is not shown as its int64
@@ -46,9 +49,10 @@ def as_float_array(name: str, value, dtype, *, allow_nonfinite: bool = False, ca
     """``value`` as an ndarray of ``dtype``; only real floating-point input is accepted.
 
     Integer, boolean, complex and object arrays raise TypeError (an integer array would silently
-    truncate gradients). A floating-point array of another dtype raises TypeError unless ``cast``
-    (torch's rule for inputs; ``load_state_dict`` casts). NaN or inf raise ValueError unless
-    ``allow_nonfinite``; a finite value that overflows the dtype is named as such.
+    truncate gradients). A floating-point array of another dtype is converted when that is lossless
+    (a narrower float: float32 into float64) and raises TypeError otherwise (float64 into float32),
+    unless ``cast`` (``load_state_dict`` casts). NaN or inf raise ValueError unless ``allow_nonfinite``;
+    a finite value that overflows the dtype is named as such.
     """
     dtype = np.dtype(dtype)
     if value is None:
@@ -66,9 +70,10 @@ def as_float_array(name: str, value, dtype, *, allow_nonfinite: bool = False, ca
         arr = arr.astype(np.float64)  # a Python list of ints: numbers without a dtype of their own
         has_dtype = False
     if arr.dtype != dtype:
-        if has_dtype and not cast:
-            raise TypeError(f"{name}: expected dtype {dtype} (the model's), got {arr.dtype}; convert it "
-                            f"explicitly (e.g. x.astype(np.{dtype.name})): it is not cast silently")
+        if has_dtype and not cast and not np.can_cast(arr.dtype, dtype, casting="safe"):
+            raise TypeError(f"{name}: expected dtype {dtype} (the model's, or a narrower float, which converts "
+                            f"exactly), got {arr.dtype}; convert it explicitly (e.g. x.astype(np.{dtype.name})): "
+                            "a conversion that rounds is not made silently")
         src = arr
         with np.errstate(over="ignore"):
             arr = arr.astype(dtype)

@@ -5,8 +5,9 @@ Both are :class:`scratch_rnn.Module` subclasses: parameters are named exactly as
 with respect to the input and *accumulates* parameter gradients into ``self.grads`` (like torch's
 ``.grad``) until ``zero_grad()``, under the Module's lifecycle rules.
 
-``backward`` uses the parameters as they are when it is called, so update parameters only after
-the backward pass (torch would raise on an in-place change between forward and backward).
+A parameter the backward reads (``Linear.weight``) that changed in place between forward and backward
+makes the backward raise, as torch's version counter does (``Module`` rule 5); the biases and the
+embedding table are not read by backward, so changing them in between changes nothing.
 """
 from __future__ import annotations
 
@@ -46,6 +47,9 @@ class Linear(Module):
         self.register_parameter("weight", rng.uniform(-bound, bound, (self.out_features, self.in_features)))
         if bias:
             self.register_parameter("bias", rng.uniform(-bound, bound, (self.out_features,)))
+
+    def _backward_reads(self) -> tuple:
+        return ("weight",)  # grad_x = grad_output @ weight; the bias is not read
 
     @property
     def has_bias(self) -> bool:
@@ -96,6 +100,9 @@ class Embedding(Module):
         if self.padding_idx is not None:
             weight[self.padding_idx] = 0.0
         self.register_parameter("weight", weight)
+
+    def _backward_reads(self) -> tuple:
+        return ()  # the backward scatters into rows; it never reads the table
 
     def _forward(self, indices):
         """indices (*) int -> (*, embedding_dim); the cache is a private copy of the indices."""

@@ -25,7 +25,12 @@ It owns what no subclass re-implements:
      inputs where backward needs them), so changing an input after ``forward`` changes nothing;
   4. the contributions are checked before any is added: a non-finite one raises
      ``FloatingPointError`` naming the parameter, and an error anywhere inside ``backward`` leaves
-     every ``grads`` array as it was.
+     every ``grads`` array as it was;
+  5. the parameters the backward reads are the ones the forward saw (torch's version counter): the
+     forward keeps a copy of each (own and children's: ``_backward_reads()``), and a backward finds
+     one changed in place since (an optimizer step, ``load_state_dict``, ``W[...] = ...``) raises
+     RuntimeError naming it before any work. A copy, not a counter, because a write through NumPy
+     bumps no counter; it costs a copy and a comparison of those parameters per forward+backward.
 
 A composite module calls its children's ``_forward`` / ``_backward`` directly and keeps their
 caches inside its own, so the rules hold for the whole model at once.
@@ -41,6 +46,8 @@ import numpy as np
 from .checks import as_float_array, check_bool, check_dtype
 
 __all__ = ["Module", "RowGrad"]
+
+_BITS = {2: np.uint16, 4: np.uint32, 8: np.uint64}  # a float parameter's bits, compared exactly
 
 
 @dataclass(frozen=True)
@@ -72,6 +79,11 @@ class Module:
         self.training = True
         self._cache = None
         self._flat = None  # (parameters, grads) flat dicts, built on first use
+        self._reads = None  # [(flat name, live array)] the backward reads, built on first use
+        # [(flat name, live array, the copy the forward saw)]: shared with the descendants, whose
+        # ``_seen_at_forward`` points at the snapshot of the last forward that involved them
+        self._snapshot = None
+        self._seen_at_forward = None
 
     # -- registration ---------------------------------------------------------------------------
     def register_parameter(self, name: str, value) -> np.ndarray:
@@ -79,7 +91,7 @@ class Module:
         arr = np.array(value, dtype=self.dtype, order="C", copy=True)
         self._params[name] = arr
         self._grads[name] = np.zeros_like(arr)
-        self._flat = None
+        self._flat = self._reads = self._snapshot = None
         return arr
 
     def register_module(self, name: str, module: "Module | None") -> None:
@@ -89,7 +101,7 @@ class Module:
                 raise TypeError(f"{name}: expected a Module, got {type(module).__name__}")
             self._children[name] = module
         object.__setattr__(self, name, module)
-        self._flat = None
+        self._flat = self._reads = self._snapshot = None
 
     def __getattr__(self, name):
         # ``layer.weight`` reads the live parameter array, as in torch
@@ -185,7 +197,9 @@ class Module:
     def forward(self, *args, **kwargs):
         """Run ``_forward`` and keep its cache for one ``backward`` (see the class docstring)."""
         self._cache = None  # a forward that raises leaves none behind
+        self._set_seen(None)
         outputs, cache = self._forward(*args, **kwargs)
+        self._take_snapshot()
         self._cache = cache
         return outputs
 
@@ -201,11 +215,67 @@ class Module:
             raise RuntimeError(f"{type(self).__name__}.backward: there is no forward to differentiate through: call "
                                "forward first (a forward that raised leaves none, and a backward consumes its "
                                "forward unless called with retain_graph=True, as in torch)")
+        self._check_unchanged(self._snapshot, f"{type(self).__name__}.backward")
         grad_inputs, param_grads = self._backward(cache, *grad_outputs, **kwargs)
         self.accumulate(param_grads)
         if not retain_graph:
             self._cache = None
         return grad_inputs
+
+    # -- what the forward saw (rule 5) ------------------------------------------------------------
+    def _backward_reads(self) -> tuple:
+        """The names of this module's OWN parameters that ``_backward`` reads (default: all of them).
+
+        A subclass narrows it where its backward provably reads fewer (an embedding's backward reads
+        none of its table); the children's are added by the base.
+        """
+        return tuple(self._params)
+
+    def _read_parameters(self) -> list:
+        """[(flat name, live array)] of every parameter a backward through this module reads."""
+        if self._reads is None:
+            reads = [(name, self._params[name]) for name in self._backward_reads()]
+            for prefix, child in self._children.items():
+                reads += [(f"{prefix}.{name}", p) for name, p in child._read_parameters()]
+            self._reads = reads
+        return self._reads
+
+    def _set_seen(self, snapshot) -> None:
+        self._seen_at_forward = snapshot
+        for child in self._children.values():
+            child._set_seen(snapshot)
+
+    def _take_snapshot(self) -> None:
+        """Copy what the backward will read (into buffers reused from forward to forward)."""
+        snap = self._snapshot
+        if snap is None:
+            snap = self._snapshot = [(name, p, np.empty_like(p)) for name, p in self._read_parameters()]
+        for _, p, seen in snap:
+            np.copyto(seen, p)
+        self._set_seen(snap)
+
+    def _check_unchanged(self, snapshot, reader: str) -> None:
+        if not snapshot:
+            return
+        # compared as bits: NaN equals itself, -0.0 differs from 0.0
+        changed = [name for name, p, seen in snapshot
+                   if not np.array_equal(p.view(_BITS[p.itemsize]), seen.view(_BITS[p.itemsize]))]
+        if changed:
+            raise RuntimeError(
+                f"{reader}: the parameter(s) {changed} were modified in place after the forward this reads (an "
+                "optimizer step, load_state_dict, reset_parameters or a write such as W[...] = ...); the forward's "
+                "states belong to the old values (torch: 'one of the variables needed for gradient computation has "
+                "been modified by an inplace operation'). Run the forward again after changing parameters, and "
+                "update parameters only after the backward")
+
+    def check_parameters_unchanged(self, reader: str = "check_parameters_unchanged") -> None:
+        """Raise RuntimeError if a parameter this module's backward reads changed since the last forward
+        that involved it (its own or a parent's); for diagnostics that read a forward's results later."""
+        snapshot = self._seen_at_forward
+        if snapshot is None:
+            raise RuntimeError(f"{reader}: {type(self).__name__} has no forward to compare with: run the forward first")
+        mine = {id(p): name for name, p in self._read_parameters()}  # named as this module names them
+        self._check_unchanged([(mine[id(p)], p, seen) for _, p, seen in snapshot if id(p) in mine], reader)
 
     def accumulate(self, param_grads: dict) -> None:
         """Add ``param_grads`` (flat names -> ndarray or :class:`RowGrad`) to ``grads``, all or nothing.

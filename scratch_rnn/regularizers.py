@@ -73,9 +73,12 @@ API: ``value, grads = pascanu_omega(rnn, x, form="code")`` right after ``rnn(x, 
 relu, with or without bias, time-major or ``batch_first``, float32 or float64, h0 given or not. ``x`` is that
 forward's input, in the RNN's layout; the exact form needs it (the gradient reaches W_ih through x_t), the code
 form does not (it is then checked if given). The states and δ are read from ``rnn.states`` and
-``rnn.hidden_grads``; nothing in the RNN is changed. Given x, the states are first checked to be those of x under
-the current parameters (recomputed in one pass from the stored h_{t-1}, to a rounding bound), which catches a
-wrong x or layout, parameters updated since the forward, and a forward run with ``lengths``.
+``rnn.hidden_grads``; nothing in the RNN is changed. They are one forward+backward pair by construction (a forward
+drops the previous backward's ``hidden_grads``: Ω after another forward raises, it does not pair the new states with
+the old δ), and a weight changed in place since that forward (an optimizer step, ``load_state_dict``,
+``W[...] = ...``) raises RuntimeError naming it (``Module.check_parameters_unchanged``). Given x, the states are
+first checked to be those of x under the current parameters (recomputed in one pass from the stored h_{t-1}, to a
+rounding bound), which catches a wrong x or layout, a changed bias, and a forward run with ``lengths``.
 """
 from __future__ import annotations
 
@@ -86,7 +89,7 @@ import numpy as np
 from . import functional as F
 from .checks import as_float_array, check_choice, check_shape
 
-__all__ = ["pascanu_omega", "FORMS", "STEPS", "CODE_BOUND", "FIRST_TRANSITION"]
+__all__ = ["pascanu_omega", "omega_of", "FORMS", "STEPS", "CODE_BOUND", "FIRST_TRANSITION"]
 
 FORMS = ("exact", "code")
 # How each form combines its terms over the steps, unless ``steps`` says otherwise.
@@ -135,6 +138,23 @@ def pascanu_omega(rnn, x=None, *, form: str = "exact", steps: str | None = None)
             _check_states(rnn, x, hs, params)
     else:
         x = _layer_input(rnn, x, hs, params)
+    return omega_of(rnn, x, hs, delta, form, steps)
+
+
+def omega_of(rnn, x, hs: np.ndarray, delta: np.ndarray, form: str = "exact",
+             steps: str | None = None) -> tuple[float, OrderedDict]:
+    """Ω and dΩ/dθ for given states and δ, unchecked: what :func:`pascanu_omega` computes once it has read and
+    checked them from the RNN's last forward and backward.
+
+    x: (T, B, I) time-major or None (code form); hs: (T+1, B, H) states, hs[0] = h0; delta: (T, B, H). For
+    finite differences with δ held fixed (a forward with changed parameters gives new states, not a new δ).
+    form and steps as for :func:`pascanu_omega`.
+    """
+    if form == "paper":
+        raise ValueError(AMBIGUOUS_FORM)
+    form = check_choice("form", form, FORMS)
+    steps = OWN_STEPS[form] if steps is None else check_choice("steps", steps, STEPS)
+    params = rnn.parameters()
     T, B, H = delta.shape
     w_hh = params["weight_hh_l0"]
     slopes = F.activation_derivative(hs[1:], rnn.nonlinearity)   # s_t = f'(a_t), a new (T, B, H) array
@@ -260,13 +280,16 @@ def _last_pass(rnn):
     if rnn.bidirectional:
         raise ValueError("rnn: expected a unidirectional RNN, got bidirectional=True")
     grads = rnn.hidden_grads
-    if grads is None:
-        raise RuntimeError("rnn: no backward to read δ from: call pascanu_omega after rnn(x, h0) and "
-                           "rnn.backward(...)")
+    if grads is None:  # a forward drops the previous backward's hidden_grads (docs/model.md)
+        last = ("the last forward has not been differentiated (another forward ran after the backward: its "
+                "states are not those δ came from)" if rnn.last_forward is not None else "there is no forward")
+        raise RuntimeError(f"rnn: no backward to read δ from: {last}; call pascanu_omega right after rnn(x, h0) "
+                           "and rnn.backward(...)")
+    rnn.check_parameters_unchanged("pascanu_omega")
     states = rnn.states
-    if len(states) != 1 or states[0].shape != (grads.shape[1] + 1,) + grads.shape[2:]:
-        raise RuntimeError("rnn: its states and hidden_grads are not of the same forward (another forward ran "
-                           "after the backward, or the buffers were released): run forward and backward again")
+    if len(states) != 1 or states[0].shape != (grads.shape[1] + 1,) + grads.shape[2:]:  # pragma: no cover
+        raise RuntimeError("rnn: its states and hidden_grads are not of the same forward: run forward and "
+                           "backward again")
     return states[0], grads[0]
 
 

@@ -68,6 +68,26 @@ def rnn_param_names(num_layers: int, bidirectional: bool, bias: bool, proj: bool
     return names
 
 
+_UNSET = object()  # an argument not passed (None is a value: "zeros" for a state)
+
+
+def torch_alias(name: str, value, torch_name: str, torch_value, default=_UNSET):
+    """One argument that has two names, this package's (``x``, ``h0``) and torch's (``input``, ``hx``).
+
+    Returns the one passed (or ``default``); both passed raise TypeError, neither without a default too.
+    """
+    if value is not _UNSET and torch_value is not _UNSET:
+        raise TypeError(f"{torch_name} and {name}: the same argument under torch's name and this package's; pass "
+                        "one of them, not both")
+    if torch_value is not _UNSET:
+        return torch_value
+    if value is not _UNSET:
+        return value
+    if default is _UNSET:
+        raise TypeError(f"{name}: missing, the input sequence (torch's name: {torch_name}=)")
+    return default
+
+
 class ForwardRecord(NamedTuple):
     """What the last forward ran on, kept until the next one (read-only): diagnostics such as Pascanu's Ω read it.
 
@@ -143,8 +163,11 @@ class RecurrentBase(Module):
     @property
     def states(self) -> list:
         """The last forward's hidden-state buffers, one (T + 1, B, out) array per layer and direction,
-        time-major, rows sorted by decreasing length (read-only views; the next forward overwrites them)."""
+        time-major, rows sorted by decreasing length (read-only views; the next forward overwrites them);
+        empty when there is no successful forward to show."""
         views = []
+        if self.last_forward is None:  # no forward, released, or the last one raised midway
+            return views
         for key, buf in self._workspace.items():
             if key[-1] == "h":
                 v = buf.view()
@@ -153,10 +176,21 @@ class RecurrentBase(Module):
         return views
 
     def release_buffers(self) -> None:
-        """Drop the cached forward, the reusable work buffers and ``hidden_grads`` (frees their memory)."""
+        """Drop the cached forward, the reusable work buffers and every result of the last pass
+        (``states``, ``last_forward``, ``dropout_masks``, ``hidden_grads``, ``cell_grads``): frees their memory."""
         self._cache = None
-        self._workspace, self._workspace_size, self.hidden_grads, self.last_forward = {}, None, None, None
+        self._workspace, self._workspace_size = {}, None
+        self._drop_pass()
+
+    def _drop_pass(self) -> None:
+        """Forget the last pass: its forward can no longer be differentiated (its generation is gone), and what
+        described it (``last_forward``, ``states``, ``dropout_masks``) and its backward (``hidden_grads``,
+        ``cell_grads``) is dropped. The one rule (docs/model.md): these always belong to one forward and, once it
+        has run, that forward's backward; a forward that raises after its checks leaves none of them."""
         self._generation += 1
+        self.last_forward = self.dropout_masks = self.hidden_grads = None
+        if "c" in self.STATES:
+            self.cell_grads = None
 
     def _buffer(self, key: tuple, shape: tuple) -> np.ndarray:
         """The workspace array for ``key`` (uninitialised when new): reused from call to call at the same (T, B).
@@ -191,6 +225,10 @@ class RecurrentBase(Module):
         k = 1.0 / math.sqrt(self.hidden_size)
         for name, p in self._params.items():
             p[...] = self._rng.uniform(-k, k, size=p.shape)
+
+    def _backward_reads(self) -> tuple:
+        """The weights: BPTT reads W_hh (and W_hr), dx reads W_ih; the biases are not read."""
+        return tuple(name for name in self._params if name.startswith("weight_"))
 
     def _p(self, kind: str, layer: int, direction: int):
         return self._params.get(f"{kind}_l{layer}{'_reverse' if direction else ''}")
@@ -276,7 +314,6 @@ class RecurrentBase(Module):
         if masks is not None:  # what backward reads: shown to the caller, not writable by it
             for m in masks:
                 m.flags.writeable = False
-        self.dropout_masks = masks
 
         # Packed-sequence bookkeeping: sort by decreasing length (stable), so that at step t the
         # active sequences are the first batch_sizes[t] rows.
@@ -294,7 +331,8 @@ class RecurrentBase(Module):
         # no longer be differentiated: its generation is gone). Buffers of another (T, B) are let go first.
         if self._workspace_size != (T, B):
             self._workspace, self._workspace_size = {}, (T, B)
-        self._generation += 1
+        self._drop_pass()
+        self.dropout_masks = masks
         if not owned:
             buf = self._buffer(("x",), x.shape)
             np.copyto(buf, x)
@@ -341,6 +379,7 @@ class RecurrentBase(Module):
                      B=B, batched=batched, generation=self._generation)
         x_view = x.view()
         x_view.flags.writeable = False
+        # set last, so that a forward that raised midway (an overflow) leaves no record: no states either
         self.last_forward = ForwardRecord(x_view, None if perm is None else lengths.copy(), batched)
         # A unidirectional layer's output may be a view of the states backward reads (and the next
         # forward overwrites): the caller gets a copy, which it may write into.
@@ -471,7 +510,8 @@ class RNN(RecurrentBase):
     input (L, N, I) or (N, L, I) with ``batch_first`` or unbatched (L, I); h0 and h_n
     (D*num_layers, N, H) or (D*num_layers, H) unbatched; output (L, N, D*H) / (N, L, D*H) / (L, D*H).
 
-    ``forward(x, h0=None, lengths=None)`` returns ``(output, h_n)``; ``lengths`` gives
+    ``forward(x, h0=None, lengths=None)`` returns ``(output, h_n)`` (torch's keyword names ``input=``
+    and ``hx=`` are accepted for ``x`` and ``h0``; passing both names of one argument raises); ``lengths`` gives
     packed-sequence semantics (``pack_padded_sequence(enforce_sorted=False)`` then
     ``pad_packed_sequence(total_length=L)``). ``backward(grad_output, grad_h_n=None)`` runs BPTT
     through that forward, returns ``(grad_x, grad_h0)`` and accumulates into ``grads`` (the
@@ -497,14 +537,16 @@ class RNN(RecurrentBase):
     def _extra_repr(self) -> list:
         return [f"nonlinearity={self.nonlinearity!r}"] if self.nonlinearity != "tanh" else []
 
-    def _forward(self, x, h0=None, lengths=None, *, dropout_masks=None):
+    def _forward(self, x=_UNSET, h0=_UNSET, lengths=None, *, input=_UNSET, hx=_UNSET, dropout_masks=None):
         """Run the stack. Returns ``((output, h_n), cache)``, output and h_n in the caller's layout.
 
+        ``input=`` and ``hx=`` are torch's names of ``x`` and ``h0`` (either name, not both).
         dropout_masks: optional list of ``num_layers - 1`` keep-masks (bool or 0/1), each of shape
         (T, B, D*H) time-major, applied to the outputs of layers 0..L-2 in train mode (scaled by
         1/(1-p)); without it they are drawn from the model's seeded generator. The masks used are
         left in ``self.dropout_masks``.
         """
+        x, h0 = torch_alias("x", x, "input", input), torch_alias("h0", h0, "hx", hx, None)
         (output, (h_n,)), cache = self._run_forward(x, (h0,), lengths, dropout_masks)
         return (output, h_n), cache
 
@@ -579,7 +621,8 @@ class LSTM(RecurrentBase):
 
     i, f, o = σ(x W_i·ᵀ + b_i· + h W_h·ᵀ + b_h·), g = tanh(…), c_t = f ⊙ c_{t-1} + i ⊙ g,
     h_t = o ⊙ tanh(c_t), or with ``proj_size`` P > 0, h_t = (o ⊙ tanh(c_t)) W_hrᵀ.
-    ``forward(x, hx=None, lengths=None)`` -> ``output, (h_n, c_n)`` with hx = (h0, c0) or None;
+    ``forward(x, hx=None, lengths=None)`` -> ``output, (h_n, c_n)`` with hx = (h0, c0) or None (``input=``
+    is accepted for ``x``, as torch names it);
     ``backward(grad_output, grad_hx=None)`` -> ``grad_x, (grad_h0, grad_c0)`` with grad_hx = (grad_h_n,
     grad_c_n), either may be None. h0/h_n are (D·L, N, P or H), c0/c_n (D·L, N, H); output's last
     dimension D·(P or H). After backward, ``hidden_grads`` (D·L, T, N, P or H) = dL/dh_t and
@@ -596,8 +639,10 @@ class LSTM(RecurrentBase):
                          proj_size, dtype=dtype, seed=seed, flush_below=flush_below, flush_every=flush_every)
         self.cell_grads = None
 
-    def _forward(self, x, hx=None, lengths=None, *, dropout_masks=None):
-        """Returns ``((output, (h_n, c_n)), cache)``; see :meth:`RNN._forward` for ``dropout_masks``."""
+    def _forward(self, x=_UNSET, hx=None, lengths=None, *, input=_UNSET, dropout_masks=None):
+        """Returns ``((output, (h_n, c_n)), cache)``; ``input=`` is torch's name of ``x``; see :meth:`RNN._forward`
+        for ``dropout_masks``."""
+        x = torch_alias("x", x, "input", input)
         (output, (h_n, c_n)), cache = self._run_forward(x, _pair("hx", hx), lengths, dropout_masks)
         return (output, (h_n, c_n)), cache
 
@@ -635,7 +680,8 @@ class GRU(RecurrentBase):
     """GRU with the interface and semantics of ``torch.nn.GRU`` (gate order r, z, n).
 
     r, z = σ(x W_i·ᵀ + b_i· + h W_h·ᵀ + b_h·), n = tanh(x W_inᵀ + b_in + r ⊙ (h W_hnᵀ + b_hn)),
-    h_t = (1 − z) ⊙ n + z ⊙ h_{t-1}. ``forward(x, h0=None, lengths=None)`` -> ``output, h_n``;
+    h_t = (1 − z) ⊙ n + z ⊙ h_{t-1}. ``forward(x, h0=None, lengths=None)`` -> ``output, h_n`` (or torch's
+    names ``input=``, ``hx=``);
     ``backward(grad_output, grad_h_n=None)`` -> ``grad_x, grad_h0``; shapes, lengths, dropout and
     ``hidden_grads`` as :class:`RNN`. The math is :mod:`scratch_rnn.gated`.
     """
@@ -647,7 +693,9 @@ class GRU(RecurrentBase):
         super().__init__(input_size, hidden_size, num_layers, bias, batch_first, dropout, bidirectional,
                          dtype=dtype, seed=seed, flush_below=flush_below, flush_every=flush_every)
 
-    def _forward(self, x, h0=None, lengths=None, *, dropout_masks=None):
+    def _forward(self, x=_UNSET, h0=_UNSET, lengths=None, *, input=_UNSET, hx=_UNSET, dropout_masks=None):
+        """Returns ``((output, h_n), cache)``; as :meth:`RNN._forward` (``input=`` / ``hx=``: torch's names)."""
+        x, h0 = torch_alias("x", x, "input", input), torch_alias("h0", h0, "hx", hx, None)
         (output, (h_n,)), cache = self._run_forward(x, (h0,), lengths, dropout_masks)
         return (output, h_n), cache
 

@@ -199,3 +199,14 @@ def test_state_jacobian_from_the_step_backward_is_torchs(cell, tmp_path, monkeyp
         np.testing.assert_allclose(jac, np.stack([np.diag(r) for r in model.weight_hh_l1_reverse * (a > 0)]),
                                    rtol=1e-15)
     sys.modules.pop("mycells", None)
+
+
+def test_a_step_cell_refuses_a_backward_after_any_parameter_changed():
+    """A step backward is handed every parameter, so every one is held to the forward's (biases too)."""
+    model = cell_spec("indrnn").model_class()(2, 3, dtype=np.float64, seed=0)
+    x = np.random.default_rng(0).standard_normal((4, 2, 2))
+    for name in model.state_dict():
+        out, _ = model(x)
+        model.parameters()[name][...] += 0.5
+        with pytest.raises(RuntimeError, match=name):
+            model.backward(np.ones_like(out))

@@ -13,7 +13,7 @@ from hypothesis import strategies as st
 from reference.regularizers import omega_twin
 from scratch_rnn import LSTM, RNN
 from scratch_rnn import regularizers as R
-from scratch_rnn.regularizers import pascanu_omega
+from scratch_rnn.regularizers import omega_of, pascanu_omega
 from tests.helpers import FD_TOLERANCE, assert_close, numerical_grad
 
 
@@ -181,11 +181,12 @@ def pre_activations(case: Case) -> np.ndarray:
     return a + p["bias_ih_l0"] + p["bias_hh_l0"] if case.cfg.bias else a
 
 
-def omega_at_current_parameters(case: Case):
-    """Ω with the parameters as they are now and δ as the backward left it: a forward refreshes the states,
-    no backward runs, so ``hidden_grads`` (δ) stays fixed."""
+def omega_at_current_parameters(case: Case, delta: np.ndarray):
+    """Ω with the parameters as they are now and δ held at ``delta``: a forward refreshes the states, no backward
+    runs (pascanu_omega itself refuses to pair a forward with an older backward's δ: omega_of takes them as given)."""
     case.rnn(case.x, case.h0)
-    return pascanu_omega(case.rnn, case.x)[0]
+    x = case.x.transpose(1, 0, 2) if case.cfg.batch_first else case.x
+    return omega_of(case.rnn, x, case.rnn.states[0], delta)[0]
 
 
 @given(cfg=configs(min_T=2, max_T=5))
@@ -194,11 +195,12 @@ def test_exact_form_matches_finite_differences(cfg):
     value, grads = pascanu_omega(case.rnn, case.x)
     if cfg.nonlinearity == "relu":  # a kink within reach of ε: no oracle there
         assume(np.abs(pre_activations(case)).min() > 1e-4)
+    delta = case.rnn.hidden_grads[0].copy()
     for name, p in case.rnn.parameters().items():
-        num = numerical_grad(lambda: omega_at_current_parameters(case), p)
+        num = numerical_grad(lambda: omega_at_current_parameters(case, delta), p)
         assert_close(grads[name], num, name=f"dΩ/d{name} vs finite differences", config=asdict(cfg),
                      **FD_TOLERANCE)
-    assert omega_at_current_parameters(case) == value  # parameters restored
+    assert omega_at_current_parameters(case, delta) == value  # parameters restored
 
 
 # --------------------------------------------------------------------------------------------
@@ -335,8 +337,8 @@ def test_mutation_without_the_f_second_path_fails(monkeypatch):
     with pytest.raises(AssertionError):
         check_against(case, "exact", ref)
     with pytest.raises(AssertionError):  # finite differences see it too
-        grads = pascanu_omega(case.rnn, case.x)[1]
-        num = numerical_grad(lambda: omega_at_current_parameters(case), case.rnn.parameters()["weight_ih_l0"])
+        grads, delta = pascanu_omega(case.rnn, case.x)[1], case.rnn.hidden_grads[0].copy()
+        num = numerical_grad(lambda: omega_at_current_parameters(case, delta), case.rnn.parameters()["weight_ih_l0"])
         assert_close(grads["weight_ih_l0"], num, name="dΩ/dweight_ih without f''", **FD_TOLERANCE)
 
 
@@ -422,8 +424,10 @@ def test_bad_arguments_raise():
         pascanu_omega(rnn, X.transpose(1, 0, 2))  # batch-first data for a time-major RNN
     with pytest.raises(ValueError, match="x: the RNN's last forward"):
         pascanu_omega(rnn, X + 0.1)  # not the forward's input
-    with pytest.raises(TypeError, match="x: "):
-        pascanu_omega(rnn, X.astype(np.float32))
+    with pytest.raises(ValueError, match="x: the RNN's last forward"):
+        pascanu_omega(rnn, X.astype(np.float32))  # converted exactly, but not the forward's input: rounded
+    with pytest.raises(TypeError, match="x: expected dtype float32"):
+        pascanu_omega(run(RNN(2, 3), X.astype(np.float32)), X)  # float64 into float32 would round
     with pytest.raises(TypeError, match="rnn: "):
         pascanu_omega(run(LSTM(2, 3, dtype=np.float64), X), X)
     with pytest.raises(RuntimeError, match="backward"):
@@ -432,7 +436,15 @@ def test_bad_arguments_raise():
     fresh(X)
     with pytest.raises(RuntimeError, match="backward"):  # a forward without its backward
         pascanu_omega(fresh, X)
-    rnn.parameters()["weight_hh_l0"][0, 0] += 1e-3  # an update after the backward
+    w, b = rnn.parameters()["weight_hh_l0"], rnn.parameters()["bias_hh_l0"]
+    w_seen = w.copy()
+    w[0, 0] += 1e-3  # an update after the backward: refused exactly, by the forward's copy of the weights
+    for args in ((rnn, X), (rnn,)):
+        with pytest.raises(RuntimeError, match=r"pascanu_omega: the parameter\(s\) \['weight_hh_l0'\] were modified"):
+            pascanu_omega(*args)
+    w[...] = w_seen  # bit for bit what the forward saw: accepted again
+    pascanu_omega(rnn)
+    b[0] += 1e-3  # a bias the backward does not read: caught by the states' check
     with pytest.raises(ValueError, match="parameter update"):
         pascanu_omega(rnn, X)
     with pytest.raises(ValueError, match="parameter update"):

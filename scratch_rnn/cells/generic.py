@@ -66,6 +66,10 @@ class StepCell(RecurrentBase):
         None for a smooth cell. Finite differences use it to skip directions that cross a kink."""
         return None
 
+    def _backward_reads(self) -> tuple:
+        """Every parameter: a step backward is handed them all (``p``) and may read any of them."""
+        return tuple(self._params)
+
     # ------------------------------------------------------------------ the layout
     def _layer_input_size(self, layer: int) -> int:
         return self.input_size if layer == 0 else self.output_size * self.num_directions
