@@ -51,6 +51,7 @@ from scratch_rnn.checks import (
     check_positive_float,
     check_positive_int,
     check_probability,
+    check_real_in,
 )
 from scratch_rnn.cli import Stopped
 from scratch_rnn.fileio import atomic_write_text
@@ -111,6 +112,11 @@ class SentimentConfig:
     isolate: bool = True                 # backend="both": each backend in its own process
 
     def __post_init__(self):
+        # each check returns a plain Python value and the field keeps it: np.int64 / np.bool_ given
+        # here (a loop over np.arange) never reach config.json or a checkpoint
+        def keep(name: str, value) -> None:
+            object.__setattr__(self, name, value)
+
         for name, options in (("backend", BACKENDS), ("stopwords", STOPWORDS), ("embedding", EMBEDDINGS),
                               ("select", SELECT), ("nonlinearity", ("tanh", "relu")), ("cell", CELLS),
                               ("pooling", ("last", "mean", "max")), ("dtype", ("float32", "float64")),
@@ -120,34 +126,39 @@ class SentimentConfig:
             raise ValueError(f"nonlinearity: only the Elman cell has one (cell='rnn'), got {self.nonlinearity!r} "
                              f"with cell={self.cell!r}")
         for name in ("bidirectional", "isolate"):
-            check_bool(name, getattr(self, name))
+            keep(name, check_bool(name, getattr(self, name)))
         if self.data is not None and not isinstance(self.data, (str, os.PathLike)):
             raise TypeError(f"data: expected a path or None, got {self.data!r}")
         for name in ("min_freq", "embedding_dim", "hidden_size", "num_layers", "batch_size", "epochs",
                      "eval_batch_size", "threads", "max_len"):
-            check_positive_int(name, getattr(self, name))
+            keep(name, check_positive_int(name, getattr(self, name)))
+        # None is "off" (all reviews, no early stop, no vocabulary limit); 0 is refused, never read as "off"
         for name in ("train_size", "test_size", "patience"):
-            check_positive_int(name, getattr(self, name), allow_none=True)
-        check_non_negative_int("seed", self.seed)
-        if self.max_vocab is not None and (isinstance(self.max_vocab, bool) or not isinstance(self.max_vocab, int)
-                                           or self.max_vocab < 3):
-            raise ValueError(f"max_vocab: counts <pad> and <unk>, expected an integer >= 3 or None (every token "
-                             f"seen min_freq times), got {self.max_vocab!r}")
+            keep(name, check_positive_int(name, getattr(self, name), allow_none=True))
+        keep("seed", check_non_negative_int("seed", self.seed))
+        if self.max_vocab is not None:
+            try:
+                keep("max_vocab", check_positive_int("max_vocab", self.max_vocab))
+                ok = self.max_vocab >= 3
+            except ValueError:
+                ok = False
+            if not ok:
+                raise ValueError(f"max_vocab: counts <pad> and <unk>, expected an integer >= 3 or None (every token "
+                                 f"seen min_freq times), got {self.max_vocab!r}")
         if self.train_size is not None and self.train_size < 4:
             raise ValueError(f"train_size: expected at least 4 reviews, got {self.train_size}")
-        check_probability("valid_fraction", self.valid_fraction, below_one=True)
+        keep("valid_fraction", check_probability("valid_fraction", self.valid_fraction, below_one=True))
         if self.select == "best" and self.valid_fraction == 0:
             raise ValueError("select='best' chooses the epoch on the validation set: give valid_fraction > 0 "
                              "or select='last'")
         if self.patience is not None and self.valid_fraction == 0:
             raise ValueError("patience needs a validation set (valid_fraction > 0)")
         for name in ("dropout", "token_dropout"):
-            check_probability(name, getattr(self, name), below_one=True)
-        check_positive_float("lr", self.lr)
-        check_positive_float("clip_norm", self.clip_norm, allow_none=True)
-        check_non_negative_float("weight_decay", self.weight_decay)
-        if not check_positive_float("lr_decay", self.lr_decay) <= 1:
-            raise ValueError(f"lr_decay: expected a number in (0, 1], got {self.lr_decay!r}")
+            keep(name, check_probability(name, getattr(self, name), below_one=True))
+        keep("lr", check_positive_float("lr", self.lr))
+        keep("clip_norm", check_positive_float("clip_norm", self.clip_norm, allow_none=True))
+        keep("weight_decay", check_non_negative_float("weight_decay", self.weight_decay))
+        keep("lr_decay", check_real_in("lr_decay", self.lr_decay, 0.0, 1.0, low_open=True))
         if self.embedding == "glove" and self.embedding_dim != 50:
             raise ValueError(f"embedding_dim: the GloVe vectors are 50-d, so embedding='glove' needs "
                              f"embedding_dim=50, got {self.embedding_dim}")
