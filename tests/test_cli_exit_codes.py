@@ -3,8 +3,8 @@ work, with a message naming the option; a good quick run exits 0.
 
 To add a command or a case, add a row to CASES:
     row(id, "package.module:main", argv, expected exit code, substring(s) of the output)
-argv may use the placeholders {tmp} (an empty folder), {file} (an existing file) and {closed}
-(tcp://127.0.0.1:PORT with nothing listening). Each main runs in-process through ``main(argv)``.
+argv may use the placeholders {tmp} (an empty folder), {file} (an existing file), {closed}
+(tcp://127.0.0.1:PORT with nothing listening) and {imdb} (a 40-review CSV with the official split). Each main runs in-process through ``main(argv)``.
 """
 from __future__ import annotations
 
@@ -64,6 +64,17 @@ CASES = [
     row("sentiment --data missing", SENTIMENT, ["--data", "{tmp}/nope.csv", "--out-root", "{tmp}"], 2,
         ["--data", "nope.csv"]),
     row("sentiment --epochs 0", SENTIMENT, ["--epochs", "0", "--out-root", "{tmp}"], 2, ["epochs", "got 0"]),
+    # zero is never a silent "off": refused, naming the option and the word that does turn it off
+    *[row(f"sentiment {opt} 0", SENTIMENT, [opt, zero, "--out-root", "{tmp}"], 2, [opt, f"got '{zero}'", "'none'"])
+      for opt, zero in (("--patience", "0"), ("--clip-norm", "0"), ("--clip-norm", "0.0"), ("--train-size", "0"),
+                        ("--test-size", "0"), ("--max-vocab", "0"))],
+    row("sentiment --patience -1", SENTIMENT, ["--patience", "-1", "--out-root", "{tmp}"], 2, ["patience", "got -1"]),
+    row("sentiment --valid-fraction leaves no training review", SENTIMENT,
+        ["--data", "{imdb}", "--train-size", "4", "--valid-fraction", "0.9", "--out-root", "{tmp}"], 2,
+        ["--valid-fraction", "leaves 0 to train on"]),
+    row("sentiment --valid-fraction holds out no review", SENTIMENT,
+        ["--data", "{imdb}", "--train-size", "4", "--valid-fraction", "0.01", "--out-root", "{tmp}"], 2,
+        ["--valid-fraction", "holds out 0 for validation"]),
     # experiments.sentiment.report
     row("report missing folder", REPORT, ["{tmp}/nope"], 2, ["runs", "nope"]),
     row("report no finished run", REPORT, ["{tmp}"], 2, ["no metrics.json"]),
@@ -88,7 +99,11 @@ def test_exit_code_and_message(target, argv, code, expected, tmp_path, capsys):
     folder.mkdir()
     existing = tmp_path / "existing.txt"
     existing.write_text("not a report\n")
-    fill = dict(tmp=str(folder), file=str(existing), closed=_closed_address())
+    imdb = tmp_path / "imdb.csv"  # 10 reviews per label and split, the official split named
+    imdb.write_text("review,sentiment,split\n" + "".join(f"{w} film {i},{lab},{split}\n" for split in ("train", "test")
+                                                           for lab, w in (("positive", "good"), ("negative", "bad"))
+                                                           for i in range(10)))
+    fill = dict(tmp=str(folder), file=str(existing), closed=_closed_address(), imdb=str(imdb))
     argv = [a.format(**fill) for a in argv]
     t0 = time.perf_counter()
     rc = _resolve(target)(argv)
@@ -212,6 +227,11 @@ TRAIN_CASES = [
     ("bidirectional 'false'", dict(model={**TOKENS, "bidirectional": "false"}), ["bidirectional", "'false'"]),
     ("a text file as .npz", dict(data_bytes=b"x,y\n1,2\n"), ["--data", "not a zip archive"]),
     ("unknown model field", dict(model={**TOKENS, "hiden_size": 3}), ["unknown field", "hiden_size"]),
+    # zero is not "off" (null is): refused, not read as no early stop / no clipping
+    ("patience 0", dict(train={"patience": 0, "select_metric": "acc"}), ["patience", "or None", "got 0"]),
+    ("clip_norm 0", dict(train={"clip_norm": 0}), ["clip_norm", "or None", "got 0"]),
+    ("clip_value 0", dict(train={"clip_value": 0.0}), ["clip_value", "or None", "got 0.0"]),
+    ("max_steps 0", dict(train={"max_steps": 0}), ["max_steps", "or None", "got 0"]),
 ]
 
 

@@ -236,19 +236,15 @@ PRESETS = {
 # ------------------------------------------------------------------------------------------------
 # data
 # ------------------------------------------------------------------------------------------------
-def prepare_data(cfg: SentimentConfig, *, progress: bool = True, df=None):
-    """(PreparedData with splits train / valid (when valid_fraction > 0) / test, info dict).
+def assign_splits(cfg: SentimentConfig, df) -> tuple[np.ndarray, np.ndarray]:
+    """(split, keep): every row's split name after the validation hold-out, and the rows the run uses
+    (the stratified ``train_size`` / ``test_size`` subsamples).
 
-    Reviews keep the order of the source, so that the full run reuses the token cache of any other
-    ``prepare(load_imdb(), ...)`` with the same tokenization settings.
+    Raises ValueError naming ``valid_fraction`` when the hold-out leaves no review to train on, or
+    holds out none although ``valid_fraction > 0`` (the epoch would be chosen on nothing).
     """
-    import pandas as pd
+    from .data import random_split, split_frames, stratified_pick
 
-    from .data import load_imdb, random_split, split_frames, stratified_pick
-    from .text import prepare
-
-    if df is None:
-        df = load_imdb(cfg.data)
     split_frames(df)  # raises when the source has no official split
     split = df["split"].to_numpy(dtype=object).copy()
     labels = df["label"].to_numpy()
@@ -264,6 +260,30 @@ def prepare_data(cfg: SentimentConfig, *, progress: bool = True, df=None):
         sub = random_split(df.iloc[train_rows], test_fraction=cfg.valid_fraction, seed=cfg.seed,
                            split_names=("train", "valid"), only_missing=False)
         split[train_rows] = sub["split"].to_numpy(dtype=object)
+        n_train, n_valid = int(np.sum(split[train_rows] == "train")), int(np.sum(split[train_rows] == "valid"))
+        if n_train == 0 or n_valid == 0:
+            raise ValueError(
+                f"valid_fraction: {cfg.valid_fraction:g} of the {len(train_rows)} training reviews holds out "
+                f"{n_valid} for validation (stratified, rounded per label) and leaves {n_train} to train on; "
+                f"both need at least one: {'lower' if n_train == 0 else 'raise'} valid_fraction or use more "
+                "training reviews (train_size)")
+    return split, keep
+
+
+def prepare_data(cfg: SentimentConfig, *, progress: bool = True, df=None):
+    """(PreparedData with splits train / valid (when valid_fraction > 0) / test, info dict).
+
+    Reviews keep the order of the source, so that the full run reuses the token cache of any other
+    ``prepare(load_imdb(), ...)`` with the same tokenization settings.
+    """
+    import pandas as pd
+
+    from .data import load_imdb
+    from .text import prepare
+
+    if df is None:
+        df = load_imdb(cfg.data)
+    split, keep = assign_splits(cfg, df)
     work = df.loc[keep, ["review", "label"]].copy()
     work["split"] = pd.Series(split[keep], index=work.index, dtype=object)
     work = work.reset_index(drop=True)
