@@ -55,6 +55,15 @@ CASES = [
     row("pathological --scheduler closed", GRADIENTS, ["pathological", "--scheduler", "{closed}"], 2,
         ["--scheduler", "{closed}"]),
     row("pathological --scheduler no port", GRADIENTS, ["pathological", "--scheduler", "tcp://[::1"], 2, "--scheduler"),
+    *[row(f"pathological --scheduler {scheme}", GRADIENTS, ["pathological", "--scheduler", f"{scheme}://h:8786"], 2,
+          ["--scheduler", "expected a tcp:// address", f"scheme '{scheme}'"])
+      for scheme in ("inproc", "ucx", "ws", "tls")],
+    row("pathological --scheduler no scheme", GRADIENTS, ["pathological", "--scheduler", "127.0.0.1:8786"], 2,
+        ["--scheduler", "no scheme"]),
+    row("pathological --scheduler port 0", GRADIENTS, ["pathological", "--scheduler", "tcp://h:0"], 2,
+        ["--scheduler", "1..65535"]),
+    row("pathological --scheduler-timeout 0", GRADIENTS, ["pathological", "--scheduler-timeout", "0"], 2,
+        ["--scheduler-timeout", "got 0"]),
     row("spectrum --out file", GRADIENTS, ["spectrum", "--out", "{file}"], 2, "--out"),
     row("cliff --seed -1", GRADIENTS, ["cliff", "--seed", "-1"], 2, "--seed"),
     row("flow --data missing", GRADIENTS, ["flow", "--quick", "--data", "{tmp}/nope.csv"], 2, ["--data", "nope.csv"]),
@@ -65,7 +74,7 @@ CASES = [
         ["--data", "nope.csv"]),
     row("sentiment --epochs 0", SENTIMENT, ["--epochs", "0", "--out-root", "{tmp}"], 2, ["epochs", "got 0"]),
     # zero is never a silent "off": refused, naming the option and the word that does turn it off
-    *[row(f"sentiment {opt} 0", SENTIMENT, [opt, zero, "--out-root", "{tmp}"], 2, [opt, f"got '{zero}'", "'none'"])
+    *[row(f"sentiment {opt} 0", SENTIMENT, [opt, zero, "--data", "{imdb}", "--out-root", "{tmp}"], 2, [opt, f"got '{zero}'", "'none'"])
       for opt, zero in (("--patience", "0"), ("--clip-norm", "0"), ("--clip-norm", "0.0"), ("--train-size", "0"),
                         ("--test-size", "0"), ("--max-vocab", "0"))],
     row("sentiment --patience -1", SENTIMENT, ["--patience", "-1", "--out-root", "{tmp}"], 2, ["patience", "got -1"]),
@@ -167,7 +176,9 @@ def test_scheduler_that_does_not_answer_is_bad_input(monkeypatch):
         assert timeout == cli.SCHEDULER_CONNECT_TIMEOUT_S
         raise TimeoutError("timed out")
 
-    monkeypatch.setattr(cli.socket, "create_connection", silent)
+    from experiments.gradients import sweep
+
+    monkeypatch.setattr(sweep.socket, "create_connection", silent)
     with pytest.raises(BadInput, match=r"--scheduler: .*'tcp://10\.1\.2\.3:8786'.*no answer"):
         cli.check_scheduler("tcp://10.1.2.3:8786")
 
@@ -276,3 +287,60 @@ def test_train_cli_divergence_exits_1(tmp_path, capsys):
                            y=[1, 0] * 4))
     assert rc == 1, capsys.readouterr().err
     assert "training stopped at step" in capsys.readouterr().err
+
+
+# ---------------------------------------------------------------------------------------------
+# --scheduler at a port where something that is not Dask listens (an HTTP server): a real deadline
+# ---------------------------------------------------------------------------------------------
+@pytest.mark.parametrize("server", ["http", "silent", "garbage"])
+def test_scheduler_port_that_is_not_dask_exits_2_within_the_deadline(server, tmp_path):
+    """A real subprocess against a local server: an HTTP server (waits for a request), one that accepts and
+    never speaks, one that answers garbage. dask's own timeouts do not bound the handshake (minutes)."""
+    import http.server
+    import subprocess
+    import sys
+    import threading
+    from pathlib import Path
+
+    if server == "http":
+        srv = http.server.ThreadingHTTPServer(("127.0.0.1", 0), http.server.SimpleHTTPRequestHandler)
+        port, serve, stop = srv.server_address[1], srv.serve_forever, srv.shutdown
+    else:
+        listener = socket.socket()
+        listener.bind(("127.0.0.1", 0))
+        listener.listen(8)
+        listener.settimeout(0.2)
+        port, done, held = listener.getsockname()[1], threading.Event(), []
+
+        def serve():
+            while not done.is_set():
+                try:
+                    conn, _ = listener.accept()
+                except OSError:
+                    continue
+                held.append(conn)
+                if server == "garbage":
+                    conn.sendall(b"HTTP/1.0 200 OK\r\n\r\n" + bytes(range(256)) * 64)
+
+        def stop():
+            done.set()
+    thread = threading.Thread(target=serve, daemon=True)
+    thread.start()
+    try:
+        t0 = time.perf_counter()
+        proc = subprocess.run([sys.executable, "-m", "experiments.gradients", "pathological", "--quick", "--no-progress",
+                               "--out", str(tmp_path / "out"), "--scheduler", f"tcp://127.0.0.1:{port}",
+                               "--scheduler-timeout", "2"], cwd=Path(__file__).resolve().parents[1],
+                              capture_output=True, text=True, timeout=60)
+        elapsed = time.perf_counter() - t0
+    finally:
+        stop()
+        thread.join(5)
+        if server != "http":
+            listener.close()
+            for conn in held:
+                conn.close()
+    assert proc.returncode == 2, (proc.returncode, proc.stderr[-2000:])
+    assert "--scheduler" in proc.stderr and f"127.0.0.1:{port}" in proc.stderr and "Traceback" not in proc.stderr
+    assert elapsed < 2 + 15, f"took {elapsed:.1f} s with a 2 s deadline"  # the interpreter's start-up, imports
+    assert not (tmp_path / "out").exists() or not any((tmp_path / "out").iterdir())
