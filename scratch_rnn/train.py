@@ -31,7 +31,9 @@ every epoch and of ``fit``/``run``). Divergence: a step whose finite loss exceed
 ``divergence_factor × max(the run's first loss, 1)`` stops with :class:`DivergenceError` before its
 update. Parameters that become non-finite after an update always stop training. Every stop names
 the step, the last finite gradient norm and the last good checkpoint, which is kept as it is; all
-are :class:`TrainingStopped` (exit status 1 in every command line).
+are :class:`TrainingStopped` (exit status 1 in every command line). So is a checkpoint the
+environment refuses to hold (a full disk, a file-size limit: :class:`CheckpointNotWritten`): the
+previous checkpoint stays whole and a resume continues from it.
 
 Checkpoints (``checkpoint_dir``): ``checkpoint.npz`` is rewritten atomically every
 ``checkpoint_every`` steps and at the end, at batch boundaries. It holds the model, the optimizer,
@@ -46,6 +48,7 @@ from __future__ import annotations
 import argparse
 import csv
 import dataclasses
+import errno
 import hashlib
 import io
 import itertools
@@ -77,7 +80,7 @@ from .fileio import atomic_write_text, remove_stale_temporaries
 from .optim import OPTIMIZERS, clip_grad_norm_, clip_grad_value_, make_optimizer, total_norm
 
 __all__ = ["TrainConfig", "Trainer", "Dataset", "ArrayBatches", "StepRecord", "TrainingStopped", "NonFiniteError",
-           "DivergenceError", "TooManySkippedError", "tbptt_chunks", "main"]
+           "DivergenceError", "TooManySkippedError", "CheckpointNotWritten", "tbptt_chunks", "main"]
 
 CHECKPOINT_NAME = "checkpoint.npz"
 TRAINER_STATE_VERSION = 2
@@ -123,6 +126,14 @@ class DivergenceError(TrainingStopped):
     """A finite loss past ``divergence_factor`` times the run's start."""
 
     what = "divergence"
+
+
+class CheckpointNotWritten(TrainingStopped):
+    """The environment refused the checkpoint (a full disk, a file-size or disk quota, a read-only
+    folder: ``ENOSPC``, ``EFBIG``, ``EDQUOT``, ...). The previous checkpoint is kept as it was."""
+
+    what = "the checkpoint could not be written"
+    advice = "Free disk space or raise the file-size limit, then resume (--resume / load_checkpoint)."
 
 
 class TooManySkippedError(TrainingStopped):
@@ -760,7 +771,12 @@ class Trainer:
                     first_loss=self.first_loss, epochs=self.epochs, sums=self._sums.to_dict(), best=best,
                     stale_epochs=self.stale_epochs, data_fingerprint=self.data_fingerprint,
                     stop_reason=self.stop_reason)
-        ckpt.save(path, self.model, self.optimizer, step=self.step, meta=meta, arrays=arrays)
+        try:
+            ckpt.save(path, self.model, self.optimizer, step=self.step, meta=meta, arrays=arrays)
+        except OSError as exc:  # the write is atomic: the previous checkpoint is still whole
+            code = errno.errorcode.get(exc.errno, "?") if exc.errno else type(exc).__name__
+            raise self._stop(CheckpointNotWritten, self.step,
+                             f"{path!r}: {exc.strerror or exc} ({code})") from exc
         self.last_checkpoint, self.last_checkpoint_step = path, self.step
         return path
 

@@ -344,3 +344,73 @@ def test_scheduler_port_that_is_not_dask_exits_2_within_the_deadline(server, tmp
     assert "--scheduler" in proc.stderr and f"127.0.0.1:{port}" in proc.stderr and "Traceback" not in proc.stderr
     assert elapsed < 2 + 15, f"took {elapsed:.1f} s with a 2 s deadline"  # the interpreter's start-up, imports
     assert not (tmp_path / "out").exists() or not any((tmp_path / "out").iterdir())
+
+
+# ---------------------------------------------------------------------------------------------
+# a checkpoint the environment refuses (EFBIG here; ENOSPC alike): exit 1, one line, the previous kept
+# ---------------------------------------------------------------------------------------------
+def test_train_cli_under_a_file_size_limit_exits_1_keeping_the_previous_checkpoint(tmp_path):
+    import json
+    import resource
+    import signal
+    import subprocess
+    import sys
+    from pathlib import Path
+
+    from scratch_rnn import checkpoint as ckpt
+
+    args = _train_files(tmp_path, train={"epochs": 1, "checkpoint_every": 1, "log_csv": str(tmp_path / "log.csv")})
+    root = Path(__file__).resolve().parents[1]
+    cmd = [sys.executable, "-m", "scratch_rnn.train", *args]
+    first = subprocess.run(cmd, cwd=root, capture_output=True, text=True, timeout=120)
+    assert first.returncode == 0, first.stderr
+    path = tmp_path / "run" / "checkpoint.npz"
+    size, before = path.stat().st_size, path.read_bytes()
+    (tmp_path / "train.json").write_text(json.dumps({**json.loads((tmp_path / "train.json").read_text()),
+                                                     "epochs": 6}))
+
+    def limit():  # in the child: files may not grow past the first run's checkpoint (+ a little)
+        signal.signal(signal.SIGXFSZ, signal.SIG_IGN)  # EFBIG instead of being killed
+        resource.setrlimit(resource.RLIMIT_FSIZE, (size + 64, size + 64))
+
+    second = subprocess.run([*cmd, "--resume"], cwd=root, capture_output=True, text=True, timeout=120,
+                            preexec_fn=limit)
+    assert second.returncode == 1, (second.returncode, second.stderr[-3000:])
+    err = [line for line in second.stderr.splitlines() if line.strip() and "<frozen runpy>" not in line]  # (B's)
+    assert len(err) == 1 and "Traceback" not in second.stderr, second.stderr
+    assert "checkpoint could not be written" in err[0] and "EFBIG" in err[0] and "kept" in err[0], err[0]
+    arrays, meta = ckpt.read_archive(path)  # whole and readable
+    assert meta["step"] >= 2 and path.stat().st_size <= size + 64
+    assert sorted(p.name for p in path.parent.iterdir()) == ["checkpoint.npz"], "a temporary file was left"
+    if meta["step"] == 2:
+        assert path.read_bytes() == before
+    third = subprocess.run([*cmd, "--resume"], cwd=root, capture_output=True, text=True, timeout=120)
+    assert third.returncode == 0, third.stderr  # the kept checkpoint resumes once the limit is gone
+
+
+def test_a_full_disk_while_checkpointing_stops_naming_enospc(tmp_path, monkeypatch):
+    import errno
+
+    import numpy as np
+
+    from scratch_rnn import checkpoint as ckpt
+    from scratch_rnn.models import ModelConfig, SequenceModel
+    from scratch_rnn.train import CheckpointNotWritten, Dataset, TrainConfig, Trainer, TrainingStopped
+
+    rng = np.random.default_rng(0)
+    data = Dataset(rng.integers(0, 5, (8, 4)), rng.integers(0, 2, 8))
+    t = Trainer(SequenceModel(ModelConfig(**TOKENS)), TrainConfig(batch_size=4, epochs=2, checkpoint_every=1,
+                                                                   checkpoint_dir=str(tmp_path), progress=False))
+    real, calls = ckpt.save, []
+
+    def full_after_two(*a, **kw):
+        calls.append(1)
+        if len(calls) > 2:
+            raise OSError(errno.ENOSPC, "No space left on device")
+        return real(*a, **kw)
+
+    monkeypatch.setattr(ckpt, "save", full_after_two)
+    with pytest.raises(CheckpointNotWritten, match=r"No space left on device \(ENOSPC\).*\(step 2\) was kept") as e:
+        t.fit(data)
+    assert isinstance(e.value, TrainingStopped) and t.last_checkpoint_step == 2
+    assert ckpt.read_archive(tmp_path / "checkpoint.npz")[1]["step"] == 2
