@@ -4,7 +4,8 @@ work, with a message naming the option; a good quick run exits 0.
 To add a command or a case, add a row to CASES:
     row(id, "package.module:main", argv, expected exit code, substring(s) of the output)
 argv may use the placeholders {tmp} (an empty folder), {file} (an existing file), {closed}
-(tcp://127.0.0.1:PORT with nothing listening) and {imdb} (a 40-review CSV with the official split). Each main runs in-process through ``main(argv)``.
+(tcp://127.0.0.1:PORT with nothing listening) and {imdb} (a 40-review CSV with the official split); an
+argument "{report:TEXT}" becomes the path of a file report.json holding TEXT. Each main runs in-process through ``main(argv)``.
 """
 from __future__ import annotations
 
@@ -36,6 +37,31 @@ CASES = [
     row("bench --json existing", BENCH, ["--json", "{file}"], 2, ["--json", "exists", "--overwrite"]),
     row("bench --markdown missing", BENCH, ["--markdown", "{tmp}/nope.json"], 2, ["--markdown", "nope.json"]),
     row("bench --markdown not a report", BENCH, ["--markdown", "{file}"], 2, ["--markdown", "earlier benchmark run"]),
+    # malformed reports: named by file and by what is wrong, never a traceback
+    *[row(f"bench {opt} {why}", BENCH, [opt, "{report:" + json_text + "}"], 2, [opt, "report.json", *expect])
+      for opt in ("--markdown", "--spread")
+      for why, json_text, expect in (
+          ("bad JSON", '{"rows": [', ["not JSON"]),
+          ("a list", "[1, 2]", ["expected a JSON object"]),
+          ("row not an object", '{"rows": [3], "summary": {}}', ["rows[0]: expected an object"]),
+          ("row lacks ratio", '{"rows": [{"dtype": "float32", "threads": 1, "case": "small"}], "summary": {}}',
+           ["rows[0] lacks", "ratio"]),
+          ("ratio a string", '{"rows": [{"dtype": "float32", "threads": 1, "case": "s", "ratio": "fast", "B": 1, '
+           '"T": 1, "I": 1, "H": 1, "loss": "all", "scratch_ms": 1, "torch_ms": 1, "scratch_gflops": 1, '
+           '"scratch_peak_frac": 1, "torch_peak_frac": 1, "numpy_peak_gflops": 1, "torch_peak_gflops": 1}], '
+           '"summary": {}}', ["rows[0].ratio", "expected int or float", '"fast"']),
+          ("threads a float", '{"rows": [{"dtype": "float32", "threads": 1.5, "case": "s", "ratio": 1.0}], '
+           '"summary": {}}', ["rows[0]"]),  # --spread: its threads; --markdown: its missing fields
+      )],
+    row("bench --markdown summary without its peaks", BENCH,
+        ["--markdown", '{report:{"rows": [], "summary": {"float32/1": {"geomean_ratio": 1, "max_ratio": 1, '
+         '"largest_peak_frac": 0.5}}}}'], 2, ["--markdown", "report.json", "peaks", "float32/1"]),
+    row("bench --markdown summary entry lacks max_ratio", BENCH,
+        ["--markdown", '{report:{"rows": [], "summary": {"float32/1": {"geomean_ratio": 1}}, "peaks": {}}}'], 2,
+        ["summary['float32/1'] lacks 'max_ratio'"]),
+    row("bench --markdown memory torch_mb 0", BENCH,
+        ["--markdown", '{report:{"rows": [], "summary": {}, "memory": [{"dtype": "float32", "case": "s", '
+         '"scratch_mb": 1, "scratch_tracemalloc_mb": 1, "torch_mb": 0}]}}'], 2, ["memory[0].torch_mb"]),
     # reference.crosscheck
     row("crosscheck --seed -1", CROSSCHECK, ["--seed", "-1"], 2, ["--seed", "got -1"]),
     row("crosscheck --max-steps 0", CROSSCHECK, ["--max-steps", "0"], 2, ["--max-steps", "got 0"]),
@@ -113,7 +139,14 @@ def test_exit_code_and_message(target, argv, code, expected, tmp_path, capsys):
                                                            for lab, w in (("positive", "good"), ("negative", "bad"))
                                                            for i in range(10)))
     fill = dict(tmp=str(folder), file=str(existing), closed=_closed_address(), imdb=str(imdb))
-    argv = [a.format(**fill) for a in argv]
+    def fill_in(a: str) -> str:
+        if a.startswith("{report:"):  # {report:JSON TEXT}: that text, as the file report.json
+            report = tmp_path / "report.json"
+            report.write_text(a[len("{report:"):-1])
+            return str(report)
+        return a.format(**fill)
+
+    argv = [fill_in(a) for a in argv]
     t0 = time.perf_counter()
     rc = _resolve(target)(argv)
     elapsed = time.perf_counter() - t0
