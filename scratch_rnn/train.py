@@ -590,13 +590,13 @@ class Trainer:
                             self.step - (self.last_checkpoint_step or 0) >= cfg.checkpoint_every:
                         self._sums.seconds += time.perf_counter() - t0
                         t0 = time.perf_counter()
-                        self.save_checkpoint()
+                        self._save_or_stop()
                 self._sums.seconds += time.perf_counter() - t0
                 if finished or self._done():
                     self._end_epoch(partial=not finished)
             self._check_skipped()
             if cfg.checkpoint_dir and self.last_checkpoint_step != self.step:
-                self.save_checkpoint()  # the last state (a resume continues from it); the best is inside too
+                self._save_or_stop()  # the last state (a resume continues from it); the best is inside too
             if cfg.select == "best" and self.best is not None:
                 self.load_model_state(self.best["state"])
                 self.selected_epoch = self.best["epoch"]
@@ -771,14 +771,19 @@ class Trainer:
                     first_loss=self.first_loss, epochs=self.epochs, sums=self._sums.to_dict(), best=best,
                     stale_epochs=self.stale_epochs, data_fingerprint=self.data_fingerprint,
                     stop_reason=self.stop_reason)
-        try:
-            ckpt.save(path, self.model, self.optimizer, step=self.step, meta=meta, arrays=arrays)
-        except OSError as exc:  # the write is atomic: the previous checkpoint is still whole
-            code = errno.errorcode.get(exc.errno, "?") if exc.errno else type(exc).__name__
-            raise self._stop(CheckpointNotWritten, self.step,
-                             f"{path!r}: {exc.strerror or exc} ({code})") from exc
+        ckpt.save(path, self.model, self.optimizer, step=self.step, meta=meta, arrays=arrays)
         self.last_checkpoint, self.last_checkpoint_step = path, self.step
         return path
+
+    def _save_or_stop(self) -> None:
+        """``fit``'s checkpoint: an OSError of the environment (ENOSPC, EFBIG, EDQUOT, ...) stops the run as
+        :class:`CheckpointNotWritten`, naming the last good checkpoint (the write is atomic: it is whole)."""
+        try:
+            self.save_checkpoint()
+        except OSError as exc:
+            code = errno.errorcode.get(exc.errno, "?") if exc.errno else type(exc).__name__
+            raise self._stop(CheckpointNotWritten, self.step,
+                             f"{self.checkpoint_path()!r}: {exc.strerror or exc} ({code})") from exc
 
     def load_checkpoint(self, path=None) -> None:
         """Restore model, optimizer, generator, position, history and selection; nothing changes on error.
