@@ -647,16 +647,86 @@ def check_args(args) -> Path:
     return new_output_file("--json", args.json, args.overwrite, ", or omit --json for a new time-stamped file")
 
 
+_NUM = (int, float)
+# what --spread reads of every row, and what --markdown reads besides (optional fields are checked when present)
+_ROW_SPREAD = {"dtype": str, "threads": int, "case": str, "ratio": _NUM}
+_ROW_MARKDOWN = {**_ROW_SPREAD, "B": int, "T": int, "I": int, "H": int, "loss": str, "scratch_ms": _NUM,
+                 "torch_ms": _NUM, "scratch_gflops": _NUM, "scratch_peak_frac": _NUM, "torch_peak_frac": _NUM,
+                 "numpy_peak_gflops": _NUM, "torch_peak_gflops": _NUM}
+_ROW_OPTIONAL = {"cell": str, "scratch_flush_off_ms": _NUM, "other_processes_cores": _NUM, "gemm_floor_ratio": _NUM,
+                 "scratch_gemms_ms": _NUM, "scratch_rest_ms": _NUM, "torch_gemms_ms": _NUM, "torch_rest_ms": _NUM}
+_SUMMARY = {"geomean_ratio": _NUM, "max_ratio": _NUM, "largest_peak_frac": _NUM}
+
+
+def _type_problem(where: str, value, kind) -> str | None:
+    if isinstance(value, bool) or not isinstance(value, kind):
+        names = " or ".join(k.__name__ for k in (kind if isinstance(kind, tuple) else (kind,)))
+        return f"{where}: expected {names}, got {json.dumps(value)[:60]}"
+    return None
+
+
+def report_problem(report, spread: bool = False) -> str | None:
+    """What is wrong with an earlier run's report for ``--markdown`` (or ``--spread``), or None."""
+    if not isinstance(report, dict):
+        return f"expected a JSON object, got {type(report).__name__}"
+    if not isinstance(report.get("rows"), list):
+        return "no 'rows' list"
+    fields = _ROW_SPREAD if spread else _ROW_MARKDOWN
+    for i, r in enumerate(report["rows"]):
+        if not isinstance(r, dict):
+            return f"rows[{i}]: expected an object, got {json.dumps(r)[:60]}"
+        missing = [k for k in fields if k not in r]
+        if missing:
+            return f"rows[{i}] lacks {missing}"
+        for k, kind in {**fields, **_ROW_OPTIONAL}.items():
+            if k in r and (problem := _type_problem(f"rows[{i}].{k}", r[k], kind)):
+                return problem
+        if spread and r["ratio"] <= 0:
+            return f"rows[{i}].ratio: expected a positive number, got {r['ratio']}"
+    if spread:
+        return None
+    if not isinstance(report.get("summary"), dict):
+        return "no 'summary' object"
+    peaks = report.get("peaks")
+    for key, sm in report["summary"].items():
+        if key.startswith("memory"):
+            continue
+        if not isinstance(sm, dict):
+            return f"summary[{key!r}]: expected an object"
+        for k, kind in _SUMMARY.items():
+            if k not in sm:
+                return f"summary[{key!r}] lacks {k!r}"
+            if problem := _type_problem(f"summary[{key!r}].{k}", sm[k], kind):
+                return problem
+        pk = peaks.get("/".join(key.split("/")[:2])) if isinstance(peaks, dict) else None
+        if not isinstance(pk, dict) or any(_type_problem("", pk.get(k), _NUM) for k in ("numpy", "torch")):
+            return f"peaks: no numbers 'numpy' and 'torch' for {'/'.join(key.split('/')[:2])!r}"
+    memory = report.get("memory", [])
+    if not isinstance(memory, list) or not all(isinstance(m, dict) for m in memory):
+        return "memory: expected a list of objects"
+    for i, m in enumerate(memory):
+        for k, kind in dict(dtype=str, case=str, scratch_mb=_NUM, scratch_tracemalloc_mb=_NUM, torch_mb=_NUM).items():
+            if k not in m:
+                return f"memory[{i}] lacks {k!r}"
+            if problem := _type_problem(f"memory[{i}].{k}", m[k], kind):
+                return problem
+        if m["torch_mb"] <= 0:
+            return f"memory[{i}].torch_mb: expected a positive number, got {m['torch_mb']}"
+    return None
+
+
 def read_report(path, option: str = "--markdown") -> dict:
-    """An earlier run's JSON (for ``--markdown``, ``--spread``), with a message naming the file when it is not one."""
+    """An earlier run's JSON (for ``--markdown``, ``--spread``): BadInput naming the file and what is wrong
+    (not JSON, or a field missing or of the wrong type) when it is not one."""
     path = input_file(option, path)
     try:
         report = json.loads(path.read_text())
-        if not isinstance(report, dict) or not isinstance(report.get("rows"), list) or "summary" not in report:
-            raise ValueError("no 'rows' list or no 'summary'")
     except (ValueError, UnicodeDecodeError) as exc:  # JSONDecodeError is a ValueError
         raise BadInput(f"{option}: expected the JSON file of an earlier benchmark run, got {str(path)!r} "
-                       f"({exc})") from exc
+                       f"(not JSON: {exc})") from exc
+    problem = report_problem(report, spread=option == "--spread")
+    if problem:
+        raise BadInput(f"{option}: expected the JSON file of an earlier benchmark run, got {str(path)!r} ({problem})")
     return report
 
 

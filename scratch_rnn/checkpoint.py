@@ -18,7 +18,8 @@ by a trainer's resume (``Trainer.load_checkpoint``); a plain :func:`load` delete
 writer may be saving beside it.
 
 Saving refuses, before anything is written, what loading would refuse: non-finite parameters or
-optimizer state raise :class:`UnsavableCheckpointError` (a ``CheckpointError`` and a ``ValueError``).
+optimizer state, and metadata JSON cannot hold (naming where it is), raise
+:class:`UnsavableCheckpointError` (a ``CheckpointError`` and a ``ValueError``).
 
 Reading verifies before it changes anything: a truncated file or one that is not a zip archive
 raises :class:`TruncatedCheckpointError`, damaged content (zip structure or CRC, npy headers,
@@ -41,6 +42,7 @@ from collections.abc import Mapping
 
 import numpy as np
 
+from .checks import plain_json
 from .fileio import atomic_write, remove_stale_temporaries
 
 __all__ = [
@@ -244,9 +246,13 @@ def save(path, model, optimizer=None, *, step: int = 0, rngs: Mapping | None = N
         except (KeyError, ValueError, TypeError) as exc:
             raise UnsavableCheckpointError(f"{where} not written: the optimizer's state could not be loaded back: "
                                            f"{exc}") from exc
+    try:  # what JSON cannot hold is named now, before anything is written, not as json's TypeError
+        meta = plain_json("meta", dict(meta or {}))
+    except TypeError as exc:
+        raise UnsavableCheckpointError(f"{where} not written: {exc} (the previous file, if any, is kept)") from exc
     out = {f"model/{k}": v for k, v in params.items()}
     info = dict(step=int(step), model_config=_config_dict(model), model_keys=list(model.parameters()),
-                meta=_jsonable(meta or {}), rngs={})
+                meta=meta, rngs={})
     if getattr(model, "rng", None) is not None:
         info["rngs"]["model"] = rng_state(model.rng)
     for name, rng in (rngs or {}).items():

@@ -15,6 +15,12 @@ Policies, the same everywhere:
 - **indices are integers in range**, printed as given (a huge uint64 is not shown as its int64
   wrap-around).
 - **non-finite inputs are refused**, naming the first offending index.
+- **numbers come back as Python numbers**: every ``check_*`` of a scalar returns a plain ``int``,
+  ``float`` or ``bool`` (``np.int64(3)`` -> ``3``, ``np.bool_(True)`` -> ``True``), and the
+  configurations store what it returns. NumPy scalars (what loops over ``np.arange`` produce) are
+  accepted once, here, and nothing downstream (JSON, checkpoints) ever sees one.
+  :func:`plain_scalar` and :func:`plain_json` do the same for values that are not options
+  (an ``evaluate`` hook's metrics, optimizer keyword arguments).
 """
 from __future__ import annotations
 
@@ -160,9 +166,11 @@ def check_positive_int(name: str, value, *, allow_none: bool = False) -> int | N
     return int(value)
 
 
-def check_non_negative_int(name: str, value) -> int:
+def check_non_negative_int(name: str, value, *, allow_none: bool = False) -> int | None:
+    if value is None and allow_none:
+        return None
     if isinstance(value, (bool, np.bool_)) or not isinstance(value, numbers.Integral) or value < 0:
-        raise ValueError(f"{name}: expected an integer >= 0, got {value!r}")
+        raise ValueError(f"{name}: expected an integer >= 0{' or None' if allow_none else ''}, got {value!r}")
     return int(value)
 
 
@@ -173,6 +181,19 @@ def check_probability(name: str, value, *, below_one: bool = False) -> float:
     if not ok:
         raise ValueError(f"{name}: expected a number in [0, 1{')' if below_one else ']'}, got {value!r}")
     return float(value)
+
+
+def check_real_in(name: str, value, low: float, high: float, *, low_open: bool = False,
+                  high_open: bool = False) -> float:
+    """A real number in the interval from ``low`` to ``high`` (each end closed unless ``*_open``); NaN is refused."""
+    ok = not isinstance(value, (bool, np.bool_)) and isinstance(value, numbers.Real)
+    if ok:
+        v = float(value)
+        ok = (low < v if low_open else low <= v) and (v < high if high_open else v <= high)
+    if not ok:
+        interval = f"{'(' if low_open else '['}{low:g}, {high:g}{')' if high_open else ']'}"
+        raise ValueError(f"{name}: expected a number in {interval}, got {value!r}")
+    return v
 
 
 def check_positive_float(name: str, value, *, allow_none: bool = False) -> float | None:
@@ -221,3 +242,44 @@ def check_choice(name: str, value, options) -> str:
     if not isinstance(value, str) or value not in options:
         raise ValueError(f"{name}: expected one of {list(options)}, got {value!r}")
     return value
+
+
+def plain_scalar(name: str, value) -> bool | int | float:
+    """``value`` as a Python ``bool``, ``int`` or ``float`` (NumPy scalars and 0-d arrays unwrapped).
+
+    Anything else (a string, a list, an array of several values, a complex number, None) raises
+    TypeError naming ``name``: a metric or a setting that is not one real number.
+    """
+    value = _to_numpy(value)
+    if isinstance(value, np.ndarray) and value.ndim == 0:
+        value = value[()]
+    if isinstance(value, (bool, np.bool_)):
+        return bool(value)
+    if isinstance(value, numbers.Integral):
+        return int(value)
+    if isinstance(value, numbers.Real):
+        return float(value)
+    shape = f" of shape {value.shape}" if isinstance(value, np.ndarray) else ""
+    raise TypeError(f"{name}: expected one real number (int, float or bool, NumPy's included), got "
+                    f"{type(value).__name__}{shape}: {value!r:.80}")
+
+
+def plain_json(name: str, value):
+    """``value`` with every NumPy scalar made a Python number and tuples made lists, as JSON holds it.
+
+    Dicts need string keys; anything JSON cannot hold raises TypeError naming where it is
+    (``name['betas'][1]``).
+    """
+    if isinstance(value, (np.generic, np.ndarray)) and np.ndim(value) == 0:  # np.float64 is a float too
+        return value.item() if isinstance(value, np.str_) else plain_scalar(name, value)
+    if value is None or isinstance(value, (str, bool, int, float)):
+        return value
+    if isinstance(value, dict):
+        bad = [k for k in value if not isinstance(k, str)]
+        if bad:
+            raise TypeError(f"{name}: expected string keys, got {bad[0]!r}")
+        return {k: plain_json(f"{name}[{k!r}]", v) for k, v in value.items()}
+    if isinstance(value, (list, tuple)):
+        return [plain_json(f"{name}[{i}]", v) for i, v in enumerate(value)]
+    raise TypeError(f"{name}: expected a number, string, bool, None, list or dict (what JSON holds), got "
+                    f"{type(value).__name__}: {value!r:.80}")

@@ -19,7 +19,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from .checks import check_positive_int
+from .checks import check_bool, check_positive_int
 
 __all__ = ["SCHEMES", "TARGETS", "RecurrentInit", "gaussian", "identity", "init_rnn", "orthogonal",
            "recurrent_matrix", "rescale", "torch_uniform"]
@@ -120,10 +120,12 @@ class RecurrentInit:
             raise ValueError(f"scheme: expected one of {SCHEMES}, got {self.scheme!r}")
         if self.target not in TARGETS:
             raise ValueError(f"target: expected one of {TARGETS}, got {self.target!r}")
-        if self.scale is not None:
-            _check_scale("scale", self.scale)
-        if self.input_std is not None:
-            _check_scale("input_std", self.input_std)
+        for name in ("scale", "input_std"):  # stored as Python floats (np.float32 -> float)
+            if getattr(self, name) is not None:
+                object.__setattr__(self, name, _check_scale(name, getattr(self, name)))
+        object.__setattr__(self, "zero_bias", check_bool("zero_bias", self.zero_bias))
+        if self.nonzero_per_row is not None:
+            object.__setattr__(self, "nonzero_per_row", check_positive_int("nonzero_per_row", self.nonzero_per_row))
         if self.nonzero_per_row is not None and self.scheme != "gaussian":
             raise ValueError(f"nonzero_per_row: only for scheme 'gaussian', got scheme {self.scheme!r}")
 
@@ -146,16 +148,29 @@ def recurrent_matrix(config: RecurrentInit, hidden_size: int, rng=None) -> np.nd
 def init_rnn(model, config: RecurrentInit, seed=None):
     """Initialise ``model`` (a :class:`scratch_rnn.RNN`) in place according to ``config``: every
     ``weight_hh_l*`` from :func:`recurrent_matrix`, then biases and input weights if asked.
-    Returns the model."""
+    Returns the model.
+
+    Only the Elman cell has the square (H, H) ``W_hh`` these schemes are defined for: an LSTM or GRU
+    (W_hh (4H, ·) / (3H, H), one block per gate) raises ValueError naming the parameter. Every new
+    value is drawn before the first is written, so a call that fails changes no parameter.
+    """
     if not isinstance(config, RecurrentInit):
         raise TypeError(f"config: expected a RecurrentInit, got {type(config).__name__}")
-    rng = _rng(seed)
     params = model.parameters()
     for name, p in params.items():
+        if name.startswith("weight_hh") and (p.ndim != 2 or p.shape[0] != p.shape[1]):
+            raise ValueError(f"model: init_rnn sets the Elman cell's square recurrent matrix W_hh (H, H); "
+                             f"{name} has shape {tuple(p.shape)} ({type(model).__name__}: a gated cell stacks "
+                             "one block per gate). Use scratch_rnn.RNN, or keep the gated cell's own init")
+    rng = _rng(seed)
+    staged = {}  # everything is drawn first: an error while drawing leaves the model as it was
+    for name, p in params.items():
         if name.startswith("weight_hh"):
-            p[...] = recurrent_matrix(config, p.shape[0], rng)
+            staged[name] = recurrent_matrix(config, p.shape[0], rng)
         elif name.startswith("weight_ih") and config.input_std is not None:
-            p[...] = rng.normal(0.0, config.input_std, size=p.shape)
+            staged[name] = rng.normal(0.0, config.input_std, size=p.shape)
         elif name.startswith("bias") and config.zero_bias:
-            p[...] = 0.0
+            staged[name] = np.zeros(p.shape)
+    for name, value in staged.items():
+        params[name][...] = value
     return model

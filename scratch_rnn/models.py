@@ -27,6 +27,7 @@ dimension is proj_size when the LSTM projects). ``h_n`` comes back in the same f
 from __future__ import annotations
 
 import dataclasses
+import numbers
 from dataclasses import dataclass
 from typing import NamedTuple
 
@@ -86,25 +87,32 @@ class ModelConfig:
     seed: int | None = 0
 
     def __post_init__(self):
+        # every check returns a plain Python value and the field keeps it (np.int64 -> int, np.bool_ ->
+        # bool): a NumPy scalar given here never reaches a checkpoint's JSON
+        def keep(name: str, value) -> None:
+            object.__setattr__(self, name, value)
+
         for name in ("bias", "bidirectional"):
-            check_bool(name, getattr(self, name))
-        check_positive_int("hidden_size", self.hidden_size)
-        check_positive_int("out_features", self.out_features)
-        check_positive_int("num_layers", self.num_layers)
+            keep(name, check_bool(name, getattr(self, name)))
+        for name in ("hidden_size", "out_features", "num_layers"):
+            keep(name, check_positive_int(name, getattr(self, name)))
         if (self.vocab_size is None) == (self.input_size is None):
             raise ValueError(f"vocab_size/input_size: give exactly one (tokens -> Embedding, or dense input), got "
                              f"vocab_size={self.vocab_size!r}, input_size={self.input_size!r}")
         if self.vocab_size is not None:
-            check_positive_int("vocab_size", self.vocab_size)
+            keep("vocab_size", check_positive_int("vocab_size", self.vocab_size))
             if self.embedding_dim is None:
                 raise ValueError("embedding_dim: expected a positive integer with vocab_size, got None")
-            check_positive_int("embedding_dim", self.embedding_dim)
+            keep("embedding_dim", check_positive_int("embedding_dim", self.embedding_dim))
+            if self.padding_idx is not None:
+                if isinstance(self.padding_idx, (bool, np.bool_)) or not isinstance(self.padding_idx, numbers.Integral):
+                    raise TypeError(f"padding_idx: expected an integer or None, got {self.padding_idx!r}")
+                keep("padding_idx", int(self.padding_idx))  # its range is the Embedding's check
         else:
-            check_positive_int("input_size", self.input_size)
+            keep("input_size", check_positive_int("input_size", self.input_size))
             if self.embedding_dim is not None or self.padding_idx is not None:
                 raise ValueError(f"embedding_dim/padding_idx: only meaningful with vocab_size (token input), got "
                                  f"embedding_dim={self.embedding_dim!r}, padding_idx={self.padding_idx!r}")
-        check_choice("nonlinearity", self.nonlinearity, ("tanh", "relu"))
         if not isinstance(self.cell, str):
             raise ValueError(f"cell: expected one of {', '.join(map(repr, cell_names()))} or 'module:Class', "
                              f"got {self.cell!r}")
@@ -114,19 +122,16 @@ class ModelConfig:
                              f"nonlinearity={self.nonlinearity!r}")
         if nonlinearities is not None:
             check_choice("nonlinearity", self.nonlinearity, nonlinearities)
-        check_non_negative_int("proj_size", self.proj_size)
+        keep("proj_size", check_non_negative_int("proj_size", self.proj_size))
         if self.proj_size and (self.cell != "lstm" or self.proj_size >= self.hidden_size):
             raise ValueError(f"proj_size: expected 0, or with cell='lstm' a number below hidden_size="
                              f"{self.hidden_size}, got {self.proj_size} (cell={self.cell!r})")
-        check_probability("dropout", self.dropout)
+        keep("dropout", check_probability("dropout", self.dropout))
         check_choice("pooling", self.pooling, POOLINGS)
         check_choice("task", self.task, TASKS)
         check_choice("loss", self.loss, LOSSES)
-        check_dtype(self.dtype)
-        object.__setattr__(self, "dtype", np.dtype(self.dtype).name)
-        if self.seed is not None and (isinstance(self.seed, bool) or not isinstance(self.seed, (int, np.integer))
-                                      or self.seed < 0):
-            raise ValueError(f"seed: expected a non-negative integer or None, got {self.seed!r}")
+        keep("dtype", check_dtype(self.dtype).name)
+        keep("seed", check_non_negative_int("seed", self.seed, allow_none=True))
 
     def cell_options(self) -> dict:
         """The cell's own constructor options this config sets: nonlinearity where it has one, proj_size if set."""

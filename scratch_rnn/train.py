@@ -31,7 +31,9 @@ every epoch and of ``fit``/``run``). Divergence: a step whose finite loss exceed
 ``divergence_factor × max(the run's first loss, 1)`` stops with :class:`DivergenceError` before its
 update. Parameters that become non-finite after an update always stop training. Every stop names
 the step, the last finite gradient norm and the last good checkpoint, which is kept as it is; all
-are :class:`TrainingStopped` (exit status 1 in every command line).
+are :class:`TrainingStopped` (exit status 1 in every command line). So is a checkpoint the
+environment refuses to hold (a full disk, a file-size limit: :class:`CheckpointNotWritten`): the
+previous checkpoint stays whole and a resume continues from it.
 
 Checkpoints (``checkpoint_dir``): ``checkpoint.npz`` is rewritten atomically every
 ``checkpoint_every`` steps and at the end, at batch boundaries. It holds the model, the optimizer,
@@ -49,15 +51,16 @@ from __future__ import annotations
 import argparse
 import csv
 import dataclasses
+import errno
 import hashlib
 import io
 import itertools
 import json
 import math
-import numbers
 import os
 import sys
 import time
+from collections.abc import Mapping
 from dataclasses import dataclass, field
 
 import numpy as np
@@ -71,6 +74,9 @@ from .checks import (
     check_norm_type,
     check_positive_float,
     check_positive_int,
+    check_real_in,
+    plain_json,
+    plain_scalar,
 )
 from .cli import BadInput, Stopped, as_bad_input, input_file, output_dir, output_file, run_main
 from .fileio import atomic_write_text, remove_stale_temporaries
@@ -78,7 +84,7 @@ from .optim import OPTIMIZERS, clip_grad_norm_, clip_grad_value_, make_optimizer
 from .runlock import RunLock, beside_lock_path, folder_lock_path
 
 __all__ = ["TrainConfig", "Trainer", "Dataset", "ArrayBatches", "StepRecord", "TrainingStopped", "NonFiniteError",
-           "DivergenceError", "TooManySkippedError", "tbptt_chunks", "main"]
+           "DivergenceError", "TooManySkippedError", "CheckpointNotWritten", "tbptt_chunks", "main"]
 
 CHECKPOINT_NAME = "checkpoint.npz"
 TRAINER_STATE_VERSION = 2
@@ -126,6 +132,14 @@ class DivergenceError(TrainingStopped):
     what = "divergence"
 
 
+class CheckpointNotWritten(TrainingStopped):
+    """The environment refused the checkpoint (a full disk, a file-size or disk quota, a read-only
+    folder: ``ENOSPC``, ``EFBIG``, ``EDQUOT``, ...). The previous checkpoint is kept as it was."""
+
+    what = "the checkpoint could not be written"
+    advice = "Free disk space or raise the file-size limit, then resume (--resume / load_checkpoint)."
+
+
 class TooManySkippedError(TrainingStopped):
     """``on_nonfinite="skip"`` skipped more than ``max_skipped_fraction`` of the steps."""
 
@@ -166,41 +180,39 @@ class TrainConfig:
     progress: bool = True                # a tqdm progress bar
 
     def __post_init__(self):
+        # every check returns a plain Python value and the field keeps it: a NumPy scalar given here
+        # (np.int64 from a loop over np.arange) never reaches the JSON of a checkpoint
         if str(self.optimizer).lower() not in OPTIMIZERS:
             raise ValueError(f"optimizer: expected one of {sorted(OPTIMIZERS)}, got {self.optimizer!r}")
         self.optimizer = str(self.optimizer).lower()
         if not isinstance(self.optimizer_kwargs, dict):
             raise TypeError(f"optimizer_kwargs: expected a dict, got {type(self.optimizer_kwargs).__name__}")
-        self.optimizer_kwargs = json.loads(json.dumps(self.optimizer_kwargs))  # betas tuple -> list, as in JSON
+        self.optimizer_kwargs = plain_json("optimizer_kwargs", self.optimizer_kwargs)  # betas tuple -> list, as JSON
         for name in ("clip_norm", "clip_value", "divergence_factor"):
-            check_positive_float(name, getattr(self, name), allow_none=True)
+            setattr(self, name, check_positive_float(name, getattr(self, name), allow_none=True))
         self.clip_norm_type = check_norm_type("clip_norm_type", self.clip_norm_type)
         for name in ("epochs", "batch_size"):
-            check_positive_int(name, getattr(self, name))
+            setattr(self, name, check_positive_int(name, getattr(self, name)))
         for name in ("tbptt_k", "max_steps", "patience"):
-            check_positive_int(name, getattr(self, name), allow_none=True)
-        check_non_negative_int("checkpoint_every", self.checkpoint_every)
-        check_non_negative_int("seed", self.seed)
+            setattr(self, name, check_positive_int(name, getattr(self, name), allow_none=True))
+        for name in ("checkpoint_every", "seed"):
+            setattr(self, name, check_non_negative_int(name, getattr(self, name)))
         for name in ("shuffle", "progress", "overwrite"):
-            check_bool(name, getattr(self, name))
+            setattr(self, name, check_bool(name, getattr(self, name)))
         check_choice("on_nonfinite", self.on_nonfinite, ("stop", "skip"))
         check_choice("select", self.select, ("last", "best"))
         check_choice("select_mode", self.select_mode, ("max", "min"))
         if (self.select == "best" or self.patience is not None) and not isinstance(self.select_metric, str):
             raise ValueError(f"select_metric: select='best' and patience watch an evaluate() metric: name it, got "
                              f"{self.select_metric!r}")
-        lr_decay_ok = isinstance(self.lr_decay, numbers.Real) and not isinstance(self.lr_decay, bool) \
-            and 0 < self.lr_decay <= 1
-        if not lr_decay_ok:
-            raise ValueError(f"lr_decay: expected a number in (0, 1], got {self.lr_decay!r}")
-        frac_ok = isinstance(self.max_skipped_fraction, numbers.Real) and not isinstance(self.max_skipped_fraction, bool) \
-            and 0 <= self.max_skipped_fraction <= 1
-        if not frac_ok:
-            raise ValueError(f"max_skipped_fraction: expected a number in [0, 1], got {self.max_skipped_fraction!r}")
+        self.lr_decay = check_real_in("lr_decay", self.lr_decay, 0.0, 1.0, low_open=True)
+        self.max_skipped_fraction = check_real_in("max_skipped_fraction", self.max_skipped_fraction, 0.0, 1.0)
         for name in ("checkpoint_dir", "log_csv"):
             v = getattr(self, name)
             if v is not None and not isinstance(v, (str, os.PathLike)):
                 raise TypeError(f"{name}: expected a path or None, got {v!r}")
+            if v is not None:
+                setattr(self, name, os.fspath(v))  # a pathlib.Path is kept as its text: JSON holds that
 
     @property
     def lr(self) -> float:
@@ -316,6 +328,18 @@ def tbptt_chunks(T: int, lengths: np.ndarray, k: int):
         yield start, stop, rows, cl[rows]
 
 
+def _metrics(returned) -> dict:
+    """What an ``evaluate`` hook returned, as ``{name: Python number or None}`` (None: not measured):
+    NumPy scalars unwrapped here, once; any other value that is not one real number is refused at the hook (a TypeError naming it), not
+    later when a checkpoint's JSON cannot hold it."""
+    if not isinstance(returned, Mapping):
+        raise TypeError(f"evaluate: expected a dict of metrics (name -> number), got {type(returned).__name__}")
+    bad = [k for k in returned if not isinstance(k, str)]
+    if bad:
+        raise TypeError(f"evaluate: expected metric names as strings, got {bad[0]!r}")
+    return {k: None if v is None else plain_scalar(f"evaluate()[{k!r}]", v) for k, v in returned.items()}
+
+
 class _EpochSums:
     """Running sums of one epoch: the sample-weighted training loss and, for a classifier, accuracy."""
 
@@ -323,10 +347,11 @@ class _EpochSums:
         self.loss, self.samples, self.correct, self.scored, self.seconds = loss, samples, correct, scored, seconds
 
     def add(self, loss: float, n: int, correct: int | None):
-        self.loss += loss * n
+        n = int(n)
+        self.loss += float(loss) * n  # a model's NumPy-scalar loss must not make the sums NumPy scalars
         self.samples += n
         if correct is not None:
-            self.correct += correct
+            self.correct += int(correct)
             self.scored += n
 
     def row(self) -> dict:
@@ -475,7 +500,7 @@ class Trainer:
         if self.first_loss is None:
             self.first_loss = float(out.loss)
         self.step = index
-        self.last_finite_grad_norm, self.last_finite_step = norm, index
+        self.last_finite_grad_norm, self.last_finite_step = float(norm), index
         self.last_output = out
         self._sums.add(out.loss, len(y), self._correct(out.output, y))
         return self._record(StepRecord(index, self.epoch + 1, out.loss, norm)), out.h_n
@@ -585,13 +610,13 @@ class Trainer:
                             self.step - (self.last_checkpoint_step or 0) >= cfg.checkpoint_every:
                         self._sums.seconds += time.perf_counter() - t0
                         t0 = time.perf_counter()
-                        self.save_checkpoint()
+                        self._save_or_stop()
                 self._sums.seconds += time.perf_counter() - t0
                 if finished or self._done():
                     self._end_epoch(partial=not finished)
             self._check_skipped()
             if cfg.checkpoint_dir and self.last_checkpoint_step != self.step:
-                self.save_checkpoint()  # the last state (a resume continues from it); the best is inside too
+                self._save_or_stop()  # the last state (a resume continues from it); the best is inside too
             if cfg.select == "best" and self.best is not None:
                 self.load_model_state(self.best["state"])
                 self.selected_epoch = self.best["epoch"]
@@ -617,7 +642,7 @@ class Trainer:
             row["partial"] = True
         if self.evaluate is not None:
             t0 = time.perf_counter()
-            metrics = dict(self.evaluate(self.model))
+            metrics = _metrics(self.evaluate(self.model))
             row.update(metrics)
             row["eval_seconds"] = time.perf_counter() - t0
             if cfg.select_metric is not None:
@@ -877,6 +902,16 @@ class Trainer:
         ckpt.save(path, self.model, self.optimizer, step=self.step, meta=meta, arrays=arrays)
         self.last_checkpoint, self.last_checkpoint_step = path, self.step
         return path
+
+    def _save_or_stop(self) -> None:
+        """``fit``'s checkpoint: an OSError of the environment (ENOSPC, EFBIG, EDQUOT, ...) stops the run as
+        :class:`CheckpointNotWritten`, naming the last good checkpoint (the write is atomic: it is whole)."""
+        try:
+            self.save_checkpoint()
+        except OSError as exc:
+            code = errno.errorcode.get(exc.errno, "?") if exc.errno else type(exc).__name__
+            raise self._stop(CheckpointNotWritten, self.step,
+                             f"{self.checkpoint_path()!r}: {exc.strerror or exc} ({code})") from exc
 
     def load_checkpoint(self, path=None) -> None:
         """Restore model, optimizer, generator, position, history and selection; nothing changes on error.

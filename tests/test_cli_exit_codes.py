@@ -3,8 +3,9 @@ work, with a message naming the option; a good quick run exits 0.
 
 To add a command or a case, add a row to CASES:
     row(id, "package.module:main", argv, expected exit code, substring(s) of the output)
-argv may use the placeholders {tmp} (an empty folder), {file} (an existing file) and {closed}
-(tcp://127.0.0.1:PORT with nothing listening). Each main runs in-process through ``main(argv)``.
+argv may use the placeholders {tmp} (an empty folder), {file} (an existing file), {closed}
+(tcp://127.0.0.1:PORT with nothing listening) and {imdb} (a 40-review CSV with the official split); an
+argument "{report:TEXT}" becomes the path of a file report.json holding TEXT. Each main runs in-process through ``main(argv)``.
 """
 from __future__ import annotations
 
@@ -36,6 +37,31 @@ CASES = [
     row("bench --json existing", BENCH, ["--json", "{file}"], 2, ["--json", "exists", "--overwrite"]),
     row("bench --markdown missing", BENCH, ["--markdown", "{tmp}/nope.json"], 2, ["--markdown", "nope.json"]),
     row("bench --markdown not a report", BENCH, ["--markdown", "{file}"], 2, ["--markdown", "earlier benchmark run"]),
+    # malformed reports: named by file and by what is wrong, never a traceback
+    *[row(f"bench {opt} {why}", BENCH, [opt, "{report:" + json_text + "}"], 2, [opt, "report.json", *expect])
+      for opt in ("--markdown", "--spread")
+      for why, json_text, expect in (
+          ("bad JSON", '{"rows": [', ["not JSON"]),
+          ("a list", "[1, 2]", ["expected a JSON object"]),
+          ("row not an object", '{"rows": [3], "summary": {}}', ["rows[0]: expected an object"]),
+          ("row lacks ratio", '{"rows": [{"dtype": "float32", "threads": 1, "case": "small"}], "summary": {}}',
+           ["rows[0] lacks", "ratio"]),
+          ("ratio a string", '{"rows": [{"dtype": "float32", "threads": 1, "case": "s", "ratio": "fast", "B": 1, '
+           '"T": 1, "I": 1, "H": 1, "loss": "all", "scratch_ms": 1, "torch_ms": 1, "scratch_gflops": 1, '
+           '"scratch_peak_frac": 1, "torch_peak_frac": 1, "numpy_peak_gflops": 1, "torch_peak_gflops": 1}], '
+           '"summary": {}}', ["rows[0].ratio", "expected int or float", '"fast"']),
+          ("threads a float", '{"rows": [{"dtype": "float32", "threads": 1.5, "case": "s", "ratio": 1.0}], '
+           '"summary": {}}', ["rows[0]"]),  # --spread: its threads; --markdown: its missing fields
+      )],
+    row("bench --markdown summary without its peaks", BENCH,
+        ["--markdown", '{report:{"rows": [], "summary": {"float32/1": {"geomean_ratio": 1, "max_ratio": 1, '
+         '"largest_peak_frac": 0.5}}}}'], 2, ["--markdown", "report.json", "peaks", "float32/1"]),
+    row("bench --markdown summary entry lacks max_ratio", BENCH,
+        ["--markdown", '{report:{"rows": [], "summary": {"float32/1": {"geomean_ratio": 1}}, "peaks": {}}}'], 2,
+        ["summary['float32/1'] lacks 'max_ratio'"]),
+    row("bench --markdown memory torch_mb 0", BENCH,
+        ["--markdown", '{report:{"rows": [], "summary": {}, "memory": [{"dtype": "float32", "case": "s", '
+         '"scratch_mb": 1, "scratch_tracemalloc_mb": 1, "torch_mb": 0}]}}'], 2, ["memory[0].torch_mb"]),
     # reference.crosscheck
     row("crosscheck --seed -1", CROSSCHECK, ["--seed", "-1"], 2, ["--seed", "got -1"]),
     row("crosscheck --max-steps 0", CROSSCHECK, ["--max-steps", "0"], 2, ["--max-steps", "got 0"]),
@@ -55,6 +81,15 @@ CASES = [
     row("pathological --scheduler closed", GRADIENTS, ["pathological", "--scheduler", "{closed}"], 2,
         ["--scheduler", "{closed}"]),
     row("pathological --scheduler no port", GRADIENTS, ["pathological", "--scheduler", "tcp://[::1"], 2, "--scheduler"),
+    *[row(f"pathological --scheduler {scheme}", GRADIENTS, ["pathological", "--scheduler", f"{scheme}://h:8786"], 2,
+          ["--scheduler", "expected a tcp:// address", f"scheme '{scheme}'"])
+      for scheme in ("inproc", "ucx", "ws", "tls")],
+    row("pathological --scheduler no scheme", GRADIENTS, ["pathological", "--scheduler", "127.0.0.1:8786"], 2,
+        ["--scheduler", "no scheme"]),
+    row("pathological --scheduler port 0", GRADIENTS, ["pathological", "--scheduler", "tcp://h:0"], 2,
+        ["--scheduler", "1..65535"]),
+    row("pathological --scheduler-timeout 0", GRADIENTS, ["pathological", "--scheduler-timeout", "0"], 2,
+        ["--scheduler-timeout", "got 0"]),
     row("spectrum --out file", GRADIENTS, ["spectrum", "--out", "{file}"], 2, "--out"),
     row("cliff --seed -1", GRADIENTS, ["cliff", "--seed", "-1"], 2, "--seed"),
     row("flow --data missing", GRADIENTS, ["flow", "--quick", "--data", "{tmp}/nope.csv"], 2, ["--data", "nope.csv"]),
@@ -64,6 +99,17 @@ CASES = [
     row("sentiment --data missing", SENTIMENT, ["--data", "{tmp}/nope.csv", "--out-root", "{tmp}"], 2,
         ["--data", "nope.csv"]),
     row("sentiment --epochs 0", SENTIMENT, ["--epochs", "0", "--out-root", "{tmp}"], 2, ["epochs", "got 0"]),
+    # zero is never a silent "off": refused, naming the option and the word that does turn it off
+    *[row(f"sentiment {opt} 0", SENTIMENT, [opt, zero, "--data", "{imdb}", "--out-root", "{tmp}"], 2, [opt, f"got '{zero}'", "'none'"])
+      for opt, zero in (("--patience", "0"), ("--clip-norm", "0"), ("--clip-norm", "0.0"), ("--train-size", "0"),
+                        ("--test-size", "0"), ("--max-vocab", "0"))],
+    row("sentiment --patience -1", SENTIMENT, ["--patience", "-1", "--out-root", "{tmp}"], 2, ["patience", "got -1"]),
+    row("sentiment --valid-fraction leaves no training review", SENTIMENT,
+        ["--data", "{imdb}", "--train-size", "4", "--valid-fraction", "0.9", "--out-root", "{tmp}"], 2,
+        ["--valid-fraction", "leaves 0 to train on"]),
+    row("sentiment --valid-fraction holds out no review", SENTIMENT,
+        ["--data", "{imdb}", "--train-size", "4", "--valid-fraction", "0.01", "--out-root", "{tmp}"], 2,
+        ["--valid-fraction", "holds out 0 for validation"]),
     # experiments.sentiment.report
     row("report missing folder", REPORT, ["{tmp}/nope"], 2, ["runs", "nope"]),
     row("report no finished run", REPORT, ["{tmp}"], 2, ["no metrics.json"]),
@@ -88,8 +134,19 @@ def test_exit_code_and_message(target, argv, code, expected, tmp_path, capsys):
     folder.mkdir()
     existing = tmp_path / "existing.txt"
     existing.write_text("not a report\n")
-    fill = dict(tmp=str(folder), file=str(existing), closed=_closed_address())
-    argv = [a.format(**fill) for a in argv]
+    imdb = tmp_path / "imdb.csv"  # 10 reviews per label and split, the official split named
+    imdb.write_text("review,sentiment,split\n" + "".join(f"{w} film {i},{lab},{split}\n" for split in ("train", "test")
+                                                           for lab, w in (("positive", "good"), ("negative", "bad"))
+                                                           for i in range(10)))
+    fill = dict(tmp=str(folder), file=str(existing), closed=_closed_address(), imdb=str(imdb))
+    def fill_in(a: str) -> str:
+        if a.startswith("{report:"):  # {report:JSON TEXT}: that text, as the file report.json
+            report = tmp_path / "report.json"
+            report.write_text(a[len("{report:"):-1])
+            return str(report)
+        return a.format(**fill)
+
+    argv = [fill_in(a) for a in argv]
     t0 = time.perf_counter()
     rc = _resolve(target)(argv)
     elapsed = time.perf_counter() - t0
@@ -152,7 +209,9 @@ def test_scheduler_that_does_not_answer_is_bad_input(monkeypatch):
         assert timeout == cli.SCHEDULER_CONNECT_TIMEOUT_S
         raise TimeoutError("timed out")
 
-    monkeypatch.setattr(cli.socket, "create_connection", silent)
+    from experiments.gradients import sweep
+
+    monkeypatch.setattr(sweep.socket, "create_connection", silent)
     with pytest.raises(BadInput, match=r"--scheduler: .*'tcp://10\.1\.2\.3:8786'.*no answer"):
         cli.check_scheduler("tcp://10.1.2.3:8786")
 
@@ -212,6 +271,11 @@ TRAIN_CASES = [
     ("bidirectional 'false'", dict(model={**TOKENS, "bidirectional": "false"}), ["bidirectional", "'false'"]),
     ("a text file as .npz", dict(data_bytes=b"x,y\n1,2\n"), ["--data", "not a zip archive"]),
     ("unknown model field", dict(model={**TOKENS, "hiden_size": 3}), ["unknown field", "hiden_size"]),
+    # zero is not "off" (null is): refused, not read as no early stop / no clipping
+    ("patience 0", dict(train={"patience": 0, "select_metric": "acc"}), ["patience", "or None", "got 0"]),
+    ("clip_norm 0", dict(train={"clip_norm": 0}), ["clip_norm", "or None", "got 0"]),
+    ("clip_value 0", dict(train={"clip_value": 0.0}), ["clip_value", "or None", "got 0.0"]),
+    ("max_steps 0", dict(train={"max_steps": 0}), ["max_steps", "or None", "got 0"]),
 ]
 
 
@@ -256,3 +320,130 @@ def test_train_cli_divergence_exits_1(tmp_path, capsys):
                            y=[1, 0] * 4))
     assert rc == 1, capsys.readouterr().err
     assert "training stopped at step" in capsys.readouterr().err
+
+
+# ---------------------------------------------------------------------------------------------
+# --scheduler at a port where something that is not Dask listens (an HTTP server): a real deadline
+# ---------------------------------------------------------------------------------------------
+@pytest.mark.parametrize("server", ["http", "silent", "garbage"])
+def test_scheduler_port_that_is_not_dask_exits_2_within_the_deadline(server, tmp_path):
+    """A real subprocess against a local server: an HTTP server (waits for a request), one that accepts and
+    never speaks, one that answers garbage. dask's own timeouts do not bound the handshake (minutes)."""
+    import http.server
+    import subprocess
+    import sys
+    import threading
+    from pathlib import Path
+
+    if server == "http":
+        srv = http.server.ThreadingHTTPServer(("127.0.0.1", 0), http.server.SimpleHTTPRequestHandler)
+        port, serve, stop = srv.server_address[1], srv.serve_forever, srv.shutdown
+    else:
+        listener = socket.socket()
+        listener.bind(("127.0.0.1", 0))
+        listener.listen(8)
+        listener.settimeout(0.2)
+        port, done, held = listener.getsockname()[1], threading.Event(), []
+
+        def serve():
+            while not done.is_set():
+                try:
+                    conn, _ = listener.accept()
+                except OSError:
+                    continue
+                held.append(conn)
+                if server == "garbage":
+                    conn.sendall(b"HTTP/1.0 200 OK\r\n\r\n" + bytes(range(256)) * 64)
+
+        def stop():
+            done.set()
+    thread = threading.Thread(target=serve, daemon=True)
+    thread.start()
+    try:
+        t0 = time.perf_counter()
+        proc = subprocess.run([sys.executable, "-m", "experiments.gradients", "pathological", "--quick", "--no-progress",
+                               "--out", str(tmp_path / "out"), "--scheduler", f"tcp://127.0.0.1:{port}",
+                               "--scheduler-timeout", "2"], cwd=Path(__file__).resolve().parents[1],
+                              capture_output=True, text=True, timeout=60)
+        elapsed = time.perf_counter() - t0
+    finally:
+        stop()
+        thread.join(5)
+        if server != "http":
+            listener.close()
+            for conn in held:
+                conn.close()
+    assert proc.returncode == 2, (proc.returncode, proc.stderr[-2000:])
+    assert "--scheduler" in proc.stderr and f"127.0.0.1:{port}" in proc.stderr and "Traceback" not in proc.stderr
+    assert elapsed < 2 + 15, f"took {elapsed:.1f} s with a 2 s deadline"  # the interpreter's start-up, imports
+    assert not (tmp_path / "out").exists() or not any((tmp_path / "out").iterdir())
+
+
+# ---------------------------------------------------------------------------------------------
+# a checkpoint the environment refuses (EFBIG here; ENOSPC alike): exit 1, one line, the previous kept
+# ---------------------------------------------------------------------------------------------
+def test_train_cli_under_a_file_size_limit_exits_1_keeping_the_previous_checkpoint(tmp_path):
+    import json
+    import resource
+    import signal
+    import subprocess
+    import sys
+    from pathlib import Path
+
+    from scratch_rnn import checkpoint as ckpt
+
+    args = _train_files(tmp_path, train={"epochs": 1, "checkpoint_every": 1, "log_csv": str(tmp_path / "log.csv")})
+    root = Path(__file__).resolve().parents[1]
+    cmd = [sys.executable, "-m", "scratch_rnn.train", *args]
+    first = subprocess.run(cmd, cwd=root, capture_output=True, text=True, timeout=120)
+    assert first.returncode == 0, first.stderr
+    path = tmp_path / "run" / "checkpoint.npz"
+    size, before = path.stat().st_size, path.read_bytes()
+    (tmp_path / "train.json").write_text(json.dumps({**json.loads((tmp_path / "train.json").read_text()),
+                                                     "epochs": 6}))
+
+    def limit():  # in the child: files may not grow past the first run's checkpoint (+ a little)
+        signal.signal(signal.SIGXFSZ, signal.SIG_IGN)  # EFBIG instead of being killed
+        resource.setrlimit(resource.RLIMIT_FSIZE, (size + 64, size + 64))
+
+    second = subprocess.run([*cmd, "--resume"], cwd=root, capture_output=True, text=True, timeout=120,
+                            preexec_fn=limit)
+    assert second.returncode == 1, (second.returncode, second.stderr[-3000:])
+    err = [line for line in second.stderr.splitlines() if line.strip() and "<frozen runpy>" not in line]  # (B's)
+    assert len(err) == 1 and "Traceback" not in second.stderr, second.stderr
+    assert "checkpoint could not be written" in err[0] and "EFBIG" in err[0] and "kept" in err[0], err[0]
+    arrays, meta = ckpt.read_archive(path)  # whole and readable
+    assert meta["step"] >= 2 and path.stat().st_size <= size + 64
+    assert sorted(p.name for p in path.parent.iterdir()) == ["checkpoint.npz"], "a temporary file was left"
+    if meta["step"] == 2:
+        assert path.read_bytes() == before
+    third = subprocess.run([*cmd, "--resume"], cwd=root, capture_output=True, text=True, timeout=120)
+    assert third.returncode == 0, third.stderr  # the kept checkpoint resumes once the limit is gone
+
+
+def test_a_full_disk_while_checkpointing_stops_naming_enospc(tmp_path, monkeypatch):
+    import errno
+
+    import numpy as np
+
+    from scratch_rnn import checkpoint as ckpt
+    from scratch_rnn.models import ModelConfig, SequenceModel
+    from scratch_rnn.train import CheckpointNotWritten, Dataset, TrainConfig, Trainer, TrainingStopped
+
+    rng = np.random.default_rng(0)
+    data = Dataset(rng.integers(0, 5, (8, 4)), rng.integers(0, 2, 8))
+    t = Trainer(SequenceModel(ModelConfig(**TOKENS)), TrainConfig(batch_size=4, epochs=2, checkpoint_every=1,
+                                                                   checkpoint_dir=str(tmp_path), progress=False))
+    real, calls = ckpt.save, []
+
+    def full_after_two(*a, **kw):
+        calls.append(1)
+        if len(calls) > 2:
+            raise OSError(errno.ENOSPC, "No space left on device")
+        return real(*a, **kw)
+
+    monkeypatch.setattr(ckpt, "save", full_after_two)
+    with pytest.raises(CheckpointNotWritten, match=r"No space left on device \(ENOSPC\).*\(step 2\) was kept") as e:
+        t.fit(data)
+    assert isinstance(e.value, TrainingStopped) and t.last_checkpoint_step == 2
+    assert ckpt.read_archive(tmp_path / "checkpoint.npz")[1]["step"] == 2

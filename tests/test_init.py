@@ -125,3 +125,36 @@ def test_clear_errors():
         init.rescale(np.ones((2, 3)), 1.0)
     with pytest.raises(TypeError, match="config: expected a RecurrentInit, got dict"):
         init.init_rnn(RNN(1, 2), {"scheme": "identity"})
+
+
+# --------------------------------------------------------------------------------------------
+# a call that fails changes nothing (issue 19, class 5)
+# --------------------------------------------------------------------------------------------
+def _init_failure_cases():
+    from scratch_rnn.rnn import GRU, LSTM, RNN
+
+    return [
+        pytest.param(lambda: LSTM(3, 4, num_layers=2, dtype=np.float64),
+                     init.RecurrentInit("orthogonal", input_std=0.1, zero_bias=True), "weight_hh_l0.*(16, 4)", id="lstm"),
+        pytest.param(lambda: LSTM(3, 4, proj_size=2, bidirectional=True, dtype=np.float32),
+                     init.RecurrentInit("identity", zero_bias=True, input_std=0.5), "weight_hh_l0.*(16, 2)",
+                     id="lstm-proj"),
+        pytest.param(lambda: GRU(3, 4, bidirectional=True, dtype=np.float64),
+                     init.RecurrentInit("torch_uniform", scale=0.9, input_std=0.1), "weight_hh_l0.*(12, 4)", id="gru"),
+        # an Elman RNN whose W_hh cannot be drawn (more non-zeros per row than units) after W_ih was
+        pytest.param(lambda: RNN(3, 4, num_layers=2, dtype=np.float64),
+                     init.RecurrentInit("gaussian", scale=1.0, nonzero_per_row=9, input_std=0.1, zero_bias=True),
+                     "nonzero_per_row", id="rnn-undrawable"),
+    ]
+
+
+@pytest.mark.parametrize("make,config,message", _init_failure_cases())
+def test_init_rnn_that_fails_leaves_every_parameter_bit_for_bit(make, config, message):
+    model = make()
+    before = {k: v.copy() for k, v in model.parameters().items()}
+    with pytest.raises(ValueError, match=message):
+        init.init_rnn(model, config, seed=0)
+    after = model.parameters()
+    assert after.keys() == before.keys()
+    for k, v in before.items():
+        assert after[k].dtype == v.dtype and after[k].tobytes() == v.tobytes(), f"{k} changed by a failed init_rnn"

@@ -217,3 +217,49 @@ def test_result_files_are_replaced_not_rewritten_in_place(tmp_path, writer):
         assert old.read() == first, "the file was rewritten in place"
     assert path.read_bytes() != first
     assert sorted(p.name for p in tmp_path.iterdir()) == [path.name]
+
+
+# --------------------------------------------------------------------------------------------
+# Ctrl-C to the sweep's process alone: exit 130 at once, every finished trial kept (issue 19, class 4)
+# --------------------------------------------------------------------------------------------
+def quick_or_slow_trial(spec: dict) -> dict:
+    """Trials 0 and 1 finish at once; the others write their worker's pid and work for two minutes."""
+    if spec["k"] >= 2:
+        Path(spec["dir"], f"worker-{spec['k']}.pid").write_text(str(os.getpid()))
+        time.sleep(120)
+    return dict(square=spec["k"] ** 2)
+
+
+def test_sigint_to_the_parent_alone_exits_130_promptly_keeping_finished_trials(tmp_path):
+    table = tmp_path / "trials.jsonl"
+    parent = _python("""
+        import sys
+        from experiments.gradients import sweep
+        from scratch_rnn.cli import run_main
+        from tests.test_sweep_faults import quick_or_slow_trial
+        d = sys.argv[1]
+        specs = [dict(k=k, dir=d) for k in range(4)]
+        sys.exit(run_main(lambda argv: sweep.run_sweep(quick_or_slow_trial, specs, d + "/trials.jsonl", workers=4,
+                                                       progress=False) and None, prog="sweep"))
+    """, str(tmp_path))
+    pid_files = [tmp_path / f"worker-{k}.pid" for k in (2, 3)]
+    workers = []
+    try:
+        def ready():
+            return all(p.exists() and p.read_text() for p in pid_files) and table.exists() and \
+                len(table.read_text().splitlines()) == 2
+        assert _wait_for(ready, 60), f"the sweep did not get going: {parent.poll()}"
+        workers = [int(p.read_text()) for p in pid_files]
+        os.kill(parent.pid, signal.SIGINT)  # the parent alone, not its process group
+        t0 = time.monotonic()
+        rc = parent.wait(30)
+        elapsed = time.monotonic() - t0
+        assert rc == 130, (rc, parent.stderr.read())
+        assert elapsed < 15, f"the sweep took {elapsed:.0f} s to stop (it waited for running trials)"
+        rows = [json.loads(line) for line in table.read_text().splitlines()]
+        assert sorted((r["k"], r["square"]) for r in rows) == [(0, 0), (1, 1)], rows
+        assert _wait_for(lambda: not any(pid_alive(pid) for pid in workers), 10), "running trials' workers survived"
+    finally:
+        parent.kill()
+        _reap_leftovers(workers)
+        parent.communicate(timeout=30)

@@ -8,16 +8,14 @@ from __future__ import annotations
 import argparse
 import importlib
 import json
-import socket
 import sys
 from pathlib import Path
 
-from scratch_rnn.checks import check_positive_int
+from scratch_rnn.checks import check_positive_float, check_positive_int
 from scratch_rnn.cli import BadInput, Stopped, as_bad_input, input_file, output_dir, run_main
 
 PROG = "python -m experiments.gradients"
-SCHEDULER_CONNECT_TIMEOUT_S = 3.0  # the up-front reachability check of --scheduler
-DASK_DEFAULT_PORT = 8786
+SCHEDULER_CONNECT_TIMEOUT_S = 5.0  # default of --scheduler-timeout: connecting, handshake and reply
 
 EXPERIMENTS = {
     "spectrum": "gradient norm vs distance for lambda_1 in [0.5, 1.5] x initializer x nonlinearity",
@@ -44,6 +42,8 @@ def parser() -> argparse.ArgumentParser:
             s.add_argument("--workers", type=int, default=2, help="local worker processes")
             s.add_argument("--scheduler", default=None,
                            help="a Dask scheduler address (tcp://host:port): run trials on that cluster")
+            s.add_argument("--scheduler-timeout", type=float, default=SCHEDULER_CONNECT_TIMEOUT_S, metavar="S",
+                           help="seconds to reach the scheduler and hear it answer as one (default %(default)s)")
             s.add_argument("--tasks", nargs="+", default=None, help="subset of tasks")
             s.add_argument("--lengths", nargs="+", type=int, default=None,
                            help="sequence lengths (>= 10) in place of the protocol's")
@@ -66,26 +66,14 @@ def parser() -> argparse.ArgumentParser:
 
 
 def check_scheduler(address: str, timeout: float = SCHEDULER_CONNECT_TIMEOUT_S) -> None:
-    """BadInput unless dask.distributed is installed and ``address`` accepts a TCP connection."""
+    """BadInput unless ``address`` is ``tcp://HOST:PORT`` and a Dask scheduler answers there within ``timeout``
+    seconds (connection, handshake and its identity reply: :func:`experiments.gradients.sweep.probe_scheduler`)."""
+    from .sweep import SchedulerUnavailable, probe_scheduler
+
     try:
-        from distributed.comm.addressing import parse_address, parse_host_port
-    except ImportError as exc:
-        raise BadInput(f"--scheduler: running on a Dask cluster needs dask.distributed (pip install "
-                       f"'dask[distributed]'), which is not installed; got --scheduler {address!r}") from exc
-    try:
-        scheme, location = parse_address(address)
-        if scheme not in ("tcp", "tls"):
-            return  # no plain socket probe for other transports: the client itself will try
-        host, port = parse_host_port(location, default_port=DASK_DEFAULT_PORT)
-        port = int(port)
-    except (ValueError, TypeError) as exc:
-        raise BadInput(f"--scheduler: expected an address like tcp://HOST:PORT, got {address!r} ({exc})") from exc
-    try:
-        socket.create_connection((host, port), timeout=timeout).close()
-    except OSError as exc:
-        why = "no answer" if isinstance(exc, TimeoutError) else (exc.strerror or str(exc))
-        raise BadInput(f"--scheduler: expected a reachable Dask scheduler, got {address!r}: cannot connect to "
-                       f"{host}:{port} ({why}; waited at most {timeout:g} s)") from exc
+        probe_scheduler(address, timeout)
+    except SchedulerUnavailable as exc:
+        raise BadInput(f"--scheduler: {exc}") from exc
 
 
 def check_data(data) -> None:
@@ -139,8 +127,10 @@ def check_args(args) -> None:
             if value is not None:
                 with as_bad_input():
                     check_positive_int(option, value)
+        with as_bad_input():
+            check_positive_float("--scheduler-timeout", args.scheduler_timeout)
         if args.scheduler is not None:
-            check_scheduler(args.scheduler)
+            check_scheduler(args.scheduler, args.scheduler_timeout)
     if args.experiment == "flow":
         check_data(args.data)
     if getattr(args, "cells", None):
@@ -159,10 +149,14 @@ def _main(argv=None) -> int:
     module = importlib.import_module(f"experiments.gradients.{args.experiment}")
     from concurrent.futures.process import BrokenProcessPool
 
+    from .sweep import SchedulerUnavailable
+
     try:
         summary = module.main(args)
     except BrokenProcessPool as exc:  # a worker was killed (OOM killer, kill -9): a child failed
         raise Stopped(f"a worker process died abruptly ({exc}); finished trials are saved, rerun to resume") from exc
+    except SchedulerUnavailable as exc:  # it answered the up-front check, then went away
+        raise Stopped(f"--scheduler: {exc}; finished trials are saved, rerun to resume") from exc
     print(json.dumps({k: v for k, v in summary.items() if k != "config"}, indent=1, default=str)[:4000])
     return 0
 

@@ -64,9 +64,9 @@ class FlowConfig:
 
     def __post_init__(self):
         for name in ("n_train", "n_eval", "probe", "max_len", "vocab", "embedding", "hidden", "epochs", "batch"):
-            check_positive_int(name, getattr(self, name))
-        check_positive_float("lr", self.lr)
-        check_positive_float("clip", self.clip)
+            object.__setattr__(self, name, check_positive_int(name, getattr(self, name)))  # np.int64 -> int
+        object.__setattr__(self, "lr", check_positive_float("lr", self.lr))
+        object.__setattr__(self, "clip", check_positive_float("clip", self.clip))
         unknown = [i for i in self.inits if i not in INITS]
         if unknown:
             raise ValueError(f"inits: expected names among {sorted(INITS)}, got {unknown}")

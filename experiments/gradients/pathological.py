@@ -458,10 +458,11 @@ def plot(summary: pd.DataFrame, path, p: Protocol):
     save_figure(fig, path)
 
 
-def run(p: Protocol, out, *, workers=2, scheduler=None, tasks=None, progress=True) -> dict:
+def run(p: Protocol, out, *, workers=2, scheduler=None, scheduler_timeout=None, tasks=None, progress=True) -> dict:
     t0 = time.time()
     specs = specs_for(p, tasks)
     df = run_sweep(run_trial, specs, out / "trials.jsonl", workers=workers, scheduler=scheduler,
+                   **({} if scheduler_timeout is None else {"scheduler_timeout": scheduler_timeout}),
                    progress=progress, desc=f"pathological ({p.name})")
     write_csv(out / "trials.csv", df)
     summary = summarize(df)
@@ -533,4 +534,5 @@ def main(args) -> dict:
     p = select(PROTOCOLS[name], lengths=getattr(args, "lengths", None), methods=getattr(args, "methods", None),
                max_iters=getattr(args, "max_iters", None), num_seeds=getattr(args, "num_seeds", None))
     return run(with_seed_offset(p, args.seed), out, workers=args.workers, scheduler=args.scheduler,
+               scheduler_timeout=getattr(args, "scheduler_timeout", None),
                tasks=args.tasks, progress=not args.no_progress)

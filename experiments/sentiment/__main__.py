@@ -20,13 +20,19 @@ from scratch_rnn.cli import BadInput, as_bad_input, output_dir, run_main
 from .train import BACKENDS, EMBEDDINGS, PRESETS, RESULTS_ROOT, SELECT, STOPWORDS, SentimentConfig
 
 
-def _none_or(kind):
+def _none_or(kind, off: str):
+    """``none``/``off`` turn the option off (None); 0 is refused (exit 2, naming the option), never read
+    as a silent "off"; other numbers go on to the configuration's checks."""
     def parse(s: str):
-        if s.lower() in ("none", "off", "0"):
+        if s.lower() in ("none", "off"):
             return None
-        return kind(s)
+        value = kind(s)
+        if value == 0:
+            raise argparse.ArgumentTypeError(f"got {s!r}: 0 does not mean 'off' here; pass 'none' for {off}, "
+                                             "or a number the option accepts")
+        return value
 
-    parse.__name__ = kind.__name__
+    parse.__name__ = kind.__name__  # argparse's "invalid int value"
     return parse
 
 
@@ -52,14 +58,14 @@ def parser() -> argparse.ArgumentParser:
     g.add_argument("--stopwords", choices=STOPWORDS,
                    help=f"remove NLTK's stopwords (as the notebook), remove them but keep not/no/nor and the n't "
                         f"forms, or keep every token (default {d.stopwords})")
-    g.add_argument("--max-vocab", type=_none_or(int),
+    g.add_argument("--max-vocab", type=_none_or(int, "no limit"),
                    help=f"vocabulary size, <pad> and <unk> included; 'none': no limit (default {d.max_vocab})")
     g.add_argument("--min-freq", type=int, help=f"minimum count in training (default {d.min_freq})")
     g.add_argument("--max-len", type=int, help=f"keep a review's first N tokens (default {d.max_len})")
-    g.add_argument("--train-size", type=_none_or(int),
-                   help="stratified subsample of the 25,000 training reviews (default: all)")
-    g.add_argument("--test-size", type=_none_or(int),
-                   help="stratified subsample of the 25,000 test reviews (default: all)")
+    g.add_argument("--train-size", type=_none_or(int, "all of them"),
+                   help="stratified subsample of the 25,000 training reviews, >= 4; 'none': all (default: all)")
+    g.add_argument("--test-size", type=_none_or(int, "all of them"),
+                   help="stratified subsample of the 25,000 test reviews, >= 1; 'none': all (default: all)")
     g.add_argument("--valid-fraction", type=float,
                    help=f"share of the training reviews held out to choose the epoch (default {d.valid_fraction})")
 
@@ -82,14 +88,16 @@ def parser() -> argparse.ArgumentParser:
     g.add_argument("--lr", type=float, help=f"(default {d.lr})")
     g.add_argument("--lr-decay", type=float, help=f"epoch e trains at lr * lr_decay ** (e - 1) (default {d.lr_decay})")
     g.add_argument("--weight-decay", type=float, help=f"(default {d.weight_decay})")
-    g.add_argument("--clip-norm", type=_none_or(float), help=f"global L2 clipping; 'none' disables (default {d.clip_norm})")
+    g.add_argument("--clip-norm", type=_none_or(float, "no clipping"),
+                   help=f"global L2 clipping, > 0; 'none' disables (default {d.clip_norm})")
     g.add_argument("--batch-size", type=int, help=f"(default {d.batch_size})")
     g.add_argument("--epochs", type=int, help=f"(default {d.epochs})")
     g.add_argument("--token-dropout", type=float,
                    help=f"share of training tokens replaced by <unk>, the same for both backends (default {d.token_dropout})")
     g.add_argument("--select", choices=SELECT,
                    help=f"test the weights of the best validation epoch, or of the last (default {d.select})")
-    g.add_argument("--patience", type=_none_or(int), help="stop after N epochs without a better validation accuracy")
+    g.add_argument("--patience", type=_none_or(int, "no early stop"),
+                   help="stop after N >= 1 epochs without a better validation accuracy; 'none': never (default)")
     g.add_argument("--eval-batch-size", type=int, help=f"(default {d.eval_batch_size})")
     g.add_argument("--seed", type=int, help=f"initial weights, data order, validation split (default {d.seed})")
     g.add_argument("--threads", type=int, help=f"BLAS / torch threads per process (default {d.threads})")
@@ -126,6 +134,12 @@ def check_data(cfg: SentimentConfig):
         if size is not None and size > len(frames[name]):
             raise BadInput(f"--{name}-size: expected at most the {len(frames[name])} {name} reviews of the source, "
                            f"got {size}")
+    from .train import assign_splits
+
+    try:  # the validation hold-out, as the run will draw it: neither side may be empty
+        assign_splits(cfg, df)
+    except ValueError as e:
+        raise BadInput(f"--{e}".replace("valid_fraction", "valid-fraction", 1)) from e
 
 
 def _main(argv=None) -> int:

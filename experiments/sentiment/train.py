@@ -52,6 +52,7 @@ from scratch_rnn.checks import (
     check_positive_float,
     check_positive_int,
     check_probability,
+    check_real_in,
 )
 from scratch_rnn.cli import Stopped
 from scratch_rnn.fileio import atomic_write_text
@@ -112,6 +113,11 @@ class SentimentConfig:
     isolate: bool = True                 # backend="both": each backend in its own process
 
     def __post_init__(self):
+        # each check returns a plain Python value and the field keeps it: np.int64 / np.bool_ given
+        # here (a loop over np.arange) never reach config.json or a checkpoint
+        def keep(name: str, value) -> None:
+            object.__setattr__(self, name, value)
+
         for name, options in (("backend", BACKENDS), ("stopwords", STOPWORDS), ("embedding", EMBEDDINGS),
                               ("select", SELECT), ("nonlinearity", ("tanh", "relu")), ("cell", CELLS),
                               ("pooling", ("last", "mean", "max")), ("dtype", ("float32", "float64")),
@@ -121,34 +127,39 @@ class SentimentConfig:
             raise ValueError(f"nonlinearity: only the Elman cell has one (cell='rnn'), got {self.nonlinearity!r} "
                              f"with cell={self.cell!r}")
         for name in ("bidirectional", "isolate"):
-            check_bool(name, getattr(self, name))
+            keep(name, check_bool(name, getattr(self, name)))
         if self.data is not None and not isinstance(self.data, (str, os.PathLike)):
             raise TypeError(f"data: expected a path or None, got {self.data!r}")
         for name in ("min_freq", "embedding_dim", "hidden_size", "num_layers", "batch_size", "epochs",
                      "eval_batch_size", "threads", "max_len"):
-            check_positive_int(name, getattr(self, name))
+            keep(name, check_positive_int(name, getattr(self, name)))
+        # None is "off" (all reviews, no early stop, no vocabulary limit); 0 is refused, never read as "off"
         for name in ("train_size", "test_size", "patience"):
-            check_positive_int(name, getattr(self, name), allow_none=True)
-        check_non_negative_int("seed", self.seed)
-        if self.max_vocab is not None and (isinstance(self.max_vocab, bool) or not isinstance(self.max_vocab, int)
-                                           or self.max_vocab < 3):
-            raise ValueError(f"max_vocab: counts <pad> and <unk>, expected an integer >= 3 or None (every token "
-                             f"seen min_freq times), got {self.max_vocab!r}")
+            keep(name, check_positive_int(name, getattr(self, name), allow_none=True))
+        keep("seed", check_non_negative_int("seed", self.seed))
+        if self.max_vocab is not None:
+            try:
+                keep("max_vocab", check_positive_int("max_vocab", self.max_vocab))
+                ok = self.max_vocab >= 3
+            except ValueError:
+                ok = False
+            if not ok:
+                raise ValueError(f"max_vocab: counts <pad> and <unk>, expected an integer >= 3 or None (every token "
+                                 f"seen min_freq times), got {self.max_vocab!r}")
         if self.train_size is not None and self.train_size < 4:
             raise ValueError(f"train_size: expected at least 4 reviews, got {self.train_size}")
-        check_probability("valid_fraction", self.valid_fraction, below_one=True)
+        keep("valid_fraction", check_probability("valid_fraction", self.valid_fraction, below_one=True))
         if self.select == "best" and self.valid_fraction == 0:
             raise ValueError("select='best' chooses the epoch on the validation set: give valid_fraction > 0 "
                              "or select='last'")
         if self.patience is not None and self.valid_fraction == 0:
             raise ValueError("patience needs a validation set (valid_fraction > 0)")
         for name in ("dropout", "token_dropout"):
-            check_probability(name, getattr(self, name), below_one=True)
-        check_positive_float("lr", self.lr)
-        check_positive_float("clip_norm", self.clip_norm, allow_none=True)
-        check_non_negative_float("weight_decay", self.weight_decay)
-        if not check_positive_float("lr_decay", self.lr_decay) <= 1:
-            raise ValueError(f"lr_decay: expected a number in (0, 1], got {self.lr_decay!r}")
+            keep(name, check_probability(name, getattr(self, name), below_one=True))
+        keep("lr", check_positive_float("lr", self.lr))
+        keep("clip_norm", check_positive_float("clip_norm", self.clip_norm, allow_none=True))
+        keep("weight_decay", check_non_negative_float("weight_decay", self.weight_decay))
+        keep("lr_decay", check_real_in("lr_decay", self.lr_decay, 0.0, 1.0, low_open=True))
         if self.embedding == "glove" and self.embedding_dim != 50:
             raise ValueError(f"embedding_dim: the GloVe vectors are 50-d, so embedding='glove' needs "
                              f"embedding_dim=50, got {self.embedding_dim}")
@@ -226,19 +237,15 @@ PRESETS = {
 # ------------------------------------------------------------------------------------------------
 # data
 # ------------------------------------------------------------------------------------------------
-def prepare_data(cfg: SentimentConfig, *, progress: bool = True, df=None):
-    """(PreparedData with splits train / valid (when valid_fraction > 0) / test, info dict).
+def assign_splits(cfg: SentimentConfig, df) -> tuple[np.ndarray, np.ndarray]:
+    """(split, keep): every row's split name after the validation hold-out, and the rows the run uses
+    (the stratified ``train_size`` / ``test_size`` subsamples).
 
-    Reviews keep the order of the source, so that the full run reuses the token cache of any other
-    ``prepare(load_imdb(), ...)`` with the same tokenization settings.
+    Raises ValueError naming ``valid_fraction`` when the hold-out leaves no review to train on, or
+    holds out none although ``valid_fraction > 0`` (the epoch would be chosen on nothing).
     """
-    import pandas as pd
+    from .data import random_split, split_frames, stratified_pick
 
-    from .data import load_imdb, random_split, split_frames, stratified_pick
-    from .text import prepare
-
-    if df is None:
-        df = load_imdb(cfg.data)
     split_frames(df)  # raises when the source has no official split
     split = df["split"].to_numpy(dtype=object).copy()
     labels = df["label"].to_numpy()
@@ -254,6 +261,30 @@ def prepare_data(cfg: SentimentConfig, *, progress: bool = True, df=None):
         sub = random_split(df.iloc[train_rows], test_fraction=cfg.valid_fraction, seed=cfg.seed,
                            split_names=("train", "valid"), only_missing=False)
         split[train_rows] = sub["split"].to_numpy(dtype=object)
+        n_train, n_valid = int(np.sum(split[train_rows] == "train")), int(np.sum(split[train_rows] == "valid"))
+        if n_train == 0 or n_valid == 0:
+            raise ValueError(
+                f"valid_fraction: {cfg.valid_fraction:g} of the {len(train_rows)} training reviews holds out "
+                f"{n_valid} for validation (stratified, rounded per label) and leaves {n_train} to train on; "
+                f"both need at least one: {'lower' if n_train == 0 else 'raise'} valid_fraction or use more "
+                "training reviews (train_size)")
+    return split, keep
+
+
+def prepare_data(cfg: SentimentConfig, *, progress: bool = True, df=None):
+    """(PreparedData with splits train / valid (when valid_fraction > 0) / test, info dict).
+
+    Reviews keep the order of the source, so that the full run reuses the token cache of any other
+    ``prepare(load_imdb(), ...)`` with the same tokenization settings.
+    """
+    import pandas as pd
+
+    from .data import load_imdb
+    from .text import prepare
+
+    if df is None:
+        df = load_imdb(cfg.data)
+    split, keep = assign_splits(cfg, df)
     work = df.loc[keep, ["review", "label"]].copy()
     work["split"] = pd.Series(split[keep], index=work.index, dtype=object)
     work = work.reset_index(drop=True)
