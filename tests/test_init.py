@@ -158,3 +158,25 @@ def test_init_rnn_that_fails_leaves_every_parameter_bit_for_bit(make, config, me
     assert after.keys() == before.keys()
     for k, v in before.items():
         assert after[k].dtype == v.dtype and after[k].tobytes() == v.tobytes(), f"{k} changed by a failed init_rnn"
+
+
+def test_forget_gate_bias_sets_the_f_block_of_every_layer_and_direction():
+    from scratch_rnn import GRU, LSTM
+    from scratch_rnn.init import forget_gate_bias
+
+    lstm = LSTM(3, 4, num_layers=2, bidirectional=True, dtype=np.float64, seed=0)
+    before = lstm.state_dict()
+    forget_gate_bias(lstm, 1.0)
+    for name, p in lstm.state_dict().items():
+        if name.startswith("bias_"):
+            expected = before[name].copy()
+            expected[4:8] = 1.0 if name.startswith("bias_ih") else 0.0
+            np.testing.assert_array_equal(p, expected, err_msg=name)
+        else:
+            np.testing.assert_array_equal(p, before[name], err_msg=name)
+    assert np.all(lstm.bias_ih_l1_reverse[4:8] + lstm.bias_hh_l1_reverse[4:8] == 1.0)
+    for bad, err in ((GRU(3, 4), TypeError), (LSTM(3, 4, bias=False), ValueError)):
+        with pytest.raises(err):
+            forget_gate_bias(bad)
+    with pytest.raises(ValueError, match="value"):
+        forget_gate_bias(lstm, float("nan"))

@@ -60,6 +60,8 @@ CONFIGS = {
     "2layer-dropout-relu": dict(num_layers=2, dropout=0.3, nonlinearity="relu", pooling="max", lr=5e-3),
     "lstm-2layer-dropout": dict(cell="lstm", num_layers=2, dropout=0.3, pooling="mean", optimizer="adam"),
     "gru-last-sgd": dict(cell="gru", pooling="last", bidirectional=False, optimizer="sgd", lr=0.1, lr_decay=0.5),
+    "indrnn-relu-2layer": dict(cell="indrnn", nonlinearity="relu", num_layers=2, dropout=0.3, pooling="max",
+                               optimizer="adam"),
 }
 
 

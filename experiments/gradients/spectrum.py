@@ -70,9 +70,7 @@ def make_cell(name: str, input_size: int, hidden: int, seed: int):
     cell = "lstm" if name == "lstm_fb1" else name
     model = cell_spec(cell).model_class()(input_size, hidden, dtype=np.float64, seed=seed)
     if name == "lstm_fb1":
-        params = model.parameters()
-        params["bias_ih_l0"][hidden:2 * hidden] = 1.0
-        params["bias_hh_l0"][hidden:2 * hidden] = 0.0
+        init.forget_gate_bias(model, 1.0)
     return model
 
 

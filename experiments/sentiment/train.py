@@ -44,6 +44,7 @@ from pathlib import Path
 
 import numpy as np
 
+from scratch_rnn.cells import cell_names, cell_spec
 from scratch_rnn.checks import (
     check_bool,
     check_choice,
@@ -64,7 +65,6 @@ __all__ = ["SentimentConfig", "PRESETS", "BACKENDS", "STOPWORDS", "prepare_data"
            "SentimentBatches", "make_trainer", "run_backend", "run_experiment", "token_dropout", "RESULTS_ROOT"]
 
 BACKENDS = ("numpy", "torch", "both")
-CELLS = ("rnn", "lstm", "gru")
 STOPWORDS = ("remove", "keep-negations", "keep")
 EMBEDDINGS = ("random", "glove")
 SELECT = ("best", "last")
@@ -91,7 +91,7 @@ class SentimentConfig:
     hidden_size: int = 64
     num_layers: int = 1
     bidirectional: bool = True
-    nonlinearity: str = "tanh"           # the Elman cell's (cell="rnn")
+    nonlinearity: str = "tanh"           # of a cell that has one (rnn, indrnn)
     cell: str = "rnn"                    # rnn (Elman), lstm or gru
     pooling: str = "mean"
     dropout: float = 0.0                 # between RNN layers (num_layers > 1)
@@ -119,13 +119,15 @@ class SentimentConfig:
             object.__setattr__(self, name, value)
 
         for name, options in (("backend", BACKENDS), ("stopwords", STOPWORDS), ("embedding", EMBEDDINGS),
-                              ("select", SELECT), ("nonlinearity", ("tanh", "relu")), ("cell", CELLS),
+                              ("select", SELECT), ("cell", cell_names()),
                               ("pooling", ("last", "mean", "max")), ("dtype", ("float32", "float64")),
                               ("optimizer", ("sgd", "adam", "adamw", "adagrad", "rmsprop"))):
             check_choice(name, getattr(self, name), options)
-        if self.cell != "rnn" and self.nonlinearity != "tanh":
-            raise ValueError(f"nonlinearity: only the Elman cell has one (cell='rnn'), got {self.nonlinearity!r} "
-                             f"with cell={self.cell!r}")
+        nonlinearities = cell_spec(self.cell).options.get("nonlinearity")
+        if nonlinearities is None and self.nonlinearity != "tanh":
+            raise ValueError(f"nonlinearity: cell={self.cell!r} has none (its gates are its own), got "
+                             f"{self.nonlinearity!r}")
+        check_choice("nonlinearity", self.nonlinearity, nonlinearities or ("tanh",))
         for name in ("bidirectional", "isolate"):
             keep(name, check_bool(name, getattr(self, name)))
         if self.data is not None and not isinstance(self.data, (str, os.PathLike)):
