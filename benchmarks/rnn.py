@@ -64,6 +64,7 @@ from pathlib import Path
 
 import numpy as np
 
+from scratch_rnn.cells import cell_names
 from scratch_rnn.checks import check_positive_int
 from scratch_rnn.cli import BadInput, as_bad_input, input_file, new_output_file, output_file, run_main
 from scratch_rnn.fileio import atomic_write_text
@@ -81,11 +82,19 @@ class Case:
     I: int  # noqa: E741 - torch's name
     H: int
     loss: str = "all"  # "all": a cotangent on every output step; "last": on the last step only
-    cell: str = "rnn"  # "rnn", "lstm" or "gru": against torch.nn.RNN / LSTM / GRU
+    cell: str = "rnn"  # any registered cell: rnn/lstm/gru against torch.nn.RNN/LSTM/GRU, a plug-in against its twin
 
     @property
     def gates(self) -> int:
-        return {"rnn": 1, "lstm": 4, "gru": 3}[self.cell]
+        """Weight rows per hidden unit (1, 4, 3; a plug-in cell's GATES, 1 unless it says): the FLOP count below is
+        the stacked-gate layout's, nominal for a cell with another layout (IndRNN's recurrence is elementwise)."""
+        from scratch_rnn.cells import cell_spec
+        return cell_spec(self.cell).model_class().GATES
+
+    @property
+    def builtin(self) -> bool:
+        from scratch_rnn.cells import cell_spec
+        return cell_spec(self.cell).builtin
 
     @property
     def flops(self) -> float:
@@ -132,10 +141,16 @@ def make_scratch(case: Case, dtype):
 
 
 def make_torch(model, dtype):
+    """The baseline: torch's own module where torch has one (nn.RNN/LSTM/GRU), else the cell's twin
+    (reference.cells.TorchStepRNN: its torch step, unrolled in Python like ours)."""
     import torch
 
-    from reference.rnn import torch_twin
-    return torch_twin(model, torch.float32 if np.dtype(dtype) == np.float32 else torch.float64)
+    from reference.rnn import TORCH_CLASSES, torch_twin
+    tdtype = torch.float32 if np.dtype(dtype) == np.float32 else torch.float64
+    if model.NAME not in TORCH_CLASSES:
+        from reference.cells import TorchStepRNN
+        return TorchStepRNN(model, dtype=tdtype)
+    return torch_twin(model, tdtype)
 
 
 def scratch_step(model, x, g):
@@ -450,7 +465,7 @@ def run(args) -> dict:
                     fns = {"scratch": scratch_step(model, x, g), "torch": torch_step(twin, x, g)}
                     if case.loss == "last" and dtype == "float32":
                         fns["scratch_flush_off"] = flush_off(fns["scratch"], model)
-                    if case.loss == "all":
+                    if case.loss == "all" and case.builtin:
                         fns.update(gemm_work(case, dtype))  # where the time goes: the products alone
                     fns.update(peak)  # the peak, timed among the case's own blocks: the machine drifts
                     reps = {k: (1 if k.endswith("gemm") else args.reps) for k in fns}
@@ -734,8 +749,9 @@ def _main(argv=None) -> int:
     p = argparse.ArgumentParser(prog=PROG, description=__doc__.split("\n")[0])
     p.add_argument("--threads", type=int, nargs="+", default=[1, 2])
     p.add_argument("--dtypes", nargs="+", default=["float32", "float64"], choices=["float32", "float64"])
-    p.add_argument("--cells", nargs="+", default=["rnn"], choices=["rnn", "lstm", "gru"],
-                   help="against torch.nn.RNN / LSTM / GRU (default: rnn)")
+    p.add_argument("--cells", nargs="+", default=["rnn"], choices=cell_names(),
+                   help="any registered cell: rnn/lstm/gru against torch.nn.RNN/LSTM/GRU, a plug-in cell (indrnn) "
+                        "against its torch twin (default: rnn)")
     p.add_argument("--rounds", type=int, default=6, help="timing blocks per library and case")
     p.add_argument("--reps", type=int, default=2, help="timed calls per block (after a discarded warm-up)")
     p.add_argument("--quick", action="store_true",
