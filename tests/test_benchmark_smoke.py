@@ -111,12 +111,15 @@ def test_an_existing_json_is_refused_before_the_run_unless_overwrite(tmp_path, m
 
 
 def test_a_plug_in_cell_is_benchmarked_against_its_twin(tmp_path):
-    """--cells indrnn: rows against the cell's torch twin (torch has no module for it); no products-alone floor."""
+    """--cells <a plug-in>: rows against the cell's torch twin (torch has no module for it); no products-alone floor."""
+    from scratch_rnn.cells import cell_names
+
+    plug_in = cell_names(builtin=False)[0]
     out = tmp_path / "bench.json"
-    cmd = [sys.executable, "-m", "benchmarks.rnn", "--quick", "--cells", "indrnn", "--threads", "1", "--dtypes",
+    cmd = [sys.executable, "-m", "benchmarks.rnn", "--quick", "--cells", plug_in, "--threads", "1", "--dtypes",
            "float32", "--rounds", "1", "--reps", "1", "--no-memory", "--json", str(out)]
     proc = subprocess.run(cmd, cwd=ROOT, capture_output=True, text=True, timeout=300)
     assert proc.returncode == 0, proc.stderr[-3000:]
     rows = json.loads(out.read_text())["rows"]
-    assert rows and {r["cell"] for r in rows} == {"indrnn"}
+    assert rows and {r["cell"] for r in rows} == {plug_in}
     assert all(math.isfinite(r["ratio"]) and r["ratio"] > 0 and "gemm_floor_ratio" not in r for r in rows)

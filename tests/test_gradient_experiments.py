@@ -16,6 +16,7 @@ from hypothesis import strategies as st
 
 from experiments.gradients import __main__ as cli
 from experiments.gradients import cliff, pathological, spectrum, sweep, tasks
+from scratch_rnn.cells import cell_names
 from tests.helpers import assert_close
 
 
@@ -389,7 +390,7 @@ def test_pathological_budget_quick_cli(tmp_path):
     assert "Where the time went" in (tmp_path / "report.md").read_text()
 
 
-@pytest.mark.parametrize("cell", ["rnn", "lstm", "lstm_fb1", "gru", "indrnn"])
+@pytest.mark.parametrize("cell", list(cell_names()) + list(spectrum.VARIANTS))
 def test_cell_jacobian_products_are_bptt(cell):
     """The spectrum's products of per-step state Jacobians, applied to the cotangent on h_T, are what BPTT gives:
     dL/dh_(T-n) from the model's own backward at every distance n; for the LSTM, whose state is (h, c), the c part

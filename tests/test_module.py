@@ -21,7 +21,7 @@ import pytest
 import scratch_rnn
 from scratch_rnn import GRU, LSTM, RNN, BCEWithLogitsLoss, CrossEntropyLoss, Embedding, Linear, Module, MSELoss
 from scratch_rnn.models import ModelConfig, SequenceModel
-from scratch_rnn.cells.indrnn import IndRNN
+from scratch_rnn.cells import cell_names, cell_spec
 
 
 @dataclasses.dataclass
@@ -104,11 +104,6 @@ CASES = [
          _with_lengths, _rnn_grad, bad=lambda a, k: ((a[0], a[1][:, :2], a[2]), k),
          mutate=lambda a, k: (a[0].fill(0), a[1].fill(0), a[2].fill(1)),
          overflow=lambda m, out: tuple(np.full_like(o, np.finfo(m.dtype).max) for o in out)),
-    Case("IndRNN (a plug-in cell) lengths and h0",
-         lambda: IndRNN(3, 4, num_layers=2, bidirectional=True, dtype=np.float64, seed=1),
-         _with_lengths, _rnn_grad, bad=lambda a, k: ((a[0], a[1][:, :2], a[2]), k),
-         mutate=lambda a, k: (a[0].fill(0), a[1].fill(0), a[2].fill(1)),
-         overflow=lambda m, out: tuple(np.full_like(o, np.finfo(m.dtype).max) for o in out)),
     Case("LSTM projection, lengths and (h0, c0)",
          lambda: LSTM(3, 4, num_layers=2, bidirectional=True, proj_size=2, dtype=np.float64, seed=1),
          lambda rng: ((rng.standard_normal((5, 3, 3)), (rng.standard_normal((4, 3, 2)), rng.standard_normal((4, 3, 4))),
@@ -135,6 +130,14 @@ CASES = [
          bad=lambda a, k: ((a[0][:, :, :2],), k), mutate=_mutate_seq,
          overflow=lambda m, out: (np.full_like(out[0], np.finfo(m.dtype).max), None)),
 ]
+# every registered plug-in cell, as the built-in cells above (a new cell needs no line here)
+CASES += [Case(f"{name} (a plug-in cell) lengths and h0",
+               lambda name=name: cell_spec(name).model_class()(3, 4, num_layers=2, bidirectional=True,
+                                                               dtype=np.float64, seed=1),
+               _with_lengths, _rnn_grad, bad=lambda a, k: ((a[0], a[1][:, :2], a[2]), k),
+               mutate=lambda a, k: (a[0].fill(0), a[1].fill(0), a[2].fill(1)),
+               overflow=lambda m, out: tuple(np.full_like(o, np.finfo(m.dtype).max) for o in out))
+          for name in cell_names(builtin=False)]
 
 
 def _loss_case(cls, target):

@@ -22,6 +22,7 @@ from experiments.sentiment import glove as G
 from experiments.sentiment import train as T
 from experiments.sentiment.__main__ import main
 from experiments.sentiment.text import UNK_ID, EncodedSplit
+from scratch_rnn.cells import cell_names, cell_spec
 from tests.helpers import assert_close
 
 # float64: the tolerances of tests/test_trajectories.py (Adam's parameters get 10x more, see there)
@@ -60,9 +61,10 @@ CONFIGS = {
     "2layer-dropout-relu": dict(num_layers=2, dropout=0.3, nonlinearity="relu", pooling="max", lr=5e-3),
     "lstm-2layer-dropout": dict(cell="lstm", num_layers=2, dropout=0.3, pooling="mean", optimizer="adam"),
     "gru-last-sgd": dict(cell="gru", pooling="last", bidirectional=False, optimizer="sgd", lr=0.1, lr_decay=0.5),
-    "indrnn-relu-2layer": dict(cell="indrnn", nonlinearity="relu", num_layers=2, dropout=0.3, pooling="max",
-                               optimizer="adam"),
 }
+CONFIGS.update({f"{name}-2layer-dropout": dict(cell=name, num_layers=2, dropout=0.3, pooling="max", optimizer="adam",
+                                               nonlinearity=cell_spec(name).options.get("nonlinearity", ("tanh",))[0])
+                for name in cell_names(builtin=False)})  # every plug-in cell, at its own default nonlinearity
 
 
 def first_steps(cfg: T.SentimentConfig, split: EncodedSplit, vocab_size: int):

@@ -15,7 +15,7 @@ import argparse
 import json
 import sys
 
-from scratch_rnn.cells import cell_names
+from scratch_rnn.cells import cell_names, cell_spec
 from scratch_rnn.cli import BadInput, as_bad_input, output_dir, run_main
 
 from .train import BACKENDS, EMBEDDINGS, PRESETS, RESULTS_ROOT, SELECT, STOPWORDS, SentimentConfig
@@ -80,7 +80,9 @@ def parser() -> argparse.ArgumentParser:
     g.add_argument("--cell", choices=cell_names(),
                    help=f"the recurrent cell, any registered: {', '.join(cell_names())} (default {d.cell})")
     g.add_argument("--nonlinearity", choices=("tanh", "relu"),
-                   help=f"of a cell that has one: rnn, indrnn (default {d.nonlinearity})")
+                   help=f"of a cell that has one: "
+                        f"{', '.join(c for c in cell_names() if 'nonlinearity' in cell_spec(c).options)} "
+                        f"(default {d.nonlinearity})")
     g.add_argument("--pooling", choices=("last", "mean", "max"), help=f"(default {d.pooling})")
     g.add_argument("--dropout", type=float, help=f"between RNN layers (default {d.dropout})")
     g.add_argument("--dtype", choices=("float32", "float64"), help=f"(default {d.dtype})")
