@@ -1,4 +1,5 @@
-"""scratch_rnn: an Elman RNN and its backpropagation through time in NumPy alone.
+"""scratch_rnn: recurrent networks (Elman RNN, LSTM, GRU, and any cell registered in :mod:`scratch_rnn.cells`,
+IndRNN among them) and their backpropagation through time in NumPy alone.
 
 Nothing here imports torch: the torch twins live in the separate ``reference`` package.
 

@@ -18,6 +18,7 @@ import sys
 from scratch_rnn.cells import cell_names, cell_spec
 from scratch_rnn.cli import BadInput, as_bad_input, output_dir, run_main
 
+from . import glove
 from .train import BACKENDS, EMBEDDINGS, PRESETS, RESULTS_ROOT, SELECT, STOPWORDS, SentimentConfig
 
 
@@ -73,7 +74,7 @@ def parser() -> argparse.ArgumentParser:
     g = p.add_argument_group("model")
     g.add_argument("--embedding", choices=EMBEDDINGS,
                    help=f"random N(0, 1) or GloVe 6B 50-d initialization (default {d.embedding})")
-    g.add_argument("--embedding-dim", type=int, help=f"(default {d.embedding_dim}; GloVe needs 50)")
+    g.add_argument("--embedding-dim", type=int, help=f"(default {d.embedding_dim}; GloVe needs {glove.DIM})")
     g.add_argument("--hidden-size", type=int, help=f"(default {d.hidden_size})")
     g.add_argument("--num-layers", type=int, help=f"(default {d.num_layers})")
     g.add_argument("--bidirectional", action=argparse.BooleanOptionalAction, help=f"(default {d.bidirectional})")

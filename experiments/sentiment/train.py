@@ -59,6 +59,7 @@ from scratch_rnn.cli import Stopped
 from scratch_rnn.fileio import atomic_write_text
 
 from .. import runfolder
+from . import glove
 from .data import PROJECT_ROOT
 
 __all__ = ["SentimentConfig", "PRESETS", "BACKENDS", "STOPWORDS", "prepare_data", "build_initial_state",
@@ -162,9 +163,9 @@ class SentimentConfig:
         keep("clip_norm", check_positive_float("clip_norm", self.clip_norm, allow_none=True))
         keep("weight_decay", check_non_negative_float("weight_decay", self.weight_decay))
         keep("lr_decay", check_real_in("lr_decay", self.lr_decay, 0.0, 1.0, low_open=True))
-        if self.embedding == "glove" and self.embedding_dim != 50:
-            raise ValueError(f"embedding_dim: the GloVe vectors are 50-d, so embedding='glove' needs "
-                             f"embedding_dim=50, got {self.embedding_dim}")
+        if self.embedding == "glove" and self.embedding_dim != glove.DIM:
+            raise ValueError(f"embedding_dim: the GloVe vectors are {glove.DIM}-d, so embedding='glove' needs "
+                             f"embedding_dim={glove.DIM}, got {self.embedding_dim}")
 
     # -- derived configurations ------------------------------------------------------------------
     def text_config(self):
