@@ -16,8 +16,7 @@ the output at step t plus what flows back from h_{t+1}):
 The input projection ``x_t W_ihᵀ + b`` of every step is one GEMM before the time loop and the
 weight gradients are one GEMM each after it (in float32, GEMMs over chunks of the T·B rows, for
 accuracy: :func:`weight_gradients`, with :mod:`~scratch_rnn.cells.loops`' sums), so that only
-``h_{t-1} W_hhᵀ`` (forward) and ``δ_t W_hh``
-(backward) stay inside the loop.
+``h_{t-1} W_hhᵀ`` (forward) and ``δ_t W_hh`` (backward) stay inside the loop.
 
 Variable lengths follow torch's packed sequences: the batch is sorted by decreasing length, so
 at step t only the first ``batch_sizes[t]`` rows are active; the others are left untouched.
