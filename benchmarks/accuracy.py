@@ -138,7 +138,7 @@ def diagnose(shape, seed: int, index: int) -> dict:
     scratch, m32 = run_scratch(problem, np.float32)
     off, _ = run_scratch(problem, np.float32, flush_below=0.0)
     torch32 = run_torch_rnn(problem, m32, torch.float32)
-    from scratch_rnn.functional import activation_derivative
+    from scratch_rnn.cells.elman import activation_derivative
 
     hs32, hs64 = (m.states[0] for m in (m32, m64))  # (T + 1, B, H)
     # δ_t = dL/dh_t ⊙ f'(a_t), the same two elementwise operations as the backward's

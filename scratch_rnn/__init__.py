@@ -11,7 +11,7 @@ unpredictable behaviour" warning).
 from typing import TYPE_CHECKING
 
 from . import checkpoint, diagnostics, init, optim
-from .functional import step_backward, step_forward
+from .cells.elman import step_backward, step_forward
 from .init import RecurrentInit, init_rnn
 from .layers import Embedding, Linear
 from .losses import (

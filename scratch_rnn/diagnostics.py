@@ -98,7 +98,7 @@ def lstm_state_jacobian(x_proj: np.ndarray, h_prev: np.ndarray, c_prev: np.ndarr
         ∂c/∂h = diag(g) ∂i/∂h + diag(c_prev) ∂f/∂h + diag(i) ∂g/∂h;  ∂c/∂c_prev = diag(f);
         ∂m/∂· = diag(tanh c) ∂o/∂· + diag(o (1 - tanh² c)) ∂c/∂·;  ∂h/∂· = W_hr ∂m/∂· (or ∂m/∂·).
     """
-    from .gated import lstm_step_forward
+    from .cells.lstm import lstm_step_forward
 
     _, _, cache = lstm_step_forward(x_proj, h_prev, c_prev, w_hh, w_hr)
     H = c_prev.shape[-1]
@@ -126,7 +126,7 @@ def gru_state_jacobian(x_proj: np.ndarray, h_prev: np.ndarray, w_hh: np.ndarray,
         ∂n/∂h = diag(1-n²) (diag(r) W_hn + diag(gh_n) ∂r/∂h),
         ∂h_t/∂h = diag(z) + diag(h_prev - n) ∂z/∂h + diag(1-z) ∂n/∂h.
     """
-    from .gated import gru_step_forward
+    from .cells.gru import gru_step_forward
 
     _, cache = gru_step_forward(x_proj, h_prev, w_hh, b_hh)
     H = h_prev.shape[-1]

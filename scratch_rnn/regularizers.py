@@ -1,6 +1,6 @@
 """Pascanu, Mikolov & Bengio (2013)'s vanishing-gradient regularizer Ω and its gradient, by hand. NumPy only.
 
-Notation (:mod:`scratch_rnn.functional`'s, steps 0-based): for one layer and one direction,
+Notation (:mod:`scratch_rnn.cells.elman`'s, steps 0-based): for one layer and one direction,
 
     a_t = x_t W_ihᵀ + b_ih + h_{t-1} W_hhᵀ + b_hh,   h_t = f(a_t),   h_{-1} = h0,   s_t = f'(a_t)
     δ_t = dL/dh_t                      the total gradient w.r.t. the state: ``rnn.hidden_grads[0, t]``
@@ -32,7 +32,7 @@ gradient is 0. Its gradient, through every path (shapes (T, B, H) unless stated)
     ε_t      = e_t + (ε_{t+1} W_hh) ⊙ s_t,  ε_T = 0     the total dΩ/da_t: BPTT with e_t injected at a_t
     dW_ih    = Σ_t ε_tᵀ x_t,  dW_hh += Σ_t ε_tᵀ h_{t-1},  db_ih = db_hh = Σ_t ε_t
 
-(the last line is :func:`scratch_rnn.functional.weight_gradients`, with ε in the place of δ).
+(the last line is :func:`scratch_rnn.cells.elman.weight_gradients`, with ε in the place of δ).
 Every ratio is scale-invariant in δ_{b,t}, so each δ_{b,t} is divided by its largest magnitude first: the
 norms then neither underflow nor overflow, and "δ = 0 exactly" is decided on δ itself, never on a rounded norm.
 
@@ -86,7 +86,8 @@ from collections import OrderedDict
 
 import numpy as np
 
-from . import functional as F
+from .cells.elman import activation_derivative, activation_forward, weight_gradients
+from .cells.loops import input_projection
 from .checks import as_float_array, check_choice, check_shape
 
 __all__ = ["pascanu_omega", "omega_of", "FORMS", "STEPS", "CODE_BOUND", "FIRST_TRANSITION"]
@@ -157,7 +158,7 @@ def omega_of(rnn, x, hs: np.ndarray, delta: np.ndarray, form: str = "exact",
     params = rnn.parameters()
     T, B, H = delta.shape
     w_hh = params["weight_hh_l0"]
-    slopes = F.activation_derivative(hs[1:], rnn.nonlinearity)   # s_t = f'(a_t), a new (T, B, H) array
+    slopes = activation_derivative(hs[1:], rnn.nonlinearity)     # s_t = f'(a_t), a new (T, B, H) array
     d_hat = _unit_scale(delta)                                     # δ_t / max|δ_t|, 0 where δ_t = 0
     u = d_hat * slopes                                             # δ_t ⊙ s_t
     v = (u.reshape(T * B, H) @ w_hh).reshape(T, B, H)              # δ_t J_t
@@ -177,7 +178,7 @@ def omega_of(rnn, x, hs: np.ndarray, delta: np.ndarray, form: str = "exact",
             d_slopes = d_hat * (dv.reshape(T * B, H) @ w_hh.T).reshape(T, B, H)  # ∂Ω/∂s_t
             e = d_slopes * _slope_derivative(hs[1:], rnn.nonlinearity)             # ∂Ω/∂a_t, direct
             eps = _through_recurrence(e, slopes, w_hh)                             # total dΩ/da_t
-            dw_ih, dw_hh, db = F.weight_gradients(eps, x, hs, reverse=False, bias=rnn.bias)
+            dw_ih, dw_hh, db = weight_gradients(eps, x, hs, reverse=False, bias=rnn.bias)
             grads["weight_ih_l0"] += dw_ih
             grads["weight_hh_l0"] += dw_hh
             if rnn.bias:
@@ -319,13 +320,13 @@ def _check_states(rnn, x: np.ndarray, hs: np.ndarray, params) -> None:
     w_ih, w_hh = params["weight_ih_l0"], params["weight_hh_l0"]
     b_ih, b_hh = params.get("bias_ih_l0"), params.get("bias_hh_l0")
     prev = hs[:-1].reshape(T * B, H)
-    a = F.input_projection(x, w_ih, b_ih, b_hh).reshape(T * B, H) + prev @ w_hh.T
+    a = input_projection(x, w_ih, None if b_ih is None else b_ih + b_hh).reshape(T * B, H) + prev @ w_hh.T
     size = np.abs(x.reshape(T * B, -1)) @ np.abs(w_ih).T + np.abs(prev) @ np.abs(w_hh).T
     if b_ih is not None:
         size += np.abs(b_ih) + np.abs(b_hh)
     eps = float(np.finfo(rnn.dtype).eps)
     with np.errstate(over="ignore", invalid="ignore"):
-        err = np.abs(F.activation_forward(a, rnn.nonlinearity) - hs[1:].reshape(T * B, H))
+        err = np.abs(activation_forward(a, rnn.nonlinearity) - hs[1:].reshape(T * B, H))
         bad = ~(err <= 4 * (x.shape[2] + H + 4) * eps * size + 8 * eps)
     if bad.any():
         t, b = divmod(int(np.argwhere(bad)[0][0]), B)

@@ -1,4 +1,5 @@
-"""scratch_rnn/gated.py (the LSTM and GRU math, one layer and one direction) against torch autograd.
+"""scratch_rnn/cells/lstm.py and gru.py (the LSTM and GRU math: the step functions and the readable stepwise
+loops, one layer and one direction) against torch autograd.
 
 Two independent oracles, both float64 torch autograd, written here and never calling scratch code:
 
@@ -6,14 +7,14 @@ Two independent oracles, both float64 torch autograd, written here and never cal
   direction is the reverse half of a bidirectional module, the other half fed zero cotangents),
   packed lengths through pack_padded_sequence(enforce_sorted=False) / pad_packed_sequence(total_length=T).
   It gives the output, h_n, c_n, dx, dh0, dc0 and every weight gradient.
-- ``torch_unrolled``: the equations of gated.py's docstring unrolled one sequence at a time in torch,
+- ``torch_unrolled``: the equations of the cell modules' docstrings unrolled one sequence at a time in torch,
   with torch.autograd.grad taken w.r.t. the intermediate tensors: the total dL/dh_t (hidden_grads),
   dL/dc_t (cell_grads), dL/da_t, dL/dm_t (LSTM) and dL/dgi_t, dL/dgh_t (GRU). Its forward and its
   leaf gradients are first held to torch_module, so its equations are torch's.
 
 The cotangents are random (dL/dout, dL/dh_n, dL/dc_n), never a plain sum. float64 is held to
 rtol 1e-10 and float32 (the same inputs rounded to float32, against the float64 oracle) to the
-float32 row of tests/helpers.py. Mutation checks rewrite gated.py's own source (drop the forget
+float32 row of tests/helpers.py. Mutation checks rewrite the cell module's own source (drop the forget
 term, apply the GRU's r before the product, do not carry c, skip the projection) and require the
 comparisons to fail.
 """
@@ -31,7 +32,8 @@ import torch
 from hypothesis import given
 from hypothesis import strategies as st
 
-from scratch_rnn import gated
+from scratch_rnn.cells import gru, lstm
+from scratch_rnn.cells.loops import final_states, sigmoid
 from tests.helpers import WorstErrors, assert_close
 
 WORST = WorstErrors("test_gated_functional")
@@ -249,7 +251,9 @@ def torch_unrolled(case: Case, a: dict) -> dict:
 # ----------------------------------------------------------------------------------------------
 # The code under test, driven the way the LSTM/GRU classes will drive it
 # ----------------------------------------------------------------------------------------------
-def scratch(case: Case, a: dict, dtype=np.float64, mod=gated, dw_hr_from: str = "hidden_grads") -> dict:
+def scratch(case: Case, a: dict, dtype=np.float64, mod=None, dw_hr_from: str = "hidden_grads") -> dict:
+    """The cell module's stepwise loops (``mod``: the module, or a mutant of it; None: lstm.py or gru.py)."""
+    mod = mod if mod is not None else (lstm if case.kind == "lstm" else gru)
     a = cast(a, dtype)  # astype keeps the layout: go stays a transposed (strided) view
     bs = case.batch_sizes()
     pad = case.pad()
@@ -257,8 +261,8 @@ def scratch(case: Case, a: dict, dtype=np.float64, mod=gated, dw_hr_from: str = 
     if case.kind == "lstm":
         b = a["b_ih"] + a["b_hh"] if case.bias else None
         xp = mod.input_projection(a["x"], a["w_ih"], b)
-        cache = mod.lstm_sequence_forward(xp, a["h0"], a["c0"], a["w_hh"], a["w_hr"], bs, case.reverse)
-        back = mod.lstm_sequence_backward(a["go"], a["ghn"], a["gcn"], cache, a["w_hh"], a["w_hr"], bs, case.reverse)
+        cache = mod.lstm_stepwise_forward(xp, a["h0"], a["c0"], a["w_hh"], a["w_hr"], bs, case.reverse)
+        back = mod.lstm_stepwise_backward(a["go"], a["ghn"], a["gcn"], cache, a["w_hh"], a["w_hr"], bs, case.reverse)
         wg = mod.lstm_weight_gradients(back["da"], a["x"], cache, back[dw_hr_from] if case.proj_size else None,
                                        case.reverse, case.bias, case.proj_size > 0)
         res.update(c_n=cache["c_n"], dc0=back["dc0"], cell_grads=back["cell_grads"], da=back["da"], dm=back["dm"],
@@ -273,8 +277,8 @@ def scratch(case: Case, a: dict, dtype=np.float64, mod=gated, dw_hr_from: str = 
             assert wg["w_hr"] is None
     else:
         xp = mod.input_projection(a["x"], a["w_ih"], a["b_ih"])
-        cache = mod.gru_sequence_forward(xp, a["h0"], a["w_hh"], a["b_hh"], bs, case.reverse)
-        back = mod.gru_sequence_backward(a["go"], a["ghn"], cache, a["w_hh"], bs, case.reverse)
+        cache = mod.gru_stepwise_forward(xp, a["h0"], a["w_hh"], a["b_hh"], bs, case.reverse)
+        back = mod.gru_stepwise_backward(a["go"], a["ghn"], cache, a["w_hh"], bs, case.reverse)
         wg = mod.gru_weight_gradients(back["dgi"], back["dgh"], a["x"], cache, case.reverse, case.bias)
         res.update(dgi=back["dgi"], dgh=back["dgh"], dx=back["dgi"] @ a["w_ih"],
                    grad_w_ih=wg["w_ih"], grad_w_hh=wg["w_hh"])
@@ -295,7 +299,7 @@ MODULE_KEYS = ("output", "h_n", "c_n", "dx", "dh0", "dc0",
 UNROLLED_KEYS = ("hidden_grads", "cell_grads", "da", "dm", "dgi", "dgh")
 
 
-def compare(case: Case, dtype=np.float64, mod=gated, chk=check, dw_hr_from="hidden_grads",
+def compare(case: Case, dtype=np.float64, mod=None, chk=check, dw_hr_from="hidden_grads",
             oracles=None) -> dict:
     """Every quantity of the scratch run against the two torch oracles (float64, from the same
     dtype-rounded inputs). Returns the scratch results."""
@@ -424,10 +428,10 @@ def test_padded_steps_are_zero_but_the_h0_copies(kind, reverse):
         assert np.all(states[expect_zero] == 0), name
     # final_states agrees with the cache's h_n/c_n, with or without lengths given
     lengths = np.asarray(case.lengths)
-    np.testing.assert_array_equal(gated.final_states(cache["h"], case.batch_sizes(), lengths, reverse), got["h_n"])
-    np.testing.assert_array_equal(gated.final_states(cache["h"], case.batch_sizes(), None, reverse), got["h_n"])
+    np.testing.assert_array_equal(final_states(cache["h"], case.batch_sizes(), lengths, reverse), got["h_n"])
+    np.testing.assert_array_equal(final_states(cache["h"], case.batch_sizes(), None, reverse), got["h_n"])
     if kind == "lstm":
-        np.testing.assert_array_equal(gated.final_states(cache["c"], case.batch_sizes(), lengths, reverse),
+        np.testing.assert_array_equal(final_states(cache["c"], case.batch_sizes(), lengths, reverse),
                                       got["c_n"])
 
 
@@ -465,8 +469,8 @@ def test_lstm_step_matches_torch_lstm_cell(proj_size, dtype):
     dh, dc = rng.standard_normal((B, out)), rng.standard_normal((B, H))
     arrs = [np.asarray(v, dtype) if v is not None else None for v in (x_proj, w_hh, h_prev, c_prev, w_hr, dh, dc)]
     x_proj, w_hh, h_prev, c_prev, w_hr, dh, dc = arrs
-    h, c, cache = gated.lstm_step_forward(x_proj, h_prev, c_prev, w_hh, w_hr)
-    da, dh_prev, dc_prev, dm = gated.lstm_step_backward(dh, dc, cache, w_hh, w_hr)
+    h, c, cache = lstm.lstm_step_forward(x_proj, h_prev, c_prev, w_hh, w_hr)
+    da, dh_prev, dc_prev, dm = lstm.lstm_step_backward(dh, dc, cache, w_hh, w_hr)
     # torch: a = x_proj I + h_prev W_hhᵀ through the fused cell; h = m W_hrᵀ
     t = {k: torch.tensor(np.asarray(v, np.float64), requires_grad=True)
          for k, v in dict(x=x_proj, h=h_prev, c=c_prev, w_hh=w_hh).items()}
@@ -500,8 +504,8 @@ def test_gru_step_matches_torch_gru_cell(bias, dtype):
     dh = rng.standard_normal((B, H))
     x_proj, h_prev, w_hh = (np.asarray(vals[k], dtype) for k in ("x", "h", "w_hh"))
     b_hh_d = None if b_hh is None else np.asarray(b_hh, dtype)
-    h, cache = gated.gru_step_forward(x_proj, h_prev, w_hh, b_hh_d)
-    dgi, dgh, dh_prev = gated.gru_step_backward(np.asarray(dh, dtype), cache, w_hh)
+    h, cache = gru.gru_step_forward(x_proj, h_prev, w_hh, b_hh_d)
+    dgi, dgh, dh_prev = gru.gru_step_backward(np.asarray(dh, dtype), cache, w_hh)
     # torch.gru_cell with W_ih = I and b_ih = 0, so that gi = x_proj: its autograd gives dgi, dh_prev and
     # the step's dW_hh and db_hh shares; dgh per row (which the fused cell hides) comes from the
     # equations in torch, autograd w.r.t. gh itself.
@@ -541,20 +545,20 @@ def test_sigmoid_is_stable_with_exact_limits(dtype):
     # underflow of exp(-|a|) to 0 is the exact limit, not an error (and numpy's default ignores it)
     with warnings.catch_warnings(), np.errstate(over="raise", divide="raise", invalid="raise"):
         warnings.simplefilter("error")
-        s = gated.sigmoid(a)
-        gates = gated.lstm_gates(np.tile(a, (2, 4)))
+        s = sigmoid(a)
+        gates = lstm.lstm_gates(np.tile(a, (2, 4)))
     assert s.dtype == dtype and gates.dtype == dtype
     assert s[0] == 0 and s[-1] == 1 and s[4] == 0.5
     assert np.all(np.isfinite(gates))
     assert np.all(np.diff(s) >= 0)
-    assert np.isnan(gated.sigmoid(np.array([np.nan], dtype)))[0]
+    assert np.isnan(sigmoid(np.array([np.nan], dtype)))[0]
 
 
 @pytest.mark.parametrize("dtype", DTYPES, ids=["f64", "f32"])
 def test_sigmoid_matches_torch_to_rounding(dtype):
     rng = np.random.default_rng(0)
     a = np.concatenate([np.linspace(-120, 120, 4001), rng.standard_normal(4000) * 8]).astype(dtype)
-    got = gated.sigmoid(a)
+    got = sigmoid(a)
     ref = torch.sigmoid(torch.from_numpy(a)).numpy()
     eps, tiny = np.finfo(dtype).eps, np.finfo(dtype).tiny
     normal = ref >= tiny  # where torch's e^{-a} overflows it returns 0, this one a subnormal (or 0)
@@ -564,7 +568,7 @@ def test_sigmoid_matches_torch_to_rounding(dtype):
     assert np.all(got[~normal] < tiny)
     # beyond exp's range torch's 1 / (1 + e^{-a}) is exactly 0 and this one a (sub)normal below it
     far = np.array([-745.0, -720.0, 709.0, 720.0])
-    np.testing.assert_allclose(gated.sigmoid(far), torch.sigmoid(torch.from_numpy(far)).numpy(), rtol=0, atol=1e-300)
+    np.testing.assert_allclose(sigmoid(far), torch.sigmoid(torch.from_numpy(far)).numpy(), rtol=0, atol=1e-300)
 
 
 # ----------------------------------------------------------------------------------------------
@@ -577,10 +581,10 @@ def test_flush_rule(kind):
     got = scratch(case, a)
     cache, bs = got["cache"], case.batch_sizes()
     if kind == "lstm":
-        run = lambda **kw: gated.lstm_sequence_backward(a["go"], a["ghn"], a["gcn"], cache, a["w_hh"], None, bs,
-                                                        False, **kw)
+        run = lambda **kw: lstm.lstm_stepwise_backward(a["go"], a["ghn"], a["gcn"], cache, a["w_hh"], None, bs,
+                                                       False, **kw)
     else:
-        run = lambda **kw: gated.gru_sequence_backward(a["go"], a["ghn"], cache, a["w_hh"], bs, False, **kw)
+        run = lambda **kw: gru.gru_stepwise_backward(a["go"], a["ghn"], cache, a["w_hh"], bs, False, **kw)
     base = run()
     tiny = run(flush_below=1e-300, flush_every=1)  # nothing that small: bit-equal
     for k in base:
@@ -591,14 +595,15 @@ def test_flush_rule(kind):
 
 
 # ----------------------------------------------------------------------------------------------
-# Mutation checks: each plausible mistake, made in gated.py's own source, must fail a comparison
+# Mutation checks: each plausible mistake, made in the cell module's own source, must fail a comparison
 # ----------------------------------------------------------------------------------------------
-def mutant(old: str, new: str) -> types.ModuleType:
-    """gated.py with one line rewritten, as a fresh module."""
-    src = inspect.getsource(gated)
+def mutant(kind: str, old: str, new: str) -> types.ModuleType:
+    """scratch_rnn/cells/{kind}.py with one line rewritten, as a fresh module (its relative imports resolved)."""
+    src = inspect.getsource(lstm if kind == "lstm" else gru)
     assert src.count(old) == 1, f"mutation target not found exactly once: {old!r}"
-    mod = types.ModuleType("gated_mutant")
-    exec(compile(src.replace(old, new), "<gated mutant>", "exec"), mod.__dict__)
+    mod = types.ModuleType(f"scratch_rnn.cells.{kind}_mutant")
+    mod.__package__ = "scratch_rnn.cells"
+    exec(compile(src.replace(old, new), f"<{kind} mutant>", "exec"), mod.__dict__)
     return mod
 
 
@@ -635,7 +640,7 @@ def test_mutants_fail_the_comparison(name):
     oracles = (torch_module(case, a), torch_unrolled(case, a))
     compare(case, np.float64, chk=plain_check, oracles=oracles)  # the original passes
     with pytest.raises(AssertionError):
-        compare(case, np.float64, mod=mutant(old, new), chk=plain_check, oracles=oracles)
+        compare(case, np.float64, mod=mutant(kind, old, new), chk=plain_check, oracles=oracles)
 
 
 def test_dw_hr_needs_the_total_hidden_grads():
@@ -645,10 +650,10 @@ def test_dw_hr_needs_the_total_hidden_grads():
     a = make_arrays(case)
     ref = torch_module(case, a)
     got = scratch(case, a)
-    right = gated.lstm_weight_gradients(got["da"], a["x"], got["cache"], got["hidden_grads"], False, True, True)
+    right = lstm.lstm_weight_gradients(got["da"], a["x"], got["cache"], got["hidden_grads"], False, True, True)
     plain_check(right["w_hr"], ref["grad_w_hr"], name="grad_w_hr", config=asdict(case), dtype=np.float64)
     output_only = np.ascontiguousarray(a["go"])  # dL/dout_t without what flows back from h_{t+1}
-    wrong = gated.lstm_weight_gradients(got["da"], a["x"], got["cache"], output_only, False, True, True)
+    wrong = lstm.lstm_weight_gradients(got["da"], a["x"], got["cache"], output_only, False, True, True)
     with pytest.raises(AssertionError, match="grad_w_hr"):
         plain_check(wrong["w_hr"], ref["grad_w_hr"], name="grad_w_hr", config=asdict(case), dtype=np.float64)
     with pytest.raises(ValueError, match="hidden grads"):
@@ -656,6 +661,6 @@ def test_dw_hr_needs_the_total_hidden_grads():
 
 
 def test_mutants_do_not_touch_the_real_module():
-    mutant("c = f * c_prev + i * g", "c = i * g")
-    assert sys.modules["scratch_rnn.gated"] is gated
-    assert "c = f * c_prev + i * g" in inspect.getsource(gated.lstm_step_forward)
+    mutant("lstm", "c = f * c_prev + i * g", "c = i * g")
+    assert sys.modules["scratch_rnn.cells.lstm"] is lstm
+    assert "c = f * c_prev + i * g" in inspect.getsource(lstm.lstm_step_forward)

@@ -395,7 +395,8 @@ def test_cell_jacobian_products_are_bptt(cell):
     """The spectrum's products of per-step state Jacobians, applied to the cotangent on h_T, are what BPTT gives:
     dL/dh_(T-n) from the model's own backward at every distance n; for the LSTM, whose state is (h, c), the c part
     is ∂L/∂c_(T-n) with h_(T-n) held: BPTT's cell gradient of the next step times its forget gate (0 at n = 0)."""
-    from scratch_rnn import gated
+    from scratch_rnn.cells.loops import input_projection
+    from scratch_rnn.cells.lstm import lstm_step_forward
 
     cfg = replace(spectrum.QUICK, hidden=5, input_size=3, steps=9, batch=4)
     _, row, prods, model, x, g = spectrum.cell_products(cfg, cell, seed=7)
@@ -404,10 +405,10 @@ def test_cell_jacobian_products_are_bptt(cell):
     cot = np.concatenate([g, np.zeros_like(g)], axis=1) if lstm else g
     if lstm:  # the forget gates along the trajectory
         p = model.parameters()
-        xp = gated.input_projection(x, p["weight_ih_l0"], p["bias_ih_l0"] + p["bias_hh_l0"])
+        xp = input_projection(x, p["weight_ih_l0"], p["bias_ih_l0"] + p["bias_hh_l0"])
         h, c, forget = np.zeros((cfg.batch, H)), np.zeros((cfg.batch, H)), []
         for t in range(T):
-            h, c, step = gated.lstm_step_forward(xp[t], h, c, p["weight_hh_l0"])
+            h, c, step = lstm_step_forward(xp[t], h, c, p["weight_hh_l0"])
             forget.append(step.gates[:, H:2 * H])
     for n in range(T):
         through = np.einsum("bs,bst->bt", cot, prods[n])  # cot · ∂s_T/∂s_(T-n)

@@ -10,10 +10,11 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-import scratch_rnn.functional as F
-import scratch_rnn.rnn as rnn_module
 from reference.rnn import run_torch
 from scratch_rnn import RNN
+from scratch_rnn.cells import elman
+from scratch_rnn.cells.base import check_finite_state
+from scratch_rnn.cells.loops import padding_mask
 from tests.helpers import assert_close
 
 TINY32 = float(np.finfo(np.float32).tiny)
@@ -40,9 +41,9 @@ def test_step_forward_in_place_equals_out_of_place(nonlinearity, dtype):
     rng = np.random.default_rng(0)
     x_proj, h_prev = rng.standard_normal((2, 3, 5)).astype(dtype)
     w_t = rng.standard_normal((5, 5)).astype(dtype)
-    h, (hp, h_again) = F.step_forward(x_proj, h_prev, w_t, nonlinearity)
+    h, (hp, h_again) = elman.step_forward(x_proj, h_prev, w_t, nonlinearity)
     buf = x_proj.copy()
-    h2, _ = F.step_forward(buf, h_prev, w_t, nonlinearity, out=buf, work=np.empty_like(buf))
+    h2, _ = elman.step_forward(buf, h_prev, w_t, nonlinearity, out=buf, work=np.empty_like(buf))
     assert h2 is buf and hp is h_prev and h_again is h
     np.testing.assert_array_equal(h2, h)
 
@@ -56,16 +57,16 @@ def test_sequence_loops_equal_the_step_functions(reverse, nonlinearity, lengths,
     rng = np.random.default_rng(10)
     x, w_ih, w_hh, b_ih, b_hh, h0 = _layer(rng, dtype=dtype)
     T, B, H = x.shape[0], x.shape[1], h0.shape[1]
-    proj = F.input_projection(x, w_ih, b_ih, b_hh)
+    proj = elman.input_projection(x, w_ih, b_ih + b_hh)
     g_out = rng.standard_normal((T, B, H)).astype(dtype)
     g_last = rng.standard_normal((B, H)).astype(dtype)
     bs = None if lengths is None else _batch_sizes(lengths, T)  # rows taken as sorted by length
-    ref = F.stepwise_layer(proj, h0, w_hh, nonlinearity, g_out, g_last, bs, reverse)
-    hs = F.sequence_forward(proj.copy(), h0, w_hh, nonlinearity, bs, reverse)
-    delta, dh0, hidden = F.sequence_backward(g_out, g_last, hs, w_hh, nonlinearity, bs, reverse)
+    ref = elman.stepwise_layer(proj, h0, w_hh, nonlinearity, g_out, g_last, bs, reverse)
+    hs = elman.sequence_forward(proj.copy(), h0, w_hh, nonlinearity, bs, reverse)
+    delta, dh0, hidden = elman.sequence_backward(g_out, g_last, hs, w_hh, nonlinearity, bs, reverse)
     states = (hs[:-1] if reverse else hs[1:]).copy()
     if bs is not None:
-        states[F.padding_mask(bs, B)] = 0  # the reverse direction parks h0 copies there
+        states[padding_mask(bs, B)] = 0  # the reverse direction parks h0 copies there
     for name, mine, theirs in zip(("states", "hidden_grads", "delta", "grad_h0"),
                                   (states, hidden, delta, dh0), ref):
         np.testing.assert_array_equal(mine, theirs, err_msg=f"{name}: reverse={reverse}, "
@@ -80,12 +81,12 @@ def test_layer_equals_textbook_bptt(reverse, nonlinearity):
     x, w_ih, w_hh, b_ih, b_hh, h0 = _layer(rng)
     g_out = rng.standard_normal((x.shape[0],) + h0.shape)
     g_last = rng.standard_normal(h0.shape)
-    proj = F.input_projection(x, w_ih, b_ih, b_hh)
-    hs = F.sequence_forward(proj, h0, w_hh, nonlinearity, None, reverse)
-    delta, gh0, hidden = F.sequence_backward(g_out, g_last, hs, w_hh, nonlinearity, None, reverse)
-    dw_ih, dw_hh, db = F.weight_gradients(delta, x, hs, reverse, True)
+    proj = elman.input_projection(x, w_ih, b_ih + b_hh)
+    hs = elman.sequence_forward(proj, h0, w_hh, nonlinearity, None, reverse)
+    delta, gh0, hidden = elman.sequence_backward(g_out, g_last, hs, w_hh, nonlinearity, None, reverse)
+    dw_ih, dw_hh, db = elman.weight_gradients(delta, x, hs, reverse, True)
     dx = np.einsum("tbh,hi->tbi", delta, w_ih)
-    ref = F.textbook_layer(x, h0, w_ih, w_hh, b_ih, b_hh, nonlinearity, g_out, g_last, reverse)
+    ref = elman.textbook_layer(x, h0, w_ih, w_hh, b_ih, b_hh, nonlinearity, g_out, g_last, reverse)
     states = hs[:-1] if reverse else hs[1:]
     for name, mine, theirs in zip(("states", "hidden_grads", "grad_h0", "dW_ih", "dW_hh", "db", "dx"),
                                   (states, hidden, gh0, dw_ih, dw_hh, db, dx), ref):
@@ -100,16 +101,16 @@ def test_forward_into_the_state_buffer_equals_separate_projection(reverse, lengt
     x, w_ih, w_hh, b_ih, b_hh, h0 = _layer(rng, dtype=dtype)
     T, B, _ = x.shape
     bs = None if lengths is None else _batch_sizes(lengths, T)
-    separate = F.sequence_forward(F.input_projection(x, w_ih, b_ih, b_hh), h0, w_hh, "tanh", bs, reverse)
+    separate = elman.sequence_forward(elman.input_projection(x, w_ih, b_ih + b_hh), h0, w_hh, "tanh", bs, reverse)
     hs = np.full((T + 1, B, w_ih.shape[0]), np.nan, dtype=dtype)  # garbage must all be overwritten
-    proj = F.input_projection(x, w_ih, b_ih, b_hh, out=hs[:-1] if reverse else hs[1:])
+    proj = elman.input_projection(x, w_ih, b_ih + b_hh, out=hs[:-1] if reverse else hs[1:])
     assert np.shares_memory(proj, hs)
-    out = F.sequence_forward(proj, h0, w_hh, "tanh", bs, reverse, hs=hs)
+    out = elman.sequence_forward(proj, h0, w_hh, "tanh", bs, reverse, hs=hs)
     assert out is hs
     np.testing.assert_array_equal(hs, separate)
     if bs is not None:  # padded steps are zero (the reverse direction's h0 slots aside)
         states = hs[:-1] if reverse else hs[1:]
-        pad = F.padding_mask(bs, B)
+        pad = padding_mask(bs, B)
         if not reverse:
             assert not states[pad].any()
 
@@ -126,8 +127,8 @@ def test_full_batch_path_equals_packed_path_with_full_lengths(reverse, nonlinear
     g_last = rng.standard_normal(h0.shape).astype(np.float32)
     res = []
     for bs in (None, full):
-        hs = F.sequence_forward(F.input_projection(x, w_ih, b_ih, b_hh), h0, w_hh, nonlinearity, bs, reverse)
-        res.append((hs,) + F.sequence_backward(g_out, g_last, hs, w_hh, nonlinearity, bs, reverse, TINY32))
+        hs = elman.sequence_forward(elman.input_projection(x, w_ih, b_ih + b_hh), h0, w_hh, nonlinearity, bs, reverse)
+        res.append((hs,) + elman.sequence_backward(g_out, g_last, hs, w_hh, nonlinearity, bs, reverse, TINY32))
     for a, b in zip(*res):
         np.testing.assert_array_equal(a, b)
 
@@ -139,19 +140,19 @@ def test_backward_into_dirty_reused_buffers_equals_fresh(reverse, lengths):
     x, w_ih, w_hh, b_ih, b_hh, h0 = _layer(rng)
     T, B, H = x.shape[0], x.shape[1], h0.shape[1]
     bs = None if lengths is None else _batch_sizes(lengths, T)
-    hs = F.sequence_forward(F.input_projection(x, w_ih, b_ih, b_hh), h0, w_hh, "tanh", bs, reverse)
+    hs = elman.sequence_forward(elman.input_projection(x, w_ih, b_ih + b_hh), h0, w_hh, "tanh", bs, reverse)
     g_full = rng.standard_normal((T, B, 3 * H))
     g_out = g_full[:, :, H:2 * H]  # strided, as a bidirectional layer's slice or batch_first gives
     g_last = rng.standard_normal((B, H))
-    fresh = F.sequence_backward(np.ascontiguousarray(g_out), g_last, hs, w_hh, "tanh", bs, reverse)
+    fresh = elman.sequence_backward(np.ascontiguousarray(g_out), g_last, hs, w_hh, "tanh", bs, reverse)
     hidden = np.full((T, B, H), np.nan)
     delta = np.full((T, B, H), np.nan)
-    reused = F.sequence_backward(g_out, g_last, hs, w_hh, "tanh", bs, reverse, hidden=hidden, delta=delta)
+    reused = elman.sequence_backward(g_out, g_last, hs, w_hh, "tanh", bs, reverse, hidden=hidden, delta=delta)
     assert reused[0] is delta and reused[2] is hidden
     for a, b in zip(fresh, reused):
         np.testing.assert_array_equal(a, b)
     if bs is not None:
-        pad = F.padding_mask(bs, B)
+        pad = padding_mask(bs, B)
         assert not hidden[pad].any() and not delta[pad].any()
 
 
@@ -236,13 +237,13 @@ def test_a_resized_forward_lets_the_old_states_go_before_it_allocates(monkeypatc
     model(np.ones((6, 2, 3)))
     old = [weakref.ref(hs.base) for hs in model.states]
     alive_at_first_projection = []
-    orig = F.input_projection
+    orig = elman.input_projection
 
     def watching(*args, **kwargs):
         if not alive_at_first_projection:
             alive_at_first_projection.append(sum(r() is not None for r in old))
         return orig(*args, **kwargs)
-    monkeypatch.setattr(F, "input_projection", watching)
+    monkeypatch.setattr(elman, "input_projection", watching)
     model(np.ones((7, 2, 3)))  # T changes: no old buffer fits
     assert alive_at_first_projection == [0]
 
@@ -278,10 +279,10 @@ def test_in_place_dropout_equals_the_formula():
 @pytest.mark.parametrize("bad", [np.nan, np.inf, -np.inf])
 def test_finiteness_check_sees_every_non_finite_value(bad):
     out = np.zeros((4, 2, 3))
-    rnn_module.check_finite_state(out, 0, np.float64)
+    check_finite_state(out, 0, np.float64)
     out[2, 1, 0] = bad
     with pytest.raises(FloatingPointError, match="time step 2") as err:
-        rnn_module.check_finite_state(out, 0, np.float64)
+        check_finite_state(out, 0, np.float64)
     assert "use float64" not in str(err.value)  # it is float64 already
 
 
@@ -340,7 +341,7 @@ def test_flush_acts_every_kth_step_below_the_threshold(reverse, lengths):
     g_out[:, :, :2] *= 2.0 ** -110  # below the threshold (and subnormal-free: 2^-110 > 2^-126)
     hs = np.tanh(rng.standard_normal((T + 1, B, H))).astype(np.float32)
     bs = None if lengths is None else _batch_sizes(lengths, T)
-    delta, gh0, hidden = F.sequence_backward(g_out, np.zeros((B, H), np.float32), hs, np.zeros((H, H), np.float32),
+    delta, gh0, hidden = elman.sequence_backward(g_out, np.zeros((B, H), np.float32), hs, np.zeros((H, H), np.float32),
                                              "tanh", bs, reverse, thr, flush_every=k)
     order = range(T) if reverse else range(T - 1, -1, -1)
     for i, t in enumerate(order):

@@ -9,9 +9,9 @@ import pytest
 from hypothesis import given, reject, settings
 from hypothesis import strategies as st
 
-import scratch_rnn.functional as F
 from reference.rnn import run_torch
 from scratch_rnn import GRU, LSTM, RNN
+from scratch_rnn.cells import elman
 from scratch_rnn.gradcheck import NonDifferentiableError, rnn_directional_checks
 from tests.helpers import FD_TOLERANCE, assert_close, examples
 from tests.strategies import rnn_cases
@@ -85,17 +85,17 @@ def _scaled(fn, factor):
 def test_a_broken_backward_is_caught_by_both_oracles(monkeypatch, mutation):
     """Mutate BPTT by hand: torch comparison and finite differences must both go red."""
     if mutation == "scale_weight_grads":
-        monkeypatch.setattr(F, "weight_gradients", _scaled(F.weight_gradients, 1.0001))
+        monkeypatch.setattr(elman, "weight_gradients", _scaled(elman.weight_gradients, 1.0001))
     elif mutation == "drop_recurrent_term":  # forget δ W_hh: truncated BPTT of length 1
-        orig = F.sequence_backward
+        orig = elman.sequence_backward
 
         def no_recurrence(grad_out, grad_h_last, hs, w_hh, *args, **kwargs):
             return orig(grad_out, grad_h_last, hs, np.zeros_like(w_hh), *args, **kwargs)
-        monkeypatch.setattr(F, "sequence_backward", no_recurrence)
+        monkeypatch.setattr(elman, "sequence_backward", no_recurrence)
     else:  # tanh'(a) written as 1 - h instead of 1 - h²
         def wrong(h, nonlinearity, out=None):
             return np.subtract(1, h, out=out)
-        monkeypatch.setattr(F, "activation_derivative", wrong)
+        monkeypatch.setattr(elman, "activation_derivative", wrong)
 
     model, x, h0, g_out, g_hn = _one_case()
     model(x, h0)

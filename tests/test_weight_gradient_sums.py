@@ -1,4 +1,5 @@
-"""The float32 weight-gradient sums of ``functional.weight_gradients`` (docs/performance.md, "Float32 accuracy").
+"""The float32 weight-gradient sums of ``scratch_rnn.cells.elman.weight_gradients`` and of ``cells.loops``
+(docs/performance.md, "Float32 accuracy").
 
 float64 keeps one GEMM and one column sum, bit for bit. float32 sums in two levels, so that no run of
 float32 additions is long: the probes below put 2^24 first and then ones, which a single float32 run
@@ -10,8 +11,8 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-import scratch_rnn.functional as F
 from benchmarks.accuracy import make_problem, run_scratch
+from scratch_rnn.cells import elman, loops
 from scratch_rnn.gradcheck import rel_error
 
 BIG = np.float32(2.0 ** 24)
@@ -25,7 +26,7 @@ def test_float64_is_one_gemm_and_one_column_sum_bit_for_bit(shape, bias, reverse
     rng = np.random.default_rng(0)
     delta, x = rng.standard_normal((T, B, H)), rng.standard_normal((T, B, I))
     hs = np.tanh(rng.standard_normal((T + 1, B, H)))
-    dw_ih, dw_hh, db = F.weight_gradients(delta, x, hs, reverse, bias)
+    dw_ih, dw_hh, db = elman.weight_gradients(delta, x, hs, reverse, bias)
     d2 = delta.reshape(T * B, H)
     h_prev = (hs[1:] if reverse else hs[:-1]).reshape(T * B, H)
     np.testing.assert_array_equal(dw_ih, np.dot(d2.T, x.reshape(T * B, I)))
@@ -45,7 +46,7 @@ def test_float64_is_one_gemm_and_one_column_sum_bit_for_bit(shape, bias, reverse
 def test_float32_sum_of_products_keeps_the_ones_outside_the_first_chunk(K, M, N, first_chunk):
     a, b = np.ones((K, M), np.float32), np.ones((K, N), np.float32)
     a[0] = BIG
-    got = F.sum_of_products(a, b).astype(np.float64)
+    got = loops.sum_of_products(a, b).astype(np.float64)
     exact = float(BIG) + K - 1
     # at most the first chunk's ones are lost (a single float32 run loses all K - 1 of them)
     assert got.shape == (M, N) and (got >= exact - (first_chunk - 1) - 1).all() and (got <= exact + 1).all(), got
@@ -55,7 +56,7 @@ def test_float32_sum_of_products_keeps_the_ones_outside_the_first_chunk(K, M, N,
 def test_float32_column_sum_keeps_the_ones_outside_the_first_chunk(K):
     a = np.ones((K, 3), np.float32)
     a[0] = BIG
-    got = F.column_sum(a).astype(np.float64)
+    got = loops.column_sum(a).astype(np.float64)
     c = int(np.sqrt(K))
     assert (got >= float(BIG) + K - 1 - (c - 1) - 1).all() and (got <= float(BIG) + K).all(), got
 
@@ -65,10 +66,10 @@ def test_float32_sums_equal_the_float64_sums_of_the_same_values(K, M, N):
     rng = np.random.default_rng(K)
     a = rng.standard_normal((K, M)).astype(np.float32)
     b = (rng.standard_normal((K, N)) + 0.5).astype(np.float32)
-    got = F.sum_of_products(a, b)
+    got = loops.sum_of_products(a, b)
     assert got.dtype == np.float32 and got.shape == (M, N)
     assert rel_error(got, a.T.astype(np.float64) @ b.astype(np.float64)) < 1e-6
-    s = F.column_sum(b)
+    s = loops.column_sum(b)
     assert s.dtype == np.float32 and rel_error(s, b.astype(np.float64).sum(axis=0)) < 1e-6
 
 

@@ -22,14 +22,15 @@ import numpy as np
 import pandas as pd
 from tqdm.auto import tqdm
 
-from scratch_rnn import LSTM, RNN
+from scratch_rnn import LSTM, RNN, init
 from scratch_rnn import diagnostics as dg
 from scratch_rnn.cells import cell_names, cell_spec
 from scratch_rnn.cells.generic import StepCell
-from scratch_rnn import gated, init
+from scratch_rnn.cells.gru import gru_step_forward
+from scratch_rnn.cells.loops import input_projection
+from scratch_rnn.cells.lstm import lstm_step_forward
 
 from .common import markdown_table, result_dir, save_figure, write_csv, write_json, write_report
-
 
 VARIANTS = ("lstm_fb1",)  # a registered cell with another initialisation (part two)
 
@@ -96,16 +97,16 @@ def state_jacobians(model, x: np.ndarray) -> np.ndarray:
     h = np.zeros((B, H))
     out = []
     if isinstance(model, LSTM):
-        xp = gated.input_projection(x, p["weight_ih_l0"], p["bias_ih_l0"] + p["bias_hh_l0"])
+        xp = input_projection(x, p["weight_ih_l0"], p["bias_ih_l0"] + p["bias_hh_l0"])
         c = np.zeros((B, H))
         for t in range(T):
             out.append(dg.lstm_state_jacobian(xp[t], h, c, w_hh))
-            h, c, _ = gated.lstm_step_forward(xp[t], h, c, w_hh)
+            h, c, _ = lstm_step_forward(xp[t], h, c, w_hh)
     else:
-        xp = gated.input_projection(x, p["weight_ih_l0"], p["bias_ih_l0"])
+        xp = input_projection(x, p["weight_ih_l0"], p["bias_ih_l0"])
         for t in range(T):
             out.append(dg.gru_state_jacobian(xp[t], h, w_hh, p["bias_hh_l0"]))
-            h, _ = gated.gru_step_forward(xp[t], h, w_hh, p["bias_hh_l0"])
+            h, _ = gru_step_forward(xp[t], h, w_hh, p["bias_hh_l0"])
     return np.stack(out)
 
 

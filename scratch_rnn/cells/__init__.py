@@ -1,7 +1,9 @@
 """The cell registry: every list of recurrent cells in the project reads it.
 
-A *cell* is a :class:`~scratch_rnn.rnn.RecurrentBase` subclass: the built-in ``RNN``, ``LSTM`` and ``GRU``
-(with their fast loops), or a :class:`~scratch_rnn.cells.generic.StepCell` that brings only its parameter
+A *cell* is a :class:`~scratch_rnn.cells.base.RecurrentBase` subclass: the built-in ``RNN``, ``LSTM`` and ``GRU``
+(each in its own module, :mod:`~scratch_rnn.cells.elman`, :mod:`~scratch_rnn.cells.lstm` and
+:mod:`~scratch_rnn.cells.gru`, with its layout, options, step functions and fast loops; the loop machinery they share
+is :mod:`~scratch_rnn.cells.loops`), or a :class:`~scratch_rnn.cells.generic.StepCell` that brings only its parameter
 layout and its step functions (``step_forward`` / ``step_backward``) and gets the generic sequence loop.
 
 Each registered cell has a :class:`CellSpec`: its name, where its NumPy class lives, where its torch twin
@@ -106,7 +108,7 @@ def cell_spec(cell) -> CellSpec:
     for spec in _REGISTRY.values():
         if not isinstance(spec.model, str) and spec.model is cls:
             return spec
-    from ..rnn import RecurrentBase
+    from .base import RecurrentBase
     if not (isinstance(cls, type) and issubclass(cls, RecurrentBase)):
         raise ValueError(f"cell: expected a RecurrentBase subclass, got {cls!r} from {cell!r}")
     name = cell if isinstance(cell, str) else f"{cls.__module__}:{cls.__qualname__}"
@@ -114,8 +116,8 @@ def cell_spec(cell) -> CellSpec:
 
 
 # The cells of this project. torch.nn.RNN / LSTM / GRU are the built-in cells' twins (reference/rnn.py).
-register_cell("rnn", "scratch_rnn.rnn:RNN", options={"nonlinearity": ("tanh", "relu")}, builtin=True)
-register_cell("lstm", "scratch_rnn.rnn:LSTM", builtin=True)
-register_cell("gru", "scratch_rnn.rnn:GRU", builtin=True)
+register_cell("rnn", "scratch_rnn.cells.elman:RNN", options={"nonlinearity": ("tanh", "relu")}, builtin=True)
+register_cell("lstm", "scratch_rnn.cells.lstm:LSTM", builtin=True)
+register_cell("gru", "scratch_rnn.cells.gru:GRU", builtin=True)
 register_cell("indrnn", "scratch_rnn.cells.indrnn:IndRNN", twin="reference.indrnn:indrnn_step",
               options={"nonlinearity": ("relu", "tanh")})

@@ -11,7 +11,7 @@ step (CS231n's ``step_forward(...) -> h, cache`` / ``step_backward(...)``), for 
         d_states: the TOTAL dL/d(new_states) of the step, a tuple like states; dx_t (n, I_layer);
         d_prev_states like states; d_params {kind: contribution} (kinds it does not touch may be left out)
 
-and :class:`~scratch_rnn.rnn.RecurrentBase` gives it everything else: layers, directions, ``batch_first``,
+and :class:`~scratch_rnn.cells.base.RecurrentBase` gives it everything else: layers, directions, ``batch_first``,
 unbatched input, packed ``lengths``, inter-layer dropout, the input checks, the lifecycle, ``h_n`` (and the
 other final states), ``hidden_grads`` (dL/dh_t, total) and, for a cell state "c", ``cell_grads``.
 
@@ -28,7 +28,7 @@ from __future__ import annotations
 
 import numpy as np
 
-from ..rnn import RecurrentBase
+from .base import RecurrentBase
 
 __all__ = ["StepCell"]
 

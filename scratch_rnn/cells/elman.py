@@ -1,4 +1,4 @@
-"""The math of the Elman RNN, one pure function per step, in NumPy alone.
+"""The Elman cell: its math, one pure function per step, its fast sequence loops and the ``RNN`` layer, in NumPy alone.
 
 Notation (torch's): for one layer and one direction, with x_t the layer input,
 
@@ -15,15 +15,21 @@ the output at step t plus what flows back from h_{t+1}):
 
 The input projection ``x_t W_ihᵀ + b`` of every step is one GEMM before the time loop and the
 weight gradients are one GEMM each after it (in float32, GEMMs over chunks of the T·B rows, for
-accuracy: :func:`weight_gradients`), so that only ``h_{t-1} W_hhᵀ`` (forward) and ``δ_t W_hh``
-(backward) stay inside the loop.
+accuracy: :func:`weight_gradients`, with :mod:`~scratch_rnn.cells.loops`' sums), so that only
+``h_{t-1} W_hhᵀ`` (forward) and ``δ_t W_hh`` (backward) stay inside the loop.
 
 Variable lengths follow torch's packed sequences: the batch is sorted by decreasing length, so
 at step t only the first ``batch_sizes[t]`` rows are active; the others are left untouched.
 
+Parameters (torch's layout and names, per layer k and direction): ``weight_ih_l{k}`` (H, I_k),
+``weight_hh_l{k}`` (H, H), ``bias_ih_l{k}`` and ``bias_hh_l{k}`` (H,) (``_reverse`` for the second direction;
+the layout and torch's default initialisation, U(±1/√H), are the stack's: :class:`~scratch_rnn.cells.base.RecurrentBase`
+with ``GATES = 1``). Option: ``nonlinearity`` in :data:`NONLINEARITIES`.
+
 Reading order: the step functions (:func:`step_forward`, :func:`step_backward`), then the two
 references built from them and from the equations (:func:`stepwise_layer`, :func:`textbook_layer`),
-then the fast sequence loops the model runs, which the tests hold to the references.
+then the fast sequence loops the model runs, which the tests hold to the references, and last the
+layer :class:`RNN`.
 
 Memory and speed (docs/performance.md): the projection of step t is written straight
 into the slot of the state buffer ``hs`` that h_t will occupy, and each step overwrites it in place,
@@ -32,9 +38,15 @@ result goes into a preallocated buffer (``out=``).
 """
 from __future__ import annotations
 
-import math
-
 import numpy as np
+
+from ..checks import check_choice
+from .base import _UNSET, DEFAULT_FLUSH_EVERY, RecurrentBase, torch_alias
+from .loops import column_sum, final_states, input_projection, padding_mask, sum_of_products
+
+__all__ = ["NONLINEARITIES", "RNN", "activation_forward", "activation_derivative", "activation_backward",
+           "step_forward", "step_backward", "stepwise_layer", "textbook_layer", "sequence_forward",
+           "sequence_backward", "weight_gradients", "input_projection"]
 
 NONLINEARITIES = ("tanh", "relu")
 
@@ -185,26 +197,6 @@ def textbook_layer(x, h0, w_ih, w_hh, b_ih, b_hh, nonlinearity, grad_out, grad_h
 # --------------------------------------------------------------------------------------------
 # One layer, one direction, over the whole sequence
 # --------------------------------------------------------------------------------------------
-def input_projection(x: np.ndarray, w_ih: np.ndarray, b_ih, b_hh, out: np.ndarray | None = None) -> np.ndarray:
-    """x W_ihᵀ + b_ih + b_hh for every step at once: (T, B, I) -> (T, B, H), one GEMM.
-
-    out: optional C-contiguous (T, B, H) array to write into (e.g. a slice of the state buffer).
-    """
-    T, B, I = x.shape
-    H = w_ih.shape[0]
-    if out is None:
-        out = np.empty((T, B, H), dtype=np.result_type(x, w_ih))
-    np.dot(x.reshape(T * B, I), w_ih.T, out=out.reshape(T * B, H))
-    if b_ih is not None:
-        out += b_ih + b_hh
-    return out
-
-
-def padding_mask(batch_sizes: np.ndarray, B: int) -> np.ndarray:
-    """(T, B) bool: True where row b is a padded step at time t (b >= batch_sizes[t])."""
-    return np.arange(B)[None, :] >= np.asarray(batch_sizes)[:, None]
-
-
 def sequence_forward(x_proj: np.ndarray, h0: np.ndarray, w_hh: np.ndarray, nonlinearity: str,
                      batch_sizes: np.ndarray | None, reverse: bool, hs: np.ndarray | None = None) -> np.ndarray:
     """Run the recurrence over all steps.
@@ -334,59 +326,6 @@ def sequence_backward(grad_out: np.ndarray, grad_h_last: np.ndarray, hs: np.ndar
             d.dot(w_hh, dh_n)
     return delta, dh, hidden
 
-
-# Float32 sums over the T·B rows of a batch (docs/performance.md, "Float32 accuracy"). A BLAS GEMM adds
-# the K = T·B products of each entry one after another in float32 (OpenBLAS 0.3.31: all K of them in its
-# kernel for small matrices, runs of up to 448 in its blocked kernel), and numpy's column sum adds the
-# rows one after another; the rounding error grows with the length of such a run. One float32 GEMM over
-# all rows put scratch's grad W_hh at 2.7x torch's largest error and the column sum db at 6.5x. In
-# float32 each sum is therefore taken in two levels, sums over chunks of rows and then the sum of those:
-# - small results (the stack of partial products holds at most STACK_MAX entries): ⌊√K⌋ rows per chunk,
-#   one stacked matmul and one sum, so that no run is longer than about √K;
-# - larger ones: chunks of at least GEMM_CHUNK_MIN rows, GEMM_CHUNKS_MAX of them at most, one GEMM and one
-#   (M, N) addition each (1-4% of the weight-gradient GEMMs at the largest benchmark sizes); there the
-#   blocked kernel already keeps runs short.
-# float64 keeps one GEMM and one column sum (its results do not change).
-GEMM_CHUNK_MIN = 128
-GEMM_CHUNKS_MAX = 16
-STACK_MAX = 1 << 16
-
-
-def sum_of_products(a: np.ndarray, b: np.ndarray) -> np.ndarray:
-    """aᵀb = Σ_k a_kᵀ b_k for a (K, M) and b (K, N), summed in two levels (see STACK_MAX).
-
-    Every float32 run of additions is at most about √K long (small results) or at most
-    max(GEMM_CHUNK_MIN, K / GEMM_CHUNKS_MAX) plus GEMM_CHUNKS_MAX long (larger ones).
-    """
-    (K, M), N = a.shape, b.shape[1]
-    c = max(1, math.isqrt(K))
-    n = K // c
-    if n * M * N <= STACK_MAX:
-        out = np.matmul(a[:n * c].reshape(n, c, M).transpose(0, 2, 1), b[:n * c].reshape(n, c, N)).sum(axis=0)
-        if n * c < K:
-            out += np.dot(a[n * c:].T, b[n * c:])
-        return out
-    chunk = max(GEMM_CHUNK_MIN, -(-K // GEMM_CHUNKS_MAX))
-    out = np.dot(a[:chunk].T, b[:chunk])
-    if K > chunk:
-        work = np.empty_like(out)
-        for s in range(chunk, K, chunk):
-            a[s:s + chunk].T.dot(b[s:s + chunk], work)
-            out += work
-    return out
-
-
-def column_sum(a: np.ndarray) -> np.ndarray:
-    """a.sum(axis=0) for a C-contiguous (K, N) array, as ⌊√K⌋-row chunk sums added up: runs of about √K."""
-    K, N = a.shape
-    c = max(1, math.isqrt(K))
-    n = K // c
-    out = a[:n * c].reshape(n, c, N).sum(axis=1).sum(axis=0)
-    if n * c < K:
-        out += a[n * c:].sum(axis=0)
-    return out
-
-
 def weight_gradients(delta: np.ndarray, x: np.ndarray, hs: np.ndarray, reverse: bool, bias: bool):
     """dW_ih = Σ_t δ_tᵀ x_t, dW_hh = Σ_t δ_tᵀ h_{t-1}, db = Σ_t δ_t, each a reduction over all steps.
 
@@ -408,3 +347,91 @@ def weight_gradients(delta: np.ndarray, x: np.ndarray, hs: np.ndarray, reverse: 
     dw_hh = sum_of_products(d2, h2)
     db = column_sum(d2) if bias else None
     return dw_ih, dw_hh, db
+
+
+class RNN(RecurrentBase):
+    """Elman RNN with the interface and semantics of ``torch.nn.RNN``.
+
+    h_t = f(x_t W_ihᵀ + b_ih + h_{t-1} W_hhᵀ + b_hh), f = tanh or relu, stacked ``num_layers`` deep,
+    optionally bidirectional. Shapes (L = seq length, N = batch, D = 2 if bidirectional else 1):
+    input (L, N, I) or (N, L, I) with ``batch_first`` or unbatched (L, I); h0 and h_n
+    (D*num_layers, N, H) or (D*num_layers, H) unbatched; output (L, N, D*H) / (N, L, D*H) / (L, D*H).
+
+    ``forward(x, h0=None, lengths=None)`` returns ``(output, h_n)`` (torch's keyword names ``input=``
+    and ``hx=`` are accepted for ``x`` and ``h0``; passing both names of one argument raises); ``lengths`` gives
+    packed-sequence semantics (``pack_padded_sequence(enforce_sorted=False)`` then
+    ``pad_packed_sequence(total_length=L)``). ``backward(grad_output, grad_h_n=None)`` runs BPTT
+    through that forward, returns ``(grad_x, grad_h0)`` and accumulates into ``grads`` (the
+    lifecycle rules of :class:`~scratch_rnn.Module`). After backward, ``hidden_grads`` is the total
+    dL/dh_t of every layer and direction: (num_layers * D, L, N, H), time-major whatever the
+    layout, zero at padded steps.
+
+    Keyword-only options beyond torch's: ``dtype`` (float32 or float64), ``seed`` (the generator of
+    the initial weights and the dropout masks), ``flush_below`` / ``flush_every`` (the subnormal
+    flush of backward, see :data:`DEFAULT_FLUSH_BELOW`; None: the dtype's default; 0.0: off). Both
+    are attributes that may be changed between calls.
+    """
+
+    NAME = "RNN"
+
+    def __init__(self, input_size, hidden_size, num_layers=1, nonlinearity="tanh", bias=True,
+                 batch_first=False, dropout=0.0, bidirectional=False, *, dtype=np.float32, seed=None,
+                 flush_below=None, flush_every=DEFAULT_FLUSH_EVERY):
+        self.nonlinearity = check_choice("nonlinearity", nonlinearity, NONLINEARITIES)
+        super().__init__(input_size, hidden_size, num_layers, bias, batch_first, dropout, bidirectional,
+                         dtype=dtype, seed=seed, flush_below=flush_below, flush_every=flush_every)
+
+    def _extra_repr(self) -> list:
+        return [f"nonlinearity={self.nonlinearity!r}"] if self.nonlinearity != "tanh" else []
+
+    def _forward(self, x=_UNSET, h0=_UNSET, lengths=None, *, input=_UNSET, hx=_UNSET, dropout_masks=None):
+        """Run the stack. Returns ``((output, h_n), cache)``, output and h_n in the caller's layout.
+
+        ``input=`` and ``hx=`` are torch's names of ``x`` and ``h0`` (either name, not both).
+        dropout_masks: optional list of ``num_layers - 1`` keep-masks (bool or 0/1), each of shape
+        (T, B, D*H) time-major, applied to the outputs of layers 0..L-2 in train mode (scaled by
+        1/(1-p)); without it they are drawn from the model's seeded generator. The masks used are
+        left in ``self.dropout_masks``.
+        """
+        x, h0 = torch_alias("x", x, "input", input), torch_alias("h0", h0, "hx", hx, None)
+        (output, (h_n,)), cache = self._run_forward(x, (h0,), lengths, dropout_masks)
+        return (output, h_n), cache
+
+    def _backward(self, c, grad_output=None, grad_h_n=None):
+        """BPTT through the forward of cache ``c``. Returns ``((grad_x, grad_h0), param_grads)``.
+
+        grad_output: dL/d(output), the output's shape (None: zero); grad_h_n: dL/d(h_n), h_n's shape
+        (None: zero), both in the caller's layout. ``self.hidden_grads`` is set.
+        """
+        (grad_x, (grad_h0,)), grads = self._run_backward(c, grad_output, (grad_h_n,))
+        return (grad_x, grad_h0), grads
+
+    def _direction_forward(self, x, state0, layer, d, ctx):
+        """The Elman layer: the projection goes straight into the slots of the states it will become."""
+        T, B, H = ctx["T"], ctx["B"], self.hidden_size
+        batch_sizes, reverse = ctx["batch_sizes"], d == 1
+        hs = self._buffer((layer, d, "h"), (T + 1, B, H))
+        b_ih, b_hh = self._p("bias_ih", layer, d), self._p("bias_hh", layer, d)
+        proj = input_projection(x, self._p("weight_ih", layer, d), None if b_ih is None else b_ih + b_hh,
+                                out=hs[:-1] if reverse else hs[1:])
+        with np.errstate(over="ignore", invalid="ignore"):  # overflow is reported by the stack
+            sequence_forward(proj, state0[0], self._p("weight_hh", layer, d), self.nonlinearity, batch_sizes,
+                             reverse, hs=hs)
+        h_n = final_states(hs, batch_sizes, ctx["lengths_sorted"], reverse)  # each sequence's own last step
+        return (hs[:-1] if reverse else hs[1:]), (h_n,), hs
+
+    def _direction_backward(self, d_out, d_finals, hs, layer, d, ctx, out):
+        T, B, H = ctx["T"], ctx["B"], self.hidden_size
+        reverse = d == 1
+        w_ih = self._p("weight_ih", layer, d)
+        # dL/da_t: scratch reused by every layer and direction and, while the sizes stay, by the next backward
+        delta = self._buffer(("delta",), (T, B, H))
+        _, dh0, _ = sequence_backward(d_out, d_finals[0], hs, self._p("weight_hh", layer, d), self.nonlinearity,
+                                      ctx["batch_sizes"], reverse, self.flush_below, flush_every=self.flush_every,
+                                      hidden=out["hidden"], delta=delta)
+        dw_ih, dw_hh, db = weight_gradients(delta, ctx["layer_in"], hs, reverse, self.bias)
+        grads = {"weight_ih": dw_ih, "weight_hh": dw_hh}
+        if self.bias:
+            grads["bias_ih"] = grads["bias_hh"] = db
+        dx = np.dot(delta.reshape(T * B, H), w_ih).reshape(T, B, w_ih.shape[1])  # δ W_ih
+        return dx, (dh0,), grads
