@@ -194,6 +194,7 @@ def build(task: str, method: str, hidden: int, seed: int, *, length: int | None 
                                           nonlinearity="relu", cell="indrnn", num_layers=INDRNN_LAYERS,
                                           pooling="last", loss=spec.loss, dtype="float64", seed=seed))
         model.rnn.init_paper(length)  # adding/adding.py: MAG 2, W_ih N(0, 0.001²), zero bias
+        model.rnn.fast_loop = True  # whole-sequence products (held to the generic loop: tests/test_indrnn.py)
         # lasagne's DenseLayer: W GlorotUniform (its gain 1: U(±√(6/(n_in + n_out)))), b = 0
         model.head.load_state_dict({"weight": _glorot(rng, hidden, spec.n_out).T, "bias": np.zeros(spec.n_out)})
         return model
