@@ -499,7 +499,7 @@ def trial_trainer(spec: dict, model: SequenceModel, eval_rng, source: FreshBatch
         hooks = dict(evaluate=screened_check, stop_when=lambda row: row["test_error"] == 0.0, callback=screen)
     else:
         hooks = dict(evaluate=evaluate_trial, stop_when=lambda row: row["error"] == 0.0)
-    options = dict(one_bias=bool(spec.get("one_bias")), square_avg_start=opt["square_avg_start"],
+    options = dict(one_bias=bool(spec.get("one_bias")) or method in PUBLISHED, square_avg_start=opt["square_avg_start"],
                    constrain=model.rnn.constrain if method == "indrnn" else None)
     if method in CR_METHODS:
         trainer = SGDCRTrainer(model, cfg, clip=spec["clip"], alpha=spec.get("alpha", CR_ALPHA),
@@ -550,6 +550,18 @@ def _trial_parts(spec: dict, checkpoint_dir=None):
     return model, source, trial_trainer(spec, model, eval_rng, source, checkpoint_dir=checkpoint_dir)
 
 
+def _forget_cap_track(trainer: Trainer, spec: dict) -> None:
+    """A screened trial tracks its error at its cap whatever the cap (the end of a run's curve); a rerun with a
+    larger cap continues past it, and an uninterrupted run would not have sampled there: that one sample is dropped
+    from the resumed curve (the training it does not touch: each check has its own generator), so the resumed
+    trial's row is the uninterrupted run's."""
+    if not spec.get("screen") or not trainer.epochs:
+        return
+    row = trainer.epochs[-1]
+    if row.get("track_error") is not None and row["step"] == trainer.step and row["step"] % spec["track_every"]:
+        trainer.epochs[-1] = {**row, "track_error": None, "error": row.get("test_error")}
+
+
 def _run_trial(spec: dict, checkpoint_root=None, checkpoint_seconds: float | None = None) -> dict:
     t0 = time.time()
     ckdir = None
@@ -561,6 +573,7 @@ def _run_trial(spec: dict, checkpoint_root=None, checkpoint_seconds: float | Non
     if ckdir is not None and (ckdir / CHECKPOINT_NAME).exists():
         trainer.load_checkpoint()
         resumed_from = trainer.step
+        _forget_cap_track(trainer, spec)
         if trainer.step > spec["max_iters"]:  # a checkpoint past this cap: this run starts afresh, saving nothing
             model, source, trainer = _trial_parts(spec, None)
             ckdir, resumed_from = None, 0
