@@ -203,6 +203,10 @@ def test_a_larger_cap_continues_from_the_checkpoint(tmp_path, method, extra):
     assert short["resumed_from"] == 0 and _same_rows(short, fresh) == []
 
 
+def _rows(out) -> list:
+    return [json.loads(line) for line in (Path(out) / "trials.jsonl").read_text().splitlines()]
+
+
 def _cli(out, *extra):
     return [sys.executable, "-m", "experiments.gradients", "pathological", "--protocol", "published", "--tasks",
             "adding", "--lengths", "30", "--methods", "lstm_rmsprop", "--num-seeds", "1", "--no-progress",
@@ -229,17 +233,17 @@ def test_sigkill_mid_trial_then_resume_is_the_uninterrupted_run(tmp_path):
                 try:
                     with np.load(files[0]) as z:
                         step = json.loads(bytes(z["__meta__"]).decode())["step"]
-                except Exception:  # noqa: BLE001 - being replaced just now
-                    pass
+                except (OSError, ValueError, KeyError):  # being replaced just now: read it at the next poll
+                    step = 0
         assert proc.poll() is None, "the trial ended before it could be killed"
         os.killpg(proc.pid, signal.SIGKILL)
     finally:
         proc.wait(timeout=60)
     assert not (tmp_path / "killed" / "trials.jsonl").exists()
-    assert subprocess.run(_cli(tmp_path / "killed", *args), cwd=ROOT, env=env, capture_output=True).returncode == 0
-    assert subprocess.run(_cli(tmp_path / "whole", *args), cwd=ROOT, env=env, capture_output=True).returncode == 0
-    (a,) = [json.loads(line) for line in open(tmp_path / "killed" / "trials.jsonl")]
-    (b,) = [json.loads(line) for line in open(tmp_path / "whole" / "trials.jsonl")]
+    for out in ("killed", "whole"):
+        assert subprocess.run(_cli(tmp_path / out, *args), cwd=ROOT, env=env, capture_output=True,
+                              check=False).returncode == 0
+    (a,), (b,) = (_rows(tmp_path / out) for out in ("killed", "whole"))
     assert a["resumed_from"] >= 60 and b["resumed_from"] == 0 and a["iters"] == 400
     assert _same_rows(a, b) == []
 
@@ -251,10 +255,10 @@ def test_quick_resume_in_a_subprocess(tmp_path):
     for out, caps in (("resumed", ("20", "40")), ("whole", ("40",))):
         for cap in caps:
             r = subprocess.run(_cli(tmp_path / out, "--max-iters", cap), cwd=ROOT, env=env, capture_output=True,
-                               text=True)
+                               text=True, check=False)
             assert r.returncode == 0, r.stderr[-2000:]
             assert "cost before compute: 1 trial(s)" in r.stdout
-    rows = {out: [json.loads(line) for line in open(tmp_path / out / "trials.jsonl")] for out in ("resumed", "whole")}
+    rows = {out: _rows(tmp_path / out) for out in ("resumed", "whole")}
     assert [r["max_iters"] for r in rows["resumed"]] == [20, 40] and rows["resumed"][1]["resumed_from"] == 20
     assert _same_rows(rows["resumed"][1], rows["whole"][0]) == []
     assert (tmp_path / "whole" / "learning_curves.png").stat().st_size > 0

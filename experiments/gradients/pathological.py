@@ -534,6 +534,11 @@ def run_trial(spec: dict, checkpoint_root=None, checkpoint_seconds: float | None
         return _run_trial(spec, checkpoint_root=checkpoint_root, checkpoint_seconds=checkpoint_seconds)
 
 
+def _check_rng(seed: int, step: int) -> np.random.Generator:
+    """The generator of a resumable trial's check at ``step``: its samples depend on the seed and the step only."""
+    return np.random.default_rng([seed, 2, step])
+
+
 def _trial_parts(spec: dict, checkpoint_dir=None):
     """(model, source, trainer) of a trial, fresh."""
     task, length, seed = spec["task"], spec["length"], spec["seed"]
@@ -542,7 +547,7 @@ def _trial_parts(spec: dict, checkpoint_dir=None):
     if spec.get("resumable"):
         source = FreshBatches(task, length, spec["batch"], None, spec["check_every"], seed=seed,
                               min_length=spec.get("min_length"))
-        eval_rng = lambda step: np.random.default_rng([seed, 2, step])  # noqa: E731
+        eval_rng = partial(_check_rng, seed)
     else:
         source = FreshBatches(task, length, spec["batch"], np.random.default_rng([seed, 1]), spec["check_every"],
                               min_length=spec.get("min_length"))
@@ -568,14 +573,14 @@ def _run_trial(spec: dict, checkpoint_root=None, checkpoint_seconds: float | Non
     if spec.get("resumable") and checkpoint_root is not None:
         ckdir = Path(checkpoint_root) / checkpoint_key(spec)
         ckdir.mkdir(parents=True, exist_ok=True)
-    model, source, trainer = _trial_parts(spec, ckdir)
+    _, source, trainer = _trial_parts(spec, ckdir)
     resumed_from = 0
     if ckdir is not None and (ckdir / CHECKPOINT_NAME).exists():
         trainer.load_checkpoint()
         resumed_from = trainer.step
         _forget_cap_track(trainer, spec)
         if trainer.step > spec["max_iters"]:  # a checkpoint past this cap: this run starts afresh, saving nothing
-            model, source, trainer = _trial_parts(spec, None)
+            _, source, trainer = _trial_parts(spec, None)
             ckdir, resumed_from = None, 0
     if ckdir is not None:
         every = spec.get("checkpoint_seconds", 120.0) if checkpoint_seconds is None else checkpoint_seconds
@@ -742,7 +747,8 @@ def _rate_key(s: dict) -> tuple:
 def measure_rates(specs, *, iters: int = 2) -> dict:
     """Measured cost of each distinct trial setting among ``specs``: {key: (s per training iteration, s per
     evaluated sample)}. One BLAS thread (as a worker runs), one warm-up iteration, then ``iters`` timed ones on
-    fresh batches; then one forward over an evaluation chunk."""
+    fresh batches, of which the fastest counts (the least disturbed by other work on the machine: the estimate is
+    for workers that have their core); then one forward over an evaluation chunk."""
     from threadpoolctl import threadpool_limits
 
     rates = {}
@@ -753,13 +759,16 @@ def measure_rates(specs, *, iters: int = 2) -> dict:
                 continue
             probe = {k: v for k, v in s.items() if k not in ("resumable", "screen")}
             probe.update(check_every=iters + 1, max_iters=iters + 1)
-            model, source, trainer = _trial_parts(probe)
+            _, source, trainer = _trial_parts(probe)
+            model = trainer.model
             batches = list(source.batches(0))
             trainer.train_batch(*batches[0])
-            t0 = time.perf_counter()
+            times = []
             for b in batches[1:]:
+                t0 = time.perf_counter()
                 trainer.train_batch(*b)
-            per_iter = (time.perf_counter() - t0) / iters
+                times.append(time.perf_counter() - t0)
+            per_iter = min(times)  # the least disturbed by other processes on the cores
             n = min(s.get("eval_chunk", 1000), 250)
             t0 = time.perf_counter()
             evaluate(s["task"], model, np.random.default_rng(0), n, s["length"], chunk=n, min_length=s.get("min_length"))
@@ -881,7 +890,7 @@ def run(p: Protocol, out, *, workers=2, scheduler=None, tasks=None, progress=Tru
     todo = [s for s in specs if trial_id(s) not in done]
     cost = None
     if todo:
-        cost = estimate_cost(todo, measure_rates(todo, iters=1 if p.max_iters <= 100 else 2), workers)
+        cost = estimate_cost(todo, measure_rates(todo, iters=1 if p.max_iters <= 100 else 3), workers)
         write_json(out / "cost.json", cost)
         atomic_write_text(out / "cost.md", f"{cost_line(cost)}\n\n{markdown_table(cost_table(cost))}\n")
         print(cost_line(cost), flush=True)
