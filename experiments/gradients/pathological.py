@@ -747,8 +747,9 @@ def _rate_key(s: dict) -> tuple:
 def measure_rates(specs, *, iters: int = 2) -> dict:
     """Measured cost of each distinct trial setting among ``specs``: {key: (s per training iteration, s per
     evaluated sample)}. One BLAS thread (as a worker runs), one warm-up iteration, then ``iters`` timed ones on
-    fresh batches, of which the fastest counts (the least disturbed by other work on the machine: the estimate is
-    for workers that have their core); then one forward over an evaluation chunk."""
+    fresh batches, of which the fastest counts; then one forward over an evaluation chunk. Timed in the process's
+    CPU time (``time.process_time``): core-seconds, which other work sharing the cores does not inflate (wall-clock
+    timings on a busy machine lose whole scheduler slices at random)."""
     from threadpoolctl import threadpool_limits
 
     rates = {}
@@ -765,14 +766,14 @@ def measure_rates(specs, *, iters: int = 2) -> dict:
             trainer.train_batch(*batches[0])
             times = []
             for b in batches[1:]:
-                t0 = time.perf_counter()
+                t0 = time.process_time()
                 trainer.train_batch(*b)
-                times.append(time.perf_counter() - t0)
-            per_iter = min(times)  # the least disturbed by other processes on the cores
+                times.append(time.process_time() - t0)
+            per_iter = min(times)
             n = min(s.get("eval_chunk", 1000), 250)
-            t0 = time.perf_counter()
+            t0 = time.process_time()
             evaluate(s["task"], model, np.random.default_rng(0), n, s["length"], chunk=n, min_length=s.get("min_length"))
-            rates[key] = (per_iter, (time.perf_counter() - t0) / n)
+            rates[key] = (per_iter, (time.process_time() - t0) / n)
     return rates
 
 
