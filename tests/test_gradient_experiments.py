@@ -98,8 +98,8 @@ def test_task_errors_and_bad_arguments():
 # --------------------------------------------------------------------------------------------
 @pytest.mark.parametrize("task,method", [("adding", "sgd"), ("adding", "irnn"), ("temporal_order", "irnn")])
 def test_train_step_matches_torch(task, method):
-    """One step of a trial's Trainer (SGD, clipping for irnn) against nn.RNN + nn.Linear on h_n (sgd_clip's step is
-    their code's, held to torch below with SGD-CR's)."""
+    """One step of a trial's Trainer (SGD; for irnn their code's 'rescale' clipping c·g/‖g‖, part three) against
+    nn.RNN + nn.Linear on h_n (the fallback regime is held to torch below with SGD-CR's)."""
     seed, hidden, length, clip = 3, 6, 12, 0.05
     model = pathological.build(task, method, hidden, seed)
     # randomise what the init zeroes, so that every gradient is exercised
@@ -127,7 +127,10 @@ def test_train_step_matches_torch(task, method):
     tparams = {**{f"rnn.{k}": v for k, v in twin.named_parameters()},
                **{f"head.{k}": v for k, v in lin.named_parameters()}}
     clipped = method != "sgd"
-    ref_norm = torch.nn.utils.clip_grad_norm_(list(tparams.values()), clip if clipped else float("inf"))
+    ref_norm = torch.nn.utils.clip_grad_norm_(list(tparams.values()), float("inf"))  # the norm alone
+    if clipped and ref_norm > clip:  # RNN.py's rescale: c·g/‖g‖ (torch's clip_grad_norm_ adds 1e-6 to ‖g‖)
+        for v in tparams.values():
+            v.grad.mul_(clip / ref_norm)
     torch.optim.SGD(list(tparams.values()), lr=0.1).step()
     config = dict(task=task, method=method, seed=seed, clip=clip if clipped else None)
     assert_close(rec.loss, ref_loss.item(), name="loss", config=config)
@@ -243,17 +246,18 @@ def test_cli_lists_every_experiment():
     assert set(cli.EXPERIMENTS) == {"spectrum", "cliff", "pathological", "flow"}
 
 
-@pytest.mark.parametrize("method", ["sgd_cr", "sgd_clip"])
+@pytest.mark.parametrize("method", ["sgd_cr", "sgd_clip", "irnn"])
 @pytest.mark.parametrize("task", ["adding", "temporal_order"])
 @pytest.mark.parametrize("scale, regime", [(0.1, "rescale"), (1e-4, "no clip"), (1e12, "fallback")])
 def test_sgd_cr_step_is_the_authors_update(task, scale, regime, method):
     """One SGD-CR step: the loss gradient from torch autograd (nn.RNN + nn.Linear on h_n), α·∂Ω/∂W_hh of the
     code form from its torch twin, then their 'rescale' clipping at c (c·g/‖g‖) or, past 1e10, their fallback
-    (pascanur/trainingRNNs RNN.py l. 224-243). sgd_clip: the same step without Ω (their alpha = 0)."""
+    (pascanur/trainingRNNs RNN.py l. 224-243). sgd_clip and irnn: the same step without Ω (their alpha = 0; part
+    three puts the fallback in every clipped method)."""
     from reference.regularizers import omega_twin
 
     seed, hidden, length = 4, 5, 12
-    c = 100.0 if regime == "no clip" else (1.0 if method == "sgd_cr" else 0.1)  # without Ω the norm is smaller
+    c = 1e4 if regime == "no clip" else (1.0 if method == "sgd_cr" else 0.1)  # without Ω the norm is smaller
     model = pathological.build(task, method, hidden, seed)
     rng = np.random.default_rng(seed)
     for p in model.parameters().values():
@@ -265,7 +269,8 @@ def test_sgd_cr_step_is_the_authors_update(task, scale, regime, method):
     before = model.state_dict()
     (rec,) = trainer.train_batch(pathological.batch_first(x), y)
 
-    rnn = torch.nn.RNN(2 if task == "adding" else 6, hidden, dtype=torch.float64)
+    rnn = torch.nn.RNN(2 if task == "adding" else 6, hidden, dtype=torch.float64,
+                       nonlinearity="relu" if method == "irnn" else "tanh")
     lin = torch.nn.Linear(hidden, model.head.weight.shape[0], dtype=torch.float64)
     with torch.no_grad():
         for k, v in before.items():
@@ -345,7 +350,7 @@ def test_screened_trial_tests_only_a_clean_screen_and_solves_only_on_the_full_te
     tests = iter([0.001, 0.0])  # the first clean screen fails the full test, the second passes it
     calls = []
 
-    def fake_evaluate(task, model, rng, samples, length, chunk=1000):
+    def fake_evaluate(task, model, rng, samples, length, chunk=1000, min_length=None):
         calls.append(samples)
         return next(tests) if samples == 10_000 else 0.3
 
@@ -371,7 +376,8 @@ def test_budget_protocol_grid():
     p = pathological.PROTOCOLS["budget"]
     specs = pathological.specs_for(p)
     per_cell = len(p.tasks) * len(p.seeds)
-    assert len(specs) == per_cell * (len(p.lengths) * (len(pathological.ALL_METHODS) - 1) + 1)
+    assert len(specs) == per_cell * (len(p.lengths) * (len(p.methods) - 1) + 1)
+    assert set(p.methods) == set(pathological.PART_TWO_METHODS)
     assert {s["length"] for s in specs if s["method"] == "sgd_cr_exact"} == {50}
     assert specs[0]["length"] == 200 and specs[0]["method"] == "lstm" and specs[-1]["length"] == 50
     assert all(s["eval_samples"] == 10_000 and s["check_every"] == 20 and s["screen"] for s in specs)
@@ -385,7 +391,7 @@ def test_pathological_budget_quick_cli(tmp_path):
                      "--out", str(tmp_path)]) == 0
     df = pd.read_csv(tmp_path / "trials.csv")
     p = pathological.PROTOCOLS["budget-quick"]
-    assert len(df) == len(p.seeds) * (len(p.lengths) * (len(pathological.ALL_METHODS) - 1) + 1)
+    assert len(df) == len(p.seeds) * (len(p.lengths) * (len(p.methods) - 1) + 1)
     assert (df.iters == p.max_iters).all() and (df.train_seconds > 0).all() and (df.eval_seconds > 0).all()
     assert "Where the time went" in (tmp_path / "report.md").read_text()
 

@@ -36,9 +36,11 @@ def parser() -> argparse.ArgumentParser:
                        help="base seed, >= 0 (pathological: added to the protocol's seeds 0, 1, 2, ...: other trials)")
         s.add_argument("--no-progress", action="store_true", help="no progress bars")
         if name == "pathological":
-            s.add_argument("--protocol", choices=["quick", "reduced", "long", "extended", "budget", "full"], default=None,
-                           help="trial grid (default: quick with --quick, else reduced; budget with --quick: "
-                                "its CI form)")
+            s.add_argument("--protocol", choices=["quick", "reduced", "long", "extended", "budget", "full", "published",
+                                                         "paper", "mixed"], default=None,
+                           help="trial grid (default: quick with --quick, else reduced; budget and published with "
+                                "--quick: their CI forms; paper: Pascanu et al.'s faithful grid, for a cluster; "
+                                "mixed: their mixed-length temporal-order regime)")
             s.add_argument("--workers", type=int, default=2, help="local worker processes")
             s.add_argument("--scheduler", default=None,
                            help="a Dask scheduler address (tcp://host:port): run trials on that cluster")
@@ -51,6 +53,20 @@ def parser() -> argparse.ArgumentParser:
                            help="methods in place of the protocol's (any of the study's; the protocol's "
                                 "per-method length limits are then off: exactly these trials run)")
             s.add_argument("--max-iters", type=int, default=None, help="iteration cap in place of the protocol's")
+            s.add_argument("--min-length", type=int, default=None,
+                           help="draw each batch's length from [MIN, L) as their code does (L: each --lengths value)")
+            s.add_argument("--init", choices=["smart_tanh", "basic_tanh"], default=None,
+                           help="the tanh methods' init (their code's names; default: the protocol's)")
+            s.add_argument("--one-bias", action="store_true",
+                           help="one recurrent bias as their code (torch has two); recorded in the trial table")
+            s.add_argument("--resumable", action="store_true",
+                           help="trials checkpoint themselves under OUT/checkpoints and a rerun (a larger "
+                                "--max-iters included) continues from there (on in published, paper, mixed)")
+            s.add_argument("--checkpoint-seconds", type=float, default=None,
+                           help="a resumable trial saves at the first check this many seconds after its last save "
+                                "(default: the protocol's, 120)")
+            s.add_argument("--estimate-only", action="store_true",
+                           help="measure per-iteration rates, print the grid's core-hours and wall time, and stop")
             s.add_argument("--num-seeds", type=int, default=None,
                            help="run seeds SEED .. SEED+N-1 (SEED from --seed) in place of the protocol's seeds "
                                 "offset by --seed")
@@ -123,6 +139,12 @@ def check_args(args) -> None:
                 raise BadInput(f"--lengths: expected integers >= {MIN_LENGTH} (the tasks place their markers in "
                                f"tenths of the length), got {bad}")
             args.lengths = list(dict.fromkeys(args.lengths))
+        if args.min_length is not None and args.min_length < MIN_LENGTH:
+            raise BadInput(f"--min-length: expected an integer >= {MIN_LENGTH} (the tasks place their markers in "
+                           f"tenths of the length), got {args.min_length}")
+        cs = args.checkpoint_seconds
+        if cs is not None and not (cs >= 0 and cs != float("inf")):
+            raise BadInput(f"--checkpoint-seconds: expected a finite number >= 0, got {cs}")
         for option, value in (("--max-iters", args.max_iters), ("--num-seeds", args.num_seeds)):
             if value is not None:
                 with as_bad_input():

@@ -30,14 +30,17 @@ from __future__ import annotations
 
 import time
 from dataclasses import asdict, dataclass, replace
+from functools import partial
+from pathlib import Path
 
 import matplotlib.pyplot as plt
 import numpy as np
 import pandas as pd
 
-from scratch_rnn import init
+from scratch_rnn import init as rinit
+from scratch_rnn.fileio import atomic_write_text
 from scratch_rnn.models import ModelConfig, SequenceModel
-from scratch_rnn.train import TrainConfig, Trainer, TrainingStopped
+from scratch_rnn.train import CHECKPOINT_NAME, TrainConfig, Trainer, TrainingStopped
 
 from .common import (markdown_table, result_dir, save_figure, separation_chance, wilson_interval, write_csv,
                      write_json, write_report)
@@ -50,14 +53,39 @@ METHODS = ("sgd", "sgd_clip", "irnn")  # the protocols of part one
 # sgd_cr_exact: SGD-CR with the exact gradient of Ω into every parameter (form="exact", summed over steps: at init its
 # α‖∇Ω‖ is 16-68× the code form's at lengths 50-200, docs/gradients.md) in place of the code's form (= the paper's
 # eq. 10 up to α). Called sgd_cr_paper in part two's tables.
-ALL_METHODS = ("sgd", "sgd_clip", "sgd_cr", "sgd_cr_exact", "irnn", "lstm", "gru")
-CLIPPED = ("sgd_clip", "sgd_cr", "sgd_cr_exact", "irnn", "lstm", "gru")
+PART_TWO_METHODS = ("sgd", "sgd_clip", "sgd_cr", "sgd_cr_exact", "irnn", "lstm", "gru")
+# Part three: two cells in their authors' published settings (PUBLISHED below), not in Pascanu et al.'s.
+ALL_METHODS = PART_TWO_METHODS + ("lstm_rmsprop", "indrnn")
+CLIPPED = ("sgd_clip", "sgd_cr", "sgd_cr_exact", "irnn", "lstm", "gru")  # by the global norm, their code's rule
 CR_METHODS = {"sgd_cr": "code", "sgd_cr_exact": "exact"}  # method -> the form of Ω its step adds
 # Methods whose step is their code's (SGDCRTrainer): 'rescale' clipping with the fallback step past 1e10 / NaN / inf
-# (pascanur/trainingRNNs RNN.py l. 224-243); sgd_clip is the same step with α = 0.
-FALLBACK_METHODS = ("sgd_clip",) + tuple(CR_METHODS)
+# (pascanur/trainingRNNs RNN.py l. 224-243); sgd_clip, irnn, lstm and gru take the same step with α = 0 (part three:
+# "the clipping fallback in every clipped method"; before, irnn, lstm and gru used torch's clip_grad_norm_).
+FALLBACK_METHODS = CLIPPED
+TANH_METHODS = ("sgd", "sgd_clip", "sgd_cr", "sgd_cr_exact")  # their tanh RNN: the init options apply to these
+INITS = ("smart_tanh", "basic_tanh")  # RNN.py's 'smart_tanh' (the default here) and 'basic_tanh' (N(0, 0.1))
 CR_ALPHA = 2.0          # their default weight of Ω
 CR_FALLBACK_NORM = 1e10  # above it (or NaN/inf) their step is 0.02·W_hh on W_hh and nothing elsewhere
+# The published settings of the part-three methods; a trial of these methods takes them in place of the protocol's
+# hidden / batch / lr / clip (and they are what its row in trials.jsonl records):
+# - lstm_rmsprop: Arjovsky, Shah & Bengio (2016), github amarshah/complex_RNN adding_problem.py and models.py:
+#   LSTM with 128 units, batch 20, RMSProp lr 1e-3 as their rms_prop (v <- 0.9 v + 0.1 g², v starting at 1e-3, the
+#   step lr·g/√v, no ε), every gradient clipped elementwise to [-1, 1] (T.clip(g, -1, 1)); their LSTM's init:
+#   initialize_matrix = U(±√(6/(n_in + n_out))) per gate matrix, one bias per gate (zero, the forget gate's 1).
+#   Differences left: their LSTM has an output-gate peephole V_o c_t (torch's and ours have none) and a trained h0.
+# - indrnn: Li, Li, Cook, Zhu & Gao (CVPR 2018), authors' github Sunnydreamrain/IndRNN_Theano_Lasagne
+#   adding/adding.py: 2 layers of 128 relu units, W_ih N(0, 0.001²), u U(0, 2^(1/T)) in the first layer and
+#   U(2^(-1/T), 2^(1/T)) in the last (MAG = 2), u clipped to ±2^(1/T) before every batch (IndRNN.init_paper /
+#   constrain), one bias (lasagne's b, zero), Adam lr 2e-4 (lasagne's defaults β = (0.9, 0.999), ε = 1e-8, as
+#   torch's), batch 32. Their grad_clipping=10 is lasagne's clip of the gradient flowing through the recurrence,
+#   per step, elementwise; here the parameter gradients are clipped elementwise at 10 instead (clip_value), and
+#   their lr decay (x0.1 after every 20,000 batches) is not applied: both matter only past 20,000 updates.
+PUBLISHED = {
+    "lstm_rmsprop": dict(hidden=128, batch=20, lr=1e-3, clip=1.0),
+    "indrnn": dict(hidden=128, batch=32, lr=2e-4, clip=10.0),
+}
+INDRNN_LAYERS = 2
+RMSPROP_DECAY, RMSPROP_START = 0.9, 1e-3  # Arjovsky et al.'s rms_prop (models.py)
 BASELINE_ERROR = {"adding": 0.36, "temporal_order": 0.75}  # constant prediction / chance
 BUDGET_ITERS = 6000  # the budget protocol's iteration cap (measured to fit: docs/gradients.md)
 MIN_LENGTH = 10  # the tasks place their markers in tenths of the length (tasks._check_length)
@@ -86,6 +114,12 @@ class Protocol:
     track_samples: int = 0
     eval_chunk: int = 1000
     only: tuple = ()  # (method, lengths) pairs: these methods run at these lengths only
+    # Part three: the code's settings as options (each recorded in the trial's row when it is set).
+    min_length: int | None = None  # each batch's length drawn from [min_length, length) as RNN.py draws it
+    init: str = "smart_tanh"        # the tanh methods' init: RNN.py's 'smart_tanh' or 'basic_tanh' (N(0, 0.1))
+    one_bias: bool = False          # one recurrent bias, as their code (torch has two: b_ih + b_hh)
+    resumable: bool = False         # a trial checkpoints itself and a rerun continues from its checkpoint
+    checkpoint_seconds: float = 120.0  # a resumable trial saves at the first check this long after its last save
 
 
 PROTOCOLS = {
@@ -102,35 +136,101 @@ PROTOCOLS = {
                       max_iters=20, check_every=10, eval_samples=100, hidden=8),
     # Part two: the paper's lengths, all methods, their checks (every 20 iterations, solved = none of 10,000 fresh
     # samples wrong) behind the free screen; the cap is what fits 2 hours on 2 cores (docs/gradients.md).
-    "budget": Protocol("budget", ("adding", "temporal_order"), (50, 100, 150, 200), ALL_METHODS, (0, 1, 2),
+    "budget": Protocol("budget", ("adding", "temporal_order"), (50, 100, 150, 200), PART_TWO_METHODS, (0, 1, 2),
                        max_iters=BUDGET_ITERS, check_every=20, eval_samples=10_000, screen=True,
                        track_every=500, track_samples=1000, eval_chunk=250, only=(("sgd_cr_exact", (50,)),)),
     # its CI form: the same code and checks, two lengths, one seed, 40 iterations
-    "budget-quick": Protocol("budget-quick", ("adding", "temporal_order"), (50, 100), ALL_METHODS, (0,),
+    "budget-quick": Protocol("budget-quick", ("adding", "temporal_order"), (50, 100), PART_TWO_METHODS, (0,),
                              max_iters=40, check_every=20, eval_samples=10_000, screen=True, track_every=20,
                              track_samples=200, eval_chunk=250, only=(("sgd_cr_exact", (50,)),)),
+    # Part three. Each method in its published setting, at the lengths the must-show runs use (lstm_rmsprop: Arjovsky
+    # et al.'s T = 100, 200; indrnn: Li et al.'s T = 1,000, beside the tanh RNN with plain SGD); Pascanu et al.'s
+    # checks behind the screen; one bias; resumable.
+    "published": Protocol("published", ("adding",), (100, 200, 1000), ("lstm_rmsprop", "indrnn", "sgd"), (0, 1, 2),
+                          max_iters=30_000, check_every=20, eval_samples=10_000, screen=True, track_every=500,
+                          track_samples=1000, eval_chunk=250,
+                          only=(("lstm_rmsprop", (100, 200)), ("indrnn", (1000,)), ("sgd", (1000,))),
+                          one_bias=True, resumable=True),
+    "published-quick": Protocol("published-quick", ("adding",), (20,), ("lstm_rmsprop", "indrnn"), (0,),
+                                max_iters=20, check_every=10, eval_samples=200, screen=True, track_every=10,
+                                track_samples=50, eval_chunk=100, one_bias=True, resumable=True,
+                                checkpoint_seconds=0.0),
+    # The faithful grid of Pascanu et al. for a cluster: their code's settings (one bias, the fallback, 10,000-sample
+    # checks every 20 updates, up to 5·10⁶ updates, 5 runs a point), lengths 50-200, both tasks; resumable.
+    "paper": Protocol("paper", ("adding", "temporal_order"), (50, 100, 150, 200), ("sgd", "sgd_clip", "sgd_cr"),
+                      tuple(range(5)), max_iters=5_000_000, check_every=20, eval_samples=10_000, screen=True,
+                      track_every=500, track_samples=1000, eval_chunk=250, one_bias=True, resumable=True),
+    # The paper's 5-of-5 temporal-order result: one model per run on lengths drawn per batch from [50, 200), basic
+    # tanh init (N(0, 0.1)), SGD-CR.
+    "mixed": Protocol("mixed", ("temporal_order",), (200,), ("sgd_cr",), tuple(range(5)), max_iters=5_000_000,
+                      check_every=20, eval_samples=10_000, screen=True, track_every=500, track_samples=1000,
+                      eval_chunk=250, min_length=50, init="basic_tanh", one_bias=True, resumable=True),
 }
 
 
-def build(task: str, method: str, hidden: int, seed: int) -> SequenceModel:
-    """The model of one trial: dense input -> RNN -> last state -> Linear readout -> the task's loss."""
+def _glorot(rng, n_in: int, n_out: int) -> np.ndarray:
+    """Arjovsky et al.'s initialize_matrix(n_in, n_out): U(±√(6/(n_in + n_out))), shape (n_in, n_out)."""
+    bound = np.sqrt(6.0 / (n_in + n_out))
+    return rng.uniform(-bound, bound, size=(n_in, n_out))
+
+
+def build(task: str, method: str, hidden: int, seed: int, *, length: int | None = None, init: str = "smart_tanh",
+          one_bias: bool = False) -> SequenceModel:
+    """The model of one trial: dense input -> RNN -> last state -> Linear readout -> the task's loss.
+
+    ``length``: the trial's (longest) sequence length, which IndRNN's init reads (u within 2^(±1/T)). ``init``:
+    for the tanh methods, RNN.py's 'smart_tanh' (sparse Gaussian W_hh at spectral radius 0.95, W_ih and the readout
+    N(0, 0.01²)) or 'basic_tanh' (W_ih, W_hh and the readout N(0, 0.1²)); zero biases either way. ``one_bias``: the
+    second bias (``bias_hh``) starts at zero (the trainer then keeps it there: :class:`TrialTrainer`).
+    """
     spec = TASKS[task]
     rng = np.random.default_rng(seed)
+    if init not in INITS:
+        raise ValueError(f"init: expected one of {list(INITS)}, got {init!r}")
+    if method == "indrnn":
+        if length is None:
+            raise ValueError("length: IndRNN's init bounds u by 2^(1/T): give the trial's length")
+        model = SequenceModel(ModelConfig(hidden_size=hidden, out_features=spec.n_out, input_size=spec.n_in,
+                                          nonlinearity="relu", cell="indrnn", num_layers=INDRNN_LAYERS,
+                                          pooling="last", loss=spec.loss, dtype="float64", seed=seed))
+        model.rnn.init_paper(length)  # adding/adding.py: MAG 2, W_ih N(0, 0.001²), zero bias
+        model.rnn.fast_loop = True  # whole-sequence products (held to the generic loop: tests/test_indrnn.py)
+        # lasagne's DenseLayer: W GlorotUniform (its gain 1: U(±√(6/(n_in + n_out)))), b = 0
+        model.head.load_state_dict({"weight": _glorot(rng, hidden, spec.n_out).T, "bias": np.zeros(spec.n_out)})
+        return model
     nonlinearity = "relu" if method == "irnn" else "tanh"
-    cell = method if method in ("lstm", "gru") else "rnn"
+    cell = "lstm" if method in ("lstm", "lstm_rmsprop") else ("gru" if method == "gru" else "rnn")
     model = SequenceModel(ModelConfig(hidden_size=hidden, out_features=spec.n_out, input_size=spec.n_in,
                                       nonlinearity=nonlinearity, cell=cell, pooling="last", loss=spec.loss,
                                       dtype="float64", seed=seed))
+    params = model.rnn.parameters()
+    if method == "lstm_rmsprop":  # models.py LSTM(): W_* (I, H) and U_* (H, H) per gate, b_f = 1, other biases 0
+        H, n_in = hidden, spec.n_in
+        params["weight_ih_l0"][...] = np.concatenate([_glorot(rng, n_in, H).T for _ in range(4)])
+        params["weight_hh_l0"][...] = np.concatenate([_glorot(rng, H, H).T for _ in range(4)])
+        params["bias_ih_l0"][...] = 0.0
+        params["bias_ih_l0"][H:2 * H] = 1.0  # torch's gate order i, f, g, o
+        params["bias_hh_l0"][...] = 0.0  # their one bias per gate
+        model.head.load_state_dict({"weight": _glorot(rng, H, spec.n_out).T, "bias": np.zeros(spec.n_out)})
+        return model
     if cell != "rnn":  # their usual init: torch's U(±1/√H), and for the LSTM a forget-gate bias of 1
         if cell == "lstm":
-            model.rnn.parameters()["bias_ih_l0"][hidden:2 * hidden] = 1.0
-            model.rnn.parameters()["bias_hh_l0"][hidden:2 * hidden] = 0.0
+            params["bias_ih_l0"][hidden:2 * hidden] = 1.0
+            params["bias_hh_l0"][hidden:2 * hidden] = 0.0
+        if one_bias:
+            params["bias_hh_l0"][...] = 0.0
     elif method == "irnn":
-        init.init_rnn(model.rnn, init.RecurrentInit("identity", zero_bias=True, input_std=1e-3), seed=rng)
+        rinit.init_rnn(model.rnn, rinit.RecurrentInit("identity", zero_bias=True, input_std=1e-3), seed=rng)
+    elif init == "basic_tanh":  # RNN.py 'basic_tanh': W_uh, W_hh, W_hy N(0, 0.1²), zero biases
+        params["weight_ih_l0"][...] = rng.normal(0, 0.1, params["weight_ih_l0"].shape)
+        params["weight_hh_l0"][...] = rng.normal(0, 0.1, params["weight_hh_l0"].shape)
+        params["bias_ih_l0"][...] = params["bias_hh_l0"][...] = 0.0
+        model.head.load_state_dict({"weight": rng.normal(0, 0.1, (spec.n_out, hidden)), "bias": np.zeros(spec.n_out)})
+        return model
     else:
-        cfg = init.RecurrentInit("gaussian", scale=0.95, target="spectral_radius",
+        cfg = rinit.RecurrentInit("gaussian", scale=0.95, target="spectral_radius",
                                  nonzero_per_row=min(15, hidden), zero_bias=True, input_std=0.01)
-        init.init_rnn(model.rnn, cfg, seed=rng)
+        rinit.init_rnn(model.rnn, cfg, seed=rng)
     model.head.load_state_dict({"weight": rng.normal(0, 0.01, (spec.n_out, hidden)), "bias": np.zeros(spec.n_out)})
     return model
 
@@ -140,14 +240,23 @@ def batch_first(x: np.ndarray) -> np.ndarray:
     return x.transpose(1, 0, 2)
 
 
-def evaluate(task, model, rng, samples: int, length: int, chunk: int = 1000) -> float:
-    """Fraction of wrong samples among ``samples`` fresh ones (eval mode)."""
+def draw_length(rng: np.random.Generator, length: int, min_length: int | None) -> int:
+    """One batch's length: ``length``, or with ``min_length`` < ``length`` one drawn from [min_length, length), as
+    RNN.py draws it (``min_length + rng.randint(max_length - min_length)``, once per batch)."""
+    if min_length is None or min_length >= length:
+        return length
+    return int(min_length + rng.integers(length - min_length))
+
+
+def evaluate(task, model, rng, samples: int, length: int, chunk: int = 1000, min_length: int | None = None) -> float:
+    """Fraction of wrong samples among ``samples`` fresh ones (eval mode); with ``min_length``, each chunk's length
+    is drawn from [min_length, length) (RNN.py draws one per evaluation batch)."""
     wrong = 0
     model.eval()
     try:
         for start in range(0, samples, chunk):
             n = min(chunk, samples - start)
-            x, y = make_batch(task, rng, n, length)
+            x, y = make_batch(task, rng, n, draw_length(rng, length, min_length))
             out, _ = model(batch_first(x))
             wrong += int(sample_errors(task, out, y).sum())
     finally:
@@ -156,20 +265,29 @@ def evaluate(task, model, rng, samples: int, length: int, chunk: int = 1000) -> 
 
 
 class FreshBatches:
-    """The trial's batch source: every "epoch" is ``per_epoch`` fresh batches from one generator.
+    """The trial's batch source: every "epoch" is ``per_epoch`` fresh batches.
 
-    It draws as it goes (a trial is never resumed midway: the sweep reruns an unfinished trial whole).
+    Two streams. Given ``rng``, batches are drawn from it as the trial goes (the older protocols' stream; such a trial
+    is never resumed midway). Given ``seed`` instead, epoch e's batches come from ``default_rng([seed, 1, e])``: the
+    same batches whenever epoch e is asked for, which is what a resume from a checkpoint needs. ``min_length``: each
+    batch's length is drawn from [min_length, length) (:func:`draw_length`).
     """
 
-    def __init__(self, task: str, length: int, batch: int, rng: np.random.Generator, per_epoch: int):
+    def __init__(self, task: str, length: int, batch: int, rng: np.random.Generator | None, per_epoch: int, *,
+                 seed: int | None = None, min_length: int | None = None):
+        if (rng is None) == (seed is None):
+            raise ValueError(f"rng/seed: give exactly one (a running stream, or per-epoch streams), got rng={rng!r}, "
+                             f"seed={seed!r}")
         self.task, self.length, self.batch, self.rng, self.per_epoch = task, length, batch, rng, per_epoch
+        self.seed, self.min_length = seed, min_length
 
     def num_batches(self, epoch: int) -> int:
         return self.per_epoch
 
     def batches(self, epoch: int):
+        rng = self.rng if self.seed is None else np.random.default_rng([self.seed, 1, epoch])
         for _ in range(self.per_epoch):
-            x, y = make_batch(self.task, self.rng, self.batch, self.length)
+            x, y = make_batch(self.task, rng, self.batch, draw_length(rng, self.length, self.min_length))
             self.last_y = y  # the batch the trainer is stepping on (read by Screen)
             yield batch_first(x), y, None
 
@@ -199,10 +317,41 @@ class Screen:
         return error
 
 
-class SGDCRTrainer(Trainer):
+class TrialTrainer(Trainer):
+    """The Trainer with the published settings that change a step (the loop, evaluation and stopping stay the
+    Trainer's): ``one_bias`` keeps every ``bias_hh`` at its value (zero) by zeroing its gradient before the norm is
+    measured, so the model has their code's one bias (torch's second bias doubles the bias's step under SGD);
+    ``constrain`` is called before every step's forward (IndRNN: u clipped to ±2^(1/T) before every batch, as
+    adding/adding.py does); ``square_avg_start`` starts RMSprop's running average of g² there (Arjovsky et al.'s
+    rms_prop starts it at 1e-3, torch's at 0)."""
+
+    def __init__(self, model, config, *, one_bias: bool = False, constrain=None, square_avg_start=None, **hooks):
+        super().__init__(model, config, **hooks)
+        self.one_bias, self.constrain = bool(one_bias), constrain
+        self._second_biases = [k for k in model.parameters() if k.startswith("rnn.bias_hh")] if one_bias else []
+        if square_avg_start is not None:  # a checkpoint's state, when one is loaded, replaces this
+            for name, p in model.parameters().items():
+                self.optimizer.state[name].update(step=np.array(0.0), square_avg=np.full_like(p, square_avg_start))
+
+    def _forward_backward(self, x, y, h0, lengths):
+        if self.constrain is not None:
+            self.constrain()
+        return super()._forward_backward(x, y, h0, lengths)
+
+    def _drop_second_bias(self) -> None:
+        grads = self.model.grads
+        for k in self._second_biases:
+            grads[k].fill(0.0)
+
+    def _measure_and_clip(self) -> float:
+        self._drop_second_bias()
+        return super()._measure_and_clip()
+
+
+class SGDCRTrainer(TrialTrainer):
     """SGD-CR as pascanur/trainingRNNs RNN.py runs it: the one step the Trainer takes is changed in its
     gradient, nothing else (the loop, evaluation and stopping are the Trainer's). With ``alpha=0`` it is their
-    clipped SGD (method ``sgd_clip``): the same clipping and fallback, no Ω.
+    clipped SGD (methods ``sgd_clip``, ``irnn``, ``lstm``, ``gru``): the same clipping and fallback, no Ω.
 
     After backward, α times the gradient of Ω (``pascanu_omega``; the code's form reaches W_hh only, the exact
     form, method ``sgd_cr_exact``, every parameter) is added to the gradients (RNN.py l. 216-217); the norm of all
@@ -213,8 +362,8 @@ class SGDCRTrainer(Trainer):
     """
 
     def __init__(self, model, config, *, clip: float, alpha: float = CR_ALPHA, omega_form: str = "code",
-                 omega_steps: str | None = None, **hooks):
-        super().__init__(model, config, **hooks)
+                 omega_steps: str | None = None, **options):
+        super().__init__(model, config, **options)
         self.clip, self.alpha, self.omega_form, self.omega_steps = clip, alpha, omega_form, omega_steps
         self.omegas = []
 
@@ -233,6 +382,7 @@ class SGDCRTrainer(Trainer):
                     grads[f"rnn.{name}"] += self.alpha * g
             except FloatingPointError:  # Ω overflowed: their code's norm would be NaN, so the fallback
                 norm = float("inf")
+        self._drop_second_bias()  # their code has no second bias: neither its gradient nor its norm
         norm = total_norm(grads, 2) if norm is None else norm
         if not np.isfinite(norm) or norm > CR_FALLBACK_NORM:
             for g in grads.values():
@@ -269,9 +419,27 @@ def omega_scale(task: str, length: int, seed: int, *, hidden: int = 50, batch: i
                 ratio_exact_mean_code=norm["exact_mean"] / norm["code"])
 
 
-def trial_trainer(spec: dict, model: SequenceModel, eval_rng: np.random.Generator,
-                  source: FreshBatches | None = None) -> Trainer:
-    """The Trainer of one trial: SGD, clipping for every method but plain sgd, a check every check_every steps.
+def optimizer_settings(spec: dict) -> dict:
+    """How a trial's method steps: the TrainConfig's optimizer fields and the step options (for the trial table).
+
+    Pascanu et al.'s methods: SGD at ``lr``; every clipped one (:data:`CLIPPED`) with their 'rescale' clipping at
+    ``clip`` and the fallback (:class:`SGDCRTrainer`). lstm_rmsprop and indrnn: their authors' (:data:`PUBLISHED`).
+    """
+    method = spec["method"]
+    if method == "lstm_rmsprop":
+        return dict(optimizer="rmsprop", optimizer_kwargs={"lr": spec["lr"], "alpha": RMSPROP_DECAY, "eps": 0.0},
+                    clip_value=spec["clip"], clip_norm=None, clip_style="elementwise", square_avg_start=RMSPROP_START)
+    if method == "indrnn":
+        return dict(optimizer="adam", optimizer_kwargs={"lr": spec["lr"]}, clip_value=spec["clip"], clip_norm=None,
+                    clip_style="elementwise", square_avg_start=None)
+    return dict(optimizer="sgd", optimizer_kwargs={"lr": spec["lr"]}, clip_value=None, clip_norm=None,
+                clip_style="norm+fallback" if method in CLIPPED else "none", square_avg_start=None)
+
+
+def trial_trainer(spec: dict, model: SequenceModel, eval_rng, source: FreshBatches | None = None, *,
+                  checkpoint_dir=None) -> Trainer:
+    """The Trainer of one trial: its method's optimizer and clipping (:func:`optimizer_settings`), a check every
+    check_every steps.
 
     A check evaluates ``eval_samples`` fresh samples (with ``confirm_samples``, a zero error is confirmed on that
     many more before the trial counts as solved). With ``screen`` (the budget protocol; needs ``source``) a check
@@ -279,17 +447,33 @@ def trial_trainer(spec: dict, model: SequenceModel, eval_rng: np.random.Generato
     when none of them was wrong; ``track_samples`` fresh samples every ``track_every`` steps and at the last check
     give the error curve. Each check's row: ``error`` (the evaluation run, if any, else None), and with screen
     ``screen_error``, ``test_error`` and ``track_error`` (None when not run).
+
+    ``eval_rng``: a generator the checks draw from in turn, or a callable ``eval_rng(step)`` giving each check's own
+    generator (a resumable trial: a check's samples depend on its step only). ``checkpoint_dir``: the Trainer saves
+    its last state there at the end of ``fit`` (the trial's checks save the others: :func:`_run_trial`).
     """
     method = spec["method"]
-    clip = spec["clip"] if method in CLIPPED else None
-    cfg = TrainConfig(optimizer="sgd", optimizer_kwargs={"lr": spec["lr"]},
-                      clip_norm=None if method in FALLBACK_METHODS else clip,
+    opt = optimizer_settings(spec)
+    cfg = TrainConfig(optimizer=opt["optimizer"], optimizer_kwargs=opt["optimizer_kwargs"],
+                      clip_norm=opt["clip_norm"], clip_value=opt["clip_value"],
                       epochs=-(-spec["max_iters"] // spec["check_every"]), max_steps=spec["max_iters"],
-                      divergence_factor=None, progress=False)
+                      divergence_factor=None, progress=False,
+                      checkpoint_dir=None if checkpoint_dir is None else str(checkpoint_dir))
     chunk = spec.get("eval_chunk", 1000)
+    per_check = callable(eval_rng)
+    current = {}
+
+    def check_rng():
+        if per_check:
+            step = trainer.step
+            if current.get("step") != step:  # one generator per check, shared by that check's evaluations
+                current.update(step=step, rng=eval_rng(step))
+            return current["rng"]
+        return eval_rng
 
     def fresh_error(samples):
-        return evaluate(spec["task"], model, eval_rng, samples, spec["length"], chunk=chunk)
+        return evaluate(spec["task"], model, check_rng(), samples, spec["length"], chunk=chunk,
+                        min_length=spec.get("min_length"))
 
     def evaluate_trial(m):
         error = fresh_error(spec["eval_samples"])
@@ -298,11 +482,8 @@ def trial_trainer(spec: dict, model: SequenceModel, eval_rng: np.random.Generato
             error = fresh_error(confirm)
         return {"error": error}
 
-    checks = []
-
     def screened_check(m):
-        checks.append(None)
-        step = len(checks) * spec["check_every"]
+        step = trainer.step
         row = {"screen_error": screen.take(), "test_error": None, "track_error": None}
         if row["screen_error"] == 0.0:
             row["test_error"] = fresh_error(spec["eval_samples"])
@@ -318,29 +499,103 @@ def trial_trainer(spec: dict, model: SequenceModel, eval_rng: np.random.Generato
         hooks = dict(evaluate=screened_check, stop_when=lambda row: row["test_error"] == 0.0, callback=screen)
     else:
         hooks = dict(evaluate=evaluate_trial, stop_when=lambda row: row["error"] == 0.0)
+    options = dict(one_bias=bool(spec.get("one_bias")) or method in PUBLISHED, square_avg_start=opt["square_avg_start"],
+                   constrain=model.rnn.constrain if method == "indrnn" else None)
     if method in CR_METHODS:
-        return SGDCRTrainer(model, cfg, clip=clip, alpha=spec.get("alpha", CR_ALPHA),
-                            omega_form=spec.get("omega_form", CR_METHODS[method]),
-                            omega_steps=spec.get("omega_steps"), **hooks)
-    if method in FALLBACK_METHODS:  # sgd_clip: their clipped step with its fallback, no Ω
-        return SGDCRTrainer(model, cfg, clip=clip, alpha=0.0, **hooks)
-    return Trainer(model, cfg, **hooks)
+        trainer = SGDCRTrainer(model, cfg, clip=spec["clip"], alpha=spec.get("alpha", CR_ALPHA),
+                               omega_form=spec.get("omega_form", CR_METHODS[method]),
+                               omega_steps=spec.get("omega_steps"), **options, **hooks)
+    elif method in FALLBACK_METHODS:  # their clipped step with its fallback, no Ω
+        trainer = SGDCRTrainer(model, cfg, clip=spec["clip"], alpha=0.0, **options, **hooks)
+    else:
+        trainer = TrialTrainer(model, cfg, **options, **hooks)
+    return trainer
 
 
-def run_trial(spec: dict) -> dict:
-    """One (task, length, method, seed) training run; a module-level function for the workers."""
+def checkpoint_key(spec: dict) -> str:
+    """The folder name of a trial's checkpoint: its id without the iteration cap (a rerun with a larger
+    ``max_iters`` continues the same trial), hashed to a short name."""
+    import hashlib
+
+    from .sweep import trial_id
+
+    rest = {k: v for k, v in spec.items() if k != "max_iters"}
+    return hashlib.sha256(trial_id(rest).encode()).hexdigest()[:16]
+
+
+def run_trial(spec: dict, checkpoint_root=None, checkpoint_seconds: float | None = None) -> dict:
+    """One (task, length, method, seed) training run; a module-level function for the workers.
+
+    A resumable trial (``spec["resumable"]``) with a ``checkpoint_root`` checkpoints itself under
+    ``checkpoint_root/<checkpoint_key>`` and continues from what it finds there."""
     from threadpoolctl import threadpool_limits
 
     with threadpool_limits(1):  # one BLAS thread per worker: trials run side by side
-        return _run_trial(spec)
+        return _run_trial(spec, checkpoint_root=checkpoint_root, checkpoint_seconds=checkpoint_seconds)
 
 
-def _run_trial(spec: dict) -> dict:
-    t0 = time.time()
+def _check_rng(seed: int, step: int) -> np.random.Generator:
+    """The generator of a resumable trial's check at ``step``: its samples depend on the seed and the step only."""
+    return np.random.default_rng([seed, 2, step])
+
+
+def _trial_parts(spec: dict, checkpoint_dir=None):
+    """(model, source, trainer) of a trial, fresh."""
     task, length, seed = spec["task"], spec["length"], spec["seed"]
-    model = build(task, spec["method"], spec["hidden"], seed)
-    source = FreshBatches(task, length, spec["batch"], np.random.default_rng([seed, 1]), spec["check_every"])
-    trainer = trial_trainer(spec, model, np.random.default_rng([seed, 2]), source)
+    model = build(task, spec["method"], spec["hidden"], seed, length=length, init=spec.get("init", "smart_tanh"),
+                  one_bias=bool(spec.get("one_bias")))
+    if spec.get("resumable"):
+        source = FreshBatches(task, length, spec["batch"], None, spec["check_every"], seed=seed,
+                              min_length=spec.get("min_length"))
+        eval_rng = partial(_check_rng, seed)
+    else:
+        source = FreshBatches(task, length, spec["batch"], np.random.default_rng([seed, 1]), spec["check_every"],
+                              min_length=spec.get("min_length"))
+        eval_rng = np.random.default_rng([seed, 2])
+    return model, source, trial_trainer(spec, model, eval_rng, source, checkpoint_dir=checkpoint_dir)
+
+
+def _forget_cap_track(trainer: Trainer, spec: dict) -> None:
+    """A screened trial tracks its error at its cap whatever the cap (the end of a run's curve); a rerun with a
+    larger cap continues past it, and an uninterrupted run would not have sampled there: that one sample is dropped
+    from the resumed curve (the training it does not touch: each check has its own generator), so the resumed
+    trial's row is the uninterrupted run's."""
+    if not spec.get("screen") or not trainer.epochs:
+        return
+    row = trainer.epochs[-1]
+    if row.get("track_error") is not None and row["step"] == trainer.step and row["step"] % spec["track_every"]:
+        trainer.epochs[-1] = {**row, "track_error": None, "error": row.get("test_error")}
+
+
+def _run_trial(spec: dict, checkpoint_root=None, checkpoint_seconds: float | None = None) -> dict:
+    t0 = time.time()
+    ckdir = None
+    if spec.get("resumable") and checkpoint_root is not None:
+        ckdir = Path(checkpoint_root) / checkpoint_key(spec)
+        ckdir.mkdir(parents=True, exist_ok=True)
+    _, source, trainer = _trial_parts(spec, ckdir)
+    resumed_from = 0
+    if ckdir is not None and (ckdir / CHECKPOINT_NAME).exists():
+        trainer.load_checkpoint()
+        resumed_from = trainer.step
+        _forget_cap_track(trainer, spec)
+        if trainer.step > spec["max_iters"]:  # a checkpoint past this cap: this run starts afresh, saving nothing
+            _, source, trainer = _trial_parts(spec, None)
+            ckdir, resumed_from = None, 0
+    if ckdir is not None:
+        every = spec.get("checkpoint_seconds", 120.0) if checkpoint_seconds is None else checkpoint_seconds
+        decide, last = trainer.stop_when, [time.monotonic()]
+
+        def stop_and_save(row):  # at a check: the state between two epochs (no screen count, no partial epoch)
+            stop = bool(decide(row))
+            if stop or time.monotonic() - last[0] >= every:
+                if stop:
+                    trainer.stop_reason = "stop_when"  # saved: a rerun of a solved trial does nothing more
+                trainer.save_checkpoint()
+                last[0] = time.monotonic()
+            return stop
+
+        trainer.stop_when = stop_and_save
     diverged = False
     try:
         trainer.fit(source)
@@ -351,13 +606,19 @@ def _run_trial(spec: dict) -> dict:
     losses_ = trainer.losses if trainer.history else np.array([np.nan])
     tail = losses_[-max(1, len(losses_) // 10):]
     clip = spec["clip"]
+    opt = optimizer_settings(spec)
+    solved = trainer.stop_reason == "stop_when" if spec.get("screen") else bool(errors) and errors[-1] == 0.0
+    extra = dict(solved_at=trainer.step if solved else None)  # the check that solved it stopped the trial
     if spec.get("screen"):
-        solved = trainer.stop_reason == "stop_when"
-        extra = dict(solved_at=trainer.step if solved else None,
-                     tests=sum(row["test_error"] is not None for row in trainer.epochs))
-    else:
-        solved = bool(errors) and errors[-1] == 0.0
-        extra = dict(solved_at=trainer.step if solved else None)  # the check that solved it stopped the trial
+        extra["tests"] = sum(row.get("test_error") is not None for row in trainer.epochs)
+    if spec.get("resumable"):  # part three's rows: the settings that ran, the error curve, where it resumed
+        extra.update(optimizer=opt["optimizer"], clip_style=opt["clip_style"],
+                     layers=INDRNN_LAYERS if spec["method"] == "indrnn" else 1,
+                     one_bias_effective=bool(spec.get("one_bias")) or spec["method"] in ("lstm_rmsprop", "indrnn"),
+                     length_range=[spec.get("min_length") or spec["length"], spec["length"]],
+                     init_effective=spec.get("init", "smart_tanh") if spec["method"] in TANH_METHODS else "method's",
+                     curve=[[row["step"], row["error"]] for row in trainer.epochs if row["error"] is not None],
+                     resumed_from=resumed_from)
     return dict(solved=solved, diverged=diverged, iters=trainer.step,
                 final_error=errors[-1] if errors else 1.0, best_error=min([1.0] + errors),
                 final_train_loss=float(np.mean(tail)), grad_norm_median=float(np.median(norms)),
@@ -369,17 +630,37 @@ def _run_trial(spec: dict) -> dict:
 
 # Relative cost of one iteration per method at a given length (measured, docs/gradients.md): the screened grid
 # hands out its dearest trials first, so that no long trial starts last while the other worker idles.
-COST = {"sgd": 1.0, "sgd_clip": 1.0, "irnn": 1.0, "sgd_cr": 2.5, "sgd_cr_exact": 3.0, "lstm": 7.5, "gru": 6.5}
+COST = {"sgd": 1.0, "sgd_clip": 1.0, "irnn": 1.0, "sgd_cr": 2.5, "sgd_cr_exact": 3.0, "lstm": 7.5, "gru": 6.5,
+        "lstm_rmsprop": 30.0, "indrnn": 12.0}
 
 
 def specs_for(p: Protocol, tasks=None) -> list[dict]:
+    """The protocol's trials. A field of part three is in a spec only when it is set (min_length, init other than
+    smart_tanh, one_bias, resumable), so the older protocols' trial ids stay as they were; the methods of
+    :data:`PUBLISHED` take their authors' hidden size, batch, learning rate and clipping threshold."""
     only = dict(p.only)
     extra = dict(screen=True, track_every=p.track_every, track_samples=p.track_samples,
                  eval_chunk=p.eval_chunk) if p.screen else {}  # the older protocols' trial ids stay as they were
-    specs = [dict(task=t, length=L, method=m, seed=s, hidden=p.hidden, batch=p.batch, lr=p.lr, clip=p.clip,
-                  max_iters=p.max_iters, check_every=p.check_every, eval_samples=p.eval_samples, **extra)
-             for t in (tasks or p.tasks) for L in p.lengths for m in p.methods if L in only.get(m, p.lengths)
-             for s in p.seeds]
+    if p.one_bias:
+        extra["one_bias"] = True
+    if p.resumable:
+        extra["resumable"] = True
+    specs = []
+    for t in (tasks or p.tasks):
+        for L in p.lengths:
+            for m in p.methods:
+                if L not in only.get(m, p.lengths):
+                    continue
+                for s in p.seeds:
+                    spec = dict(task=t, length=L, method=m, seed=s, hidden=p.hidden, batch=p.batch, lr=p.lr,
+                                clip=p.clip, max_iters=p.max_iters, check_every=p.check_every,
+                                eval_samples=p.eval_samples, **extra)
+                    spec.update(PUBLISHED.get(m, {}))
+                    if p.min_length is not None and p.min_length < L:
+                        spec["min_length"] = p.min_length
+                    if p.init != "smart_tanh" and m in TANH_METHODS:
+                        spec["init"] = p.init
+                    specs.append(spec)
     if p.screen:
         specs.sort(key=lambda s: -s["length"] * COST[s["method"]])  # stable: ties keep the grid's order
     return specs
@@ -458,16 +739,174 @@ def plot(summary: pd.DataFrame, path, p: Protocol):
     save_figure(fig, path)
 
 
-def run(p: Protocol, out, *, workers=2, scheduler=None, scheduler_timeout=None, tasks=None, progress=True) -> dict:
+def _rate_key(s: dict) -> tuple:
+    return (s["task"], s["method"], s["length"], s.get("min_length"), s["hidden"], s["batch"], s.get("init"),
+            bool(s.get("one_bias")))
+
+
+def measure_rates(specs, *, iters: int = 2) -> dict:
+    """Measured cost of each distinct trial setting among ``specs``: {key: (s per training iteration, s per
+    evaluated sample)}. One BLAS thread (as a worker runs), one warm-up iteration, then ``iters`` timed ones on
+    fresh batches, of which the fastest counts; then one forward over an evaluation chunk. Timed in the process's
+    CPU time (``time.process_time``): core-seconds, which other work sharing the cores does not inflate (wall-clock
+    timings on a busy machine lose whole scheduler slices at random)."""
+    from threadpoolctl import threadpool_limits
+
+    rates = {}
+    with threadpool_limits(1):
+        for s in specs:
+            key = _rate_key(s)
+            if key in rates:
+                continue
+            probe = {k: v for k, v in s.items() if k not in ("resumable", "screen")}
+            probe.update(check_every=iters + 1, max_iters=iters + 1)
+            _, source, trainer = _trial_parts(probe)
+            model = trainer.model
+            batches = list(source.batches(0))
+            trainer.train_batch(*batches[0])
+            times = []
+            for b in batches[1:]:
+                t0 = time.process_time()
+                trainer.train_batch(*b)
+                times.append(time.process_time() - t0)
+            per_iter = min(times)
+            n = min(s.get("eval_chunk", 1000), 250)
+            t0 = time.process_time()
+            evaluate(s["task"], model, np.random.default_rng(0), n, s["length"], chunk=n, min_length=s.get("min_length"))
+            rates[key] = (per_iter, (time.process_time() - t0) / n)
+    return rates
+
+
+def estimate_cost(specs, rates: dict, workers: int) -> dict:
+    """Each trial's cost at its cap (training plus its fresh-sample checks: the tracking samples of a screened
+    trial, every check's samples of an unscreened one; a screened trial's 10,000-sample tests run only on a clean
+    screen and are left out), summed: core-hours, and the wall time on ``workers`` single-core workers, which is at
+    least max(total / workers, the longest trial)."""
+    rows = []
+    for s in specs:
+        per_iter, per_sample = rates[_rate_key(s)]
+        n = s["max_iters"]
+        samples = (n // s["track_every"]) * s["track_samples"] if s.get("screen") else \
+            (n // s["check_every"]) * s["eval_samples"]
+        rows.append(dict(task=s["task"], length=s["length"], method=s["method"], seed=s["seed"], max_iters=n,
+                         ms_per_iter=1e3 * per_iter, seconds=n * per_iter + samples * per_sample))
+    total = sum(r["seconds"] for r in rows)
+    longest = max((r["seconds"] for r in rows), default=0.0)
+    return dict(trials=len(rows), core_hours=total / 3600, longest_trial_hours=longest / 3600, workers=workers,
+                wall_hours=max(total / max(workers, 1), longest) / 3600, per_trial=rows)
+
+
+def cost_line(cost: dict) -> str:
+    return (f"cost before compute: {cost['trials']} trial(s) to run, at most {cost['core_hours']:.3g} core-hours at "
+            f"their caps (measured per-iteration rates); on {cost['workers']} worker(s) at least "
+            f"{_hours(cost['wall_hours'])} wall (the longest trial alone: {_hours(cost['longest_trial_hours'])})")
+
+
+def _hours(h: float) -> str:
+    if h < 1 / 60:
+        return f"{h * 3600:.0f} s"
+    if h < 1:
+        return f"{h * 60:.0f} min"
+    if h < 48:
+        return f"{h:.1f} h"
+    return f"{h / 24:.1f} days"
+
+
+def cost_table(cost: dict) -> pd.DataFrame:
+    """Per (task, length, method): trials, the cap, ms per iteration and core-hours at the cap."""
+    df = pd.DataFrame(cost["per_trial"])
+    g = df.groupby(["task", "length", "method"], sort=True)
+    out = g.agg(trials=("seed", "size"), max_iters=("max_iters", "max"), ms_per_iter=("ms_per_iter", "mean"),
+                core_hours=("seconds", "sum")).reset_index()
+    out["core_hours"] /= 3600
+    return out
+
+
+# Published points for the learning curves (docs/gradients.md cites each):
+# Arjovsky, Shah & Bengio (2016), their adding-problem figures (amarshah/complex_RNN paper/uRNN/figures/adding_*.jpeg,
+# read off the plots; their task and metric differ: markers in each half, target the sum, test MSE): the LSTM
+# (H = 128, RMSProp 1e-3, clip 1) leaves the baseline at about 1k updates and reaches MSE ≈ 0 by about 5k at T = 100,
+# about 20k at T = 200 and about 15k at T = 400.
+ARJOVSKY_LSTM = {100: ((1_000, "leaves the baseline"), (5_000, "MSE ≈ 0")), 200: ((20_000, "MSE ≈ 0"),),
+                 400: ((15_000, "MSE ≈ 0"),)}
+# Pascanu et al.'s own SGD-CR temporal-order log (pascanur/trainingRNNs test_output.txt: valid error % every 2,000
+# updates, solved at 336,000; the run's lengths are not recorded, the code's default draws them from [50, 200)); a
+# subset of its lines:
+PASCANU_SGDCR_LOG = ((2_000, 75.04), (8_000, 67.83), (10_000, 54.17), (18_000, 53.80), (26_000, 50.51),
+                     (30_000, 74.86), (50_000, 74.94), (88_000, 53.63), (100_000, 74.93), (106_000, 38.54),
+                     (120_000, 75.23), (150_000, 76.05), (200_000, 74.83), (242_000, 50.29), (252_000, 48.32),
+                     (262_000, 25.10), (268_000, 75.72), (274_000, 11.74), (280_000, 0.50), (282_000, 22.66),
+                     (286_000, 78.46), (296_000, 0.44), (298_000, 52.31), (310_000, 5.56), (320_000, 18.47),
+                     (326_000, 0.69), (334_000, 72.48), (336_000, 0.0))
+
+
+def plot_curves(df: pd.DataFrame, path) -> None:
+    """Error (%) against updates (log scale), one panel per (task, length), one line per trial coloured by method,
+    with the published points: Arjovsky et al.'s LSTM on adding (vertical marks), Pascanu et al.'s SGD-CR log on
+    temporal order. A solved trial ends with a 0 % point, drawn at the bottom of the panel."""
+    rows = df[df["curve"].notna()] if "curve" in df else df.iloc[:0]
+    cells = sorted({(r.task, int(r.length)) for r in rows.itertuples()})
+    if not cells:
+        return
+    fig, axes = plt.subplots(1, len(cells), figsize=(5.5 * len(cells), 4.2), squeeze=False)
+    colours = {m: f"C{i}" for i, m in enumerate(ALL_METHODS)}
+    floor = 0.005  # % : where a 0 % error is drawn on the log axis
+    for ax, (task, length) in zip(axes[0], cells):
+        seen = set()
+        for r in rows[(rows.task == task) & (rows.length == length)].itertuples():
+            pts = [(st, max(100 * e, floor)) for st, e in r.curve if st > 0]
+            if not pts:
+                continue
+            x, y = zip(*pts)
+            ax.plot(x, y, color=colours[r.method], lw=1, alpha=0.8, label=None if r.method in seen else r.method)
+            seen.add(r.method)
+            if r.solved:
+                ax.plot([x[-1]], [floor], "v", color=colours[r.method], ms=7)
+        ax.axhline(100 * BASELINE_ERROR[task], color="gray", ls="--", lw=1, label="constant / chance")
+        if task == "adding":
+            for st, what in ARJOVSKY_LSTM.get(length, ()):
+                ax.axvline(st, color="k", ls=":", lw=1)
+                ax.text(st, 60, f" Arjovsky et al. LSTM: {what}", rotation=90, fontsize=7, va="center")
+        else:
+            x, y = zip(*PASCANU_SGDCR_LOG)
+            ax.plot(x, [max(v, floor) for v in y], "k.", ms=4, label="Pascanu et al.'s SGD-CR log (solved 336k)")
+        ax.set_xscale("log")
+        ax.set_yscale("log")
+        ax.set_ylim(floor / 2, 100)
+        ax.set_xlabel("updates")
+        ax.set_ylabel("error on fresh samples (%)")
+        ax.set_title(f"{task}, T = {length}")
+        ax.grid(alpha=0.3, which="both")
+        ax.legend(fontsize=7)
+    save_figure(fig, path)
+
+
+def run(p: Protocol, out, *, workers=2, scheduler=None, scheduler_timeout=None, tasks=None, progress=True,
+        estimate_only=False, checkpoint_seconds=None) -> dict:
+    from .sweep import load_trials, trial_id
+
     t0 = time.time()
     specs = specs_for(p, tasks)
-    df = run_sweep(run_trial, specs, out / "trials.jsonl", workers=workers, scheduler=scheduler,
+    done = load_trials(out / "trials.jsonl", specs, warn=False)
+    todo = [s for s in specs if trial_id(s) not in done]
+    cost = None
+    if todo:
+        cost = estimate_cost(todo, measure_rates(todo, iters=1 if p.max_iters <= 100 else 3), workers)
+        write_json(out / "cost.json", cost)
+        atomic_write_text(out / "cost.md", f"{cost_line(cost)}\n\n{markdown_table(cost_table(cost))}\n")
+        print(cost_line(cost), flush=True)
+    if estimate_only:
+        return dict(estimate_only=True, **(cost or dict(trials=0, core_hours=0.0)))
+    fn = partial(run_trial, checkpoint_root=str(out / "checkpoints"), checkpoint_seconds=checkpoint_seconds)
+    df = run_sweep(fn, specs, out / "trials.jsonl", workers=workers, scheduler=scheduler,
                    **({} if scheduler_timeout is None else {"scheduler_timeout": scheduler_timeout}),
                    progress=progress, desc=f"pathological ({p.name})")
     write_csv(out / "trials.csv", df)
     summary = summarize(df)
     write_csv(out / "success.csv", summary)
     plot(summary, out / "success_vs_length.png", p)
+    if "curve" in df:
+        plot_curves(df, out / "learning_curves.png")
     res = dict(config=asdict(p), seconds=time.time() - t0, trials=len(df),
                trial_cpu_seconds=float(df.seconds.sum()), summary=summary.to_dict(orient="records"))
     write_json(out / "summary.json", res)
@@ -494,19 +933,25 @@ def run(p: Protocol, out, *, workers=2, scheduler=None, scheduler_timeout=None, 
         ("What the intervals support", "\n".join(supported_orderings(summary, df)) + "\n\nNo other ordering "
          "of methods is supported by these runs: a difference of medians inside overlapping intervals or ranges is "
          "not one."),
-        ("Plots", "success_vs_length.png"),
+        ("Plots", "success_vs_length.png; learning_curves.png (error against updates, with the published points)"
+         if "curve" in df else "success_vs_length.png"),
     ]
+    if cost is not None:
+        sections.insert(1, ("Cost before compute", cost_line(cost) + "\n\n" + markdown_table(cost_table(cost))))
     if "train_seconds" in df and df.train_seconds.notna().all():
         sections.insert(2, ("Where the time went", markdown_table(time_table(df))))
     write_report(out / "report.md", f"Pathological tasks ({p.name} protocol)", sections)
     return res
 
 
-def select(p: Protocol, *, lengths=None, methods=None, max_iters=None, num_seeds=None) -> Protocol:
+def select(p: Protocol, *, lengths=None, methods=None, max_iters=None, num_seeds=None, min_length=None,
+           init=None, one_bias=None, resumable=None) -> Protocol:
     """The protocol with the command line's selection in place of its own (None: the protocol's). With lengths or
     methods given, its per-method length limits (``only``) are dropped: exactly the trials asked for run. num_seeds:
-    seeds 0 .. N-1 (then offset by ``--seed``)."""
-    changes = {}
+    seeds 0 .. N-1 (then offset by ``--seed``). min_length, init, one_bias, resumable: the code's settings
+    (:class:`Protocol`)."""
+    changes = {k: v for k, v in dict(min_length=min_length, init=init, one_bias=one_bias,
+                                     resumable=resumable).items() if v is not None}
     if lengths is not None:
         changes["lengths"] = tuple(lengths)
     if methods is not None:
@@ -527,12 +972,16 @@ def with_seed_offset(p: Protocol, offset: int) -> Protocol:
 
 def main(args) -> dict:
     name = args.protocol or ("quick" if args.quick else "reduced")
-    if name == "budget" and args.quick:
-        name = "budget-quick"
+    if name in ("budget", "published") and args.quick:
+        name = f"{name}-quick"
     out = result_dir("pathological" if name in ("reduced", "quick") else f"pathological-{name}",
-                     name in ("quick", "budget-quick"), args.out)
+                     name in ("quick", "budget-quick", "published-quick"), args.out)
     p = select(PROTOCOLS[name], lengths=getattr(args, "lengths", None), methods=getattr(args, "methods", None),
-               max_iters=getattr(args, "max_iters", None), num_seeds=getattr(args, "num_seeds", None))
+               max_iters=getattr(args, "max_iters", None), num_seeds=getattr(args, "num_seeds", None),
+               min_length=getattr(args, "min_length", None), init=getattr(args, "init", None),
+               one_bias=True if getattr(args, "one_bias", False) else None,
+               resumable=True if getattr(args, "resumable", False) else None)
     return run(with_seed_offset(p, args.seed), out, workers=args.workers, scheduler=args.scheduler,
                scheduler_timeout=getattr(args, "scheduler_timeout", None),
-               tasks=args.tasks, progress=not args.no_progress)
+               tasks=args.tasks, progress=not args.no_progress, estimate_only=getattr(args, "estimate_only", False),
+               checkpoint_seconds=getattr(args, "checkpoint_seconds", None))
