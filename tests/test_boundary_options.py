@@ -73,9 +73,9 @@ def test_last_forward_lengths_is_what_the_omega_guard_reads():
     rnn(X, lengths=[2, 4, 3])
     assert rnn.last_forward.lengths.tolist() == [2, 4, 3]  # the caller's order
     rnn.backward(np.ones((4, 3, 3)))
-    with pytest.raises(ValueError, match="lengths"):
+    with pytest.raises(ValueError, match="lengths: pascanu_omega supports full-length batches only"):
         pascanu_omega(rnn)  # x=None: the guard reads last_forward.lengths
-    with pytest.raises(ValueError, match="lengths"):
+    with pytest.raises(ValueError, match="lengths: pascanu_omega supports full-length batches only"):
         pascanu_omega(rnn, X)
     full = RNN(2, 3, dtype=np.float64, seed=0)
     full(X, lengths=[4, 4, 4])  # every sequence full-length: no lengths recorded, Ω defined
