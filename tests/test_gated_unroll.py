@@ -110,7 +110,8 @@ def _torch_check(model, T, B, lengths, seed):
     hx = rng.standard_normal((LD, B, model.output_size)) * 0.5
     gfin = rng.standard_normal((LD, B, model.output_size))
     if lstm:
-        hx, gfin = (hx, rng.standard_normal((LD, B, model.hidden_size))), (gfin, rng.standard_normal((LD, B, model.hidden_size)))
+        hx = (hx, rng.standard_normal((LD, B, model.hidden_size)))
+        gfin = (gfin, rng.standard_normal((LD, B, model.hidden_size)))
     go = rng.standard_normal((T, B, model.num_directions * model.output_size))
     model.zero_grad()
     model.forward(x, hx, lengths)

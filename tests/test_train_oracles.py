@@ -21,7 +21,7 @@ import torch
 from reference.models import draw_dropout_masks, to_tensor
 from reference.training import TorchTrainer, twin_from_state
 from scratch_rnn.models import ModelConfig, SequenceModel
-from scratch_rnn.train import Dataset, TrainConfig, Trainer
+from scratch_rnn.train import TrainConfig, Trainer
 
 pytestmark = pytest.mark.filterwarnings("ignore::RuntimeWarning")
 

@@ -138,11 +138,13 @@ def main(argv=None) -> int:
                 (copy / m["file"]).write_text(original)
             results.append(dict(id=m["id"], file=m["file"], why=m["why"], verdict=verdict, decided_by=decided,
                                 seconds=round(took, 1), last_line=last))
-            print(f"{m['id']:>5}  {verdict:<16} {decided:<10} {took:6.1f}s  {m['file']}: {m['why']}", flush=True)
+            print(f"{m['id']:>5}  {verdict:<16} {decided:<10} {took:6.1f}s  {m['file']}: {m['why']}",
+                  flush=True)
     caught = sum(r["verdict"].startswith("caught") for r in results)
     pct = 100.0 * caught / len(results) if results else 100.0
+    scope = "the mutant's test files" + (" | the whole suite for survivors" if args.full else "")
     print(f"\n{caught} / {len(results)} caught ({pct:.1f} %), set {args.set!r}; command: python "
-          f"{' '.join(BASE_COMMAND)} [the mutant's test files{' | the whole suite for survivors' if args.full else ''}]")
+          f"{' '.join(BASE_COMMAND)} [{scope}]")
     for r in results:
         if r["verdict"] == "missed":
             print(f"  missed {r['id']}: {r['file']}: {r['why']}")
