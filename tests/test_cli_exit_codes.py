@@ -216,7 +216,7 @@ def test_scheduler_that_does_not_answer_is_bad_input(monkeypatch):
         cli.check_scheduler("tcp://10.1.2.3:8786")
 
 
-def killed_trial(spec):
+def killed_trial(spec, **_):
     """A worker that dies abruptly (as under the OOM killer)."""
     import os
 

@@ -18,12 +18,12 @@ import numpy as np
 import pytest
 from hypothesis import given
 
-import scratch_rnn.functional as F
 from reference.cases import RNNCase
 from reference.gated_unroll import unrolled_gated_grads
 from reference.rnn import run_torch
-from scratch_rnn import GRU, LSTM, gated
-from scratch_rnn import gated_loops as GL
+from scratch_rnn import GRU, LSTM
+from scratch_rnn.cells import elman, gru, loops, lstm
+from scratch_rnn.cells import loops as GL
 from tests.helpers import assert_close
 from tests.strategies import rnn_cases
 from tests.test_gated_functional import Case, make_arrays
@@ -132,7 +132,7 @@ def test_fast_backward_in_several_blocks_with_a_remainder_matches_torch(cls, mon
     T, B, H = 11, 3, 4
     per_step = B * (4 if cls is LSTM else 3) * H
     monkeypatch.setattr(GL, "BLOCK_ENTRIES", 3 * per_step)
-    L = GL._block_steps(T, per_step)
+    L = GL.block_steps(T, per_step)
     assert L == 3 and T % L and T > 2 * L  # several blocks and a partial one: drawn on purpose
     model = cls(2, H, num_layers=2, bidirectional=True, dtype=np.float64, seed=4)
     _torch_check(model, T, B, None, seed=1)
@@ -144,7 +144,7 @@ def test_fast_backward_at_the_default_block_length_over_a_long_sequence_matches_
     """No monkeypatching: the default BLOCK_ENTRIES with T = 1,000 needs two blocks (682 + 318 steps)."""
     T, B = 1000, 2
     per_step = B * (4 if cls is LSTM else 3) * H
-    L = GL._block_steps(T, per_step)
+    L = GL.block_steps(T, per_step)
     assert 1 < T / L < 3 and T % L, L  # more than one block and a remainder, by construction
     model = cls(2, H, bidirectional=True, dtype=np.float64, seed=5)
     for p in model.parameters().values():
@@ -168,35 +168,36 @@ def test_flush_steps_differ_from_time_multiples_here():
     assert _flushed_steps(False) != {t for t in range(FLUSH_T) if t % FLUSH_K == 0}  # the case that matters
 
 
-def _run_backward(kind, mod, reverse):
+def _run_backward(kind, loop, reverse):
     bs = (np.asarray(FLUSH_LENGTHS)[None, :] > np.arange(FLUSH_T)[:, None]).sum(axis=1)
     if kind == "rnn":
         rng = np.random.default_rng(3)
         B, H = len(FLUSH_LENGTHS), 3
         hs = np.tanh(rng.standard_normal((FLUSH_T + 1, B, H)))
         go = rng.standard_normal((FLUSH_T, B, H))
-        _, _, hidden = F.sequence_backward(go, rng.standard_normal((B, H)), hs, rng.standard_normal((H, H)), "tanh",
+        _, _, hidden = elman.sequence_backward(go, rng.standard_normal((B, H)), hs, rng.standard_normal((H, H)), "tanh",
                                            bs, reverse, 1e30, flush_every=FLUSH_K)
         return hidden
     case = Case(kind, 2, 3, 0, len(FLUSH_LENGTHS), FLUSH_T, True, reverse, FLUSH_LENGTHS, seed=9)
     a = make_arrays(case)
     kw = dict(flush_below=1e30, flush_every=FLUSH_K)
     if kind == "lstm":
-        xp = gated.input_projection(a["x"], a["w_ih"], a["b_ih"] + a["b_hh"])
-        cache = mod.lstm_sequence_forward(xp, a["h0"], a["c0"], a["w_hh"], None, bs, reverse)
-        return mod.lstm_sequence_backward(a["go"], a["ghn"], a["gcn"], cache, a["w_hh"], None, bs, reverse,
+        xp = loops.input_projection(a["x"], a["w_ih"], a["b_ih"] + a["b_hh"])
+        cache = getattr(lstm, f"lstm_{loop}_forward")(xp, a["h0"], a["c0"], a["w_hh"], None, bs, reverse)
+        return getattr(lstm, f"lstm_{loop}_backward")(a["go"], a["ghn"], a["gcn"], cache, a["w_hh"], None, bs, reverse,
                                           **kw)["hidden_grads"]
-    xp = gated.input_projection(a["x"], a["w_ih"], a["b_ih"])
-    cache = mod.gru_sequence_forward(xp, a["h0"], a["w_hh"], a["b_hh"], bs, reverse)
-    return mod.gru_sequence_backward(a["go"], a["ghn"], cache, a["w_hh"], bs, reverse, **kw)["hidden_grads"]
+    xp = loops.input_projection(a["x"], a["w_ih"], a["b_ih"])
+    cache = getattr(gru, f"gru_{loop}_forward")(xp, a["h0"], a["w_hh"], a["b_hh"], bs, reverse)
+    return getattr(gru, f"gru_{loop}_backward")(a["go"], a["ghn"], cache, a["w_hh"], bs, reverse, **kw)["hidden_grads"]
 
 
 @pytest.mark.parametrize("reverse", [False, True], ids=["forward", "reverse"])
-@pytest.mark.parametrize("kind,mod", [("rnn", F), ("lstm", gated), ("lstm", GL), ("gru", gated), ("gru", GL)],
+@pytest.mark.parametrize("kind,loop", [("rnn", "sequence"), ("lstm", "stepwise"), ("lstm", "sequence"),
+                                       ("gru", "stepwise"), ("gru", "sequence")],
                          ids=["rnn", "lstm-ref", "lstm-fast", "gru-ref", "gru-fast"])
-def test_flush_acts_on_every_kth_loop_step_under_lengths(kind, mod, reverse):
+def test_flush_acts_on_every_kth_loop_step_under_lengths(kind, loop, reverse):
     """A threshold above every value zeroes g_t entirely at the flushed steps and nowhere else."""
-    hidden = _run_backward(kind, mod, reverse)
+    hidden = _run_backward(kind, loop, reverse)
     flushed = _flushed_steps(reverse)
     for t in range(FLUSH_T):
         n = int(sum(length > t for length in FLUSH_LENGTHS))

@@ -161,7 +161,7 @@ class IndRNN(StepCell):
         if not self._fast(d, ctx):
             return super()._direction_forward(x, state0, layer, d, ctx)
         T, B = ctx["T"], ctx["B"]
-        p = self._layer_params(layer, d)
+        p = self.layer_params(layer, d)
         a = (x.reshape(T * B, -1) @ p["weight_ih"].T).reshape(T, B, -1)
         if self.bias:
             a += p["bias_ih"] + p["bias_hh"]
@@ -182,7 +182,7 @@ class IndRNN(StepCell):
         if not isinstance(steps, _FastSteps):
             return super()._direction_backward(d_out, d_finals, steps, layer, d, ctx, out)
         T, B = ctx["T"], ctx["B"]
-        p = self._layer_params(layer, d)
+        p = self.layer_params(layer, d)
         u, h, relu = p["weight_hh"], steps.h, self.nonlinearity == "relu"
         hidden = out["hidden"]
         delta = np.empty_like(h)
