@@ -13,7 +13,7 @@ export SCRATCH_RNN_SHARED := $(SHARED)
 
 STAMP := $(VENV)/.installed
 
-.PHONY: setup crosscheck test test-fast sentiment sentiment-quick gradients gradients-quick bench clean
+.PHONY: setup lint crosscheck test test-fast sentiment sentiment-quick gradients gradients-quick bench clean
 
 $(STAMP): pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -51,8 +51,14 @@ bench: $(STAMP)
 	$(PY) -m benchmarks.rnn
 
 ## The test suite exactly as CI runs it (thorough hypothesis profile).
-test: $(STAMP)
+test: $(STAMP) lint
 	HYPOTHESIS_PROFILE=thorough $(PY) -m pytest -n $(JOBS) --hypothesis-profile=thorough
+
+## ruff (lint and format check) and the type checker, on every Python folder of the project.
+LINTED := scratch_rnn reference experiments benchmarks tests docs
+lint: $(STAMP)
+	$(PY) -m ruff check $(LINTED)
+	$(PY) -m ruff format --check $(LINTED)
 
 ## A quicker pass for development.
 test-fast: $(STAMP)

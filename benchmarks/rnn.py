@@ -47,6 +47,7 @@ compare only rows measured with the other processes near 0.
 
 Nothing here is a test: the unit suite checks correctness only.
 """
+
 from __future__ import annotations
 
 import argparse
@@ -89,11 +90,13 @@ class Case:
         """Weight rows per hidden unit (1, 4, 3; a plug-in cell's GATES, 1 unless it says): the FLOP count below is
         the stacked-gate layout's, nominal for a cell with another layout (IndRNN's recurrence is elementwise)."""
         from scratch_rnn.cells import cell_spec
+
         return cell_spec(self.cell).model_class().GATES
 
     @property
     def builtin(self) -> bool:
         from scratch_rnn.cells import cell_spec
+
         return cell_spec(self.cell).builtin
 
     @property
@@ -137,6 +140,7 @@ def make_inputs(case: Case, dtype, seed: int = 0):
 
 def make_scratch(case: Case, dtype):
     from scratch_rnn.cells import cell_spec
+
     return cell_spec(case.cell).model_class()(case.I, case.H, dtype=dtype, seed=0)
 
 
@@ -146,9 +150,11 @@ def make_torch(model, dtype):
     import torch
 
     from reference.rnn import TORCH_CLASSES, torch_twin
+
     tdtype = torch.float32 if np.dtype(dtype) == np.float32 else torch.float64
     if model.NAME not in TORCH_CLASSES:
         from reference.cells import TorchStepRNN
+
         return TorchStepRNN(model, dtype=tdtype)
     return torch_twin(model, tdtype)
 
@@ -157,23 +163,27 @@ def scratch_step(model, x, g):
     def run():
         model.forward(x)
         model.backward(g)
+
     return run
 
 
 def with_cell(grid, cells) -> tuple:
     """The grid once per cell (``--cells``), in that order."""
     from dataclasses import replace
+
     return tuple(replace(c, cell=cell) for cell in cells for c in grid)
 
 
 def torch_step(twin, x, g):
     import torch
+
     xt = torch.from_numpy(x).requires_grad_(True)
     gt = torch.from_numpy(g)
 
     def run():
         out, _ = twin(xt)
         out.backward(gt)
+
     return run
 
 
@@ -189,13 +199,30 @@ def gemm_work(case: Case, dtype) -> dict:
     timed here.)
     """
     import torch
+
     rng = np.random.default_rng(2)
     T, B, I, H, GH = case.T, case.B, case.I, case.H, case.gates * case.H
-    a = {k: rng.standard_normal(shape).astype(dtype) for k, shape in dict(
-        x=(T * B, I), w_ih=(I, GH), h=(B, H), w_t=(H, GH), d=(B, GH), w_hh=(GH, H), dT=(GH, T * B),
-        hs=(T * B, H), da=(T * B, GH), w_ihT=(GH, I)).items()}
-    out = {k: np.empty(shape, dtype) for k, shape in dict(
-        proj=(T * B, GH), step=(B, GH), back=(B, H), dw_ih=(GH, I), dw_hh=(GH, H), dx=(T * B, I)).items()}
+    a = {
+        k: rng.standard_normal(shape).astype(dtype)
+        for k, shape in dict(
+            x=(T * B, I),
+            w_ih=(I, GH),
+            h=(B, H),
+            w_t=(H, GH),
+            d=(B, GH),
+            w_hh=(GH, H),
+            dT=(GH, T * B),
+            hs=(T * B, H),
+            da=(T * B, GH),
+            w_ihT=(GH, I),
+        ).items()
+    }
+    out = {
+        k: np.empty(shape, dtype)
+        for k, shape in dict(
+            proj=(T * B, GH), step=(B, GH), back=(B, H), dw_ih=(GH, I), dw_hh=(GH, H), dx=(T * B, I)
+        ).items()
+    }
     ta = {k: torch.from_numpy(v) for k, v in a.items()}
     tout = {k: torch.from_numpy(v.copy()) for k, v in out.items()}
 
@@ -224,6 +251,7 @@ def gemm_work(case: Case, dtype) -> dict:
 
 def flush_off(fn, model):
     """``fn`` with ``model``'s subnormal flush disabled during the call (``model.flush_below = 0.0``)."""
+
     def run():
         saved = model.flush_below
         model.flush_below = 0.0
@@ -231,6 +259,7 @@ def flush_off(fn, model):
             fn()
         finally:
             model.flush_below = saved
+
     return run
 
 
@@ -242,8 +271,12 @@ def vanishing_profile(case: Case) -> dict:
     model.backward(g)
     m = np.abs(model.hidden_grads[0]).max(axis=(1, 2))  # (T,)
     tiny = float(np.finfo(np.float32).tiny)
-    return dict(max_grad_last_step=float(m[-1]), max_grad_first_step=float(m[0]),
-                steps_below_float32_tiny=int((m < tiny).sum()), steps=case.T)
+    return dict(
+        max_grad_last_step=float(m[-1]),
+        max_grad_first_step=float(m[0]),
+        steps_below_float32_tiny=int((m < tiny).sum()),
+        steps=case.T,
+    )
 
 
 # --------------------------------------------------------------------------------------------
@@ -272,6 +305,7 @@ def time_blocks(fns: dict, rounds: int, reps, pause: float = PAUSE_S) -> dict:
 def peak_fns(dtype, n: int = PEAK_N) -> dict:
     """An n² matrix product in numpy and in torch: the machine's GEMM peak for this dtype."""
     import torch
+
     rng = np.random.default_rng(1)
     a = rng.standard_normal((n, n)).astype(dtype)
     b = rng.standard_normal((n, n)).astype(dtype)
@@ -284,7 +318,7 @@ def peak_fns(dtype, n: int = PEAK_N) -> dict:
 def gemm_peaks(dtype, rounds: int, n: int = PEAK_N, pause: float = PAUSE_S) -> dict:
     """GFLOP/s of an n² matrix product, numpy and torch, timed in blocks."""
     res = time_blocks(peak_fns(dtype, n), rounds=rounds, reps=3, pause=pause)
-    return {k.split("_")[0]: 2.0 * n ** 3 / v["median_s"] / 1e9 for k, v in res.items()}
+    return {k.split("_")[0]: 2.0 * n**3 / v["median_s"] / 1e9 for k, v in res.items()}
 
 
 # --------------------------------------------------------------------------------------------
@@ -302,6 +336,7 @@ def _trim_heap() -> None:
     """Hand freed heap memory back to the OS (glibc), so that a later allocation shows in the RSS."""
     try:
         import ctypes
+
         ctypes.CDLL("libc.so.6").malloc_trim(0)
     except (OSError, AttributeError):
         pass
@@ -325,6 +360,7 @@ def memory_child(lib: str, dtype: str, case: Case, threads: int) -> dict:
     xs, gs = make_inputs(small, dtype)
     if lib == "torch":
         import torch
+
         torch.set_num_threads(threads)
         twin = make_torch(model, dtype)
         del model
@@ -332,6 +368,7 @@ def memory_child(lib: str, dtype: str, case: Case, threads: int) -> dict:
         run = torch_step(twin, x, g)
     else:
         from threadpoolctl import threadpool_limits
+
         threadpool_limits(threads, user_api="blas")
         scratch_step(model, xs, gs)()
         run = scratch_step(model, x, g)
@@ -344,6 +381,7 @@ def memory_child(lib: str, dtype: str, case: Case, threads: int) -> dict:
     res = dict(lib=lib, rss_before_kb=rss0, hwm_kb=peak, peak_rise_mb=(peak - rss0) / 1024, hwm_reset=exact)
     if lib == "numpy":
         import tracemalloc
+
         model.release_buffers()  # drop the first call's cached forward and work buffers
         gc.collect()
         tracemalloc.start()  # counts numpy's buffers as numpy allocates them
@@ -354,8 +392,7 @@ def memory_child(lib: str, dtype: str, case: Case, threads: int) -> dict:
 
 
 def measure_memory(lib: str, dtype: str, case: Case, threads: int) -> dict:
-    cmd = [sys.executable, "-m", "benchmarks.rnn", "--memory-child", lib, dtype, json.dumps(asdict(case)),
-           str(threads)]
+    cmd = [sys.executable, "-m", "benchmarks.rnn", "--memory-child", lib, dtype, json.dumps(asdict(case)), str(threads)]
     out = subprocess.run(cmd, cwd=ROOT, capture_output=True, text=True, check=True)
     return json.loads(out.stdout.strip().splitlines()[-1])
 
@@ -366,6 +403,7 @@ def measure_memory(lib: str, dtype: str, case: Case, threads: int) -> dict:
 def machine_info() -> dict:
     import torch
     from threadpoolctl import threadpool_info
+
     cpu, cpuid = "unknown", {}
     try:
         with open("/proc/cpuinfo") as f:
@@ -381,17 +419,36 @@ def machine_info() -> dict:
     except OSError:
         pass
     cfg = torch.__config__.show()
-    torch_blas = next((part.split("=", 1)[1] for part in cfg.replace(",", " ").split() if part.startswith("BLAS_INFO=")),
-                      "unknown")
+    torch_blas = next(
+        (part.split("=", 1)[1] for part in cfg.replace(",", " ").split() if part.startswith("BLAS_INFO=")), "unknown"
+    )
     mkl = next((line.strip(" -") for line in cfg.splitlines() if "Math Kernel Library" in line), None)
-    blas = [dict(internal_api=i.get("internal_api"), prefix=i.get("prefix"), version=i.get("version"),
-                 architecture=i.get("architecture"), threading_layer=i.get("threading_layer"),
-                 num_threads=i.get("num_threads"), filepath=i.get("filepath"))
-            for i in threadpool_info()]
-    return dict(cpu=cpu, cpuid=cpuid, cores=os.cpu_count(), python=platform.python_version(), numpy=np.__version__,
-                torch=torch.__version__, torch_blas=torch_blas, torch_mkl=mkl, threadpools=blas,
-                openblas_coretype=os.environ.get("OPENBLAS_CORETYPE"),
-                openblas_l2_size=os.environ.get("OPENBLAS_L2_SIZE"), platform=platform.platform())
+    blas = [
+        dict(
+            internal_api=i.get("internal_api"),
+            prefix=i.get("prefix"),
+            version=i.get("version"),
+            architecture=i.get("architecture"),
+            threading_layer=i.get("threading_layer"),
+            num_threads=i.get("num_threads"),
+            filepath=i.get("filepath"),
+        )
+        for i in threadpool_info()
+    ]
+    return dict(
+        cpu=cpu,
+        cpuid=cpuid,
+        cores=os.cpu_count(),
+        python=platform.python_version(),
+        numpy=np.__version__,
+        torch=torch.__version__,
+        torch_blas=torch_blas,
+        torch_mkl=mkl,
+        threadpools=blas,
+        openblas_coretype=os.environ.get("OPENBLAS_CORETYPE"),
+        openblas_l2_size=os.environ.get("OPENBLAS_L2_SIZE"),
+        platform=platform.platform(),
+    )
 
 
 def load() -> list:
@@ -437,15 +494,29 @@ def run(args) -> dict:
     grid = with_cell(select_grid(args.quick, args.cases), args.cells)
     peak_n, pause = (QUICK_PEAK_N, QUICK_PAUSE_S) if args.quick else (PEAK_N, PAUSE_S)
     info = machine_info()
-    report = dict(machine=info, command=" ".join([Path(sys.executable).name, "-m", "benchmarks.rnn"] + sys.argv[1:]),
-                  started=time.strftime("%Y-%m-%d %H:%M:%S"), load_at_start=load(), flops_formula="6*T*B*H*(I+H)",
-                  gemm_peak_n=peak_n, quick=bool(args.quick),
-                  peaks={}, rows=[], vanishing={})
-    kernels = ", ".join(f"{b['internal_api']} {b['version']} {b['architecture']}" for b in info["threadpools"]
-                        if b["internal_api"] == "openblas")
-    print(f"CPU {info['cpu']}, {info['cores']} cores; numpy {info['numpy']} ({kernels}); "
-          f"torch {info['torch']} (BLAS {info['torch_blas']}); OPENBLAS_CORETYPE={info['openblas_coretype']}; "
-          f"load {report['load_at_start']}", flush=True)
+    report = dict(
+        machine=info,
+        command=" ".join([Path(sys.executable).name, "-m", "benchmarks.rnn"] + sys.argv[1:]),
+        started=time.strftime("%Y-%m-%d %H:%M:%S"),
+        load_at_start=load(),
+        flops_formula="6*T*B*H*(I+H)",
+        gemm_peak_n=peak_n,
+        quick=bool(args.quick),
+        peaks={},
+        rows=[],
+        vanishing={},
+    )
+    kernels = ", ".join(
+        f"{b['internal_api']} {b['version']} {b['architecture']}"
+        for b in info["threadpools"]
+        if b["internal_api"] == "openblas"
+    )
+    print(
+        f"CPU {info['cpu']}, {info['cores']} cores; numpy {info['numpy']} ({kernels}); "
+        f"torch {info['torch']} (BLAS {info['torch_blas']}); OPENBLAS_CORETYPE={info['openblas_coretype']}; "
+        f"load {report['load_at_start']}",
+        flush=True,
+    )
     for case in grid:
         if case.loss == "last":
             report["vanishing"][case.name] = vanishing_profile(case)
@@ -455,8 +526,11 @@ def run(args) -> dict:
             for dtype in args.dtypes:
                 peaks = gemm_peaks(np.dtype(dtype), rounds=2, n=peak_n, pause=pause)
                 report["peaks"][f"{dtype}/{threads}"] = peaks
-                print(f"\n{dtype}, {threads} thread(s): GEMM peak ({peak_n}²) numpy {peaks['numpy']:.1f} GFLOP/s, "
-                      f"torch {peaks['torch']:.1f} GFLOP/s", flush=True)
+                print(
+                    f"\n{dtype}, {threads} thread(s): GEMM peak ({peak_n}²) numpy {peaks['numpy']:.1f} GFLOP/s, "
+                    f"torch {peaks['torch']:.1f} GFLOP/s",
+                    flush=True,
+                )
                 peak = peak_fns(np.dtype(dtype), peak_n)
                 for case in grid:
                     x, g = make_inputs(case, dtype)
@@ -472,34 +546,61 @@ def run(args) -> dict:
                     load0 = load()
                     with OtherLoad() as other:
                         res = time_blocks(fns, rounds=args.rounds, reps=reps, pause=pause)
-                    local_peak = {k.split("_")[0]: 2.0 * peak_n ** 3 / res[k]["median_s"] / 1e9 for k in peak}
+                    local_peak = {k.split("_")[0]: 2.0 * peak_n**3 / res[k]["median_s"] / 1e9 for k in peak}
                     flush_off_res = res.get("scratch_flush_off")
                     ours, theirs = res["scratch"]["median_s"], res["torch"]["median_s"]
-                    row = dict(case=case.name, cell=case.cell, B=case.B, T=case.T, I=case.I, H=case.H, loss=case.loss,
-                               dtype=dtype,
-                               threads=threads, scratch_ms=ours * 1e3, torch_ms=theirs * 1e3, ratio=ours / theirs,
-                               scratch_min_ms=res["scratch"]["min_s"] * 1e3, torch_min_ms=res["torch"]["min_s"] * 1e3,
-                               samples=res["scratch"]["samples"], scratch_gflops=case.flops / ours / 1e9,
-                               torch_gflops=case.flops / theirs / 1e9,
-                               numpy_peak_gflops=local_peak["numpy"], torch_peak_gflops=local_peak["torch"],
-                               scratch_peak_frac=case.flops / ours / 1e9 / local_peak["numpy"],
-                               torch_peak_frac=case.flops / theirs / 1e9 / local_peak["torch"],
-                               load_before=load0, load_after=load(), other_processes_cores=other.cores)
+                    row = dict(
+                        case=case.name,
+                        cell=case.cell,
+                        B=case.B,
+                        T=case.T,
+                        I=case.I,
+                        H=case.H,
+                        loss=case.loss,
+                        dtype=dtype,
+                        threads=threads,
+                        scratch_ms=ours * 1e3,
+                        torch_ms=theirs * 1e3,
+                        ratio=ours / theirs,
+                        scratch_min_ms=res["scratch"]["min_s"] * 1e3,
+                        torch_min_ms=res["torch"]["min_s"] * 1e3,
+                        samples=res["scratch"]["samples"],
+                        scratch_gflops=case.flops / ours / 1e9,
+                        torch_gflops=case.flops / theirs / 1e9,
+                        numpy_peak_gflops=local_peak["numpy"],
+                        torch_peak_gflops=local_peak["torch"],
+                        scratch_peak_frac=case.flops / ours / 1e9 / local_peak["numpy"],
+                        torch_peak_frac=case.flops / theirs / 1e9 / local_peak["torch"],
+                        load_before=load0,
+                        load_after=load(),
+                        other_processes_cores=other.cores,
+                    )
                     if flush_off_res is not None:
                         row["scratch_flush_off_ms"] = flush_off_res["median_s"] * 1e3
                     if "numpy_gemms" in res:
                         ng, tg = res["numpy_gemms"]["median_s"], res["torch_gemms"]["median_s"]
-                        row.update(scratch_gemms_ms=ng * 1e3, torch_gemms_ms=tg * 1e3, gemm_floor_ratio=ng / theirs,
-                                   scratch_rest_ms=(ours - ng) * 1e3, torch_rest_ms=(theirs - tg) * 1e3)
+                        row.update(
+                            scratch_gemms_ms=ng * 1e3,
+                            torch_gemms_ms=tg * 1e3,
+                            gemm_floor_ratio=ng / theirs,
+                            scratch_rest_ms=(ours - ng) * 1e3,
+                            torch_rest_ms=(theirs - tg) * 1e3,
+                        )
                     report["rows"].append(row)
                     extra = f"  (flush off: {row['scratch_flush_off_ms']:.2f} ms)" if flush_off_res else ""
                     if "gemm_floor_ratio" in row:
-                        extra += (f"  products alone: scratch {row['scratch_gemms_ms']:.2f} ms, torch "
-                                  f"{row['torch_gemms_ms']:.2f} ms (floor {row['gemm_floor_ratio']:.3f})")
-                    print(f"  {case.cell:4s} {case.name:13s} {case.shape:20s} {case.loss:4s}: scratch {ours * 1e3:9.2f} ms  "
-                          f"torch {theirs * 1e3:9.2f} ms  ratio {ours / theirs:5.3f}  "
-                          f"{row['scratch_gflops']:6.1f} GFLOP/s = {100 * row['scratch_peak_frac']:4.1f}% of peak "
-                          f"(torch {100 * row['torch_peak_frac']:4.1f}%)  others {other.cores:.2f} cores{extra}", flush=True)
+                        extra += (
+                            f"  products alone: scratch {row['scratch_gemms_ms']:.2f} ms, torch "
+                            f"{row['torch_gemms_ms']:.2f} ms (floor {row['gemm_floor_ratio']:.3f})"
+                        )
+                    print(
+                        f"  {case.cell:4s} {case.name:13s} {case.shape:20s} {case.loss:4s}: "
+                        f"scratch {ours * 1e3:9.2f} ms  "
+                        f"torch {theirs * 1e3:9.2f} ms  ratio {ours / theirs:5.3f}  "
+                        f"{row['scratch_gflops']:6.1f} GFLOP/s = {100 * row['scratch_peak_frac']:4.1f}% of peak "
+                        f"(torch {100 * row['torch_peak_frac']:4.1f}%)  others {other.cores:.2f} cores{extra}",
+                        flush=True,
+                    )
                     del model, twin, fns
                     gc.collect()
     if args.memory:
@@ -507,13 +608,21 @@ def run(args) -> dict:
         for dtype in args.dtypes:
             for case in grid:
                 mem = {lib: measure_memory(lib, dtype, case, max(args.threads)) for lib in ("numpy", "torch")}
-                entry = dict(case=case.name, cell=case.cell, dtype=dtype, scratch_mb=mem["numpy"]["peak_rise_mb"],
-                             torch_mb=mem["torch"]["peak_rise_mb"],
-                             scratch_tracemalloc_mb=mem["numpy"].get("tracemalloc_peak_mb"),
-                             hwm_reset=mem["numpy"]["hwm_reset"] and mem["torch"]["hwm_reset"])
+                entry = dict(
+                    case=case.name,
+                    cell=case.cell,
+                    dtype=dtype,
+                    scratch_mb=mem["numpy"]["peak_rise_mb"],
+                    torch_mb=mem["torch"]["peak_rise_mb"],
+                    scratch_tracemalloc_mb=mem["numpy"].get("tracemalloc_peak_mb"),
+                    hwm_reset=mem["numpy"]["hwm_reset"] and mem["torch"]["hwm_reset"],
+                )
                 report["memory"].append(entry)
-                print(f"  memory {dtype} {case.cell:4s} {case.name:13s}: scratch {entry['scratch_mb']:8.1f} MB "
-                      f"(tracemalloc {entry['scratch_tracemalloc_mb']:.1f})  torch {entry['torch_mb']:8.1f} MB", flush=True)
+                print(
+                    f"  memory {dtype} {case.cell:4s} {case.name:13s}: scratch {entry['scratch_mb']:8.1f} MB "
+                    f"(tracemalloc {entry['scratch_tracemalloc_mb']:.1f})  torch {entry['torch_mb']:8.1f} MB",
+                    flush=True,
+                )
     report["load_at_end"] = load()
     report["summary"] = summarize(report, grid)
     return report
@@ -526,12 +635,23 @@ def summarize(report: dict, grid) -> dict:
         rows = [r for r in report["rows"] if (r["dtype"], r["threads"], r.get("cell", "rnn")) == key]
         ratios = [r["ratio"] for r in rows]
         big = next(r for r in rows if r["case"] == largest.name)
-        s = dict(geomean_ratio=math.exp(sum(map(math.log, ratios)) / len(ratios)), max_ratio=max(ratios),
-                 largest_case=largest.name, largest_peak_frac=big["scratch_peak_frac"],
-                 largest_torch_peak_frac=big["torch_peak_frac"])
+        s = dict(
+            geomean_ratio=math.exp(sum(map(math.log, ratios)) / len(ratios)),
+            max_ratio=max(ratios),
+            largest_case=largest.name,
+            largest_peak_frac=big["scratch_peak_frac"],
+            largest_torch_peak_frac=big["torch_peak_frac"],
+        )
         for van in (r for r in rows if r["loss"] == "last"):
-            normal = next((r for r in rows if r["loss"] == "all" and (r["B"], r["T"], r["I"], r["H"]) ==
-                           (van["B"], van["T"], van["I"], van["H"])), None)
+            normal = next(
+                (
+                    r
+                    for r in rows
+                    if r["loss"] == "all"
+                    and (r["B"], r["T"], r["I"], r["H"]) == (van["B"], van["T"], van["I"], van["H"])
+                ),
+                None,
+            )
             if normal is not None:
                 s["vanishing_over_normal"] = van["scratch_ms"] / normal["scratch_ms"]
                 s["torch_vanishing_over_normal"] = van["torch_ms"] / normal["torch_ms"]
@@ -539,55 +659,78 @@ def summarize(report: dict, grid) -> dict:
                     s["vanishing_flush_off_over_normal"] = van["scratch_flush_off_ms"] / normal["scratch_ms"]
         out[f"{key[0]}/{key[1]}" + ("" if key[2] == "rnn" else f"/{key[2]}")] = s
     if "memory" in report:
-        out["memory_scratch_over_torch"] = {f"{m['dtype']}/{m.get('cell', 'rnn')}/{m['case']}":
-                                            m["scratch_mb"] / m["torch_mb"] for m in report["memory"]}
+        out["memory_scratch_over_torch"] = {
+            f"{m['dtype']}/{m.get('cell', 'rnn')}/{m['case']}": m["scratch_mb"] / m["torch_mb"]
+            for m in report["memory"]
+        }
     return out
 
 
 def markdown(report: dict) -> str:
     """The tables of the README, section Performance, from a report (``--markdown FILE.json`` reprints them)."""
-    lines = ["| cell | dtype | threads | case | (B, T, I, H) | loss | scratch ms | torch ms | ratio | scratch GFLOP/s | "
-             "% of numpy peak | torch % of torch peak | numpy / torch peak GFLOP/s | other processes (cores) |",
-             "|---|---|---:|---|---|---|---:|---:|---:|---:|---:|---:|---|---:|"]
+    lines = [
+        "| cell | dtype | threads | case | (B, T, I, H) | loss | scratch ms | torch ms | ratio | scratch GFLOP/s | "
+        "% of numpy peak | torch % of torch peak | numpy / torch peak GFLOP/s | other processes (cores) |",
+        "|---|---|---:|---|---|---|---:|---:|---:|---:|---:|---:|---|---:|",
+    ]
     for r in report["rows"]:
         flush = f" (flush off: {r['scratch_flush_off_ms']:.2f})" if "scratch_flush_off_ms" in r else ""
-        lines.append(f"| {r.get('cell', 'rnn')} | {r['dtype']} | {r['threads']} | {r['case']} | "
-                     f"({r['B']}, {r['T']}, {r['I']}, {r['H']}) | "
-                     f"{r['loss']} | {r['scratch_ms']:.2f}{flush} | {r['torch_ms']:.2f} | {r['ratio']:.3f} | "
-                     f"{r['scratch_gflops']:.1f} | {100 * r['scratch_peak_frac']:.0f}% | "
-                     f"{100 * r['torch_peak_frac']:.0f}% | {r['numpy_peak_gflops']:.0f} / {r['torch_peak_gflops']:.0f} | "
-                     f"{r.get('other_processes_cores', float('nan')):.2f} |")
+        lines.append(
+            f"| {r.get('cell', 'rnn')} | {r['dtype']} | {r['threads']} | {r['case']} | "
+            f"({r['B']}, {r['T']}, {r['I']}, {r['H']}) | "
+            f"{r['loss']} | {r['scratch_ms']:.2f}{flush} | {r['torch_ms']:.2f} | {r['ratio']:.3f} | "
+            f"{r['scratch_gflops']:.1f} | {100 * r['scratch_peak_frac']:.0f}% | "
+            f"{100 * r['torch_peak_frac']:.0f}% | {r['numpy_peak_gflops']:.0f} / {r['torch_peak_gflops']:.0f} | "
+            f"{r.get('other_processes_cores', float('nan')):.2f} |"
+        )
     parts = [r for r in report["rows"] if "gemm_floor_ratio" in r]
     if parts:
-        lines += ["", "Where the time goes: the products of one forward+backward alone (`gemm_work`), and the rest "
-                  "(elementwise passes, copies, overhead) = total − products.", "",
-                  "| cell | dtype | threads | case | scratch: products + rest ms | torch: products + rest ms | "
-                  "products, scratch / torch | floor: scratch products / torch total | ratio |",
-                  "|---|---|---:|---|---|---|---:|---:|---:|"]
+        lines += [
+            "",
+            "Where the time goes: the products of one forward+backward alone (`gemm_work`), and the rest "
+            "(elementwise passes, copies, overhead) = total − products.",
+            "",
+            "| cell | dtype | threads | case | scratch: products + rest ms | torch: products + rest ms | "
+            "products, scratch / torch | floor: scratch products / torch total | ratio |",
+            "|---|---|---:|---|---|---|---:|---:|---:|",
+        ]
         for r in parts:
-            lines.append(f"| {r.get('cell', 'rnn')} | {r['dtype']} | {r['threads']} | {r['case']} | "
-                         f"{r['scratch_gemms_ms']:.2f} + {r['scratch_rest_ms']:.2f} | "
-                         f"{r['torch_gemms_ms']:.2f} + {r['torch_rest_ms']:.2f} | "
-                         f"{r['scratch_gemms_ms'] / r['torch_gemms_ms']:.3f} | {r['gemm_floor_ratio']:.3f} | "
-                         f"{r['ratio']:.3f} |")
-    lines += ["", "| dtype / threads | GEMM peak numpy (start) | GEMM peak torch (start) | geomean ratio | max ratio | "
-              "% of peak, largest | vanishing / normal (scratch) | vanishing / normal (torch) |",
-              "|---|---:|---:|---:|---:|---:|---:|---:|"]
+            lines.append(
+                f"| {r.get('cell', 'rnn')} | {r['dtype']} | {r['threads']} | {r['case']} | "
+                f"{r['scratch_gemms_ms']:.2f} + {r['scratch_rest_ms']:.2f} | "
+                f"{r['torch_gemms_ms']:.2f} + {r['torch_rest_ms']:.2f} | "
+                f"{r['scratch_gemms_ms'] / r['torch_gemms_ms']:.3f} | {r['gemm_floor_ratio']:.3f} | "
+                f"{r['ratio']:.3f} |"
+            )
+    lines += [
+        "",
+        "| dtype / threads | GEMM peak numpy (start) | GEMM peak torch (start) | geomean ratio | max ratio | "
+        "% of peak, largest | vanishing / normal (scratch) | vanishing / normal (torch) |",
+        "|---|---:|---:|---:|---:|---:|---:|---:|",
+    ]
     for key, s in report["summary"].items():
         if key.startswith("memory"):
             continue
         pk = report["peaks"]["/".join(key.split("/")[:2])]
-        lines.append(f"| {key} | {pk['numpy']:.1f} | {pk['torch']:.1f} | {s['geomean_ratio']:.3f} | "
-                     f"{s['max_ratio']:.3f} | {100 * s['largest_peak_frac']:.0f}% | "
-                     f"{s.get('vanishing_over_normal', float('nan')):.2f} | "
-                     f"{s.get('torch_vanishing_over_normal', float('nan')):.2f} |")
+        lines.append(
+            f"| {key} | {pk['numpy']:.1f} | {pk['torch']:.1f} | {s['geomean_ratio']:.3f} | "
+            f"{s['max_ratio']:.3f} | {100 * s['largest_peak_frac']:.0f}% | "
+            f"{s.get('vanishing_over_normal', float('nan')):.2f} | "
+            f"{s.get('torch_vanishing_over_normal', float('nan')):.2f} |"
+        )
     if report.get("memory"):
-        lines += ["", "| cell | dtype | case | scratch MB (RSS rise) | scratch MB (tracemalloc) | torch MB (RSS rise) | "
-                  "scratch / torch |", "|---|---|---|---:|---:|---:|---:|"]
+        lines += [
+            "",
+            "| cell | dtype | case | scratch MB (RSS rise) | scratch MB (tracemalloc) | torch MB (RSS rise) | "
+            "scratch / torch |",
+            "|---|---|---|---:|---:|---:|---:|",
+        ]
         for m in report["memory"]:
-            lines.append(f"| {m.get('cell', 'rnn')} | {m['dtype']} | {m['case']} | {m['scratch_mb']:.1f} | "
-                         f"{m['scratch_tracemalloc_mb']:.1f} | "
-                         f"{m['torch_mb']:.1f} | {m['scratch_mb'] / m['torch_mb']:.2f} |")
+            lines.append(
+                f"| {m.get('cell', 'rnn')} | {m['dtype']} | {m['case']} | {m['scratch_mb']:.1f} | "
+                f"{m['scratch_tracemalloc_mb']:.1f} | "
+                f"{m['torch_mb']:.1f} | {m['scratch_mb'] / m['torch_mb']:.2f} |"
+            )
     return "\n".join(lines)
 
 
@@ -605,16 +748,27 @@ def spread_markdown(reports: list) -> str:
             floors[key][i] = r.get("gemm_floor_ratio")
     n = len(reports)
     fmt = lambda v: "—" if v is None else f"{v:.3f}"  # noqa: E731
-    lines = ["| cell | dtype | threads | case | " + " | ".join(f"run {i + 1}" for i in range(n)) +
-             " | min – max | products floor (min – max) |",
-             "|---|---|---:|---|" + "---:|" * n + "---|---|"]
+    lines = [
+        "| cell | dtype | threads | case | "
+        + " | ".join(f"run {i + 1}" for i in range(n))
+        + " | min – max | products floor (min – max) |",
+        "|---|---|---:|---|" + "---:|" * n + "---|---|",
+    ]
     for key in keys:
         got = [v for v in ratios[key] if v is not None]
         fl = [v for v in floors[key] if v is not None]
-        lines.append(f"| {key[0]} | {key[1]} | {key[2]} | {key[3]} | " + " | ".join(fmt(v) for v in ratios[key]) +
-                     f" | {min(got):.3f} – {max(got):.3f} | " + (f"{min(fl):.3f} – {max(fl):.3f}" if fl else "—") + " |")
-    lines += ["", "| cell | dtype | threads | " + " | ".join(f"run {i + 1}: geomean / max" for i in range(n)) + " |",
-              "|---|---|---:|" + "---|" * n]
+        lines.append(
+            f"| {key[0]} | {key[1]} | {key[2]} | {key[3]} | "
+            + " | ".join(fmt(v) for v in ratios[key])
+            + f" | {min(got):.3f} – {max(got):.3f} | "
+            + (f"{min(fl):.3f} – {max(fl):.3f}" if fl else "—")
+            + " |"
+        )
+    lines += [
+        "",
+        "| cell | dtype | threads | " + " | ".join(f"run {i + 1}: geomean / max" for i in range(n)) + " |",
+        "|---|---|---:|" + "---|" * n,
+    ]
     for group in dict.fromkeys(k[:3] for k in keys):
         cells = []
         for i in range(n):
@@ -632,8 +786,7 @@ def select_grid(quick: bool, names=None) -> tuple:
     known = [c.name for c in grid]
     unknown = [n for n in names if n not in known]
     if unknown:
-        raise BadInput(f"--cases: expected names among {known}{' (the --quick grid)' if quick else ''}, "
-                       f"got {unknown}")
+        raise BadInput(f"--cases: expected names among {known}{' (the --quick grid)' if quick else ''}, got {unknown}")
     return tuple(c for c in grid if c.name in names)
 
 
@@ -665,11 +818,31 @@ def check_args(args) -> Path:
 _NUM = (int, float)
 # what --spread reads of every row, and what --markdown reads besides (optional fields are checked when present)
 _ROW_SPREAD = {"dtype": str, "threads": int, "case": str, "ratio": _NUM}
-_ROW_MARKDOWN = {**_ROW_SPREAD, "B": int, "T": int, "I": int, "H": int, "loss": str, "scratch_ms": _NUM,
-                 "torch_ms": _NUM, "scratch_gflops": _NUM, "scratch_peak_frac": _NUM, "torch_peak_frac": _NUM,
-                 "numpy_peak_gflops": _NUM, "torch_peak_gflops": _NUM}
-_ROW_OPTIONAL = {"cell": str, "scratch_flush_off_ms": _NUM, "other_processes_cores": _NUM, "gemm_floor_ratio": _NUM,
-                 "scratch_gemms_ms": _NUM, "scratch_rest_ms": _NUM, "torch_gemms_ms": _NUM, "torch_rest_ms": _NUM}
+_ROW_MARKDOWN = {
+    **_ROW_SPREAD,
+    "B": int,
+    "T": int,
+    "I": int,
+    "H": int,
+    "loss": str,
+    "scratch_ms": _NUM,
+    "torch_ms": _NUM,
+    "scratch_gflops": _NUM,
+    "scratch_peak_frac": _NUM,
+    "torch_peak_frac": _NUM,
+    "numpy_peak_gflops": _NUM,
+    "torch_peak_gflops": _NUM,
+}
+_ROW_OPTIONAL = {
+    "cell": str,
+    "scratch_flush_off_ms": _NUM,
+    "other_processes_cores": _NUM,
+    "gemm_floor_ratio": _NUM,
+    "scratch_gemms_ms": _NUM,
+    "scratch_rest_ms": _NUM,
+    "torch_gemms_ms": _NUM,
+    "torch_rest_ms": _NUM,
+}
 _SUMMARY = {"geomean_ratio": _NUM, "max_ratio": _NUM, "largest_peak_frac": _NUM}
 
 
@@ -737,8 +910,9 @@ def read_report(path, option: str = "--markdown") -> dict:
     try:
         report = json.loads(path.read_text())
     except (ValueError, UnicodeDecodeError) as exc:  # JSONDecodeError is a ValueError
-        raise BadInput(f"{option}: expected the JSON file of an earlier benchmark run, got {str(path)!r} "
-                       f"(not JSON: {exc})") from exc
+        raise BadInput(
+            f"{option}: expected the JSON file of an earlier benchmark run, got {str(path)!r} (not JSON: {exc})"
+        ) from exc
     problem = report_problem(report, spread=option == "--spread")
     if problem:
         raise BadInput(f"{option}: expected the JSON file of an earlier benchmark run, got {str(path)!r} ({problem})")
@@ -749,22 +923,42 @@ def _main(argv=None) -> int:
     p = argparse.ArgumentParser(prog=PROG, description=__doc__.split("\n")[0])
     p.add_argument("--threads", type=int, nargs="+", default=[1, 2])
     p.add_argument("--dtypes", nargs="+", default=["float32", "float64"], choices=["float32", "float64"])
-    p.add_argument("--cells", nargs="+", default=["rnn"], choices=cell_names(),
-                   help="any registered cell: rnn/lstm/gru against torch.nn.RNN/LSTM/GRU, a plug-in cell (indrnn) "
-                        "against its torch twin (default: rnn)")
+    p.add_argument(
+        "--cells",
+        nargs="+",
+        default=["rnn"],
+        choices=cell_names(),
+        help="any registered cell: rnn/lstm/gru against torch.nn.RNN/LSTM/GRU, a plug-in cell (indrnn) "
+        "against its torch twin (default: rnn)",
+    )
     p.add_argument("--rounds", type=int, default=6, help="timing blocks per library and case")
     p.add_argument("--reps", type=int, default=2, help="timed calls per block (after a discarded warm-up)")
-    p.add_argument("--quick", action="store_true",
-                   help="a smoke run: small grid, 256² peak product, short pauses (not a measurement)")
-    p.add_argument("--cases", nargs="+", help=f"only these cases of the grid, by name ({[c.name for c in GRID]}; "
-                                              f"--quick: {[c.name for c in QUICK_GRID]})")
+    p.add_argument(
+        "--quick",
+        action="store_true",
+        help="a smoke run: small grid, 256² peak product, short pauses (not a measurement)",
+    )
+    p.add_argument(
+        "--cases",
+        nargs="+",
+        help=f"only these cases of the grid, by name ({[c.name for c in GRID]}; "
+        f"--quick: {[c.name for c in QUICK_GRID]})",
+    )
     p.add_argument("--no-memory", dest="memory", action="store_false")
-    p.add_argument("--json", default=None, metavar="PATH",
-                   help="where to write the report (default: a new results/bench_rnn-<date>-<time>.json)")
+    p.add_argument(
+        "--json",
+        default=None,
+        metavar="PATH",
+        help="where to write the report (default: a new results/bench_rnn-<date>-<time>.json)",
+    )
     p.add_argument("--overwrite", action="store_true", help="let --json replace an existing file")
     p.add_argument("--markdown", metavar="JSON", help="print the tables of an earlier run's JSON and exit")
-    p.add_argument("--spread", nargs="+", metavar="JSON",
-                   help="print the run-to-run spread of several earlier runs' JSON files and exit")
+    p.add_argument(
+        "--spread",
+        nargs="+",
+        metavar="JSON",
+        help="print the run-to-run spread of several earlier runs' JSON files and exit",
+    )
     p.add_argument("--memory-child", nargs=4, metavar=("LIB", "DTYPE", "CASE", "THREADS"), help=argparse.SUPPRESS)
     args = p.parse_args(argv)
     if args.memory_child:

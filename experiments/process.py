@@ -19,6 +19,7 @@ Usage: ``ProcessPoolExecutor(initializer=die_with_parent)``, or the first line o
 ``multiprocessing.Process`` target. A child started by ``subprocess`` should be given its parent's
 pid (``die_with_parent(parent_pid)``), so that a parent that died before the call is noticed.
 """
+
 from __future__ import annotations
 
 import ctypes
@@ -61,8 +62,10 @@ def _die() -> None:
 def _prctl_pdeathsig(sig: int) -> bool:
     try:
         libc = ctypes.CDLL(ctypes.util.find_library("c") or "libc.so.6", use_errno=True)
-        return libc.prctl(PR_SET_PDEATHSIG, ctypes.c_ulong(sig), ctypes.c_ulong(0), ctypes.c_ulong(0),
-                          ctypes.c_ulong(0)) == 0
+        return (
+            libc.prctl(PR_SET_PDEATHSIG, ctypes.c_ulong(sig), ctypes.c_ulong(0), ctypes.c_ulong(0), ctypes.c_ulong(0))
+            == 0
+        )
     except (OSError, AttributeError):
         return False
 
@@ -87,6 +90,7 @@ def die_with_parent(parent_pid: int | None = None, *, poll_interval: float = 0.5
     if _orphaned(kernel_parent, logical_parent):  # it died before the request took effect
         _die()
     if mechanism == "poll":
-        threading.Thread(target=_watch, args=(kernel_parent, logical_parent, poll_interval), daemon=True,
-                         name="die-with-parent").start()
+        threading.Thread(
+            target=_watch, args=(kernel_parent, logical_parent, poll_interval), daemon=True, name="die-with-parent"
+        ).start()
     return mechanism

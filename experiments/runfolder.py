@@ -12,6 +12,7 @@ folder (:mod:`scratch_rnn.runlock`) before the run looks at the folder and holds
 folder has been swapped in, so that two runs of one name (with or without ``--overwrite``) can
 never both write it, nor one replace the other while it runs.
 """
+
 from __future__ import annotations
 
 import ctypes

@@ -19,12 +19,13 @@ of the first failures, and otherwise returns a summary. What it runs, in float64
    equals a batch of one;
 4. **the model**: ``SequenceModel(cell=...)`` against its torch twin (``reference.models``) on one batch.
 """
+
 from __future__ import annotations
 
 import numpy as np
 
 from reference.cases import random_case
-from reference.crosscheck import FD_THRESHOLD, TORCH_THRESHOLD, crosscheck_cell
+from reference.crosscheck import TORCH_THRESHOLD, crosscheck_cell
 from scratch_rnn.cells import cell_spec, resolve
 from scratch_rnn.gradcheck import rel_error
 
@@ -47,12 +48,19 @@ def check_cell(cell, *, twin=None, cases: int = 40, seed: int = 0, max_steps: in
     step = None if twin is None else resolve(twin, "twin")
     rows, failures = crosscheck_cell(name, cases, seed, max_steps, progress=False, twin=step)
     if failures:
-        lines = [f"{f['quantity']} vs {f['oracle']}: relative error {f['rel_error']:.3e} for {f['case']}"
-                 for f in failures[:5]]
-        raise AssertionError(f"{name}: {len(failures)} mismatch(es) (thresholds: twin {TORCH_THRESHOLD:g}, finite "
-                             "differences {FD_THRESHOLD:g}); first ones:\n  " + "\n  ".join(lines))
-    summary = {"crosscheck": {r[0]: dict(cases=r[1], vs_twin=float(r[2]), vs_fd=None if r[3] == "-" else float(r[3]))
-                              for r in rows}}
+        lines = [
+            f"{f['quantity']} vs {f['oracle']}: relative error {f['rel_error']:.3e} for {f['case']}"
+            for f in failures[:5]
+        ]
+        raise AssertionError(
+            f"{name}: {len(failures)} mismatch(es) (thresholds: twin {TORCH_THRESHOLD:g}, finite "
+            "differences {FD_THRESHOLD:g}); first ones:\n  " + "\n  ".join(lines)
+        )
+    summary = {
+        "crosscheck": {
+            r[0]: dict(cases=r[1], vs_twin=float(r[2]), vs_fd=None if r[3] == "-" else float(r[3])) for r in rows
+        }
+    }
 
     rng = np.random.default_rng(seed)
     drawn = [random_case(rng, max_steps=max_steps, cells=(name,)) for _ in range(cases)]
@@ -100,36 +108,36 @@ def _metamorphic(case, where):
     def pick(seq, b):
         if seq is None:
             return None
-        picked = tuple(s[:, b:b + 1] for s in seq)
+        picked = tuple(s[:, b : b + 1] for s in seq)
         return picked[0] if one else picked
 
     out, fin, gx, gs, grads = _run(model, x, h0, lengths, g_out, g_fin)
     g_out_masked = g_tm * (np.arange(T)[:, None] < lengths[None, :])[..., None]
     total = {k: np.zeros_like(v) for k, v in grads.items()}
-    for b in range(B):   # each sequence alone, up to its own length
+    for b in range(B):  # each sequence alone, up to its own length
         L = int(lengths[b])
-        xb, gb = x_tm[:L, b:b + 1], g_out_masked[:L, b:b + 1]
+        xb, gb = x_tm[:L, b : b + 1], g_out_masked[:L, b : b + 1]
         if model.batch_first:
             xb, gb = xb.transpose(1, 0, 2), gb.transpose(1, 0, 2)
         o_b, f_b, gx_b, gs_b, grads_b = _run(model, xb, pick(states, b), None, gb, pick(finals_g, b))
         o_tm = o_b.transpose(1, 0, 2) if model.batch_first else o_b
-        _assert_close(tm(out)[:L, b:b + 1], o_tm, "output of a sequence alone", where)
+        _assert_close(tm(out)[:L, b : b + 1], o_tm, "output of a sequence alone", where)
         for s, s_b in zip(fin if not one else (fin,), f_b if not one else (f_b,)):
-            _assert_close(s[:, b:b + 1], s_b, "final state of a sequence alone", where)
+            _assert_close(s[:, b : b + 1], s_b, "final state of a sequence alone", where)
         gx_tm = gx_b.transpose(1, 0, 2) if model.batch_first else gx_b
-        _assert_close(tm(gx)[:L, b:b + 1], gx_tm, "grad_x of a sequence alone", where)
+        _assert_close(tm(gx)[:L, b : b + 1], gx_tm, "grad_x of a sequence alone", where)
         for k in total:
             total[k] += grads_b[k]
     for k in total:
         _assert_close(grads[k], total[k], f"grad {k} summed over sequences alone", where)
 
-    model.batch_first = not model.batch_first     # the same numbers in the other layout
+    model.batch_first = not model.batch_first  # the same numbers in the other layout
     swap = lambda a: a.transpose(1, 0, 2)  # noqa: E731
     out2, fin2, gx2, _, grads2 = _run(model, swap(x), h0, lengths, swap(g_out), g_fin)
     _assert_close(swap(out2), out, "output under batch_first", where)
     _assert_close(swap(gx2), gx, "grad_x under batch_first", where)
     model.batch_first = not model.batch_first
-    x1 = x_tm[:, :1]                              # unbatched input = a batch of one
+    x1 = x_tm[:, :1]  # unbatched input = a batch of one
     s_u = None if states is None else tuple(s[:, 0] for s in states)
     o_u, _ = model.forward(x1[:, 0], None if s_u is None else (s_u[0] if one else s_u))
     o_1, _ = model.forward(x1 if not model.batch_first else x1.transpose(1, 0, 2), pick(states, 0))
@@ -144,8 +152,18 @@ def _model_twin(name, spec, seed, step):
     from scratch_rnn.models import ModelConfig, SequenceModel
 
     nonlinearity = spec.options.get("nonlinearity", ("tanh",))[-1]
-    cfg = ModelConfig(cell=name, input_size=3, hidden_size=4, out_features=2, num_layers=2, bidirectional=True,
-                      nonlinearity=nonlinearity, loss="mse", dtype="float64", seed=seed)
+    cfg = ModelConfig(
+        cell=name,
+        input_size=3,
+        hidden_size=4,
+        out_features=2,
+        num_layers=2,
+        bidirectional=True,
+        nonlinearity=nonlinearity,
+        loss="mse",
+        dtype="float64",
+        seed=seed,
+    )
     model = SequenceModel(cfg).eval()
     rng = np.random.default_rng(seed)
     x, y, lengths = rng.standard_normal((3, 5, 3)), rng.standard_normal((3, 2)), np.array([5, 2, 4])
@@ -157,8 +175,10 @@ def _model_twin(name, spec, seed, step):
     out_t, _ = twin(torch.tensor(x), None, lengths)
     loss_t = twin.loss(out_t, torch.tensor(y), lengths)
     loss_t.backward()
-    checks = [("SequenceModel output", res.output, out_t.detach().numpy()),
-              ("SequenceModel loss", np.array(res.loss), np.array(loss_t.item()))]
+    checks = [
+        ("SequenceModel output", res.output, out_t.detach().numpy()),
+        ("SequenceModel loss", np.array(res.loss), np.array(loss_t.item())),
+    ]
     theirs = dict(twin.named_parameters())
     checks += [(f"SequenceModel grad {k}", g, theirs[k].grad.numpy()) for k, g in model.grads.items()]
     for what, mine, ref in checks:

@@ -1,6 +1,7 @@
 """A drawn recurrent configuration (any registered cell, or a user's ``"module:Class"`` cell) and its data: shared by
 the test strategies and the crosscheck command. States go in the model's own form: ``h0`` for a one-state cell,
 a tuple such as ``(h0, c0)`` (LSTM) otherwise."""
+
 from __future__ import annotations
 
 from dataclasses import asdict, dataclass
@@ -33,8 +34,8 @@ class RNNCase:
     dropout: float
     seed: int
     cell: str = "rnn"
-    proj_size: int = 0          # LSTM only
-    options: tuple = ()         # a plug-in cell's own options, (name, value) pairs drawn from its OPTIONS
+    proj_size: int = 0  # LSTM only
+    options: tuple = ()  # a plug-in cell's own options, (name, value) pairs drawn from its OPTIONS
 
     @property
     def out_size(self) -> int:
@@ -45,8 +46,15 @@ class RNNCase:
         return self.cell == "lstm"
 
     def model(self, dtype=np.float64):
-        common = dict(num_layers=self.num_layers, bias=self.bias, batch_first=self.batch_first, dropout=self.dropout,
-                      bidirectional=self.bidirectional, dtype=dtype, seed=self.seed)
+        common = dict(
+            num_layers=self.num_layers,
+            bias=self.bias,
+            batch_first=self.batch_first,
+            dropout=self.dropout,
+            bidirectional=self.bidirectional,
+            dtype=dtype,
+            seed=self.seed,
+        )
         if self.cell == "rnn":
             common["nonlinearity"] = self.nonlinearity
         if self.lstm:
@@ -91,8 +99,9 @@ class RNNCase:
         return str(asdict(self))
 
 
-def random_case(rng: np.random.Generator, max_layers=3, max_steps=12, max_batch=6, max_size=8,
-                cells=("rnn",)) -> RNNCase:
+def random_case(
+    rng: np.random.Generator, max_layers=3, max_steps=12, max_batch=6, max_size=8, cells=("rnn",)
+) -> RNNCase:
     """Draw every option of the cell's torch module together, lengths, dropout and proj_size included (a plug-in
     cell's own options last, from its spec: the built-in cells' streams are those of old)."""
     cell = str(rng.choice(list(cells))) if len(cells) > 1 else cells[0]  # one cell: the stream is the RNN's of old

@@ -12,6 +12,7 @@ sequence from its own last valid step, and applies given inter-layer dropout kee
 in the cell's STATES), p the layer's and direction's parameter tensors by kind, ``cell`` the scratch cell (its
 options, e.g. ``cell.nonlinearity``).
 """
+
 from __future__ import annotations
 
 import numpy as np
@@ -63,17 +64,20 @@ class TorchStepRNN(torch.nn.Module):
         lens = torch.full((B,), T) if lengths is None else torch.as_tensor(np.asarray(lengths).reshape(-1))
         scale = 0.0 if cell.dropout >= 1 else 1.0 / (1.0 - cell.dropout)
         params = dict(self.named_parameters())
-        self.step_states = {}   # (layer·D + d, t) -> (h_t as carried, active rows): read for hidden_grads
+        self.step_states = {}  # (layer·D + d, t) -> (h_t as carried, active rows): read for hidden_grads
         layer_in, finals = x_tm, [[None] * LD for _ in range(n_states)]
         for layer in range(cell.num_layers):
             outs = []
             for d in range(D):
                 sfx = f"_l{layer}{'_reverse' if d else ''}"
-                p = {k[:-len(sfx)]: v for k, v in params.items() if k.endswith(sfx) and
-                     (d or not k.endswith("_reverse"))}
+                p = {
+                    k[: -len(sfx)]: v
+                    for k, v in params.items()
+                    if k.endswith(sfx) and (d or not k.endswith("_reverse"))
+                }
                 states = tuple(s[layer * D + d] for s in states0)
                 out_t = [None] * T
-                for t in (range(T - 1, -1, -1) if d else range(T)):
+                for t in range(T - 1, -1, -1) if d else range(T):
                     active = (t < lens).reshape(B, 1)
                     new = self.step(cell, layer_in[t], states, p)
                     states = tuple(torch.where(active, n, s) for n, s in zip(new, states))
@@ -97,8 +101,18 @@ class TorchStepRNN(torch.nn.Module):
         return out, (fin[0] if n_states == 1 else tuple(fin))
 
 
-def run_step_twin(model, x, hx=None, lengths=None, grad_output=None, grad_final=None, *, dropout_masks=None,
-                  step=None, dtype=torch.float64) -> dict:
+def run_step_twin(
+    model,
+    x,
+    hx=None,
+    lengths=None,
+    grad_output=None,
+    grad_final=None,
+    *,
+    dropout_masks=None,
+    step=None,
+    dtype=torch.float64,
+) -> dict:
     """Forward and backward of ``model``'s twin; NumPy results keyed like :func:`reference.rnn.run_torch`'s
     (``output``, ``h_n``, ``grad_x``, ``grad_h0``, ``grads``; ``c_n``/``grad_c0`` for a second state; ``finals`` and
     ``grad_states0`` hold all of them). ``step``: the twin's step (default: the registered one or the class's TWIN)."""
@@ -132,10 +146,16 @@ def run_step_twin(model, x, hx=None, lengths=None, grad_output=None, grad_final=
     for (ld, t), (h, active) in twin.step_states.items():
         if h.grad is not None:
             hidden[ld, t] = (h.grad * active).numpy()
-    res = dict(output=out.detach().numpy().copy(), h_n=finals[0].detach().numpy().copy(), grad_x=grad_of(xt),
-               grad_h0=grad_states0[0], grads={k: grad_of(v) for k, v in twin.named_parameters()},
-               finals=[f.detach().numpy().copy() for f in finals], grad_states0=grad_states0,
-               hidden_grads=hidden)  # (L·D, T, B, out) time-major, zero at padded steps, as the scratch model's
+    res = dict(
+        output=out.detach().numpy().copy(),
+        h_n=finals[0].detach().numpy().copy(),
+        grad_x=grad_of(xt),
+        grad_h0=grad_states0[0],
+        grads={k: grad_of(v) for k, v in twin.named_parameters()},
+        finals=[f.detach().numpy().copy() for f in finals],
+        grad_states0=grad_states0,
+        hidden_grads=hidden,
+    )  # (L·D, T, B, out) time-major, zero at padded steps, as the scratch model's
     if n_states == 2:  # a cell state beside h, under the LSTM's names
         res.update(c_n=res["finals"][1], grad_c0=grad_states0[1])
     return res

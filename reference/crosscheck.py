@@ -18,6 +18,7 @@ Exit codes (scratch_rnn.cli): 0 all agree, 1 a mismatch (an error above its thre
 (``--cases``/``--max-steps`` not positive, ``--seed`` negative, a ``--json`` path that cannot be
 written: all checked before the first case), 3 crashed, 130 interrupted.
 """
+
 from __future__ import annotations
 
 import argparse
@@ -69,8 +70,12 @@ def check_case(case, twin=None) -> tuple[dict, dict]:
     grad_x, grad_s = model.backward(g_out, g_fin)
     ref = run_torch(model, x, hx, lengths, g_out, g_fin, dropout_masks=masks, twin=twin)
     (h_n, c_n), (grad_h0, grad_c0) = _pair(finals), _pair(grad_s)
-    vs_torch = {"output": rel_error(out, ref["output"]), "h_n": rel_error(h_n, ref["h_n"]),
-                "grad_x": rel_error(grad_x, ref["grad_x"]), "grad_h0": rel_error(grad_h0, ref["grad_h0"])}
+    vs_torch = {
+        "output": rel_error(out, ref["output"]),
+        "h_n": rel_error(h_n, ref["h_n"]),
+        "grad_x": rel_error(grad_x, ref["grad_x"]),
+        "grad_h0": rel_error(grad_h0, ref["grad_h0"]),
+    }
     if c_n is not None:
         vs_torch.update(c_n=rel_error(c_n, ref["c_n"]), grad_c0=rel_error(grad_c0, ref["grad_c0"]))
     if ref.get("hidden_grads") is not None:  # a step-function cell's twin also gives dL/dh_t of every step
@@ -88,8 +93,9 @@ def check_case(case, twin=None) -> tuple[dict, dict]:
     targets = [("grad_x", "input")] + states + [(param_kind(n), n) for n in model.grads]
     for i, (quantity, name) in enumerate(targets):
         try:
-            checks = rnn_directional_checks(model, x, hx, lengths, n_directions=1, seed=case.seed + i,
-                                            dropout_masks=masks, restrict_to=[name])
+            checks = rnn_directional_checks(
+                model, x, hx, lengths, n_directions=1, seed=case.seed + i, dropout_masks=masks, restrict_to=[name]
+            )
         except NonDifferentiableError:  # a relu pre-activation sits exactly at its kink
             continue
         if floor:
@@ -117,8 +123,7 @@ def crosscheck_cell(cell: str, cases: int, seed: int, max_steps: int, progress: 
             worst_fd[q] = max(worst_fd[q], e)
             if not e <= FD_THRESHOLD:
                 failures.append(dict(cell=cell, quantity=q, oracle="finite differences", rel_error=e, case=str(case)))
-    rows = [[q, counts[q], f"{worst_torch[q]:.2e}", f"{worst_fd[q]:.2e}" if q in worst_fd else "-"]
-            for q in counts]
+    rows = [[q, counts[q], f"{worst_torch[q]:.2e}", f"{worst_fd[q]:.2e}" if q in worst_fd else "-"] for q in counts]
     return rows, failures
 
 
@@ -127,16 +132,24 @@ def main(argv=None) -> int:
 
 
 def _main(argv=None) -> int:
-    parser = argparse.ArgumentParser(prog=PROG, description=__doc__,
-                                     formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser = argparse.ArgumentParser(
+        prog=PROG, description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
     parser.add_argument("--cases", type=int, default=200, help="random configurations to draw (default 200)")
     parser.add_argument("--seed", type=int, default=0, help="seed of the configuration stream (default 0)")
     parser.add_argument("--max-steps", type=int, default=12, help="longest sequence drawn (default 12)")
-    parser.add_argument("--cell", default="rnn",
-                        help=f"a registered cell ({', '.join(cell_names())}), 'all' (one table per registered "
-                             "cell) or a cell of your own as 'module:Class' (default rnn)")
-    parser.add_argument("--twin", metavar="MODULE:FUNCTION", default=None,
-                        help="the torch step of a step-function cell (default: the cell's own TWIN)")
+    parser.add_argument(
+        "--cell",
+        default="rnn",
+        help=f"a registered cell ({', '.join(cell_names())}), 'all' (one table per registered "
+        "cell) or a cell of your own as 'module:Class' (default rnn)",
+    )
+    parser.add_argument(
+        "--twin",
+        metavar="MODULE:FUNCTION",
+        default=None,
+        help="the torch step of a step-function cell (default: the cell's own TWIN)",
+    )
     parser.add_argument("--json", metavar="PATH", help="also write the tables and failures as JSON")
     args = parser.parse_args(argv)
     with as_bad_input():
@@ -157,27 +170,46 @@ def _main(argv=None) -> int:
             if not spec.builtin:
                 twin = spec.twin_function() if args.twin is None else resolve(args.twin, "--twin")
             elif args.twin is not None:
-                raise ValueError(f"--twin: {cell!r} is checked against its torch.nn module; --twin is for "
-                                 "step-function cells")
+                raise ValueError(
+                    f"--twin: {cell!r} is checked against its torch.nn module; --twin is for step-function cells"
+                )
 
     tables, failures = {}, []
     for cell in cells:
-        rows, fails = crosscheck_cell(cell, args.cases, args.seed, args.max_steps,
-                                      twin=None if cell_spec(cell).builtin or args.twin is None else twin)
+        rows, fails = crosscheck_cell(
+            cell,
+            args.cases,
+            args.seed,
+            args.max_steps,
+            twin=None if cell_spec(cell).builtin or args.twin is None else twin,
+        )
         tables[cell] = rows
         failures += fails
-        print(f"\n{cell.upper() if ':' not in cell else cell}: {args.cases} random configurations, float64, seed {args.seed}")
-        print(tabulate(rows, headers=["quantity", "cases", "worst rel. error vs torch",
-                                      "worst rel. error vs finite differences"]))
+        print(
+            f"\n{cell.upper() if ':' not in cell else cell}: {args.cases} random configurations, float64, "
+            f"seed {args.seed}"
+        )
+        print(
+            tabulate(
+                rows,
+                headers=["quantity", "cases", "worst rel. error vs torch", "worst rel. error vs finite differences"],
+            )
+        )
     print(f"thresholds: torch {TORCH_THRESHOLD:g}, finite differences {FD_THRESHOLD:g}")
     if args.json:
-        atomic_write_text(args.json, json.dumps(dict(cases=args.cases, seed=args.seed, tables=tables,
-                                                     rows=tables[cells[0]], failures=failures), indent=2))
+        atomic_write_text(
+            args.json,
+            json.dumps(
+                dict(cases=args.cases, seed=args.seed, tables=tables, rows=tables[cells[0]], failures=failures),
+                indent=2,
+            ),
+        )
     if failures:
         print(f"\n{len(failures)} MISMATCH(ES); first ones:", file=sys.stderr)
         for f in failures[:5]:
-            print(f"  {f['cell']} {f['quantity']} vs {f['oracle']}: {f['rel_error']:.3e} for {f['case']}",
-                  file=sys.stderr)
+            print(
+                f"  {f['cell']} {f['quantity']} vs {f['oracle']}: {f['rel_error']:.3e} for {f['case']}", file=sys.stderr
+            )
         raise Stopped(f"{len(failures)} mismatch(es) above the thresholds")
     print("all quantities agree with both oracles")
     return 0

@@ -6,6 +6,7 @@ sequence's length simply do not exist and their gradients are zero. Every hidden
 ``.grad`` (``retain_grad``), which is the total derivative dL/dh_t that ``rnn.hidden_grads`` must hold.
 Nothing here calls ``torch.nn.RNN`` or the scratch code: only the weights are copied.
 """
+
 from __future__ import annotations
 
 import numpy as np
@@ -15,8 +16,7 @@ _ACT = {"tanh": torch.tanh, "relu": torch.relu}
 
 
 def _params(model) -> dict:
-    return {k: torch.tensor(np.asarray(v, dtype=np.float64), requires_grad=True)
-            for k, v in model.state_dict().items()}
+    return {k: torch.tensor(np.asarray(v, dtype=np.float64), requires_grad=True) for k, v in model.state_dict().items()}
 
 
 def _name(kind, layer, d):
@@ -50,7 +50,7 @@ def _unroll_sample(model, p, xb, h0b, masks_b=None):
             w_ih, w_hh = p[_name("weight_ih", layer, d)], p[_name("weight_hh", layer, d)]
             h = h0b[ld]
             seq = [None] * L
-            for t in (range(L) if d == 0 else range(L - 1, -1, -1)):
+            for t in range(L) if d == 0 else range(L - 1, -1, -1):
                 a = w_ih @ layer_in[t] + w_hh @ h
                 if model.bias:
                     a = a + p[_name("bias_ih", layer, d)] + p[_name("bias_hh", layer, d)]
@@ -84,8 +84,9 @@ def _prepare(model, x, h0, lengths, dropout_masks):
     return batched, xt, h0, lengths, masks
 
 
-def unrolled_hidden_grads(model, x, h0=None, lengths=None, grad_output=None, grad_h_n=None, *,
-                          dropout_masks=None) -> dict:
+def unrolled_hidden_grads(
+    model, x, h0=None, lengths=None, grad_output=None, grad_h_n=None, *, dropout_masks=None
+) -> dict:
     """dL/dh_t for every layer, direction, step and sample, with L = Σ output·grad_output + Σ h_n·grad_h_n.
 
     Arguments in the caller's layout, as given to the scratch model (``dropout_masks`` time-major
@@ -108,8 +109,7 @@ def unrolled_hidden_grads(model, x, h0=None, lengths=None, grad_output=None, gra
     for b in range(B):
         n = int(lengths[b])
         masks_b = None if masks is None else [torch.tensor(m[:n, b]) for m in masks]
-        states, _, hn, out = _unroll_sample(model, p, torch.tensor(xt[:n, b]), torch.tensor(h0[:, b]),
-                                            masks_b)
+        states, _, hn, out = _unroll_sample(model, p, torch.tensor(xt[:n, b]), torch.tensor(h0[:, b]), masks_b)
         loss = torch.zeros((), dtype=torch.float64)
         if go is not None:
             loss = loss + sum((out[t] * torch.tensor(go[t, b])).sum() for t in range(n))
@@ -127,8 +127,9 @@ def unrolled_hidden_grads(model, x, h0=None, lengths=None, grad_output=None, gra
     return dict(hidden_grads=hidden, output=output, h_n=h_n)
 
 
-def jacobian_product(model, x, h0=None, lengths=None, *, index: int = 0, sample: int = 0,
-                     distance: int = 1) -> np.ndarray:
+def jacobian_product(
+    model, x, h0=None, lengths=None, *, index: int = 0, sample: int = 0, distance: int = 1
+) -> np.ndarray:
     """∂h_end/∂h_{end-distance} of layer/direction ``index`` for one sample, by
     ``torch.autograd.functional.jacobian`` of the map h_{end-distance} -> h_end (the layer's inputs
     held at their values). "end" is the sequence's own last valid step (forward) or step 0
@@ -141,8 +142,7 @@ def jacobian_product(model, x, h0=None, lengths=None, *, index: int = 0, sample:
         raise ValueError(f"distance: expected 0..{n} (the sample's length), got {distance}")
     p = _params(model)
     with torch.no_grad():
-        states, layer_inputs, _, _ = _unroll_sample(model, p, torch.tensor(xt[:n, sample]),
-                                                    torch.tensor(h0[:, sample]))
+        states, layer_inputs, _, _ = _unroll_sample(model, p, torch.tensor(xt[:n, sample]), torch.tensor(h0[:, sample]))
     inputs = [v.detach() for v in layer_inputs[layer]]
     seq = states[index]
     if d == 0:  # steps n-distance .. n-1, starting from the state before step n-distance

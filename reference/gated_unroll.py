@@ -8,6 +8,7 @@ here calls ``torch.nn.LSTM`` / ``GRU``, the packing utilities or the scratch cod
 copied, so the scratch model's sorting by length, its packed loops and its reverse indexing are all
 checked against sequences that never see a padded step.
 """
+
 from __future__ import annotations
 
 import numpy as np
@@ -47,8 +48,9 @@ def _keep(t):
     return t
 
 
-def unrolled_gated_grads(model, x, hx=None, lengths=None, grad_output=None, grad_final=None, *,
-                         dropout_masks=None) -> dict:
+def unrolled_gated_grads(
+    model, x, hx=None, lengths=None, grad_output=None, grad_final=None, *, dropout_masks=None
+) -> dict:
     """dL/dh_t (and dL/dc_t for the LSTM) of every layer, direction, step and sample of an LSTM or GRU.
 
     L = Σ output·grad_output + Σ h_n·grad_h_n (+ Σ c_n·grad_c_n). Arguments in the caller's layout and the
@@ -99,7 +101,7 @@ def unrolled_gated_grads(model, x, hx=None, lengths=None, grad_output=None, grad
                 h = torch.tensor(h0[0][ld, b])
                 c = torch.tensor(h0[1][ld, b]) if lstm else None
                 hs[ld], cs[ld] = [None] * n, [None] * n
-                for t in (range(n) if d == 0 else range(n - 1, -1, -1)):
+                for t in range(n) if d == 0 else range(n - 1, -1, -1):
                     if lstm:
                         h, c = _lstm_step(p, layer, d, layer_in[t], h, c)
                         cs[ld][t] = _keep(c)

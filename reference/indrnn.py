@@ -3,6 +3,7 @@
 torch has no IndRNN module, so the twin is the step written again from the paper's equation,
 h_t = σ(W_ih x_t + b_ih + u ⊙ h_{t-1} + b_hh), and unrolled by :func:`reference.cells.run_step_twin`.
 """
+
 from __future__ import annotations
 
 import torch

@@ -4,6 +4,7 @@ The twins run in float64 by default. Every ``run_*`` function evaluates the twin
 under an explicit (random, in the tests) cotangent and returns NumPy arrays keyed by the same
 names as the scratch layer, so a test compares dict to dict.
 """
+
 from __future__ import annotations
 
 import numpy as np
@@ -11,7 +12,12 @@ import torch
 import torch.nn.functional as F
 
 __all__ = [
-    "linear_twin", "embedding_twin", "run_linear", "run_embedding", "run_loss", "load_torch_state",
+    "linear_twin",
+    "embedding_twin",
+    "run_linear",
+    "run_embedding",
+    "run_loss",
+    "load_torch_state",
     "LOSS_FUNCTIONS",
 ]
 
@@ -40,16 +46,21 @@ def _copy_params(scratch_layer, module: torch.nn.Module, dtype) -> None:
 
 def linear_twin(scratch_linear, dtype=torch.float64) -> torch.nn.Linear:
     """A torch.nn.Linear of the same sizes with the scratch layer's weight/bias copied in."""
-    module = torch.nn.Linear(scratch_linear.in_features, scratch_linear.out_features,
-                             bias=scratch_linear.has_bias, dtype=dtype)
+    module = torch.nn.Linear(
+        scratch_linear.in_features, scratch_linear.out_features, bias=scratch_linear.has_bias, dtype=dtype
+    )
     _copy_params(scratch_linear, module, dtype)
     return module
 
 
 def embedding_twin(scratch_embedding, dtype=torch.float64) -> torch.nn.Embedding:
     """A torch.nn.Embedding of the same sizes and padding_idx with the scratch weight copied in."""
-    module = torch.nn.Embedding(scratch_embedding.num_embeddings, scratch_embedding.embedding_dim,
-                                padding_idx=scratch_embedding.padding_idx, dtype=dtype)
+    module = torch.nn.Embedding(
+        scratch_embedding.num_embeddings,
+        scratch_embedding.embedding_dim,
+        padding_idx=scratch_embedding.padding_idx,
+        dtype=dtype,
+    )
     _copy_params(scratch_embedding, module, dtype)
     return module
 

@@ -12,6 +12,7 @@ unrolled one nn.RNN layer at a time, sharing this module's parameters, and the g
 applied between layers scaled by 1/(1-p), exactly where nn.RNN applies its dropout.
 :func:`draw_dropout_masks` draws them from a NumPy generator in the scratch model's order.
 """
+
 from __future__ import annotations
 
 import numpy as np
@@ -41,15 +42,15 @@ def draw_dropout_masks(rng: np.random.Generator, config, T: int, B: int, trainin
 
 
 class TorchSequenceModel(torch.nn.Module):
-    """The twin; ``forward(x, h0=None, lengths=None, dropout_masks=None)`` -> (out, h_n), ``loss(out, target, lengths)``."""
+    """The twin; ``forward(x, h0=None, lengths=None, dropout_masks=None)`` -> (out, h_n),
+    ``loss(out, target, lengths)``."""
 
     def __init__(self, config, dtype=torch.float64):
         super().__init__()
         self.config = c = config
         self.tdtype = dtype
         if c.vocab_size is not None:
-            self.embedding = torch.nn.Embedding(c.vocab_size, c.embedding_dim, padding_idx=c.padding_idx,
-                                                dtype=dtype)
+            self.embedding = torch.nn.Embedding(c.vocab_size, c.embedding_dim, padding_idx=c.padding_idx, dtype=dtype)
         else:
             self.embedding = None
         in_size = c.embedding_dim if c.vocab_size is not None else c.input_size
@@ -61,12 +62,26 @@ class TorchSequenceModel(torch.nn.Module):
         """nn.RNN / nn.LSTM / nn.GRU of the config's cell; a step-function cell's TorchStepRNN twin."""
         c = self.config
         if not cell_spec(c.cell).builtin:
-            cell = cell_spec(c.cell).model_class()(in_size, c.hidden_size, num_layers=num_layers, bias=c.bias,
-                                                   batch_first=True, dropout=dropout, bidirectional=c.bidirectional,
-                                                   dtype=np.float64, **c.cell_options())
+            cell = cell_spec(c.cell).model_class()(
+                in_size,
+                c.hidden_size,
+                num_layers=num_layers,
+                bias=c.bias,
+                batch_first=True,
+                dropout=dropout,
+                bidirectional=c.bidirectional,
+                dtype=np.float64,
+                **c.cell_options(),
+            )
             return TorchStepRNN(cell, dtype=self.tdtype)
-        opts = dict(num_layers=num_layers, bias=c.bias, batch_first=True, dropout=dropout,
-                    bidirectional=c.bidirectional, dtype=self.tdtype)
+        opts = dict(
+            num_layers=num_layers,
+            bias=c.bias,
+            batch_first=True,
+            dropout=dropout,
+            bidirectional=c.bidirectional,
+            dtype=self.tdtype,
+        )
         if c.cell == "rnn":
             return torch.nn.RNN(in_size, c.hidden_size, nonlinearity=c.nonlinearity, **opts)
         if c.cell == "lstm":
@@ -78,8 +93,9 @@ class TorchSequenceModel(torch.nn.Module):
         T = x.shape[1]
         if lengths is None:
             return module(x, h0)
-        packed = pack_padded_sequence(x, torch.as_tensor(np.asarray(lengths), dtype=torch.int64),
-                                      batch_first=True, enforce_sorted=False)
+        packed = pack_padded_sequence(
+            x, torch.as_tensor(np.asarray(lengths), dtype=torch.int64), batch_first=True, enforce_sorted=False
+        )
         out, h_n = module(packed, h0)
         out, _ = pad_packed_sequence(out, batch_first=True, total_length=T)
         return out, h_n
@@ -93,8 +109,15 @@ class TorchSequenceModel(torch.nn.Module):
             single = self._recurrent(layer_in.shape[-1], num_layers=1)
             for name, _ in list(single.named_parameters()):
                 setattr(single, name, getattr(self.rnn, name.replace("_l0", f"_l{layer}")))  # shared leaves
-            hx = None if h0 is None else (tuple(s[layer * D:(layer + 1) * D] for s in h0) if isinstance(h0, tuple)
-                                          else h0[layer * D:(layer + 1) * D])
+            hx = (
+                None
+                if h0 is None
+                else (
+                    tuple(s[layer * D : (layer + 1) * D] for s in h0)
+                    if isinstance(h0, tuple)
+                    else h0[layer * D : (layer + 1) * D]
+                )
+            )
             out, h_n = self._rnn(single, layer_in, hx, lengths)
             finals.append(h_n if isinstance(h_n, tuple) else (h_n,))
             if layer < c.num_layers - 1:
@@ -110,8 +133,11 @@ class TorchSequenceModel(torch.nn.Module):
         emb = self.embedding(x) if self.embedding is not None else x  # (B, T, E)
         B, T = emb.shape[:2]
         if h0 is not None:  # an array, or (h0, c0) for an LSTM
-            h0 = tuple(s if torch.is_tensor(s) else to_tensor(s, self.tdtype) for s in h0) if isinstance(
-                h0, (tuple, list)) else (h0 if torch.is_tensor(h0) else to_tensor(h0, self.tdtype))
+            h0 = (
+                tuple(s if torch.is_tensor(s) else to_tensor(s, self.tdtype) for s in h0)
+                if isinstance(h0, (tuple, list))
+                else (h0 if torch.is_tensor(h0) else to_tensor(h0, self.tdtype))
+            )
         if self.training and c.dropout > 0 and c.num_layers > 1 and dropout_masks is None:
             raise ValueError("dropout_masks: the twin needs the scratch model's masks in training mode")
         if isinstance(self.rnn, TorchStepRNN):  # unrolled here, masks and all
@@ -120,8 +146,11 @@ class TorchSequenceModel(torch.nn.Module):
             out, h_n = self._rnn_layerwise(emb, h0, lengths, dropout_masks)
         else:
             out, h_n = self._rnn(self.rnn, emb, h0, lengths)  # (B, T, D·H)
-        lens = torch.full((B,), T, dtype=torch.int64) if lengths is None else torch.as_tensor(
-            np.asarray(lengths), dtype=torch.int64)
+        lens = (
+            torch.full((B,), T, dtype=torch.int64)
+            if lengths is None
+            else torch.as_tensor(np.asarray(lengths), dtype=torch.int64)
+        )
         if c.task == "per_step":
             return self.head(out), h_n
         valid = torch.arange(T)[None, :] < lens[:, None]  # (B, T)
@@ -151,7 +180,8 @@ class TorchSequenceModel(torch.nn.Module):
 def torch_twin(model, dtype=torch.float64) -> TorchSequenceModel:
     """A TorchSequenceModel with ``model``'s config, weights and train/eval mode."""
     twin = TorchSequenceModel(model.config, dtype)
-    twin.load_state_dict({k: torch.from_numpy(np.array(v, dtype=np.float64)).to(dtype)
-                          for k, v in model.state_dict().items()})
+    twin.load_state_dict(
+        {k: torch.from_numpy(np.array(v, dtype=np.float64)).to(dtype) for k, v in model.state_dict().items()}
+    )
     twin.train(model.training)
     return twin

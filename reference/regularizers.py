@@ -12,6 +12,7 @@ code form writes it as the authors do, (δ_t ⊙ f'(a_t)) W_hh with f'(a_t) from
 The switches are for the suite's mutation checks: ``detach_delta=False`` lets gradient flow through δ (not
 the definition of either form); ``detach_states=False`` lets the code form's gradient through the states.
 """
+
 from __future__ import annotations
 
 import numpy as np
@@ -25,8 +26,18 @@ def _time_major(model, a):
     return a.transpose(1, 0, 2) if model.batch_first else a
 
 
-def omega_twin(model, x, h0=None, grad_output=None, grad_h_n=None, *, form="exact", steps=None, detach_delta=True,
-               detach_states=True) -> dict:
+def omega_twin(
+    model,
+    x,
+    h0=None,
+    grad_output=None,
+    grad_h_n=None,
+    *,
+    form="exact",
+    steps=None,
+    detach_delta=True,
+    detach_states=True,
+) -> dict:
     """Ω of ``form`` ("exact" or "code") and its gradient for ``model``'s weights on input ``x``.
 
     steps: "sum" (Σ over steps of the batch mean) or "mean" (the mean over the terms that count); default the
@@ -35,13 +46,11 @@ def omega_twin(model, x, h0=None, grad_output=None, grad_h_n=None, *, form="exac
     model: a single-layer unidirectional scratch RNN (only its weights and flags are read); x, h0,
     grad_output, grad_h_n: what its forward and backward were given, in its layout (None: zero).
     """
-    p = {k: torch.tensor(np.asarray(v, dtype=np.float64), requires_grad=True)
-         for k, v in model.state_dict().items()}
-    xt = torch.tensor(_time_major(model, x))                       # (T, B, I)
+    p = {k: torch.tensor(np.asarray(v, dtype=np.float64), requires_grad=True) for k, v in model.state_dict().items()}
+    xt = torch.tensor(_time_major(model, x))  # (T, B, I)
     T, B = xt.shape[:2]
     H = model.hidden_size
-    h = torch.zeros(B, H, dtype=torch.float64) if h0 is None else torch.tensor(
-        np.asarray(h0, dtype=np.float64)[0])
+    h = torch.zeros(B, H, dtype=torch.float64) if h0 is None else torch.tensor(np.asarray(h0, dtype=np.float64)[0])
     act = torch.tanh if model.nonlinearity == "tanh" else torch.relu
     pre, states = [], []
     for t in range(T):
@@ -57,8 +66,9 @@ def omega_twin(model, x, h0=None, grad_output=None, grad_h_n=None, *, form="exac
         loss = loss + (torch.stack(states) * torch.tensor(_time_major(model, grad_output))).sum()
     if grad_h_n is not None:
         loss = loss + (states[-1] * torch.tensor(np.asarray(grad_h_n, dtype=np.float64)[0])).sum()
-    delta = torch.autograd.grad(loss, states, retain_graph=True, create_graph=not detach_delta,
-                                allow_unused=True, materialize_grads=True)
+    delta = torch.autograd.grad(
+        loss, states, retain_graph=True, create_graph=not detach_delta, allow_unused=True, materialize_grads=True
+    )
     if detach_delta:
         delta = [d.detach() for d in delta]
 
@@ -73,7 +83,7 @@ def omega_twin(model, x, h0=None, grad_output=None, grad_h_n=None, *, form="exac
             # graph (create_graph): its dependence on W_hh and, through f'(a_t), on everything upstream of
             # a_t is autograd's, not a formula's
             v = torch.autograd.grad(states[t], states[t - 1], grad_outputs=delta[t], create_graph=True)[0]
-            nd = torch.linalg.vector_norm(delta[t], dim=1)        # (B,)
+            nd = torch.linalg.vector_norm(delta[t], dim=1)  # (B,)
             keep = nd != 0
             r = torch.linalg.vector_norm(v, dim=1) / torch.where(keep, nd, torch.ones_like(nd))
             terms.append(torch.where(keep, (r - 1) ** 2, torch.zeros_like(r)))
@@ -81,8 +91,8 @@ def omega_twin(model, x, h0=None, grad_output=None, grad_h_n=None, *, form="exac
         else:  # the authors' expression (RNN.py l. 194-209), the states held constant unless asked
             a = pre[t].detach() if detach_states else pre[t]
             slope = 1 - torch.tanh(a) ** 2 if model.nonlinearity == "tanh" else (a > 0).to(torch.float64)
-            v = (delta[t] * slope) @ p["weight_hh_l0"]             # δ_t J_t, (B, H)
-            num, den = (v ** 2).sum(1), (delta[t] ** 2).sum(1)
+            v = (delta[t] * slope) @ p["weight_hh_l0"]  # δ_t J_t, (B, H)
+            num, den = (v**2).sum(1), (delta[t] ** 2).sum(1)
             keep = den >= CODE_BOUND
             q = torch.where(keep, num / torch.where(keep, den, torch.ones_like(den)), torch.ones_like(den))
             terms.append((q - 1) ** 2)
@@ -94,11 +104,14 @@ def omega_twin(model, x, h0=None, grad_output=None, grad_h_n=None, *, form="exac
         omega = torch.stack(terms).sum() / B
     else:  # the mean over the terms that count
         n = torch.stack(counted).sum()
-        omega = (torch.stack(terms).sum() / n if n > 0 else torch.zeros((), dtype=torch.float64))
+        omega = torch.stack(terms).sum() / n if n > 0 else torch.zeros((), dtype=torch.float64)
     names = list(p)
     if omega.requires_grad:
         g = torch.autograd.grad(omega, [p[k] for k in names], allow_unused=True, materialize_grads=True)
     else:
         g = [torch.zeros_like(p[k]) for k in names]
-    return {"omega": float(omega.detach()), "grads": {k: gi.detach().numpy() for k, gi in zip(names, g)},
-            "delta": torch.stack([d.detach() for d in delta]).numpy()}
+    return {
+        "omega": float(omega.detach()),
+        "grads": {k: gi.detach().numpy() for k, gi in zip(names, g)},
+        "delta": torch.stack([d.detach() for d in delta]).numpy(),
+    }

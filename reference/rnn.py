@@ -5,6 +5,7 @@ names the scratch model uses (``output``, ``h_n``, ``grad_x``, ``grad_h0``, and 
 and ``grad_c0``; ``grads[name]``). States go in and out in the scratch model's form: ``h0`` for
 RNN/GRU, ``(h0, c0)`` for the LSTM; likewise the final state's cotangent.
 """
+
 from __future__ import annotations
 
 import numpy as np
@@ -16,8 +17,9 @@ TORCH_CLASSES = {"RNN": torch.nn.RNN, "LSTM": torch.nn.LSTM, "GRU": torch.nn.GRU
 
 def _options(model) -> dict:
     """The torch constructor options of ``model``'s configuration (nonlinearity / proj_size where they exist)."""
-    opts = dict(bias=model.bias, batch_first=model.batch_first, dropout=model.dropout,
-                bidirectional=model.bidirectional)
+    opts = dict(
+        bias=model.bias, batch_first=model.batch_first, dropout=model.dropout, bidirectional=model.bidirectional
+    )
     if model.NAME == "RNN":
         opts["nonlinearity"] = model.nonlinearity
     if getattr(model, "proj_size", 0):
@@ -27,8 +29,9 @@ def _options(model) -> dict:
 
 def torch_twin(model, dtype=torch.float64) -> torch.nn.Module:
     """A ``torch.nn.RNN`` / ``LSTM`` / ``GRU`` with ``model``'s configuration and a copy of its weights."""
-    twin = TORCH_CLASSES[model.NAME](model.input_size, model.hidden_size, num_layers=model.num_layers, dtype=dtype,
-                                     **_options(model))
+    twin = TORCH_CLASSES[model.NAME](
+        model.input_size, model.hidden_size, num_layers=model.num_layers, dtype=dtype, **_options(model)
+    )
     with torch.no_grad():
         for name, value in model.state_dict().items():
             getattr(twin, name).copy_(torch.from_numpy(np.asarray(value, dtype=np.float64)))
@@ -46,8 +49,9 @@ def _run_module(module, x, hx, lengths, batch_first):
     if lengths is None:
         return module(x, hx)
     T = x.shape[1] if batch_first else x.shape[0]
-    packed = pack_padded_sequence(x, torch.as_tensor(np.asarray(lengths), dtype=torch.int64),
-                                  batch_first=batch_first, enforce_sorted=False)
+    packed = pack_padded_sequence(
+        x, torch.as_tensor(np.asarray(lengths), dtype=torch.int64), batch_first=batch_first, enforce_sorted=False
+    )
     out, hn = module(packed, hx)
     out, _ = pad_packed_sequence(out, batch_first=batch_first, total_length=T)
     return out, hn
@@ -73,12 +77,14 @@ def _layerwise(model, twin, x, states, lengths, masks, batch_first):
         for name, _ in single.named_parameters():
             src = name.replace("_l0", f"_l{layer}")
             setattr(single, name, getattr(twin, src))  # share the twin's leaves: grads land on the twin
-        hx = tuple(s[layer * D:(layer + 1) * D] for s in states)
+        hx = tuple(s[layer * D : (layer + 1) * D] for s in states)
         out, hn = _run_module(single, layer_in, _from_tuple(model, hx), lengths, batch_first)
         for f, h in zip(finals, _as_tuple(hn)):
             f.append(h)
         if layer < model.num_layers - 1 and masks is not None:
-            m = torch.as_tensor(np.array(masks[layer], dtype=np.float64), dtype=x.dtype)  # a copy: masks may be read-only
+            m = torch.as_tensor(
+                np.array(masks[layer], dtype=np.float64), dtype=x.dtype
+            )  # a copy: masks may be read-only
             if batch_first:
                 m = m.transpose(0, 1)
             out = out * m * scale
@@ -86,8 +92,18 @@ def _layerwise(model, twin, x, states, lengths, masks, batch_first):
     return layer_in, tuple(torch.cat(f, dim=0) for f in finals)
 
 
-def run_torch(model, x, hx=None, lengths=None, grad_output=None, grad_final=None, *, dropout_masks=None,
-              dtype=torch.float64, twin=None) -> dict:
+def run_torch(
+    model,
+    x,
+    hx=None,
+    lengths=None,
+    grad_output=None,
+    grad_final=None,
+    *,
+    dropout_masks=None,
+    dtype=torch.float64,
+    twin=None,
+) -> dict:
     """Forward and backward of ``model``'s torch twin; NumPy results keyed like the scratch model.
 
     x, hx, grad_output, grad_final are in the caller's layout, as given to the scratch model (hx and
@@ -101,8 +117,10 @@ def run_torch(model, x, hx=None, lengths=None, grad_output=None, grad_final=None
     """
     if model.NAME not in TORCH_CLASSES:
         from reference.cells import run_step_twin
-        return run_step_twin(model, x, hx, lengths, grad_output, grad_final, dropout_masks=dropout_masks,
-                             step=twin, dtype=dtype)
+
+        return run_step_twin(
+            model, x, hx, lengths, grad_output, grad_final, dropout_masks=dropout_masks, step=twin, dtype=dtype
+        )
     twin = torch_twin(model, dtype)
     lstm = model.NAME == "LSTM"
     batched = np.ndim(x) == 3
@@ -110,7 +128,7 @@ def run_torch(model, x, hx=None, lengths=None, grad_output=None, grad_final=None
     D = 2 if model.bidirectional else 1
     LD = model.num_layers * D
     B = xt.shape[0 if model.batch_first else 1] if batched else None
-    sizes = (getattr(model, "output_size", model.hidden_size), model.hidden_size)[:2 if lstm else 1]
+    sizes = (getattr(model, "output_size", model.hidden_size), model.hidden_size)[: 2 if lstm else 1]
     given = _as_tuple(hx) if hx is not None else (None,) * len(sizes)
     states = []
     for s, size in zip(given, sizes):
@@ -146,14 +164,18 @@ def run_torch(model, x, hx=None, lengths=None, grad_output=None, grad_final=None
     params = dict(twin.named_parameters())
     if torch.is_tensor(loss):
         loss.backward()
-    grads = {k: (p.grad.numpy().copy() if p.grad is not None else np.zeros(tuple(p.shape)))
-             for k, p in params.items()}
+    grads = {k: (p.grad.numpy().copy() if p.grad is not None else np.zeros(tuple(p.shape))) for k, p in params.items()}
 
     def grad_of(t):
         return t.grad.numpy().copy() if t.grad is not None else np.zeros(tuple(t.shape))
 
-    res = dict(output=out.detach().numpy().copy(), h_n=finals[0].detach().numpy().copy(), grad_x=grad_of(xt),
-               grad_h0=grad_of(states[0]), grads=grads)
+    res = dict(
+        output=out.detach().numpy().copy(),
+        h_n=finals[0].detach().numpy().copy(),
+        grad_x=grad_of(xt),
+        grad_h0=grad_of(states[0]),
+        grads=grads,
+    )
     if lstm:
         res.update(c_n=finals[1].detach().numpy().copy(), grad_c0=grad_of(states[1]))
     return res

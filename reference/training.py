@@ -11,6 +11,7 @@ trainer's business: a ``checkpoint_dir`` is refused here.
 
 :func:`train_torch` runs it over explicit batches and records every step (the trajectory tests).
 """
+
 from __future__ import annotations
 
 import math
@@ -126,8 +127,16 @@ def twin_from_state(model_config, state_dict, dtype=torch.float64) -> TorchSeque
     return model.train()
 
 
-def train_torch(model_config, state_dict, batches, train_config, *, dropout_rng_state=None,
-                record_params: bool = True, dtype=torch.float64) -> dict:
+def train_torch(
+    model_config,
+    state_dict,
+    batches,
+    train_config,
+    *,
+    dropout_rng_state=None,
+    record_params: bool = True,
+    dtype=torch.float64,
+) -> dict:
     """Train the torch twin from ``state_dict`` over ``batches`` ((x, y, lengths) tuples) with TorchTrainer.
 
     Returns dict(losses, grad_norms, clip_norms (what clip_grad_norm_ returned, or None), params:
@@ -143,6 +152,7 @@ def train_torch(model_config, state_dict, batches, train_config, *, dropout_rng_
 
     trainer = TorchTrainer(model, train_config, dropout_rng_state=dropout_rng_state, callback=record)
     trainer.run(batches)
-    out.update(losses=list(trainer.losses), grad_norms=list(trainer.grad_norms),
-               skipped=[r.skipped for r in trainer.history])
+    out.update(
+        losses=list(trainer.losses), grad_norms=list(trainer.grad_norms), skipped=[r.skipped for r in trainer.history]
+    )
     return out

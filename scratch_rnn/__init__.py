@@ -8,6 +8,7 @@ first use, not when the package is imported: ``python -m scratch_rnn.train`` the
 once, as ``__main__``, instead of importing it a second time (runpy's "found in sys.modules ...
 unpredictable behaviour" warning).
 """
+
 from typing import TYPE_CHECKING
 
 from . import checkpoint, diagnostics, init, optim
@@ -30,12 +31,37 @@ from .module import Module
 from .rnn import GRU, LSTM, RNN
 
 __all__ = [
-    "Module", "RNN", "LSTM", "GRU", "Linear", "Embedding", "step_forward", "step_backward",
-    "mse_loss", "mse_loss_backward", "cross_entropy", "cross_entropy_backward",
-    "binary_cross_entropy_with_logits", "binary_cross_entropy_with_logits_backward",
-    "MSELoss", "CrossEntropyLoss", "BCEWithLogitsLoss",
-    "ModelConfig", "SequenceModel", "StepOutput", "Dataset", "NonFiniteError", "StepRecord", "TrainConfig", "Trainer",
-    "RecurrentInit", "init_rnn", "checkpoint", "diagnostics", "init", "optim",
+    "Module",
+    "RNN",
+    "LSTM",
+    "GRU",
+    "Linear",
+    "Embedding",
+    "step_forward",
+    "step_backward",
+    "mse_loss",
+    "mse_loss_backward",
+    "cross_entropy",
+    "cross_entropy_backward",
+    "binary_cross_entropy_with_logits",
+    "binary_cross_entropy_with_logits_backward",
+    "MSELoss",
+    "CrossEntropyLoss",
+    "BCEWithLogitsLoss",
+    "ModelConfig",
+    "SequenceModel",
+    "StepOutput",
+    "Dataset",
+    "NonFiniteError",
+    "StepRecord",
+    "TrainConfig",
+    "Trainer",
+    "RecurrentInit",
+    "init_rnn",
+    "checkpoint",
+    "diagnostics",
+    "init",
+    "optim",
 ]
 __version__ = "0.1.0"
 

@@ -30,6 +30,7 @@ passed. Every failure to decode the file's bytes is one of these (the archive is
 :mod:`zipfile` and NumPy's npy header reader, never by unpickling), so damaged bytes can never
 surface as another exception.
 """
+
 from __future__ import annotations
 
 import hashlib
@@ -46,8 +47,17 @@ from .checks import plain_json
 from .fileio import atomic_write, remove_stale_temporaries
 
 __all__ = [
-    "CheckpointError", "TruncatedCheckpointError", "CorruptCheckpointError", "CheckpointMismatchError",
-    "UnsavableCheckpointError", "write_archive", "read_archive", "save", "load", "rng_state", "set_rng_state",
+    "CheckpointError",
+    "TruncatedCheckpointError",
+    "CorruptCheckpointError",
+    "CheckpointMismatchError",
+    "UnsavableCheckpointError",
+    "write_archive",
+    "read_archive",
+    "save",
+    "load",
+    "rng_state",
+    "set_rng_state",
 ]
 
 FORMAT = "scratch_rnn.checkpoint"
@@ -125,8 +135,10 @@ def _read_npy(raw: bytes, name: str) -> np.ndarray:
     offset = fp.tell()
     count = math.prod(shape)
     if count * dtype.itemsize != len(raw) - offset:
-        raise _Damaged(f"entry {name!r}: its header announces shape {shape} of {dtype} ({count * dtype.itemsize} "
-                       f"bytes), the entry holds {len(raw) - offset}")
+        raise _Damaged(
+            f"entry {name!r}: its header announces shape {shape} of {dtype} ({count * dtype.itemsize} "
+            f"bytes), the entry holds {len(raw) - offset}"
+        )
     flat = np.frombuffer(raw, dtype=dtype, count=count, offset=offset)
     return flat.reshape(shape, order="F" if fortran else "C").copy(order="K")
 
@@ -138,13 +150,14 @@ def _read_members(data: bytes) -> dict:
         for info in z.infolist():
             name = info.filename
             if info.compress_type != zipfile.ZIP_STORED:
-                raise _Damaged(f"entry {name!r} has compression method {info.compress_type}, a checkpoint is "
-                               "stored uncompressed")
+                raise _Damaged(
+                    f"entry {name!r} has compression method {info.compress_type}, a checkpoint is stored uncompressed"
+                )
             if info.flag_bits & 0x61:  # encrypted (bit 0), compressed patched data (5), strong encryption (6)
                 raise _Damaged(f"entry {name!r} has zip flags {info.flag_bits:#x} (encryption or patch data)")
             if not name.endswith(".npy"):
                 raise _Damaged(f"entry {name!r} is not an array (.npy)")
-            key = name[:-len(".npy")]
+            key = name[: -len(".npy")]
             if key in arrays:
                 raise _Damaged(f"entry {name!r} appears twice")
             arrays[key] = _read_npy(z.read(info), name)  # zipfile checks the entry's CRC-32
@@ -161,14 +174,16 @@ def read_archive(path) -> tuple[dict, dict]:
     if not data.startswith(b"PK\x03\x04") or not zipfile.is_zipfile(io.BytesIO(data)):
         raise TruncatedCheckpointError(
             f"checkpoint {path!r} is truncated or not a checkpoint archive: no complete zip archive in its "
-            f"{len(data)} bytes (an interrupted copy, or another kind of file?)")
+            f"{len(data)} bytes (an interrupted copy, or another kind of file?)"
+        )
     try:
         arrays = _read_members(data)
     except _Damaged as exc:
         raise CorruptCheckpointError(f"checkpoint {path!r} is corrupted or not a checkpoint archive: {exc}") from None
     except Exception as exc:  # noqa: BLE001 - any failure to decode these bytes means they are damaged
-        raise CorruptCheckpointError(f"checkpoint {path!r} is corrupted: cannot read its arrays "
-                                     f"({type(exc).__name__}: {exc})") from exc
+        raise CorruptCheckpointError(
+            f"checkpoint {path!r} is corrupted: cannot read its arrays ({type(exc).__name__}: {exc})"
+        ) from exc
     if _META not in arrays:
         raise CorruptCheckpointError(f"checkpoint {path!r} is corrupted or foreign: it has no {_META!r} entry")
     try:
@@ -176,22 +191,29 @@ def read_archive(path) -> tuple[dict, dict]:
     except (UnicodeDecodeError, ValueError, RecursionError) as exc:
         raise CorruptCheckpointError(f"checkpoint {path!r} is corrupted: unreadable metadata ({exc})") from exc
     if not isinstance(meta, dict) or meta.get("format") != FORMAT:
-        raise CorruptCheckpointError(f"checkpoint {path!r} is not a {FORMAT} archive (format "
-                                     f"{meta.get('format') if isinstance(meta, dict) else None!r})")
+        raise CorruptCheckpointError(
+            f"checkpoint {path!r} is not a {FORMAT} archive (format "
+            f"{meta.get('format') if isinstance(meta, dict) else None!r})"
+        )
     if meta.get("version") != VERSION:
-        raise CheckpointMismatchError(f"checkpoint {path!r} has format version {meta.get('version')!r}, this code "
-                                      f"reads version {VERSION}")
+        raise CheckpointMismatchError(
+            f"checkpoint {path!r} has format version {meta.get('version')!r}, this code reads version {VERSION}"
+        )
     digests = meta.get("digests", {})
     if not isinstance(digests, dict) or not all(isinstance(v, str) for v in digests.values()):
-        raise CorruptCheckpointError(f"checkpoint {path!r} is corrupted: its metadata's digests are not a dict of "
-                                     "SHA-256 strings")
+        raise CorruptCheckpointError(
+            f"checkpoint {path!r} is corrupted: its metadata's digests are not a dict of SHA-256 strings"
+        )
     if set(digests) != set(arrays):
-        raise CorruptCheckpointError(f"checkpoint {path!r} is corrupted: arrays {sorted(set(arrays) ^ set(digests))} "
-                                     "are missing or not listed in its metadata")
+        raise CorruptCheckpointError(
+            f"checkpoint {path!r} is corrupted: arrays {sorted(set(arrays) ^ set(digests))} "
+            "are missing or not listed in its metadata"
+        )
     bad = [k for k, a in arrays.items() if _digest(a) != digests[k]]
     if bad:
-        raise CorruptCheckpointError(f"checkpoint {path!r} is corrupted: the content of {bad} does not match its "
-                                     "SHA-256")
+        raise CorruptCheckpointError(
+            f"checkpoint {path!r} is corrupted: the content of {bad} does not match its SHA-256"
+        )
     return arrays, meta
 
 
@@ -219,8 +241,16 @@ def _jsonable(x):
     return json.loads(json.dumps(x))
 
 
-def save(path, model, optimizer=None, *, step: int = 0, rngs: Mapping | None = None, meta: dict | None = None,
-         arrays: Mapping | None = None) -> str:
+def save(
+    path,
+    model,
+    optimizer=None,
+    *,
+    step: int = 0,
+    rngs: Mapping | None = None,
+    meta: dict | None = None,
+    arrays: Mapping | None = None,
+) -> str:
     """Save ``model`` (its ``parameters()``, ``config`` and ``rng`` when it has them), ``optimizer``
     (its ``state_dict()``), ``step``, the named generators ``rngs`` and the caller's ``meta``
     (JSON) and ``arrays`` (stored under ``extra/``), atomically, to one archive at ``path``.
@@ -236,30 +266,38 @@ def save(path, model, optimizer=None, *, step: int = 0, rngs: Mapping | None = N
     params = {k: np.asarray(v) for k, v in model.parameters().items()}
     nonfinite = [k for k, v in params.items() if v.dtype.kind in "fc" and not np.isfinite(v).all()]
     if nonfinite:
-        raise UnsavableCheckpointError(f"{where} not written: the parameters {nonfinite} hold NaN or inf, and a "
-                                       "checkpoint of them could not be loaded back (the previous file, if any, is "
-                                       "kept)")
+        raise UnsavableCheckpointError(
+            f"{where} not written: the parameters {nonfinite} hold NaN or inf, and a "
+            "checkpoint of them could not be loaded back (the previous file, if any, is "
+            "kept)"
+        )
     sd = optimizer.state_dict() if optimizer is not None else None
     if sd is not None:
         try:
             optimizer.validate_state_dict(sd)
         except (KeyError, ValueError, TypeError) as exc:
-            raise UnsavableCheckpointError(f"{where} not written: the optimizer's state could not be loaded back: "
-                                           f"{exc}") from exc
+            raise UnsavableCheckpointError(
+                f"{where} not written: the optimizer's state could not be loaded back: {exc}"
+            ) from exc
     try:  # what JSON cannot hold is named now, before anything is written, not as json's TypeError
         meta = plain_json("meta", dict(meta or {}))
     except TypeError as exc:
         raise UnsavableCheckpointError(f"{where} not written: {exc} (the previous file, if any, is kept)") from exc
     out = {f"model/{k}": v for k, v in params.items()}
-    info = dict(step=int(step), model_config=_config_dict(model), model_keys=list(model.parameters()),
-                meta=meta, rngs={})
+    info = dict(
+        step=int(step), model_config=_config_dict(model), model_keys=list(model.parameters()), meta=meta, rngs={}
+    )
     if getattr(model, "rng", None) is not None:
         info["rngs"]["model"] = rng_state(model.rng)
     for name, rng in (rngs or {}).items():
         info["rngs"][name] = rng_state(rng)
     if sd is not None:
-        info["optimizer"] = dict(type=sd["type"], hparams=_jsonable(sd["hparams"]), step_count=sd["step_count"],
-                                 state_keys={p: sorted(s) for p, s in sd["state"].items()})
+        info["optimizer"] = dict(
+            type=sd["type"],
+            hparams=_jsonable(sd["hparams"]),
+            step_count=sd["step_count"],
+            state_keys={p: sorted(s) for p, s in sd["state"].items()},
+        )
         for p, s in sd["state"].items():
             for k, v in s.items():
                 out[f"optim/{p}/{k}"] = v
@@ -270,34 +308,58 @@ def save(path, model, optimizer=None, *, step: int = 0, rngs: Mapping | None = N
 
 def _config_diff(saved: dict | None, current: dict | None) -> list[str]:
     saved, current = saved or {}, current or {}
-    return [f"{k}: checkpoint {saved.get(k)!r}, model {current.get(k)!r}"
-            for k in sorted(set(saved) | set(current)) if saved.get(k) != current.get(k)]
+    return [
+        f"{k}: checkpoint {saved.get(k)!r}, model {current.get(k)!r}"
+        for k in sorted(set(saved) | set(current))
+        if saved.get(k) != current.get(k)
+    ]
 
 
 def _check_info(info: dict, where: str) -> None:
     """The metadata :func:`save` writes has the structure :func:`load` reads (CorruptCheckpointError if not)."""
+
     def need(ok: bool, field: str, what: str, value) -> None:
         if not ok:
-            raise CorruptCheckpointError(f"{where} is corrupted: its metadata field {field!r} expected {what}, got "
-                                         f"{value!r:.100}")
+            raise CorruptCheckpointError(
+                f"{where} is corrupted: its metadata field {field!r} expected {what}, got {value!r:.100}"
+            )
 
     def is_int(v) -> bool:
         return isinstance(v, int) and not isinstance(v, bool) and v >= 0
 
     need(is_int(info.get("step", 0)), "step", "an integer >= 0", info.get("step"))
-    need(isinstance(info.get("model_config"), (dict, type(None))), "model_config", "a dict or null",
-         info.get("model_config"))
+    need(
+        isinstance(info.get("model_config"), (dict, type(None))),
+        "model_config",
+        "a dict or null",
+        info.get("model_config"),
+    )
     need(isinstance(info.get("meta", {}), dict), "meta", "a dict", info.get("meta"))
     rngs = info.get("rngs", {})
-    need(isinstance(rngs, dict) and all(isinstance(v, dict) for v in rngs.values()), "rngs",
-         "a dict name -> generator state", rngs)
+    need(
+        isinstance(rngs, dict) and all(isinstance(v, dict) for v in rngs.values()),
+        "rngs",
+        "a dict name -> generator state",
+        rngs,
+    )
     o = info.get("optimizer")
     if o is not None:
-        need(isinstance(o, dict) and isinstance(o.get("type"), str) and isinstance(o.get("hparams"), dict)
-             and is_int(o.get("step_count")) and isinstance(o.get("state_keys"), dict), "optimizer",
-             "a dict with type, hparams, step_count and state_keys", o)
-        need(all(isinstance(v, list) and all(isinstance(k, str) for k in v) for v in o["state_keys"].values()),
-             "optimizer.state_keys", "a dict parameter -> list of names", o["state_keys"])
+        need(
+            isinstance(o, dict)
+            and isinstance(o.get("type"), str)
+            and isinstance(o.get("hparams"), dict)
+            and is_int(o.get("step_count"))
+            and isinstance(o.get("state_keys"), dict),
+            "optimizer",
+            "a dict with type, hparams, step_count and state_keys",
+            o,
+        )
+        need(
+            all(isinstance(v, list) and all(isinstance(k, str) for k in v) for v in o["state_keys"].values()),
+            "optimizer.state_keys",
+            "a dict parameter -> list of names",
+            o["state_keys"],
+        )
 
 
 def load(path, model, optimizer=None, *, rngs: Mapping | None = None) -> dict:
@@ -317,17 +379,19 @@ def load(path, model, optimizer=None, *, rngs: Mapping | None = None) -> dict:
     if diff:
         raise CheckpointMismatchError(f"{where} was saved for another model configuration: " + "; ".join(diff))
     params = model.parameters()
-    saved = {k[len("model/"):]: v for k, v in arrays.items() if k.startswith("model/")}
+    saved = {k[len("model/") :]: v for k, v in arrays.items() if k.startswith("model/")}
     missing = [k for k in params if k not in saved]
     unexpected = [k for k in saved if k not in params]
     if missing or unexpected:
         raise CheckpointMismatchError(f"{where} has other parameters: missing {missing}, unexpected {unexpected}")
-    shapes = [f"{k}: checkpoint {saved[k].shape}, model {p.shape}" for k, p in params.items()
-              if saved[k].shape != p.shape]
+    shapes = [
+        f"{k}: checkpoint {saved[k].shape}, model {p.shape}" for k, p in params.items() if saved[k].shape != p.shape
+    ]
     if shapes:
         raise CheckpointMismatchError(f"{where} has other parameter shapes: " + "; ".join(shapes))
-    dtypes = [f"{k}: checkpoint {saved[k].dtype}, model {p.dtype}" for k, p in params.items()
-              if saved[k].dtype != p.dtype]
+    dtypes = [
+        f"{k}: checkpoint {saved[k].dtype}, model {p.dtype}" for k, p in params.items() if saved[k].dtype != p.dtype
+    ]
     if dtypes:
         raise CheckpointMismatchError(f"{where} has other parameter dtypes: " + "; ".join(dtypes))
     nonfinite = [k for k, v in saved.items() if not np.isfinite(v).all()]
@@ -344,8 +408,9 @@ def load(path, model, optimizer=None, *, rngs: Mapping | None = None) -> dict:
         if absent:
             raise CorruptCheckpointError(f"{where} is corrupted: optimizer arrays {absent} are missing")
         if o["type"] != type(optimizer).__name__:
-            raise CheckpointMismatchError(f"{where} holds {o['type']} state, the optimizer is "
-                                          f"{type(optimizer).__name__}")
+            raise CheckpointMismatchError(
+                f"{where} holds {o['type']} state, the optimizer is {type(optimizer).__name__}"
+            )
         staged_opt = dict(type=o["type"], hparams=o["hparams"], state=state, step_count=o["step_count"])
         try:
             optimizer.validate_state_dict(staged_opt)
@@ -361,18 +426,21 @@ def load(path, model, optimizer=None, *, rngs: Mapping | None = None) -> dict:
         raise CheckpointMismatchError(f"{where} has no state for the generator(s) {lacking}")
     for k, rng in wanted.items():
         if saved_rngs[k].get("bit_generator") != type(rng.bit_generator).__name__:
-            raise CheckpointMismatchError(f"{where}: generator {k!r} is a {saved_rngs[k].get('bit_generator')}, "
-                                          f"expected {type(rng.bit_generator).__name__}")
+            raise CheckpointMismatchError(
+                f"{where}: generator {k!r} is a {saved_rngs[k].get('bit_generator')}, "
+                f"expected {type(rng.bit_generator).__name__}"
+            )
         try:  # on a scratch generator of the same kind: a damaged state must not half-load
             type(rng.bit_generator)().state = saved_rngs[k]
         except (TypeError, ValueError, KeyError) as exc:
-            raise CorruptCheckpointError(f"{where} is corrupted: the state of generator {k!r} is invalid "
-                                         f"({exc})") from exc
+            raise CorruptCheckpointError(
+                f"{where} is corrupted: the state of generator {k!r} is invalid ({exc})"
+            ) from exc
     # -- every check passed: write
     model.load_state_dict(saved)
     if staged_opt is not None:
         optimizer.load_state_dict(staged_opt)
     for k, rng in wanted.items():
         set_rng_state(rng, saved_rngs[k])
-    extra = {k[len("extra/"):]: v for k, v in arrays.items() if k.startswith("extra/")}
+    extra = {k[len("extra/") :]: v for k, v in arrays.items() if k.startswith("extra/")}
     return dict(step=info.get("step", 0), meta=info.get("meta", {}), arrays=extra)

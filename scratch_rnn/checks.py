@@ -22,6 +22,7 @@ Policies, the same everywhere:
   :func:`plain_scalar` and :func:`plain_json` do the same for values that are not options
   (an ``evaluate`` hook's metrics, optimizer keyword arguments).
 """
+
 from __future__ import annotations
 
 import math
@@ -68,8 +69,9 @@ def as_float_array(name: str, value, dtype, *, allow_nonfinite: bool = False, ca
     try:
         arr = np.asarray(value)
     except (ValueError, TypeError) as exc:  # ragged nested lists
-        raise TypeError(f"{name}: expected a floating-point array, got {type(value).__name__} that is not "
-                        f"one ({exc})") from exc
+        raise TypeError(
+            f"{name}: expected a floating-point array, got {type(value).__name__} that is not one ({exc})"
+        ) from exc
     if arr.dtype.kind != "f":
         if has_dtype or arr.dtype.kind not in "iu":
             raise TypeError(f"{name}: expected a floating-point array ({dtype}), got dtype {arr.dtype}")
@@ -77,16 +79,19 @@ def as_float_array(name: str, value, dtype, *, allow_nonfinite: bool = False, ca
         has_dtype = False
     if arr.dtype != dtype:
         if has_dtype and not cast and not np.can_cast(arr.dtype, dtype, casting="safe"):
-            raise TypeError(f"{name}: expected dtype {dtype} (the model's, or a narrower float, which converts "
-                            f"exactly), got {arr.dtype}; convert it explicitly (e.g. x.astype(np.{dtype.name})): "
-                            "a conversion that rounds is not made silently")
+            raise TypeError(
+                f"{name}: expected dtype {dtype} (the model's, or a narrower float, which converts "
+                f"exactly), got {arr.dtype}; convert it explicitly (e.g. x.astype(np.{dtype.name})): "
+                "a conversion that rounds is not made silently"
+            )
         src = arr
         with np.errstate(over="ignore"):
             arr = arr.astype(dtype)
         if not allow_nonfinite and arr.size and np.isfinite(src).all() and not np.isfinite(arr).all():
             idx = tuple(int(i) for i in np.argwhere(~np.isfinite(arr))[0])
-            raise ValueError(f"{name}: the value {src[idx]!r} at index {idx} overflows {dtype} (largest "
-                             f"{np.finfo(dtype).max:.3g})")
+            raise ValueError(
+                f"{name}: the value {src[idx]!r} at index {idx} overflows {dtype} (largest {np.finfo(dtype).max:.3g})"
+            )
     if not allow_nonfinite:
         check_finite(name, arr)
     return arr
@@ -108,8 +113,9 @@ def check_finite(name: str, arr: np.ndarray) -> None:
     if arr.size and not np.isfinite(arr).all():
         bad = np.argwhere(~np.isfinite(arr))
         idx = tuple(int(i) for i in bad[0])
-        raise ValueError(f"{name}: contains {len(bad)} non-finite value(s) (NaN or inf), first at index "
-                         f"{idx}: {arr[idx]!r}")
+        raise ValueError(
+            f"{name}: contains {len(bad)} non-finite value(s) (NaN or inf), first at index {idx}: {arr[idx]!r}"
+        )
 
 
 def as_index_array(name: str, value) -> np.ndarray:
@@ -136,8 +142,10 @@ def check_index_range(name: str, idx: np.ndarray, low: int, high: int, what: str
     if bad.any():
         where = tuple(int(i) for i in np.argwhere(bad)[0])
         meaning = f" ({what})" if what else ""
-        raise ValueError(f"{name}: expected values in [{low}, {high}){meaning}, got {int(idx[where])} at index "
-                         f"{where} ({int(bad.sum())} out of range)")
+        raise ValueError(
+            f"{name}: expected values in [{low}, {high}){meaning}, got {int(idx[where])} at index "
+            f"{where} ({int(bad.sum())} out of range)"
+        )
 
 
 def check_lengths(name: str, lengths, B: int, T: int) -> np.ndarray:
@@ -176,15 +184,20 @@ def check_non_negative_int(name: str, value, *, allow_none: bool = False) -> int
 
 def check_probability(name: str, value, *, below_one: bool = False) -> float:
     """A number in [0, 1] (or [0, 1) with ``below_one``)."""
-    ok = (not isinstance(value, (bool, np.bool_)) and isinstance(value, numbers.Real)
-          and 0.0 <= float(value) and (float(value) < 1.0 if below_one else float(value) <= 1.0))
+    ok = (
+        not isinstance(value, (bool, np.bool_))
+        and isinstance(value, numbers.Real)
+        and 0.0 <= float(value)
+        and (float(value) < 1.0 if below_one else float(value) <= 1.0)
+    )
     if not ok:
         raise ValueError(f"{name}: expected a number in [0, 1{')' if below_one else ']'}, got {value!r}")
     return float(value)
 
 
-def check_real_in(name: str, value, low: float, high: float, *, low_open: bool = False,
-                  high_open: bool = False) -> float:
+def check_real_in(
+    name: str, value, low: float, high: float, *, low_open: bool = False, high_open: bool = False
+) -> float:
     """A real number in the interval from ``low`` to ``high`` (each end closed unless ``*_open``); NaN is refused."""
     ok = not isinstance(value, (bool, np.bool_)) and isinstance(value, numbers.Real)
     if ok:
@@ -200,8 +213,11 @@ def check_positive_float(name: str, value, *, allow_none: bool = False) -> float
     """A finite number > 0."""
     if value is None and allow_none:
         return None
-    if isinstance(value, (bool, np.bool_)) or not isinstance(value, numbers.Real) or not (
-            math.isfinite(value) and value > 0):
+    if (
+        isinstance(value, (bool, np.bool_))
+        or not isinstance(value, numbers.Real)
+        or not (math.isfinite(value) and value > 0)
+    ):
         raise ValueError(f"{name}: expected a finite number > 0{' or None' if allow_none else ''}, got {value!r}")
     return float(value)
 
@@ -226,8 +242,10 @@ def check_norm_type(name: str, value) -> float:
             raise ValueError(f"{name}: expected a number >= 1 or 'inf', got {value!r}")
         return math.inf
     if isinstance(value, (bool, np.bool_)) or not isinstance(value, numbers.Real) or not float(value) >= 1.0:
-        raise ValueError(f"{name}: expected a number >= 1 or inf (a p-norm needs p >= 1; 0, -inf and p < 1 "
-                         f"do not measure the gradient's size), got {value!r}")
+        raise ValueError(
+            f"{name}: expected a number >= 1 or inf (a p-norm needs p >= 1; 0, -inf and p < 1 "
+            f"do not measure the gradient's size), got {value!r}"
+        )
     return float(value)
 
 
@@ -260,8 +278,10 @@ def plain_scalar(name: str, value) -> bool | int | float:
     if isinstance(value, numbers.Real):
         return float(value)
     shape = f" of shape {value.shape}" if isinstance(value, np.ndarray) else ""
-    raise TypeError(f"{name}: expected one real number (int, float or bool, NumPy's included), got "
-                    f"{type(value).__name__}{shape}: {value!r:.80}")
+    raise TypeError(
+        f"{name}: expected one real number (int, float or bool, NumPy's included), got "
+        f"{type(value).__name__}{shape}: {value!r:.80}"
+    )
 
 
 def plain_json(name: str, value):
@@ -281,5 +301,7 @@ def plain_json(name: str, value):
         return {k: plain_json(f"{name}[{k!r}]", v) for k, v in value.items()}
     if isinstance(value, (list, tuple)):
         return [plain_json(f"{name}[{i}]", v) for i, v in enumerate(value)]
-    raise TypeError(f"{name}: expected a number, string, bool, None, list or dict (what JSON holds), got "
-                    f"{type(value).__name__}: {value!r:.80}")
+    raise TypeError(
+        f"{name}: expected a number, string, bool, None, list or dict (what JSON holds), got "
+        f"{type(value).__name__}: {value!r:.80}"
+    )

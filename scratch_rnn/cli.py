@@ -19,17 +19,30 @@ The checks below are what every command needs before it starts: an input file th
 a file, an output file whose folder can be written and that is not a folder, an output folder
 that is not a file.
 """
+
 from __future__ import annotations
 
 import os
 import sys
 import traceback
+from collections.abc import Callable
 from contextlib import contextmanager
 from pathlib import Path
-from typing import Callable
 
-__all__ = ["EXIT_DONE", "EXIT_STOPPED", "EXIT_BAD_INPUT", "EXIT_CRASHED", "EXIT_INTERRUPTED", "BadInput",
-           "Stopped", "run_main", "input_file", "output_file", "output_dir", "as_bad_input"]
+__all__ = [
+    "EXIT_DONE",
+    "EXIT_STOPPED",
+    "EXIT_BAD_INPUT",
+    "EXIT_CRASHED",
+    "EXIT_INTERRUPTED",
+    "BadInput",
+    "Stopped",
+    "run_main",
+    "input_file",
+    "output_file",
+    "output_dir",
+    "as_bad_input",
+]
 
 EXIT_DONE, EXIT_STOPPED, EXIT_BAD_INPUT, EXIT_CRASHED, EXIT_INTERRUPTED = 0, 1, 2, 3, 130
 
@@ -116,8 +129,10 @@ def new_output_file(option: str, path, overwrite: bool, alternative: str = "") -
     ``alternative`` (", or ...") is appended to the advice."""
     p = output_file(option, path)
     if p.exists() and not overwrite:
-        raise BadInput(f"{option}: expected a new file, got {str(path)!r}, which exists (an earlier run?); "
-                       f"pass --overwrite to replace it{alternative}")
+        raise BadInput(
+            f"{option}: expected a new file, got {str(path)!r}, which exists (an earlier run?); "
+            f"pass --overwrite to replace it{alternative}"
+        )
     return p
 
 

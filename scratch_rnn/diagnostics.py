@@ -23,6 +23,7 @@ O(T·B·H³) time for every distance at once (O(B·H²) memory per distance kept
 wide layers, :func:`product_spectral_norms` never forms a product: power iteration on P(n)ᵀP(n) with
 chained matrix-vector products, O(iters·n·B·H²) per distance, for the distances asked for.
 """
+
 from __future__ import annotations
 
 import math
@@ -33,11 +34,26 @@ import numpy as np
 from .checks import as_index_array, check_shape
 
 __all__ = [
-    "lstm_state_jacobian", "gru_state_jacobian",
-    "GAMMA", "RateFit", "Regime", "activation_slope", "align_to_end", "bound_log_rate", "fit_rate",
-    "grad_norms_by_distance", "jacobian_products", "largest_singular_value", "layer_states",
-    "model_slopes", "pascanu_bound", "product_singular_values", "product_spectral_norms", "regime",
-    "spectral_radius", "step_jacobians",
+    "lstm_state_jacobian",
+    "gru_state_jacobian",
+    "GAMMA",
+    "RateFit",
+    "Regime",
+    "activation_slope",
+    "align_to_end",
+    "bound_log_rate",
+    "fit_rate",
+    "grad_norms_by_distance",
+    "jacobian_products",
+    "largest_singular_value",
+    "layer_states",
+    "model_slopes",
+    "pascanu_bound",
+    "product_singular_values",
+    "product_spectral_norms",
+    "regime",
+    "spectral_radius",
+    "step_jacobians",
 ]
 
 # γ = sup |f'(a)|: the constant of the bound. "linear" is the identity (a linear RNN).
@@ -88,8 +104,9 @@ def step_jacobians(slopes: np.ndarray, w_hh: np.ndarray) -> np.ndarray:
     return slopes[..., :, None] * w_hh  # row i of W_hh scaled by f'(a_t)_i
 
 
-def lstm_state_jacobian(x_proj: np.ndarray, h_prev: np.ndarray, c_prev: np.ndarray, w_hh: np.ndarray,
-                        w_hr: np.ndarray | None = None) -> np.ndarray:
+def lstm_state_jacobian(
+    x_proj: np.ndarray, h_prev: np.ndarray, c_prev: np.ndarray, w_hh: np.ndarray, w_hr: np.ndarray | None = None
+) -> np.ndarray:
     """The per-step Jacobian of the LSTM's joint state map (h_{t-1}, c_{t-1}) -> (h_t, c_t), per sample.
 
     x_proj: (B, 4H) = x_t W_ihᵀ + b_ih + b_hh; h_prev: (B, out); c_prev: (B, H); w_hh: (4H, out);
@@ -102,20 +119,20 @@ def lstm_state_jacobian(x_proj: np.ndarray, h_prev: np.ndarray, c_prev: np.ndarr
 
     _, _, cache = lstm_step_forward(x_proj, h_prev, c_prev, w_hh, w_hr)
     H = c_prev.shape[-1]
-    i, f, g, o = (cache.gates[:, k * H:(k + 1) * H] for k in range(4))
-    w = [w_hh[k * H:(k + 1) * H] for k in range(4)]                         # (H, out) each
+    i, f, g, o = (cache.gates[:, k * H : (k + 1) * H] for k in range(4))
+    w = [w_hh[k * H : (k + 1) * H] for k in range(4)]  # (H, out) each
     di, df, do = (s * (1 - s) for s in (i, f, o))
     dg = 1 - g * g
     dc_dh = (g * di)[:, :, None] * w[0] + (c_prev * df)[:, :, None] * w[1] + (i * dg)[:, :, None] * w[2]  # (B, H, out)
-    dc_dc = f[:, :, None] * np.eye(H)                                        # (B, H, H)
-    dtanh = o * (1 - cache.tanh_c ** 2)
+    dc_dc = f[:, :, None] * np.eye(H)  # (B, H, H)
+    dtanh = o * (1 - cache.tanh_c**2)
     dm_dh = (cache.tanh_c * do)[:, :, None] * w[3] + dtanh[:, :, None] * dc_dh
     dm_dc = dtanh[:, :, None] * dc_dc
     if w_hr is not None:
-        dm_dh, dm_dc = w_hr @ dm_dh, w_hr @ dm_dc                            # (B, P, ·)
+        dm_dh, dm_dc = w_hr @ dm_dh, w_hr @ dm_dc  # (B, P, ·)
     top = np.concatenate([dm_dh, dm_dc], axis=2)
     bottom = np.concatenate([dc_dh, dc_dc], axis=2)
-    return np.concatenate([top, bottom], axis=1)                             # (B, out + H, out + H)
+    return np.concatenate([top, bottom], axis=1)  # (B, out + H, out + H)
 
 
 def gru_state_jacobian(x_proj: np.ndarray, h_prev: np.ndarray, w_hh: np.ndarray, b_hh: np.ndarray | None) -> np.ndarray:
@@ -130,8 +147,8 @@ def gru_state_jacobian(x_proj: np.ndarray, h_prev: np.ndarray, w_hh: np.ndarray,
 
     _, cache = gru_step_forward(x_proj, h_prev, w_hh, b_hh)
     H = h_prev.shape[-1]
-    r, z, n = (cache.gates[:, k * H:(k + 1) * H] for k in range(3))
-    w_r, w_z, w_n = (w_hh[k * H:(k + 1) * H] for k in range(3))
+    r, z, n = (cache.gates[:, k * H : (k + 1) * H] for k in range(3))
+    w_r, w_z, w_n = (w_hh[k * H : (k + 1) * H] for k in range(3))
     dr = (r * (1 - r))[:, :, None] * w_r
     dz = (z * (1 - z))[:, :, None] * w_z
     dn = (1 - n * n)[:, :, None] * (r[:, :, None] * w_n + cache.gh_n[:, :, None] * dr)
@@ -168,14 +185,20 @@ def layer_states(model, x, h0=None, lengths=None) -> np.ndarray:
     params = model.state_dict()
     layer_in = x
     for layer in range(model.num_layers):
-        sub = RNN(layer_in.shape[-1], H, 1, model.nonlinearity, model.bias, False, 0.0,
-                  model.bidirectional, dtype=model.dtype)
-        sub.load_state_dict({k.replace(f"_l{layer}", "_l0"): v for k, v in params.items()
-                             if k.split("_l")[1].split("_")[0] == str(layer)})
+        sub = RNN(
+            layer_in.shape[-1], H, 1, model.nonlinearity, model.bias, False, 0.0, model.bidirectional, dtype=model.dtype
+        )
+        sub.load_state_dict(
+            {
+                k.replace(f"_l{layer}", "_l0"): v
+                for k, v in params.items()
+                if k.split("_l")[1].split("_")[0] == str(layer)
+            }
+        )
         sub.eval()
-        out, _ = sub(layer_in, None if h0 is None else h0[layer * D:(layer + 1) * D], lengths)
+        out, _ = sub(layer_in, None if h0 is None else h0[layer * D : (layer + 1) * D], lengths)
         for d in range(D):
-            states[layer * D + d] = out[:, :, d * H:(d + 1) * H]
+            states[layer * D + d] = out[:, :, d * H : (d + 1) * H]
         layer_in = out
     return states
 
@@ -230,8 +253,10 @@ def _check_slopes(slopes_end, w_hh):
     w_hh = _check_square("w_hh", w_hh)
     s = np.asarray(slopes_end)
     if s.ndim != 3 or s.shape[-1] != w_hh.shape[0]:
-        raise ValueError(f"slopes_end: expected shape (T, B, H={w_hh.shape[0]}) (aligned by distance, "
-                         f"see align_to_end), got {s.shape}")
+        raise ValueError(
+            f"slopes_end: expected shape (T, B, H={w_hh.shape[0]}) (aligned by distance, "
+            f"see align_to_end), got {s.shape}"
+        )
     return s, w_hh
 
 
@@ -269,8 +294,16 @@ def product_singular_values(slopes_end: np.ndarray, w_hh: np.ndarray, lengths=No
     return out
 
 
-def product_spectral_norms(slopes_end: np.ndarray, w_hh: np.ndarray, distances, lengths=None, *,
-                           iters: int = 200, tol: float = 1e-12, seed: int = 0) -> np.ndarray:
+def product_spectral_norms(
+    slopes_end: np.ndarray,
+    w_hh: np.ndarray,
+    distances,
+    lengths=None,
+    *,
+    iters: int = 200,
+    tol: float = 1e-12,
+    seed: int = 0,
+) -> np.ndarray:
     """‖P(n)‖₂ for the given distances without forming P: power iteration on P(n)ᵀP(n), with
     P v and Pᵀ u as chains of n matrix-vector products (O(iters·n·B·H²) per distance).
 
@@ -353,12 +386,13 @@ def bound_log_rate(lambda1: float, nonlinearity: str) -> float:
 @dataclass(frozen=True)
 class Regime:
     """Where W_hh sits relative to the conditions of Pascanu et al. (2013)."""
+
     gamma: float
-    lambda1: float          # largest singular value of W_hh
+    lambda1: float  # largest singular value of W_hh
     spectral_radius: float
     gamma_lambda1: float
     vanishing_guaranteed: bool  # γλ₁ < 1: sufficient for vanishing
-    exploding_possible: bool    # γλ₁ > 1: necessary (not sufficient) for exploding
+    exploding_possible: bool  # γλ₁ > 1: necessary (not sufficient) for exploding
 
 
 def regime(w_hh: np.ndarray, nonlinearity: str) -> Regime:
@@ -373,10 +407,11 @@ def regime(w_hh: np.ndarray, nonlinearity: str) -> Regime:
 @dataclass(frozen=True)
 class RateFit:
     """log ‖g_n‖ ≈ intercept + log_rate · n, a least-squares fit over every finite positive point."""
-    log_rate: float   # per-step log growth (< 0: vanishing); compare with bound_log_rate
-    factor: float     # exp(log_rate): the per-step multiplicative factor
+
+    log_rate: float  # per-step log growth (< 0: vanishing); compare with bound_log_rate
+    factor: float  # exp(log_rate): the per-step multiplicative factor
     intercept: float
-    r2: float         # coefficient of determination of the log-linear fit
+    r2: float  # coefficient of determination of the log-linear fit
     n_points: int
 
 
@@ -396,10 +431,11 @@ def fit_rate(distances, norms, *, min_norm: float = 1e-290) -> RateFit:
     keep = np.isfinite(g) & (g > min_norm)
     x, y = dd[keep], np.log(g[keep])
     if np.unique(x).size < 2:
-        raise ValueError(f"fit_rate: expected finite norms above {min_norm:g} at two or more distances, "
-                         f"got {np.unique(x).size}")
+        raise ValueError(
+            f"fit_rate: expected finite norms above {min_norm:g} at two or more distances, got {np.unique(x).size}"
+        )
     slope, intercept = np.polyfit(x, y, 1)
     resid = y - (intercept + slope * x)
     ss_tot = float(np.sum((y - y.mean()) ** 2))
-    r2 = 1.0 - float(np.sum(resid ** 2)) / ss_tot if ss_tot > 0 else 1.0
+    r2 = 1.0 - float(np.sum(resid**2)) / ss_tot if ss_tot > 0 else 1.0
     return RateFit(float(slope), float(math.exp(slope)), float(intercept), r2, int(x.size))

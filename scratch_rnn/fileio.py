@@ -7,15 +7,23 @@ previous file (or none), never a mix. Temporary files left by a writer that was 
 (``kill -9`` cannot run a ``finally``) are removed by :func:`remove_stale_temporaries`, which the
 checkpoint writer calls before each save and before a resume.
 """
+
 from __future__ import annotations
 
 import glob
 import os
 import tempfile
+from collections.abc import Callable
 from pathlib import Path
-from typing import Callable
 
-__all__ = ["current_umask", "atomic_write", "atomic_write_text", "atomic_write_bytes", "remove_stale_temporaries", "temp_pattern"]
+__all__ = [
+    "current_umask",
+    "atomic_write",
+    "atomic_write_text",
+    "atomic_write_bytes",
+    "remove_stale_temporaries",
+    "temp_pattern",
+]
 
 
 def current_umask() -> int:

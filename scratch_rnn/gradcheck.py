@@ -5,6 +5,7 @@ the central difference (L(θ + εv) - L(θ - εv)) / 2ε must equal ⟨∇L, v�
 L = ⟨output, G_out⟩ + ⟨h_n, G_h⟩ with random cotangents G. One forward pair checks the whole of
 BPTT along v; several directions make a wrong entry anywhere vanishingly unlikely to hide.
 """
+
 from __future__ import annotations
 
 from dataclasses import dataclass
@@ -80,8 +81,9 @@ def _rnn_loss(model, x, states, lengths, g_out, g_finals, dropout_masks):
     return loss, activation_pattern(model)
 
 
-def rnn_directional_checks(model, x, h0, lengths=None, *, n_directions=3, eps=1e-6, seed=0,
-                           dropout_masks=None, restrict_to=None) -> list[DirectionalCheck]:
+def rnn_directional_checks(
+    model, x, h0, lengths=None, *, n_directions=3, eps=1e-6, seed=0, dropout_masks=None, restrict_to=None
+) -> list[DirectionalCheck]:
     """Central-difference checks of ``model``'s BPTT along random directions (use float64).
 
     ``model``: an RNN, GRU or LSTM; ``h0`` its initial state as its forward takes it (an array, or
@@ -96,7 +98,7 @@ def rnn_directional_checks(model, x, h0, lengths=None, *, n_directions=3, eps=1e
     saved_grads = {k: v.copy() for k, v in model.grads.items()}
     x = np.asarray(x, dtype=np.float64)
     states = tuple(np.asarray(s, dtype=np.float64) for s in _as_states(h0))
-    names = ("h0", "c0")[:len(states)]
+    names = ("h0", "c0")[: len(states)]
     out, finals = model.forward(x, states if len(states) > 1 else states[0], lengths, dropout_masks=dropout_masks)
     base_pattern = activation_pattern(model)
     g_out = rng.standard_normal(out.shape)
@@ -114,22 +116,34 @@ def rnn_directional_checks(model, x, h0, lengths=None, *, n_directions=3, eps=1e
             if tries > 20 * n_directions:
                 raise NonDifferentiableError(
                     "rnn_directional_checks: every direction drawn crosses a relu kink (a pre-activation "
-                    "at or within eps of 0); finite differences cannot check this point")
+                    "at or within eps of 0); finite differences cannot check this point"
+                )
+
             def draw(name, shape):
                 v = rng.standard_normal(shape)
                 return v if restrict_to is None or name in restrict_to else np.zeros(shape)
+
             vp = {k: draw(k, v.shape) for k, v in params.items()}
             vx = draw("input", x.shape)
             vs = tuple(draw(n, s.shape) for n, s in zip(names, states))
-            analytic = (sum(float(np.sum(analytic_grads[k] * vp[k])) for k in params)
-                        + float(np.sum(grad_x * vx)) + sum(float(np.sum(g * v)) for g, v in zip(grad_states, vs)))
+            analytic = (
+                sum(float(np.sum(analytic_grads[k] * vp[k])) for k in params)
+                + float(np.sum(grad_x * vx))
+                + sum(float(np.sum(g * v)) for g, v in zip(grad_states, vs))
+            )
             losses, smooth = [], True
             for sign in (1.0, -1.0):
                 for k in params:
                     params[k][...] = saved[k] + sign * eps * vp[k]
-                loss, pattern = _rnn_loss(model, x + sign * eps * vx,
-                                          tuple(s + sign * eps * v for s, v in zip(states, vs)), lengths,
-                                          g_out, g_finals, dropout_masks)
+                loss, pattern = _rnn_loss(
+                    model,
+                    x + sign * eps * vx,
+                    tuple(s + sign * eps * v for s, v in zip(states, vs)),
+                    lengths,
+                    g_out,
+                    g_finals,
+                    dropout_masks,
+                )
                 losses.append(loss)
                 smooth &= pattern == base_pattern
             if not smooth:  # a relu kink lies on the segment: this direction proves nothing

@@ -12,6 +12,7 @@ the spectral radius ρ.
 Pure functions return new (H, H) arrays; :func:`init_rnn` writes them into every layer and direction
 of a :class:`scratch_rnn.RNN` in place (optimizers hold the live arrays).
 """
+
 from __future__ import annotations
 
 import math
@@ -21,16 +22,31 @@ import numpy as np
 
 from .checks import check_bool, check_positive_int
 
-__all__ = ["SCHEMES", "TARGETS", "RecurrentInit", "gaussian", "identity", "init_rnn", "orthogonal",
-           "recurrent_matrix", "rescale", "torch_uniform", "forget_gate_bias"]
+__all__ = [
+    "SCHEMES",
+    "TARGETS",
+    "RecurrentInit",
+    "gaussian",
+    "identity",
+    "init_rnn",
+    "orthogonal",
+    "recurrent_matrix",
+    "rescale",
+    "torch_uniform",
+    "forget_gate_bias",
+]
 
 SCHEMES = ("torch_uniform", "gaussian", "orthogonal", "identity")
 TARGETS = ("singular_value", "spectral_radius")
 
 
 def _check_scale(name: str, value) -> float:
-    if isinstance(value, bool) or not isinstance(value, (int, float, np.floating, np.integer)) \
-            or not math.isfinite(value) or value < 0:
+    if (
+        isinstance(value, bool)
+        or not isinstance(value, (int, float, np.floating, np.integer))
+        or not math.isfinite(value)
+        or value < 0
+    ):
         raise ValueError(f"{name}: expected a finite number >= 0, got {value!r}")
     return float(value)
 
@@ -61,8 +77,14 @@ def rescale(w: np.ndarray, value: float, target: str = "singular_value") -> np.n
     return w * (value / current)
 
 
-def gaussian(hidden_size: int, rng=None, *, singular_value: float | None = None,
-             spectral_radius: float | None = None, nonzero_per_row: int | None = None) -> np.ndarray:
+def gaussian(
+    hidden_size: int,
+    rng=None,
+    *,
+    singular_value: float | None = None,
+    spectral_radius: float | None = None,
+    nonzero_per_row: int | None = None,
+) -> np.ndarray:
     """W_ij ~ N(0, 1/H), then rescaled to the given largest singular value or spectral radius (at
     most one; neither: left as drawn, λ₁ ≈ 2 and ρ ≈ 1 for large H). With ``nonzero_per_row``, all
     but that many random entries of each row are zeroed before rescaling."""
@@ -108,6 +130,7 @@ class RecurrentInit:
     singular value and |eigenvalue| equals it; None means 1). zero_bias: set every bias to 0 (IRNN).
     input_std: if set, W_ih ~ N(0, input_std²) (Le et al. use 0.001); else W_ih keeps torch's init.
     """
+
     scheme: str = "torch_uniform"
     scale: float | None = None
     target: str = "singular_value"
@@ -159,9 +182,11 @@ def init_rnn(model, config: RecurrentInit, seed=None):
     params = model.parameters()
     for name, p in params.items():
         if name.startswith("weight_hh") and (p.ndim != 2 or p.shape[0] != p.shape[1]):
-            raise ValueError(f"model: init_rnn sets the Elman cell's square recurrent matrix W_hh (H, H); "
-                             f"{name} has shape {tuple(p.shape)} ({type(model).__name__}: a gated cell stacks "
-                             "one block per gate). Use scratch_rnn.RNN, or keep the gated cell's own init")
+            raise ValueError(
+                f"model: init_rnn sets the Elman cell's square recurrent matrix W_hh (H, H); "
+                f"{name} has shape {tuple(p.shape)} ({type(model).__name__}: a gated cell stacks "
+                "one block per gate). Use scratch_rnn.RNN, or keep the gated cell's own init"
+            )
     rng = _rng(seed)
     staged = {}  # everything is drawn first: an error while drawing leaves the model as it was
     for name, p in params.items():
@@ -188,13 +213,16 @@ def forget_gate_bias(lstm, value: float = 1.0) -> None:
         raise TypeError(f"lstm: expected a scratch_rnn.LSTM, got {type(lstm).__name__}")
     if not lstm.bias:
         raise ValueError("lstm: the LSTM has no biases (bias=False): there is no forget-gate bias to set")
-    if isinstance(value, (bool, np.bool_)) or not isinstance(value, (int, float, np.floating, np.integer)) \
-            or not math.isfinite(value):
+    if (
+        isinstance(value, (bool, np.bool_))
+        or not isinstance(value, (int, float, np.floating, np.integer))
+        or not math.isfinite(value)
+    ):
         raise ValueError(f"value: expected a finite number, got {value!r}")
     value = float(value)
     H = lstm.hidden_size
     for name, p in lstm.parameters().items():
         if name.startswith("bias_ih"):
-            p[H:2 * H] = value
+            p[H : 2 * H] = value
         elif name.startswith("bias_hh"):
-            p[H:2 * H] = 0.0
+            p[H : 2 * H] = 0.0

@@ -9,6 +9,7 @@ A parameter the backward reads (``Linear.weight``) that changed in place between
 makes the backward raise, as torch's version counter does (``Module`` rule 5); the biases and the
 embedding table are not read by backward, so changing them in between changes nothing.
 """
+
 from __future__ import annotations
 
 import numbers
@@ -59,8 +60,9 @@ class Linear(Module):
         """x (*, in_features) -> y (*, out_features); the cache is a private copy of x."""
         x_given = x
         x = as_float_array("input", x, self.dtype)
-        check_shape("input", x, x.shape[:-1] + (self.in_features,) if x.ndim else (self.in_features,),
-                    "(*, in_features)")
+        check_shape(
+            "input", x, x.shape[:-1] + (self.in_features,) if x.ndim else (self.in_features,), "(*, in_features)"
+        )
         y = x @ self._params["weight"].T  # (*, out)
         if self.has_bias:
             y = y + self._params["bias"]
@@ -78,8 +80,10 @@ class Linear(Module):
         return grad_output @ self._params["weight"], grads  # (*, in)
 
     def __repr__(self):
-        return (f"Linear(in_features={self.in_features}, out_features={self.out_features}, "
-                f"bias={self.has_bias}, dtype={self.dtype.name})")
+        return (
+            f"Linear(in_features={self.in_features}, out_features={self.out_features}, "
+            f"bias={self.has_bias}, dtype={self.dtype.name})"
+        )
 
 
 class Embedding(Module):
@@ -128,8 +132,10 @@ class Embedding(Module):
         return None, {"weight": RowGrad(flat_idx, flat_g)}
 
     def __repr__(self):
-        return (f"Embedding({self.num_embeddings}, {self.embedding_dim}, padding_idx={self.padding_idx}, "
-                f"dtype={self.dtype.name})")
+        return (
+            f"Embedding({self.num_embeddings}, {self.embedding_dim}, padding_idx={self.padding_idx}, "
+            f"dtype={self.dtype.name})"
+        )
 
 
 def _normalize_padding_idx(padding_idx, num_embeddings: int):
@@ -139,6 +145,8 @@ def _normalize_padding_idx(padding_idx, num_embeddings: int):
     if isinstance(padding_idx, bool) or not isinstance(padding_idx, numbers.Integral):
         raise TypeError(f"padding_idx: expected an integer or None, got {padding_idx!r}")
     if not -num_embeddings <= padding_idx < num_embeddings:
-        raise ValueError(f"padding_idx: must be in [{-num_embeddings}, {num_embeddings}) "
-                         f"(num_embeddings={num_embeddings}), got {padding_idx}")
+        raise ValueError(
+            f"padding_idx: must be in [{-num_embeddings}, {num_embeddings}) "
+            f"(num_embeddings={num_embeddings}), got {padding_idx}"
+        )
     return int(padding_idx) % num_embeddings

@@ -16,6 +16,7 @@ torch to a few ulps:
   ``max(x, 0) - x * y + log1p(exp(-|x|))``, never overflowing, arranged as torch arranges it
   (the two arrangements round differently, by up to ~1e-6 relative, for soft targets near 0/1).
 """
+
 from __future__ import annotations
 
 import numbers
@@ -26,10 +27,15 @@ from .checks import FLOAT_DTYPES, as_float_array, as_index_array, check_shape
 from .module import Module
 
 __all__ = [
-    "mse_loss", "mse_loss_backward",
-    "cross_entropy", "cross_entropy_backward",
-    "binary_cross_entropy_with_logits", "binary_cross_entropy_with_logits_backward",
-    "MSELoss", "CrossEntropyLoss", "BCEWithLogitsLoss",
+    "mse_loss",
+    "mse_loss_backward",
+    "cross_entropy",
+    "cross_entropy_backward",
+    "binary_cross_entropy_with_logits",
+    "binary_cross_entropy_with_logits_backward",
+    "MSELoss",
+    "CrossEntropyLoss",
+    "BCEWithLogitsLoss",
 ]
 
 REDUCTIONS = ("mean", "sum", "none")
@@ -38,6 +44,7 @@ REDUCTIONS = ("mean", "sum", "none")
 # ----------------------------------------------------------------------------------------------
 # shared validation and reduction
 # ----------------------------------------------------------------------------------------------
+
 
 def _check_reduction(reduction) -> str:
     if reduction not in REDUCTIONS:
@@ -80,6 +87,7 @@ def _reduce(loss: np.ndarray, reduction: str, count: int):
 # mean squared error
 # ----------------------------------------------------------------------------------------------
 
+
 def _mse_inputs(input, target):
     x = _float_input("input", input)
     t = as_float_array("target", target, x.dtype)
@@ -108,6 +116,7 @@ def mse_loss_backward(grad_loss, input, target, reduction: str = "mean") -> np.n
 # cross-entropy over class logits
 # ----------------------------------------------------------------------------------------------
 
+
 def _ce_inputs(logits, target, ignore_index):
     """Validate and flatten: logits (C,) | (N, C, d1, ...) -> x2 (M, C); target -> t (M,).
 
@@ -128,8 +137,10 @@ def _ce_inputs(logits, target, ignore_index):
     bad = valid & ((t < 0) | (t >= n_classes))
     if bad.any():
         where = tuple(int(i) for i in np.argwhere(bad)[0]) if t.ndim else ()
-        raise ValueError(f"target: class indices must be in [0, {n_classes}) or equal ignore_index="
-                         f"{ignore_index}, got {int(t[where])} at index {where}")
+        raise ValueError(
+            f"target: class indices must be in [0, {n_classes}) or equal ignore_index="
+            f"{ignore_index}, got {int(t[where])} at index {where}"
+        )
     x2 = x.reshape(1, n_classes) if x.ndim == 1 else np.moveaxis(x, 1, -1).reshape(-1, n_classes)  # (M, C)
     return x2, t.reshape(-1), valid.reshape(-1), target_shape
 
@@ -189,6 +200,7 @@ def cross_entropy_backward(grad_loss, logits, target, reduction: str = "mean", i
 # binary cross-entropy with logits
 # ----------------------------------------------------------------------------------------------
 
+
 def _bce_inputs(input, target):
     x = _float_input("input", input)
     t = as_float_array("target", target, x.dtype)
@@ -234,6 +246,7 @@ def binary_cross_entropy_with_logits_backward(grad_loss, input, target, reductio
 # torch-like classes
 # ----------------------------------------------------------------------------------------------
 
+
 class _Loss(Module):
     """forward(input, target) -> loss; backward(grad_loss=1.0) -> grad_input, under Module's lifecycle.
 
@@ -270,12 +283,14 @@ class _Loss(Module):
 
 class MSELoss(_Loss):
     """Mean squared error, as torch.nn.MSELoss."""
+
     _loss_fn = staticmethod(mse_loss)
     _loss_backward_fn = staticmethod(mse_loss_backward)
 
 
 class CrossEntropyLoss(_Loss):
     """Softmax cross-entropy over integer class targets, as torch.nn.CrossEntropyLoss."""
+
     _loss_fn = staticmethod(cross_entropy)
     _loss_backward_fn = staticmethod(cross_entropy_backward)
 
@@ -291,5 +306,6 @@ class CrossEntropyLoss(_Loss):
 
 class BCEWithLogitsLoss(_Loss):
     """Binary cross-entropy on logits, as torch.nn.BCEWithLogitsLoss (no weight/pos_weight)."""
+
     _loss_fn = staticmethod(binary_cross_entropy_with_logits)
     _loss_backward_fn = staticmethod(binary_cross_entropy_with_logits_backward)

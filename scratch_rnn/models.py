@@ -24,6 +24,7 @@ in 1..T (None: every sequence has length T); ``h0`` the cell's initial state or 
 (num_layers·D, B, H) for ``cell="rnn"`` / ``"gru"``, a pair (h0, c0) for ``cell="lstm"`` (h0's last
 dimension is proj_size when the LSTM projects). ``h_n`` comes back in the same form.
 """
+
 from __future__ import annotations
 
 import dataclasses
@@ -34,6 +35,7 @@ from typing import NamedTuple
 import numpy as np
 
 from . import losses as L
+from .cells import cell_names, cell_spec
 from .checks import (
     as_float_array,
     as_index_array,
@@ -49,7 +51,6 @@ from .checks import (
 )
 from .layers import Embedding, Linear
 from .module import Module
-from .cells import cell_names, cell_spec
 
 __all__ = ["ModelConfig", "SequenceModel", "StepOutput", "POOLINGS", "TASKS", "LOSSES", "valid_mask"]
 
@@ -73,9 +74,9 @@ class ModelConfig:
     embedding_dim: int | None = None
     input_size: int | None = None
     num_layers: int = 1
-    nonlinearity: str = "tanh"           # of a cell that has one (Elman, IndRNN); LSTM and GRU have their own gates
-    cell: str = "rnn"                    # a registered cell ("rnn" Elman, "lstm", "gru", "indrnn", ...) or "module:Class"
-    proj_size: int = 0                   # LSTM only: h_t = W_hr (o ⊙ tanh c_t), P < hidden_size
+    nonlinearity: str = "tanh"  # of a cell that has one (Elman, IndRNN); LSTM and GRU have their own gates
+    cell: str = "rnn"  # a registered cell ("rnn" Elman, "lstm", "gru", "indrnn", ...) or "module:Class"
+    proj_size: int = 0  # LSTM only: h_t = W_hr (o ⊙ tanh c_t), P < hidden_size
     bias: bool = True
     bidirectional: bool = False
     dropout: float = 0.0
@@ -97,8 +98,10 @@ class ModelConfig:
         for name in ("hidden_size", "out_features", "num_layers"):
             keep(name, check_positive_int(name, getattr(self, name)))
         if (self.vocab_size is None) == (self.input_size is None):
-            raise ValueError(f"vocab_size/input_size: give exactly one (tokens -> Embedding, or dense input), got "
-                             f"vocab_size={self.vocab_size!r}, input_size={self.input_size!r}")
+            raise ValueError(
+                f"vocab_size/input_size: give exactly one (tokens -> Embedding, or dense input), got "
+                f"vocab_size={self.vocab_size!r}, input_size={self.input_size!r}"
+            )
         if self.vocab_size is not None:
             keep("vocab_size", check_positive_int("vocab_size", self.vocab_size))
             if self.embedding_dim is None:
@@ -111,21 +114,28 @@ class ModelConfig:
         else:
             keep("input_size", check_positive_int("input_size", self.input_size))
             if self.embedding_dim is not None or self.padding_idx is not None:
-                raise ValueError(f"embedding_dim/padding_idx: only meaningful with vocab_size (token input), got "
-                                 f"embedding_dim={self.embedding_dim!r}, padding_idx={self.padding_idx!r}")
+                raise ValueError(
+                    f"embedding_dim/padding_idx: only meaningful with vocab_size (token input), got "
+                    f"embedding_dim={self.embedding_dim!r}, padding_idx={self.padding_idx!r}"
+                )
         if not isinstance(self.cell, str):
-            raise ValueError(f"cell: expected one of {', '.join(map(repr, cell_names()))} or 'module:Class', "
-                             f"got {self.cell!r}")
+            raise ValueError(
+                f"cell: expected one of {', '.join(map(repr, cell_names()))} or 'module:Class', got {self.cell!r}"
+            )
         nonlinearities = cell_spec(self.cell).options.get("nonlinearity")
         if nonlinearities is None and self.nonlinearity != "tanh":
-            raise ValueError(f"nonlinearity: cell={self.cell!r} has none (its gates are its own), got "
-                             f"nonlinearity={self.nonlinearity!r}")
+            raise ValueError(
+                f"nonlinearity: cell={self.cell!r} has none (its gates are its own), got "
+                f"nonlinearity={self.nonlinearity!r}"
+            )
         if nonlinearities is not None:
             check_choice("nonlinearity", self.nonlinearity, nonlinearities)
         keep("proj_size", check_non_negative_int("proj_size", self.proj_size))
         if self.proj_size and (self.cell != "lstm" or self.proj_size >= self.hidden_size):
-            raise ValueError(f"proj_size: expected 0, or with cell='lstm' a number below hidden_size="
-                             f"{self.hidden_size}, got {self.proj_size} (cell={self.cell!r})")
+            raise ValueError(
+                f"proj_size: expected 0, or with cell='lstm' a number below hidden_size="
+                f"{self.hidden_size}, got {self.proj_size} (cell={self.cell!r})"
+            )
         keep("dropout", check_probability("dropout", self.dropout))
         check_choice("pooling", self.pooling, POOLINGS)
         check_choice("task", self.task, TASKS)
@@ -159,7 +169,7 @@ class ModelConfig:
         return dataclasses.asdict(self)
 
     @classmethod
-    def from_dict(cls, d: dict) -> "ModelConfig":
+    def from_dict(cls, d: dict) -> ModelConfig:
         if not isinstance(d, dict):
             raise TypeError(f"ModelConfig: expected a JSON object (dict) of fields, got {type(d).__name__}")
         known = {f.name for f in dataclasses.fields(cls)}
@@ -215,8 +225,8 @@ class StepOutput(NamedTuple):
     """What :meth:`SequenceModel.forward_backward` returns (nanoGPT's ``logits, loss = model(X, Y)``)."""
 
     loss: float
-    output: np.ndarray   # (B, C) | (B, T, C): the head's output, before the loss
-    h_n: object          # (L·D, B, H), or (h_n, c_n) for an LSTM
+    output: np.ndarray  # (B, C) | (B, T, C): the head's output, before the loss
+    h_n: object  # (L·D, B, H), or (h_n, c_n) for an LSTM
 
 
 class SequenceModel(Module):
@@ -237,13 +247,28 @@ class SequenceModel(Module):
         self.config = c
         dtype = self.dtype
         s_emb, s_rnn, s_head, s_drop = np.random.SeedSequence(c.seed).spawn(4)
-        self.register_module("embedding", Embedding(c.vocab_size, c.embedding_dim, c.padding_idx, dtype=dtype,
-                                                    seed=s_emb) if c.vocab_size is not None else None)
-        self.register_module("rnn", cell_spec(c.cell).model_class()(
-            c.rnn_input_size, c.hidden_size, num_layers=c.num_layers, bias=c.bias, batch_first=True, dropout=c.dropout,
-            bidirectional=c.bidirectional, dtype=dtype, seed=s_rnn, **c.cell_options()))
-        self.register_module("head", Linear(c.num_directions * c.output_size, c.out_features, dtype=dtype,
-                                            seed=s_head))
+        self.register_module(
+            "embedding",
+            Embedding(c.vocab_size, c.embedding_dim, c.padding_idx, dtype=dtype, seed=s_emb)
+            if c.vocab_size is not None
+            else None,
+        )
+        self.register_module(
+            "rnn",
+            cell_spec(c.cell).model_class()(
+                c.rnn_input_size,
+                c.hidden_size,
+                num_layers=c.num_layers,
+                bias=c.bias,
+                batch_first=True,
+                dropout=c.dropout,
+                bidirectional=c.bidirectional,
+                dtype=dtype,
+                seed=s_rnn,
+                **c.cell_options(),
+            ),
+        )
+        self.register_module("head", Linear(c.num_directions * c.output_size, c.out_features, dtype=dtype, seed=s_head))
         # the generator of the dropout masks; its state is part of a checkpoint
         self.rng = np.random.default_rng(s_drop)
 
@@ -261,8 +286,9 @@ class SequenceModel(Module):
         else:
             x = as_float_array("x", x, self.dtype)
             if x.ndim != 3 or x.shape[2] != c.input_size:
-                raise ValueError(f"x: expected shape (batch, time, {c.input_size}) (input_size={c.input_size}), "
-                                 f"got {x.shape}")
+                raise ValueError(
+                    f"x: expected shape (batch, time, {c.input_size}) (input_size={c.input_size}), got {x.shape}"
+                )
         if x.shape[0] == 0 or x.shape[1] == 0:
             raise ValueError(f"x: expected at least one sequence and one step, got shape {x.shape}")
         return x
@@ -279,13 +305,21 @@ class SequenceModel(Module):
         self._lengths(lengths, B, T)
         if c.loss == "cross_entropy":
             y = as_index_array("y", y)
-            check_shape("y", y, (B,) if c.task == "sequence" else (B, T),
-                        "(class ids per sequence)" if c.task == "sequence" else "(class ids per step)")
+            check_shape(
+                "y",
+                y,
+                (B,) if c.task == "sequence" else (B, T),
+                "(class ids per sequence)" if c.task == "sequence" else "(class ids per step)",
+            )
             check_index_range("y", y, 0, c.out_features, f"class ids below out_features={c.out_features}")
         else:
             y = as_float_array("y", y, self.dtype)
-            check_shape("y", y, (B, c.out_features) if c.task == "sequence" else (B, T, c.out_features),
-                        "(the shape of the model output)")
+            check_shape(
+                "y",
+                y,
+                (B, c.out_features) if c.task == "sequence" else (B, T, c.out_features),
+                "(the shape of the model output)",
+            )
 
     def _lengths(self, lengths, B, T):
         return np.full(B, T, dtype=np.int64) if lengths is None else check_lengths("lengths", lengths, B, T)
@@ -316,8 +350,7 @@ class SequenceModel(Module):
         else:
             feats = rnn_out  # (B, T, D·H)
         out, head_cache = self.head._forward(feats)  # (B, C) | (B, T, C)
-        cache = dict(B=B, T=T, lengths=lengths, pool=pool_cache, embedding=emb_cache, rnn=rnn_cache,
-                     head=head_cache)
+        cache = dict(B=B, T=T, lengths=lengths, pool=pool_cache, embedding=emb_cache, rnn=rnn_cache, head=head_cache)
         return (out, h_n), cache
 
     def _backward(self, cache, grad_output, grad_h_n=None):
@@ -383,8 +416,10 @@ class SequenceModel(Module):
         """
         out, h_n = self.forward(x, h0, lengths)
         if not np.isfinite(out).all():
-            raise FloatingPointError("forward: the model output is not finite (NaN or inf): the head overflowed; "
-                                     "nothing was accumulated into grads")
+            raise FloatingPointError(
+                "forward: the model output is not finite (NaN or inf): the head overflowed; "
+                "nothing was accumulated into grads"
+            )
         loss = self.loss(out, y, lengths)
         if not np.isfinite(loss):
             raise FloatingPointError(f"loss: the loss is not finite ({loss}); nothing was accumulated into grads")

@@ -35,11 +35,12 @@ It owns what no subclass re-implements:
 A composite module calls its children's ``_forward`` / ``_backward`` directly and keeps their
 caches inside its own, so the rules hold for the whole model at once.
 """
+
 from __future__ import annotations
 
 from collections import OrderedDict
+from collections.abc import Iterator
 from dataclasses import dataclass
-from typing import Iterator
 
 import numpy as np
 
@@ -57,7 +58,7 @@ class RowGrad:
     What an embedding's backward produces: a few rows of a large table.
     """
 
-    rows: np.ndarray    # (M,) int
+    rows: np.ndarray  # (M,) int
     values: np.ndarray  # (M, *row_shape)
 
     def summed_into(self, grad: np.ndarray):
@@ -94,7 +95,7 @@ class Module:
         self._flat = self._reads = self._snapshot = None
         return arr
 
-    def register_module(self, name: str, module: "Module | None") -> None:
+    def register_module(self, name: str, module: Module | None) -> None:
         """Add a child whose parameters appear as ``"<name>.<param>"`` (None: no child of that name)."""
         if module is not None:
             if not isinstance(module, Module):
@@ -112,13 +113,15 @@ class Module:
 
     def __setattr__(self, name, value):
         if name in self.__dict__.get("_params", {}):
-            raise AttributeError(f"{name}: parameters are not rebound (optimizers hold the arrays); assign in "
-                                 f"place ({type(self).__name__.lower()}.{name}[...] = value) or use load_state_dict")
+            raise AttributeError(
+                f"{name}: parameters are not rebound (optimizers hold the arrays); assign in "
+                f"place ({type(self).__name__.lower()}.{name}[...] = value) or use load_state_dict"
+            )
         if name in self.__dict__.get("_children", {}):
             raise AttributeError(f"{name}: a child module is not replaced; build a new {type(self).__name__}")
         object.__setattr__(self, name, value)
 
-    def children(self) -> Iterator[tuple[str, "Module"]]:
+    def children(self) -> Iterator[tuple[str, Module]]:
         return iter(self._children.items())
 
     def _build_flat(self):
@@ -163,8 +166,10 @@ class Module:
         missing = [k for k in params if k not in state]
         unexpected = [k for k in state if k not in params]
         if missing or unexpected:
-            raise KeyError(f"state_dict: missing keys {missing}, unexpected keys {unexpected}; "
-                           f"{type(self).__name__} expects {list(params)}")
+            raise KeyError(
+                f"state_dict: missing keys {missing}, unexpected keys {unexpected}; "
+                f"{type(self).__name__} expects {list(params)}"
+            )
         staged = {}
         for name, p in params.items():
             value = as_float_array(f"state_dict[{name!r}]", state[name], self.dtype, cast=True)
@@ -179,7 +184,7 @@ class Module:
         for g in self.grads.values():
             g.fill(0)
 
-    def train(self, mode=True) -> "Module":
+    def train(self, mode=True) -> Module:
         """Training mode (dropout active) or, with ``mode=False``, evaluation mode; children follow."""
         mode = check_bool("mode", mode)
         self.training = mode
@@ -187,7 +192,7 @@ class Module:
             child.train(mode)
         return self
 
-    def eval(self) -> "Module":
+    def eval(self) -> Module:
         return self.train(False)
 
     # -- the lifecycle --------------------------------------------------------------------------
@@ -212,9 +217,11 @@ class Module:
         retain_graph = check_bool("retain_graph", retain_graph)
         cache = self._cache
         if cache is None:
-            raise RuntimeError(f"{type(self).__name__}.backward: there is no forward to differentiate through: call "
-                               "forward first (a forward that raised leaves none, and a backward consumes its "
-                               "forward unless called with retain_graph=True, as in torch)")
+            raise RuntimeError(
+                f"{type(self).__name__}.backward: there is no forward to differentiate through: call "
+                "forward first (a forward that raised leaves none, and a backward consumes its "
+                "forward unless called with retain_graph=True, as in torch)"
+            )
         self._check_unchanged(self._snapshot, f"{type(self).__name__}.backward")
         grad_inputs, param_grads = self._backward(cache, *grad_outputs, **kwargs)
         self.accumulate(param_grads)
@@ -258,15 +265,19 @@ class Module:
         if not snapshot:
             return
         # compared as bits: NaN equals itself, -0.0 differs from 0.0
-        changed = [name for name, p, seen in snapshot
-                   if not np.array_equal(p.view(_BITS[p.itemsize]), seen.view(_BITS[p.itemsize]))]
+        changed = [
+            name
+            for name, p, seen in snapshot
+            if not np.array_equal(p.view(_BITS[p.itemsize]), seen.view(_BITS[p.itemsize]))
+        ]
         if changed:
             raise RuntimeError(
                 f"{reader}: the parameter(s) {changed} were modified in place after the forward this reads (an "
                 "optimizer step, load_state_dict, reset_parameters or a write such as W[...] = ...); the forward's "
                 "states belong to the old values (torch: 'one of the variables needed for gradient computation has "
                 "been modified by an inplace operation'). Run the forward again after changing parameters, and "
-                "update parameters only after the backward")
+                "update parameters only after the backward"
+            )
 
     def check_parameters_unchanged(self, reader: str = "check_parameters_unchanged") -> None:
         """Raise RuntimeError if a parameter this module's backward reads changed since the last forward
@@ -288,11 +299,12 @@ class Module:
         if unknown:
             raise KeyError(f"accumulate: no parameters named {unknown} in {type(self).__name__}")
         for name, g in param_grads.items():  # a wrong shape would broadcast silently
-            shape = (g.values.shape[1:] if isinstance(g, RowGrad) else np.shape(g))
+            shape = g.values.shape[1:] if isinstance(g, RowGrad) else np.shape(g)
             expected = grads[name].shape[1:] if isinstance(g, RowGrad) else grads[name].shape
             if shape != expected:
-                raise ValueError(f"accumulate: the gradient of {name!r} has shape {shape}, the parameter's is "
-                                 f"{expected}")
+                raise ValueError(
+                    f"accumulate: the gradient of {name!r} has shape {shape}, the parameter's is {expected}"
+                )
         staged, bad = {}, []
         with np.errstate(over="ignore", invalid="ignore"):
             for name, g in param_grads.items():
@@ -302,7 +314,8 @@ class Module:
         if bad:
             raise FloatingPointError(
                 f"backward: the gradient of {bad} is not finite (NaN or inf): the backward pass overflowed "
-                "(exploding gradients); nothing was accumulated into grads")
+                "(exploding gradients); nothing was accumulated into grads"
+            )
         for name, new in staged.items():
             if isinstance(param_grads[name], RowGrad):
                 rows, values = new

@@ -40,6 +40,7 @@ right finite norm and clip correctly; only a NaN or infinite entry gives a non-f
 ``norm_type`` is p >= 1 or inf: torch also accepts 0 (a count of non-zeros), -inf (the smallest
 magnitude) and 0 < p < 1, none of which bounds the gradient's size, so they are refused here.
 """
+
 from __future__ import annotations
 
 import math
@@ -50,8 +51,17 @@ import numpy as np
 from .checks import check_bool, check_non_negative_float, check_norm_type, check_probability
 
 __all__ = [
-    "Optimizer", "SGD", "Adam", "AdamW", "Adagrad", "RMSprop", "OPTIMIZERS", "make_optimizer",
-    "clip_grad_norm_", "clip_grad_value_", "total_norm",
+    "Optimizer",
+    "SGD",
+    "Adam",
+    "AdamW",
+    "Adagrad",
+    "RMSprop",
+    "OPTIMIZERS",
+    "make_optimizer",
+    "clip_grad_norm_",
+    "clip_grad_value_",
+    "total_norm",
 ]
 
 
@@ -83,8 +93,10 @@ def _check_no_shared_memory(params: Mapping) -> None:
     ``a[::2]`` and ``a[1::2]`` do not overlap and are accepted), and an overlap too hard to
     decide counts as one.
     """
-    spans = sorted(((*_byte_bounds(p), i, name, p) for i, (name, p) in enumerate(params.items()) if p.size),
-                   key=lambda t: (t[0], t[2]))
+    spans = sorted(
+        ((*_byte_bounds(p), i, name, p) for i, (name, p) in enumerate(params.items()) if p.size),
+        key=lambda t: (t[0], t[2]),
+    )
     open_spans: list = []
     for lo, hi, i, name, p in spans:
         open_spans = [s for s in open_spans if s[1] > lo]
@@ -95,9 +107,11 @@ def _check_no_shared_memory(params: Mapping) -> None:
                 shared = True
             if shared:
                 first, second = (other, name) if j < i else (name, other)
-                raise ValueError(f"params: {first!r} and {second!r} share memory (the same array, or views that "
-                                 "overlap); the optimizer would update the shared entries once per name. Pass "
-                                 "each array once")
+                raise ValueError(
+                    f"params: {first!r} and {second!r} share memory (the same array, or views that "
+                    "overlap); the optimizer would update the shared entries once per name. Pass "
+                    "each array once"
+                )
         open_spans.append((lo, hi, i, name, p))
 
 
@@ -130,21 +144,25 @@ class Optimizer:
 
     def __init__(self, params: Mapping, **hparams):
         if not isinstance(params, Mapping):
-            raise TypeError(f"params: expected a dict of name -> ndarray (updated in place), got "
-                            f"{type(params).__name__}")
+            raise TypeError(
+                f"params: expected a dict of name -> ndarray (updated in place), got {type(params).__name__}"
+            )
         if not params:
             raise ValueError("params: expected at least one parameter, got an empty dict")
         for name, p in params.items():
             if not isinstance(p, np.ndarray) or p.dtype.kind != "f":
-                raise TypeError(f"params[{name!r}]: expected a floating-point ndarray, got "
-                                f"{type(p).__name__}{'' if not hasattr(p, 'dtype') else ' of ' + str(p.dtype)}")
+                raise TypeError(
+                    f"params[{name!r}]: expected a floating-point ndarray, got "
+                    f"{type(p).__name__}{'' if not hasattr(p, 'dtype') else ' of ' + str(p.dtype)}"
+                )
             if not p.flags.writeable:
                 raise ValueError(f"params[{name!r}]: the array is read-only; the optimizer updates in place")
         _check_no_shared_memory(params)
         unknown = sorted(set(hparams) - set(self.defaults))
         if unknown:
-            raise TypeError(f"{type(self).__name__}: unknown hyperparameter(s) {unknown}; expected some of "
-                            f"{sorted(self.defaults)}")
+            raise TypeError(
+                f"{type(self).__name__}: unknown hyperparameter(s) {unknown}; expected some of {sorted(self.defaults)}"
+            )
         self.params = params
         self.hparams = self._check_hparams({**self.defaults, **hparams})
         self.state: dict[str, dict] = {name: {} for name in params}
@@ -174,8 +192,7 @@ class Optimizer:
         for name, p in self.params.items():
             g = _check_float_array(f"grads[{name!r}]", grads[name])
             if g.shape != p.shape:
-                raise ValueError(f"grads[{name!r}]: expected shape {p.shape} (the parameter's), got "
-                                 f"{g.shape}")
+                raise ValueError(f"grads[{name!r}]: expected shape {p.shape} (the parameter's), got {g.shape}")
 
     def step(self, grads: Mapping) -> None:
         """One update of every parameter, in place, from ``grads`` (same keys and shapes)."""
@@ -224,8 +241,10 @@ class Optimizer:
             raise TypeError(f"load_state_dict: 'hparams' expected a dict, got {type(sd['hparams']).__name__}")
         hparams = dict(sd["hparams"])
         if set(hparams) != set(self.defaults):
-            raise KeyError(f"load_state_dict: hyperparameters {sorted(hparams)} differ from {type(self).__name__}'s "
-                           f"{sorted(self.defaults)}")
+            raise KeyError(
+                f"load_state_dict: hyperparameters {sorted(hparams)} differ from {type(self).__name__}'s "
+                f"{sorted(self.defaults)}"
+            )
         hparams = self._check_hparams({**self.defaults, **hparams})
         state = sd["state"]
         if not isinstance(state, Mapping):
@@ -238,8 +257,9 @@ class Optimizer:
         new_state = {}
         for name, p in self.params.items():
             if not isinstance(state[name], Mapping):
-                raise TypeError(f"load_state_dict: state[{name!r}] expected a dict key -> array, got "
-                                f"{type(state[name]).__name__}")
+                raise TypeError(
+                    f"load_state_dict: state[{name!r}] expected a dict key -> array, got {type(state[name]).__name__}"
+                )
             s = {}
             for k, v in state[name].items():
                 where = f"load_state_dict: state[{name!r}][{k!r}]"
@@ -251,8 +271,9 @@ class Optimizer:
                         raise TypeError(f"{where} expected a number, got dtype {v.dtype}")
                     step = float(v)
                     if not (math.isfinite(step) and step >= 0 and step == math.floor(step)):
-                        raise ValueError(f"{where} expected a finite integer >= 0 (the number of steps taken), "
-                                         f"got {v.item()!r}")
+                        raise ValueError(
+                            f"{where} expected a finite integer >= 0 (the number of steps taken), got {v.item()!r}"
+                        )
                     v = v.astype(np.float64)
                 elif v.shape != p.shape:
                     raise ValueError(f"{where} expected shape {p.shape}, got {v.shape}")
@@ -263,15 +284,21 @@ class Optimizer:
                         v = v.astype(p.dtype, copy=False)  # as torch: floating state takes the parameter's dtype
                     finite = np.isfinite(v)
                     if not finite.all():
-                        raise ValueError(f"{where} expected finite entries, got {v.size - int(finite.sum())} "
-                                         f"non-finite of {v.size} (as {v.dtype})")
+                        raise ValueError(
+                            f"{where} expected finite entries, got {v.size - int(finite.sum())} "
+                            f"non-finite of {v.size} (as {v.dtype})"
+                        )
                     if k in _NONNEGATIVE_STATE and (v < 0).any():
-                        raise ValueError(f"{where} expected entries >= 0 (a running sum or average of squares), "
-                                         f"got {int((v < 0).sum())} negative, the smallest {float(v.min())!r}")
+                        raise ValueError(
+                            f"{where} expected entries >= 0 (a running sum or average of squares), "
+                            f"got {int((v < 0).sum())} negative, the smallest {float(v.min())!r}"
+                        )
                 s[k] = v
             if s and set(s) != expected_keys:  # an empty state: not stepped yet (lazy init)
-                raise KeyError(f"load_state_dict: state[{name!r}] has keys {sorted(s)}, expected "
-                               f"{sorted(expected_keys)} for {type(self).__name__} with these hyperparameters")
+                raise KeyError(
+                    f"load_state_dict: state[{name!r}] has keys {sorted(s)}, expected "
+                    f"{sorted(expected_keys)} for {type(self).__name__} with these hyperparameters"
+                )
             new_state[name] = s
         step_count = sd.get("step_count", 0)
         if isinstance(step_count, bool) or not isinstance(step_count, (int, np.integer)) or step_count < 0:
@@ -302,8 +329,10 @@ class SGD(Optimizer):
         h["nesterov"] = check_bool("nesterov", h["nesterov"])
         h["maximize"] = check_bool("maximize", h["maximize"])
         if h["nesterov"] and (h["momentum"] <= 0 or h["dampening"] != 0):
-            raise ValueError(f"nesterov: Nesterov momentum requires momentum > 0 and dampening = 0, got "
-                             f"momentum={h['momentum']}, dampening={h['dampening']}")
+            raise ValueError(
+                f"nesterov: Nesterov momentum requires momentum > 0 and dampening = 0, got "
+                f"momentum={h['momentum']}, dampening={h['dampening']}"
+            )
         return h
 
     def _state_keys(self, h):
@@ -338,8 +367,10 @@ class Adam(Optimizer):
         betas = h["betas"]
         if not isinstance(betas, (tuple, list)) or len(betas) != 2:
             raise ValueError(f"betas: expected a pair (beta1, beta2), got {betas!r}")
-        h["betas"] = (check_probability("betas[0]", betas[0], below_one=True),
-                      check_probability("betas[1]", betas[1], below_one=True))
+        h["betas"] = (
+            check_probability("betas[0]", betas[0], below_one=True),
+            check_probability("betas[1]", betas[1], below_one=True),
+        )
         h["eps"] = check_non_negative_float("eps", h["eps"])
         h["weight_decay"] = check_non_negative_float("weight_decay", h["weight_decay"])
         h["amsgrad"] = check_bool("amsgrad", h["amsgrad"])
@@ -370,10 +401,10 @@ class Adam(Optimizer):
         lerp_(m, g, 1.0 - beta1)
         v *= beta2
         v += (1.0 - beta2) * g * g
-        bias_correction1 = 1.0 - beta1 ** step
-        bias_correction2 = 1.0 - beta2 ** step
+        bias_correction1 = 1.0 - beta1**step
+        bias_correction2 = 1.0 - beta2**step
         step_size = lr / bias_correction1
-        bias_correction2_sqrt = bias_correction2 ** 0.5
+        bias_correction2_sqrt = bias_correction2**0.5
         if h["amsgrad"]:
             np.maximum(state["max_exp_avg_sq"], v, out=state["max_exp_avg_sq"])
             denom = np.sqrt(state["max_exp_avg_sq"]) / bias_correction2_sqrt + eps
@@ -395,15 +426,13 @@ class AdamW(Adam):
 class Adagrad(Optimizer):
     """torch.optim.Adagrad: lr_decay, weight_decay, initial_accumulator_value, eps."""
 
-    defaults = dict(lr=1e-2, lr_decay=0.0, weight_decay=0.0, initial_accumulator_value=0.0, eps=1e-10,
-                    maximize=False)
+    defaults = dict(lr=1e-2, lr_decay=0.0, weight_decay=0.0, initial_accumulator_value=0.0, eps=1e-10, maximize=False)
 
     def __init__(self, params, **hparams):
         super().__init__(params, **hparams)
         # torch creates the state at construction
         for name, p in self.params.items():
-            self.state[name] = dict(step=np.array(0.0),
-                                    sum=np.full_like(p, self.hparams["initial_accumulator_value"]))
+            self.state[name] = dict(step=np.array(0.0), sum=np.full_like(p, self.hparams["initial_accumulator_value"]))
 
     def _check_hparams(self, h):
         h = super()._check_hparams(h)
@@ -434,8 +463,7 @@ class Adagrad(Optimizer):
 class RMSprop(Optimizer):
     """torch.optim.RMSprop: alpha, eps, weight_decay, momentum, centered."""
 
-    defaults = dict(lr=1e-2, alpha=0.99, eps=1e-8, weight_decay=0.0, momentum=0.0, centered=False,
-                    maximize=False)
+    defaults = dict(lr=1e-2, alpha=0.99, eps=1e-8, weight_decay=0.0, momentum=0.0, centered=False, maximize=False)
 
     def _check_hparams(self, h):
         h = super()._check_hparams(h)
@@ -507,8 +535,9 @@ def _items(grads) -> list:
     try:
         return list(enumerate(grads))
     except TypeError:
-        raise TypeError(f"grads: expected a dict name -> ndarray, a list of ndarrays or one ndarray, got "
-                        f"{type(grads).__name__}") from None
+        raise TypeError(
+            f"grads: expected a dict name -> ndarray, a list of ndarrays or one ndarray, got {type(grads).__name__}"
+        ) from None
 
 
 def _checked_arrays(grads, *, in_place: bool) -> list:
@@ -526,7 +555,7 @@ def _checked_arrays(grads, *, in_place: bool) -> list:
     return out
 
 
-_SAFE_LOW, _SAFE_HIGH = 2.0 ** -300, 2.0 ** 300  # squares of up to 2**100 such entries stay normal and finite
+_SAFE_LOW, _SAFE_HIGH = 2.0**-300, 2.0**300  # squares of up to 2**100 such entries stay normal and finite
 
 
 def _scaled_norm(a, p: float) -> tuple[float, int]:
@@ -555,7 +584,7 @@ def _scaled_norm(a, p: float) -> tuple[float, int]:
         return float(a.sum()), e
     if p == 2:
         return float(np.sqrt(np.dot(a, a))), e
-    return float(np.sum(a ** p) ** (1.0 / p)), e
+    return float(np.sum(a**p) ** (1.0 / p)), e
 
 
 def _scaled_total(arrays, p: float) -> tuple[float, int]:
@@ -611,8 +640,10 @@ def clip_grad_norm_(grads, max_norm, norm_type=2.0, error_if_nonfinite: bool = F
     r, e = _scaled_total(arrays, p)
     total = _as_float(r, e)
     if error_if_nonfinite and not math.isfinite(r):
-        raise FloatingPointError(f"clip_grad_norm_: the total norm of order {norm_type} of the gradients is "
-                                 f"{total}, so they cannot be clipped")
+        raise FloatingPointError(
+            f"clip_grad_norm_: the total norm of order {norm_type} of the gradients is "
+            f"{total}, so they cannot be clipped"
+        )
     if math.isfinite(r) and math.isinf(total):  # finite gradients, a norm beyond float64: scale in two exact-ish steps
         for g in arrays:
             np.ldexp(g, -e, out=g)

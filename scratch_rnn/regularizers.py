@@ -80,6 +80,7 @@ the old δ), and a weight changed in place since that forward (an optimizer step
 first checked to be those of x under the current parameters (recomputed in one pass from the stored h_{t-1}, to a
 rounding bound), which catches a wrong x or layout, a changed bias, and a forward run with ``lengths``.
 """
+
 from __future__ import annotations
 
 from collections import OrderedDict
@@ -101,9 +102,11 @@ CODE_BOUND = 1e-20
 # The first transition t (J_t = ∂h_t/∂h_{t-1}, 0-based, h_{-1} = h0) each form counts.
 FIRST_TRANSITION = {"exact": 1, "code": 0}
 # The exact form's name until part three of the gradient study: refused (the paper's eq. 10 is the code form).
-AMBIGUOUS_FORM = ("form: \"paper\" is ambiguous: the paper's eq. 10 (Pascanu et al. 2013) is form=\"code\" up to the "
-                  "weight α (the direct derivative through W_hh, squared norms, as in their code); the exact gradient "
-                  "of Ω into every parameter, formerly called \"paper\", is form=\"exact\"")
+AMBIGUOUS_FORM = (
+    "form: \"paper\" is ambiguous: the paper's eq. 10 (Pascanu et al. 2013) is form=\"code\" up to the "
+    "weight α (the direct derivative through W_hh, squared norms, as in their code); the exact gradient "
+    "of Ω into every parameter, formerly called \"paper\", is form=\"exact\""
+)
 
 
 def pascanu_omega(rnn, x=None, *, form: str = "exact", steps: str | None = None) -> tuple[float, OrderedDict]:
@@ -125,12 +128,14 @@ def pascanu_omega(rnn, x=None, *, form: str = "exact", steps: str | None = None)
         raise ValueError(AMBIGUOUS_FORM)
     form = check_choice("form", form, FORMS)
     steps = OWN_STEPS[form] if steps is None else check_choice("steps", steps, STEPS)
-    hs, delta = _last_pass(rnn)                       # (T+1, B, H), (T, B, H)
+    hs, delta = _last_pass(rnn)  # (T+1, B, H), (T, B, H)
     params = rnn.parameters()
     record = rnn.last_forward
     if record is not None and record.lengths is not None:
-        raise ValueError("lengths: pascanu_omega supports full-length batches only; the last forward was given "
-                         f"lengths {record.lengths.tolist()}")
+        raise ValueError(
+            "lengths: pascanu_omega supports full-length batches only; the last forward was given "
+            f"lengths {record.lengths.tolist()}"
+        )
     if record is not None and not record.batched:
         raise ValueError("x: unbatched (2-D) input is not supported; run the RNN on a batch of one")
     if x is None:  # the forward's own input, as the RNN kept it (time-major)
@@ -142,8 +147,9 @@ def pascanu_omega(rnn, x=None, *, form: str = "exact", steps: str | None = None)
     return omega_of(rnn, x, hs, delta, form, steps)
 
 
-def omega_of(rnn, x, hs: np.ndarray, delta: np.ndarray, form: str = "exact",
-             steps: str | None = None) -> tuple[float, OrderedDict]:
+def omega_of(
+    rnn, x, hs: np.ndarray, delta: np.ndarray, form: str = "exact", steps: str | None = None
+) -> tuple[float, OrderedDict]:
     """Ω and dΩ/dθ for given states and δ, unchecked: what :func:`pascanu_omega` computes once it has read and
     checked them from the RNN's last forward and backward.
 
@@ -158,26 +164,26 @@ def omega_of(rnn, x, hs: np.ndarray, delta: np.ndarray, form: str = "exact",
     params = rnn.parameters()
     T, B, H = delta.shape
     w_hh = params["weight_hh_l0"]
-    slopes = activation_derivative(hs[1:], rnn.nonlinearity)     # s_t = f'(a_t), a new (T, B, H) array
-    d_hat = _unit_scale(delta)                                     # δ_t / max|δ_t|, 0 where δ_t = 0
-    u = d_hat * slopes                                             # δ_t ⊙ s_t
-    v = (u.reshape(T * B, H) @ w_hh).reshape(T, B, H)              # δ_t J_t
+    slopes = activation_derivative(hs[1:], rnn.nonlinearity)  # s_t = f'(a_t), a new (T, B, H) array
+    d_hat = _unit_scale(delta)  # δ_t / max|δ_t|, 0 where δ_t = 0
+    u = d_hat * slopes  # δ_t ⊙ s_t
+    v = (u.reshape(T * B, H) @ w_hh).reshape(T, B, H)  # δ_t J_t
     first = FIRST_TRANSITION[form]
-    with np.errstate(over="ignore", invalid="ignore"):             # reported below as non-finite
+    with np.errstate(over="ignore", invalid="ignore"):  # reported below as non-finite
         if form == "exact":
             value, dv, n_terms = _exact_terms(d_hat, v, first, B)
         else:
             value, dv, n_terms = _code_terms(delta, d_hat, v, first)
-        if steps != OWN_STEPS[form] and n_terms:                   # the other normalisation: Ω and dΩ scale alike
+        if steps != OWN_STEPS[form] and n_terms:  # the other normalisation: Ω and dΩ scale alike
             factor = B / n_terms if steps == "mean" else n_terms / B
             value, dv = value * factor, dv * factor
 
         grads = OrderedDict((name, np.zeros_like(p)) for name, p in params.items())
-        grads["weight_hh_l0"] += u.reshape(T * B, H).T @ dv.reshape(T * B, H)   # the direct factor W_hh
+        grads["weight_hh_l0"] += u.reshape(T * B, H).T @ dv.reshape(T * B, H)  # the direct factor W_hh
         if form == "exact":
             d_slopes = d_hat * (dv.reshape(T * B, H) @ w_hh.T).reshape(T, B, H)  # ∂Ω/∂s_t
-            e = d_slopes * _slope_derivative(hs[1:], rnn.nonlinearity)             # ∂Ω/∂a_t, direct
-            eps = _through_recurrence(e, slopes, w_hh)                             # total dΩ/da_t
+            e = d_slopes * _slope_derivative(hs[1:], rnn.nonlinearity)  # ∂Ω/∂a_t, direct
+            eps = _through_recurrence(e, slopes, w_hh)  # total dΩ/da_t
             dw_ih, dw_hh, db = weight_gradients(eps, x, hs, reverse=False, bias=rnn.bias)
             grads["weight_ih_l0"] += dw_ih
             grads["weight_hh_l0"] += dw_hh
@@ -186,8 +192,10 @@ def omega_of(rnn, x, hs: np.ndarray, delta: np.ndarray, form: str = "exact",
                 grads["bias_hh_l0"] += db
     bad = [name for name, g in grads.items() if not np.isfinite(g).all()]
     if not np.isfinite(value) or bad:
-        raise FloatingPointError(f"pascanu_omega: Ω = {value!r} or the gradient of {bad} is not finite: the "
-                                 f"ratios overflowed {np.dtype(rnn.dtype).name} (use float64 or smaller weights)")
+        raise FloatingPointError(
+            f"pascanu_omega: Ω = {value!r} or the gradient of {bad} is not finite: the "
+            f"ratios overflowed {np.dtype(rnn.dtype).name} (use float64 or smaller weights)"
+        )
     return float(value), grads
 
 
@@ -199,11 +207,11 @@ def _exact_terms(d_hat: np.ndarray, v: np.ndarray, first: int, B: int):
 
     Returns (Ω, ∂Ω/∂v (T, B, H), the number of terms).
     """
-    nd = np.linalg.norm(d_hat, axis=-1)        # ‖δ̂_t‖ (T, B): 0 iff δ_t = 0, else in [1, √H]
-    nv = np.linalg.norm(v, axis=-1)            # ‖δ̂_t J_t‖ (T, B)
+    nd = np.linalg.norm(d_hat, axis=-1)  # ‖δ̂_t‖ (T, B): 0 iff δ_t = 0, else in [1, √H]
+    nv = np.linalg.norm(v, axis=-1)  # ‖δ̂_t J_t‖ (T, B)
     active = nd > 0
     active[:first] = False
-    r = nv / np.where(active, nd, 1)           # r_t (T, B); where inactive: unused
+    r = nv / np.where(active, nd, 1)  # r_t (T, B); where inactive: unused
     value = np.sum(np.where(active, (r - 1) ** 2, 0)) / B
     # d(r-1)²/dv = 2(r-1) v/(‖v‖‖δ‖); ‖v‖ = 0 (relu, every unit off): the term is 1 and its gradient 0
     live = active & (nv > 0)
@@ -216,18 +224,18 @@ def _code_terms(delta: np.ndarray, d_hat: np.ndarray, v: np.ndarray, first: int)
 
     Returns (Ω, ∂Ω/∂v (T, B, H), the number of counted terms).
     """
-    scale = np.abs(delta).max(axis=-1).astype(np.float64)     # max|δ_t| (T, B)
-    den = np.sum(d_hat * d_hat, axis=-1)                       # ‖δ̂_t‖² (T, B)
-    num = np.sum(v * v, axis=-1)                               # ‖δ̂_t J_t‖² (T, B)
-    counted = scale ** 2 * den >= CODE_BOUND                   # ‖δ_t‖² ≥ bound (l. 207-208)
+    scale = np.abs(delta).max(axis=-1).astype(np.float64)  # max|δ_t| (T, B)
+    den = np.sum(d_hat * d_hat, axis=-1)  # ‖δ̂_t‖² (T, B)
+    num = np.sum(v * v, axis=-1)  # ‖δ̂_t J_t‖² (T, B)
+    counted = scale**2 * den >= CODE_BOUND  # ‖δ_t‖² ≥ bound (l. 207-208)
     counted[:first] = False
     n_counted = int(counted.sum())
-    if n_counted == 0:                                         # the code's 0/0: Ω = 0 here
+    if n_counted == 0:  # the code's 0/0: Ω = 0 here
         return 0.0, np.zeros_like(v), 0
-    q = num / np.where(counted, den, 1)                        # ‖δJ‖²/‖δ‖², the code's tmp_x/tmp_y
-    term = np.where(counted, (q - 1) ** 2, 0)                  # a term that does not count: (1 - 1)² = 0
+    q = num / np.where(counted, den, 1)  # ‖δJ‖²/‖δ‖², the code's tmp_x/tmp_y
+    term = np.where(counted, (q - 1) ** 2, 0)  # a term that does not count: (1 - 1)² = 0
     T, B = counted.shape
-    value = term.mean(axis=1).sum() / float(counted.mean(axis=1).sum())   # l. 209
+    value = term.mean(axis=1).sum() / float(counted.mean(axis=1).sum())  # l. 209
     # dΩ/dterm = 1 / Σc (the B of mean_b cancels); dq/dv = 2v/‖δ‖²
     coef = np.where(counted, 4 * (q - 1) / (n_counted * np.where(counted, den, 1)), 0)
     return value, coef[..., None] * v, n_counted
@@ -254,7 +262,7 @@ def _through_recurrence(e: np.ndarray, slopes: np.ndarray, w_hh: np.ndarray) -> 
     e, slopes: (T, B, H); w_hh: (H, H). Returns ε (T, B, H).
     """
     eps = np.empty_like(e)
-    carry = np.zeros_like(e[0])                   # ε_{t+1} W_hh = dΩ/dh_t through a_{t+1}, (B, H)
+    carry = np.zeros_like(e[0])  # ε_{t+1} W_hh = dΩ/dh_t through a_{t+1}, (B, H)
     for t in range(e.shape[0] - 1, -1, -1):
         eps[t] = e[t] + carry * slopes[t]
         carry = eps[t] @ w_hh
@@ -282,15 +290,21 @@ def _last_pass(rnn):
         raise ValueError("rnn: expected a unidirectional RNN, got bidirectional=True")
     grads = rnn.hidden_grads
     if grads is None:  # a forward drops the previous backward's hidden_grads (docs/model.md)
-        last = ("the last forward has not been differentiated (another forward ran after the backward: its "
-                "states are not those δ came from)" if rnn.last_forward is not None else "there is no forward")
-        raise RuntimeError(f"rnn: no backward to read δ from: {last}; call pascanu_omega right after rnn(x, h0) "
-                           "and rnn.backward(...)")
+        last = (
+            "the last forward has not been differentiated (another forward ran after the backward: its "
+            "states are not those δ came from)"
+            if rnn.last_forward is not None
+            else "there is no forward"
+        )
+        raise RuntimeError(
+            f"rnn: no backward to read δ from: {last}; call pascanu_omega right after rnn(x, h0) and rnn.backward(...)"
+        )
     rnn.check_parameters_unchanged("pascanu_omega")
     states = rnn.states
     if len(states) != 1 or states[0].shape != (grads.shape[1] + 1,) + grads.shape[2:]:  # pragma: no cover
-        raise RuntimeError("rnn: its states and hidden_grads are not of the same forward: run forward and "
-                           "backward again")
+        raise RuntimeError(
+            "rnn: its states and hidden_grads are not of the same forward: run forward and backward again"
+        )
     return states[0], grads[0]
 
 
@@ -298,12 +312,17 @@ def _layer_input(rnn, x, hs: np.ndarray, params) -> np.ndarray:
     """x in the caller's layout -> time-major (T, B, I), checked to be the input of the states ``hs``."""
     x = as_float_array("x", x, rnn.dtype)
     if x.ndim == 2:
-        raise ValueError(f"x: unbatched (2-D) input is not supported, got shape {x.shape}; run the RNN on a "
-                         "batch of one, x[:, None] (or x[None] with batch_first)")
+        raise ValueError(
+            f"x: unbatched (2-D) input is not supported, got shape {x.shape}; run the RNN on a "
+            "batch of one, x[:, None] (or x[None] with batch_first)"
+        )
     T, B = hs.shape[0] - 1, hs.shape[1]
     I = rnn.input_size
-    expected, what = (((B, T, I), "(batch, time, input_size), batch_first") if rnn.batch_first
-                      else ((T, B, I), "(time, batch, input_size)"))
+    expected, what = (
+        ((B, T, I), "(batch, time, input_size), batch_first")
+        if rnn.batch_first
+        else ((T, B, I), "(time, batch, input_size)")
+    )
     check_shape("x", x, expected, f"{what}: the last forward's")
     x = np.ascontiguousarray(x.transpose(1, 0, 2) if rnn.batch_first else x)
     _check_states(rnn, x, hs, params)
@@ -334,4 +353,5 @@ def _check_states(rnn, x: np.ndarray, hs: np.ndarray, params) -> None:
             f"x: the RNN's last forward did not compute its states from this x with the current parameters (first "
             f"mismatch at step {t}, sequence {b}): pass that forward's own input in the RNN's layout, and call "
             "pascanu_omega before any parameter update; a forward run with lengths (packed sequences) is not "
-            "supported")
+            "supported"
+        )

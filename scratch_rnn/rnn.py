@@ -4,6 +4,7 @@ Each layer lives with its cell's math in its own module of :mod:`scratch_rnn.cel
 :mod:`~scratch_rnn.cells.lstm`, :mod:`~scratch_rnn.cells.gru`) and the stack every cell shares, :class:`RecurrentBase`,
 in :mod:`scratch_rnn.cells.base`; this module gathers them under the names they have always had.
 """
+
 from __future__ import annotations
 
 from .cells.base import DEFAULT_FLUSH_BELOW, DEFAULT_FLUSH_EVERY, RecurrentBase, check_finite_state

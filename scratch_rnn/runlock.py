@@ -21,6 +21,7 @@ whole: :func:`folder_lock_path`, :func:`beside_lock_path`).
 Where ``flock`` is unavailable (a file system without locks) taking the lock fails with an
 ``OSError`` naming the lock file; nothing falls back to a weaker check.
 """
+
 from __future__ import annotations
 
 import errno
@@ -183,28 +184,44 @@ class RunLock:
             except OSError as exc:
                 if exc.errno not in (errno.EWOULDBLOCK, errno.EAGAIN):
                     os.close(fd)
-                    raise OSError(exc.errno, f"cannot lock {self.what} ({exc.strerror}; lock file {self.path})") \
-                        from exc
+                    raise OSError(
+                        exc.errno, f"cannot lock {self.what} ({exc.strerror}; lock file {self.path})"
+                    ) from exc
                 owner = self._wait_for_name(fd)
                 os.close(fd)
-                holder = (f"this process (pid {os.getpid()}) already holds it: another trainer or run of the same "
-                          "process" if owner and owner.get("pid") == os.getpid()
-                          and owner.get("host") == socket.gethostname() else describe_owner(owner))
-                raise RunInUse(f"{self.what} is in use by another run: {holder}; wait for it to finish, or "
-                               "stop it, or choose another", owner) from None
+                holder = (
+                    f"this process (pid {os.getpid()}) already holds it: another trainer or run of the same process"
+                    if owner and owner.get("pid") == os.getpid() and owner.get("host") == socket.gethostname()
+                    else describe_owner(owner)
+                )
+                raise RunInUse(
+                    f"{self.what} is in use by another run: {holder}; wait for it to finish, or "
+                    "stop it, or choose another",
+                    owner,
+                ) from None
             if _same_file(fd, self.path):
                 break
             os.close(fd)  # released (and removed) between our open and our lock: try again
         previous = _read_owner(fd)
         if previous and previous.get("pid") is not None:
             self.took_over = previous
-            gone = "no longer runs" if previous.get("host") == socket.gethostname() and \
-                not pid_alive(int(previous["pid"])) else "no longer holds it"
-            warnings.warn(f"{self.what}: taking over the lock left by {describe_owner(previous)}, which {gone} "
-                          f"(a stale lock: that run was killed before it could release it)", StaleLockWarning,
-                          stacklevel=2)
-        me = {"pid": os.getpid(), "host": socket.gethostname(),
-              "started": time.strftime("%Y-%m-%d %H:%M:%S %z"), "command": " ".join(sys.argv)[:500]}
+            gone = (
+                "no longer runs"
+                if previous.get("host") == socket.gethostname() and not pid_alive(int(previous["pid"]))
+                else "no longer holds it"
+            )
+            warnings.warn(
+                f"{self.what}: taking over the lock left by {describe_owner(previous)}, which {gone} "
+                f"(a stale lock: that run was killed before it could release it)",
+                StaleLockWarning,
+                stacklevel=2,
+            )
+        me = {
+            "pid": os.getpid(),
+            "host": socket.gethostname(),
+            "started": time.strftime("%Y-%m-%d %H:%M:%S %z"),
+            "command": " ".join(sys.argv)[:500],
+        }
         os.ftruncate(fd, 0)
         os.pwrite(fd, json.dumps(me).encode("utf-8"), 0)
         os.fsync(fd)

@@ -46,6 +46,7 @@ checkpoint folder and its log (:mod:`scratch_rnn.runlock`: another run, overwrit
 ``RunInUse`` naming the owner); a resume writes an existing log only when its rows are the checkpoint's
 history; an interrupted ``fit``/``run`` (Ctrl-C) cuts the log back to the checkpoint's step.
 """
+
 from __future__ import annotations
 
 import argparse
@@ -83,16 +84,43 @@ from .fileio import atomic_write_text, remove_stale_temporaries
 from .optim import OPTIMIZERS, clip_grad_norm_, clip_grad_value_, make_optimizer, total_norm
 from .runlock import RunLock, beside_lock_path, folder_lock_path
 
-__all__ = ["TrainConfig", "Trainer", "Dataset", "ArrayBatches", "StepRecord", "TrainingStopped", "NonFiniteError",
-           "DivergenceError", "TooManySkippedError", "CheckpointNotWritten", "tbptt_chunks", "main"]
+__all__ = [
+    "TrainConfig",
+    "Trainer",
+    "Dataset",
+    "ArrayBatches",
+    "StepRecord",
+    "TrainingStopped",
+    "NonFiniteError",
+    "DivergenceError",
+    "TooManySkippedError",
+    "CheckpointNotWritten",
+    "tbptt_chunks",
+    "main",
+]
 
 CHECKPOINT_NAME = "checkpoint.npz"
 TRAINER_STATE_VERSION = 2
 # TrainConfig fields a resumed run must share with the checkpoint (the others may change: more
 # epochs, another max_steps, another log file...).
-RESUME_FIELDS = ("optimizer", "optimizer_kwargs", "clip_norm", "clip_norm_type", "clip_value", "tbptt_k",
-                 "batch_size", "shuffle", "seed", "on_nonfinite", "lr_decay", "select", "select_metric",
-                 "select_mode", "patience", "divergence_factor")
+RESUME_FIELDS = (
+    "optimizer",
+    "optimizer_kwargs",
+    "clip_norm",
+    "clip_norm_type",
+    "clip_value",
+    "tbptt_k",
+    "batch_size",
+    "shuffle",
+    "seed",
+    "on_nonfinite",
+    "lr_decay",
+    "select",
+    "select_metric",
+    "select_mode",
+    "patience",
+    "divergence_factor",
+)
 
 
 # ----------------------------------------------------------------------------------------------
@@ -104,19 +132,34 @@ class TrainingStopped(Stopped):
     what = "stopped"
     advice = "Lower the learning rate or clip gradients (clip_norm)."
 
-    def __init__(self, step: int, reason: str, last_finite_grad_norm: float | None, last_finite_step: int | None,
-                 checkpoint: str | None, checkpoint_step: int | None):
+    def __init__(
+        self,
+        step: int,
+        reason: str,
+        last_finite_grad_norm: float | None,
+        last_finite_step: int | None,
+        checkpoint: str | None,
+        checkpoint_step: int | None,
+    ):
         self.step = step
         self.reason = reason
         self.last_finite_grad_norm = last_finite_grad_norm
         self.last_finite_step = last_finite_step
         self.checkpoint = checkpoint
-        norm = ("none (no step had finished)" if last_finite_grad_norm is None
-                else f"{last_finite_grad_norm:.6g} (step {last_finite_step})")
-        kept = (f"the last good checkpoint {checkpoint!r} (step {checkpoint_step}) was kept" if checkpoint
-                else "no checkpoint had been written")
-        super().__init__(f"training stopped at step {step}: {self.what}: {reason}. Last finite gradient norm: "
-                         f"{norm}; {kept}. {self.advice}")
+        norm = (
+            "none (no step had finished)"
+            if last_finite_grad_norm is None
+            else f"{last_finite_grad_norm:.6g} (step {last_finite_step})"
+        )
+        kept = (
+            f"the last good checkpoint {checkpoint!r} (step {checkpoint_step}) was kept"
+            if checkpoint
+            else "no checkpoint had been written"
+        )
+        super().__init__(
+            f"training stopped at step {step}: {self.what}: {reason}. Last finite gradient norm: "
+            f"{norm}; {kept}. {self.advice}"
+        )
 
 
 class NonFiniteError(TrainingStopped):
@@ -156,28 +199,28 @@ class TrainConfig:
 
     optimizer: str = "adam"
     optimizer_kwargs: dict = field(default_factory=lambda: {"lr": 1e-3})
-    clip_norm: float | None = None       # clip_grad_norm_(max_norm=clip_norm, norm_type=clip_norm_type)
+    clip_norm: float | None = None  # clip_grad_norm_(max_norm=clip_norm, norm_type=clip_norm_type)
     clip_norm_type: float = 2.0
-    clip_value: float | None = None      # clip_grad_value_ (applied before clip_norm when both are set)
-    tbptt_k: int | None = None           # truncated BPTT chunk length; None: full BPTT
+    clip_value: float | None = None  # clip_grad_value_ (applied before clip_norm when both are set)
+    tbptt_k: int | None = None  # truncated BPTT chunk length; None: full BPTT
     epochs: int = 1
-    batch_size: int = 32                 # for a Dataset; a batch source makes its own batches
+    batch_size: int = 32  # for a Dataset; a batch source makes its own batches
     shuffle: bool = True
-    seed: int = 0                        # seeds the data order of a Dataset (per epoch: [seed, epoch])
-    max_steps: int | None = None         # stop after this many steps (checked at batch boundaries)
-    lr_decay: float = 1.0                # epoch e (1-based) trains at lr * lr_decay ** (e - 1)
-    select: str = "last"                 # "last", or "best": end with the weights of the best evaluated epoch
-    select_metric: str | None = None     # the evaluate() key that "best" and patience watch
-    select_mode: str = "max"             # "max" or "min" (strict improvement counts)
-    patience: int | None = None          # stop after this many evaluated epochs without improvement
+    seed: int = 0  # seeds the data order of a Dataset (per epoch: [seed, epoch])
+    max_steps: int | None = None  # stop after this many steps (checked at batch boundaries)
+    lr_decay: float = 1.0  # epoch e (1-based) trains at lr * lr_decay ** (e - 1)
+    select: str = "last"  # "last", or "best": end with the weights of the best evaluated epoch
+    select_metric: str | None = None  # the evaluate() key that "best" and patience watch
+    select_mode: str = "max"  # "max" or "min" (strict improvement counts)
+    patience: int | None = None  # stop after this many evaluated epochs without improvement
     divergence_factor: float | None = 1e4  # stop when a loss exceeds this × max(first loss, 1); None: off
-    max_skipped_fraction: float = 0.1    # with on_nonfinite="skip": stop when more steps were skipped
+    max_skipped_fraction: float = 0.1  # with on_nonfinite="skip": stop when more steps were skipped
     checkpoint_dir: str | None = None
-    checkpoint_every: int = 0            # steps between checkpoints; 0: only at the end
-    on_nonfinite: str = "stop"           # "stop" or "skip"
-    overwrite: bool = False              # start over an existing checkpoint / log of another run
+    checkpoint_every: int = 0  # steps between checkpoints; 0: only at the end
+    on_nonfinite: str = "stop"  # "stop" or "skip"
+    overwrite: bool = False  # start over an existing checkpoint / log of another run
     log_csv: str | None = None
-    progress: bool = True                # a tqdm progress bar
+    progress: bool = True  # a tqdm progress bar
 
     def __post_init__(self):
         # every check returns a plain Python value and the field keeps it: a NumPy scalar given here
@@ -203,8 +246,10 @@ class TrainConfig:
         check_choice("select", self.select, ("last", "best"))
         check_choice("select_mode", self.select_mode, ("max", "min"))
         if (self.select == "best" or self.patience is not None) and not isinstance(self.select_metric, str):
-            raise ValueError(f"select_metric: select='best' and patience watch an evaluate() metric: name it, got "
-                             f"{self.select_metric!r}")
+            raise ValueError(
+                f"select_metric: select='best' and patience watch an evaluate() metric: name it, got "
+                f"{self.select_metric!r}"
+            )
         self.lr_decay = check_real_in("lr_decay", self.lr_decay, 0.0, 1.0, low_open=True)
         self.max_skipped_fraction = check_real_in("max_skipped_fraction", self.max_skipped_fraction, 0.0, 1.0)
         for name in ("checkpoint_dir", "log_csv"):
@@ -224,7 +269,7 @@ class TrainConfig:
         return d
 
     @classmethod
-    def from_dict(cls, d: dict) -> "TrainConfig":
+    def from_dict(cls, d: dict) -> TrainConfig:
         if not isinstance(d, dict):
             raise TypeError(f"TrainConfig: expected a JSON object (dict) of fields, got {type(d).__name__}")
         unknown = sorted(set(d) - {f.name for f in dataclasses.fields(cls)})
@@ -235,10 +280,10 @@ class TrainConfig:
 
 @dataclass
 class StepRecord:
-    step: int            # 1-based optimizer step
-    epoch: int           # 1-based
-    loss: float          # NaN when skipped
-    grad_norm: float     # global L2 norm of the gradient before clipping; NaN when skipped
+    step: int  # 1-based optimizer step
+    epoch: int  # 1-based
+    loss: float  # NaN when skipped
+    grad_norm: float  # global L2 norm of the gradient before clipping; NaN when skipped
     skipped: bool = False
 
 
@@ -307,7 +352,7 @@ class ArrayBatches:
         n = len(self.dataset)
         order = np.random.default_rng([self.seed, epoch]).permutation(n) if self.shuffle else np.arange(n)
         for b in range(0, n, self.batch_size):
-            yield self.dataset.batch(order[b:b + self.batch_size])
+            yield self.dataset.batch(order[b : b + self.batch_size])
 
     def fingerprint(self) -> str:
         return self.dataset.fingerprint()
@@ -330,8 +375,8 @@ def tbptt_chunks(T: int, lengths: np.ndarray, k: int):
 
 def _metrics(returned) -> dict:
     """What an ``evaluate`` hook returned, as ``{name: Python number or None}`` (None: not measured):
-    NumPy scalars unwrapped here, once; any other value that is not one real number is refused at the hook (a TypeError naming it), not
-    later when a checkpoint's JSON cannot hold it."""
+    NumPy scalars unwrapped here, once; any other value that is not one real number is refused at the hook (a
+    TypeError naming it), not later when a checkpoint's JSON cannot hold it."""
     if not isinstance(returned, Mapping):
         raise TypeError(f"evaluate: expected a dict of metrics (name -> number), got {type(returned).__name__}")
     bad = [k for k in returned if not isinstance(k, str)]
@@ -361,8 +406,9 @@ class _EpochSums:
         return row
 
     def to_dict(self) -> dict:
-        return dict(loss=self.loss, samples=self.samples, correct=self.correct, scored=self.scored,
-                    seconds=self.seconds)
+        return dict(
+            loss=self.loss, samples=self.samples, correct=self.correct, scored=self.scored, seconds=self.seconds
+        )
 
 
 # ----------------------------------------------------------------------------------------------
@@ -388,20 +434,22 @@ class Trainer:
         if not isinstance(config, TrainConfig):
             raise TypeError(f"config: expected a TrainConfig, got {type(config).__name__}")
         if config.tbptt_k is not None and getattr(getattr(model, "config", None), "task", "per_step") != "per_step":
-            raise ValueError(f"tbptt_k: truncated BPTT needs a loss at every step (task='per_step'), the model has "
-                             f"task={model.config.task!r}")
+            raise ValueError(
+                f"tbptt_k: truncated BPTT needs a loss at every step (task='per_step'), the model has "
+                f"task={model.config.task!r}"
+            )
         if (config.select == "best" or config.patience is not None) and evaluate is None:
             raise ValueError(f"evaluate: select={config.select!r} / patience={config.patience!r} need an evaluate hook")
         self.evaluate, self.stop_when, self.callback = evaluate, stop_when, callback
         self.optimizer = self._make_optimizer()
         self.step = 0
-        self.epoch = 0                  # epochs completed; the current one is epoch + 1
+        self.epoch = 0  # epochs completed; the current one is epoch + 1
         self.batch_in_epoch = 0
         self.skipped_steps = 0
         self.history: list[StepRecord] = []
-        self.epochs: list[dict] = []    # one row per finished (or final partial) epoch
+        self.epochs: list[dict] = []  # one row per finished (or final partial) epoch
         self.first_loss: float | None = None
-        self.best: dict | None = None   # {"value", "epoch", "state"} of the best evaluated epoch
+        self.best: dict | None = None  # {"value", "epoch", "state"} of the best evaluated epoch
         self.stale_epochs = 0
         self.selected_epoch: int | None = None
         self.stop_reason: str | None = None
@@ -439,8 +487,11 @@ class Trainer:
             norm = total_norm(grads, 2)
         if not math.isfinite(norm):
             bad = [k for k, g in grads.items() if not np.isfinite(g).all()]
-            raise FloatingPointError(f"the gradient norm is {norm} (non-finite gradients of {bad})" if bad else
-                                     f"the gradient norm overflows ({norm}) although every gradient is finite")
+            raise FloatingPointError(
+                f"the gradient norm is {norm} (non-finite gradients of {bad})"
+                if bad
+                else f"the gradient norm overflows ({norm}) although every gradient is finite"
+            )
         if cfg.clip_value is not None:
             clip_grad_value_(grads, cfg.clip_value)
             if cfg.clip_norm is not None:
@@ -469,8 +520,14 @@ class Trainer:
 
     # -- one step -------------------------------------------------------------------------------
     def _stop(self, cls, index: int, reason: str):
-        return cls(index, reason, self.last_finite_grad_norm, self.last_finite_step, self.last_checkpoint,
-                   self.last_checkpoint_step)
+        return cls(
+            index,
+            reason,
+            self.last_finite_grad_norm,
+            self.last_finite_step,
+            self.last_checkpoint,
+            self.last_checkpoint_step,
+        )
 
     def _optimizer_step(self, x, y, lengths=None, h0=None):
         """One optimizer step; returns (record, h_n), h_n None when the step was skipped."""
@@ -489,14 +546,22 @@ class Trainer:
             if out.loss > bound:
                 self._zero_grad()
                 self._write_csv(StepRecord(index, self.epoch + 1, out.loss, norm, True))
-                raise self._stop(DivergenceError, index, f"the loss {out.loss:.6g} exceeds divergence_factor "
-                                 f"{cfg.divergence_factor:g} × max(first loss {start:.6g}, 1) = {bound:.6g}")
+                raise self._stop(
+                    DivergenceError,
+                    index,
+                    f"the loss {out.loss:.6g} exceeds divergence_factor "
+                    f"{cfg.divergence_factor:g} × max(first loss {start:.6g}, 1) = {bound:.6g}",
+                )
         self._update()
         bad = self._nonfinite_parameters()
         if bad:
             self._write_csv(StepRecord(index, self.epoch + 1, out.loss, norm, True))
-            raise self._stop(NonFiniteError, index, f"the update made the parameters {bad} non-finite (loss "
-                             f"{out.loss:.6g}, gradient norm {norm:.6g}); the step cannot be skipped once applied")
+            raise self._stop(
+                NonFiniteError,
+                index,
+                f"the update made the parameters {bad} non-finite (loss "
+                f"{out.loss:.6g}, gradient norm {norm:.6g}); the step cannot be skipped once applied",
+            )
         if self.first_loss is None:
             self.first_loss = float(out.loss)
         self.step = index
@@ -532,8 +597,12 @@ class Trainer:
     def _check_skipped(self) -> None:
         frac = self.config.max_skipped_fraction
         if self.skipped_steps and self.skipped_steps > frac * self.step:
-            raise self._stop(TooManySkippedError, self.step, f"{self.skipped_steps} of {self.step} steps were skipped "
-                             f"(non-finite), more than max_skipped_fraction={frac:g}")
+            raise self._stop(
+                TooManySkippedError,
+                self.step,
+                f"{self.skipped_steps} of {self.step} steps were skipped "
+                f"(non-finite), more than max_skipped_fraction={frac:g}",
+            )
 
     # -- batches --------------------------------------------------------------------------------
     def train_batch(self, x, y, lengths=None) -> list[StepRecord]:
@@ -550,8 +619,9 @@ class Trainer:
         records = []
         for start, stop, rows, chunk_len in tbptt_chunks(T, lengths, k):
             h0 = tuple(s[:, rows] for s in state)
-            rec, finals = self._optimizer_step(x[rows, start:stop], y[rows, start:stop], chunk_len,
-                                               h0 if len(h0) > 1 else h0[0])
+            rec, finals = self._optimizer_step(
+                x[rows, start:stop], y[rows, start:stop], chunk_len, h0 if len(h0) > 1 else h0[0]
+            )
             records.append(rec)
             if finals is None:  # skipped: the carried state is unusable, end this batch
                 break
@@ -566,8 +636,10 @@ class Trainer:
 
         c, dtype = self.model.config, self._state_dtype()
         LD = c.num_layers * c.num_directions
-        shapes = [(LD, B, (c.proj_size or c.hidden_size) if s == "h" else c.hidden_size)
-                  for s in cell_spec(c.cell).model_class().STATES]
+        shapes = [
+            (LD, B, (c.proj_size or c.hidden_size) if s == "h" else c.hidden_size)
+            for s in cell_spec(c.cell).model_class().STATES
+        ]
         return tuple(np.zeros(shape, dtype=dtype) for shape in shapes)
 
     def _state_dtype(self):
@@ -589,14 +661,17 @@ class Trainer:
     def fit(self, data) -> list[StepRecord]:
         """``epochs`` passes over ``data`` (a Dataset or a batch source); resumable from a checkpoint."""
         cfg = self.config
-        source = data if hasattr(data, "batches") and not isinstance(data, Dataset) else \
-            ArrayBatches(data, cfg.batch_size, cfg.shuffle, cfg.seed)
+        source = (
+            data
+            if hasattr(data, "batches") and not isinstance(data, Dataset)
+            else ArrayBatches(data, cfg.batch_size, cfg.shuffle, cfg.seed)
+        )
         try:
             self._check_data(source)
             self._check_outputs()
             self._open_bar(source)
             while self.epoch < cfg.epochs and self.stop_reason is None and not self._done():
-                self.set_lr(cfg.lr * cfg.lr_decay ** self.epoch)
+                self.set_lr(cfg.lr * cfg.lr_decay**self.epoch)
                 t0 = time.perf_counter()
                 finished = True
                 for batch in itertools.islice(source.batches(self.epoch), self.batch_in_epoch, None):
@@ -606,8 +681,11 @@ class Trainer:
                     recs = self.train_batch(*batch)
                     self.batch_in_epoch += 1
                     self._update_bar(recs)
-                    if cfg.checkpoint_dir and cfg.checkpoint_every and \
-                            self.step - (self.last_checkpoint_step or 0) >= cfg.checkpoint_every:
+                    if (
+                        cfg.checkpoint_dir
+                        and cfg.checkpoint_every
+                        and self.step - (self.last_checkpoint_step or 0) >= cfg.checkpoint_every
+                    ):
                         self._sums.seconds += time.perf_counter() - t0
                         t0 = time.perf_counter()
                         self._save_or_stop()
@@ -650,15 +728,22 @@ class Trainer:
                     raise KeyError(f"select_metric: evaluate() returned {sorted(metrics)}, not {cfg.select_metric!r}")
                 value = float(metrics[cfg.select_metric])
                 if not math.isfinite(value):
-                    raise self._stop(NonFiniteError, self.step, f"evaluate() returned {cfg.select_metric}={value} "
-                                     f"after epoch {number}")
-                better = self.best is None or (value > self.best["value"] if cfg.select_mode == "max"
-                                               else value < self.best["value"])
+                    raise self._stop(
+                        NonFiniteError,
+                        self.step,
+                        f"evaluate() returned {cfg.select_metric}={value} after epoch {number}",
+                    )
+                better = self.best is None or (
+                    value > self.best["value"] if cfg.select_mode == "max" else value < self.best["value"]
+                )
                 if partial:
                     pass  # a part of an epoch neither sets the best nor counts toward patience
                 elif better:
-                    self.best = {"value": value, "epoch": number,
-                                 "state": self.model_state() if cfg.select == "best" else None}
+                    self.best = {
+                        "value": value,
+                        "epoch": number,
+                        "state": self.model_state() if cfg.select == "best" else None,
+                    }
                     self.stale_epochs = 0
                 else:
                     self.stale_epochs += 1
@@ -681,8 +766,11 @@ class Trainer:
 
     @staticmethod
     def _epoch_line(row: dict) -> str:
-        parts = [f"{k} {v:.4f}" if isinstance(v, float) else f"{k} {v}" for k, v in row.items()
-                 if k not in ("epoch", "seconds", "eval_seconds")]
+        parts = [
+            f"{k} {v:.4f}" if isinstance(v, float) else f"{k} {v}"
+            for k, v in row.items()
+            if k not in ("epoch", "seconds", "eval_seconds")
+        ]
         return f"epoch {row['epoch']}: " + ", ".join(parts) + f" ({row['seconds']:.0f} s)"
 
     # -- outputs: owned while written, checked before the first step ----------------------------
@@ -696,7 +784,8 @@ class Trainer:
         if cfg.log_csv is not None:
             log = os.fspath(cfg.log_csv)
             inside = cfg.checkpoint_dir is not None and os.path.commonpath(
-                [os.path.realpath(log), os.path.realpath(cfg.checkpoint_dir)]) == os.path.realpath(cfg.checkpoint_dir)
+                [os.path.realpath(log), os.path.realpath(cfg.checkpoint_dir)]
+            ) == os.path.realpath(cfg.checkpoint_dir)
             if not inside:
                 out["log_csv"] = (beside_lock_path(log), f"log_csv {log!r}")
         return out
@@ -742,25 +831,34 @@ class Trainer:
             output_file("log_csv", cfg.log_csv)
         taken = self._claim_outputs()
         try:
-            own = self._resumed_from is not None and cfg.checkpoint_dir is not None and \
-                self._resumed_from == os.path.abspath(self.checkpoint_path())
+            own = (
+                self._resumed_from is not None
+                and cfg.checkpoint_dir is not None
+                and self._resumed_from == os.path.abspath(self.checkpoint_path())
+            )
             if cfg.checkpoint_dir is not None:
                 path = self.checkpoint_path()
                 if os.path.exists(path) and not own and not cfg.overwrite:
-                    raise FileExistsError(f"checkpoint_dir: {os.fspath(cfg.checkpoint_dir)!r} already holds a "
-                                          f"checkpoint of another run ({path}); resume it (load_checkpoint / --resume) "
-                                          "or pass overwrite=True (--overwrite) to replace it")
+                    raise FileExistsError(
+                        f"checkpoint_dir: {os.fspath(cfg.checkpoint_dir)!r} already holds a "
+                        f"checkpoint of another run ({path}); resume it (load_checkpoint / --resume) "
+                        "or pass overwrite=True (--overwrite) to replace it"
+                    )
             if cfg.log_csv is not None:
                 p = os.fspath(cfg.log_csv)
                 if os.path.exists(p) and not cfg.overwrite:
                     if not own:
-                        raise FileExistsError(f"log_csv: {p!r} already exists (another run's log); resume that run or "
-                                              "pass overwrite=True (--overwrite) to replace it")
+                        raise FileExistsError(
+                            f"log_csv: {p!r} already exists (another run's log); resume that run or "
+                            "pass overwrite=True (--overwrite) to replace it"
+                        )
                     why = self._log_mismatch(p)
                     if why:
-                        raise FileExistsError(f"log_csv: {p!r} is not the log of the run being resumed "
-                                              f"({self._resumed_from}): {why}. Point log_csv at that run's log or "
-                                              "at a new file, or pass overwrite=True (--overwrite) to replace it")
+                        raise FileExistsError(
+                            f"log_csv: {p!r} is not the log of the run being resumed "
+                            f"({self._resumed_from}): {why}. Point log_csv at that run's log or "
+                            "at a new file, or pass overwrite=True (--overwrite) to replace it"
+                        )
         except BaseException:
             self.release_outputs(taken)  # (a folder made for the lock goes with it: a refused run leaves nothing)
             raise
@@ -783,14 +881,21 @@ class Trainer:
             return f"it has {len(body)} step row(s), fewer than the checkpoint's {len(self.history)}"
         for rec, row in zip(self.history, body):
             try:
-                same = (len(row) == len(self._CSV_FIELDS) and int(row[0]) == rec.step and int(row[1]) == rec.epoch
-                        and _same_float(float(row[2]), rec.loss) and _same_float(float(row[3]), rec.grad_norm)
-                        and row[4] == str(rec.skipped))
+                same = (
+                    len(row) == len(self._CSV_FIELDS)
+                    and int(row[0]) == rec.step
+                    and int(row[1]) == rec.epoch
+                    and _same_float(float(row[2]), rec.loss)
+                    and _same_float(float(row[3]), rec.grad_norm)
+                    and row[4] == str(rec.skipped)
+                )
             except ValueError:
                 same = False
             if not same:
-                return (f"its row {row} differs from the checkpoint's step {rec.step} "
-                        f"(loss {rec.loss!r}, grad_norm {rec.grad_norm!r})")
+                return (
+                    f"its row {row} differs from the checkpoint's step {rec.step} "
+                    f"(loss {rec.loss!r}, grad_norm {rec.grad_norm!r})"
+                )
         return None
 
     def _trim_log_to_checkpoint(self) -> None:
@@ -812,7 +917,8 @@ class Trainer:
         if self.data_fingerprint is not None and fp is not None and fp != self.data_fingerprint:
             raise ckpt.CheckpointMismatchError(
                 f"the checkpoint {self.last_checkpoint!r} was trained on other data (fingerprint "
-                f"{self.data_fingerprint}, this data {fp}); resume with the same data or start a new run")
+                f"{self.data_fingerprint}, this data {fp}); resume with the same data or start a new run"
+            )
         self.data_fingerprint = fp
 
     # -- progress and CSV -----------------------------------------------------------------------
@@ -824,15 +930,13 @@ class Trainer:
         per_epoch = source.num_batches(self.epoch) if hasattr(source, "num_batches") else None
         total = None if per_epoch is None else self.config.epochs * per_epoch
         done = None if per_epoch is None else self.epoch * per_epoch + self.batch_in_epoch
-        self._bar = tqdm(total=total, initial=done or 0, unit="batch", leave=False, mininterval=0.5,
-                         file=sys.stderr)
+        self._bar = tqdm(total=total, initial=done or 0, unit="batch", leave=False, mininterval=0.5, file=sys.stderr)
 
     def _update_bar(self, recs):
         if self._bar is not None:
             last = recs[-1]
             self._bar.update(1)
-            self._bar.set_postfix(epoch=last.epoch, loss=f"{last.loss:.4g}", skipped=self.skipped_steps,
-                                  refresh=False)
+            self._bar.set_postfix(epoch=last.epoch, loss=f"{last.loss:.4g}", skipped=self.skipped_steps, refresh=False)
 
     def _close_bar(self):
         if self._bar is not None:
@@ -872,8 +976,11 @@ class Trainer:
 
     def save_checkpoint(self, path=None) -> str:
         """Write everything needed to resume, atomically (default: checkpoint_dir/checkpoint.npz)."""
-        own_path = path is None or os.path.abspath(path) == os.path.abspath(self.checkpoint_path()) \
-            if self.config.checkpoint_dir else False
+        own_path = (
+            path is None or os.path.abspath(path) == os.path.abspath(self.checkpoint_path())
+            if self.config.checkpoint_dir
+            else False
+        )
         path = os.fspath(path) if path is not None else self.checkpoint_path()
         taken = self._claim_outputs(("checkpoint_dir",)) if own_path else []
         try:
@@ -893,12 +1000,22 @@ class Trainer:
         if self.best is not None and self.best["state"] is not None:
             arrays.update({f"best/{k}": v for k, v in self.best["state"].items()})
         best = None if self.best is None else {k: self.best[k] for k in ("value", "epoch")}
-        meta = dict(trainer_version=TRAINER_STATE_VERSION, train_config=self.config.to_dict(), epoch=self.epoch,
-                    batch_in_epoch=self.batch_in_epoch, skipped_steps=self.skipped_steps,
-                    last_finite_grad_norm=self.last_finite_grad_norm, last_finite_step=self.last_finite_step,
-                    first_loss=self.first_loss, epochs=self.epochs, sums=self._sums.to_dict(), best=best,
-                    stale_epochs=self.stale_epochs, data_fingerprint=self.data_fingerprint,
-                    stop_reason=self.stop_reason)
+        meta = dict(
+            trainer_version=TRAINER_STATE_VERSION,
+            train_config=self.config.to_dict(),
+            epoch=self.epoch,
+            batch_in_epoch=self.batch_in_epoch,
+            skipped_steps=self.skipped_steps,
+            last_finite_grad_norm=self.last_finite_grad_norm,
+            last_finite_step=self.last_finite_step,
+            first_loss=self.first_loss,
+            epochs=self.epochs,
+            sums=self._sums.to_dict(),
+            best=best,
+            stale_epochs=self.stale_epochs,
+            data_fingerprint=self.data_fingerprint,
+            stop_reason=self.stop_reason,
+        )
         ckpt.save(path, self.model, self.optimizer, step=self.step, meta=meta, arrays=arrays)
         self.last_checkpoint, self.last_checkpoint_step = path, self.step
         return path
@@ -910,8 +1027,9 @@ class Trainer:
             self.save_checkpoint()
         except OSError as exc:
             code = errno.errorcode.get(exc.errno, "?") if exc.errno else type(exc).__name__
-            raise self._stop(CheckpointNotWritten, self.step,
-                             f"{self.checkpoint_path()!r}: {exc.strerror or exc} ({code})") from exc
+            raise self._stop(
+                CheckpointNotWritten, self.step, f"{self.checkpoint_path()!r}: {exc.strerror or exc} ({code})"
+            ) from exc
 
     def load_checkpoint(self, path=None) -> None:
         """Restore model, optimizer, generator, position, history and selection; nothing changes on error.
@@ -936,20 +1054,28 @@ class Trainer:
         arrays, info = ckpt.read_archive(path)  # verify integrity before comparing configs
         meta = info.get("meta", {})
         if meta.get("trainer_version") != TRAINER_STATE_VERSION:
-            raise ckpt.CheckpointMismatchError(f"checkpoint {path!r} was written by another version of the trainer "
-                                               f"({meta.get('trainer_version')!r}, this one reads "
-                                               f"{TRAINER_STATE_VERSION}): start a new run")
+            raise ckpt.CheckpointMismatchError(
+                f"checkpoint {path!r} was written by another version of the trainer "
+                f"({meta.get('trainer_version')!r}, this one reads "
+                f"{TRAINER_STATE_VERSION}): start a new run"
+            )
         saved_cfg = meta.get("train_config", {})
         mine = self.config.to_dict()
-        diff = [f"{k}: checkpoint {saved_cfg.get(k)!r}, trainer {mine[k]!r}" for k in RESUME_FIELDS
-                if saved_cfg.get(k) != mine[k]]
+        diff = [
+            f"{k}: checkpoint {saved_cfg.get(k)!r}, trainer {mine[k]!r}"
+            for k in RESUME_FIELDS
+            if saved_cfg.get(k) != mine[k]
+        ]
         if diff:
-            raise ckpt.CheckpointMismatchError(f"checkpoint {path!r} was saved with another training configuration: "
-                                               + "; ".join(diff))
+            raise ckpt.CheckpointMismatchError(
+                f"checkpoint {path!r} was saved with another training configuration: " + "; ".join(diff)
+            )
         for key in ("history_step", "history_epoch", "history_loss", "history_grad_norm", "history_skipped"):
             if f"extra/{key}" not in arrays:
-                raise ckpt.CorruptCheckpointError(f"checkpoint {path!r} has no trainer history ({key!r}): it was not "
-                                                  "written by Trainer.save_checkpoint")
+                raise ckpt.CorruptCheckpointError(
+                    f"checkpoint {path!r} has no trainer history ({key!r}): it was not "
+                    "written by Trainer.save_checkpoint"
+                )
         loaded = ckpt.load(path, self.model, self.optimizer)
         meta, a = loaded["meta"], loaded["arrays"]
         self.step = int(loaded["step"])
@@ -966,10 +1092,14 @@ class Trainer:
         self.stop_reason = meta["stop_reason"]
         best = meta["best"]
         if best is not None:
-            state = {k[len("best/"):]: v for k, v in a.items() if k.startswith("best/")} or None
+            state = {k[len("best/") :]: v for k, v in a.items() if k.startswith("best/")} or None
             self.best = dict(best, state=state)
-        self.history = [StepRecord(int(s), int(e), float(lo), float(g), bool(k)) for s, e, lo, g, k in zip(
-            a["history_step"], a["history_epoch"], a["history_loss"], a["history_grad_norm"], a["history_skipped"])]
+        self.history = [
+            StepRecord(int(s), int(e), float(lo), float(g), bool(k))
+            for s, e, lo, g, k in zip(
+                a["history_step"], a["history_epoch"], a["history_loss"], a["history_grad_norm"], a["history_skipped"]
+            )
+        ]
         self.last_checkpoint, self.last_checkpoint_step = path, self.step
         self._csv_ready = False
         self._resumed_from = os.path.abspath(path)
@@ -984,8 +1114,10 @@ def load_npz(option: str, path, required=("x", "y"), optional=("lengths",)) -> d
 
     input_file(option, path)
     if not zipfile.is_zipfile(path):
-        raise BadInput(f"{option}: expected an .npz archive (numpy.savez) with {list(required)}, got {str(path)!r}, "
-                       "which is not a zip archive")
+        raise BadInput(
+            f"{option}: expected an .npz archive (numpy.savez) with {list(required)}, got {str(path)!r}, "
+            "which is not a zip archive"
+        )
     try:
         with np.load(path, allow_pickle=False) as d:
             missing = [k for k in required if k not in d.files]
@@ -1013,14 +1145,18 @@ def _main(argv) -> None:
     parser = argparse.ArgumentParser(
         prog="python -m scratch_rnn.train",
         description="Train a SequenceModel. Exit status: 0 done, 1 stopped (non-finite values, divergence, too "
-                    "many skipped steps), 2 bad input (found before training starts), 3 crashed.")
+        "many skipped steps), 2 bad input (found before training starts), 3 crashed.",
+    )
     parser.add_argument("--data", required=True, help=".npz with x, y and optionally lengths")
     parser.add_argument("--model", required=True, help="JSON file with a ModelConfig")
     parser.add_argument("--train", required=True, help="JSON file with a TrainConfig")
     group = parser.add_mutually_exclusive_group()
     group.add_argument("--resume", action="store_true", help="continue from checkpoint_dir's checkpoint if present")
-    group.add_argument("--overwrite", action="store_true",
-                       help="start over, replacing checkpoint_dir's checkpoint and log_csv of an earlier run")
+    group.add_argument(
+        "--overwrite",
+        action="store_true",
+        help="start over, replacing checkpoint_dir's checkpoint and log_csv of an earlier run",
+    )
     args = parser.parse_args(argv)
     with as_bad_input():
         model_cfg = ModelConfig.from_dict(_read_json("--model", args.model))
@@ -1046,8 +1182,10 @@ def _main(argv) -> None:
         raise BadInput(str(exc)) from exc
     trainer.fit(data)
     last = trainer.history[-1] if trainer.history else None
-    print(f"done: {trainer.step} steps ({trainer.skipped_steps} skipped)"
-          + (f", last loss {last.loss:.6g}" if last else ""))
+    print(
+        f"done: {trainer.step} steps ({trainer.skipped_steps} skipped)"
+        + (f", last loss {last.loss:.6g}" if last else "")
+    )
 
 
 def main(argv=None) -> int:

@@ -4,6 +4,7 @@
 - ``thorough``: several hundred examples per property; CI selects it with
   ``--hypothesis-profile=thorough`` (or ``HYPOTHESIS_PROFILE=thorough``).
 """
+
 import os
 
 import torch

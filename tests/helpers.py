@@ -3,6 +3,7 @@
 Every cross-validation in ``tests/`` goes through :func:`assert_close`, so that a failure always
 names the quantity, the configuration that produced it and the error reached.
 """
+
 from __future__ import annotations
 
 import numpy as np
@@ -40,8 +41,10 @@ def assert_close(actual, expected, *, name: str, config=None, dtype=None, rtol=N
     a64 = a.astype(np.float64)
     e64 = e.astype(np.float64)
     if not np.all(np.isfinite(a64) == np.isfinite(e64)):
-        raise AssertionError(f"{name}: finiteness differs (actual has {np.sum(~np.isfinite(a64))} "
-                             f"non-finite, expected {np.sum(~np.isfinite(e64))}); config={config}")
+        raise AssertionError(
+            f"{name}: finiteness differs (actual has {np.sum(~np.isfinite(a64))} "
+            f"non-finite, expected {np.sum(~np.isfinite(e64))}); config={config}"
+        )
     if a.size == 0:
         return
     scale = float(np.max(np.abs(e64))) if e64.size else 0.0
@@ -61,6 +64,7 @@ def examples(fast: int, thorough: int) -> int:
     """max_examples for an expensive property: ``fast`` under the fast profile, ``thorough`` under
     the thorough one (read when the test module is collected, after the profile is loaded)."""
     from hypothesis import settings
+
     return thorough if settings.default.max_examples >= 100 else fast
 
 

@@ -1,4 +1,5 @@
 """Hypothesis strategies that draw a recurrent configuration (the cell too) and its data together."""
+
 from __future__ import annotations
 
 from hypothesis import strategies as st
@@ -40,6 +41,7 @@ def rnn_cases(draw, max_layers=3, max_steps=7, max_batch=5, dropout=False, allow
         with_grad_h_n=draw(st.booleans()),
         dropout=draw(st.sampled_from([0.2, 0.5, 0.9])) if dropout and num_layers > 1 else 0.0,
         seed=draw(st.integers(0, 2**31 - 1)),
-        options=() if cell_spec(cell).builtin else tuple(
-            (k, draw(st.sampled_from(list(v)))) for k, v in cell_spec(cell).options.items()),
+        options=()
+        if cell_spec(cell).builtin
+        else tuple((k, draw(st.sampled_from(list(v)))) for k, v in cell_spec(cell).options.items()),
     )

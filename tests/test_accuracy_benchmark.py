@@ -4,6 +4,7 @@ Two tiny configurations only (a few seconds): nothing here is the measurement. T
 against oracles: the run's own truth (scratch float64) must equal torch float64, and an error the run
 reports must equal one recomputed here from torch's float64 autograd.
 """
+
 from __future__ import annotations
 
 import json
@@ -60,11 +61,20 @@ def test_a_reported_error_equals_one_recomputed_against_torch_float64():
     model.load_state_dict(problem["weights"])
     out, h_n = model(problem["x"], problem["h0"])
     grad_x, _ = model.backward(problem["grad_output"], problem["grad_h_n"])
-    ref = run_torch(model, problem["x"], problem["h0"], grad_output=problem["grad_output"],
-                    grad_final=problem["grad_h_n"], dtype=torch.float64)
+    ref = run_torch(
+        model,
+        problem["x"],
+        problem["h0"],
+        grad_output=problem["grad_output"],
+        grad_final=problem["grad_h_n"],
+        dtype=torch.float64,
+    )
     # the truth is scratch float64; torch float64 agrees with it to ~1e-15, far below these errors
-    for name, mine, truth in (("output", out, ref["output"]), ("grad_x", grad_x, ref["grad_x"]),
-                              ("grad_weight_hh", model.grads["weight_hh_l0"], ref["grads"]["weight_hh_l0"])):
+    for name, mine, truth in (
+        ("output", out, ref["output"]),
+        ("grad_x", grad_x, ref["grad_x"]),
+        ("grad_weight_hh", model.grads["weight_hh_l0"], ref["grads"]["weight_hh_l0"]),
+    ):
         assert math.isclose(row["scratch"][name], rel_error(mine, truth), rel_tol=1e-6), name
 
 
@@ -78,16 +88,19 @@ def test_configurations_are_seeded_and_within_bounds():
     assert np.abs(p["grad_output"]).std() > 0.5  # a random cotangent, not the all-ones of .sum()
 
 
-@pytest.mark.parametrize("argv, words", [
-    (["--configs", "0"], ["--configs", "got 0"]),
-    (["--seed", "-1"], ["--seed", "got -1"]),
-    (["--max-shape", "5", "0", "2", "2"], ["--max-shape (B)", "got 0"]),
-    (["--configs", "2", "--diagnose", "3"], ["--diagnose", "at most"]),
-    (["--overwrite"], ["--overwrite", "--json"]),
-    (["--json", "{tmp}"], ["--json", "folder"]),
-    (["--json", "{file}"], ["--json", "exists", "--overwrite"]),
-    (["--configs", "x"], ["--configs"]),
-])
+@pytest.mark.parametrize(
+    "argv, words",
+    [
+        (["--configs", "0"], ["--configs", "got 0"]),
+        (["--seed", "-1"], ["--seed", "got -1"]),
+        (["--max-shape", "5", "0", "2", "2"], ["--max-shape (B)", "got 0"]),
+        (["--configs", "2", "--diagnose", "3"], ["--diagnose", "at most"]),
+        (["--overwrite"], ["--overwrite", "--json"]),
+        (["--json", "{tmp}"], ["--json", "folder"]),
+        (["--json", "{file}"], ["--json", "exists", "--overwrite"]),
+        (["--configs", "x"], ["--configs"]),
+    ],
+)
 def test_bad_options_exit_2_before_any_work_naming_the_option(argv, words, tmp_path, capsys, monkeypatch):
     existing = tmp_path / "earlier.json"
     existing.write_text("{}")

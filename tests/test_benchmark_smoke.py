@@ -3,6 +3,7 @@
 A smoke run only (``--quick``: a small grid, a 256² peak product, short pauses): nothing here
 asserts a speed. ``python -m benchmarks.rnn`` without ``--quick`` is the measurement.
 """
+
 from __future__ import annotations
 
 import json
@@ -29,8 +30,23 @@ def test_time_blocks_rotates_which_library_goes_first():
 def test_quick_run_writes_rows_summary_and_memory(tmp_path):
     out = tmp_path / "bench.json"
     out.write_text("{}")  # an earlier run: replaced only because of --overwrite
-    cmd = [sys.executable, "-m", "benchmarks.rnn", "--quick", "--threads", "1", "--dtypes", "float32",
-           "--rounds", "1", "--reps", "1", "--json", str(out), "--overwrite"]
+    cmd = [
+        sys.executable,
+        "-m",
+        "benchmarks.rnn",
+        "--quick",
+        "--threads",
+        "1",
+        "--dtypes",
+        "float32",
+        "--rounds",
+        "1",
+        "--reps",
+        "1",
+        "--json",
+        str(out),
+        "--overwrite",
+    ]
     proc = subprocess.run(cmd, cwd=ROOT, capture_output=True, text=True, timeout=300)
     assert proc.returncode == 0, proc.stderr[-3000:]
     assert f"wrote {out}" in proc.stdout
@@ -54,23 +70,35 @@ def test_quick_run_writes_rows_summary_and_memory(tmp_path):
     assert len(report["memory"]) == len(bench.QUICK_GRID)
     assert all(m["scratch_mb"] >= 0 and m["torch_mb"] > 0 for m in report["memory"])
     # the tables can be printed again from the file
-    again = subprocess.run([sys.executable, "-m", "benchmarks.rnn", "--markdown", str(out)], cwd=ROOT,
-                           capture_output=True, text=True, timeout=60)
+    again = subprocess.run(
+        [sys.executable, "-m", "benchmarks.rnn", "--markdown", str(out)],
+        cwd=ROOT,
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
     assert again.returncode == 0 and "| float32 | 1 | small |" in again.stdout
     assert "Where the time goes" in again.stdout
     # run-to-run spread over several runs' files (the same file twice: every range is one value)
-    spread = subprocess.run([sys.executable, "-m", "benchmarks.rnn", "--spread", str(out), str(out)], cwd=ROOT,
-                            capture_output=True, text=True, timeout=60)
+    spread = subprocess.run(
+        [sys.executable, "-m", "benchmarks.rnn", "--spread", str(out), str(out)],
+        cwd=ROOT,
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
     assert spread.returncode == 0, spread.stderr[-2000:]
     small = next(r for r in report["rows"] if r["case"] == "small")
-    assert f"| rnn | float32 | 1 | small | {small['ratio']:.3f} | {small['ratio']:.3f} | " \
-           f"{small['ratio']:.3f} – {small['ratio']:.3f} |" in spread.stdout
+    assert (
+        f"| rnn | float32 | 1 | small | {small['ratio']:.3f} | {small['ratio']:.3f} | "
+        f"{small['ratio']:.3f} – {small['ratio']:.3f} |" in spread.stdout
+    )
     assert f"| rnn | float32 | 1 | {summary['geomean_ratio']:.3f} / {summary['max_ratio']:.3f} |" in spread.stdout
 
 
 def test_flush_off_switches_the_models_public_flush_and_restores_it():
     class Model:
-        flush_below = 2.0 ** -100
+        flush_below = 2.0**-100
         seen = None
 
     model = Model()
@@ -79,7 +107,7 @@ def test_flush_off_switches_the_models_public_flush_and_restores_it():
         model.seen = model.flush_below
 
     bench.flush_off(step, model)()
-    assert model.seen == 0.0 and model.flush_below == 2.0 ** -100
+    assert model.seen == 0.0 and model.flush_below == 2.0**-100
 
 
 def test_default_json_path_never_names_an_earlier_run(tmp_path):
@@ -116,8 +144,25 @@ def test_a_plug_in_cell_is_benchmarked_against_its_twin(tmp_path):
 
     plug_in = cell_names(builtin=False)[0]
     out = tmp_path / "bench.json"
-    cmd = [sys.executable, "-m", "benchmarks.rnn", "--quick", "--cells", plug_in, "--threads", "1", "--dtypes",
-           "float32", "--rounds", "1", "--reps", "1", "--no-memory", "--json", str(out)]
+    cmd = [
+        sys.executable,
+        "-m",
+        "benchmarks.rnn",
+        "--quick",
+        "--cells",
+        plug_in,
+        "--threads",
+        "1",
+        "--dtypes",
+        "float32",
+        "--rounds",
+        "1",
+        "--reps",
+        "1",
+        "--no-memory",
+        "--json",
+        str(out),
+    ]
     proc = subprocess.run(cmd, cwd=ROOT, capture_output=True, text=True, timeout=300)
     assert proc.returncode == 0, proc.stderr[-3000:]
     rows = json.loads(out.read_text())["rows"]

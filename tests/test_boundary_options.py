@@ -7,6 +7,7 @@
   recorded in the caller's order for unequal lengths, None when every sequence is full-length (then Ω is
   the Ω of the same forward without lengths).
 """
+
 from __future__ import annotations
 
 import numpy as np
@@ -60,8 +61,9 @@ def test_dropout_one_with_given_keep_masks_still_drops_everything():
 
 
 def test_a_sequence_model_accepts_dropout_one():
-    cfg = ModelConfig(hidden_size=3, out_features=2, vocab_size=5, embedding_dim=2, num_layers=2, dropout=1.0,
-                      dtype="float64")
+    cfg = ModelConfig(
+        hidden_size=3, out_features=2, vocab_size=5, embedding_dim=2, num_layers=2, dropout=1.0, dtype="float64"
+    )
     model = SequenceModel(cfg)
     out = model.forward_backward(np.array([[1, 2, 3], [4, 1, 2]]), np.array([0, 1]))
     assert np.isfinite(out.loss)

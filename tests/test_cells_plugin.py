@@ -1,6 +1,7 @@
 """Cells as plug-ins: the registry, the generic loop held to the built-in Elman loops, and a cell in a file
 outside the repository verified with no edit to it (docs/examples/mgu.py, as docs/cells.md tells a user),
 including the proof that the battery catches a term dropped from that cell's backward."""
+
 from __future__ import annotations
 
 import os
@@ -55,8 +56,15 @@ class ElmanSteps(StepCell):
 def test_the_generic_loop_gives_the_elman_fast_loops_numbers(seed):
     rng = np.random.default_rng(seed)
     T, B, I, H = int(rng.integers(1, 9)), int(rng.integers(1, 6)), 3, 4
-    opts = dict(num_layers=int(rng.integers(1, 4)), bidirectional=bool(seed % 2), batch_first=bool(seed % 3 == 0),
-                bias=seed != 4, nonlinearity=("tanh", "relu")[seed % 2 == 0 and seed > 2], dtype=np.float64, seed=seed)
+    opts = dict(
+        num_layers=int(rng.integers(1, 4)),
+        bidirectional=bool(seed % 2),
+        batch_first=bool(seed % 3 == 0),
+        bias=seed != 4,
+        nonlinearity=("tanh", "relu")[seed % 2 == 0 and seed > 2],
+        dtype=np.float64,
+        seed=seed,
+    )
     fast, generic = RNN(I, H, **opts), ElmanSteps(I, H, **opts)
     generic.load_state_dict(fast.state_dict())
     for m in (fast, generic):
@@ -109,8 +117,14 @@ def _outside(tmp_path: Path, planted: bool = False) -> Path:
 
 def _crosscheck(folder: Path, *args):
     env = dict(os.environ, PYTHONPATH=os.pathsep.join([str(folder), str(ROOT)]))
-    return subprocess.run([sys.executable, "-m", "reference.crosscheck", "--cell", "mycells:MGU", "--cases", "25",
-                           *args], cwd=folder, env=env, capture_output=True, text=True, timeout=300)
+    return subprocess.run(
+        [sys.executable, "-m", "reference.crosscheck", "--cell", "mycells:MGU", "--cases", "25", *args],
+        cwd=folder,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
 
 
 def test_a_cell_outside_the_repository_passes_the_crosscheck(tmp_path):
@@ -127,10 +141,18 @@ def test_the_same_cell_with_a_term_dropped_fails_naming_the_gradient(tmp_path):
 
 def test_the_crosscheck_refuses_unknown_cells_and_misplaced_twins(tmp_path):
     env = dict(os.environ, PYTHONPATH=str(ROOT))
-    for args, match in ((["--cell", "nope"], "nope"), (["--cell", "rnn", "--twin", "reference.indrnn:indrnn_step"],
-                                                       "--twin")):
-        r = subprocess.run([sys.executable, "-m", "reference.crosscheck", "--cases", "1", *args], cwd=tmp_path,
-                           env=env, capture_output=True, text=True, timeout=120)
+    for args, match in (
+        (["--cell", "nope"], "nope"),
+        (["--cell", "rnn", "--twin", "reference.indrnn:indrnn_step"], "--twin"),
+    ):
+        r = subprocess.run(
+            [sys.executable, "-m", "reference.crosscheck", "--cases", "1", *args],
+            cwd=tmp_path,
+            env=env,
+            capture_output=True,
+            text=True,
+            timeout=120,
+        )
         assert r.returncode == 2 and match in r.stderr, r.stderr
 
 
@@ -159,8 +181,11 @@ def test_docs_cells_md_trains_the_example_as_it_says(tmp_path, monkeypatch):
     doc = (ROOT / "docs" / "cells.md").read_text()
     assert 'ModelConfig(cell="mycells:MGU"' in doc and "examples/mgu.py" in doc
     monkeypatch.syspath_prepend(str(_outside(tmp_path)))
-    model = SequenceModel(ModelConfig(cell="mycells:MGU", input_size=2, hidden_size=16, out_features=1, loss="mse",
-                                      dtype="float64", seed=0))
+    model = SequenceModel(
+        ModelConfig(
+            cell="mycells:MGU", input_size=2, hidden_size=16, out_features=1, loss="mse", dtype="float64", seed=0
+        )
+    )
     rng = np.random.default_rng(0)
     x, y = rng.standard_normal((16, 8, 2)), rng.standard_normal((16, 1))
     opt, losses = Adam(model.parameters(), lr=0.02), []
@@ -191,13 +216,19 @@ def test_state_jacobian_from_the_step_backward_is_torchs(cell, tmp_path, monkeyp
     p = {k: torch.tensor(v) for k, v in model.layer_params(1, 1).items()}
     for b in range(4):
         ref = torch.autograd.functional.jacobian(
-            lambda hb: step(model, torch.tensor(x_t[b:b + 1]), (hb[None],), p)[0][0], torch.tensor(h[b]))
+            lambda hb, b=b: step(model, torch.tensor(x_t[b : b + 1]), (hb[None],), p)[0][0], torch.tensor(h[b])
+        )
         np.testing.assert_allclose(jac[b], ref.numpy(), rtol=1e-12, atol=1e-14)
     if cell == "indrnn":
-        a = x_t @ model.weight_ih_l1_reverse.T + model.weight_hh_l1_reverse * h + model.bias_ih_l1_reverse \
+        a = (
+            x_t @ model.weight_ih_l1_reverse.T
+            + model.weight_hh_l1_reverse * h
+            + model.bias_ih_l1_reverse
             + model.bias_hh_l1_reverse
-        np.testing.assert_allclose(jac, np.stack([np.diag(r) for r in model.weight_hh_l1_reverse * (a > 0)]),
-                                   rtol=1e-15)
+        )
+        np.testing.assert_allclose(
+            jac, np.stack([np.diag(r) for r in model.weight_hh_l1_reverse * (a > 0)]), rtol=1e-15
+        )
     sys.modules.pop("mycells", None)
 
 

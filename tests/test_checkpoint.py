@@ -1,5 +1,6 @@
 """Checkpoints: bit-for-bit resumption, atomic writes (a crash mid-save keeps the last good file),
 and truncated / corrupted / mismatched files failing with an error that says which, changing nothing."""
+
 from __future__ import annotations
 
 import dataclasses
@@ -20,8 +21,18 @@ from scratch_rnn.train import Dataset, TrainConfig, Trainer
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
-CFG = ModelConfig(hidden_size=4, out_features=3, vocab_size=7, embedding_dim=3, num_layers=2, dropout=0.3,
-                  bidirectional=True, pooling="mean", dtype="float64", seed=11)
+CFG = ModelConfig(
+    hidden_size=4,
+    out_features=3,
+    vocab_size=7,
+    embedding_dim=3,
+    num_layers=2,
+    dropout=0.3,
+    bidirectional=True,
+    pooling="mean",
+    dtype="float64",
+    seed=11,
+)
 LM_CFG = dataclasses.replace(CFG, task="per_step", bidirectional=False)
 
 
@@ -32,12 +43,25 @@ def _dataset(cfg, n=29, T=6, seed=0):
 
 
 def _train_cfg(tmp_path, name, **kw):
-    opt_kw = dict(sgd=dict(lr=0.1, momentum=0.9, nesterov=True), adam=dict(lr=1e-2, amsgrad=True),
-                  adamw=dict(lr=1e-2), adagrad=dict(lr=0.1, lr_decay=0.01), rmsprop=dict(lr=1e-2, centered=True,
-                                                                                         momentum=0.5))[name]
-    base = dict(optimizer=name, optimizer_kwargs=opt_kw, batch_size=8, epochs=3, seed=5, clip_norm=1.0,
-                checkpoint_dir=str(tmp_path), checkpoint_every=3, progress=False,
-                log_csv=str(tmp_path / "log.csv"))
+    opt_kw = dict(
+        sgd=dict(lr=0.1, momentum=0.9, nesterov=True),
+        adam=dict(lr=1e-2, amsgrad=True),
+        adamw=dict(lr=1e-2),
+        adagrad=dict(lr=0.1, lr_decay=0.01),
+        rmsprop=dict(lr=1e-2, centered=True, momentum=0.5),
+    )[name]
+    base = dict(
+        optimizer=name,
+        optimizer_kwargs=opt_kw,
+        batch_size=8,
+        epochs=3,
+        seed=5,
+        clip_norm=1.0,
+        checkpoint_dir=str(tmp_path),
+        checkpoint_every=3,
+        progress=False,
+        log_csv=str(tmp_path / "log.csv"),
+    )
     base.update(kw)
     return TrainConfig(**base)
 
@@ -45,18 +69,24 @@ def _train_cfg(tmp_path, name, **kw):
 def _snapshot(trainer):
     """Everything that must be identical between an uninterrupted and a resumed run."""
     opt = trainer.optimizer.state_dict()
-    return dict(params={k: v.copy() for k, v in trainer.model.parameters().items()},
-                opt_state=opt["state"], opt_hparams=opt["hparams"], step=trainer.step,
-                history=[dataclasses.astuple(r) for r in trainer.history], epochs=trainer.epochs,
-                rng=trainer.model.rng.bit_generator.state)
+    return dict(
+        params={k: v.copy() for k, v in trainer.model.parameters().items()},
+        opt_state=opt["state"],
+        opt_hparams=opt["hparams"],
+        step=trainer.step,
+        history=[dataclasses.astuple(r) for r in trainer.history],
+        epochs=trainer.epochs,
+        rng=trainer.model.rng.bit_generator.state,
+    )
 
 
 def _assert_same(a, b):
     assert a["step"] == b["step"]
     assert a["history"] == b["history"]
     assert a["rng"] == b["rng"]
-    assert [{k: v for k, v in r.items() if "seconds" not in k} for r in a["epochs"]] == \
-        [{k: v for k, v in r.items() if "seconds" not in k} for r in b["epochs"]]
+    assert [{k: v for k, v in r.items() if "seconds" not in k} for r in a["epochs"]] == [
+        {k: v for k, v in r.items() if "seconds" not in k} for r in b["epochs"]
+    ]
     assert a["opt_hparams"] == b["opt_hparams"]
     for k in a["params"]:
         np.testing.assert_array_equal(a["params"][k], b["params"][k], err_msg=k)
@@ -73,9 +103,17 @@ class Crash(Exception):
 # ---------------------------------------------------------------------------------------------
 # resumption
 # ---------------------------------------------------------------------------------------------
-@pytest.mark.parametrize("name, cfg, tbptt_k", [("sgd", CFG, None), ("adam", CFG, None), ("adamw", CFG, None),
-                                                ("adagrad", CFG, None), ("rmsprop", CFG, None),
-                                                ("adam", LM_CFG, 4)])
+@pytest.mark.parametrize(
+    "name, cfg, tbptt_k",
+    [
+        ("sgd", CFG, None),
+        ("adam", CFG, None),
+        ("adamw", CFG, None),
+        ("adagrad", CFG, None),
+        ("rmsprop", CFG, None),
+        ("adam", LM_CFG, 4),
+    ],
+)
 def test_resuming_after_a_crash_continues_bit_for_bit(tmp_path, name, cfg, tbptt_k):
     data = _dataset(cfg)
     whole = Trainer(SequenceModel(cfg), _train_cfg(tmp_path / "whole", name, tbptt_k=tbptt_k))
@@ -107,8 +145,7 @@ def test_resume_with_more_epochs_and_another_max_steps_is_allowed(tmp_path):
     whole.fit(data)
     part = Trainer(SequenceModel(CFG), _train_cfg(tmp_path / "b", "adam", epochs=2))
     part.fit(data)
-    more = Trainer(SequenceModel(CFG), _train_cfg(tmp_path / "b", "adam", epochs=4, max_steps=None,
-                                                  log_csv=None))
+    more = Trainer(SequenceModel(CFG), _train_cfg(tmp_path / "b", "adam", epochs=4, max_steps=None, log_csv=None))
     more.load_checkpoint()
     more.fit(data)
     _assert_same(_snapshot(more), _snapshot(whole))
@@ -124,17 +161,34 @@ def test_save_and_load_round_trip_every_optimizer_state(tmp_path):
             model.zero_grad()
             model.forward_backward(x, y)
             opt.step(model.grads)
-        path = ckpt.save(tmp_path / f"{name}.npz", model, opt, step=3, meta=dict(note="hi"),
-                         arrays=dict(extra=np.arange(3)))
+        path = ckpt.save(
+            tmp_path / f"{name}.npz", model, opt, step=3, meta=dict(note="hi"), arrays=dict(extra=np.arange(3))
+        )
         model2 = SequenceModel(CFG)
         opt2 = optim.make_optimizer(name, model2.parameters(), lr=0.5)
         out = ckpt.load(path, model2, opt2)
         assert out["step"] == 3 and out["meta"] == dict(note="hi")
         np.testing.assert_array_equal(out["arrays"]["extra"], np.arange(3))
-        _assert_same(dict(params=model.state_dict(), opt_state=opt.state_dict()["state"], step=0, history=[],
-                          rng=model.rng.bit_generator.state, epochs=[], opt_hparams=opt.hparams),
-                     dict(params=model2.state_dict(), opt_state=opt2.state_dict()["state"], step=0, history=[],
-                          rng=model2.rng.bit_generator.state, epochs=[], opt_hparams=opt2.hparams))
+        _assert_same(
+            dict(
+                params=model.state_dict(),
+                opt_state=opt.state_dict()["state"],
+                step=0,
+                history=[],
+                rng=model.rng.bit_generator.state,
+                epochs=[],
+                opt_hparams=opt.hparams,
+            ),
+            dict(
+                params=model2.state_dict(),
+                opt_state=opt2.state_dict()["state"],
+                step=0,
+                history=[],
+                rng=model2.rng.bit_generator.state,
+                epochs=[],
+                opt_hparams=opt2.hparams,
+            ),
+        )
 
 
 # ---------------------------------------------------------------------------------------------
@@ -254,6 +308,7 @@ def test_content_that_does_not_match_its_digest_is_corrupted(tmp_path):
 
     def nudge(arrays):
         arrays["model/head.bias"] = arrays["model/head.bias"] + 1e-12
+
     _rewrite(path, nudge, keep_digests=True)  # a sound zip whose content was changed
     trainer, before = _fresh(tmp_path)
     with pytest.raises(ckpt.CorruptCheckpointError, match=r"the content of \['model/head.bias'\] does not match"):
@@ -264,8 +319,9 @@ def test_content_that_does_not_match_its_digest_is_corrupted(tmp_path):
 def test_a_checkpoint_of_another_model_config_is_a_mismatch(tmp_path):
     _good_checkpoint(tmp_path)
     trainer, before = _fresh(tmp_path, cfg=dataclasses.replace(CFG, hidden_size=5))
-    with pytest.raises(ckpt.CheckpointMismatchError,
-                       match="another model configuration: hidden_size: checkpoint 4, model 5"):
+    with pytest.raises(
+        ckpt.CheckpointMismatchError, match="another model configuration: hidden_size: checkpoint 4, model 5"
+    ):
         trainer.load_checkpoint()
     _assert_same(_snapshot(trainer), before)
 
@@ -273,8 +329,9 @@ def test_a_checkpoint_of_another_model_config_is_a_mismatch(tmp_path):
 def test_a_checkpoint_of_another_training_config_is_a_mismatch(tmp_path):
     _good_checkpoint(tmp_path)
     trainer, before = _fresh(tmp_path, clip_norm=2.0)
-    with pytest.raises(ckpt.CheckpointMismatchError, match="another training configuration: clip_norm: checkpoint "
-                                                           "1.0, trainer 2.0"):
+    with pytest.raises(
+        ckpt.CheckpointMismatchError, match="another training configuration: clip_norm: checkpoint 1.0, trainer 2.0"
+    ):
         trainer.load_checkpoint()
     _assert_same(_snapshot(trainer), before)
 
@@ -295,10 +352,12 @@ def test_other_keys_shapes_or_optimizer_are_mismatches(tmp_path):
     def drop_param(arrays):
         del arrays["model/rnn.bias_hh_l1"]
 
-    cases = [(rename, None, r"other parameters: missing \['head.weight'\], unexpected \['head.weights'\]"),
-             (reshape, None, r"other parameter shapes: head.bias: checkpoint \(4,\), model \(3,\)"),
-             (None, retype, "holds SGD state, the optimizer is Adam"),
-             (drop_param, None, r"missing \['rnn.bias_hh_l1'\]")]
+    cases = [
+        (rename, None, r"other parameters: missing \['head.weight'\], unexpected \['head.weights'\]"),
+        (reshape, None, r"other parameter shapes: head.bias: checkpoint \(4,\), model \(3,\)"),
+        (None, retype, "holds SGD state, the optimizer is Adam"),
+        (drop_param, None, r"missing \['rnn.bias_hh_l1'\]"),
+    ]
     for edit_arrays, edit_meta, match in cases:
         with open(path, "wb") as f:
             f.write(good)
@@ -314,6 +373,7 @@ def test_bad_optimizer_state_fails_before_the_model_is_written(tmp_path):
 
     def bad_moment(arrays):
         arrays["optim/head.bias/exp_avg"] = np.zeros(7)
+
     _rewrite(path, bad_moment)
     trainer, before = _fresh(tmp_path)
     with pytest.raises(ckpt.CheckpointMismatchError, match=r"exp_avg'\] expected shape \(3,\), got \(7,\)"):

@@ -5,8 +5,10 @@ To add a command or a case, add a row to CASES:
     row(id, "package.module:main", argv, expected exit code, substring(s) of the output)
 argv may use the placeholders {tmp} (an empty folder), {file} (an existing file), {closed}
 (tcp://127.0.0.1:PORT with nothing listening) and {imdb} (a 40-review CSV with the official split); an
-argument "{report:TEXT}" becomes the path of a file report.json holding TEXT. Each main runs in-process through ``main(argv)``.
+argument "{report:TEXT}" becomes the path of a file report.json holding TEXT.
+Each main runs in-process through ``main(argv)``.
 """
+
 from __future__ import annotations
 
 import importlib
@@ -38,30 +40,62 @@ CASES = [
     row("bench --markdown missing", BENCH, ["--markdown", "{tmp}/nope.json"], 2, ["--markdown", "nope.json"]),
     row("bench --markdown not a report", BENCH, ["--markdown", "{file}"], 2, ["--markdown", "earlier benchmark run"]),
     # malformed reports: named by file and by what is wrong, never a traceback
-    *[row(f"bench {opt} {why}", BENCH, [opt, "{report:" + json_text + "}"], 2, [opt, "report.json", *expect])
-      for opt in ("--markdown", "--spread")
-      for why, json_text, expect in (
-          ("bad JSON", '{"rows": [', ["not JSON"]),
-          ("a list", "[1, 2]", ["expected a JSON object"]),
-          ("row not an object", '{"rows": [3], "summary": {}}', ["rows[0]: expected an object"]),
-          ("row lacks ratio", '{"rows": [{"dtype": "float32", "threads": 1, "case": "small"}], "summary": {}}',
-           ["rows[0] lacks", "ratio"]),
-          ("ratio a string", '{"rows": [{"dtype": "float32", "threads": 1, "case": "s", "ratio": "fast", "B": 1, '
-           '"T": 1, "I": 1, "H": 1, "loss": "all", "scratch_ms": 1, "torch_ms": 1, "scratch_gflops": 1, '
-           '"scratch_peak_frac": 1, "torch_peak_frac": 1, "numpy_peak_gflops": 1, "torch_peak_gflops": 1}], '
-           '"summary": {}}', ["rows[0].ratio", "expected int or float", '"fast"']),
-          ("threads a float", '{"rows": [{"dtype": "float32", "threads": 1.5, "case": "s", "ratio": 1.0}], '
-           '"summary": {}}', ["rows[0]"]),  # --spread: its threads; --markdown: its missing fields
-      )],
-    row("bench --markdown summary without its peaks", BENCH,
-        ["--markdown", '{report:{"rows": [], "summary": {"float32/1": {"geomean_ratio": 1, "max_ratio": 1, '
-         '"largest_peak_frac": 0.5}}}}'], 2, ["--markdown", "report.json", "peaks", "float32/1"]),
-    row("bench --markdown summary entry lacks max_ratio", BENCH,
-        ["--markdown", '{report:{"rows": [], "summary": {"float32/1": {"geomean_ratio": 1}}, "peaks": {}}}'], 2,
-        ["summary['float32/1'] lacks 'max_ratio'"]),
-    row("bench --markdown memory torch_mb 0", BENCH,
-        ["--markdown", '{report:{"rows": [], "summary": {}, "memory": [{"dtype": "float32", "case": "s", '
-         '"scratch_mb": 1, "scratch_tracemalloc_mb": 1, "torch_mb": 0}]}}'], 2, ["memory[0].torch_mb"]),
+    *[
+        row(f"bench {opt} {why}", BENCH, [opt, "{report:" + json_text + "}"], 2, [opt, "report.json", *expect])
+        for opt in ("--markdown", "--spread")
+        for why, json_text, expect in (
+            ("bad JSON", '{"rows": [', ["not JSON"]),
+            ("a list", "[1, 2]", ["expected a JSON object"]),
+            ("row not an object", '{"rows": [3], "summary": {}}', ["rows[0]: expected an object"]),
+            (
+                "row lacks ratio",
+                '{"rows": [{"dtype": "float32", "threads": 1, "case": "small"}], "summary": {}}',
+                ["rows[0] lacks", "ratio"],
+            ),
+            (
+                "ratio a string",
+                '{"rows": [{"dtype": "float32", "threads": 1, "case": "s", "ratio": "fast", "B": 1, '
+                '"T": 1, "I": 1, "H": 1, "loss": "all", "scratch_ms": 1, "torch_ms": 1, "scratch_gflops": 1, '
+                '"scratch_peak_frac": 1, "torch_peak_frac": 1, "numpy_peak_gflops": 1, "torch_peak_gflops": 1}], '
+                '"summary": {}}',
+                ["rows[0].ratio", "expected int or float", '"fast"'],
+            ),
+            (
+                "threads a float",
+                '{"rows": [{"dtype": "float32", "threads": 1.5, "case": "s", "ratio": 1.0}], "summary": {}}',
+                ["rows[0]"],
+            ),  # --spread: its threads; --markdown: its missing fields
+        )
+    ],
+    row(
+        "bench --markdown summary without its peaks",
+        BENCH,
+        [
+            "--markdown",
+            '{report:{"rows": [], "summary": {"float32/1": {"geomean_ratio": 1, "max_ratio": 1, '
+            '"largest_peak_frac": 0.5}}}}',
+        ],
+        2,
+        ["--markdown", "report.json", "peaks", "float32/1"],
+    ),
+    row(
+        "bench --markdown summary entry lacks max_ratio",
+        BENCH,
+        ["--markdown", '{report:{"rows": [], "summary": {"float32/1": {"geomean_ratio": 1}}, "peaks": {}}}'],
+        2,
+        ["summary['float32/1'] lacks 'max_ratio'"],
+    ),
+    row(
+        "bench --markdown memory torch_mb 0",
+        BENCH,
+        [
+            "--markdown",
+            '{report:{"rows": [], "summary": {}, "memory": [{"dtype": "float32", "case": "s", '
+            '"scratch_mb": 1, "scratch_tracemalloc_mb": 1, "torch_mb": 0}]}}',
+        ],
+        2,
+        ["memory[0].torch_mb"],
+    ),
     # reference.crosscheck
     row("crosscheck --seed -1", CROSSCHECK, ["--seed", "-1"], 2, ["--seed", "got -1"]),
     row("crosscheck --max-steps 0", CROSSCHECK, ["--max-steps", "0"], 2, ["--max-steps", "got 0"]),
@@ -74,42 +108,101 @@ CASES = [
     # experiments.gradients
     row("gradients unknown experiment", GRADIENTS, ["nope"], 2, "invalid choice"),
     row("pathological --workers 0", GRADIENTS, ["pathological", "--workers", "0"], 2, ["--workers", "got 0"]),
-    row("pathological --tasks bogus", GRADIENTS, ["pathological", "--tasks", "adding", "bogus"], 2,
-        ["--tasks", "bogus", "temporal_order"]),
+    row(
+        "pathological --tasks bogus",
+        GRADIENTS,
+        ["pathological", "--tasks", "adding", "bogus"],
+        2,
+        ["--tasks", "bogus", "temporal_order"],
+    ),
     row("pathological --out file", GRADIENTS, ["pathological", "--quick", "--out", "{file}"], 2, ["--out", "a file"]),
     row("pathological --seed -5", GRADIENTS, ["pathological", "--quick", "--seed", "-5"], 2, ["--seed", "got -5"]),
-    row("pathological --scheduler closed", GRADIENTS, ["pathological", "--scheduler", "{closed}"], 2,
-        ["--scheduler", "{closed}"]),
+    row(
+        "pathological --scheduler closed",
+        GRADIENTS,
+        ["pathological", "--scheduler", "{closed}"],
+        2,
+        ["--scheduler", "{closed}"],
+    ),
     row("pathological --scheduler no port", GRADIENTS, ["pathological", "--scheduler", "tcp://[::1"], 2, "--scheduler"),
-    *[row(f"pathological --scheduler {scheme}", GRADIENTS, ["pathological", "--scheduler", f"{scheme}://h:8786"], 2,
-          ["--scheduler", "expected a tcp:// address", f"scheme '{scheme}'"])
-      for scheme in ("inproc", "ucx", "ws", "tls")],
-    row("pathological --scheduler no scheme", GRADIENTS, ["pathological", "--scheduler", "127.0.0.1:8786"], 2,
-        ["--scheduler", "no scheme"]),
-    row("pathological --scheduler port 0", GRADIENTS, ["pathological", "--scheduler", "tcp://h:0"], 2,
-        ["--scheduler", "1..65535"]),
-    row("pathological --scheduler-timeout 0", GRADIENTS, ["pathological", "--scheduler-timeout", "0"], 2,
-        ["--scheduler-timeout", "got 0"]),
+    *[
+        row(
+            f"pathological --scheduler {scheme}",
+            GRADIENTS,
+            ["pathological", "--scheduler", f"{scheme}://h:8786"],
+            2,
+            ["--scheduler", "expected a tcp:// address", f"scheme '{scheme}'"],
+        )
+        for scheme in ("inproc", "ucx", "ws", "tls")
+    ],
+    row(
+        "pathological --scheduler no scheme",
+        GRADIENTS,
+        ["pathological", "--scheduler", "127.0.0.1:8786"],
+        2,
+        ["--scheduler", "no scheme"],
+    ),
+    row(
+        "pathological --scheduler port 0",
+        GRADIENTS,
+        ["pathological", "--scheduler", "tcp://h:0"],
+        2,
+        ["--scheduler", "1..65535"],
+    ),
+    row(
+        "pathological --scheduler-timeout 0",
+        GRADIENTS,
+        ["pathological", "--scheduler-timeout", "0"],
+        2,
+        ["--scheduler-timeout", "got 0"],
+    ),
     row("spectrum --out file", GRADIENTS, ["spectrum", "--out", "{file}"], 2, "--out"),
     row("cliff --seed -1", GRADIENTS, ["cliff", "--seed", "-1"], 2, "--seed"),
     row("flow --data missing", GRADIENTS, ["flow", "--quick", "--data", "{tmp}/nope.csv"], 2, ["--data", "nope.csv"]),
     row("cliff --quick", GRADIENTS, ["cliff", "--quick", "--no-progress", "--out", "{tmp}/cliff"], 0, "grad_norm_max"),
     # experiments.sentiment
     row("sentiment --out-root file", SENTIMENT, ["--out-root", "{file}"], 2, ["--out-root", "a file"]),
-    row("sentiment --data missing", SENTIMENT, ["--data", "{tmp}/nope.csv", "--out-root", "{tmp}"], 2,
-        ["--data", "nope.csv"]),
+    row(
+        "sentiment --data missing",
+        SENTIMENT,
+        ["--data", "{tmp}/nope.csv", "--out-root", "{tmp}"],
+        2,
+        ["--data", "nope.csv"],
+    ),
     row("sentiment --epochs 0", SENTIMENT, ["--epochs", "0", "--out-root", "{tmp}"], 2, ["epochs", "got 0"]),
     # zero is never a silent "off": refused, naming the option and the word that does turn it off
-    *[row(f"sentiment {opt} 0", SENTIMENT, [opt, zero, "--data", "{imdb}", "--out-root", "{tmp}"], 2, [opt, f"got '{zero}'", "'none'"])
-      for opt, zero in (("--patience", "0"), ("--clip-norm", "0"), ("--clip-norm", "0.0"), ("--train-size", "0"),
-                        ("--test-size", "0"), ("--max-vocab", "0"))],
+    *[
+        row(
+            f"sentiment {opt} 0",
+            SENTIMENT,
+            [opt, zero, "--data", "{imdb}", "--out-root", "{tmp}"],
+            2,
+            [opt, f"got '{zero}'", "'none'"],
+        )
+        for opt, zero in (
+            ("--patience", "0"),
+            ("--clip-norm", "0"),
+            ("--clip-norm", "0.0"),
+            ("--train-size", "0"),
+            ("--test-size", "0"),
+            ("--max-vocab", "0"),
+        )
+    ],
     row("sentiment --patience -1", SENTIMENT, ["--patience", "-1", "--out-root", "{tmp}"], 2, ["patience", "got -1"]),
-    row("sentiment --valid-fraction leaves no training review", SENTIMENT,
-        ["--data", "{imdb}", "--train-size", "4", "--valid-fraction", "0.9", "--out-root", "{tmp}"], 2,
-        ["--valid-fraction", "leaves 0 to train on"]),
-    row("sentiment --valid-fraction holds out no review", SENTIMENT,
-        ["--data", "{imdb}", "--train-size", "4", "--valid-fraction", "0.01", "--out-root", "{tmp}"], 2,
-        ["--valid-fraction", "holds out 0 for validation"]),
+    row(
+        "sentiment --valid-fraction leaves no training review",
+        SENTIMENT,
+        ["--data", "{imdb}", "--train-size", "4", "--valid-fraction", "0.9", "--out-root", "{tmp}"],
+        2,
+        ["--valid-fraction", "leaves 0 to train on"],
+    ),
+    row(
+        "sentiment --valid-fraction holds out no review",
+        SENTIMENT,
+        ["--data", "{imdb}", "--train-size", "4", "--valid-fraction", "0.01", "--out-root", "{tmp}"],
+        2,
+        ["--valid-fraction", "holds out 0 for validation"],
+    ),
     # experiments.sentiment.report
     row("report missing folder", REPORT, ["{tmp}/nope"], 2, ["runs", "nope"]),
     row("report no finished run", REPORT, ["{tmp}"], 2, ["no metrics.json"]),
@@ -135,14 +228,21 @@ def test_exit_code_and_message(target, argv, code, expected, tmp_path, capsys):
     existing = tmp_path / "existing.txt"
     existing.write_text("not a report\n")
     imdb = tmp_path / "imdb.csv"  # 10 reviews per label and split, the official split named
-    imdb.write_text("review,sentiment,split\n" + "".join(f"{w} film {i},{lab},{split}\n" for split in ("train", "test")
-                                                           for lab, w in (("positive", "good"), ("negative", "bad"))
-                                                           for i in range(10)))
+    imdb.write_text(
+        "review,sentiment,split\n"
+        + "".join(
+            f"{w} film {i},{lab},{split}\n"
+            for split in ("train", "test")
+            for lab, w in (("positive", "good"), ("negative", "bad"))
+            for i in range(10)
+        )
+    )
     fill = dict(tmp=str(folder), file=str(existing), closed=_closed_address(), imdb=str(imdb))
+
     def fill_in(a: str) -> str:
         if a.startswith("{report:"):  # {report:JSON TEXT}: that text, as the file report.json
             report = tmp_path / "report.json"
-            report.write_text(a[len("{report:"):-1])
+            report.write_text(a[len("{report:") : -1])
             return str(report)
         return a.format(**fill)
 
@@ -255,8 +355,13 @@ def _train_files(tmp_path, model=TOKENS, train=None, x=None, y=None, lengths=Non
     else:
         data.write_bytes(data_bytes)
     (tmp_path / "model.json").write_text(json.dumps(model))
-    base = dict(optimizer="sgd", optimizer_kwargs={"lr": 0.1}, batch_size=4, progress=False,
-                checkpoint_dir=str(tmp_path / "run"))
+    base = dict(
+        optimizer="sgd",
+        optimizer_kwargs={"lr": 0.1},
+        batch_size=4,
+        progress=False,
+        checkpoint_dir=str(tmp_path / "run"),
+    )
     (tmp_path / "train.json").write_text(json.dumps({**base, **(train or {})}))
     return ["--data", str(data), "--model", str(tmp_path / "model.json"), "--train", str(tmp_path / "train.json")]
 
@@ -316,8 +421,7 @@ def test_train_cli_output_paths_and_finished_runs(tmp_path, capsys):
 def test_train_cli_divergence_exits_1(tmp_path, capsys):
     from scratch_rnn.train import main
 
-    rc = main(_train_files(tmp_path, model=DENSE, train={"optimizer_kwargs": {"lr": 1e300}, "epochs": 3},
-                           y=[1, 0] * 4))
+    rc = main(_train_files(tmp_path, model=DENSE, train={"optimizer_kwargs": {"lr": 1e300}, "epochs": 3}, y=[1, 0] * 4))
     assert rc == 1, capsys.readouterr().err
     assert "training stopped at step" in capsys.readouterr().err
 
@@ -357,14 +461,31 @@ def test_scheduler_port_that_is_not_dask_exits_2_within_the_deadline(server, tmp
 
         def stop():
             done.set()
+
     thread = threading.Thread(target=serve, daemon=True)
     thread.start()
     try:
         t0 = time.perf_counter()
-        proc = subprocess.run([sys.executable, "-m", "experiments.gradients", "pathological", "--quick", "--no-progress",
-                               "--out", str(tmp_path / "out"), "--scheduler", f"tcp://127.0.0.1:{port}",
-                               "--scheduler-timeout", "2"], cwd=Path(__file__).resolve().parents[1],
-                              capture_output=True, text=True, timeout=60)
+        proc = subprocess.run(
+            [
+                sys.executable,
+                "-m",
+                "experiments.gradients",
+                "pathological",
+                "--quick",
+                "--no-progress",
+                "--out",
+                str(tmp_path / "out"),
+                "--scheduler",
+                f"tcp://127.0.0.1:{port}",
+                "--scheduler-timeout",
+                "2",
+            ],
+            cwd=Path(__file__).resolve().parents[1],
+            capture_output=True,
+            text=True,
+            timeout=60,
+        )
         elapsed = time.perf_counter() - t0
     finally:
         stop()
@@ -399,15 +520,13 @@ def test_train_cli_under_a_file_size_limit_exits_1_keeping_the_previous_checkpoi
     assert first.returncode == 0, first.stderr
     path = tmp_path / "run" / "checkpoint.npz"
     size, before = path.stat().st_size, path.read_bytes()
-    (tmp_path / "train.json").write_text(json.dumps({**json.loads((tmp_path / "train.json").read_text()),
-                                                     "epochs": 6}))
+    (tmp_path / "train.json").write_text(json.dumps({**json.loads((tmp_path / "train.json").read_text()), "epochs": 6}))
 
     def limit():  # in the child: files may not grow past the first run's checkpoint (+ a little)
         signal.signal(signal.SIGXFSZ, signal.SIG_IGN)  # EFBIG instead of being killed
         resource.setrlimit(resource.RLIMIT_FSIZE, (size + 64, size + 64))
 
-    second = subprocess.run([*cmd, "--resume"], cwd=root, capture_output=True, text=True, timeout=120,
-                            preexec_fn=limit)
+    second = subprocess.run([*cmd, "--resume"], cwd=root, capture_output=True, text=True, timeout=120, preexec_fn=limit)
     assert second.returncode == 1, (second.returncode, second.stderr[-3000:])
     err = [line for line in second.stderr.splitlines() if line.strip() and "<frozen runpy>" not in line]  # (B's)
     assert len(err) == 1 and "Traceback" not in second.stderr, second.stderr
@@ -432,8 +551,10 @@ def test_a_full_disk_while_checkpointing_stops_naming_enospc(tmp_path, monkeypat
 
     rng = np.random.default_rng(0)
     data = Dataset(rng.integers(0, 5, (8, 4)), rng.integers(0, 2, 8))
-    t = Trainer(SequenceModel(ModelConfig(**TOKENS)), TrainConfig(batch_size=4, epochs=2, checkpoint_every=1,
-                                                                   checkpoint_dir=str(tmp_path), progress=False))
+    t = Trainer(
+        SequenceModel(ModelConfig(**TOKENS)),
+        TrainConfig(batch_size=4, epochs=2, checkpoint_every=1, checkpoint_dir=str(tmp_path), progress=False),
+    )
     real, calls = ckpt.save, []
 
     def full_after_two(*a, **kw):

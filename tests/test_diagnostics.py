@@ -1,6 +1,7 @@
 """scratch_rnn.diagnostics against independent oracles: torch.autograd.functional.jacobian of an
 unrolled twin (reference.diagnostics), torch.linalg for singular values, and closed forms (the
 Pascanu bound, orthogonal linear RNNs, exact exponentials)."""
+
 from __future__ import annotations
 
 from dataclasses import asdict, dataclass
@@ -12,9 +13,8 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from reference.diagnostics import jacobian_product, linear_product_singular_values
-from scratch_rnn import RNN
+from scratch_rnn import RNN, init
 from scratch_rnn import diagnostics as dg
-from scratch_rnn import init
 from tests.helpers import assert_close
 
 
@@ -57,8 +57,17 @@ def configs(draw, max_T=8):
 
 def make_case(cfg: Config):
     rng = np.random.default_rng(cfg.seed)
-    model = RNN(cfg.I, cfg.H, cfg.num_layers, cfg.nonlinearity, cfg.bias, cfg.batch_first,
-                bidirectional=cfg.bidirectional, dtype=np.float64, seed=cfg.seed)
+    model = RNN(
+        cfg.I,
+        cfg.H,
+        cfg.num_layers,
+        cfg.nonlinearity,
+        cfg.bias,
+        cfg.batch_first,
+        bidirectional=cfg.bidirectional,
+        dtype=np.float64,
+        seed=cfg.seed,
+    )
     model.load_state_dict({k: rng.normal(0, cfg.weight_std, v.shape) for k, v in model.state_dict().items()})
     D = 2 if cfg.bidirectional else 1
     if cfg.unbatched:
@@ -107,15 +116,32 @@ def test_jacobian_products_match_torch_jacobian(cfg, pick):
     config = dict(asdict(cfg), index=index, sample=sample)
     for distance in sorted({0, 1, n_b // 2, n_b}):  # ends included: h_end itself and h0
         ref = jacobian_product(model, x, h0, lengths, index=index, sample=sample, distance=distance)
-        assert_close(products[distance, sample], ref, name=f"dh_end/dh_(end-{distance})",
-                     config=dict(config, distance=distance), rtol=saturation_rtol(s_end, sample, distance))
-    assert np.all(np.isnan(products[n_b + 1:, sample]))  # past the sequence's start: no state
+        assert_close(
+            products[distance, sample],
+            ref,
+            name=f"dh_end/dh_(end-{distance})",
+            config=dict(config, distance=distance),
+            rtol=saturation_rtol(s_end, sample, distance),
+        )
+    assert np.all(np.isnan(products[n_b + 1 :, sample]))  # past the sequence's start: no state
 
 
 def test_step_jacobian_is_the_one_step_product():
-    cfg = Config(seed=1, T=5, B=2, I=2, H=4, num_layers=1, nonlinearity="tanh", bias=True,
-                 batch_first=False, bidirectional=False, unbatched=False, variable_lengths=False,
-                 weight_std=0.8)
+    cfg = Config(
+        seed=1,
+        T=5,
+        B=2,
+        I=2,
+        H=4,
+        num_layers=1,
+        nonlinearity="tanh",
+        bias=True,
+        batch_first=False,
+        bidirectional=False,
+        unbatched=False,
+        variable_lengths=False,
+        weight_std=0.8,
+    )
     model, x, h0, lengths, _ = make_case(cfg)
     slopes = dg.model_slopes(model, x, h0)[0]
     J = dg.step_jacobians(slopes, model.parameters()["weight_hh_l0"])  # (T, B, H, H)
@@ -135,11 +161,16 @@ def test_product_singular_values_match_torch_svdvals(cfg, pick):
     sv = dg.product_singular_values(s_end, w, lengths)  # (T+1, B, H)
     n_b = cfg.T if lengths is None else int(lengths[sample])
     distance = n_b  # the whole sequence: dh_end/dh0
-    ref = torch.linalg.svdvals(torch.tensor(
-        jacobian_product(model, x, h0, lengths, index=index, sample=sample, distance=distance))).numpy()
-    assert_close(sv[distance, sample], ref, name="singular values of dh_end/dh0",
-                 config=dict(asdict(cfg), index=index, sample=sample),
-                 rtol=saturation_rtol(s_end, sample, distance))
+    ref = torch.linalg.svdvals(
+        torch.tensor(jacobian_product(model, x, h0, lengths, index=index, sample=sample, distance=distance))
+    ).numpy()
+    assert_close(
+        sv[distance, sample],
+        ref,
+        name="singular values of dh_end/dh0",
+        config=dict(asdict(cfg), index=index, sample=sample),
+        rtol=saturation_rtol(s_end, sample, distance),
+    )
 
 
 @settings(max_examples=20)
@@ -160,16 +191,27 @@ def test_power_iteration_spectral_norm_matches_torch(cfg, pick):
         jac = jacobian_product(model, x, h0, lengths, index=index, sample=sample, distance=int(n))
         sigma = float(torch.linalg.matrix_norm(torch.tensor(jac), ord=2))
         assert est[i, sample] <= sigma * (1 + saturation_rtol(s_end, sample, int(n), 1e-12)) + 1e-300, config
-        assert_close(est[i, sample], sigma, name=f"‖dh_end/dh_(end-{n})‖ (power)", config=config,
-                     rtol=saturation_rtol(s_end, sample, int(n), base=1e-8), atol=1e-12)
+        assert_close(
+            est[i, sample],
+            sigma,
+            name=f"‖dh_end/dh_(end-{n})‖ (power)",
+            config=config,
+            rtol=saturation_rtol(s_end, sample, int(n), base=1e-8),
+            atol=1e-12,
+        )
 
 
 # --------------------------------------------------------------------------------------------
 # The bound of Pascanu et al. (2013), as a property
 # --------------------------------------------------------------------------------------------
-@given(seed=st.integers(0, 2**31 - 1), T=st.integers(1, 40), H=st.integers(1, 8),
-       nonlinearity=st.sampled_from(["tanh", "relu"]), scale=st.sampled_from([0.5, 0.9, 1.0, 1.2, 2.0]),
-       variable=st.booleans())
+@given(
+    seed=st.integers(0, 2**31 - 1),
+    T=st.integers(1, 40),
+    H=st.integers(1, 8),
+    nonlinearity=st.sampled_from(["tanh", "relu"]),
+    scale=st.sampled_from([0.5, 0.9, 1.0, 1.2, 2.0]),
+    variable=st.booleans(),
+)
 def test_measured_norms_never_exceed_the_bound(seed, T, H, nonlinearity, scale, variable):
     config = dict(seed=seed, T=T, H=H, nonlinearity=nonlinearity, scale=scale, variable=variable)
     rng = np.random.default_rng(seed)
@@ -203,8 +245,13 @@ def test_bound_is_tight_for_a_scaled_orthogonal_linear_map():
     H, T, c = 6, 30, 1.07
     w = init.orthogonal(H, 0, gain=c)
     sv = dg.product_singular_values(np.ones((T, 1, H)), w)[:, 0, 0]
-    assert_close(sv, dg.pascanu_bound(dg.largest_singular_value(w), "linear", np.arange(T + 1)),
-                 name="‖P(n)‖ vs (γλ₁)ⁿ", config=dict(H=H, T=T, c=c), rtol=1e-12)
+    assert_close(
+        sv,
+        dg.pascanu_bound(dg.largest_singular_value(w), "linear", np.arange(T + 1)),
+        name="‖P(n)‖ vs (γλ₁)ⁿ",
+        config=dict(H=H, T=T, c=c),
+        rtol=1e-12,
+    )
 
 
 @pytest.mark.parametrize("T", [1, 10, 200])
@@ -233,9 +280,21 @@ def test_align_to_end_forward_and_reverse():
 
 
 def test_layer_states_top_layer_is_the_model_output():
-    cfg = Config(seed=5, T=6, B=3, I=2, H=3, num_layers=3, nonlinearity="relu", bias=True,
-                 batch_first=True, bidirectional=True, unbatched=False, variable_lengths=True,
-                 weight_std=0.8)
+    cfg = Config(
+        seed=5,
+        T=6,
+        B=3,
+        I=2,
+        H=3,
+        num_layers=3,
+        nonlinearity="relu",
+        bias=True,
+        batch_first=True,
+        bidirectional=True,
+        unbatched=False,
+        variable_lengths=True,
+        weight_std=0.8,
+    )
     model, x, h0, lengths, _ = make_case(cfg)
     states = dg.layer_states(model, x, h0, lengths)
     out, h_n = model.eval()(x, h0, lengths)
@@ -245,10 +304,10 @@ def test_layer_states_top_layer_is_the_model_output():
 
 def test_fit_rate_recovers_an_exact_exponential():
     n = np.arange(50)
-    fit = dg.fit_rate(n, 3.0 * 0.9 ** n)
+    fit = dg.fit_rate(n, 3.0 * 0.9**n)
     assert abs(fit.factor - 0.9) < 1e-12 and abs(fit.intercept - np.log(3.0)) < 1e-10
     assert fit.r2 > 1 - 1e-12 and fit.n_points == 50
-    norms = np.stack([2.0 * 1.1 ** n, 5.0 * 1.1 ** n], axis=1)  # pooled columns share the rate
+    norms = np.stack([2.0 * 1.1**n, 5.0 * 1.1**n], axis=1)  # pooled columns share the rate
     norms[10:, 1] = np.nan  # dropped points are ignored
     norms[3, 0] = 0.0
     assert abs(dg.fit_rate(n, norms).log_rate - np.log(1.1)) < 0.05
@@ -281,7 +340,6 @@ def test_clear_errors():
         dg.pascanu_bound(-1.0, "tanh", [1])
 
 
-
 # ------------------------------------------------------------------ the gated cells' state Jacobians
 @pytest.mark.parametrize("proj", [0, 2])
 @pytest.mark.parametrize("bias", [True, False])
@@ -289,6 +347,7 @@ def test_lstm_state_jacobian_matches_torch_autograd(proj, bias):
     import torch
 
     from scratch_rnn import diagnostics as dg
+
     rng = np.random.default_rng(3 + proj)
     B, I, H = 3, 2, 4
     out = proj or H
@@ -301,19 +360,22 @@ def test_lstm_state_jacobian_matches_torch_autograd(proj, bias):
     def step(state):  # one sample's (h, c) -> (h', c'): torch's fused cell, or its equations with a projection
         hp, cp = state[None, :out], state[None, out:]
         if w_hr is None:
-            h2, c2 = torch.lstm_cell(torch.tensor(xb)[None], (hp, cp), torch.tensor(w_ih), torch.tensor(w_hh),
-                                     torch.tensor(b), None)
+            h2, c2 = torch.lstm_cell(
+                torch.tensor(xb)[None], (hp, cp), torch.tensor(w_ih), torch.tensor(w_hh), torch.tensor(b), None
+            )
         else:
             a = torch.tensor(xb)[None] @ torch.tensor(w_ih).T + torch.tensor(b) + hp @ torch.tensor(w_hh).T
             i_, f_, g_, o_ = a.chunk(4, dim=1)
             c2 = torch.sigmoid(f_) * cp + torch.sigmoid(i_) * torch.tanh(g_)
             h2 = (torch.sigmoid(o_) * torch.tanh(c2)) @ torch.tensor(w_hr).T
         return torch.cat([h2[0], c2[0]])
+
     for k in range(B):
         xb = x[k]
         ref = torch.autograd.functional.jacobian(step, torch.tensor(np.concatenate([h[k], c[k]])))
-        assert_close(mine[k], ref.numpy(), name=f"LSTM d(h, c)_t / d(h, c)_(t-1), sample {k}",
-                     config=dict(proj=proj, bias=bias))
+        assert_close(
+            mine[k], ref.numpy(), name=f"LSTM d(h, c)_t / d(h, c)_(t-1), sample {k}", config=dict(proj=proj, bias=bias)
+        )
 
 
 @pytest.mark.parametrize("bias", [True, False])
@@ -321,6 +383,7 @@ def test_gru_state_jacobian_matches_torch_autograd(bias):
     import torch
 
     from scratch_rnn import diagnostics as dg
+
     rng = np.random.default_rng(5)
     B, I, H = 3, 2, 4
     w_ih, w_hh = rng.uniform(-1, 1, (3 * H, I)), rng.uniform(-1, 1, (3 * H, H))
@@ -328,8 +391,16 @@ def test_gru_state_jacobian_matches_torch_autograd(bias):
     x, h = rng.standard_normal((B, I)), rng.standard_normal((B, H))
     mine = dg.gru_state_jacobian(x @ w_ih.T + b_ih, h, w_hh, b_hh)
     for k in range(B):
+
         def step(state, xb=x[k]):
-            return torch.gru_cell(torch.tensor(xb)[None], state[None], torch.tensor(w_ih), torch.tensor(w_hh),
-                                  torch.tensor(b_ih), None if b_hh is None else torch.tensor(b_hh))[0]
+            return torch.gru_cell(
+                torch.tensor(xb)[None],
+                state[None],
+                torch.tensor(w_ih),
+                torch.tensor(w_hh),
+                torch.tensor(b_ih),
+                None if b_hh is None else torch.tensor(b_hh),
+            )[0]
+
         ref = torch.autograd.functional.jacobian(step, torch.tensor(h[k]))
         assert_close(mine[k], ref.numpy(), name=f"GRU dh_t/dh_(t-1), sample {k}", config=dict(bias=bias))

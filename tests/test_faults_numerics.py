@@ -1,6 +1,7 @@
 """Numerics at the edges of scratch_rnn.optim ("nothing silently wrong"): norms of huge and tiny
 gradients, non-float gradients, non-finite hyperparameters, damaged optimizer state, aliased
 parameters. Oracles: closed forms, the plain formula where it does not overflow, torch in float64."""
+
 from __future__ import annotations
 
 import math
@@ -16,6 +17,7 @@ OPTIMIZER_NAMES = ("sgd", "adam", "adamw", "adagrad", "rmsprop")
 
 def _plain_norm(arrays, p):
     """The textbook formula (overflows for huge entries): the oracle where it does not."""
+
     def one(a):
         a = np.abs(np.asarray(a, dtype=np.float64).ravel())
         if a.size == 0:
@@ -26,7 +28,8 @@ def _plain_norm(arrays, p):
             return float(a.sum())
         if p == 2:
             return float(np.sqrt(np.dot(a, a)))
-        return float(np.sum(a ** p) ** (1.0 / p))
+        return float(np.sum(a**p) ** (1.0 / p))
+
     return one(np.array([one(a) for a in arrays]))
 
 
@@ -48,7 +51,7 @@ def test_clip_grad_norm_of_huge_gradients_matches_the_closed_form(p):
     grads = {f"g{i}": np.full(s, v) for i, (s, v) in enumerate(zip(shapes, values))}
     sizes = np.array([np.prod(s) for s in shapes], dtype=float)
     mags = np.abs(values) / 1e200
-    expected = 1e200 * (mags.max() if p == math.inf else float(np.sum(sizes * mags ** p)) ** (1 / p))
+    expected = 1e200 * (mags.max() if p == math.inf else float(np.sum(sizes * mags**p)) ** (1 / p))
     with np.errstate(over="raise", invalid="raise"):  # no intermediate overflow either
         assert optim.total_norm(grads, p) == pytest.approx(expected, rel=1e-14, abs=0)
         total = optim.clip_grad_norm_(grads, 2.0, p)
@@ -116,15 +119,17 @@ def test_one_ndarray_is_clipped_in_place_as_torch_clips_one_tensor():
 # ---------------------------------------------------------------------------------------------
 # A2: non-floating gradients
 # ---------------------------------------------------------------------------------------------
-BAD_GRADS = [np.arange(3), np.array([True, False, True]), np.array([1.0, None, 2.0], dtype=object),
-             np.arange(3) + 0j]
+BAD_GRADS = [np.arange(3), np.array([True, False, True]), np.array([1.0, None, 2.0], dtype=object), np.arange(3) + 0j]
 
 
 @pytest.mark.parametrize("bad", BAD_GRADS, ids=lambda a: str(a.dtype))
 def test_non_float_gradients_are_a_type_error_naming_the_key(bad):
     msg = rf"grads\['w'\]: expected a floating-point array, got dtype {bad.dtype}"
-    for call in (lambda g: optim.clip_grad_norm_(g, 1.0), lambda g: optim.clip_grad_value_(g, 0.1),
-                 lambda g: optim.total_norm(g)):
+    for call in (
+        lambda g: optim.clip_grad_norm_(g, 1.0),
+        lambda g: optim.clip_grad_value_(g, 0.1),
+        lambda g: optim.total_norm(g),
+    ):
         ok = np.full(3, 1e3)
         grads = {"ok": ok, "w": bad.copy()}
         with pytest.raises(TypeError, match=msg):
@@ -151,10 +156,24 @@ def test_read_only_gradients_are_refused_before_clipping():
 # ---------------------------------------------------------------------------------------------
 # A3: hyperparameters are finite; norm_type is p >= 1 or inf
 # ---------------------------------------------------------------------------------------------
-HPARAMS = [("sgd", "lr"), ("sgd", "momentum"), ("sgd", "dampening"), ("sgd", "weight_decay"), ("adam", "lr"),
-           ("adam", "eps"), ("adam", "weight_decay"), ("adamw", "lr"), ("adamw", "weight_decay"),
-           ("adagrad", "lr_decay"), ("adagrad", "initial_accumulator_value"), ("adagrad", "eps"),
-           ("rmsprop", "alpha"), ("rmsprop", "eps"), ("rmsprop", "momentum"), ("rmsprop", "weight_decay")]
+HPARAMS = [
+    ("sgd", "lr"),
+    ("sgd", "momentum"),
+    ("sgd", "dampening"),
+    ("sgd", "weight_decay"),
+    ("adam", "lr"),
+    ("adam", "eps"),
+    ("adam", "weight_decay"),
+    ("adamw", "lr"),
+    ("adamw", "weight_decay"),
+    ("adagrad", "lr_decay"),
+    ("adagrad", "initial_accumulator_value"),
+    ("adagrad", "eps"),
+    ("rmsprop", "alpha"),
+    ("rmsprop", "eps"),
+    ("rmsprop", "momentum"),
+    ("rmsprop", "weight_decay"),
+]
 
 
 @pytest.mark.parametrize("value", [math.inf, math.nan, np.float64(np.inf)], ids=["inf", "nan", "np.inf"])
@@ -265,10 +284,12 @@ def test_state_dict_of_the_wrong_structure_is_a_clear_error():
 @pytest.mark.parametrize("name", OPTIMIZER_NAMES)
 def test_an_array_under_two_names_is_refused_naming_both(name):
     w = np.zeros(10)
-    cases = [dict(a=w, b=np.ones(2), c=w),                 # the same array twice
-             dict(a=w[:6], b=w[4:]),                       # overlapping views
-             dict(a=w.reshape(2, 5), b=w[3:4]),            # a view inside a reshape
-             dict(b=w[4:], a=w[:6])]                       # named in the order given
+    cases = [
+        dict(a=w, b=np.ones(2), c=w),  # the same array twice
+        dict(a=w[:6], b=w[4:]),  # overlapping views
+        dict(a=w.reshape(2, 5), b=w[3:4]),  # a view inside a reshape
+        dict(b=w[4:], a=w[:6]),
+    ]  # named in the order given
     expected = [("a", "c"), ("a", "b"), ("a", "b"), ("b", "a")]
     for params, (x, y) in zip(cases, expected):
         with pytest.raises(ValueError, match=rf"params: '{x}' and '{y}' share memory"):

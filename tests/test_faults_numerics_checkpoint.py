@@ -6,6 +6,7 @@ that are not checkpoints named as such.
 A small stand-in model (``parameters()``, ``load_state_dict``, ``rng``) keeps these tests independent
 of scratch_rnn.models; checkpoint.save/load need nothing more.
 """
+
 from __future__ import annotations
 
 import io
@@ -45,17 +46,27 @@ def _trained(seed=0, name="adam", **kw):
 
 
 def _save(path, model, opt, data_rng=None):
-    return ckpt.save(path, model, opt, step=7, rngs={"data": data_rng or np.random.default_rng(5)},
-                     meta=dict(note="hi", nested=[1, 2.5]), arrays=dict(history=np.arange(4.0), order=np.arange(3)))
+    return ckpt.save(
+        path,
+        model,
+        opt,
+        step=7,
+        rngs={"data": data_rng or np.random.default_rng(5)},
+        meta=dict(note="hi", nested=[1, 2.5]),
+        arrays=dict(history=np.arange(4.0), order=np.arange(3)),
+    )
 
 
 def _content(model, opt, rngs, out):
     """Everything a load restores, for exact comparison."""
-    return dict(params={k: (v.dtype.str, v.tobytes()) for k, v in model.parameters().items()},
-                opt=json.dumps(opt.state_dict(), default=lambda a: (a.dtype.str, a.shape, a.tobytes().hex())),
-                rngs={k: r.bit_generator.state for k, r in rngs.items()},
-                step=out["step"], meta=out["meta"],
-                arrays={k: (v.dtype.str, v.shape, v.tobytes()) for k, v in out["arrays"].items()})
+    return dict(
+        params={k: (v.dtype.str, v.tobytes()) for k, v in model.parameters().items()},
+        opt=json.dumps(opt.state_dict(), default=lambda a: (a.dtype.str, a.shape, a.tobytes().hex())),
+        rngs={k: r.bit_generator.state for k, r in rngs.items()},
+        step=out["step"],
+        meta=out["meta"],
+        arrays={k: (v.dtype.str, v.shape, v.tobytes()) for k, v in out["arrays"].items()},
+    )
 
 
 def _load_fresh(path, name="adam", **kw):
@@ -79,8 +90,11 @@ def test_nan_parameters_are_refused_at_save_before_anything_is_written(tmp_path)
     good = open(path, "rb").read()
     model.parameters()["w"][1, 0] = np.nan
     model.parameters()["b"][0] = np.inf
-    with pytest.raises(ckpt.UnsavableCheckpointError, match=r"c.npz' not written: the parameters \['w', 'b'\] "
-                                                            "hold NaN or inf") as info:
+    with pytest.raises(
+        ckpt.UnsavableCheckpointError,
+        match=r"c.npz' not written: the parameters \['w', 'b'\] "
+        "hold NaN or inf",
+    ) as info:
         _save(path, model, opt)
     assert isinstance(info.value, ValueError) and isinstance(info.value, ckpt.CheckpointError)
     assert open(path, "rb").read() == good and _temporaries(tmp_path) == []
@@ -92,8 +106,11 @@ def test_nan_parameters_are_refused_at_save_before_anything_is_written(tmp_path)
 def test_non_finite_optimizer_state_is_refused_at_save(tmp_path):
     model, opt = _trained()
     opt.state["b"]["exp_avg_sq"][0] = np.nan
-    with pytest.raises(ckpt.UnsavableCheckpointError, match=r"optimizer's state could not be loaded back: .*"
-                                                            r"state\['b'\]\['exp_avg_sq'\] expected finite"):
+    with pytest.raises(
+        ckpt.UnsavableCheckpointError,
+        match=r"optimizer's state could not be loaded back: .*"
+        r"state\['b'\]\['exp_avg_sq'\] expected finite",
+    ):
         _save(tmp_path / "c.npz", model, opt)
     assert os.listdir(tmp_path) == []
     with pytest.raises(ValueError, match="step: expected an integer >= 0, got -1"):
@@ -125,8 +142,15 @@ def test_a_byte_flipped_at_every_position_gives_the_family_or_the_identical_cont
     random non-zero mask: local and central zip headers, npy headers, data, metadata, end record."""
     opt_kw = dict(name="sgd", momentum=0.9)
     model, opt = _trained(**opt_kw)
-    path = ckpt.save(tmp_path / "c.npz", model, opt, step=3, rngs={"data": np.random.default_rng(1)}, meta=dict(a=1),
-                     arrays=dict(h=np.arange(2.0)))
+    path = ckpt.save(
+        tmp_path / "c.npz",
+        model,
+        opt,
+        step=3,
+        rngs={"data": np.random.default_rng(1)},
+        meta=dict(a=1),
+        arrays=dict(h=np.arange(2.0)),
+    )
     good = open(path, "rb").read()
     expected = _load_fresh(path, **opt_kw)
     masks = np.random.default_rng(20240601).integers(1, 256, len(good))
@@ -136,6 +160,7 @@ def test_a_byte_flipped_at_every_position_gives_the_family_or_the_identical_cont
             data = bytearray(good)
             data[pos] ^= int(mask)
             yield bytes(data)
+
     seen = _fuzz(path, flipped(), expected, **opt_kw)
     assert sum(seen.values()) == len(good) > 1500
     assert seen["CorruptCheckpointError"] > 0.5 * len(good)  # the flips are detected, not shrugged off
@@ -159,23 +184,25 @@ def test_random_flips_and_damage_give_the_family_or_the_identical_content(tmp_pa
         for i in range(1000):
             data = bytearray(good)
             kind = i % 5
-            if kind == 0:    # a few random bytes anywhere
+            if kind == 0:  # a few random bytes anywhere
                 for pos in rng.integers(0, len(data), rng.integers(2, 9)):
                     data[pos] = int(rng.integers(0, 256))
             elif kind == 1:  # a run of bytes overwritten
                 start = int(rng.integers(0, len(data)))
-                data[start:start + int(rng.integers(1, 64))] = bytes(rng.integers(0, 256, 64, dtype=np.uint8))
+                data[start : start + int(rng.integers(1, 64))] = bytes(rng.integers(0, 256, 64, dtype=np.uint8))
             elif kind == 2:  # cut and spliced: bytes removed from the middle
                 start = int(rng.integers(0, len(data)))
-                del data[start:start + int(rng.integers(1, 200))]
+                del data[start : start + int(rng.integers(1, 200))]
             elif kind == 3:  # bytes inserted
                 start = int(rng.integers(0, len(data)))
                 data[start:start] = bytes(rng.integers(0, 256, int(rng.integers(1, 50)), dtype=np.uint8))
-            else:            # a 32-bit field set to an extreme
+            else:  # a 32-bit field set to an extreme
                 pos = int(rng.integers(0, len(data) - 4))
-                data[pos:pos + 4] = rng.choice([b"\xff\xff\xff\xff", b"\x00\x00\x00\x00", b"\xff\xff\x00\x00",
-                                                b"\x00\x00\x00\x80"])
+                data[pos : pos + 4] = rng.choice(
+                    [b"\xff\xff\xff\xff", b"\x00\x00\x00\x00", b"\xff\xff\x00\x00", b"\x00\x00\x00\x80"]
+                )
             yield bytes(data)
+
     seen = _fuzz(path, damaged(), expected)
     assert sum(seen.values()) == 2000
 
@@ -247,16 +274,28 @@ def _npy(a):
 
 NOT_CHECKPOINTS = {
     "text": (b"hello, I am a text file\n", ckpt.TruncatedCheckpointError, "not a checkpoint archive"),
-    "text ending in a zip end record": (b"hello\n" + b"PK\x05\x06" + bytes(18), ckpt.TruncatedCheckpointError,
-                                        "not a checkpoint archive"),
+    "text ending in a zip end record": (
+        b"hello\n" + b"PK\x05\x06" + bytes(18),
+        ckpt.TruncatedCheckpointError,
+        "not a checkpoint archive",
+    ),
     "an .npy file": (_npy(np.arange(3.0)), ckpt.TruncatedCheckpointError, "not a checkpoint archive"),
     "a pickle": (pickle.dumps({"w": [1.0]}), ckpt.TruncatedCheckpointError, "not a checkpoint archive"),
-    "a zip of text": (_zip_bytes({"notes.txt": b"hi"}), ckpt.CorruptCheckpointError,
-                      r"not a checkpoint archive: entry 'notes.txt' is not an array"),
-    "an npz with an object array": (_zip_bytes({"__meta__.npy": _npy(np.array([{"a": 1}], dtype=object))}),
-                                    ckpt.CorruptCheckpointError, "holds Python objects"),
-    "an npz entry that is not npy": (_zip_bytes({"__meta__.npy": b"{not npy}"}), ckpt.CorruptCheckpointError,
-                                     "is corrupted"),
+    "a zip of text": (
+        _zip_bytes({"notes.txt": b"hi"}),
+        ckpt.CorruptCheckpointError,
+        r"not a checkpoint archive: entry 'notes.txt' is not an array",
+    ),
+    "an npz with an object array": (
+        _zip_bytes({"__meta__.npy": _npy(np.array([{"a": 1}], dtype=object))}),
+        ckpt.CorruptCheckpointError,
+        "holds Python objects",
+    ),
+    "an npz entry that is not npy": (
+        _zip_bytes({"__meta__.npy": b"{not npy}"}),
+        ckpt.CorruptCheckpointError,
+        "is corrupted",
+    ),
     "a deflated npz": (None, ckpt.CorruptCheckpointError, "compression method 8, a checkpoint is stored uncompressed"),
 }
 

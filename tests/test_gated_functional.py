@@ -18,6 +18,7 @@ float32 row of tests/helpers.py. Mutation checks rewrite the cell module's own s
 term, apply the GRU's r before the product, do not carry c, skip the projection) and require the
 comparisons to fail.
 """
+
 from __future__ import annotations
 
 import inspect
@@ -59,10 +60,10 @@ def plain_check(actual, expected, *, name, config, dtype):
 # ----------------------------------------------------------------------------------------------
 @dataclass(frozen=True)
 class Case:
-    kind: str            # "lstm" or "gru"
+    kind: str  # "lstm" or "gru"
     input_size: int
     hidden_size: int
-    proj_size: int       # LSTM only; 0 = no projection
+    proj_size: int  # LSTM only; 0 = no projection
     batch: int
     steps: int
     bias: bool
@@ -125,14 +126,28 @@ def torch_module(case: Case, a: dict) -> dict:
     sfx = "_reverse" if case.reverse else ""
     torch.manual_seed(case.seed)
     if case.kind == "lstm":
-        mod = torch.nn.LSTM(case.input_size, case.hidden_size, num_layers=1, bias=case.bias,
-                            proj_size=case.proj_size, bidirectional=case.reverse, dtype=torch.float64)
+        mod = torch.nn.LSTM(
+            case.input_size,
+            case.hidden_size,
+            num_layers=1,
+            bias=case.bias,
+            proj_size=case.proj_size,
+            bidirectional=case.reverse,
+            dtype=torch.float64,
+        )
     else:
-        mod = torch.nn.GRU(case.input_size, case.hidden_size, num_layers=1, bias=case.bias,
-                           bidirectional=case.reverse, dtype=torch.float64)
+        mod = torch.nn.GRU(
+            case.input_size,
+            case.hidden_size,
+            num_layers=1,
+            bias=case.bias,
+            bidirectional=case.reverse,
+            dtype=torch.float64,
+        )
     names = ["w_ih", "w_hh"] + (["b_ih", "b_hh"] if case.bias else []) + (["w_hr"] if a["w_hr"] is not None else [])
-    torch_name = dict(w_ih="weight_ih_l0", w_hh="weight_hh_l0", b_ih="bias_ih_l0", b_hh="bias_hh_l0",
-                      w_hr="weight_hr_l0")
+    torch_name = dict(
+        w_ih="weight_ih_l0", w_hh="weight_hh_l0", b_ih="bias_ih_l0", b_hh="bias_hh_l0", w_hr="weight_hr_l0"
+    )
     params = {n: getattr(mod, torch_name[n] + sfx) for n in names}
     with torch.no_grad():
         for n, p in params.items():
@@ -153,8 +168,8 @@ def torch_module(case: Case, a: dict) -> dict:
         packed = torch.nn.utils.rnn.pack_padded_sequence(x, torch.tensor(case.lengths), enforce_sorted=False)
         out, states = mod(packed, hx)
         out = torch.nn.utils.rnn.pad_packed_sequence(out, total_length=case.steps)[0]
-    O = case.out
-    out_d = out[..., d * O:(d + 1) * O]
+    n_out = case.out
+    out_d = out[..., d * n_out : (d + 1) * n_out]
     outputs, cotangents = [out_d], [torch.from_numpy(np.ascontiguousarray(a["go"]))]
     if case.kind == "lstm":
         h_n, c_n = states
@@ -165,8 +180,12 @@ def torch_module(case: Case, a: dict) -> dict:
         outputs.append(h_n[d])
         cotangents.append(torch.from_numpy(a["ghn"]))
     torch.autograd.backward(outputs, cotangents)
-    res = dict(output=out_d.detach().numpy(), h_n=h_n[d].detach().numpy(), dx=x.grad.numpy(),
-               dh0=hx[0].grad[d].numpy() if case.kind == "lstm" else h0.grad[d].numpy())
+    res = dict(
+        output=out_d.detach().numpy(),
+        h_n=h_n[d].detach().numpy(),
+        dx=x.grad.numpy(),
+        dh0=hx[0].grad[d].numpy() if case.kind == "lstm" else h0.grad[d].numpy(),
+    )
     if case.kind == "lstm":
         res.update(c_n=c_n[d].detach().numpy(), dc0=hx[1].grad[d].numpy())
     for n, p in params.items():
@@ -180,10 +199,11 @@ def torch_module(case: Case, a: dict) -> dict:
 def torch_unrolled(case: Case, a: dict) -> dict:
     """The total gradients w.r.t. every intermediate, plus the forward and the leaf gradients."""
     a = cast(a, np.float64)
-    T, B, H, O = case.steps, case.batch, case.hidden_size, case.out
+    T, B, H, n_out = case.steps, case.batch, case.hidden_size, case.out
     lstm = case.kind == "lstm"
-    leaf = {k: torch.tensor(v, requires_grad=True) for k, v in a.items()
-            if v is not None and k not in ("go", "ghn", "gcn")}
+    leaf = {
+        k: torch.tensor(v, requires_grad=True) for k, v in a.items() if v is not None and k not in ("go", "ghn", "gcn")
+    }
     w_ih, w_hh = leaf["w_ih"], leaf["w_hh"]
     b_ih, b_hh, w_hr = leaf.get("b_ih"), leaf.get("b_hh"), leaf.get("w_hr")
     go, ghn = torch.from_numpy(np.ascontiguousarray(a["go"])), torch.from_numpy(a["ghn"])
@@ -193,11 +213,11 @@ def torch_unrolled(case: Case, a: dict) -> dict:
     outputs, cotangents, finals = [], [], {}
     for b in range(B):
         L = lengths[b]
-        h = leaf["h0"][b:b + 1]
-        c = leaf["c0"][b:b + 1] if lstm else None
+        h = leaf["h0"][b : b + 1]
+        c = leaf["c0"][b : b + 1] if lstm else None
         steps = list(range(L - 1, -1, -1)) if case.reverse else list(range(L))
         for k, t in enumerate(steps):
-            x_t = leaf["x"][t, b:b + 1]
+            x_t = leaf["x"][t, b : b + 1]
             if lstm:
                 a_t = x_t @ w_ih.T + h @ w_hh.T
                 if b_ih is not None:
@@ -212,16 +232,16 @@ def torch_unrolled(case: Case, a: dict) -> dict:
                 gi = x_t @ w_ih.T + (b_ih if b_ih is not None else 0)
                 gh = h @ w_hh.T + (b_hh if b_hh is not None else 0)
                 r = torch.sigmoid(gi[:, :H] + gh[:, :H])
-                z = torch.sigmoid(gi[:, H:2 * H] + gh[:, H:2 * H])
-                n = torch.tanh(gi[:, 2 * H:] + r * gh[:, 2 * H:])
+                z = torch.sigmoid(gi[:, H : 2 * H] + gh[:, H : 2 * H])
+                n = torch.tanh(gi[:, 2 * H :] + r * gh[:, 2 * H :])
                 h = (1 - z) * n + z * h
                 rec[t, b] = dict(gi=gi, gh=gh, h=h)
             last = k == len(steps) - 1
             outputs.append(h)
-            cotangents.append(go[t, b:b + 1] + (ghn[b:b + 1] if last else 0))
+            cotangents.append(go[t, b : b + 1] + (ghn[b : b + 1] if last else 0))
             if last and lstm:
                 outputs.append(c)
-                cotangents.append(gcn[b:b + 1])
+                cotangents.append(gcn[b : b + 1])
         finals[b] = (h, c)
     keys = sorted(rec)
     names = ["a", "c", "m", "h"] if lstm else ["gi", "gh", "h"]
@@ -229,19 +249,22 @@ def torch_unrolled(case: Case, a: dict) -> dict:
     leaves = list(leaf.values())
     grads = torch.autograd.grad(outputs, inter + leaves, cotangents)
     G = case.gates * H
-    res = dict(hidden_grads=np.zeros((T, B, O)), output=np.zeros((T, B, O)),
-               h_n=np.stack([finals[b][0][0].detach().numpy() for b in range(B)]))
+    res = dict(
+        hidden_grads=np.zeros((T, B, n_out)),
+        output=np.zeros((T, B, n_out)),
+        h_n=np.stack([finals[b][0][0].detach().numpy() for b in range(B)]),
+    )
     shapes = dict(a=G, c=H, m=H, gi=G, gh=G)
     out_name = dict(a="da", c="cell_grads", m="dm", gi="dgi", gh="dgh")
     for nm in names[:-1]:
         res[out_name[nm]] = np.zeros((T, B, shapes[nm]))
-    it = iter(grads[:len(inter)])
+    it = iter(grads[: len(inter)])
     for key in keys:
         for nm in names:
             gr = next(it)[0].numpy()
             res["hidden_grads" if nm == "h" else out_name[nm]][key] = gr
         res["output"][key] = rec[key]["h"][0].detach().numpy()
-    for (k, _), gr in zip(leaf.items(), grads[len(inter):]):
+    for (k, _), gr in zip(leaf.items(), grads[len(inter) :]):
         res[{"x": "dx", "h0": "dh0", "c0": "dc0"}.get(k, "grad_" + k)] = gr.numpy()
     if lstm:
         res["c_n"] = np.stack([finals[b][1][0].detach().numpy() for b in range(B)])
@@ -263,10 +286,25 @@ def scratch(case: Case, a: dict, dtype=np.float64, mod=None, dw_hr_from: str = "
         xp = mod.input_projection(a["x"], a["w_ih"], b)
         cache = mod.lstm_stepwise_forward(xp, a["h0"], a["c0"], a["w_hh"], a["w_hr"], bs, case.reverse)
         back = mod.lstm_stepwise_backward(a["go"], a["ghn"], a["gcn"], cache, a["w_hh"], a["w_hr"], bs, case.reverse)
-        wg = mod.lstm_weight_gradients(back["da"], a["x"], cache, back[dw_hr_from] if case.proj_size else None,
-                                       case.reverse, case.bias, case.proj_size > 0)
-        res.update(c_n=cache["c_n"], dc0=back["dc0"], cell_grads=back["cell_grads"], da=back["da"], dm=back["dm"],
-                   dx=back["da"] @ a["w_ih"], grad_w_ih=wg["w_ih"], grad_w_hh=wg["w_hh"])
+        wg = mod.lstm_weight_gradients(
+            back["da"],
+            a["x"],
+            cache,
+            back[dw_hr_from] if case.proj_size else None,
+            case.reverse,
+            case.bias,
+            case.proj_size > 0,
+        )
+        res.update(
+            c_n=cache["c_n"],
+            dc0=back["dc0"],
+            cell_grads=back["cell_grads"],
+            da=back["da"],
+            dm=back["dm"],
+            dx=back["da"] @ a["w_ih"],
+            grad_w_ih=wg["w_ih"],
+            grad_w_hh=wg["w_hh"],
+        )
         if case.bias:
             res.update(grad_b_ih=wg["b"], grad_b_hh=wg["b"])
         else:
@@ -280,8 +318,9 @@ def scratch(case: Case, a: dict, dtype=np.float64, mod=None, dw_hr_from: str = "
         cache = mod.gru_stepwise_forward(xp, a["h0"], a["w_hh"], a["b_hh"], bs, case.reverse)
         back = mod.gru_stepwise_backward(a["go"], a["ghn"], cache, a["w_hh"], bs, case.reverse)
         wg = mod.gru_weight_gradients(back["dgi"], back["dgh"], a["x"], cache, case.reverse, case.bias)
-        res.update(dgi=back["dgi"], dgh=back["dgh"], dx=back["dgi"] @ a["w_ih"],
-                   grad_w_ih=wg["w_ih"], grad_w_hh=wg["w_hh"])
+        res.update(
+            dgi=back["dgi"], dgh=back["dgh"], dx=back["dgi"] @ a["w_ih"], grad_w_ih=wg["w_ih"], grad_w_hh=wg["w_hh"]
+        )
         if case.bias:
             res.update(grad_b_ih=wg["b_ih"], grad_b_hh=wg["b_hh"])
         else:
@@ -289,18 +328,27 @@ def scratch(case: Case, a: dict, dtype=np.float64, mod=None, dw_hr_from: str = "
     S = cache["h"]
     output = (S[:-1] if case.reverse else S[1:]).copy()
     output[pad] = 0  # the reverse direction's h0 copies sit at padded steps: inputs only
-    res.update(output=output, h_n=cache["h_n"], dh0=back["dh0"], hidden_grads=back["hidden_grads"],
-               cache=cache)
+    res.update(output=output, h_n=cache["h_n"], dh0=back["dh0"], hidden_grads=back["hidden_grads"], cache=cache)
     return res
 
 
-MODULE_KEYS = ("output", "h_n", "c_n", "dx", "dh0", "dc0",
-               "grad_w_ih", "grad_w_hh", "grad_b_ih", "grad_b_hh", "grad_w_hr")
+MODULE_KEYS = (
+    "output",
+    "h_n",
+    "c_n",
+    "dx",
+    "dh0",
+    "dc0",
+    "grad_w_ih",
+    "grad_w_hh",
+    "grad_b_ih",
+    "grad_b_hh",
+    "grad_w_hr",
+)
 UNROLLED_KEYS = ("hidden_grads", "cell_grads", "da", "dm", "dgi", "dgh")
 
 
-def compare(case: Case, dtype=np.float64, mod=None, chk=check, dw_hr_from="hidden_grads",
-            oracles=None) -> dict:
+def compare(case: Case, dtype=np.float64, mod=None, chk=check, dw_hr_from="hidden_grads", oracles=None) -> dict:
     """Every quantity of the scratch run against the two torch oracles (float64, from the same
     dtype-rounded inputs). Returns the scratch results."""
     a = cast(make_arrays(case), dtype)
@@ -385,8 +433,18 @@ def cases(draw):
     lengths = None
     if draw(st.booleans()):
         lengths = tuple(sorted(draw(st.lists(st.integers(1, T), min_size=B, max_size=B)), reverse=True))
-    return Case(kind, draw(st.integers(1, 4)), H, draw(st.integers(0, H - 1)) if kind == "lstm" else 0,
-                B, T, draw(st.booleans()), draw(st.booleans()), lengths, draw(st.integers(0, 2**31 - 1)))
+    return Case(
+        kind,
+        draw(st.integers(1, 4)),
+        H,
+        draw(st.integers(0, H - 1)) if kind == "lstm" else 0,
+        B,
+        T,
+        draw(st.booleans()),
+        draw(st.booleans()),
+        lengths,
+        draw(st.integers(0, 2**31 - 1)),
+    )
 
 
 @given(case=cases())
@@ -431,16 +489,15 @@ def test_padded_steps_are_zero_but_the_h0_copies(kind, reverse):
     np.testing.assert_array_equal(final_states(cache["h"], case.batch_sizes(), lengths, reverse), got["h_n"])
     np.testing.assert_array_equal(final_states(cache["h"], case.batch_sizes(), None, reverse), got["h_n"])
     if kind == "lstm":
-        np.testing.assert_array_equal(final_states(cache["c"], case.batch_sizes(), lengths, reverse),
-                                      got["c_n"])
+        np.testing.assert_array_equal(final_states(cache["c"], case.batch_sizes(), lengths, reverse), got["c_n"])
 
 
 def test_gru_bias_grads_differ_in_the_n_block_only():
     case = Case("gru", 3, 4, 0, 3, 4, True, False, None, seed=2)
     got = scratch(case, make_arrays(case))
     H = case.hidden_size
-    np.testing.assert_array_equal(got["grad_b_ih"][:2 * H], got["grad_b_hh"][:2 * H])
-    assert np.all(got["grad_b_ih"][2 * H:] != got["grad_b_hh"][2 * H:])
+    np.testing.assert_array_equal(got["grad_b_ih"][: 2 * H], got["grad_b_hh"][: 2 * H])
+    assert np.all(got["grad_b_ih"][2 * H :] != got["grad_b_hh"][2 * H :])
 
 
 @pytest.mark.parametrize("kind", ["lstm", "gru"])
@@ -472,23 +529,32 @@ def test_lstm_step_matches_torch_lstm_cell(proj_size, dtype):
     h, c, cache = lstm.lstm_step_forward(x_proj, h_prev, c_prev, w_hh, w_hr)
     da, dh_prev, dc_prev, dm = lstm.lstm_step_backward(dh, dc, cache, w_hh, w_hr)
     # torch: a = x_proj I + h_prev W_hhᵀ through the fused cell; h = m W_hrᵀ
-    t = {k: torch.tensor(np.asarray(v, np.float64), requires_grad=True)
-         for k, v in dict(x=x_proj, h=h_prev, c=c_prev, w_hh=w_hh).items()}
+    t = {
+        k: torch.tensor(np.asarray(v, np.float64), requires_grad=True)
+        for k, v in dict(x=x_proj, h=h_prev, c=c_prev, w_hh=w_hh).items()
+    }
     eye = torch.eye(4 * H, dtype=torch.float64)
     if proj_size:  # the fused cell's hx must be (B, H): h_prev W_hhᵀ goes in through the input instead
         zeros = torch.zeros((B, H), dtype=torch.float64)
-        m_t, c_t = torch.lstm_cell(t["x"] + t["h"] @ t["w_hh"].T, (zeros, t["c"]), eye,
-                                   torch.zeros((4 * H, H), dtype=torch.float64))
+        m_t, c_t = torch.lstm_cell(
+            t["x"] + t["h"] @ t["w_hh"].T, (zeros, t["c"]), eye, torch.zeros((4 * H, H), dtype=torch.float64)
+        )
     else:
         m_t, c_t = torch.lstm_cell(t["x"], (t["h"], t["c"]), eye, t["w_hh"])
     m_t.retain_grad()
     h_t = m_t @ torch.from_numpy(np.asarray(w_hr, np.float64)).T if proj_size else m_t
-    torch.autograd.backward([h_t, c_t], [torch.from_numpy(np.asarray(dh, np.float64)),
-                                         torch.from_numpy(np.asarray(dc, np.float64))])
+    torch.autograd.backward(
+        [h_t, c_t], [torch.from_numpy(np.asarray(dh, np.float64)), torch.from_numpy(np.asarray(dc, np.float64))]
+    )
     config = dict(proj_size=proj_size, dtype=np.dtype(dtype).name)
-    for name, got, ref in [("step h", h, h_t), ("step c", c, c_t), ("step da", da, t["x"].grad),
-                           ("step dh_prev", dh_prev, t["h"].grad), ("step dc_prev", dc_prev, t["c"].grad),
-                           ("step dm", dm, m_t.grad)]:
+    for name, got, ref in [
+        ("step h", h, h_t),
+        ("step c", c, c_t),
+        ("step da", da, t["x"].grad),
+        ("step dh_prev", dh_prev, t["h"].grad),
+        ("step dc_prev", dc_prev, t["c"].grad),
+        ("step dm", dm, m_t.grad),
+    ]:
         assert got.dtype == dtype, name
         check(got, ref.detach().numpy(), name=name, config=config, dtype=dtype)
 
@@ -498,8 +564,7 @@ def test_lstm_step_matches_torch_lstm_cell(proj_size, dtype):
 def test_gru_step_matches_torch_gru_cell(bias, dtype):
     rng = np.random.default_rng(3 + bias)
     B, H = 3, 4
-    vals = dict(x=rng.standard_normal((B, 3 * H)), h=rng.standard_normal((B, H)),
-                w_hh=rng.uniform(-1, 1, (3 * H, H)))
+    vals = dict(x=rng.standard_normal((B, 3 * H)), h=rng.standard_normal((B, H)), w_hh=rng.uniform(-1, 1, (3 * H, H)))
     b_hh = rng.standard_normal(3 * H) if bias else None
     dh = rng.standard_normal((B, H))
     x_proj, h_prev, w_hh = (np.asarray(vals[k], dtype) for k in ("x", "h", "w_hh"))
@@ -509,12 +574,13 @@ def test_gru_step_matches_torch_gru_cell(bias, dtype):
     # torch.gru_cell with W_ih = I and b_ih = 0, so that gi = x_proj: its autograd gives dgi, dh_prev and
     # the step's dW_hh and db_hh shares; dgh per row (which the fused cell hides) comes from the
     # equations in torch, autograd w.r.t. gh itself.
-    t = {k: torch.tensor(np.asarray(v, np.float64), requires_grad=True)
-         for k, v in dict(x=x_proj, h=h_prev, w_hh=w_hh).items()}
+    t = {
+        k: torch.tensor(np.asarray(v, np.float64), requires_grad=True)
+        for k, v in dict(x=x_proj, h=h_prev, w_hh=w_hh).items()
+    }
     bt = torch.tensor(np.asarray(b_hh_d, np.float64), requires_grad=True) if bias else None
     eye = torch.eye(3 * H, dtype=torch.float64)
-    h_t = torch.gru_cell(t["x"], t["h"], eye, t["w_hh"], torch.zeros(3 * H, dtype=torch.float64) if bias else None,
-                         bt)
+    h_t = torch.gru_cell(t["x"], t["h"], eye, t["w_hh"], torch.zeros(3 * H, dtype=torch.float64) if bias else None, bt)
     dh64 = torch.from_numpy(np.asarray(np.asarray(dh, dtype), np.float64))
     torch.autograd.backward([h_t], [dh64])
     # dgh from the equations in torch (autograd w.r.t. gh itself)
@@ -522,13 +588,17 @@ def test_gru_step_matches_torch_gru_cell(bias, dtype):
     gh.requires_grad_(True)
     gi = t["x"].detach()
     r = torch.sigmoid(gi[:, :H] + gh[:, :H])
-    z = torch.sigmoid(gi[:, H:2 * H] + gh[:, H:2 * H])
-    n = torch.tanh(gi[:, 2 * H:] + r * gh[:, 2 * H:])
+    z = torch.sigmoid(gi[:, H : 2 * H] + gh[:, H : 2 * H])
+    n = torch.tanh(gi[:, 2 * H :] + r * gh[:, 2 * H :])
     (dgh_ref,) = torch.autograd.grad([(1 - z) * n + z * t["h"].detach()], [gh], [dh64])
     config = dict(bias=bias, dtype=np.dtype(dtype).name)
-    refs = [("step h", h, h_t), ("step dgi", dgi, t["x"].grad), ("step dh_prev", dh_prev, t["h"].grad),
-            ("step dgh", dgh, dgh_ref),
-            ("step dW_hh share", dgh.T @ h_prev, t["w_hh"].grad)]
+    refs = [
+        ("step h", h, h_t),
+        ("step dgi", dgi, t["x"].grad),
+        ("step dh_prev", dh_prev, t["h"].grad),
+        ("step dgh", dgh, dgh_ref),
+        ("step dW_hh share", dgh.T @ h_prev, t["w_hh"].grad),
+    ]
     if bias:
         refs.append(("step db_hh share", dgh.sum(axis=0), bt.grad))
     for name, got, ref in refs:
@@ -581,10 +651,14 @@ def test_flush_rule(kind):
     got = scratch(case, a)
     cache, bs = got["cache"], case.batch_sizes()
     if kind == "lstm":
-        run = lambda **kw: lstm.lstm_stepwise_backward(a["go"], a["ghn"], a["gcn"], cache, a["w_hh"], None, bs,
-                                                       False, **kw)
+
+        def run(**kw):
+            return lstm.lstm_stepwise_backward(a["go"], a["ghn"], a["gcn"], cache, a["w_hh"], None, bs, False, **kw)
     else:
-        run = lambda **kw: gru.gru_stepwise_backward(a["go"], a["ghn"], cache, a["w_hh"], bs, False, **kw)
+
+        def run(**kw):
+            return gru.gru_stepwise_backward(a["go"], a["ghn"], cache, a["w_hh"], bs, False, **kw)
+
     base = run()
     tiny = run(flush_below=1e-300, flush_every=1)  # nothing that small: bit-equal
     for k in base:
@@ -608,27 +682,42 @@ def mutant(kind: str, old: str, new: str) -> types.ModuleType:
 
 
 MUTANTS = {
-    "lstm: forget term dropped (c = i g)": (
-        "lstm", "c = f * c_prev + i * g", "c = i * g"),
+    "lstm: forget term dropped (c = i g)": ("lstm", "c = f * c_prev + i * g", "c = i * g"),
     "lstm: c not carried (every step reads c0)": (
-        "lstm", "lstm_step_forward(x_proj[t, :n], S[p, :n], C[p, :n], w_hh, w_hr)",
-        "lstm_step_forward(x_proj[t, :n], S[p, :n], c0[:n], w_hh, w_hr)"),
+        "lstm",
+        "lstm_step_forward(x_proj[t, :n], S[p, :n], C[p, :n], w_hh, w_hr)",
+        "lstm_step_forward(x_proj[t, :n], S[p, :n], c0[:n], w_hh, w_hr)",
+    ),
     "lstm: projection skipped (h = m, truncated to P)": (
-        "lstm", "h = m if w_hr is None else m @ w_hr.T", "h = m if w_hr is None else m[:, :w_hr.shape[0]]"),
+        "lstm",
+        "h = m if w_hr is None else m @ w_hr.T",
+        "h = m if w_hr is None else m[:, :w_hr.shape[0]]",
+    ),
     "lstm: backward ignores the projection (dm = dh, padded)": (
-        "lstm", "dm = dh if w_hr is None else dh @ w_hr",
-        "dm = dh if w_hr is None else np.pad(dh, ((0, 0), (0, w_hr.shape[1] - w_hr.shape[0])))"),
+        "lstm",
+        "dm = dh if w_hr is None else dh @ w_hr",
+        "dm = dh if w_hr is None else np.pad(dh, ((0, 0), (0, w_hr.shape[1] - w_hr.shape[0])))",
+    ),
     "lstm: forget gate's derivative without c_prev": (
-        "lstm", "da[:, 1 * H:2 * H] = dc_total * cache.c_prev * sigmoid_derivative(f)",
-        "da[:, 1 * H:2 * H] = dc_total * sigmoid_derivative(f)"),
+        "lstm",
+        "da[:, 1 * H:2 * H] = dc_total * cache.c_prev * sigmoid_derivative(f)",
+        "da[:, 1 * H:2 * H] = dc_total * sigmoid_derivative(f)",
+    ),
     "gru: r applied to h before the product (textbook GRU)": (
-        "gru", "n = np.tanh(x_proj[:, 2 * H:] + r * gh_n)",
-        "n = np.tanh(x_proj[:, 2 * H:] + (r * h_prev) @ w_hh[2 * H:].T + (0 if b_hh is None else b_hh[2 * H:]))"),
+        "gru",
+        "n = np.tanh(x_proj[:, 2 * H:] + r * gh_n)",
+        "n = np.tanh(x_proj[:, 2 * H:] + (r * h_prev) @ w_hh[2 * H:].T + (0 if b_hh is None else b_hh[2 * H:]))",
+    ),
     "gru: dgh_n without the factor r": (
-        "gru", "dgh = np.concatenate([da_r, da_z, da_n * r], axis=1)",
-        "dgh = np.concatenate([da_r, da_z, da_n], axis=1)"),
+        "gru",
+        "dgh = np.concatenate([da_r, da_z, da_n * r], axis=1)",
+        "dgh = np.concatenate([da_r, da_z, da_n], axis=1)",
+    ),
     "gru: h = z n + (1 - z) h_prev (gates swapped)": (
-        "gru", "h = n + z * (h_prev - n)", "h = h_prev + z * (n - h_prev)"),
+        "gru",
+        "h = n + z * (h_prev - n)",
+        "h = h_prev + z * (n - h_prev)",
+    ),
 }
 
 

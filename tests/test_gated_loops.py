@@ -10,6 +10,7 @@ with the fast loops and once with the reference loops swapped in, and their outp
 must be equal too: that holds the wiring of the LSTM and GRU classes, and it is why the documented LSTM/GRU IMDB numbers
 did not move when the fast loops came in.
 """
+
 from __future__ import annotations
 
 import numpy as np
@@ -37,13 +38,24 @@ def run_loops(which: str, case: Case, dtype, flush_below: float = 0.0, flush_eve
         b = a["b_ih"] + a["b_hh"] if case.bias else None
         xp = loops.input_projection(a["x"], a["w_ih"], b)
         cache = forward(xp, a["h0"], a["c0"], a["w_hh"], a["w_hr"], bs, case.reverse)
-        back = backward(a["go"], a["ghn"], a["gcn"], cache, a["w_hh"], a["w_hr"], bs,
-                        case.reverse, flush_below=flush_below, flush_every=flush_every)
+        back = backward(
+            a["go"],
+            a["ghn"],
+            a["gcn"],
+            cache,
+            a["w_hh"],
+            a["w_hr"],
+            bs,
+            case.reverse,
+            flush_below=flush_below,
+            flush_every=flush_every,
+        )
     else:
         xp = loops.input_projection(a["x"], a["w_ih"], a["b_ih"])
         cache = forward(xp, a["h0"], a["w_hh"], a["b_hh"], bs, case.reverse)
-        back = backward(a["go"], a["ghn"], cache, a["w_hh"], bs, case.reverse,
-                        flush_below=flush_below, flush_every=flush_every)
+        back = backward(
+            a["go"], a["ghn"], cache, a["w_hh"], bs, case.reverse, flush_below=flush_below, flush_every=flush_every
+        )
     return cache, back
 
 
@@ -56,12 +68,18 @@ def assert_bit_equal(case: Case, dtype, **flush):
             assert f[k].dtype == r[k].dtype and f[k].shape == r[k].shape, (part, k, case)
             if not np.array_equal(f[k], r[k]):
                 worst = np.max(np.abs(f[k].astype(np.float64) - r[k]))
-                pytest.fail(f"{part} {k!r} differs from the stepwise loop (largest difference {worst:.3g}); "
-                            f"{np.dtype(dtype).name}, flush {flush}, block {loops.BLOCK_ENTRIES}, {case}")
+                pytest.fail(
+                    f"{part} {k!r} differs from the stepwise loop (largest difference {worst:.3g}); "
+                    f"{np.dtype(dtype).name}, flush {flush}, block {loops.BLOCK_ENTRIES}, {case}"
+                )
 
 
-@given(case=cases(), dtype=st.sampled_from([np.float32, np.float64]), block=st.sampled_from([1, 40, 1 << 16]),
-       flush=st.sampled_from([0.0, 0.3]))
+@given(
+    case=cases(),
+    dtype=st.sampled_from([np.float32, np.float64]),
+    block=st.sampled_from([1, 40, 1 << 16]),
+    flush=st.sampled_from([0.0, 0.3]),
+)
 def test_random_cases_bit_equal(case, dtype, block, flush):
     saved, loops.BLOCK_ENTRIES = loops.BLOCK_ENTRIES, block  # (hypothesis and function-scoped monkeypatch do not mix)
     try:
@@ -73,10 +91,30 @@ def test_random_cases_bit_equal(case, dtype, block, flush):
 # Sizes where NumPy's SIMD loops run full vectors and tails, and the BLAS calls are real GEMMs; the IMDB
 # run's shape (B 64, H 64, packed lengths) among them.
 SIZED = [
-    Case("lstm", 50, 64, 0, 64, 30, True, True, tuple(sorted(np.random.default_rng(1).integers(1, 31, 64),
-                                                            reverse=True)), seed=1),
-    Case("gru", 50, 64, 0, 64, 30, True, False, tuple(sorted(np.random.default_rng(2).integers(1, 31, 64),
-                                                           reverse=True)), seed=2),
+    Case(
+        "lstm",
+        50,
+        64,
+        0,
+        64,
+        30,
+        True,
+        True,
+        tuple(sorted(np.random.default_rng(1).integers(1, 31, 64), reverse=True)),
+        seed=1,
+    ),
+    Case(
+        "gru",
+        50,
+        64,
+        0,
+        64,
+        30,
+        True,
+        False,
+        tuple(sorted(np.random.default_rng(2).integers(1, 31, 64), reverse=True)),
+        seed=2,
+    ),
     Case("lstm", 7, 37, 5, 9, 12, True, False, None, seed=3),
     Case("lstm", 3, 32, 0, 1, 40, False, True, None, seed=4),
     Case("gru", 3, 37, 0, 1, 40, True, True, None, seed=5),
@@ -118,17 +156,24 @@ def _model_run(cls, kw, seed):
 
 
 @pytest.mark.parametrize("dtype", [np.float32, np.float64], ids=["f32", "f64"])
-@pytest.mark.parametrize("cls,kw", [(LSTM, dict(num_layers=2, bidirectional=True, proj_size=3, dropout=0.3)),
-                                    (LSTM, dict(bidirectional=True)),
-                                    (GRU, dict(num_layers=2, bidirectional=True))], ids=["lstm-proj", "lstm", "gru"])
+@pytest.mark.parametrize(
+    "cls,kw",
+    [
+        (LSTM, dict(num_layers=2, bidirectional=True, proj_size=3, dropout=0.3)),
+        (LSTM, dict(bidirectional=True)),
+        (GRU, dict(num_layers=2, bidirectional=True)),
+    ],
+    ids=["lstm-proj", "lstm", "gru"],
+)
 def test_models_run_the_fast_loops_and_equal_the_reference(cls, kw, dtype, monkeypatch):
     kind = cls.__name__.lower()
     mod = lstm if cls is LSTM else gru
     calls = []
     for which in ("forward", "backward"):  # the models' loops are the fast ones ...
         fast_fn = getattr(mod, f"{kind}_sequence_{which}")
-        monkeypatch.setattr(mod, f"{kind}_sequence_{which}",
-                            lambda *a, _fn=fast_fn, _w=which, **k: calls.append(_w) or _fn(*a, **k))
+        monkeypatch.setattr(
+            mod, f"{kind}_sequence_{which}", lambda *a, _fn=fast_fn, _w=which, **k: calls.append(_w) or _fn(*a, **k)
+        )
     fast = _model_run(cls, dict(kw, dtype=dtype), seed=3)
     assert {"forward", "backward"} <= set(calls)
     for which, fn in zip(("forward", "backward"), loop_functions(kind, "stepwise")):

@@ -10,6 +10,7 @@
 - The subnormal flush acts on loop steps 0, k, 2k, ... counted from the loop's first step, not on time
   indices that are multiples of k: T and k are chosen so that the two differ, with lengths.
 """
+
 from __future__ import annotations
 
 from dataclasses import asdict
@@ -62,18 +63,80 @@ def test_gated_hidden_and_cell_grads_match_torch_unroll(case):
 # Unsorted lengths on purpose (the sort and un-sort are what is checked), the longest not first, a
 # length-1 sequence, two layers both ways, a projection, dropout masks, a cotangent on every state.
 UNSORTED = [
-    RNNCase(input_size=3, hidden_size=4, num_layers=2, bidirectional=True, nonlinearity="tanh", bias=True,
-            batch_first=True, unbatched=False, batch=5, steps=7, lengths=(3, 7, 1, 5, 6), with_h0=True,
-            with_grad_h_n=True, dropout=0.4, seed=11, cell="lstm", proj_size=3),
-    RNNCase(input_size=2, hidden_size=5, num_layers=2, bidirectional=True, nonlinearity="tanh", bias=False,
-            batch_first=False, unbatched=False, batch=4, steps=6, lengths=(2, 6, 4, 1), with_h0=True,
-            with_grad_h_n=True, dropout=0.0, seed=12, cell="lstm", proj_size=0),
-    RNNCase(input_size=3, hidden_size=4, num_layers=2, bidirectional=True, nonlinearity="tanh", bias=True,
-            batch_first=True, unbatched=False, batch=5, steps=7, lengths=(3, 7, 1, 5, 6), with_h0=True,
-            with_grad_h_n=True, dropout=0.4, seed=13, cell="gru"),
-    RNNCase(input_size=2, hidden_size=3, num_layers=1, bidirectional=True, nonlinearity="tanh", bias=True,
-            batch_first=False, unbatched=False, batch=4, steps=6, lengths=(4, 6, 1, 2), with_h0=False,
-            with_grad_h_n=False, dropout=0.0, seed=14, cell="gru"),
+    RNNCase(
+        input_size=3,
+        hidden_size=4,
+        num_layers=2,
+        bidirectional=True,
+        nonlinearity="tanh",
+        bias=True,
+        batch_first=True,
+        unbatched=False,
+        batch=5,
+        steps=7,
+        lengths=(3, 7, 1, 5, 6),
+        with_h0=True,
+        with_grad_h_n=True,
+        dropout=0.4,
+        seed=11,
+        cell="lstm",
+        proj_size=3,
+    ),
+    RNNCase(
+        input_size=2,
+        hidden_size=5,
+        num_layers=2,
+        bidirectional=True,
+        nonlinearity="tanh",
+        bias=False,
+        batch_first=False,
+        unbatched=False,
+        batch=4,
+        steps=6,
+        lengths=(2, 6, 4, 1),
+        with_h0=True,
+        with_grad_h_n=True,
+        dropout=0.0,
+        seed=12,
+        cell="lstm",
+        proj_size=0,
+    ),
+    RNNCase(
+        input_size=3,
+        hidden_size=4,
+        num_layers=2,
+        bidirectional=True,
+        nonlinearity="tanh",
+        bias=True,
+        batch_first=True,
+        unbatched=False,
+        batch=5,
+        steps=7,
+        lengths=(3, 7, 1, 5, 6),
+        with_h0=True,
+        with_grad_h_n=True,
+        dropout=0.4,
+        seed=13,
+        cell="gru",
+    ),
+    RNNCase(
+        input_size=2,
+        hidden_size=3,
+        num_layers=1,
+        bidirectional=True,
+        nonlinearity="tanh",
+        bias=True,
+        batch_first=False,
+        unbatched=False,
+        batch=4,
+        steps=6,
+        lengths=(4, 6, 1, 2),
+        with_h0=False,
+        with_grad_h_n=False,
+        dropout=0.0,
+        seed=14,
+        cell="gru",
+    ),
 ]
 
 
@@ -175,8 +238,17 @@ def _run_backward(kind, loop, reverse):
         B, H = len(FLUSH_LENGTHS), 3
         hs = np.tanh(rng.standard_normal((FLUSH_T + 1, B, H)))
         go = rng.standard_normal((FLUSH_T, B, H))
-        _, _, hidden = elman.sequence_backward(go, rng.standard_normal((B, H)), hs, rng.standard_normal((H, H)), "tanh",
-                                           bs, reverse, 1e30, flush_every=FLUSH_K)
+        _, _, hidden = elman.sequence_backward(
+            go,
+            rng.standard_normal((B, H)),
+            hs,
+            rng.standard_normal((H, H)),
+            "tanh",
+            bs,
+            reverse,
+            1e30,
+            flush_every=FLUSH_K,
+        )
         return hidden
     case = Case(kind, 2, 3, 0, len(FLUSH_LENGTHS), FLUSH_T, True, reverse, FLUSH_LENGTHS, seed=9)
     a = make_arrays(case)
@@ -184,17 +256,20 @@ def _run_backward(kind, loop, reverse):
     if kind == "lstm":
         xp = loops.input_projection(a["x"], a["w_ih"], a["b_ih"] + a["b_hh"])
         cache = getattr(lstm, f"lstm_{loop}_forward")(xp, a["h0"], a["c0"], a["w_hh"], None, bs, reverse)
-        return getattr(lstm, f"lstm_{loop}_backward")(a["go"], a["ghn"], a["gcn"], cache, a["w_hh"], None, bs, reverse,
-                                          **kw)["hidden_grads"]
+        return getattr(lstm, f"lstm_{loop}_backward")(
+            a["go"], a["ghn"], a["gcn"], cache, a["w_hh"], None, bs, reverse, **kw
+        )["hidden_grads"]
     xp = loops.input_projection(a["x"], a["w_ih"], a["b_ih"])
     cache = getattr(gru, f"gru_{loop}_forward")(xp, a["h0"], a["w_hh"], a["b_hh"], bs, reverse)
     return getattr(gru, f"gru_{loop}_backward")(a["go"], a["ghn"], cache, a["w_hh"], bs, reverse, **kw)["hidden_grads"]
 
 
 @pytest.mark.parametrize("reverse", [False, True], ids=["forward", "reverse"])
-@pytest.mark.parametrize("kind,loop", [("rnn", "sequence"), ("lstm", "stepwise"), ("lstm", "sequence"),
-                                       ("gru", "stepwise"), ("gru", "sequence")],
-                         ids=["rnn", "lstm-ref", "lstm-fast", "gru-ref", "gru-fast"])
+@pytest.mark.parametrize(
+    "kind,loop",
+    [("rnn", "sequence"), ("lstm", "stepwise"), ("lstm", "sequence"), ("gru", "stepwise"), ("gru", "sequence")],
+    ids=["rnn", "lstm-ref", "lstm-fast", "gru-ref", "gru-fast"],
+)
 def test_flush_acts_on_every_kth_loop_step_under_lengths(kind, loop, reverse):
     """A threshold above every value zeroes g_t entirely at the flushed steps and nowhere else."""
     hidden = _run_backward(kind, loop, reverse)

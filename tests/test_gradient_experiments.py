@@ -1,6 +1,7 @@
 """The gradient experiments: their math against torch (the cliff's BPTT, one training step of the
 pathological trials), the task generators against their definitions, the sweep engine's resume
 and Dask paths, and every experiment's --quick run end to end (the CI version)."""
+
 from __future__ import annotations
 
 import json
@@ -23,8 +24,7 @@ from tests.helpers import assert_close
 # --------------------------------------------------------------------------------------------
 # The cliff: hand-written BPTT of x_t = w σ(x_{t-1}) + b against autograd
 # --------------------------------------------------------------------------------------------
-@given(w=st.floats(-8, 12), b=st.floats(-8, 4), steps=st.integers(1, 60), x0=st.floats(-1, 1),
-       target=st.floats(-1, 1))
+@given(w=st.floats(-8, 12), b=st.floats(-8, 4), steps=st.integers(1, 60), x0=st.floats(-1, 1), target=st.floats(-1, 1))
 def test_cliff_gradient_matches_autograd(w, b, steps, x0, target):
     loss, dw, db = cliff.loss_and_grad(w, b, steps, x0, target)
     wt = torch.tensor(w, dtype=torch.float64, requires_grad=True)
@@ -36,8 +36,7 @@ def test_cliff_gradient_matches_autograd(w, b, steps, x0, target):
     ref.backward()
     config = dict(w=w, b=b, steps=steps, x0=x0, target=target)
     assert_close(loss, ref.item(), name="cliff loss", config=config)
-    assert_close(np.array([dw, db]), np.array([wt.grad.item(), bt.grad.item()]), name="cliff gradient",
-                 config=config)
+    assert_close(np.array([dw, db]), np.array([wt.grad.item(), bt.grad.item()]), name="cliff gradient", config=config)
 
 
 def test_cliff_wall_is_steep_and_clipping_bounds_the_step():
@@ -56,13 +55,13 @@ def test_cliff_wall_is_steep_and_clipping_bounds_the_step():
 @given(seed=st.integers(0, 2**31 - 1), length=st.integers(10, 120), batch=st.integers(1, 8))
 def test_adding_batch_follows_the_definition(seed, length, batch):
     x, y = tasks.adding_batch(np.random.default_rng(seed), batch, length)
-    l = x.shape[0]
-    assert length <= l < length + max(1, int(0.1 * length)) and x.shape[1:] == (batch, 2)
+    steps = x.shape[0]
+    assert length <= steps < length + max(1, int(0.1 * length)) and x.shape[1:] == (batch, 2)
     for b in range(batch):
         marks = np.flatnonzero(x[:, b, 0])
         assert marks.size == 2, (seed, length, b)
         p0, p1 = marks
-        assert p0 < int(0.1 * l) and int(0.1 * l) <= p1 < int(0.5 * l)
+        assert p0 < int(0.1 * steps) and int(0.1 * steps) <= p1 < int(0.5 * steps)
         assert y[b, 0] == pytest.approx((x[p0, b, 1] + x[p1, b, 1]) / 2, abs=1e-15)
     assert np.all((x[:, :, 1] >= 0) & (x[:, :, 1] < 1))
 
@@ -85,8 +84,9 @@ def test_task_errors_and_bad_arguments():
     pred = np.array([[0.5], [0.7]])
     target = np.array([[0.5 + 0.19], [0.7 + 0.21]])  # squared errors 0.0361 and 0.0441
     np.testing.assert_array_equal(tasks.sample_errors("adding", pred, target), [False, True])
-    np.testing.assert_array_equal(tasks.sample_errors("temporal_order", np.eye(4)[[0, 3]], np.array([0, 2])),
-                                  [False, True])
+    np.testing.assert_array_equal(
+        tasks.sample_errors("temporal_order", np.eye(4)[[0, 3]], np.array([0, 2])), [False, True]
+    )
     with pytest.raises(ValueError, match="length: expected an integer >= 10"):
         tasks.adding_batch(np.random.default_rng(0), 2, 9)
     with pytest.raises(ValueError, match="task: expected one of"):
@@ -114,18 +114,22 @@ def test_train_step_matches_torch(task, method):
             module, name = (twin, k[4:]) if k.startswith("rnn.") else (lin, k[5:])
             getattr(module, name).copy_(torch.tensor(v))
     x, y = tasks.make_batch(task, np.random.default_rng(seed + 1), 5, length)
-    spec = dict(task=task, method=method, length=length, clip=clip, lr=0.1, max_iters=1, check_every=1,
-                eval_samples=10)
+    spec = dict(task=task, method=method, length=length, clip=clip, lr=0.1, max_iters=1, check_every=1, eval_samples=10)
     trainer = pathological.trial_trainer(spec, model, np.random.default_rng(0))
     (rec,) = trainer.train_batch(pathological.batch_first(x), y)
 
     _, h_n = twin(torch.tensor(x))
     out = lin(h_n[0])
-    ref_loss = (torch.nn.functional.mse_loss(out, torch.tensor(y)) if task == "adding"
-                else torch.nn.functional.cross_entropy(out, torch.tensor(y)))
+    ref_loss = (
+        torch.nn.functional.mse_loss(out, torch.tensor(y))
+        if task == "adding"
+        else torch.nn.functional.cross_entropy(out, torch.tensor(y))
+    )
     ref_loss.backward()
-    tparams = {**{f"rnn.{k}": v for k, v in twin.named_parameters()},
-               **{f"head.{k}": v for k, v in lin.named_parameters()}}
+    tparams = {
+        **{f"rnn.{k}": v for k, v in twin.named_parameters()},
+        **{f"head.{k}": v for k, v in lin.named_parameters()},
+    }
     clipped = method != "sgd"
     ref_norm = torch.nn.utils.clip_grad_norm_(list(tparams.values()), float("inf"))  # the norm alone
     if clipped and ref_norm > clip:  # RNN.py's rescale: c·g/‖g‖ (torch's clip_grad_norm_ adds 1e-6 to ‖g‖)
@@ -176,11 +180,18 @@ def test_sweep_resumes_and_never_reruns_a_finished_trial(tmp_path):
 def test_sweep_runs_on_a_dask_cluster(tmp_path):
     distributed = pytest.importorskip("distributed")
     specs = [dict(k=k, log=str(tmp_path / "calls.log")) for k in range(4)]
-    with distributed.LocalCluster(n_workers=1, threads_per_worker=2, processes=False,
-                                  dashboard_address=None) as cluster, distributed.Client(cluster) as client:
+    with (
+        distributed.LocalCluster(n_workers=1, threads_per_worker=2, processes=False, dashboard_address=None) as cluster,
+        distributed.Client(cluster) as client,
+    ):
         df = sweep.run_sweep(logged_trial, specs, tmp_path / "dask.jsonl", scheduler=client, progress=False)
-        by_address = sweep.run_sweep(logged_trial, specs + [dict(k=9, log=specs[0]["log"])],
-                                     tmp_path / "dask.jsonl", scheduler=cluster.scheduler_address, progress=False)
+        by_address = sweep.run_sweep(
+            logged_trial,
+            specs + [dict(k=9, log=specs[0]["log"])],
+            tmp_path / "dask.jsonl",
+            scheduler=cluster.scheduler_address,
+            progress=False,
+        )
     assert sorted(df.k) == [0, 1, 2, 3] and sorted(by_address.k) == [0, 1, 2, 3, 9]
     assert sorted(int(v) for v in Path(specs[0]["log"]).read_text().split()) == [0, 1, 2, 3, 9]
 
@@ -194,8 +205,15 @@ def _files(path: Path) -> set:
 
 def test_spectrum_quick(tmp_path):
     assert cli.main(["spectrum", "--quick", "--no-progress", "--out", str(tmp_path)]) == 0
-    assert {"spectrum.csv", "curves.csv", "transition.csv", "summary.json", "report.md",
-            "grad_norm_vs_distance.png", "rate_vs_lambda.png"} <= _files(tmp_path)
+    assert {
+        "spectrum.csv",
+        "curves.csv",
+        "transition.csv",
+        "summary.json",
+        "report.md",
+        "grad_norm_vs_distance.png",
+        "rate_vs_lambda.png",
+    } <= _files(tmp_path)
     df = pd.read_csv(tmp_path / "spectrum.csv")
     assert (df.max_product_over_bound <= 1 + 1e-9).all() and (df.max_grad_over_bound <= 1 + 1e-9).all()
     assert (df.fit_log_rate <= df.bound_log_rate + 1e-9).all()  # measured rates never beat the bound
@@ -204,16 +222,29 @@ def test_spectrum_quick(tmp_path):
 
 def test_cliff_quick(tmp_path):
     assert cli.main(["cliff", "--quick", "--no-progress", "--out", str(tmp_path)]) == 0
-    assert {"surface.csv", "paths.csv", "descent_summary.csv", "cliff.png", "descent.png", "report.md",
-            "summary.json"} <= _files(tmp_path)
+    assert {
+        "surface.csv",
+        "paths.csv",
+        "descent_summary.csv",
+        "cliff.png",
+        "descent.png",
+        "report.md",
+        "summary.json",
+    } <= _files(tmp_path)
     s = pd.read_csv(tmp_path / "descent_summary.csv")
     assert (s[s.method == "clipped"].max_step <= cliff.QUICK.lr * cliff.QUICK.clip * (1 + 1e-12)).all()
 
 
 def test_pathological_quick_and_resume(tmp_path):
     assert cli.main(["pathological", "--quick", "--no-progress", "--workers", "2", "--out", str(tmp_path)]) == 0
-    assert {"trials.jsonl", "trials.csv", "success.csv", "success_vs_length.png", "report.md",
-            "summary.json"} <= _files(tmp_path)
+    assert {
+        "trials.jsonl",
+        "trials.csv",
+        "success.csv",
+        "success_vs_length.png",
+        "report.md",
+        "summary.json",
+    } <= _files(tmp_path)
     p = pathological.PROTOCOLS["quick"]
     df = pd.read_csv(tmp_path / "trials.csv")
     assert len(df) == len(p.tasks) * len(p.lengths) * len(p.methods) * len(p.seeds)
@@ -269,8 +300,9 @@ def test_sgd_cr_step_is_the_authors_update(task, scale, regime, method):
     before = model.state_dict()
     (rec,) = trainer.train_batch(pathological.batch_first(x), y)
 
-    rnn = torch.nn.RNN(2 if task == "adding" else 6, hidden, dtype=torch.float64,
-                       nonlinearity="relu" if method == "irnn" else "tanh")
+    rnn = torch.nn.RNN(
+        2 if task == "adding" else 6, hidden, dtype=torch.float64, nonlinearity="relu" if method == "irnn" else "tanh"
+    )
     lin = torch.nn.Linear(hidden, model.head.weight.shape[0], dtype=torch.float64)
     with torch.no_grad():
         for k, v in before.items():
@@ -279,17 +311,22 @@ def test_sgd_cr_step_is_the_authors_update(task, scale, regime, method):
     _, h_n = rnn(torch.tensor(x))
     h_n.retain_grad()
     pred = lin(h_n[0])
-    loss = (torch.nn.functional.mse_loss(pred, torch.tensor(y)) if task == "adding"
-            else torch.nn.functional.cross_entropy(pred, torch.tensor(y)))
+    loss = (
+        torch.nn.functional.mse_loss(pred, torch.tensor(y))
+        if task == "adding"
+        else torch.nn.functional.cross_entropy(pred, torch.tensor(y))
+    )
     loss.backward()
-    g = {**{f"rnn.{k}": v.grad.numpy().copy() for k, v in rnn.named_parameters()},
-         **{f"head.{k}": v.grad.numpy().copy() for k, v in lin.named_parameters()}}
+    g = {
+        **{f"rnn.{k}": v.grad.numpy().copy() for k, v in rnn.named_parameters()},
+        **{f"head.{k}": v.grad.numpy().copy() for k, v in lin.named_parameters()},
+    }
     shadow = pathological.build(task, "sgd_cr", hidden, seed)
     shadow.rnn.load_state_dict({k[4:]: v for k, v in before.items() if k.startswith("rnn.")})
     omega = omega_twin(shadow.rnn, pathological.batch_first(x), None, None, h_n.grad.numpy(), form="code")
     alpha = pathological.CR_ALPHA if method == "sgd_cr" else 0.0
     g["rnn.weight_hh_l0"] = g["rnn.weight_hh_l0"] + alpha * omega["grads"]["weight_hh_l0"]
-    norm = np.sqrt(sum(float(np.sum(v ** 2)) for v in g.values()))
+    norm = np.sqrt(sum(float(np.sum(v**2)) for v in g.values()))
     if not np.isfinite(norm) or norm > pathological.CR_FALLBACK_NORM:
         step = {k: np.zeros_like(v) for k, v in g.items()}
         step["rnn.weight_hh_l0"] = 0.02 * before["rnn.weight_hh_l0"]
@@ -305,8 +342,19 @@ def test_sgd_cr_step_is_the_authors_update(task, scale, regime, method):
 
 @pytest.mark.parametrize("method", ["sgd_cr", "lstm", "gru"])
 def test_part_two_methods_run_a_trial(method):
-    spec = dict(task="adding", length=10, method=method, seed=0, hidden=8, batch=5, lr=0.01, clip=1.0,
-                max_iters=20, check_every=10, eval_samples=50)
+    spec = dict(
+        task="adding",
+        length=10,
+        method=method,
+        seed=0,
+        hidden=8,
+        batch=5,
+        lr=0.01,
+        clip=1.0,
+        max_iters=20,
+        check_every=10,
+        eval_samples=50,
+    )
     res = pathological._run_trial(spec)
     assert res["iters"] == 20 and not res["diverged"] and 0 <= res["best_error"] <= 1
 
@@ -318,8 +366,23 @@ def test_part_two_methods_run_a_trial(method):
 def test_screen_scores_each_training_batch_before_its_update(task):
     """Screen's count against a recomputation: each step's prediction is the model *before* that step's update
     on the batch it was trained on (a replay of the same steps on a copy gives the oracle)."""
-    spec = dict(task=task, length=10, method="sgd_clip", seed=1, hidden=6, batch=7, lr=0.5, clip=1.0, max_iters=6,
-                check_every=3, eval_samples=10, screen=True, track_every=3, track_samples=10, eval_chunk=5)
+    spec = dict(
+        task=task,
+        length=10,
+        method="sgd_clip",
+        seed=1,
+        hidden=6,
+        batch=7,
+        lr=0.5,
+        clip=1.0,
+        max_iters=6,
+        check_every=3,
+        eval_samples=10,
+        screen=True,
+        track_every=3,
+        track_samples=10,
+        eval_chunk=5,
+    )
     model = pathological.build(task, "sgd_clip", 6, 1)
     shadow = pathological.build(task, "sgd_clip", 6, 1)
     source = pathological.FreshBatches(task, 10, 7, np.random.default_rng(5), 3)
@@ -356,8 +419,23 @@ def test_screened_trial_tests_only_a_clean_screen_and_solves_only_on_the_full_te
 
     monkeypatch.setattr(pathological.Screen, "take", lambda self: next(screens))
     monkeypatch.setattr(pathological, "evaluate", fake_evaluate)
-    spec = dict(task="adding", length=10, method="irnn", seed=0, hidden=4, batch=3, lr=0.01, clip=1.0, max_iters=200,
-                check_every=2, eval_samples=10_000, screen=True, track_every=8, track_samples=50, eval_chunk=250)
+    spec = dict(
+        task="adding",
+        length=10,
+        method="irnn",
+        seed=0,
+        hidden=4,
+        batch=3,
+        lr=0.01,
+        clip=1.0,
+        max_iters=200,
+        check_every=2,
+        eval_samples=10_000,
+        screen=True,
+        track_every=8,
+        track_samples=50,
+        eval_chunk=250,
+    )
     res = pathological._run_trial(spec)
     # checks at steps 2 (dirty), 4 (clean: test 0.001), 6 (clean: test 0), stop
     assert calls == [10_000, 10_000] and res["solved"] and res["solved_at"] == 6 and res["tests"] == 2
@@ -387,8 +465,22 @@ def test_budget_protocol_grid():
 
 
 def test_pathological_budget_quick_cli(tmp_path):
-    assert cli.main(["pathological", "--protocol", "budget", "--quick", "--no-progress", "--tasks", "adding",
-                     "--out", str(tmp_path)]) == 0
+    assert (
+        cli.main(
+            [
+                "pathological",
+                "--protocol",
+                "budget",
+                "--quick",
+                "--no-progress",
+                "--tasks",
+                "adding",
+                "--out",
+                str(tmp_path),
+            ]
+        )
+        == 0
+    )
     df = pd.read_csv(tmp_path / "trials.csv")
     p = pathological.PROTOCOLS["budget-quick"]
     assert len(df) == len(p.seeds) * (len(p.lengths) * (len(p.methods) - 1) + 1)
@@ -415,7 +507,7 @@ def test_cell_jacobian_products_are_bptt(cell):
         h, c, forget = np.zeros((cfg.batch, H)), np.zeros((cfg.batch, H)), []
         for t in range(T):
             h, c, step = lstm_step_forward(xp[t], h, c, p["weight_hh_l0"])
-            forget.append(step.gates[:, H:2 * H])
+            forget.append(step.gates[:, H : 2 * H])
     for n in range(T):
         through = np.einsum("bs,bst->bt", cot, prods[n])  # cot · ∂s_T/∂s_(T-n)
         config = dict(cell=cell, distance=n)
@@ -425,4 +517,4 @@ def test_cell_jacobian_products_are_bptt(cell):
             assert_close(through[:, H:], expected, name="∂L/∂c_(T-n), h held", config=config)
     assert row["state_size"] == (2 * H if "lstm" in cell else H)
     if cell == "lstm_fb1":
-        assert (model.parameters()["bias_ih_l0"][H:2 * H] == 1).all()
+        assert (model.parameters()["bias_ih_l0"][H : 2 * H] == 1).all()

@@ -5,6 +5,7 @@ time in float64 autograd, and reads each h_t's retained ``.grad``; it never call
 scratch code. Configurations are drawn at random: layers, directions, layouts, unbatched input,
 lengths, biases, h0, cotangents on the output and on h_n, dropout masks.
 """
+
 from __future__ import annotations
 
 from dataclasses import asdict
@@ -36,8 +37,10 @@ def case_arrays(case: RNNCase, with_grad_output: bool = True):
         go = None
         if ghn is None:
             ghn = np.random.default_rng(case.seed + 3).standard_normal(
-                (model.num_layers * model.num_directions,) + (() if case.unbatched else (case.batch,))
-                + (case.hidden_size,))
+                (model.num_layers * model.num_directions,)
+                + (() if case.unbatched else (case.batch,))
+                + (case.hidden_size,)
+            )
     return model, x, h0, lengths, go, ghn, case.dropout_masks()
 
 
@@ -59,9 +62,23 @@ def test_hidden_grads_match_torch_unroll(case, with_grad_output):
 
 def test_hidden_grads_check_fails_on_a_wrong_gradient():
     """The comparison above must catch a single wrong entry (and a time-reversed layout)."""
-    case = RNNCase(input_size=2, hidden_size=3, num_layers=2, bidirectional=True, nonlinearity="tanh", bias=True,
-                   batch_first=True, unbatched=False, batch=3, steps=5, lengths=(5, 2, 4), with_h0=True,
-                   with_grad_h_n=True, dropout=0.0, seed=3)
+    case = RNNCase(
+        input_size=2,
+        hidden_size=3,
+        num_layers=2,
+        bidirectional=True,
+        nonlinearity="tanh",
+        bias=True,
+        batch_first=True,
+        unbatched=False,
+        batch=3,
+        steps=5,
+        lengths=(5, 2, 4),
+        with_h0=True,
+        with_grad_h_n=True,
+        dropout=0.0,
+        seed=3,
+    )
     model, x, h0, lengths, go, ghn, masks = case_arrays(case)
     got = scratch_hidden_grads(model, x, h0, lengths, go, ghn, masks).copy()
     ref = unrolled_hidden_grads(model, x, h0, lengths, go, ghn)["hidden_grads"]
@@ -76,9 +93,23 @@ def test_hidden_grads_check_fails_on_a_wrong_gradient():
 
 def test_oracle_takes_no_h0_with_unbatched_lengths():
     """The oracle once added a batch axis to the zero h0 it made itself (unbatched input, h0=None)."""
-    case = RNNCase(input_size=3, hidden_size=4, num_layers=1, bidirectional=True, nonlinearity="relu", bias=False,
-                   batch_first=True, unbatched=True, batch=1, steps=6, lengths=(2,), with_h0=False,
-                   with_grad_h_n=True, dropout=0.0, seed=1)
+    case = RNNCase(
+        input_size=3,
+        hidden_size=4,
+        num_layers=1,
+        bidirectional=True,
+        nonlinearity="relu",
+        bias=False,
+        batch_first=True,
+        unbatched=True,
+        batch=1,
+        steps=6,
+        lengths=(2,),
+        with_h0=False,
+        with_grad_h_n=True,
+        dropout=0.0,
+        seed=1,
+    )
     model, x, h0, lengths, go, ghn, masks = case_arrays(case)
     assert h0 is None and x.ndim == 2
     got = scratch_hidden_grads(model, x, h0, lengths, go, ghn, masks)
@@ -94,8 +125,9 @@ def test_hidden_grads_loss_on_last_step_decays_as_dh_end_dh_k():
     model = RNN(1, H, dtype=np.float64, seed=0)
     w = rng.normal(size=(H, H))
     w *= 0.5 / np.linalg.norm(w, 2)
-    model.load_state_dict({"weight_ih_l0": np.zeros((H, 1)), "weight_hh_l0": w,
-                           "bias_ih_l0": np.zeros(H), "bias_hh_l0": np.zeros(H)})
+    model.load_state_dict(
+        {"weight_ih_l0": np.zeros((H, 1)), "weight_hh_l0": w, "bias_ih_l0": np.zeros(H), "bias_hh_l0": np.zeros(H)}
+    )
     g = rng.normal(size=(1, 1, H))
     model.forward(np.zeros((T, 1, 1)))  # h ≡ 0: tanh'(0) = 1, the map is exactly linear
     model.backward(None, g)

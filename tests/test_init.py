@@ -1,5 +1,6 @@
 """scratch_rnn.init: exact targets checked with torch.linalg (singular values, eigenvalues), the
 distributions checked against their closed-form moments with seeded draws and 6-sigma bands."""
+
 from __future__ import annotations
 
 import math
@@ -10,8 +11,7 @@ import torch
 from hypothesis import given
 from hypothesis import strategies as st
 
-from scratch_rnn import RNN
-from scratch_rnn import init
+from scratch_rnn import RNN, init
 from tests.helpers import assert_close
 
 
@@ -30,8 +30,12 @@ def within_sigmas(samples, mean, var, name, k=6.0):
     assert err <= k * se, f"{name}: sample mean off by {err:.3e} > {k} x standard error {se:.3e}"
 
 
-@given(H=st.integers(1, 40), value=st.floats(0.05, 3.0), seed=st.integers(0, 2**31 - 1),
-       target=st.sampled_from(init.TARGETS))
+@given(
+    H=st.integers(1, 40),
+    value=st.floats(0.05, 3.0),
+    seed=st.integers(0, 2**31 - 1),
+    target=st.sampled_from(init.TARGETS),
+)
 def test_gaussian_hits_its_target_exactly(H, value, seed, target):
     key = "singular_value" if target == "singular_value" else "spectral_radius"
     w = init.gaussian(H, seed, **{key: value})
@@ -44,7 +48,7 @@ def test_orthogonal_every_singular_value_is_the_gain(H, gain, seed):
     w = init.orthogonal(H, seed, gain)
     config = dict(H=H, gain=gain, seed=seed)
     assert_close(torch_sv(w), np.full(H, gain), name="singular values", config=config, rtol=1e-13)
-    assert_close(w.T @ w, gain ** 2 * np.eye(H), name="WᵀW", config=config, rtol=1e-13)
+    assert_close(w.T @ w, gain**2 * np.eye(H), name="WᵀW", config=config, rtol=1e-13)
 
 
 def test_orthogonal_is_haar_distributed():
@@ -63,7 +67,7 @@ def test_torch_uniform_matches_the_uniform_moments():
     w = init.torch_uniform((200, 200), H, 1).ravel()
     assert np.all(np.abs(w) <= k)
     within_sigmas(w, 0.0, k * k / 3, "mean")
-    within_sigmas(w ** 2, k * k / 3, k ** 4 / 5 - k ** 4 / 9, "second moment")
+    within_sigmas(w**2, k * k / 3, k**4 / 5 - k**4 / 9, "second moment")
     ref = torch.nn.RNN(3, H)  # torch's own default stays inside the same band
     assert all(float(p.detach().abs().max()) <= k for p in ref.parameters())
 
@@ -71,7 +75,7 @@ def test_torch_uniform_matches_the_uniform_moments():
 def test_gaussian_scale_and_sparsity():
     H = 300
     w = init.gaussian(H, 0)
-    within_sigmas(w.ravel() ** 2, 1 / H, 2 / H ** 2, "E w²")
+    within_sigmas(w.ravel() ** 2, 1 / H, 2 / H**2, "E w²")
     w = init.gaussian(50, 1, spectral_radius=0.95, nonzero_per_row=15)  # Pascanu's smart tanh
     assert np.all((w != 0).sum(axis=1) == 15)
     assert abs(torch_rho(w) - 0.95) < 1e-12
@@ -134,17 +138,31 @@ def _init_failure_cases():
     from scratch_rnn.rnn import GRU, LSTM, RNN
 
     return [
-        pytest.param(lambda: LSTM(3, 4, num_layers=2, dtype=np.float64),
-                     init.RecurrentInit("orthogonal", input_std=0.1, zero_bias=True), "weight_hh_l0.*(16, 4)", id="lstm"),
-        pytest.param(lambda: LSTM(3, 4, proj_size=2, bidirectional=True, dtype=np.float32),
-                     init.RecurrentInit("identity", zero_bias=True, input_std=0.5), "weight_hh_l0.*(16, 2)",
-                     id="lstm-proj"),
-        pytest.param(lambda: GRU(3, 4, bidirectional=True, dtype=np.float64),
-                     init.RecurrentInit("torch_uniform", scale=0.9, input_std=0.1), "weight_hh_l0.*(12, 4)", id="gru"),
+        pytest.param(
+            lambda: LSTM(3, 4, num_layers=2, dtype=np.float64),
+            init.RecurrentInit("orthogonal", input_std=0.1, zero_bias=True),
+            "weight_hh_l0.*(16, 4)",
+            id="lstm",
+        ),
+        pytest.param(
+            lambda: LSTM(3, 4, proj_size=2, bidirectional=True, dtype=np.float32),
+            init.RecurrentInit("identity", zero_bias=True, input_std=0.5),
+            "weight_hh_l0.*(16, 2)",
+            id="lstm-proj",
+        ),
+        pytest.param(
+            lambda: GRU(3, 4, bidirectional=True, dtype=np.float64),
+            init.RecurrentInit("torch_uniform", scale=0.9, input_std=0.1),
+            "weight_hh_l0.*(12, 4)",
+            id="gru",
+        ),
         # an Elman RNN whose W_hh cannot be drawn (more non-zeros per row than units) after W_ih was
-        pytest.param(lambda: RNN(3, 4, num_layers=2, dtype=np.float64),
-                     init.RecurrentInit("gaussian", scale=1.0, nonzero_per_row=9, input_std=0.1, zero_bias=True),
-                     "nonzero_per_row", id="rnn-undrawable"),
+        pytest.param(
+            lambda: RNN(3, 4, num_layers=2, dtype=np.float64),
+            init.RecurrentInit("gaussian", scale=1.0, nonzero_per_row=9, input_std=0.1, zero_bias=True),
+            "nonzero_per_row",
+            id="rnn-undrawable",
+        ),
     ]
 
 

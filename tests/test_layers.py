@@ -5,6 +5,7 @@ index range, padding row, value scale) and a seed; the arrays themselves come fr
 every failure prints a ``config`` that rebuilds the exact example. Cotangents are random (never
 ``.sum()``), so a gradient that is wrong by a permutation or a transpose cannot hide.
 """
+
 from __future__ import annotations
 
 import sys
@@ -32,6 +33,7 @@ def _report_worst():
 # ----------------------------------------------------------------------------------------------
 # strategies
 # ----------------------------------------------------------------------------------------------
+
 
 @st.composite
 def linear_configs(draw, max_features: int = 7, max_batch: int = 4):
@@ -85,6 +87,7 @@ def embedding_example(cfg, dtype):
 # comparisons shared by the properties and the mutation tests
 # ----------------------------------------------------------------------------------------------
 
+
 def compare_linear(layer, x, g, config):
     ref = run_linear(layer, x, g)
     check(layer(x), ref["output"], name="linear output", config=config, dtype=layer.dtype)
@@ -98,13 +101,15 @@ def compare_embedding(layer, idx, g, config):
     ref = run_embedding(layer, idx, g)
     check(layer(idx), ref["output"], name="embedding output", config=config, dtype=layer.dtype)
     assert layer.backward(g) is None and ref["grad_input"] is None
-    check(layer.grads["weight"], ref["grads"]["weight"], name="embedding grads[weight]", config=config,
-          dtype=layer.dtype)
+    check(
+        layer.grads["weight"], ref["grads"]["weight"], name="embedding grads[weight]", config=config, dtype=layer.dtype
+    )
 
 
 # ----------------------------------------------------------------------------------------------
 # Linear
 # ----------------------------------------------------------------------------------------------
+
 
 @given(cfg=linear_configs(), dtype=st.sampled_from([np.float64, np.float32]))
 def test_linear_matches_torch(cfg, dtype):
@@ -125,8 +130,9 @@ def test_linear_finite_differences(cfg):
 
     assert_close(grad_x, numerical_grad(f, x), name="linear FD grad_input", config=cfg, **FD_TOLERANCE)
     for key, param in layer.parameters().items():
-        assert_close(layer.grads[key], numerical_grad(f, param), name=f"linear FD grads[{key}]", config=cfg,
-                     **FD_TOLERANCE)
+        assert_close(
+            layer.grads[key], numerical_grad(f, param), name=f"linear FD grads[{key}]", config=cfg, **FD_TOLERANCE
+        )
 
 
 def test_linear_gradients_accumulate_until_zero_grad():
@@ -232,6 +238,7 @@ def _scaled_backward(original, factor):
         for g in self.grads.values():
             g *= factor
         return grad_x * factor
+
     return backward
 
 
@@ -260,6 +267,7 @@ def test_linear_broken_backward_is_caught(monkeypatch, mutant):
 # ----------------------------------------------------------------------------------------------
 # Embedding
 # ----------------------------------------------------------------------------------------------
+
 
 @given(cfg=embedding_configs(), dtype=st.sampled_from([np.float64, np.float32]))
 def test_embedding_matches_torch(cfg, dtype):

@@ -5,6 +5,7 @@ reduction, logit scale up to 1e4) plus a seed from which the arrays are built, s
 ``config`` rebuilds it. Loss cotangents are random: a scalar for mean/sum, an array of the
 unreduced shape for "none".
 """
+
 from __future__ import annotations
 
 import sys
@@ -54,6 +55,7 @@ def compare_loss(name, x, t, grad_loss, *, config, dtype, **kwargs):
 # ----------------------------------------------------------------------------------------------
 # strategies and example builders
 # ----------------------------------------------------------------------------------------------
+
 
 @st.composite
 def elementwise_configs(draw, max_size: int = 5):
@@ -117,19 +119,27 @@ def ce_example(cfg, dtype):
 # against torch
 # ----------------------------------------------------------------------------------------------
 
+
 @pytest.mark.parametrize("name", ["mse_loss", "binary_cross_entropy_with_logits"])
 @given(cfg=elementwise_configs(), dtype=st.sampled_from(DTYPES))
 def test_elementwise_losses_match_torch(name, cfg, dtype):
     x, t, g = elementwise_example(name, cfg, dtype)
-    compare_loss(name, x, t, g, config={**cfg, "dtype": np.dtype(dtype).name}, dtype=dtype,
-                 reduction=cfg["reduction"])
+    compare_loss(name, x, t, g, config={**cfg, "dtype": np.dtype(dtype).name}, dtype=dtype, reduction=cfg["reduction"])
 
 
 @given(cfg=ce_configs(), dtype=st.sampled_from(DTYPES))
 def test_cross_entropy_matches_torch(cfg, dtype):
     x, t, g = ce_example(cfg, dtype)
-    compare_loss("cross_entropy", x, t, g, config={**cfg, "dtype": np.dtype(dtype).name}, dtype=dtype,
-                 reduction=cfg["reduction"], ignore_index=cfg["ignore_index"])
+    compare_loss(
+        "cross_entropy",
+        x,
+        t,
+        g,
+        config={**cfg, "dtype": np.dtype(dtype).name},
+        dtype=dtype,
+        reduction=cfg["reduction"],
+        ignore_index=cfg["ignore_index"],
+    )
 
 
 @st.composite
@@ -156,8 +166,9 @@ def test_cross_entropy_ignore_index_matches_torch(cfg):
     t = rng.choice(kept, size=n).astype(np.int64)
     t[rng.permutation(n)[: cfg["n_ignored"]]] = ignore
     g = random_grad_loss(rng, cfg["reduction"], (n,), np.float64)
-    compare_loss("cross_entropy", x, t, g, config=cfg, dtype=np.float64, reduction=cfg["reduction"],
-                 ignore_index=ignore)
+    compare_loss(
+        "cross_entropy", x, t, g, config=cfg, dtype=np.float64, reduction=cfg["reduction"], ignore_index=ignore
+    )
 
 
 @pytest.mark.parametrize("dtype", DTYPES)
@@ -170,13 +181,21 @@ def test_large_logits_are_finite_and_match_torch(magnitude, dtype):
     config = dict(magnitude=magnitude, dtype=np.dtype(dtype).name)
     for reduction in REDUCTIONS:
         g = random_grad_loss(rng, reduction, (6,), dtype)
-        loss, grad = compare_loss("cross_entropy", x, t, g, config={**config, "reduction": reduction},
-                                  dtype=dtype, reduction=reduction)
+        loss, grad = compare_loss(
+            "cross_entropy", x, t, g, config={**config, "reduction": reduction}, dtype=dtype, reduction=reduction
+        )
         assert np.isfinite(loss).all() and np.isfinite(grad).all()
         for y in (rng.integers(0, 2, x.shape).astype(dtype), rng.uniform(0, 1, x.shape).astype(dtype)):
             g = random_grad_loss(rng, reduction, x.shape, dtype)
-            loss, grad = compare_loss("binary_cross_entropy_with_logits", x, y, g, dtype=dtype,
-                                      config={**config, "reduction": reduction}, reduction=reduction)
+            loss, grad = compare_loss(
+                "binary_cross_entropy_with_logits",
+                x,
+                y,
+                g,
+                dtype=dtype,
+                config={**config, "reduction": reduction},
+                reduction=reduction,
+            )
             assert np.isfinite(loss).all() and np.isfinite(grad).all()
 
 
@@ -194,6 +213,7 @@ def test_cross_entropy_all_ignored_is_nan_for_mean_like_torch(reduction):
 # ----------------------------------------------------------------------------------------------
 # finite differences, the second oracle
 # ----------------------------------------------------------------------------------------------
+
 
 def _fd_check(name, x, t, g, config, **kwargs):
     def f():
@@ -225,6 +245,7 @@ def test_cross_entropy_finite_differences(cfg):
 # ----------------------------------------------------------------------------------------------
 # the check can fail
 # ----------------------------------------------------------------------------------------------
+
 
 def _scaled(fn, factor):
     return lambda *args, **kwargs: fn(*args, **kwargs) * factor
@@ -260,11 +281,15 @@ def test_wrong_mean_denominator_is_caught(monkeypatch):
 # classes and errors
 # ----------------------------------------------------------------------------------------------
 
-@pytest.mark.parametrize("cls, name, kwargs", [
-    (L.MSELoss, "mse_loss", {}),
-    (L.CrossEntropyLoss, "cross_entropy", {"ignore_index": 1}),
-    (L.BCEWithLogitsLoss, "binary_cross_entropy_with_logits", {}),
-])
+
+@pytest.mark.parametrize(
+    "cls, name, kwargs",
+    [
+        (L.MSELoss, "mse_loss", {}),
+        (L.CrossEntropyLoss, "cross_entropy", {"ignore_index": 1}),
+        (L.BCEWithLogitsLoss, "binary_cross_entropy_with_logits", {}),
+    ],
+)
 @pytest.mark.parametrize("reduction", REDUCTIONS)
 def test_loss_classes_match_functional(cls, name, kwargs, reduction):
     rng = np.random.default_rng(0)
@@ -280,9 +305,11 @@ def test_loss_classes_match_functional(cls, name, kwargs, reduction):
             module.backward()
         g = rng.standard_normal(np.shape(loss))
     else:
-        assert_close(module.backward(retain_graph=True),
-                     getattr(L, f"{name}_backward")(1.0, x, t, reduction=reduction, **kwargs),
-                     name=f"{cls.__name__} default backward")
+        assert_close(
+            module.backward(retain_graph=True),
+            getattr(L, f"{name}_backward")(1.0, x, t, reduction=reduction, **kwargs),
+            name=f"{cls.__name__} default backward",
+        )
         g = 0.3
     expected = getattr(L, f"{name}_backward")(g, x.copy(), t, reduction=reduction, **kwargs)
     x[...] = 0.0  # the module cached its own copy of the inputs: mutating x changes nothing

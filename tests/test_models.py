@@ -1,5 +1,6 @@
 """SequenceModel against its torch twin (float64 autograd, random cotangents), finite differences,
 metamorphic relations of pooling and padding, and bad input."""
+
 from __future__ import annotations
 
 import zlib
@@ -30,17 +31,32 @@ def model_configs(draw, task=None, max_layers=2, cells=None):
     tokens = draw(st.booleans())
     layers = draw(st.integers(1, max_layers))
     hidden = draw(st.integers(1, 5))
-    kw = dict(vocab_size=draw(st.integers(2, 8)), embedding_dim=draw(st.integers(1, 4)),
-              padding_idx=draw(st.sampled_from([None, 0]))) if tokens else dict(input_size=draw(st.integers(1, 4)))
+    kw = (
+        dict(
+            vocab_size=draw(st.integers(2, 8)),
+            embedding_dim=draw(st.integers(1, 4)),
+            padding_idx=draw(st.sampled_from([None, 0])),
+        )
+        if tokens
+        else dict(input_size=draw(st.integers(1, 4)))
+    )
     return ModelConfig(
-        cell=cell, proj_size=draw(st.integers(0, hidden - 1)) if cell == "lstm" and hidden > 1 else 0,
-        hidden_size=hidden, out_features=draw(st.integers(1, 4)), num_layers=layers,
-        nonlinearity=draw(st.sampled_from(list(nonlinearities))), bias=draw(st.booleans()),
-        bidirectional=draw(st.booleans()), dropout=draw(st.sampled_from([0.0, 0.4])) if layers > 1 else 0.0,
+        cell=cell,
+        proj_size=draw(st.integers(0, hidden - 1)) if cell == "lstm" and hidden > 1 else 0,
+        hidden_size=hidden,
+        out_features=draw(st.integers(1, 4)),
+        num_layers=layers,
+        nonlinearity=draw(st.sampled_from(list(nonlinearities))),
+        bias=draw(st.booleans()),
+        bidirectional=draw(st.booleans()),
+        dropout=draw(st.sampled_from([0.0, 0.4])) if layers > 1 else 0.0,
         pooling=draw(st.sampled_from(["last", "mean", "max"])),
         task=task or draw(st.sampled_from(["sequence", "per_step"])),
-        loss=draw(st.sampled_from(["cross_entropy", "mse", "bce"])), dtype="float64",
-        seed=draw(st.integers(0, 2**31 - 1)), **kw)
+        loss=draw(st.sampled_from(["cross_entropy", "mse", "bce"])),
+        dtype="float64",
+        seed=draw(st.integers(0, 2**31 - 1)),
+        **kw,
+    )
 
 
 def random_batch(rng, cfg: ModelConfig, B: int, T: int, variable: bool):
@@ -48,8 +64,11 @@ def random_batch(rng, cfg: ModelConfig, B: int, T: int, variable: bool):
 
     Padded steps hold random tokens/values and targets, so that a leak through padding shows.
     """
-    x = (rng.integers(0, cfg.vocab_size, (B, T)) if cfg.vocab_size is not None
-         else rng.standard_normal((B, T, cfg.input_size)))
+    x = (
+        rng.integers(0, cfg.vocab_size, (B, T))
+        if cfg.vocab_size is not None
+        else rng.standard_normal((B, T, cfg.input_size))
+    )
     lengths = rng.integers(1, T + 1, B) if variable else None
     shape = (B,) if cfg.task == "sequence" else (B, T)
     if cfg.loss == "cross_entropy":
@@ -102,11 +121,16 @@ def _torch_run(model, x, lengths, h0, masks, grad_out=None, grad_h_n=None, y=Non
             total = total + (f * torch.tensor(g)).sum()
         total.backward()
     form = (lambda t: t) if len(h0t) > 1 else (lambda t: t[0])
-    return dict(out=out.detach().numpy(), h_n=form(tuple(f.detach().numpy() for f in as_tuple(h_n))),
-                loss=None if loss is None else loss.item(),
-                grad_x=None if xt.grad is None else xt.grad.numpy(), grad_h0=form(tuple(t.grad.numpy() for t in h0t)),
-                grads={k: (p.grad.numpy() if p.grad is not None else np.zeros(tuple(p.shape)))
-                       for k, p in twin.named_parameters()})
+    return dict(
+        out=out.detach().numpy(),
+        h_n=form(tuple(f.detach().numpy() for f in as_tuple(h_n))),
+        loss=None if loss is None else loss.item(),
+        grad_x=None if xt.grad is None else xt.grad.numpy(),
+        grad_h0=form(tuple(t.grad.numpy() for t in h0t)),
+        grads={
+            k: (p.grad.numpy() if p.grad is not None else np.zeros(tuple(p.shape))) for k, p in twin.named_parameters()
+        },
+    )
 
 
 def assert_states_close(mine, theirs, name, config):
@@ -118,8 +142,14 @@ def assert_states_close(mine, theirs, name, config):
 # torch parity
 # ---------------------------------------------------------------------------------------------
 @settings(max_examples=25 if not THOROUGH else 150)
-@given(cfg=model_configs(max_layers=3 if THOROUGH else 2), seed=st.integers(0, 2**31 - 1),
-       B=st.integers(1, 4), T=st.integers(1, 6), variable=st.booleans(), train=st.booleans())
+@given(
+    cfg=model_configs(max_layers=3 if THOROUGH else 2),
+    seed=st.integers(0, 2**31 - 1),
+    B=st.integers(1, 4),
+    T=st.integers(1, 6),
+    variable=st.booleans(),
+    train=st.booleans(),
+)
 def test_forward_backward_match_torch_with_random_cotangents(cfg, seed, B, T, variable, train):
     rng = np.random.default_rng(seed)
     model = SequenceModel(cfg).train(train)
@@ -148,8 +178,13 @@ def test_forward_backward_match_torch_with_random_cotangents(cfg, seed, B, T, va
 
 
 @settings(max_examples=20 if not THOROUGH else 100)
-@given(cfg=model_configs(), seed=st.integers(0, 2**31 - 1), B=st.integers(1, 4), T=st.integers(1, 6),
-       variable=st.booleans())
+@given(
+    cfg=model_configs(),
+    seed=st.integers(0, 2**31 - 1),
+    B=st.integers(1, 4),
+    T=st.integers(1, 6),
+    variable=st.booleans(),
+)
 def test_loss_and_its_gradient_match_torch(cfg, seed, B, T, variable):
     rng = np.random.default_rng(seed)
     model = SequenceModel(cfg)
@@ -166,8 +201,9 @@ def test_loss_and_its_gradient_match_torch(cfg, seed, B, T, variable):
         assert_close(g, ref["grads"][k], name=f"grad {k}", config=config)
 
 
-HEADS = [("sequence", p, lo) for p in ("last", "mean", "max") for lo in ("cross_entropy", "mse", "bce")] + \
-        [("per_step", "last", lo) for lo in ("cross_entropy", "mse", "bce")]
+HEADS = [("sequence", p, lo) for p in ("last", "mean", "max") for lo in ("cross_entropy", "mse", "bce")] + [
+    ("per_step", "last", lo) for lo in ("cross_entropy", "mse", "bce")
+]
 
 
 @pytest.mark.parametrize("task, pooling, loss", HEADS)
@@ -177,9 +213,21 @@ def test_every_head_matches_torch_with_variable_lengths(task, pooling, loss, tok
     """Deterministic coverage of each cell/task/pooling/loss with lengths 1..T (the property above samples them)."""
     rng = np.random.default_rng(zlib.crc32(f"{task}{pooling}{loss}{tokens}{cell}".encode()))
     kw = dict(vocab_size=7, embedding_dim=3, padding_idx=0) if tokens else dict(input_size=3)
-    cfg = ModelConfig(hidden_size=4, out_features=3, num_layers=2, bidirectional=True, dropout=0.3, task=task,
-                      pooling=pooling, loss=loss, cell=cell, proj_size=2 if cell == "lstm" else 0, dtype="float64",
-                      seed=7, **kw)
+    cfg = ModelConfig(
+        hidden_size=4,
+        out_features=3,
+        num_layers=2,
+        bidirectional=True,
+        dropout=0.3,
+        task=task,
+        pooling=pooling,
+        loss=loss,
+        cell=cell,
+        proj_size=2 if cell == "lstm" else 0,
+        dtype="float64",
+        seed=7,
+        **kw,
+    )
     model = SequenceModel(cfg)
     randomize_biases(model, rng)
     x, y, _ = random_batch(rng, cfg, 4, 5, False)
@@ -197,9 +245,18 @@ def test_every_head_matches_torch_with_variable_lengths(task, pooling, loss, tok
 
 
 def test_parameter_names_are_the_torch_twins_state_dict():
-    for cfg in (ModelConfig(hidden_size=3, out_features=2, vocab_size=5, embedding_dim=2, num_layers=2,
-                            bidirectional=True, dtype="float64"),
-                ModelConfig(hidden_size=3, out_features=2, input_size=4, bias=False, dtype="float64")):
+    for cfg in (
+        ModelConfig(
+            hidden_size=3,
+            out_features=2,
+            vocab_size=5,
+            embedding_dim=2,
+            num_layers=2,
+            bidirectional=True,
+            dtype="float64",
+        ),
+        ModelConfig(hidden_size=3, out_features=2, input_size=4, bias=False, dtype="float64"),
+    ):
         model = SequenceModel(cfg)
         twin = TorchSequenceModel(cfg)
         assert list(model.parameters()) == list(twin.state_dict())
@@ -231,12 +288,29 @@ def test_parameters_and_grads_are_live_views_of_the_layers():
 # ---------------------------------------------------------------------------------------------
 # an oracle without torch: central finite differences of the loss
 # ---------------------------------------------------------------------------------------------
-@pytest.mark.parametrize("task, pooling, loss", [("sequence", "last", "cross_entropy"), ("sequence", "mean", "mse"),
-                                                 ("sequence", "max", "bce"), ("per_step", "last", "cross_entropy")])
+@pytest.mark.parametrize(
+    "task, pooling, loss",
+    [
+        ("sequence", "last", "cross_entropy"),
+        ("sequence", "mean", "mse"),
+        ("sequence", "max", "bce"),
+        ("per_step", "last", "cross_entropy"),
+    ],
+)
 def test_loss_gradient_matches_finite_differences(task, pooling, loss):
     rng = np.random.default_rng(11)
-    cfg = ModelConfig(hidden_size=3, out_features=3, input_size=2, num_layers=2, bidirectional=True, task=task,
-                      pooling=pooling, loss=loss, dtype="float64", seed=5)
+    cfg = ModelConfig(
+        hidden_size=3,
+        out_features=3,
+        input_size=2,
+        num_layers=2,
+        bidirectional=True,
+        task=task,
+        pooling=pooling,
+        loss=loss,
+        dtype="float64",
+        seed=5,
+    )
     model = SequenceModel(cfg)
     randomize_biases(model, rng)
     x, y, lengths = random_batch(rng, cfg, 3, 5, True)
@@ -251,8 +325,13 @@ def test_loss_gradient_matches_finite_differences(task, pooling, loss):
 
     for name, p in model.parameters().items():
         fd = numerical_grad(f, p, eps)
-        assert_close(model.grads[name], fd, name=f"grad {name} vs finite differences",
-                     config=dict(task=task, pooling=pooling, loss=loss), **FD_TOLERANCE)
+        assert_close(
+            model.grads[name],
+            fd,
+            name=f"grad {name} vs finite differences",
+            config=dict(task=task, pooling=pooling, loss=loss),
+            **FD_TOLERANCE,
+        )
 
 
 # ---------------------------------------------------------------------------------------------
@@ -285,8 +364,18 @@ def test_padded_steps_change_nothing(task):
     """Whatever sits in the padded steps of x and y: same loss, same gradients."""
     rng = np.random.default_rng(13)
     for pooling in ("last", "mean", "max"):
-        cfg = ModelConfig(hidden_size=4, out_features=3, vocab_size=6, embedding_dim=3, bidirectional=True,
-                          num_layers=2, task=task, pooling=pooling, dtype="float64", seed=2)
+        cfg = ModelConfig(
+            hidden_size=4,
+            out_features=3,
+            vocab_size=6,
+            embedding_dim=3,
+            bidirectional=True,
+            num_layers=2,
+            task=task,
+            pooling=pooling,
+            dtype="float64",
+            seed=2,
+        )
         x, y, _ = random_batch(rng, cfg, 3, 5, False)
         lengths = np.array([5, 2, 3])
         results = []
@@ -306,8 +395,7 @@ def test_padded_steps_change_nothing(task):
 
 
 def test_dropout_masks_keep_rate_and_eval_mode():
-    cfg = ModelConfig(hidden_size=50, out_features=2, input_size=2, num_layers=3, dropout=0.3, dtype="float64",
-                      seed=0)
+    cfg = ModelConfig(hidden_size=50, out_features=2, input_size=2, num_layers=3, dropout=0.3, dtype="float64", seed=0)
     model = SequenceModel(cfg)
     masks = model.draw_dropout_masks(20, 10)
     assert len(masks) == 2 and masks[0].shape == (20, 10, 50)
@@ -336,19 +424,22 @@ def test_float32_model_runs_in_float32():
 # ---------------------------------------------------------------------------------------------
 # bad input
 # ---------------------------------------------------------------------------------------------
-@pytest.mark.parametrize("kwargs, match", [
-    (dict(vocab_size=5, embedding_dim=2, input_size=3), "give exactly one"),
-    (dict(), "give exactly one"),
-    (dict(vocab_size=5), "embedding_dim: expected a positive integer with vocab_size"),
-    (dict(input_size=3, padding_idx=0), "only meaningful with vocab_size"),
-    (dict(input_size=3, pooling="sum"), r"pooling: expected one of \['last', 'mean', 'max'\], got 'sum'"),
-    (dict(input_size=3, task="seq2seq"), "task: expected one of"),
-    (dict(input_size=3, loss="nll"), "loss: expected one of"),
-    (dict(input_size=3, nonlinearity="gelu"), "nonlinearity"),
-    (dict(input_size=3, dropout=1.5), "dropout"),
-    (dict(input_size=3, dtype="float16"), "dtype"),
-    (dict(input_size=0), "input_size: expected a positive integer, got 0"),
-])
+@pytest.mark.parametrize(
+    "kwargs, match",
+    [
+        (dict(vocab_size=5, embedding_dim=2, input_size=3), "give exactly one"),
+        (dict(), "give exactly one"),
+        (dict(vocab_size=5), "embedding_dim: expected a positive integer with vocab_size"),
+        (dict(input_size=3, padding_idx=0), "only meaningful with vocab_size"),
+        (dict(input_size=3, pooling="sum"), r"pooling: expected one of \['last', 'mean', 'max'\], got 'sum'"),
+        (dict(input_size=3, task="seq2seq"), "task: expected one of"),
+        (dict(input_size=3, loss="nll"), "loss: expected one of"),
+        (dict(input_size=3, nonlinearity="gelu"), "nonlinearity"),
+        (dict(input_size=3, dropout=1.5), "dropout"),
+        (dict(input_size=3, dtype="float16"), "dtype"),
+        (dict(input_size=0), "input_size: expected a positive integer, got 0"),
+    ],
+)
 def test_bad_config_names_the_field(kwargs, match):
     with pytest.raises((ValueError, TypeError), match=match):
         ModelConfig(hidden_size=3, out_features=2, **kwargs)
@@ -356,8 +447,7 @@ def test_bad_config_names_the_field(kwargs, match):
 
 def test_bad_batches_are_clear_errors():
     tok = SequenceModel(ModelConfig(hidden_size=3, out_features=2, vocab_size=5, embedding_dim=2, dtype="float64"))
-    dense = SequenceModel(ModelConfig(hidden_size=3, out_features=2, input_size=4, task="per_step",
-                                      dtype="float64"))
+    dense = SequenceModel(ModelConfig(hidden_size=3, out_features=2, input_size=4, task="per_step", dtype="float64"))
     with pytest.raises(ValueError, match=r"x: expected token ids of shape \(batch, time\), got shape \(3,\)"):
         tok.forward(np.array([1, 2, 3]))
     with pytest.raises(TypeError, match="x: expected an integer array"):
@@ -379,8 +469,7 @@ def test_bad_batches_are_clear_errors():
 
 
 def test_load_state_dict_checks_everything_before_writing():
-    model = SequenceModel(ModelConfig(hidden_size=3, out_features=2, vocab_size=5, embedding_dim=2,
-                                      dtype="float64"))
+    model = SequenceModel(ModelConfig(hidden_size=3, out_features=2, vocab_size=5, embedding_dim=2, dtype="float64"))
     before = model.state_dict()
     bad = {k: np.zeros_like(v) for k, v in before.items()}
     bad["head.bias"] = np.zeros(3)  # the last entry is wrong: nothing before it may be written

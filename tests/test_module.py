@@ -11,6 +11,7 @@ plus the parameter bookkeeping every subclass gets from the base (named_paramete
 all-or-nothing load_state_dict, real booleans for train()). ``check_lifecycle`` is also run against a
 mutant base class whose forward keeps the old cache: the check must fail (it can fail).
 """
+
 from __future__ import annotations
 
 import dataclasses
@@ -20,8 +21,8 @@ import pytest
 
 import scratch_rnn
 from scratch_rnn import GRU, LSTM, RNN, BCEWithLogitsLoss, CrossEntropyLoss, Embedding, Linear, Module, MSELoss
-from scratch_rnn.models import ModelConfig, SequenceModel
 from scratch_rnn.cells import cell_names, cell_spec
+from scratch_rnn.models import ModelConfig, SequenceModel
 
 
 @dataclasses.dataclass
@@ -31,11 +32,11 @@ class Case:
 
     name: str
     make: callable
-    inputs: callable      # rng -> (args, kwargs)
-    grad: callable        # (module, outputs, rng) -> cotangent args
-    bad: callable         # (args, kwargs) -> (args, kwargs) that make forward raise
-    mutate: callable      # (args, kwargs) -> None, in place
-    overflow: callable    # (module, outputs) -> cotangent args whose backward overflows
+    inputs: callable  # rng -> (args, kwargs)
+    grad: callable  # (module, outputs, rng) -> cotangent args
+    bad: callable  # (args, kwargs) -> (args, kwargs) that make forward raise
+    mutate: callable  # (args, kwargs) -> None, in place
+    overflow: callable  # (module, outputs) -> cotangent args whose backward overflows
 
 
 def _rnn_grad(m, out, rng):
@@ -56,9 +57,14 @@ def _rnn_case(name, dtype=np.float64, **kw):
         return (rng.standard_normal(shape).astype(dtype),), {}
 
     return Case(
-        name, lambda: RNN(3, 4, dtype=dtype, seed=0, **kw), inputs, _rnn_grad,
-        bad=lambda a, k: ((a[0][..., :2],), k), mutate=_zero_all,
-        overflow=lambda m, out: tuple(np.full_like(o, np.finfo(m.dtype).max) for o in out))
+        name,
+        lambda: RNN(3, 4, dtype=dtype, seed=0, **kw),
+        inputs,
+        _rnn_grad,
+        bad=lambda a, k: ((a[0][..., :2],), k),
+        mutate=_zero_all,
+        overflow=lambda m, out: tuple(np.full_like(o, np.finfo(m.dtype).max) for o in out),
+    )
 
 
 def _with_lengths(rng):
@@ -70,8 +76,9 @@ def _with_lengths(rng):
 def _seq_inputs(cfg):
     def inputs(rng):
         B, T = 3, 5
-        x = (rng.integers(1, cfg.vocab_size, (B, T)) if cfg.vocab_size else rng.standard_normal((B, T, cfg.input_size)))
+        x = rng.integers(1, cfg.vocab_size, (B, T)) if cfg.vocab_size else rng.standard_normal((B, T, cfg.input_size))
         return (x,), {"lengths": np.array([5, 2, 4])}
+
     return inputs
 
 
@@ -86,67 +93,139 @@ def _mutate_seq(args, kwargs):
     kwargs["lengths"][...] = 1
 
 
-TOKENS = ModelConfig(hidden_size=4, out_features=3, vocab_size=9, embedding_dim=3, num_layers=2, dropout=0.3,
-                     bidirectional=True, pooling="max", padding_idx=0, dtype="float64", seed=3)
+TOKENS = ModelConfig(
+    hidden_size=4,
+    out_features=3,
+    vocab_size=9,
+    embedding_dim=3,
+    num_layers=2,
+    dropout=0.3,
+    bidirectional=True,
+    pooling="max",
+    padding_idx=0,
+    dtype="float64",
+    seed=3,
+)
 DENSE = ModelConfig(hidden_size=4, out_features=2, input_size=3, task="per_step", loss="mse", dtype="float64", seed=4)
 
 CASES = [
     _rnn_case("RNN time-major", shape=(5, 2, 3)),
     _rnn_case("RNN batch_first", shape=(2, 5, 3), batch_first=True),
     _rnn_case("RNN unbatched", shape=(5, 3)),
-    _rnn_case("RNN float32 2 layers bidirectional", dtype=np.float32, shape=(5, 2, 3), num_layers=2,
-              bidirectional=True),
-    Case("RNN lengths and h0", lambda: RNN(3, 4, num_layers=2, bidirectional=True, dtype=np.float64, seed=1),
-         _with_lengths, _rnn_grad, bad=lambda a, k: ((a[0], a[1][:, :2], a[2]), k),
-         mutate=lambda a, k: (a[0].fill(0), a[1].fill(0), a[2].fill(1)),
-         overflow=lambda m, out: tuple(np.full_like(o, np.finfo(m.dtype).max) for o in out)),
-    Case("GRU lengths and h0", lambda: GRU(3, 4, num_layers=2, bidirectional=True, dtype=np.float64, seed=1),
-         _with_lengths, _rnn_grad, bad=lambda a, k: ((a[0], a[1][:, :2], a[2]), k),
-         mutate=lambda a, k: (a[0].fill(0), a[1].fill(0), a[2].fill(1)),
-         overflow=lambda m, out: tuple(np.full_like(o, np.finfo(m.dtype).max) for o in out)),
-    Case("LSTM projection, lengths and (h0, c0)",
-         lambda: LSTM(3, 4, num_layers=2, bidirectional=True, proj_size=2, dtype=np.float64, seed=1),
-         lambda rng: ((rng.standard_normal((5, 3, 3)), (rng.standard_normal((4, 3, 2)), rng.standard_normal((4, 3, 4))),
-                       np.array([5, 2, 4])), {}),
-         lambda m, out, rng: (rng.standard_normal(out[0].shape), tuple(rng.standard_normal(s.shape) for s in out[1])),
-         bad=lambda a, k: ((a[0], (a[1][0][:, :2], a[1][1]), a[2]), k),
-         mutate=lambda a, k: (a[0].fill(0), a[1][0].fill(0), a[1][1].fill(0), a[2].fill(1)),
-         overflow=lambda m, out: (np.full_like(out[0], np.finfo(m.dtype).max), None)),
-    Case("LSTM batch_first float32", lambda: LSTM(3, 4, batch_first=True, dtype=np.float32, seed=2),
-         lambda rng: ((rng.standard_normal((2, 5, 3)).astype(np.float32),), {}),
-         lambda m, out, rng: (rng.standard_normal(out[0].shape).astype(np.float32),), bad=lambda a, k: ((a[0][..., :2],), k),
-         mutate=_zero_all, overflow=lambda m, out: (np.full_like(out[0], np.finfo(m.dtype).max),)),
-    Case("Linear", lambda: Linear(3, 2, dtype=np.float64, seed=0), lambda rng: ((rng.standard_normal((4, 3)),), {}),
-         lambda m, out, rng: (rng.standard_normal(out.shape),), bad=lambda a, k: ((a[0][:, :2],), k), mutate=_zero_all,
-         overflow=lambda m, out: (np.full_like(out, np.finfo(m.dtype).max),)),
-    Case("Embedding", lambda: Embedding(6, 3, padding_idx=0, dtype=np.float64, seed=0),
-         lambda rng: ((np.array([[1, 1, 2, 3, 0], [2, 4, 5, 1, 0]]),), {}), lambda m, out, rng: (rng.standard_normal(out.shape),),
-         bad=lambda a, k: ((a[0] + 6,), k), mutate=lambda a, k: a[0].fill(5),
-         overflow=lambda m, out: (np.full_like(out, np.finfo(m.dtype).max),)),
-    Case("SequenceModel tokens", lambda: SequenceModel(TOKENS), _seq_inputs(TOKENS), _seq_grad,
-         bad=lambda a, k: (a, {"lengths": np.array([9, 1, 1])}), mutate=_mutate_seq,
-         overflow=lambda m, out: (np.full_like(out[0], np.finfo(m.dtype).max), None)),
-    Case("SequenceModel dense per-step", lambda: SequenceModel(DENSE), _seq_inputs(DENSE), _seq_grad,
-         bad=lambda a, k: ((a[0][:, :, :2],), k), mutate=_mutate_seq,
-         overflow=lambda m, out: (np.full_like(out[0], np.finfo(m.dtype).max), None)),
+    _rnn_case(
+        "RNN float32 2 layers bidirectional", dtype=np.float32, shape=(5, 2, 3), num_layers=2, bidirectional=True
+    ),
+    Case(
+        "RNN lengths and h0",
+        lambda: RNN(3, 4, num_layers=2, bidirectional=True, dtype=np.float64, seed=1),
+        _with_lengths,
+        _rnn_grad,
+        bad=lambda a, k: ((a[0], a[1][:, :2], a[2]), k),
+        mutate=lambda a, k: (a[0].fill(0), a[1].fill(0), a[2].fill(1)),
+        overflow=lambda m, out: tuple(np.full_like(o, np.finfo(m.dtype).max) for o in out),
+    ),
+    Case(
+        "GRU lengths and h0",
+        lambda: GRU(3, 4, num_layers=2, bidirectional=True, dtype=np.float64, seed=1),
+        _with_lengths,
+        _rnn_grad,
+        bad=lambda a, k: ((a[0], a[1][:, :2], a[2]), k),
+        mutate=lambda a, k: (a[0].fill(0), a[1].fill(0), a[2].fill(1)),
+        overflow=lambda m, out: tuple(np.full_like(o, np.finfo(m.dtype).max) for o in out),
+    ),
+    Case(
+        "LSTM projection, lengths and (h0, c0)",
+        lambda: LSTM(3, 4, num_layers=2, bidirectional=True, proj_size=2, dtype=np.float64, seed=1),
+        lambda rng: (
+            (
+                rng.standard_normal((5, 3, 3)),
+                (rng.standard_normal((4, 3, 2)), rng.standard_normal((4, 3, 4))),
+                np.array([5, 2, 4]),
+            ),
+            {},
+        ),
+        lambda m, out, rng: (rng.standard_normal(out[0].shape), tuple(rng.standard_normal(s.shape) for s in out[1])),
+        bad=lambda a, k: ((a[0], (a[1][0][:, :2], a[1][1]), a[2]), k),
+        mutate=lambda a, k: (a[0].fill(0), a[1][0].fill(0), a[1][1].fill(0), a[2].fill(1)),
+        overflow=lambda m, out: (np.full_like(out[0], np.finfo(m.dtype).max), None),
+    ),
+    Case(
+        "LSTM batch_first float32",
+        lambda: LSTM(3, 4, batch_first=True, dtype=np.float32, seed=2),
+        lambda rng: ((rng.standard_normal((2, 5, 3)).astype(np.float32),), {}),
+        lambda m, out, rng: (rng.standard_normal(out[0].shape).astype(np.float32),),
+        bad=lambda a, k: ((a[0][..., :2],), k),
+        mutate=_zero_all,
+        overflow=lambda m, out: (np.full_like(out[0], np.finfo(m.dtype).max),),
+    ),
+    Case(
+        "Linear",
+        lambda: Linear(3, 2, dtype=np.float64, seed=0),
+        lambda rng: ((rng.standard_normal((4, 3)),), {}),
+        lambda m, out, rng: (rng.standard_normal(out.shape),),
+        bad=lambda a, k: ((a[0][:, :2],), k),
+        mutate=_zero_all,
+        overflow=lambda m, out: (np.full_like(out, np.finfo(m.dtype).max),),
+    ),
+    Case(
+        "Embedding",
+        lambda: Embedding(6, 3, padding_idx=0, dtype=np.float64, seed=0),
+        lambda rng: ((np.array([[1, 1, 2, 3, 0], [2, 4, 5, 1, 0]]),), {}),
+        lambda m, out, rng: (rng.standard_normal(out.shape),),
+        bad=lambda a, k: ((a[0] + 6,), k),
+        mutate=lambda a, k: a[0].fill(5),
+        overflow=lambda m, out: (np.full_like(out, np.finfo(m.dtype).max),),
+    ),
+    Case(
+        "SequenceModel tokens",
+        lambda: SequenceModel(TOKENS),
+        _seq_inputs(TOKENS),
+        _seq_grad,
+        bad=lambda a, k: (a, {"lengths": np.array([9, 1, 1])}),
+        mutate=_mutate_seq,
+        overflow=lambda m, out: (np.full_like(out[0], np.finfo(m.dtype).max), None),
+    ),
+    Case(
+        "SequenceModel dense per-step",
+        lambda: SequenceModel(DENSE),
+        _seq_inputs(DENSE),
+        _seq_grad,
+        bad=lambda a, k: ((a[0][:, :, :2],), k),
+        mutate=_mutate_seq,
+        overflow=lambda m, out: (np.full_like(out[0], np.finfo(m.dtype).max), None),
+    ),
 ]
 # every registered plug-in cell, as the built-in cells above (a new cell needs no line here)
-CASES += [Case(f"{name} (a plug-in cell) lengths and h0",
-               lambda name=name: cell_spec(name).model_class()(3, 4, num_layers=2, bidirectional=True,
-                                                               dtype=np.float64, seed=1),
-               _with_lengths, _rnn_grad, bad=lambda a, k: ((a[0], a[1][:, :2], a[2]), k),
-               mutate=lambda a, k: (a[0].fill(0), a[1].fill(0), a[2].fill(1)),
-               overflow=lambda m, out: tuple(np.full_like(o, np.finfo(m.dtype).max) for o in out))
-          for name in cell_names(builtin=False)]
+CASES += [
+    Case(
+        f"{name} (a plug-in cell) lengths and h0",
+        lambda name=name: cell_spec(name).model_class()(
+            3, 4, num_layers=2, bidirectional=True, dtype=np.float64, seed=1
+        ),
+        _with_lengths,
+        _rnn_grad,
+        bad=lambda a, k: ((a[0], a[1][:, :2], a[2]), k),
+        mutate=lambda a, k: (a[0].fill(0), a[1].fill(0), a[2].fill(1)),
+        overflow=lambda m, out: tuple(np.full_like(o, np.finfo(m.dtype).max) for o in out),
+    )
+    for name in cell_names(builtin=False)
+]
 
 
 def _loss_case(cls, target):
     def mutate(a, k):
         a[0].fill(0.0)
         a[1].fill(0 if a[1].dtype.kind in "iu" else 0.5)
-    return Case(cls.__name__, cls, lambda rng: ((rng.standard_normal((4, 3)), target(rng)), {}),
-                lambda m, out, rng: (rng.standard_normal(),), bad=lambda a, k: ((a[0], a[1][:2]), k), mutate=mutate,
-                overflow=lambda m, out: (np.nan,))
+
+    return Case(
+        cls.__name__,
+        cls,
+        lambda rng: ((rng.standard_normal((4, 3)), target(rng)), {}),
+        lambda m, out, rng: (rng.standard_normal(),),
+        bad=lambda a, k: ((a[0], a[1][:2]), k),
+        mutate=mutate,
+        overflow=lambda m, out: (np.nan,),
+    )
 
 
 CASES += [
@@ -241,8 +320,9 @@ def check_lifecycle(case: Case, seed: int = 0) -> None:
             assert not any(v.any() for v in m.grads.values()), "rule 5: a refused backward added grads"
         else:
             for k, v in once.items():
-                assert np.array_equal(m.grads[k], v), \
+                assert np.array_equal(m.grads[k], v), (
                     f"rule 5: {name} changed after forward, backward ran and its grad {k} changed"
+                )
             for r1, r2 in zip(_flat(first), _flat(changed)):
                 assert np.array_equal(r1, r2), f"rule 5: {name} changed after forward changed an input gradient"
         finally:
@@ -257,13 +337,20 @@ def _flat(x):
 
 def test_every_module_subclass_is_covered():
     """A new Module subclass must be added to CASES (the rules hold for every model to come)."""
+
     def subclasses(cls):
         for sub in cls.__subclasses__():
             yield sub
             yield from subclasses(sub)
-    mine = {c for c in subclasses(Module) if c.__module__.startswith("scratch_rnn") and not c.__name__.startswith("_")
-            and c._forward is not Module._forward  # abstract bases (RecurrentBase) have no forward of their own
-            and not c.__dict__.get("ABSTRACT", False)}  # nor does StepCell have a layout of its own
+
+    mine = {
+        c
+        for c in subclasses(Module)
+        if c.__module__.startswith("scratch_rnn")
+        and not c.__name__.startswith("_")
+        and c._forward is not Module._forward  # abstract bases (RecurrentBase) have no forward of their own
+        and not c.__dict__.get("ABSTRACT", False)
+    }  # nor does StepCell have a layout of its own
     covered = {type(case.make()) for case in CASES}
     assert mine <= covered, f"not covered by the lifecycle check: {sorted(c.__name__ for c in mine - covered)}"
 
@@ -277,18 +364,22 @@ def test_lifecycle_rules(case):
 def test_the_lifecycle_check_fails_on_a_broken_base(monkeypatch, mutant):
     """Mutation check: a base without the cache clearing / the consumption / the staged accumulation is caught."""
     if mutant == "keep_cache_on_failed_forward":
+
         def forward(self, *args, **kwargs):
             outputs, cache = self._forward(*args, **kwargs)  # the old cache survives a raising _forward
             self._cache = cache
             return outputs
+
         monkeypatch.setattr(Module, "forward", forward)
     elif mutant == "never_consume":
         orig = Module.backward
-        monkeypatch.setattr(Module, "backward", lambda self, *g, retain_graph=False, **kw:
-                            orig(self, *g, retain_graph=True, **kw))
+        monkeypatch.setattr(
+            Module, "backward", lambda self, *g, retain_graph=False, **kw: orig(self, *g, retain_graph=True, **kw)
+        )
     elif mutant == "no_snapshot":
         monkeypatch.setattr(Module, "_check_unchanged", lambda self, snapshot, reader: None)
     else:
+
         def accumulate(self, param_grads):
             for name, g in param_grads.items():
                 if isinstance(g, scratch_rnn.module.RowGrad):
@@ -297,6 +388,7 @@ def test_the_lifecycle_check_fails_on_a_broken_base(monkeypatch, mutant):
                     self.grads[name] += g
             if any(not np.isfinite(v).all() for v in self.grads.values()):
                 raise FloatingPointError("nothing was accumulated (a lie)")
+
         monkeypatch.setattr(Module, "accumulate", accumulate)
     failures = 0
     for case in CASES:

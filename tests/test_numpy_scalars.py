@@ -1,6 +1,7 @@
 """NumPy scalars (np.int64, np.float32, np.bool_: what loops over np.arange produce) in the
 configurations and in an ``evaluate`` hook's metrics: accepted once, at the validation layer, stored
 as Python numbers, so that a run saves and resumes its checkpoints (issue 19, class 3)."""
+
 from __future__ import annotations
 
 import dataclasses
@@ -16,15 +17,41 @@ from scratch_rnn.init import RecurrentInit
 from scratch_rnn.models import ModelConfig, SequenceModel
 from scratch_rnn.train import Dataset, TrainConfig, Trainer
 
-MODEL = dict(hidden_size=4, out_features=2, vocab_size=9, embedding_dim=3, num_layers=2, dropout=0.25,
-             bidirectional=True, padding_idx=0, dtype="float64", seed=3, proj_size=0)
-TRAIN = dict(optimizer="adam", optimizer_kwargs={"lr": 0.01, "betas": (0.8, 0.9)}, epochs=3, batch_size=4,
-             clip_norm=1.5, clip_value=2.0, seed=2, shuffle=True, lr_decay=0.5, select="best",
-             select_metric="score", patience=5, max_skipped_fraction=0.25, checkpoint_every=1, progress=False)
+MODEL = dict(
+    hidden_size=4,
+    out_features=2,
+    vocab_size=9,
+    embedding_dim=3,
+    num_layers=2,
+    dropout=0.25,
+    bidirectional=True,
+    padding_idx=0,
+    dtype="float64",
+    seed=3,
+    proj_size=0,
+)
+TRAIN = dict(
+    optimizer="adam",
+    optimizer_kwargs={"lr": 0.01, "betas": (0.8, 0.9)},
+    epochs=3,
+    batch_size=4,
+    clip_norm=1.5,
+    clip_value=2.0,
+    seed=2,
+    shuffle=True,
+    lr_decay=0.5,
+    select="best",
+    select_metric="score",
+    patience=5,
+    max_skipped_fraction=0.25,
+    checkpoint_every=1,
+    progress=False,
+)
 
 
 def _numpy(d: dict) -> dict:
     """The same settings as NumPy scalars (bools as np.bool_, ints as np.int64, floats as np.float64)."""
+
     def conv(v):
         if isinstance(v, bool):
             return np.bool_(v)
@@ -37,6 +64,7 @@ def _numpy(d: dict) -> dict:
         if isinstance(v, dict):
             return {k: conv(x) for k, x in v.items()}
         return v
+
     return {k: conv(v) for k, v in d.items()}
 
 
@@ -61,8 +89,12 @@ def _data():
 def numpy_metrics(model):
     """An evaluate hook whose metrics are NumPy scalars of three kinds, and a 0-d array."""
     w = model.parameters()["head.weight"]
-    return {"score": np.float32(np.abs(w).sum()), "count": np.int64((w > 0).sum()), "ok": np.bool_(True),
-            "mean": np.asarray(w.mean())}
+    return {
+        "score": np.float32(np.abs(w).sum()),
+        "count": np.int64((w > 0).sum()),
+        "ok": np.bool_(True),
+        "mean": np.asarray(w.mean()),
+    }
 
 
 def test_configs_store_python_values():
@@ -80,9 +112,26 @@ def test_sentiment_and_flow_configs_store_python_values():
     from experiments.gradients.flow import FlowConfig
     from experiments.sentiment.train import SentimentConfig
 
-    s = SentimentConfig(**_numpy(dict(max_vocab=100, min_freq=1, max_len=20, train_size=40, test_size=20,
-                                      valid_fraction=0.25, hidden_size=8, bidirectional=False, lr=0.01,
-                                      lr_decay=0.9, clip_norm=2.0, patience=2, seed=4, dropout=0.0)))
+    s = SentimentConfig(
+        **_numpy(
+            dict(
+                max_vocab=100,
+                min_freq=1,
+                max_len=20,
+                train_size=40,
+                test_size=20,
+                valid_fraction=0.25,
+                hidden_size=8,
+                bidirectional=False,
+                lr=0.01,
+                lr_decay=0.9,
+                clip_norm=2.0,
+                patience=2,
+                seed=4,
+                dropout=0.0,
+            )
+        )
+    )
     _assert_plain(dataclasses.asdict(s), "SentimentConfig")
     _assert_plain(s.train_config().to_dict(), "SentimentConfig.train_config()")
     _assert_plain(dataclasses.asdict(FlowConfig(n_train=np.int64(8), lr=np.float32(0.5))), "FlowConfig")
@@ -101,22 +150,32 @@ def test_flags_stay_real_booleans(bad):
 def test_a_run_with_numpy_scalars_saves_and_resumes_like_a_plain_run(tmp_path):
     """The oracle: the same run with plain Python settings, uninterrupted. The NumPy-scalar run is
     stopped after 4 steps (checkpoint saved), resumed by a fresh trainer, and must match it bit for bit."""
-    ref = Trainer(SequenceModel(ModelConfig(**MODEL)), TrainConfig(**{**TRAIN, "checkpoint_dir": str(tmp_path / "a")}),
-                  evaluate=numpy_metrics)
+    ref = Trainer(
+        SequenceModel(ModelConfig(**MODEL)),
+        TrainConfig(**{**TRAIN, "checkpoint_dir": str(tmp_path / "a")}),
+        evaluate=numpy_metrics,
+    )
     ref.fit(_data())
 
     folder = tmp_path / "b"
-    first = Trainer(SequenceModel(ModelConfig(**_numpy(MODEL))),
-                    TrainConfig(**_numpy({**TRAIN, "checkpoint_dir": str(folder), "max_steps": 4})),
-                    evaluate=numpy_metrics)
+    first = Trainer(
+        SequenceModel(ModelConfig(**_numpy(MODEL))),
+        TrainConfig(**_numpy({**TRAIN, "checkpoint_dir": str(folder), "max_steps": 4})),
+        evaluate=numpy_metrics,
+    )
     first.fit(_data())
     assert first.last_checkpoint_step == 4
     metrics = [r for r in first.epochs if "score" in r]
-    assert metrics and all(type(r["score"]) is float and type(r["count"]) is int and r["ok"] is True
-                           and type(r["mean"]) is float for r in metrics)
+    assert metrics and all(
+        type(r["score"]) is float and type(r["count"]) is int and r["ok"] is True and type(r["mean"]) is float
+        for r in metrics
+    )
 
-    again = Trainer(SequenceModel(ModelConfig(**_numpy(MODEL))),
-                    TrainConfig(**_numpy({**TRAIN, "checkpoint_dir": str(folder)})), evaluate=numpy_metrics)
+    again = Trainer(
+        SequenceModel(ModelConfig(**_numpy(MODEL))),
+        TrainConfig(**_numpy({**TRAIN, "checkpoint_dir": str(folder)})),
+        evaluate=numpy_metrics,
+    )
     again.load_checkpoint()
     again.fit(_data())
     assert again.step == ref.step and again.selected_epoch == ref.selected_epoch
@@ -126,11 +185,27 @@ def test_a_run_with_numpy_scalars_saves_and_resumes_like_a_plain_run(tmp_path):
     assert [{k: v for k, v in r.items() if "seconds" not in k} for r in again.epochs] == strip
 
 
-@pytest.mark.parametrize("metric,what", [("high", "str"), ([0.5, 0.6], "list"), (np.array([0.5, 0.6]), "shape (2,)"),
-                                         ({"a": 1}, "dict"), (1 + 2j, "complex")])
+@pytest.mark.parametrize(
+    "metric,what",
+    [
+        ("high", "str"),
+        ([0.5, 0.6], "list"),
+        (np.array([0.5, 0.6]), "shape (2,)"),
+        ({"a": 1}, "dict"),
+        (1 + 2j, "complex"),
+    ],
+)
 def test_a_metric_that_is_not_one_number_is_refused_at_the_hook(tmp_path, metric, what):
-    cfg = TrainConfig(**{**TRAIN, "checkpoint_dir": str(tmp_path), "select": "last", "select_metric": None,
-                         "patience": None, "checkpoint_every": 1})
+    cfg = TrainConfig(
+        **{
+            **TRAIN,
+            "checkpoint_dir": str(tmp_path),
+            "select": "last",
+            "select_metric": None,
+            "patience": None,
+            "checkpoint_every": 1,
+        }
+    )
     t = Trainer(SequenceModel(ModelConfig(**MODEL)), cfg, evaluate=lambda m: {"acc": 0.5, "none": None, "bad": metric})
     with pytest.raises(TypeError, match=rf"evaluate\(\)\['bad'\]: expected one real number.*{re.escape(what)}"):
         t.fit(_data())
@@ -156,9 +231,10 @@ def test_saving_metadata_json_cannot_hold_is_refused_before_writing(tmp_path):
 
 
 def test_plain_scalar_and_plain_json():
-    assert [type(plain_scalar("v", v)) for v in (np.int8(1), np.uint64(2), np.float16(1), np.bool_(0),
-                                                   np.array(3.0), 4, 5.0, True)] == \
-        [int, int, float, bool, float, int, float, bool]
+    assert [
+        type(plain_scalar("v", v))
+        for v in (np.int8(1), np.uint64(2), np.float16(1), np.bool_(0), np.array(3.0), 4, 5.0, True)
+    ] == [int, int, float, bool, float, int, float, bool]
     assert plain_json("k", {"betas": (np.float32(0.5), 0.9), "n": [np.int64(1)]}) == {"betas": [0.5, 0.9], "n": [1]}
     with pytest.raises(TypeError, match=r"k\[1\]: expected a number"):
         plain_json("k", [1, {2}])

@@ -1,4 +1,5 @@
 """scratch_rnn.optim against torch.optim (float64, every step), closed forms, state round trips, bad input."""
+
 from __future__ import annotations
 
 import math
@@ -54,8 +55,9 @@ def _random_params(rng, dtype=np.float64):
 
 def _grad_sequence(rng, params, n, scales):
     """n gradient dicts: noise at a per-array scale (1e-4..1e2, to exercise eps) plus a pull toward 0."""
-    return [{k: (rng.standard_normal(p.shape) * s + 0.1 * p) for (k, p), s in zip(params.items(), scales)}
-            for _ in range(n)]
+    return [
+        {k: (rng.standard_normal(p.shape) * s + 0.1 * p) for (k, p), s in zip(params.items(), scales)} for _ in range(n)
+    ]
 
 
 @settings(max_examples=40 if settings.default.max_examples <= 25 else 200)
@@ -69,9 +71,13 @@ def test_matches_torch_optim_every_step(opts, seed, n_steps):
     grads = _grad_sequence(rng, params, n_steps, scales)
     tparams = {k: torch.tensor(v, requires_grad=True) for k, v in params.items()}
     ours = optim.make_optimizer(name, params, **kw)
-    theirs = {"sgd": torch.optim.SGD, "adam": torch.optim.Adam, "adamw": torch.optim.AdamW,
-              "adagrad": torch.optim.Adagrad, "rmsprop": torch.optim.RMSprop}[name](
-        list(tparams.values()), foreach=False, **kw)
+    theirs = {
+        "sgd": torch.optim.SGD,
+        "adam": torch.optim.Adam,
+        "adamw": torch.optim.AdamW,
+        "adagrad": torch.optim.Adagrad,
+        "rmsprop": torch.optim.RMSprop,
+    }[name](list(tparams.values()), foreach=False, **kw)
     config = dict(optimizer=name, seed=seed, n_steps=n_steps, scales=scales.tolist(), **kw)
     for t, g in enumerate(grads):
         ours.step({k: v.copy() for k, v in g.items()})
@@ -84,8 +90,9 @@ def test_matches_torch_optim_every_step(opts, seed, n_steps):
                 if key == "step":
                     assert float(ours.state[k]["step"]) == float(value), (k, config)
                 else:
-                    assert_close(ours.state[k][key], value.numpy(), name=f"state[{k}][{key}] step {t + 1}",
-                                 config=config)
+                    assert_close(
+                        ours.state[k][key], value.numpy(), name=f"state[{k}][{key}] step {t + 1}", config=config
+                    )
             assert set(ours.state[k]) == set(theirs.state[p]), (k, sorted(ours.state[k]), config)
 
 
@@ -163,8 +170,9 @@ def test_updates_in_place_and_state_dict_round_trip_is_exact(name):
     params = _random_params(rng)
     alias = params["p0"]
     kw = dict(lr=0.05, weight_decay=0.01)
-    kw.update(dict(sgd=dict(momentum=0.9), rmsprop=dict(momentum=0.3, centered=True),
-                   adam=dict(amsgrad=True)).get(name, {}))
+    kw.update(
+        dict(sgd=dict(momentum=0.9), rmsprop=dict(momentum=0.3, centered=True), adam=dict(amsgrad=True)).get(name, {})
+    )
     grads = _grad_sequence(rng, params, 10, [1.0, 0.1, 10.0])
     o = optim.make_optimizer(name, params, **kw)
     for g in grads[:5]:
@@ -205,12 +213,16 @@ def test_float32_params_stay_float32_and_track_torch():
 # clipping
 # ---------------------------------------------------------------------------------------------
 @settings(max_examples=30)
-@given(seed=st.integers(0, 2**31 - 1), max_norm=st.sampled_from([1e-3, 0.5, 1.0, 5.0, 1e3]),
-       norm_type=st.sampled_from([2.0, 1.0, 3.0, math.inf, "inf"]))
+@given(
+    seed=st.integers(0, 2**31 - 1),
+    max_norm=st.sampled_from([1e-3, 0.5, 1.0, 5.0, 1e3]),
+    norm_type=st.sampled_from([2.0, 1.0, 3.0, math.inf, "inf"]),
+)
 def test_clip_grad_norm_matches_torch_and_the_closed_form(seed, max_norm, norm_type):
     rng = np.random.default_rng(seed)
-    grads = {k: rng.standard_normal(s) * rng.choice([0.1, 1, 3]) for k, s in
-             (("a", (3, 4)), ("b", (5,)), ("c", (2, 2, 2)))}
+    grads = {
+        k: rng.standard_normal(s) * rng.choice([0.1, 1, 3]) for k, s in (("a", (3, 4)), ("b", (5,)), ("c", (2, 2, 2)))
+    }
     before = {k: v.copy() for k, v in grads.items()}
     flat = np.concatenate([v.ravel() for v in before.values()])
     p = math.inf if norm_type == "inf" else norm_type
@@ -228,8 +240,12 @@ def test_clip_grad_norm_matches_torch_and_the_closed_form(seed, max_norm, norm_t
         assert_close(g, before[k] * coef, name=f"clipped {k} (closed form)", config=config)
         assert_close(g, t.grad.numpy(), name=f"clipped {k} (torch)", config=config)
     if coef < 1:
-        assert_close(optim.total_norm(grads, norm_type), max_norm * expected_total / (expected_total + 1e-6),
-                     name="norm after clipping", config=config)
+        assert_close(
+            optim.total_norm(grads, norm_type),
+            max_norm * expected_total / (expected_total + 1e-6),
+            name="norm after clipping",
+            config=config,
+        )
     else:
         for k in grads:
             np.testing.assert_array_equal(grads[k], before[k])
@@ -257,16 +273,19 @@ def test_clip_grad_norm_nonfinite():
 # ---------------------------------------------------------------------------------------------
 # bad input
 # ---------------------------------------------------------------------------------------------
-@pytest.mark.parametrize("name, kwargs, match", [
-    ("sgd", dict(lr=-1.0), "lr: expected a number >= 0, got -1.0"),
-    ("sgd", dict(nesterov=True), "nesterov: Nesterov momentum requires momentum > 0"),
-    ("sgd", dict(momentum=0.9, dampening=0.1, nesterov=True), "dampening=0.1"),
-    ("adam", dict(betas=(0.9, 1.0)), r"betas\[1\]: expected a number in \[0, 1\), got 1.0"),
-    ("adam", dict(betas=0.9), r"betas: expected a pair"),
-    ("adamw", dict(eps=-1e-8), "eps: expected a number >= 0"),
-    ("adagrad", dict(lr_decay=-0.1), "lr_decay"),
-    ("rmsprop", dict(alpha=float("nan")), "alpha"),
-])
+@pytest.mark.parametrize(
+    "name, kwargs, match",
+    [
+        ("sgd", dict(lr=-1.0), "lr: expected a number >= 0, got -1.0"),
+        ("sgd", dict(nesterov=True), "nesterov: Nesterov momentum requires momentum > 0"),
+        ("sgd", dict(momentum=0.9, dampening=0.1, nesterov=True), "dampening=0.1"),
+        ("adam", dict(betas=(0.9, 1.0)), r"betas\[1\]: expected a number in \[0, 1\), got 1.0"),
+        ("adam", dict(betas=0.9), r"betas: expected a pair"),
+        ("adamw", dict(eps=-1e-8), "eps: expected a number >= 0"),
+        ("adagrad", dict(lr_decay=-0.1), "lr_decay"),
+        ("rmsprop", dict(alpha=float("nan")), "alpha"),
+    ],
+)
 def test_bad_hyperparameters_name_the_argument(name, kwargs, match):
     with pytest.raises(ValueError, match=match):
         optim.make_optimizer(name, {"w": np.zeros(3)}, **kwargs)

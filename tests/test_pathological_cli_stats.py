@@ -1,6 +1,7 @@
 """The gradient study, part three: the pathological report's statistics (Wilson intervals against their closed
 form, known values and an independent inversion of the score test; what orderings the report claims), the trial
 selection of the command line (in a subprocess, as a user runs it) and the scale of the exact Ω against the code's."""
+
 from __future__ import annotations
 
 import json
@@ -54,8 +55,14 @@ def test_wilson_known_values():
     """Published values (statsmodels' proportion_confint(method="wilson"), 95 %) and the closed ends at 0 and n:
     upper = z²/(n + z²) for 0 successes, lower = n/(n + z²) for n."""
     z2 = NormalDist().inv_cdf(0.975) ** 2
-    cases = {(0, 3): (0.0, 3.8415 / 6.8415), (3, 3): (3 / 6.8415, 1.0), (1, 3): (0.0615, 0.7923),
-             (2, 3): (0.2077, 0.9385), (1, 10): (0.0179, 0.4042), (5, 5): (0.5655, 1.0)}
+    cases = {
+        (0, 3): (0.0, 3.8415 / 6.8415),
+        (3, 3): (3 / 6.8415, 1.0),
+        (1, 3): (0.0615, 0.7923),
+        (2, 3): (0.2077, 0.9385),
+        (1, 10): (0.0179, 0.4042),
+        (5, 5): (0.5655, 1.0),
+    }
     for (k, n), (lo, hi) in cases.items():
         got = wilson_interval(k, n)
         assert got[0] == pytest.approx(lo, abs=1e-4) and got[1] == pytest.approx(hi, abs=1e-4), (k, n, got)
@@ -73,11 +80,17 @@ def test_wilson_inverts_the_score_test(n, frac, confidence):
     assert lo == pytest.approx(ref_lo, abs=1e-12) and hi == pytest.approx(ref_hi, abs=1e-12), (k, n, confidence)
 
 
-@pytest.mark.parametrize("args, error, match", [
-    ((4, 3), ValueError, "successes=4, trials=3"), ((-1, 3), ValueError, "successes=-1"),
-    ((0, 0), ValueError, "trials=0"), ((1.0, 3), TypeError, "successes: expected an integer"),
-    ((True, 3), TypeError, "successes"), ((1, 3, 1.0), ValueError, "confidence: expected a number in \\(0, 1\\)"),
-])
+@pytest.mark.parametrize(
+    "args, error, match",
+    [
+        ((4, 3), ValueError, "successes=4, trials=3"),
+        ((-1, 3), ValueError, "successes=-1"),
+        ((0, 0), ValueError, "trials=0"),
+        ((1.0, 3), TypeError, "successes: expected an integer"),
+        ((True, 3), TypeError, "successes"),
+        ((1, 3, 1.0), ValueError, "confidence: expected a number in \\(0, 1\\)"),
+    ],
+)
 def test_wilson_bad_input(args, error, match):
     with pytest.raises(error, match=match):
         wilson_interval(*args)
@@ -98,13 +111,29 @@ def test_report_claims_only_supported_orderings():
     """The summary carries each cell's interval and best-error spread; an ordering is claimed only for disjoint
     intervals (5 of 5 against 0 of 5) or, among unsolved methods, for best errors that do not overlap."""
     rows = []
-    for method, solved, errors in (("a", [1] * 5, [0.0] * 5), ("b", [0] * 5, [0.30, 0.31, 0.32, 0.33, 0.34]),
-                                   ("c", [0] * 5, [0.10, 0.12, 0.2, 0.305, 0.11]),
-                                   ("d", [0] * 5, [0.5, 0.6, 0.7, 0.8, 0.9]),
-                                   ("e", [1, 0, 0, 0, 0], [0.0, 0.4, 0.4, 0.4, 0.4])):
-        rows += [dict(task="adding", length=50, method=method, solved=bool(s), best_error=e, diverged=False,
-                      final_train_loss=0.1, grad_norm_median=1.0, grad_norm_max=1.0, clipped_fraction=0.5, iters=10)
-                 for s, e in zip(solved, errors)]
+    for method, solved, errors in (
+        ("a", [1] * 5, [0.0] * 5),
+        ("b", [0] * 5, [0.30, 0.31, 0.32, 0.33, 0.34]),
+        ("c", [0] * 5, [0.10, 0.12, 0.2, 0.305, 0.11]),
+        ("d", [0] * 5, [0.5, 0.6, 0.7, 0.8, 0.9]),
+        ("e", [1, 0, 0, 0, 0], [0.0, 0.4, 0.4, 0.4, 0.4]),
+    ):
+        rows += [
+            dict(
+                task="adding",
+                length=50,
+                method=method,
+                solved=bool(s),
+                best_error=e,
+                diverged=False,
+                final_train_loss=0.1,
+                grad_norm_median=1.0,
+                grad_norm_max=1.0,
+                clipped_fraction=0.5,
+                iters=10,
+            )
+            for s, e in zip(solved, errors)
+        ]
     df = pd.DataFrame(rows)
     summary = pathological.summarize(df)
     a = summary[summary.method == "a"].iloc[0]
@@ -132,15 +161,36 @@ def test_command_line_runs_exactly_the_selected_trials(tmp_path):
     """The issue's command, in a subprocess: --tasks/--lengths/--methods/--seed/--max-iters select the trials (the
     protocol's seeds offset by --seed), even a method the protocol limits to other lengths (sgd_cr_exact: length 50
     only in the budget protocol); the table keeps task, length, method, solved and solved_at."""
-    cmd = [sys.executable, "-m", "experiments.gradients", "pathological", "--protocol", "budget", "--tasks", "adding",
-           "--lengths", "100", "--methods", "sgd_cr_exact", "--seed", "4", "--max-iters", "3", "--workers", "1",
-           "--no-progress", "--out", str(tmp_path)]
+    cmd = [
+        sys.executable,
+        "-m",
+        "experiments.gradients",
+        "pathological",
+        "--protocol",
+        "budget",
+        "--tasks",
+        "adding",
+        "--lengths",
+        "100",
+        "--methods",
+        "sgd_cr_exact",
+        "--seed",
+        "4",
+        "--max-iters",
+        "3",
+        "--workers",
+        "1",
+        "--no-progress",
+        "--out",
+        str(tmp_path),
+    ]
     env = {**os.environ, "PYTHONPATH": str(ROOT)}
     proc = subprocess.run(cmd, cwd=ROOT, capture_output=True, text=True, timeout=300, env=env)
     assert proc.returncode == 0, proc.stderr[-2000:]
     rows = trial_rows(tmp_path)
     assert sorted((r["task"], r["length"], r["method"], r["seed"], r["max_iters"]) for r in rows) == [
-        ("adding", 100, "sgd_cr_exact", s, 3) for s in (4, 5, 6)]
+        ("adding", 100, "sgd_cr_exact", s, 3) for s in (4, 5, 6)
+    ]
     for r in rows:
         assert {"task", "length", "method", "solved", "solved_at"} <= set(r)
         assert r["solved"] is False and r["solved_at"] is None and r["iters"] == 3
@@ -148,16 +198,41 @@ def test_command_line_runs_exactly_the_selected_trials(tmp_path):
 
 
 def test_command_line_seed_count_and_bad_selections(tmp_path, capsys):
-    assert cli.main(["pathological", "--tasks", "temporal_order", "--lengths", "10", "--methods", "sgd_clip", "sgd",
-                     "--seed", "2", "--num-seeds", "1", "--max-iters", "2", "--workers", "1", "--no-progress",
-                     "--out", str(tmp_path)]) == 0
+    assert (
+        cli.main(
+            [
+                "pathological",
+                "--tasks",
+                "temporal_order",
+                "--lengths",
+                "10",
+                "--methods",
+                "sgd_clip",
+                "sgd",
+                "--seed",
+                "2",
+                "--num-seeds",
+                "1",
+                "--max-iters",
+                "2",
+                "--workers",
+                "1",
+                "--no-progress",
+                "--out",
+                str(tmp_path),
+            ]
+        )
+        == 0
+    )
     rows = trial_rows(tmp_path)
     assert sorted((r["method"], r["seed"], r["length"]) for r in rows) == [("sgd", 2, 10), ("sgd_clip", 2, 10)]
-    for argv, match in ((["--methods", "sgd_cr_paper"], '--methods: .*"sgd_cr_paper" is now "sgd_cr_exact"'),
-                        (["--methods", "nope"], "--methods: expected names among"),
-                        (["--lengths", "9"], r"--lengths: expected integers >= 10 .*got \[9\]"),
-                        (["--max-iters", "0"], "--max-iters: expected a positive integer, got 0"),
-                        (["--num-seeds", "0"], "--num-seeds: expected a positive integer, got 0")):
+    for argv, match in (
+        (["--methods", "sgd_cr_paper"], '--methods: .*"sgd_cr_paper" is now "sgd_cr_exact"'),
+        (["--methods", "nope"], "--methods: expected names among"),
+        (["--lengths", "9"], r"--lengths: expected integers >= 10 .*got \[9\]"),
+        (["--max-iters", "0"], "--max-iters: expected a positive integer, got 0"),
+        (["--num-seeds", "0"], "--num-seeds: expected a positive integer, got 0"),
+    ):
         capsys.readouterr()
         assert cli.main(["pathological", "--out", str(tmp_path / "bad"), *argv]) == 2
         assert __import__("re").search(match, capsys.readouterr().err), argv
@@ -168,8 +243,19 @@ def test_unscreened_trial_records_where_it_was_solved(monkeypatch):
     """solved_at in every protocol: the step of the check that found no wrong sample (here the second)."""
     errors = iter([0.2, 0.0])
     monkeypatch.setattr(pathological, "evaluate", lambda *a, **k: next(errors))
-    spec = dict(task="adding", length=10, method="sgd_clip", seed=0, hidden=4, batch=3, lr=0.01, clip=1.0,
-                max_iters=100, check_every=5, eval_samples=10)
+    spec = dict(
+        task="adding",
+        length=10,
+        method="sgd_clip",
+        seed=0,
+        hidden=4,
+        batch=3,
+        lr=0.01,
+        clip=1.0,
+        max_iters=100,
+        check_every=5,
+        eval_samples=10,
+    )
     res = pathological._run_trial(spec)
     assert res["solved"] and res["solved_at"] == 10 and res["iters"] == 10
 

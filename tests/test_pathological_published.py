@@ -1,6 +1,7 @@
 """The gradient study, part three: the published settings as options (one bias, per-batch lengths, basic tanh init,
 lstm_rmsprop, indrnn), trials that checkpoint themselves and resume (a SIGKILL mid-trial, then a rerun, gives the
 uninterrupted run's row), the cost estimate before a grid, and the learning curves."""
+
 from __future__ import annotations
 
 import json
@@ -27,8 +28,19 @@ TIMES = ("seconds", "train_seconds", "eval_seconds", "resumed_from", "trial_id")
 
 
 def _spec(**kw):
-    spec = dict(task="adding", length=12, method="sgd_clip", seed=1, hidden=6, batch=5, lr=0.1, clip=1.0,
-                max_iters=1, check_every=1, eval_samples=10)
+    spec = dict(
+        task="adding",
+        length=12,
+        method="sgd_clip",
+        seed=1,
+        hidden=6,
+        batch=5,
+        lr=0.1,
+        clip=1.0,
+        max_iters=1,
+        check_every=1,
+        eval_samples=10,
+    )
     spec.update(kw)
     return spec
 
@@ -48,11 +60,16 @@ def _torch_pair(model, nonlinearity="tanh", cell="rnn"):
 def _torch_grads(rnn, lin, x, y, task):
     out, _ = rnn(torch.tensor(x))
     pred = lin(out[-1])
-    loss = (torch.nn.functional.mse_loss(pred, torch.tensor(y)) if task == "adding"
-            else torch.nn.functional.cross_entropy(pred, torch.tensor(y)))
+    loss = (
+        torch.nn.functional.mse_loss(pred, torch.tensor(y))
+        if task == "adding"
+        else torch.nn.functional.cross_entropy(pred, torch.tensor(y))
+    )
     loss.backward()
-    return {**{f"rnn.{k}": v.grad.numpy().copy() for k, v in rnn.named_parameters()},
-            **{f"head.{k}": v.grad.numpy().copy() for k, v in lin.named_parameters()}}
+    return {
+        **{f"rnn.{k}": v.grad.numpy().copy() for k, v in rnn.named_parameters()},
+        **{f"head.{k}": v.grad.numpy().copy() for k, v in lin.named_parameters()},
+    }
 
 
 # ---------------------------------------------------------------------------------------------------------------
@@ -76,7 +93,7 @@ def test_one_bias_is_their_code_s_single_bias(method):
     del g["rnn.bias_hh_l0"]  # their code has one bias: its gradient is bias_ih's
     trainer = P.trial_trainer(spec, model, np.random.default_rng(0))
     (rec,) = trainer.train_batch(P.batch_first(x), y)
-    norm = math.sqrt(sum(float(np.sum(v ** 2)) for v in g.values()))
+    norm = math.sqrt(sum(float(np.sum(v**2)) for v in g.values()))
     scale = spec["clip"] / norm if method == "sgd_clip" and norm > spec["clip"] else 1.0
     assert_close(rec.grad_norm, norm, name="recorded norm (one bias)")
     assert (model.parameters()["rnn.bias_hh_l0"] == 0).all()
@@ -133,7 +150,7 @@ def test_lstm_rmsprop_step_is_arjovsky_et_al_s():
     b_w, b_u = math.sqrt(6 / (2 + H)), math.sqrt(6 / (2 * H))
     assert np.abs(p["rnn.weight_ih_l0"]).max() <= b_w and np.abs(p["rnn.weight_hh_l0"]).max() <= b_u
     assert np.abs(p["rnn.weight_hh_l0"]).max() > 0.8 * b_u
-    assert (p["rnn.bias_ih_l0"][H:2 * H] == 1).all() and p["rnn.bias_ih_l0"].sum() == H
+    assert (p["rnn.bias_ih_l0"][H : 2 * H] == 1).all() and p["rnn.bias_ih_l0"].sum() == H
     assert not p["rnn.bias_hh_l0"].any()
     trainer = P.trial_trainer(spec, model, np.random.default_rng(0))
     assert trainer.one_bias  # published: their one bias per gate, whatever the protocol says
@@ -147,7 +164,7 @@ def test_lstm_rmsprop_step_is_arjovsky_et_al_s():
         trainer.train_batch(P.batch_first(x), y)
         for k, gk in g.items():
             gk = np.clip(gk, -1, 1)
-            v[k] = 0.9 * v[k] + 0.1 * gk ** 2
+            v[k] = 0.9 * v[k] + 0.1 * gk**2
             assert_close(model.parameters()[k], before[k] - 1e-3 * gk / np.sqrt(v[k]), name=f"{k} step {step}")
         assert not model.parameters()["rnn.bias_hh_l0"].any()
     assert any(np.abs(gk).max() > 1 for gk in g.values())  # the clip was exercised
@@ -183,15 +200,31 @@ def _same_rows(a: dict, b: dict) -> list:
     return [k for k in set(a) | set(b) if k not in TIMES and a.get(k) != b.get(k)]
 
 
-@pytest.mark.parametrize("method, extra", [("sgd_cr", dict(min_length=10, init="basic_tanh")),
-                                           ("lstm_rmsprop", {})])
+@pytest.mark.parametrize("method, extra", [("sgd_cr", dict(min_length=10, init="basic_tanh")), ("lstm_rmsprop", {})])
 def test_a_larger_cap_continues_from_the_checkpoint(tmp_path, method, extra):
     """A resumable trial run to 30 updates, then rerun with max_iters 60, gives the row of one 60-update run, bit
     for bit (the curve, every error, the losses and norms); the rerun starts at 30; a checkpoint past a smaller cap
     is left alone and that run starts afresh."""
-    spec = dict(task="temporal_order", length=14, method=method, seed=2, hidden=8, batch=4, lr=0.05, clip=1.0,
-                max_iters=30, check_every=10, eval_samples=50, screen=True, track_every=10, track_samples=40,
-                eval_chunk=20, one_bias=True, resumable=True, **extra)
+    spec = dict(
+        task="temporal_order",
+        length=14,
+        method=method,
+        seed=2,
+        hidden=8,
+        batch=4,
+        lr=0.05,
+        clip=1.0,
+        max_iters=30,
+        check_every=10,
+        eval_samples=50,
+        screen=True,
+        track_every=10,
+        track_samples=40,
+        eval_chunk=20,
+        one_bias=True,
+        resumable=True,
+        **extra,
+    )
     spec.update({k: v for k, v in P.PUBLISHED.get(method, {}).items() if k != "hidden"})
     P._run_trial(spec, checkpoint_root=tmp_path / "a", checkpoint_seconds=0.0)
     resumed = P._run_trial({**spec, "max_iters": 60}, checkpoint_root=tmp_path / "a", checkpoint_seconds=0.0)
@@ -208,9 +241,30 @@ def _rows(out) -> list:
 
 
 def _cli(out, *extra):
-    return [sys.executable, "-m", "experiments.gradients", "pathological", "--protocol", "published", "--tasks",
-            "adding", "--lengths", "30", "--methods", "lstm_rmsprop", "--num-seeds", "1", "--no-progress",
-            "--workers", "1", "--checkpoint-seconds", "0", "--out", str(out), *extra]
+    return [
+        sys.executable,
+        "-m",
+        "experiments.gradients",
+        "pathological",
+        "--protocol",
+        "published",
+        "--tasks",
+        "adding",
+        "--lengths",
+        "30",
+        "--methods",
+        "lstm_rmsprop",
+        "--num-seeds",
+        "1",
+        "--no-progress",
+        "--workers",
+        "1",
+        "--checkpoint-seconds",
+        "0",
+        "--out",
+        str(out),
+        *extra,
+    ]
 
 
 @pytest.mark.slow
@@ -220,8 +274,14 @@ def test_sigkill_mid_trial_then_resume_is_the_uninterrupted_run(tmp_path):
     rerun continued from a checkpoint (resumed_from > 0) and lost at most one checkpoint interval."""
     env = {**os.environ, "PYTHONPATH": str(ROOT)}
     args = ("--max-iters", "400")
-    proc = subprocess.Popen(_cli(tmp_path / "killed", *args), cwd=ROOT, env=env, stdout=subprocess.DEVNULL,
-                            stderr=subprocess.DEVNULL, start_new_session=True)
+    proc = subprocess.Popen(
+        _cli(tmp_path / "killed", *args),
+        cwd=ROOT,
+        env=env,
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+        start_new_session=True,
+    )
     try:
         ckpts = tmp_path / "killed" / "checkpoints"
         deadline = time.time() + 300
@@ -241,8 +301,10 @@ def test_sigkill_mid_trial_then_resume_is_the_uninterrupted_run(tmp_path):
         proc.wait(timeout=60)
     assert not (tmp_path / "killed" / "trials.jsonl").exists()
     for out in ("killed", "whole"):
-        assert subprocess.run(_cli(tmp_path / out, *args), cwd=ROOT, env=env, capture_output=True,
-                              check=False).returncode == 0
+        assert (
+            subprocess.run(_cli(tmp_path / out, *args), cwd=ROOT, env=env, capture_output=True, check=False).returncode
+            == 0
+        )
     (a,), (b,) = (_rows(tmp_path / out) for out in ("killed", "whole"))
     assert a["resumed_from"] >= 60 and b["resumed_from"] == 0 and a["iters"] == 400
     assert _same_rows(a, b) == []
@@ -254,8 +316,9 @@ def test_quick_resume_in_a_subprocess(tmp_path):
     env = {**os.environ, "PYTHONPATH": str(ROOT)}
     for out, caps in (("resumed", ("20", "40")), ("whole", ("40",))):
         for cap in caps:
-            r = subprocess.run(_cli(tmp_path / out, "--max-iters", cap), cwd=ROOT, env=env, capture_output=True,
-                               text=True, check=False)
+            r = subprocess.run(
+                _cli(tmp_path / out, "--max-iters", cap), cwd=ROOT, env=env, capture_output=True, text=True, check=False
+            )
             assert r.returncode == 0, r.stderr[-2000:]
             assert "cost before compute: 1 trial(s)" in r.stdout
     rows = {out: _rows(tmp_path / out) for out in ("resumed", "whole")}
@@ -270,9 +333,23 @@ def test_quick_resume_in_a_subprocess(tmp_path):
 def test_estimate_cost_closed_form():
     """Core-hours: Σ (cap × s/iteration + checked samples × s/sample); wall on W workers: at least max(total / W,
     the longest trial)."""
-    specs = [dict(task="adding", length=50, method="sgd", seed=s, hidden=50, batch=20, max_iters=1000,
-                  check_every=20, eval_samples=100, screen=True, track_every=500, track_samples=1000)
-             for s in range(3)]
+    specs = [
+        dict(
+            task="adding",
+            length=50,
+            method="sgd",
+            seed=s,
+            hidden=50,
+            batch=20,
+            max_iters=1000,
+            check_every=20,
+            eval_samples=100,
+            screen=True,
+            track_every=500,
+            track_samples=1000,
+        )
+        for s in range(3)
+    ]
     specs.append(dict(specs[0], method="lstm", max_iters=10_000))
     rates = {P._rate_key(s): ((0.002 if s["method"] == "sgd" else 0.05), 1e-4) for s in specs}
     cost = P.estimate_cost(specs, rates, workers=2)
@@ -289,8 +366,24 @@ def test_estimate_cost_closed_form():
 
 
 def test_estimate_only_prints_the_cost_and_runs_nothing(tmp_path, capsys):
-    assert cli.main(["pathological", "--protocol", "paper", "--estimate-only", "--no-progress", "--tasks", "adding",
-                     "--lengths", "50", "--out", str(tmp_path)]) == 0
+    assert (
+        cli.main(
+            [
+                "pathological",
+                "--protocol",
+                "paper",
+                "--estimate-only",
+                "--no-progress",
+                "--tasks",
+                "adding",
+                "--lengths",
+                "50",
+                "--out",
+                str(tmp_path),
+            ]
+        )
+        == 0
+    )
     out = capsys.readouterr().out
     assert "cost before compute: 15 trial(s) to run" in out and "core-hours" in out
     assert not (tmp_path / "trials.jsonl").exists()
@@ -299,9 +392,14 @@ def test_estimate_only_prints_the_cost_and_runs_nothing(tmp_path, capsys):
     assert cost["core_hours"] > 0 and "| adding |" in (tmp_path / "cost.md").read_text()
 
 
-@pytest.mark.parametrize("argv, match", [(["--min-length", "5"], "--min-length: expected an integer >= 10"),
-                                         (["--checkpoint-seconds", "-1"], "--checkpoint-seconds: expected"),
-                                         (["--init", "sigmoid"], "invalid choice")])
+@pytest.mark.parametrize(
+    "argv, match",
+    [
+        (["--min-length", "5"], "--min-length: expected an integer >= 10"),
+        (["--checkpoint-seconds", "-1"], "--checkpoint-seconds: expected"),
+        (["--init", "sigmoid"], "invalid choice"),
+    ],
+)
 def test_bad_part_three_options_exit_2(tmp_path, capsys, argv, match):
     assert cli.main(["pathological", "--quick", "--no-progress", "--out", str(tmp_path), *argv]) == 2
     assert match in capsys.readouterr().err
@@ -310,8 +408,15 @@ def test_bad_part_three_options_exit_2(tmp_path, capsys, argv, match):
 
 def test_specs_record_the_settings_and_keep_older_ids():
     """A part-three option is in a spec only when set; the published methods take their authors' sizes."""
-    p = P.select(P.PROTOCOLS["reduced"], min_length=10, init="basic_tanh", one_bias=True, resumable=True,
-                 lengths=[25], methods=["sgd", "irnn", "lstm_rmsprop"])
+    p = P.select(
+        P.PROTOCOLS["reduced"],
+        min_length=10,
+        init="basic_tanh",
+        one_bias=True,
+        resumable=True,
+        lengths=[25],
+        methods=["sgd", "irnn", "lstm_rmsprop"],
+    )
     specs = P.specs_for(p)
     by = {s["method"]: s for s in specs if s["seed"] == 0 and s["task"] == "adding"}
     assert by["sgd"]["init"] == "basic_tanh" and "init" not in by["irnn"] and by["sgd"]["min_length"] == 10
@@ -328,10 +433,12 @@ def test_learning_curves_plot_marks_the_published_points(tmp_path, monkeypatch):
     import matplotlib.axes
 
     monkeypatch.setattr(matplotlib.axes.Axes, "axvline", lambda self, x, *a, **k: marks.append(("v", x)))
-    df = pd.DataFrame([dict(task="adding", length=100, method="lstm_rmsprop", solved=True,
-                            curve=[[500, 0.3], [1000, 0.0]]),
-                       dict(task="temporal_order", length=100, method="sgd_cr", solved=False,
-                            curve=[[500, 0.7], [1000, 0.5]])])
+    df = pd.DataFrame(
+        [
+            dict(task="adding", length=100, method="lstm_rmsprop", solved=True, curve=[[500, 0.3], [1000, 0.0]]),
+            dict(task="temporal_order", length=100, method="sgd_cr", solved=False, curve=[[500, 0.7], [1000, 0.5]]),
+        ]
+    )
     P.plot_curves(df, tmp_path / "c.png")
     assert (tmp_path / "c.png").stat().st_size > 0
     assert sorted(marks) == [("v", 1000), ("v", 5000)]

@@ -5,6 +5,7 @@ are the in-place forward (projection written into the state buffer and overwritt
 preallocated and reused backward buffers, the full-batch iteration path, strided cotangents, the
 in-place dropout and the one-reduction finiteness check.
 """
+
 from __future__ import annotations
 
 import numpy as np
@@ -67,10 +68,12 @@ def test_sequence_loops_equal_the_step_functions(reverse, nonlinearity, lengths,
     states = (hs[:-1] if reverse else hs[1:]).copy()
     if bs is not None:
         states[padding_mask(bs, B)] = 0  # the reverse direction parks h0 copies there
-    for name, mine, theirs in zip(("states", "hidden_grads", "delta", "grad_h0"),
-                                  (states, hidden, delta, dh0), ref):
-        np.testing.assert_array_equal(mine, theirs, err_msg=f"{name}: reverse={reverse}, "
-                                      f"{nonlinearity}, lengths={lengths}, {np.dtype(dtype).name}")
+    for name, mine, theirs in zip(("states", "hidden_grads", "delta", "grad_h0"), (states, hidden, delta, dh0), ref):
+        np.testing.assert_array_equal(
+            mine,
+            theirs,
+            err_msg=f"{name}: reverse={reverse}, {nonlinearity}, lengths={lengths}, {np.dtype(dtype).name}",
+        )
 
 
 # ------------------------------------------------------------------ one layer
@@ -88,8 +91,11 @@ def test_layer_equals_textbook_bptt(reverse, nonlinearity):
     dx = np.einsum("tbh,hi->tbi", delta, w_ih)
     ref = elman.textbook_layer(x, h0, w_ih, w_hh, b_ih, b_hh, nonlinearity, g_out, g_last, reverse)
     states = hs[:-1] if reverse else hs[1:]
-    for name, mine, theirs in zip(("states", "hidden_grads", "grad_h0", "dW_ih", "dW_hh", "db", "dx"),
-                                  (states, hidden, gh0, dw_ih, dw_hh, db, dx), ref):
+    for name, mine, theirs in zip(
+        ("states", "hidden_grads", "grad_h0", "dW_ih", "dW_hh", "db", "dx"),
+        (states, hidden, gh0, dw_ih, dw_hh, db, dx),
+        ref,
+    ):
         assert_close(mine, theirs, name=name, config=(reverse, nonlinearity), rtol=1e-12, atol=1e-14)
 
 
@@ -142,7 +148,7 @@ def test_backward_into_dirty_reused_buffers_equals_fresh(reverse, lengths):
     bs = None if lengths is None else _batch_sizes(lengths, T)
     hs = elman.sequence_forward(elman.input_projection(x, w_ih, b_ih + b_hh), h0, w_hh, "tanh", bs, reverse)
     g_full = rng.standard_normal((T, B, 3 * H))
-    g_out = g_full[:, :, H:2 * H]  # strided, as a bidirectional layer's slice or batch_first gives
+    g_out = g_full[:, :, H : 2 * H]  # strided, as a bidirectional layer's slice or batch_first gives
     g_last = rng.standard_normal((B, H))
     fresh = elman.sequence_backward(np.ascontiguousarray(g_out), g_last, hs, w_hh, "tanh", bs, reverse)
     hidden = np.full((T, B, H), np.nan)
@@ -164,9 +170,20 @@ def _model_case(dtype, T=6, B=3, unbatched=False, **kw):
     return model, rng.standard_normal(shape).astype(dtype), rng
 
 
-@pytest.mark.parametrize("kw", [dict(), dict(num_layers=2), dict(bidirectional=True), dict(batch_first=True),
-                                dict(batch_first=True, B=1), dict(batch_first=True, T=1), dict(B=1),
-                                dict(unbatched=True), dict(unbatched=True, batch_first=True)])
+@pytest.mark.parametrize(
+    "kw",
+    [
+        dict(),
+        dict(num_layers=2),
+        dict(bidirectional=True),
+        dict(batch_first=True),
+        dict(batch_first=True, B=1),
+        dict(batch_first=True, T=1),
+        dict(B=1),
+        dict(unbatched=True),
+        dict(unbatched=True, batch_first=True),
+    ],
+)
 def test_writing_into_the_output_does_not_change_the_gradients(kw):
     """The output is the caller's: in-place edits of it must not reach the states backward reads.
 
@@ -220,9 +237,13 @@ def test_reused_buffers_leak_nothing_between_calls(kw):
         fresh = RNN(3, 4, dtype=np.float64, seed=0, **kw)
         fresh_out, fresh_hn = fresh(x)
         fresh_gx, fresh_gh0 = fresh.backward(g)
-        for name, a, b in [("output", out, fresh_out), ("h_n", h_n, fresh_hn), ("grad_x", gx, fresh_gx),
-                           ("grad_h0", gh0, fresh_gh0), ("hidden_grads", model.hidden_grads, fresh.hidden_grads)
-                           ] + [(k, model.grads[k], fresh.grads[k]) for k in fresh.grads]:
+        for name, a, b in [
+            ("output", out, fresh_out),
+            ("h_n", h_n, fresh_hn),
+            ("grad_x", gx, fresh_gx),
+            ("grad_h0", gh0, fresh_gh0),
+            ("hidden_grads", model.hidden_grads, fresh.hidden_grads),
+        ] + [(k, model.grads[k], fresh.grads[k]) for k in fresh.grads]:
             np.testing.assert_array_equal(a, b, err_msg=f"{name}, T={T}, {kw}")
         handed_out.append([(a, a.copy()) for a in (out, h_n, gx, gh0, model.hidden_grads)])
     for i, arrays in enumerate(handed_out):
@@ -233,6 +254,7 @@ def test_reused_buffers_leak_nothing_between_calls(kw):
 def test_a_resized_forward_lets_the_old_states_go_before_it_allocates(monkeypatch):
     """Buffers of another shape are released before the new states exist: the caches never coexist."""
     import weakref
+
     model = RNN(3, 4, num_layers=2, bidirectional=True, dtype=np.float64, seed=0)
     model(np.ones((6, 2, 3)))
     old = [weakref.ref(hs.base) for hs in model.states]
@@ -243,6 +265,7 @@ def test_a_resized_forward_lets_the_old_states_go_before_it_allocates(monkeypatc
         if not alive_at_first_projection:
             alive_at_first_projection.append(sum(r() is not None for r in old))
         return orig(*args, **kwargs)
+
     monkeypatch.setattr(elman, "input_projection", watching)
     model(np.ones((7, 2, 3)))  # T changes: no old buffer fits
     assert alive_at_first_projection == [0]
@@ -305,8 +328,9 @@ def _run(model, x, g):
     model(x)
     model.zero_grad()
     gx, gh0 = model.backward(g)
-    return dict(grad_x=gx, grad_h0=gh0, hidden=model.hidden_grads.copy(),
-                grads={k: v.copy() for k, v in model.grads.items()})
+    return dict(
+        grad_x=gx, grad_h0=gh0, hidden=model.hidden_grads.copy(), grads={k: v.copy() for k, v in model.grads.items()}
+    )
 
 
 def _subnormal(a):
@@ -323,8 +347,8 @@ def test_flush_keeps_subnormals_out_and_changes_only_tiny_values():
     assert not _subnormal(flushed["hidden"]).any()
     # Everything the flush drops is below 2^-100, and the recurrence contracts: every difference stays
     # tiny, and every gradient is the same to float32's resolution.
-    assert np.max(np.abs(flushed["hidden"].astype(np.float64) - exact["hidden"])) < 2.0 ** -95
-    big = np.abs(exact["hidden"]) >= 2.0 ** -60
+    assert np.max(np.abs(flushed["hidden"].astype(np.float64) - exact["hidden"])) < 2.0**-95
+    big = np.abs(exact["hidden"]) >= 2.0**-60
     np.testing.assert_array_equal(flushed["hidden"][big], exact["hidden"][big])
     for k in exact["grads"]:
         assert_close(flushed["grads"][k], exact["grads"][k], name=k, rtol=1e-6, atol=1e-30)
@@ -335,14 +359,15 @@ def test_flush_keeps_subnormals_out_and_changes_only_tiny_values():
 @pytest.mark.parametrize("lengths", [None, (9, 9, 5)])
 def test_flush_acts_every_kth_step_below_the_threshold(reverse, lengths):
     """W_hh = 0 makes g_t = dL/dout_t exactly, so the flush's own effect is visible entry by entry."""
-    T, B, H, k, thr = 9, 3, 4, 4, 2.0 ** -100
+    T, B, H, k, thr = 9, 3, 4, 4, 2.0**-100
     rng = np.random.default_rng(8)
     g_out = rng.standard_normal((T, B, H)).astype(np.float32)
-    g_out[:, :, :2] *= 2.0 ** -110  # below the threshold (and subnormal-free: 2^-110 > 2^-126)
+    g_out[:, :, :2] *= 2.0**-110  # below the threshold (and subnormal-free: 2^-110 > 2^-126)
     hs = np.tanh(rng.standard_normal((T + 1, B, H))).astype(np.float32)
     bs = None if lengths is None else _batch_sizes(lengths, T)
-    delta, gh0, hidden = elman.sequence_backward(g_out, np.zeros((B, H), np.float32), hs, np.zeros((H, H), np.float32),
-                                             "tanh", bs, reverse, thr, flush_every=k)
+    delta, gh0, hidden = elman.sequence_backward(
+        g_out, np.zeros((B, H), np.float32), hs, np.zeros((H, H), np.float32), "tanh", bs, reverse, thr, flush_every=k
+    )
     order = range(T) if reverse else range(T - 1, -1, -1)
     for i, t in enumerate(order):
         n = B if bs is None else bs[t]
@@ -353,7 +378,7 @@ def test_flush_acts_every_kth_step_below_the_threshold(reverse, lengths):
 
 
 def test_the_flush_settings_are_what_the_docs_say():
-    assert RNN(2, 3, dtype=np.float32).flush_below == 2.0 ** -100
+    assert RNN(2, 3, dtype=np.float32).flush_below == 2.0**-100
     assert RNN(2, 3, dtype=np.float64).flush_below == 0.0
     assert RNN(2, 3).flush_every == 4
     assert RNN(2, 3, flush_below=0.0, flush_every=8).flush_below == 0.0

@@ -1,6 +1,7 @@
 """scratch_rnn.regularizers.pascanu_omega against independent oracles: its torch autograd twins
 (reference.regularizers, an unroll of their own with δ detached), central finite differences with δ held
 fixed, and closed forms (a dead relu step, δ exactly zero, T = 1); hand-made mutations show the checks fail."""
+
 from __future__ import annotations
 
 from dataclasses import asdict, dataclass, replace
@@ -73,8 +74,9 @@ def make_case(cfg: Config, dtype=np.float64, grad_output=None, grad_h_n=None, x=
     if grad_output is None and grad_h_n is None:
         grad_output = rng.normal(size=out_shape) if cfg.loss in ("output", "both") else None
         grad_h_n = rng.normal(size=(1, cfg.B, cfg.H)) if cfg.loss in ("h_n", "both") else None
-    cast = (lambda a: None if a is None else np.asarray(a, dtype=dtype))
-    x, h0, grad_output, grad_h_n = map(cast, (x, h0, grad_output, grad_h_n))
+    x, h0, grad_output, grad_h_n = (
+        None if a is None else np.asarray(a, dtype=dtype) for a in (x, h0, grad_output, grad_h_n)
+    )
     rnn(x, h0)
     rnn.backward(grad_output, grad_h_n=grad_h_n)
     return Case(cfg, rnn, x, h0, grad_output, grad_h_n)
@@ -145,8 +147,19 @@ def test_steps_closed_form_relation(form):
 @pytest.mark.parametrize("nonlinearity", ["tanh", "relu"])
 def test_short_sequences_match_twin(T, form, nonlinearity):
     for seed in range(4):  # every flag, both values
-        cfg = Config(seed=seed, T=T, B=3, I=2, H=3, nonlinearity=nonlinearity, bias=seed % 2 == 0,
-                     batch_first=seed // 2 == 1, with_h0=seed in (1, 2), weight_std=1.0, loss="both")
+        cfg = Config(
+            seed=seed,
+            T=T,
+            B=3,
+            I=2,
+            H=3,
+            nonlinearity=nonlinearity,
+            bias=seed % 2 == 0,
+            batch_first=seed // 2 == 1,
+            with_h0=seed in (1, 2),
+            weight_std=1.0,
+            loss="both",
+        )
         check_twin(make_case(cfg), form)
 
 
@@ -198,8 +211,7 @@ def test_exact_form_matches_finite_differences(cfg):
     delta = case.rnn.hidden_grads[0].copy()
     for name, p in case.rnn.parameters().items():
         num = numerical_grad(lambda: omega_at_current_parameters(case, delta), p)
-        assert_close(grads[name], num, name=f"dΩ/d{name} vs finite differences", config=asdict(cfg),
-                     **FD_TOLERANCE)
+        assert_close(grads[name], num, name=f"dΩ/d{name} vs finite differences", config=asdict(cfg), **FD_TOLERANCE)
     assert omega_at_current_parameters(case, delta) == value  # parameters restored
 
 
@@ -251,8 +263,14 @@ def test_delta_exactly_zero_for_a_whole_sequence():
         check_twin(case, form)
     # the same model on sequences 0 and 2 alone
     keep = [0, 2]
-    sub = Case(replace(cfg, B=2), RNN(2, 4, dtype=np.float64, batch_first=True), case.x[keep], case.h0[:, keep],
-               grad_output[keep], None)
+    sub = Case(
+        replace(cfg, B=2),
+        RNN(2, 4, dtype=np.float64, batch_first=True),
+        case.x[keep],
+        case.h0[:, keep],
+        grad_output[keep],
+        None,
+    )
     sub.rnn.load_state_dict(case.rnn.state_dict())
     sub.rnn(sub.x, sub.h0)
     sub.rnn.backward(sub.grad_output)
@@ -296,8 +314,11 @@ def test_code_form_bound_counts_squared_norms_from_1e_minus_20():
     big = make_case(cfg, grad_output=go_big)
     check_twin(big, "code")
     assert pascanu_omega(case.rnn, form="code")[0] != pascanu_omega(big.rnn, form="code")[0]
-    assert_close(np.float64(pascanu_omega(case.rnn, case.x)[0]), np.float64(pascanu_omega(big.rnn, big.x)[0]),
-                 name="exact Ω is invariant to the scale of δ")
+    assert_close(
+        np.float64(pascanu_omega(case.rnn, case.x)[0]),
+        np.float64(pascanu_omega(big.rnn, big.x)[0]),
+        name="exact Ω is invariant to the scale of δ",
+    )
 
 
 # --------------------------------------------------------------------------------------------
@@ -385,10 +406,13 @@ def run(rnn, x, **kwargs):
 X = np.random.default_rng(0).normal(size=(4, 3, 2))
 
 
-@pytest.mark.parametrize("kwargs, match", [
-    (dict(num_layers=2), "rnn: .*num_layers=2"),
-    (dict(bidirectional=True), "rnn: .*bidirectional=True"),
-])
+@pytest.mark.parametrize(
+    "kwargs, match",
+    [
+        (dict(num_layers=2), "rnn: .*num_layers=2"),
+        (dict(bidirectional=True), "rnn: .*bidirectional=True"),
+    ],
+)
 def test_unsupported_models_raise(kwargs, match):
     rnn = run(RNN(2, 3, dtype=np.float64, **kwargs), X)
     with pytest.raises(ValueError, match=match):

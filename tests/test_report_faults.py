@@ -1,5 +1,6 @@
 """``python -m experiments.sentiment.report``: each run counted once, failed runs listed and left out,
 broken files named (no traceback), exit codes from scratch_rnn.cli."""
+
 from __future__ import annotations
 
 import json
@@ -10,18 +11,39 @@ import pytest
 from experiments.sentiment import report
 
 
-def make_run(root: Path, name: str, *, seed: int = 0, backends=("numpy",), finished: bool = True,
-             metrics_text: str | None = None, accuracy: float = 0.8, **settings) -> Path:
+def make_run(
+    root: Path,
+    name: str,
+    *,
+    seed: int = 0,
+    backends=("numpy",),
+    finished: bool = True,
+    metrics_text: str | None = None,
+    accuracy: float = 0.8,
+    **settings,
+) -> Path:
     d = root / name
     d.mkdir(parents=True)
-    (d / "config.json").write_text(json.dumps({"sentiment": {"embedding": "glove", "stopwords": "keep",
-                                                             "seed": seed, **settings}}))
+    (d / "config.json").write_text(
+        json.dumps({"sentiment": {"embedding": "glove", "stopwords": "keep", "seed": seed, **settings}})
+    )
     if metrics_text is not None:
         (d / "metrics.json").write_text(metrics_text)
     elif finished:
-        results = [dict(backend=b, valid_accuracy=0.8, test_accuracy=accuracy + 0.01 * seed, test_size=2000,
-                        selected_epoch=1, epochs=2, seconds=60.0, cpu_seconds=90.0, peak_memory_mb=300.0)
-                   for b in backends]
+        results = [
+            dict(
+                backend=b,
+                valid_accuracy=0.8,
+                test_accuracy=accuracy + 0.01 * seed,
+                test_size=2000,
+                selected_epoch=1,
+                epochs=2,
+                seconds=60.0,
+                cpu_seconds=90.0,
+                peak_memory_mb=300.0,
+            )
+            for b in backends
+        ]
         (d / "metrics.json").write_text(json.dumps({"run": name, "results": results}))
     return d
 
@@ -47,19 +69,45 @@ def test_by_setting_counts_a_seed_once(tmp_path, capsys):
 
 def test_by_setting_pools_only_runs_that_differ_in_nothing_but_the_seed(tmp_path, capsys):
     """Runs of other cells (or any other setting) are separate rows, and the differing settings are named."""
-    runs = [make_run(tmp_path, f"{cell}-h{h}-s{seed}", seed=seed, cell=cell, hidden_size=h, accuracy=acc,
-                     threads=1, backend="numpy")
-            for cell, h, acc in (("rnn", 64, 0.80), ("lstm", 64, 0.86), ("lstm", 32, 0.84)) for seed in (0, 1)]
+    runs = [
+        make_run(
+            tmp_path,
+            f"{cell}-h{h}-s{seed}",
+            seed=seed,
+            cell=cell,
+            hidden_size=h,
+            accuracy=acc,
+            threads=1,
+            backend="numpy",
+        )
+        for cell, h, acc in (("rnn", 64, 0.80), ("lstm", 64, 0.86), ("lstm", 32, 0.84))
+        for seed in (0, 1)
+    ]
     # a "both" run's numpy result with the same settings pools with the "numpy" runs
-    runs.append(make_run(tmp_path, "rnn-h64-s2-both", seed=2, cell="rnn", hidden_size=64, accuracy=0.80, threads=1,
-                         backend="both", backends=("numpy", "torch")))
+    runs.append(
+        make_run(
+            tmp_path,
+            "rnn-h64-s2-both",
+            seed=2,
+            cell="rnn",
+            hidden_size=64,
+            accuracy=0.80,
+            threads=1,
+            backend="both",
+            backends=("numpy", "torch"),
+        )
+    )
     assert report.main(["--by-setting", *map(str, runs)]) == 0
     out = capsys.readouterr()
     header = [c.strip() for c in out.out.splitlines()[0].strip("|").split("|")]
     assert header[:3] == ["cell", "hidden_size", "backend"], header
     rows = {tuple(c.strip() for c in r.strip("|").split("|")[:5]) for r in table_rows(out.out)}
-    assert rows == {("rnn", "64", "numpy", "0, 1, 2", "81.00 %"), ("lstm", "64", "numpy", "0, 1", "86.50 %"),
-                    ("lstm", "32", "numpy", "0, 1", "84.50 %"), ("rnn", "64", "torch", "2", "82.00 %")}, out.out
+    assert rows == {
+        ("rnn", "64", "numpy", "0, 1, 2", "81.00 %"),
+        ("lstm", "64", "numpy", "0, 1", "86.50 %"),
+        ("lstm", "32", "numpy", "0, 1", "84.50 %"),
+        ("rnn", "64", "torch", "2", "82.00 %"),
+    }, out.out
     assert "settings that differ between rows: cell, hidden_size" in out.err
 
 
@@ -93,11 +141,14 @@ def test_a_truncated_metrics_file_is_named_not_a_traceback(tmp_path, capsys):
     assert str(cut / "metrics.json") in err and "Traceback" not in err
 
 
-@pytest.mark.parametrize("metrics, field", [
-    ({"run": "x"}, "'results'"),
-    ({"run": "x", "results": [{"backend": "numpy"}]}, "'test_accuracy'"),
-    ([1, 2], "expected a JSON object"),
-])
+@pytest.mark.parametrize(
+    "metrics, field",
+    [
+        ({"run": "x"}, "'results'"),
+        ({"run": "x", "results": [{"backend": "numpy"}]}, "'test_accuracy'"),
+        ([1, 2], "expected a JSON object"),
+    ],
+)
 def test_a_malformed_metrics_file_names_the_file_and_field(tmp_path, capsys, metrics, field):
     good = make_run(tmp_path, "good")
     bad = make_run(tmp_path, "bad", metrics_text=json.dumps(metrics))

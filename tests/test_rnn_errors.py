@@ -1,4 +1,5 @@
 """Bad input gets a clear error naming the argument, the expected and the received value."""
+
 from __future__ import annotations
 
 import numpy as np
@@ -15,17 +16,20 @@ def model():
 X = np.zeros((5, 2, 3))
 
 
-@pytest.mark.parametrize("x, exc, words", [
-    (np.zeros((5, 2, 3, 1)), ValueError, ["input", "4-D", "(5, 2, 3, 1)"]),
-    (np.zeros(5), ValueError, ["input", "1-D"]),
-    (np.zeros((5, 2, 7)), ValueError, ["input", "input_size=3", "(5, 2, 7)"]),
-    (np.zeros((0, 2, 3)), ValueError, ["input", "at least one time step"]),
-    (np.zeros((5, 2, 3), dtype=np.int64), TypeError, ["input", "int64"]),
-    (np.zeros((5, 2, 3), dtype=object), TypeError, ["input", "object"]),
-    (np.zeros((5, 2, 3), dtype=bool), TypeError, ["input", "bool"]),
-    (np.full((5, 2, 3), np.nan), ValueError, ["input", "non-finite"]),
-    (np.full((5, 2, 3), np.inf), ValueError, ["input", "non-finite"]),
-])
+@pytest.mark.parametrize(
+    "x, exc, words",
+    [
+        (np.zeros((5, 2, 3, 1)), ValueError, ["input", "4-D", "(5, 2, 3, 1)"]),
+        (np.zeros(5), ValueError, ["input", "1-D"]),
+        (np.zeros((5, 2, 7)), ValueError, ["input", "input_size=3", "(5, 2, 7)"]),
+        (np.zeros((0, 2, 3)), ValueError, ["input", "at least one time step"]),
+        (np.zeros((5, 2, 3), dtype=np.int64), TypeError, ["input", "int64"]),
+        (np.zeros((5, 2, 3), dtype=object), TypeError, ["input", "object"]),
+        (np.zeros((5, 2, 3), dtype=bool), TypeError, ["input", "bool"]),
+        (np.full((5, 2, 3), np.nan), ValueError, ["input", "non-finite"]),
+        (np.full((5, 2, 3), np.inf), ValueError, ["input", "non-finite"]),
+    ],
+)
 def test_bad_input(model, x, exc, words):
     with pytest.raises(exc) as err:
         model(x)
@@ -33,13 +37,16 @@ def test_bad_input(model, x, exc, words):
         assert w in str(err.value), f"{w!r} missing from: {err.value}"
 
 
-@pytest.mark.parametrize("h0, words", [
-    (np.zeros((4, 3, 4)), ["h0", "(4, 2, 4)", "(4, 3, 4)"]),  # batch mismatch
-    (np.zeros((2, 2, 4)), ["h0", "(4, 2, 4)", "(2, 2, 4)"]),  # layers*directions mismatch
-    (np.zeros((4, 2, 5)), ["h0", "(4, 2, 4)", "(4, 2, 5)"]),  # hidden size
-    (np.zeros((4, 4)), ["h0", "(4, 2, 4)", "(4, 4)"]),  # unbatched h0 with batched input
-    (np.zeros((1, 2, 4)), ["h0", "(4, 2, 4)"]),  # would broadcast: must not
-])
+@pytest.mark.parametrize(
+    "h0, words",
+    [
+        (np.zeros((4, 3, 4)), ["h0", "(4, 2, 4)", "(4, 3, 4)"]),  # batch mismatch
+        (np.zeros((2, 2, 4)), ["h0", "(4, 2, 4)", "(2, 2, 4)"]),  # layers*directions mismatch
+        (np.zeros((4, 2, 5)), ["h0", "(4, 2, 4)", "(4, 2, 5)"]),  # hidden size
+        (np.zeros((4, 4)), ["h0", "(4, 2, 4)", "(4, 4)"]),  # unbatched h0 with batched input
+        (np.zeros((1, 2, 4)), ["h0", "(4, 2, 4)"]),  # would broadcast: must not
+    ],
+)
 def test_mismatched_h0(model, h0, words):
     with pytest.raises(ValueError) as err:
         model(X, h0)
@@ -61,15 +68,18 @@ def test_unbatched_h0_shape(model):
         model(np.zeros((5, 3)), np.zeros((4, 1, 4)))
 
 
-@pytest.mark.parametrize("lengths, exc, words", [
-    ([5, 6], ValueError, ["lengths", "1..5", "[6]"]),
-    ([0, 3], ValueError, ["lengths", "1..5", "[0]"]),
-    ([-1, 3], ValueError, ["lengths", "[-1]"]),
-    ([5, 3, 2], ValueError, ["lengths", "(2,)", "(3,)"]),
-    ([5], ValueError, ["lengths", "(2,)", "(1,)"]),
-    ([5.0, 3.0], TypeError, ["lengths", "float64"]),
-    ([[5, 3]], ValueError, ["lengths", "(2,)", "(1, 2)"]),
-])
+@pytest.mark.parametrize(
+    "lengths, exc, words",
+    [
+        ([5, 6], ValueError, ["lengths", "1..5", "[6]"]),
+        ([0, 3], ValueError, ["lengths", "1..5", "[0]"]),
+        ([-1, 3], ValueError, ["lengths", "[-1]"]),
+        ([5, 3, 2], ValueError, ["lengths", "(2,)", "(3,)"]),
+        ([5], ValueError, ["lengths", "(2,)", "(1,)"]),
+        ([5.0, 3.0], TypeError, ["lengths", "float64"]),
+        ([[5, 3]], ValueError, ["lengths", "(2,)", "(1, 2)"]),
+    ],
+)
 def test_bad_lengths(model, lengths, exc, words):
     with pytest.raises(exc) as err:
         model(X, lengths=lengths)
@@ -96,15 +106,18 @@ def test_backward_before_forward():
         RNN(2, 3).backward(np.zeros((1, 1, 3)))
 
 
-@pytest.mark.parametrize("kwargs, words", [
-    (dict(input_size=0), ["input_size", "positive integer", "0"]),
-    (dict(hidden_size=2.5), ["hidden_size", "2.5"]),
-    (dict(num_layers=0), ["num_layers"]),
-    (dict(nonlinearity="sigmoid"), ["nonlinearity", "'tanh', 'relu'", "sigmoid"]),
-    (dict(dropout=1.5), ["dropout", "[0, 1]", "1.5"]),
-    (dict(dtype=np.int32), ["dtype", "float32", "int32"]),
-    (dict(dtype=np.float16), ["dtype", "float16"]),
-])
+@pytest.mark.parametrize(
+    "kwargs, words",
+    [
+        (dict(input_size=0), ["input_size", "positive integer", "0"]),
+        (dict(hidden_size=2.5), ["hidden_size", "2.5"]),
+        (dict(num_layers=0), ["num_layers"]),
+        (dict(nonlinearity="sigmoid"), ["nonlinearity", "'tanh', 'relu'", "sigmoid"]),
+        (dict(dropout=1.5), ["dropout", "[0, 1]", "1.5"]),
+        (dict(dtype=np.int32), ["dtype", "float32", "int32"]),
+        (dict(dtype=np.float16), ["dtype", "float16"]),
+    ],
+)
 def test_bad_constructor_arguments(kwargs, words):
     args = dict(input_size=3, hidden_size=4)
     args.update(kwargs)

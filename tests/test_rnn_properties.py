@@ -1,5 +1,6 @@
 """Oracles that need no torch: finite differences, metamorphic relations, saturation, and a
 demonstration that the checks catch a broken backward."""
+
 from __future__ import annotations
 
 import dataclasses
@@ -62,7 +63,8 @@ def test_bptt_matches_central_differences(case):
         bound = FD_TOLERANCE["atol"] + FD_TOLERANCE["rtol"] * max(abs(chk.analytic), 1.0)
         assert chk.abs_error <= bound, (
             f"direction {i}: finite difference {chk.numeric!r} vs BPTT {chk.analytic!r} "
-            f"(|diff| {chk.abs_error:.2e} > {bound:.2e}); config={case}")
+            f"(|diff| {chk.abs_error:.2e} > {bound:.2e}); config={case}"
+        )
 
 
 # ------------------------------------------------------------------ the checks can fail
@@ -78,6 +80,7 @@ def _scaled(fn, factor):
     def broken(*args, **kwargs):
         res = fn(*args, **kwargs)
         return tuple(r * factor if isinstance(r, np.ndarray) else r for r in res)
+
     return broken
 
 
@@ -91,10 +94,13 @@ def test_a_broken_backward_is_caught_by_both_oracles(monkeypatch, mutation):
 
         def no_recurrence(grad_out, grad_h_last, hs, w_hh, *args, **kwargs):
             return orig(grad_out, grad_h_last, hs, np.zeros_like(w_hh), *args, **kwargs)
+
         monkeypatch.setattr(elman, "sequence_backward", no_recurrence)
     else:  # tanh'(a) written as 1 - h instead of 1 - h²
+
         def wrong(h, nonlinearity, out=None):
             return np.subtract(1, h, out=out)
+
         monkeypatch.setattr(elman, "activation_derivative", wrong)
 
     model, x, h0, g_out, g_hn = _one_case()
@@ -104,7 +110,8 @@ def test_a_broken_backward_is_caught_by_both_oracles(monkeypatch, mutation):
     ref = run_torch(model, x, h0, None, g_out, g_hn)
     failures = 0
     for name, mine, theirs in [("grad_x", gx, ref["grad_x"]), ("grad_h0", gh0, ref["grad_h0"])] + [
-            (k, model.grads[k], ref["grads"][k]) for k in ref["grads"]]:
+        (k, model.grads[k], ref["grads"][k]) for k in ref["grads"]
+    ]:
         try:
             assert_close(mine, theirs, name=name)
         except AssertionError:
@@ -227,6 +234,7 @@ def test_finite_differences_skip_directions_that_cross_a_relu_kink():
     """Place a relu pre-activation exactly at 0: every segment through it has a kink, so all
     directions that move it must be rejected rather than reported as a BPTT error."""
     from scratch_rnn.gradcheck import activation_pattern
+
     model = RNN(1, 1, nonlinearity="relu", bias=False, dtype=np.float64)
     model.load_state_dict({"weight_ih_l0": np.array([[1.0]]), "weight_hh_l0": np.array([[0.5]])})
     x, h0 = np.array([[[1.0]], [[-0.5]]]), np.zeros((1, 1, 1))  # a_1 = 1 - 0.5 * 1 ... = 0 at step 2

@@ -1,6 +1,7 @@
 """scratch_rnn.RNN / LSTM / GRU against torch.nn.RNN / LSTM / GRU, in float64, over randomly drawn configurations.
 
 The strategy draws the cell with its options (one strategy, not three copies of the tests)."""
+
 from __future__ import annotations
 
 import numpy as np

@@ -5,6 +5,7 @@ racing starts, a holder killed with SIGKILL, two ``python -m scratch_rnn.train``
 ``python -m experiments.sentiment`` of one run name. Also here: a resume may write only its own
 log; Ctrl-C leaves log and checkpoint agreeing; ``python -m scratch_rnn.train`` imports itself once.
 """
+
 from __future__ import annotations
 
 import csv
@@ -79,8 +80,16 @@ lock.release()
 
 def test_of_processes_starting_at_the_same_instant_exactly_one_gets_the_lock(tmp_path):
     start = time.time() + 1.5  # every racer is imported and spinning by then
-    procs = [subprocess.Popen([PY, "-c", RACER, str(tmp_path / "run" / ".lock"), repr(start)], env=ENV,
-                              stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True) for _ in range(4)]
+    procs = [
+        subprocess.Popen(
+            [PY, "-c", RACER, str(tmp_path / "run" / ".lock"), repr(start)],
+            env=ENV,
+            stdout=subprocess.PIPE,
+            stderr=subprocess.PIPE,
+            text=True,
+        )
+        for _ in range(4)
+    ]
     outs = [p.communicate(timeout=60) for p in procs]
     assert all(p.returncode == 0 for p in procs), outs
     lines = [o.strip() for o, _ in outs]
@@ -122,18 +131,36 @@ print("ok")
 def test_a_lock_taken_and_released_in_a_tight_loop_by_several_processes_never_has_two_holders(tmp_path):
     """Release removes the lock file: one who opened it before the removal must not hold it beside a new one."""
     start = time.time() + 1.5
-    procs = [subprocess.Popen([PY, "-c", CHURNER, str(tmp_path / ".lock"), str(tmp_path / "marker"), "200",
-                               repr(start)], env=ENV, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
-             for _ in range(3)]
+    procs = [
+        subprocess.Popen(
+            [PY, "-c", CHURNER, str(tmp_path / ".lock"), str(tmp_path / "marker"), "200", repr(start)],
+            env=ENV,
+            stdout=subprocess.PIPE,
+            stderr=subprocess.PIPE,
+            text=True,
+        )
+        for _ in range(3)
+    ]
     outs = [p.communicate(timeout=120) for p in procs]
     assert [o.strip() for o, _ in outs] == ["ok"] * 3, outs
 
 
 def test_a_lock_of_a_killed_run_is_taken_over_and_named(tmp_path):
     path = tmp_path / ".lock"
-    holder = subprocess.Popen([PY, "-c", ("import sys, time\nfrom scratch_rnn.runlock import RunLock\n"
-                               "lock = RunLock(sys.argv[1]).acquire(); print('held', flush=True); time.sleep(60)"), str(path)],
-                              env=ENV, stdout=subprocess.PIPE, text=True)
+    holder = subprocess.Popen(
+        [
+            PY,
+            "-c",
+            (
+                "import sys, time\nfrom scratch_rnn.runlock import RunLock\n"
+                "lock = RunLock(sys.argv[1]).acquire(); print('held', flush=True); time.sleep(60)"
+            ),
+            str(path),
+        ],
+        env=ENV,
+        stdout=subprocess.PIPE,
+        text=True,
+    )
     try:
         assert holder.stdout.readline().strip() == "held"
         with pytest.raises(RunInUse, match=f"pid {holder.pid}"):
@@ -166,13 +193,27 @@ def _train_files(tmp_path, n=4000, **train_kw):
     rng = np.random.default_rng(0)
     np.savez(tmp_path / "data.npz", x=rng.standard_normal((n, 5, 3)), y=rng.standard_normal((n, 2)))
     (tmp_path / "model.json").write_text(json.dumps(DENSE.to_dict()))
-    train = {"optimizer": "sgd", "optimizer_kwargs": {"lr": 1e-3}, "batch_size": 1, "epochs": 100, "shuffle": False,
-                 "checkpoint_dir": str(tmp_path / "ckpt"), "checkpoint_every": 150, "log_csv": str(tmp_path / "ckpt" / "log.csv"),
-                 "progress": False}
+    train = {
+        "optimizer": "sgd",
+        "optimizer_kwargs": {"lr": 1e-3},
+        "batch_size": 1,
+        "epochs": 100,
+        "shuffle": False,
+        "checkpoint_dir": str(tmp_path / "ckpt"),
+        "checkpoint_every": 150,
+        "log_csv": str(tmp_path / "ckpt" / "log.csv"),
+        "progress": False,
+    }
     train.update(train_kw)
     (tmp_path / "train.json").write_text(json.dumps(train))
-    return ["--data", str(tmp_path / "data.npz"), "--model", str(tmp_path / "model.json"),
-            "--train", str(tmp_path / "train.json")]
+    return [
+        "--data",
+        str(tmp_path / "data.npz"),
+        "--model",
+        str(tmp_path / "model.json"),
+        "--train",
+        str(tmp_path / "train.json"),
+    ]
 
 
 def _log_rows(path):
@@ -186,14 +227,16 @@ def _checkpoint_steps(path):
 
 
 def _start_training(tmp_path, args):
-    proc = subprocess.Popen([PY, "-m", "scratch_rnn.train", *args], env=ENV, stdout=subprocess.PIPE,
-                            stderr=subprocess.PIPE, text=True)
+    proc = subprocess.Popen(
+        [PY, "-m", "scratch_rnn.train", *args], env=ENV, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True
+    )
     ckpt = tmp_path / "ckpt" / "checkpoint.npz"
 
     def going():
         if proc.poll() is not None:
             raise AssertionError(f"the run ended early: {proc.communicate()}")
         return ckpt.exists() and len(_log_rows(tmp_path / "ckpt" / "log.csv")) > 200
+
     _wait_for(going, what="a checkpoint and steps past it")
     return proc
 
@@ -205,8 +248,14 @@ def test_a_second_train_run_into_a_folder_in_use_exits_2_naming_the_first(tmp_pa
         owner = _owner(folder_lock_path(tmp_path / "ckpt"))
         assert owner["pid"] == first.pid
         for extra in ([], ["--overwrite"], ["--resume"]):
-            second = subprocess.run([PY, "-m", "scratch_rnn.train", *args, *extra], env=ENV, check=False, capture_output=True,
-                                    text=True, timeout=60)
+            second = subprocess.run(
+                [PY, "-m", "scratch_rnn.train", *args, *extra],
+                env=ENV,
+                check=False,
+                capture_output=True,
+                text=True,
+                timeout=60,
+            )
             assert second.returncode == 2, (extra, second.stderr)
             assert f"in use by another run: pid {first.pid}" in second.stderr, second.stderr
             assert first.poll() is None  # the first run goes on, untouched
@@ -227,15 +276,23 @@ def test_ctrl_c_leaves_the_log_at_the_checkpoints_step(tmp_path):
     assert not (tmp_path / "ckpt" / ".lock").exists()
     # and the resume continues both from there
     args = _train_files(tmp_path, epochs=1, n=4000)
-    done = subprocess.run([PY, "-m", "scratch_rnn.train", *args, "--resume"], env=ENV, check=False, capture_output=True,
-                          text=True, timeout=120)
+    done = subprocess.run(
+        [PY, "-m", "scratch_rnn.train", *args, "--resume"],
+        env=ENV,
+        check=False,
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
     assert done.returncode == 0, done.stderr
     assert [int(r[0]) for r in _log_rows(tmp_path / "ckpt" / "log.csv")] == list(range(1, 4001))
 
 
 def test_the_train_command_imports_itself_once(tmp_path):
     args = _train_files(tmp_path, n=8, epochs=1, checkpoint_every=0)
-    proc = subprocess.run([PY, "-m", "scratch_rnn.train", *args], env=ENV, check=False, capture_output=True, text=True, timeout=60)
+    proc = subprocess.run(
+        [PY, "-m", "scratch_rnn.train", *args], env=ENV, check=False, capture_output=True, text=True, timeout=60
+    )
     assert proc.returncode == 0, proc.stderr
     assert "RuntimeWarning" not in proc.stderr and "unpredictable" not in proc.stderr, proc.stderr
 
@@ -265,16 +322,25 @@ def test_a_resume_refuses_to_rewrite_another_runs_log(tmp_path, capsys):
 def test_a_log_outside_the_folder_is_owned_too(tmp_path):
     """Two runs into different folders but one log: the second is refused while the first runs."""
     args = _train_files(tmp_path, log_csv=str(tmp_path / "shared.csv"))
-    first = subprocess.Popen([PY, "-m", "scratch_rnn.train", *args], env=ENV, stdout=subprocess.PIPE,
-                             stderr=subprocess.PIPE, text=True)
+    first = subprocess.Popen(
+        [PY, "-m", "scratch_rnn.train", *args], env=ENV, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True
+    )
     try:
-        _wait_for(lambda: (_owner(tmp_path / ".shared.csv.lock") or {}).get("pid") == first.pid,
-                  what="the first run's log lock")
+        _wait_for(
+            lambda: (_owner(tmp_path / ".shared.csv.lock") or {}).get("pid") == first.pid,
+            what="the first run's log lock",
+        )
         other = tmp_path / "other"
         other.mkdir()
         args2 = _train_files(other, log_csv=str(tmp_path / "shared.csv"))
-        second = subprocess.run([PY, "-m", "scratch_rnn.train", *args2, "--overwrite"], env=ENV, check=False,
-                                capture_output=True, text=True, timeout=60)
+        second = subprocess.run(
+            [PY, "-m", "scratch_rnn.train", *args2, "--overwrite"],
+            env=ENV,
+            check=False,
+            capture_output=True,
+            text=True,
+            timeout=60,
+        )
         assert second.returncode == 2 and f"pid {first.pid}" in second.stderr, second.stderr
         assert not (other / "ckpt").exists()  # refused before anything was written
     finally:
@@ -286,7 +352,10 @@ def test_a_log_outside_the_folder_is_owned_too(tmp_path):
 # ------------------------------------------------------------------------------------------------
 def _tiny_imdb(path):
     rng = np.random.default_rng(0)
-    good, bad = ["good", "great", "fine", "lovely", "superb", "nice"], ["bad", "awful", "poor", "boring", "dull", "worst"]
+    good, bad = (
+        ["good", "great", "fine", "lovely", "superb", "nice"],
+        ["bad", "awful", "poor", "boring", "dull", "worst"],
+    )
     rows = ["review,sentiment,split"]
     for split, n in (("train", 60), ("test", 20)):
         for i in range(n):
@@ -297,23 +366,58 @@ def _tiny_imdb(path):
 
 
 def _sentiment(tmp_path, epochs, *extra):
-    return [PY, "-m", "experiments.sentiment", "--data", str(_tiny_imdb(tmp_path / "tiny.csv")), "--stopwords", "keep",
-            "--min-freq", "1", "--max-vocab", "none", "--valid-fraction", "0", "--select", "last", "--epochs",
-            str(epochs), "--hidden-size", "4", "--embedding-dim", "4", "--batch-size", "4", "--out-root",
-            str(tmp_path / "out"), "--run-name", "r", "--no-progress", *extra]
+    return [
+        PY,
+        "-m",
+        "experiments.sentiment",
+        "--data",
+        str(_tiny_imdb(tmp_path / "tiny.csv")),
+        "--stopwords",
+        "keep",
+        "--min-freq",
+        "1",
+        "--max-vocab",
+        "none",
+        "--valid-fraction",
+        "0",
+        "--select",
+        "last",
+        "--epochs",
+        str(epochs),
+        "--hidden-size",
+        "4",
+        "--embedding-dim",
+        "4",
+        "--batch-size",
+        "4",
+        "--out-root",
+        str(tmp_path / "out"),
+        "--run-name",
+        "r",
+        "--no-progress",
+        *extra,
+    ]
 
 
 def test_a_second_sentiment_run_of_one_name_is_refused_while_the_first_runs(tmp_path):
     env = dict(ENV, SCRATCH_RNN_CACHE=str(tmp_path / "cache"))
-    first = subprocess.Popen(_sentiment(tmp_path, 100000), env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
-                             text=True)
+    first = subprocess.Popen(
+        _sentiment(tmp_path, 100000), env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True
+    )
     lock = tmp_path / "out" / ".r.lock"
     try:
-        _wait_for(lambda: (_owner(lock) or {}).get("pid") == first.pid and any((tmp_path / "out").glob(".r.partial-*"))
-                  and first.poll() is None, what="the first run to start training")
+        _wait_for(
+            lambda: (
+                (_owner(lock) or {}).get("pid") == first.pid
+                and any((tmp_path / "out").glob(".r.partial-*"))
+                and first.poll() is None
+            ),
+            what="the first run to start training",
+        )
         for extra in ([], ["--overwrite"]):
-            second = subprocess.run(_sentiment(tmp_path, 1, *extra), env=env, check=False, capture_output=True, text=True,
-                                    timeout=60)
+            second = subprocess.run(
+                _sentiment(tmp_path, 1, *extra), env=env, check=False, capture_output=True, text=True, timeout=60
+            )
             assert second.returncode == 2, (extra, second.stderr)
             assert "--run-name 'r'" in second.stderr and f"in use by another run: pid {first.pid}" in second.stderr
             assert first.poll() is None

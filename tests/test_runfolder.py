@@ -1,4 +1,5 @@
 """Run folders appear whole or not at all, and a killed run never takes an earlier one with it."""
+
 from __future__ import annotations
 
 import os
@@ -36,6 +37,7 @@ def test_the_fallback_swap_undoes_itself_when_the_second_rename_fails(tmp_path, 
         if str(src) == str(new):
             raise OSError("disk trouble")
         return real(src, dst)
+
     monkeypatch.setattr(runfolder.os, "rename", failing)
     with pytest.raises(OSError, match="disk trouble"):
         runfolder.replace_dir(new, target)

@@ -2,6 +2,7 @@
 
 No test touches the network: urlopen is replaced. One test reads the shared csv.gz when present.
 """
+
 from __future__ import annotations
 
 import gzip
@@ -20,7 +21,6 @@ import pytest
 
 from experiments.sentiment import data as D
 from experiments.sentiment import download as DL
-
 
 # ------------------------------------------------------------------------------------------------
 # fixtures
@@ -68,8 +68,14 @@ def test_read_aclimdb_dir_layout_and_order(tmp_path):
     assert len(df) == 7  # unsup, urls, .feat, imdb.vocab ignored
     # split order, then neg before pos, then numeric id (12 after 2)
     assert df[["split", "label", "file_id", "rating"]].values.tolist() == [
-        ["train", 0, 1, 1], ["train", 0, 3, 4], ["train", 1, 0, 9], ["train", 1, 2, 10], ["train", 1, 12, 7],
-        ["test", 0, 4, 2], ["test", 1, 5, 8]]
+        ["train", 0, 1, 1],
+        ["train", 0, 3, 4],
+        ["train", 1, 0, 9],
+        ["train", 1, 2, 10],
+        ["train", 1, 12, 7],
+        ["test", 0, 4, 2],
+        ["test", 1, 5, 8],
+    ]
     assert df.loc[2, "review"] == TREE["train/pos/0_9.txt"]  # text as stored, <br /> included
     assert df.loc[6, "review"] == "Caf\u00e9 scenes were lovely."
     assert df["label"].dtype == np.int64 and df.attrs["skipped"] == {}
@@ -80,16 +86,22 @@ def test_read_aclimdb_dir_layout_and_order(tmp_path):
 
 
 BAD_FILES = {
-    "train/pos/20_9.txt": b"caf\xe9 in latin-1",          # undecodable
-    "train/neg/21_3.txt": b"   \n ",                      # empty review
-    "train/neg/notes.txt": b"stray file",                 # bad file name
-    "train/pos/22_3.txt": b"rating 3 in pos/",            # rating contradicts folder
+    "train/pos/20_9.txt": b"caf\xe9 in latin-1",  # undecodable
+    "train/neg/21_3.txt": b"   \n ",  # empty review
+    "train/neg/notes.txt": b"stray file",  # bad file name
+    "train/pos/22_3.txt": b"rating 3 in pos/",  # rating contradicts folder
 }
 
 
-@pytest.mark.parametrize("rel,reason", [
-    ("train/pos/20_9.txt", "undecodable"), ("train/neg/21_3.txt", "empty_review"),
-    ("train/neg/notes.txt", "bad_file_name"), ("train/pos/22_3.txt", "bad_rating")])
+@pytest.mark.parametrize(
+    "rel,reason",
+    [
+        ("train/pos/20_9.txt", "undecodable"),
+        ("train/neg/21_3.txt", "empty_review"),
+        ("train/neg/notes.txt", "bad_file_name"),
+        ("train/pos/22_3.txt", "bad_rating"),
+    ],
+)
 def test_read_aclimdb_dir_malformed_raises_naming_the_file(tmp_path, rel, reason):
     top = make_tree(tmp_path, {**TREE, rel: BAD_FILES[rel]})
     with pytest.raises(ValueError) as e:
@@ -119,8 +131,10 @@ def test_read_aclimdb_dir_missing_folders(tmp_path):
 # CSV readers
 # ------------------------------------------------------------------------------------------------
 def test_two_column_csv(tmp_path):
-    p = write_csv(tmp_path / "IMDB Dataset.csv",
-                  'review,sentiment\n"Great, truly.<br />Yes",positive\nDull,negative\n"multi\nline",Positive\n')
+    p = write_csv(
+        tmp_path / "IMDB Dataset.csv",
+        'review,sentiment\n"Great, truly.<br />Yes",positive\nDull,negative\n"multi\nline",Positive\n',
+    )
     df = D.read_review_csv(p)
     assert df["review"].tolist() == ["Great, truly.<br />Yes", "Dull", "multi\nline"]
     assert df["label"].tolist() == [1, 0, 1]
@@ -134,25 +148,33 @@ def test_two_column_csv(tmp_path):
 
 
 def test_shared_format_csv_gz(tmp_path):
-    p = write_csv(tmp_path / "aclImdb_50k.csv.gz",
-                  "review,sentiment,orig_split,file_id,rating\n"
-                  "Good,positive,train,3,8\nBad,negative,test,7,1\nFine,positive,test,9,10\n")
+    p = write_csv(
+        tmp_path / "aclImdb_50k.csv.gz",
+        "review,sentiment,orig_split,file_id,rating\n"
+        "Good,positive,train,3,8\nBad,negative,test,7,1\nFine,positive,test,9,10\n",
+    )
     df = D.load_imdb(p)
     assert df[["label", "split", "file_id", "rating"]].values.tolist() == [
-        [1, "train", 3, 8], [0, "test", 7, 1], [1, "test", 9, 10]]
+        [1, "train", 3, 8],
+        [0, "test", 7, 1],
+        [1, "test", 9, 10],
+    ]
     parts = D.split_frames(df)
     assert len(parts["train"]) == 1 and len(parts["test"]) == 2
     # a folder holding the shared file is accepted too
     pd.testing.assert_frame_equal(D.load_imdb(tmp_path), df)
 
 
-@pytest.mark.parametrize("body,row,reason", [
-    ("ok,positive\nalso ok,postive\n", 2, "unknown_label"),
-    ("ok,positive\n,negative\n", 2, "empty_review"),
-    ('ok,positive\n"   ",negative\n', 2, "empty_review"),
-    (b"ok,positive\nbad \xff byte,negative\n", 2, "undecodable"),
-    ("first,3\nok,positive\n", 1, "unknown_label"),
-])
+@pytest.mark.parametrize(
+    "body,row,reason",
+    [
+        ("ok,positive\nalso ok,postive\n", 2, "unknown_label"),
+        ("ok,positive\n,negative\n", 2, "empty_review"),
+        ('ok,positive\n"   ",negative\n', 2, "empty_review"),
+        (b"ok,positive\nbad \xff byte,negative\n", 2, "undecodable"),
+        ("first,3\nok,positive\n", 1, "unknown_label"),
+    ],
+)
 def test_csv_malformed_raises_naming_file_and_row(tmp_path, body, row, reason):
     head = b"review,sentiment\n"
     p = write_csv(tmp_path / "r.csv", head + (body if isinstance(body, bytes) else body.encode()))
@@ -163,24 +185,32 @@ def test_csv_malformed_raises_naming_file_and_row(tmp_path, body, row, reason):
 
 
 def test_csv_skip_counts_each_reason(tmp_path, caplog):
-    p = write_csv(tmp_path / "r.csv.gz",
-                  b"review,sentiment,orig_split,file_id,rating\n"
-                  b"good,positive,train,1,9\n"
-                  b"bad label,great,train,2,9\n"
-                  b",negative,test,3,1\n"
-                  b"bad \xfe bytes,negative,test,4,1\n"
-                  b"no split,negative,valid,5,1\n"
-                  b"bad rating,positive,test,6,3\n"
-                  b"bad id,negative,test,x,2\n"
-                  b"fine,negative,test,8,2\n")
+    p = write_csv(
+        tmp_path / "r.csv.gz",
+        b"review,sentiment,orig_split,file_id,rating\n"
+        b"good,positive,train,1,9\n"
+        b"bad label,great,train,2,9\n"
+        b",negative,test,3,1\n"
+        b"bad \xfe bytes,negative,test,4,1\n"
+        b"no split,negative,valid,5,1\n"
+        b"bad rating,positive,test,6,3\n"
+        b"bad id,negative,test,x,2\n"
+        b"fine,negative,test,8,2\n",
+    )
     with pytest.raises(ValueError, match="data row 2: unknown_label"):
         D.read_review_csv(p)
     with caplog.at_level(logging.WARNING, logger=D.__name__):
         df = D.read_review_csv(p, on_error="skip")
     assert df["review"].tolist() == ["good", "fine"]
     assert df["file_id"].tolist() == [1, 8]
-    assert df.attrs["skipped"] == {"bad_file_id": 1, "bad_rating": 1, "empty_review": 1,
-                                   "undecodable": 1, "unknown_label": 1, "unknown_split": 1}
+    assert df.attrs["skipped"] == {
+        "bad_file_id": 1,
+        "bad_rating": 1,
+        "empty_review": 1,
+        "undecodable": 1,
+        "unknown_label": 1,
+        "unknown_split": 1,
+    }
     assert "skipped 6 malformed" in caplog.text
     assert df.attrs["source"].endswith("r.csv.gz")
 
@@ -254,8 +284,10 @@ def test_random_split_stratified_and_reproducible():
     b = D.random_split(df, test_fraction=0.25, seed=3)
     pd.testing.assert_frame_equal(a, b)
     assert df["split"].isna().all()  # the input is not modified
-    assert (a.groupby(["split", "label"]).size() == pd.Series(
-        {("test", 0): 5, ("test", 1): 5, ("train", 0): 15, ("train", 1): 15})).all()
+    assert (
+        a.groupby(["split", "label"]).size()
+        == pd.Series({("test", 0): 5, ("test", 1): 5, ("train", 0): 15, ("train", 1): 15})
+    ).all()
     tr = D.split_frames(a)["train"]
     v = D.random_split(tr, test_fraction=0.2, split_names=("train", "valid"), only_missing=False)
     assert v["split"].value_counts().to_dict() == {"train": 24, "valid": 6}
@@ -264,8 +296,9 @@ def test_random_split_stratified_and_reproducible():
 # ------------------------------------------------------------------------------------------------
 # the real shared copy
 # ------------------------------------------------------------------------------------------------
-@pytest.mark.skipif(not D.SHARED_CSV.is_file(),
-                    reason=f"shared IMDB copy absent ({D.SHARED_CSV}); CI provides ../shared")
+@pytest.mark.skipif(
+    not D.SHARED_CSV.is_file(), reason=f"shared IMDB copy absent ({D.SHARED_CSV}); CI provides ../shared"
+)
 def test_shared_csv_official_split_and_balance():
     df = D.read_review_csv(D.SHARED_CSV, require_split=True)
     assert df.attrs["skipped"] == {}
@@ -291,9 +324,14 @@ class FakeResponse(io.BytesIO):
 def tiny_archive() -> bytes:
     buf = io.BytesIO()
     with tarfile.open(fileobj=buf, mode="w:gz") as tar:
-        for rel, text in [("aclImdb/train/pos/0_9.txt", "good"), ("aclImdb/train/neg/0_1.txt", "bad"),
-                          ("aclImdb/test/pos/1_8.txt", "nice"), ("aclImdb/test/neg/1_2.txt", "poor"),
-                          ("aclImdb/train/unsup/0_0.txt", "unlabelled"), ("aclImdb/README", "readme")]:
+        for rel, text in [
+            ("aclImdb/train/pos/0_9.txt", "good"),
+            ("aclImdb/train/neg/0_1.txt", "bad"),
+            ("aclImdb/test/pos/1_8.txt", "nice"),
+            ("aclImdb/test/neg/1_2.txt", "poor"),
+            ("aclImdb/train/unsup/0_0.txt", "unlabelled"),
+            ("aclImdb/README", "readme"),
+        ]:
             raw = text.encode()
             info = tarfile.TarInfo(rel)
             info.size = len(raw)
@@ -347,8 +385,7 @@ def test_download_checksum_mismatch_leaves_nothing(tmp_path, monkeypatch):
 
 def test_download_verifies_then_extracts_atomically(tmp_path, monkeypatch):
     payload = tiny_archive()
-    sums = dict(md5=hashlib.md5(payload).hexdigest(), sha256=hashlib.sha256(payload).hexdigest(),
-                size=len(payload))
+    sums = dict(md5=hashlib.md5(payload).hexdigest(), sha256=hashlib.sha256(payload).hexdigest(), size=len(payload))
     calls = []
 
     def serve(url, timeout=None):

@@ -8,6 +8,7 @@
   (needs the shared IMDB copy and NLTK's stopwords; skipped without them).
 - Token dropout, the data split, the GloVe matrix, the command line's errors.
 """
+
 from __future__ import annotations
 
 import json
@@ -26,14 +27,22 @@ from scratch_rnn.cells import cell_names, cell_spec
 from tests.helpers import assert_close
 
 # float64: the tolerances of tests/test_trajectories.py (Adam's parameters get 10x more, see there)
-TOL64 = {"loss": dict(rtol=1e-9, atol=1e-12), "grad_norm": dict(rtol=1e-9, atol=1e-12),
-         "logits": dict(rtol=1e-9, atol=1e-12), "params": dict(rtol=1e-8, atol=1e-12)}
+TOL64 = {
+    "loss": dict(rtol=1e-9, atol=1e-12),
+    "grad_norm": dict(rtol=1e-9, atol=1e-12),
+    "logits": dict(rtol=1e-9, atol=1e-12),
+    "params": dict(rtol=1e-8, atol=1e-12),
+}
 # Measured worst relative errors over the configurations below (6 steps): float64 <= 5e-16 for every
 # quantity; float32 <= 1.1e-7 (loss, gradient norm), 4e-7 (logits), 1.8e-7 (parameters). float32 is
 # held to 2e-5 (~50x): its rounding compounds along a trajectory, and in the reduced real run the
 # per-step losses first differ by 1e-3 (relative) after ~80 steps.
-TOL32 = {"loss": dict(rtol=2e-5, atol=1e-7), "grad_norm": dict(rtol=2e-5, atol=1e-7),
-         "logits": dict(rtol=2e-5, atol=1e-7), "params": dict(rtol=2e-5, atol=1e-7)}
+TOL32 = {
+    "loss": dict(rtol=2e-5, atol=1e-7),
+    "grad_norm": dict(rtol=2e-5, atol=1e-7),
+    "logits": dict(rtol=2e-5, atol=1e-7),
+    "params": dict(rtol=2e-5, atol=1e-7),
+}
 N_STEPS = 6
 
 
@@ -62,9 +71,19 @@ CONFIGS = {
     "lstm-2layer-dropout": dict(cell="lstm", num_layers=2, dropout=0.3, pooling="mean", optimizer="adam"),
     "gru-last-sgd": dict(cell="gru", pooling="last", bidirectional=False, optimizer="sgd", lr=0.1, lr_decay=0.5),
 }
-CONFIGS.update({f"{name}-2layer-dropout": dict(cell=name, num_layers=2, dropout=0.3, pooling="max", optimizer="adam",
-                                               nonlinearity=cell_spec(name).options.get("nonlinearity", ("tanh",))[0])
-                for name in cell_names(builtin=False)})  # every plug-in cell, at its own default nonlinearity
+CONFIGS.update(
+    {
+        f"{name}-2layer-dropout": dict(
+            cell=name,
+            num_layers=2,
+            dropout=0.3,
+            pooling="max",
+            optimizer="adam",
+            nonlinearity=cell_spec(name).options.get("nonlinearity", ("tanh",))[0],
+        )
+        for name in cell_names(builtin=False)
+    }
+)  # every plug-in cell, at its own default nonlinearity
 
 
 def first_steps(cfg: T.SentimentConfig, split: EncodedSplit, vocab_size: int):
@@ -99,16 +118,23 @@ def first_steps(cfg: T.SentimentConfig, split: EncodedSplit, vocab_size: int):
 @pytest.mark.parametrize("name", sorted(CONFIGS))
 def test_backends_take_the_same_first_steps(name, dtype, tol):
     vocab = 40
-    cfg = T.SentimentConfig(embedding_dim=6, hidden_size=5, batch_size=8, lr=CONFIGS[name].get("lr", 2e-2),
-                            dtype=dtype, **{k: v for k, v in CONFIGS[name].items() if k != "lr"})
+    cfg = T.SentimentConfig(
+        embedding_dim=6,
+        hidden_size=5,
+        batch_size=8,
+        lr=CONFIGS[name].get("lr", 2e-2),
+        dtype=dtype,
+        **{k: v for k, v in CONFIGS[name].items() if k != "lr"},
+    )
     res = first_steps(cfg, synthetic_split(vocab=vocab), vocab)
     a, b = res["numpy"], res["torch"]
     where = dict(config=name, dtype=dtype)
     assert_close(a["loss"], b["loss"], name="per-step loss", config=where, **tol["loss"])
     assert_close(a["grad_norm"], b["grad_norm"], name="pre-clip gradient norm", config=where, **tol["grad_norm"])
     for step in range(N_STEPS):
-        assert_close(a["logits"][step], b["logits"][step], name=f"logits at step {step + 1}", config=where,
-                     **tol["logits"])
+        assert_close(
+            a["logits"][step], b["logits"][step], name=f"logits at step {step + 1}", config=where, **tol["logits"]
+        )
         for k, v in a["params"][step].items():
             assert_close(v, b["params"][step][k], name=f"{k} after step {step + 1}", config=where, **tol["params"])
     assert np.all(np.diff(a["loss"]) != 0)  # the steps really changed the model
@@ -132,6 +158,7 @@ def test_same_seed_same_batches_and_token_dropout():
     assert source.num_batches(0) == len(one)
     for (x1, y1, l1), (x2, y2, l2) in zip(one, again):
         np.testing.assert_array_equal(x1, x2)
+        np.testing.assert_array_equal(y1, y2)
         np.testing.assert_array_equal(l1, l2)
     assert any(not np.array_equal(x1, x2) for (x1, _, _), (x2, _, _) in zip(one, other))
     # every review exactly once per epoch
@@ -235,16 +262,19 @@ def test_glove_needs_50_dimensions():
 # ------------------------------------------------------------------------------------------------
 # the command line
 # ------------------------------------------------------------------------------------------------
-@pytest.mark.parametrize("argv,message", [
-    (["--backend", "jax"], "invalid choice"),
-    (["--embedding", "glove", "--embedding-dim", "64"], "50-d"),
-    (["--valid-fraction", "0"], "select='best'"),
-    (["--lr", "-1"], "lr"),
-    (["--token-dropout", "1.5"], "token_dropout"),
-    (["--epochs", "0"], "epochs"),
-    (["--max-vocab", "2"], "max_vocab"),
-    (["--run-name", "a/b"], "plain folder name"),
-])
+@pytest.mark.parametrize(
+    "argv,message",
+    [
+        (["--backend", "jax"], "invalid choice"),
+        (["--embedding", "glove", "--embedding-dim", "64"], "50-d"),
+        (["--valid-fraction", "0"], "select='best'"),
+        (["--lr", "-1"], "lr"),
+        (["--token-dropout", "1.5"], "token_dropout"),
+        (["--epochs", "0"], "epochs"),
+        (["--max-vocab", "2"], "max_vocab"),
+        (["--run-name", "a/b"], "plain folder name"),
+    ],
+)
 def test_bad_arguments_exit_2_with_a_message(argv, message, capsys, tmp_path):
     assert main(argv + ["--out-root", str(tmp_path)]) == 2
     assert message in capsys.readouterr().err
@@ -286,6 +316,7 @@ def test_a_failed_overwrite_leaves_the_old_run_whole(tmp_path, monkeypatch):
     def failing(cfg, out_dir, **kw):
         (out_dir / "config.json").write_text('{"new": true}')
         raise ValueError("bad data found midway")
+
     monkeypatch.setattr(T, "_run_into", failing)
     with pytest.raises(ValueError, match="midway"):
         T.run_experiment(T.SentimentConfig(), old, progress=False, overwrite=True)
@@ -313,8 +344,20 @@ QUICK_MIN_ACCURACY = 0.70
 
 def test_quick_run_beats_chance_and_the_backends_agree(tmp_path):
     _need_real_data()
-    code = main(["--preset", "quick", "--backend", "both", "--in-process", "--out-root", str(tmp_path),
-                 "--run-name", "quick", "--no-progress"])
+    code = main(
+        [
+            "--preset",
+            "quick",
+            "--backend",
+            "both",
+            "--in-process",
+            "--out-root",
+            str(tmp_path),
+            "--run-name",
+            "quick",
+            "--no-progress",
+        ]
+    )
     assert code == 0
     run = tmp_path / "quick"
     metrics = json.loads((run / "metrics.json").read_text())
@@ -343,8 +386,9 @@ def test_quick_run_beats_chance_and_the_backends_agree(tmp_path):
 def test_both_backends_in_their_own_processes(tmp_path):
     """The default of --backend both: one spawned process per backend, each with its own ru_maxrss."""
     _need_real_data()
-    code = main(["--preset", "quick", "--backend", "both", "--out-root", str(tmp_path), "--run-name", "iso",
-                 "--no-progress"])
+    code = main(
+        ["--preset", "quick", "--backend", "both", "--out-root", str(tmp_path), "--run-name", "iso", "--no-progress"]
+    )
     assert code == 0
     metrics = json.loads((tmp_path / "iso" / "metrics.json").read_text())
     res = {r["backend"]: r for r in metrics["results"]}
@@ -356,8 +400,25 @@ def test_both_backends_in_their_own_processes(tmp_path):
 def test_a_diverging_run_exits_1_and_leaves_no_run_folder(tmp_path, capsys):
     """--lr 1e6 used to end with exit 0 and a test loss of 1.6e7: the trainer's divergence stop ends it."""
     _need_real_data()
-    code = main(["--preset", "quick", "--backend", "numpy", "--lr", "1e6", "--train-size", "600", "--test-size", "100",
-                 "--out-root", str(tmp_path), "--run-name", "diverged", "--no-progress"])
+    code = main(
+        [
+            "--preset",
+            "quick",
+            "--backend",
+            "numpy",
+            "--lr",
+            "1e6",
+            "--train-size",
+            "600",
+            "--test-size",
+            "100",
+            "--out-root",
+            str(tmp_path),
+            "--run-name",
+            "diverged",
+            "--no-progress",
+        ]
+    )
     err = capsys.readouterr().err
     assert code == 1, err
     assert "training stopped at step" in err and ("divergence" in err or "non-finite" in err)

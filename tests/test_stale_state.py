@@ -12,6 +12,7 @@ The one rule (docs/model.md, *What a later read sees*):
 
 Each test below was seen red with its fix removed (the mutation is named in its docstring).
 """
+
 from __future__ import annotations
 
 import numpy as np
@@ -26,9 +27,11 @@ RNG = np.random.default_rng(0)
 X = RNG.standard_normal((6, 3, 2))  # (T, B, I)
 
 
-CELLS = {"RNN": lambda: RNN(2, 4, dtype=np.float64, seed=1),
-         "LSTM": lambda: LSTM(2, 4, proj_size=3, dtype=np.float64, seed=2),
-         "GRU": lambda: GRU(2, 4, num_layers=2, bidirectional=True, dtype=np.float64, seed=3)}
+CELLS = {
+    "RNN": lambda: RNN(2, 4, dtype=np.float64, seed=1),
+    "LSTM": lambda: LSTM(2, 4, proj_size=3, dtype=np.float64, seed=2),
+    "GRU": lambda: GRU(2, 4, num_layers=2, bidirectional=True, dtype=np.float64, seed=3),
+}
 
 
 def _cotangent(out):
@@ -122,8 +125,7 @@ def test_a_sequence_model_checks_its_children(cell):
     """The composite's forward keeps what its children's backwards read; a child's forward in between (which
     copies the changed weight afresh for itself) does not hide the change from the parent's backward.
     Mutation: snapshot only the module's own parameters (no children) -> the head's change passes."""
-    cfg = ModelConfig(hidden_size=4, out_features=2, vocab_size=9, embedding_dim=3, cell=cell, dtype="float64",
-                      seed=3)
+    cfg = ModelConfig(hidden_size=4, out_features=2, vocab_size=9, embedding_dim=3, cell=cell, dtype="float64", seed=3)
     model = SequenceModel(cfg).eval()
     x = np.array([[1, 2, 3], [4, 5, 6]])
     out, _ = model(x)
@@ -194,8 +196,13 @@ def test_a_forward_drops_the_previous_backward_and_release_buffers_drops_everyth
     m.backward(_cotangent(out))
     assert m.hidden_grads is not None and (cls is not LSTM or m.cell_grads is not None)
     m.release_buffers()
-    assert (m.hidden_grads, getattr(m, "cell_grads", None), m.last_forward, m.dropout_masks, m.states) == \
-        (None, None, None, None, [])
+    assert (m.hidden_grads, getattr(m, "cell_grads", None), m.last_forward, m.dropout_masks, m.states) == (
+        None,
+        None,
+        None,
+        None,
+        [],
+    )
     with pytest.raises(RuntimeError, match="call forward first"):
         m.backward(_cotangent(out))
 

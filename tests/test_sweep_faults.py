@@ -1,6 +1,7 @@
 """Nothing left behind, nothing silently wrong: worker processes die with a killed parent
 (experiments.process), a result table's stray lines do not block a resume (sweep), and result files
 are written whole or not at all (common)."""
+
 from __future__ import annotations
 
 import json
@@ -57,33 +58,43 @@ def _reap_leftovers(pids) -> None:
 
 
 def _python(code: str, *args: str) -> subprocess.Popen:
-    return subprocess.Popen([sys.executable, "-c", textwrap.dedent(code), *args], cwd=ROOT,
-                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    return subprocess.Popen(
+        [sys.executable, "-c", textwrap.dedent(code), *args],
+        cwd=ROOT,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
 
 
 # --------------------------------------------------------------------------------------------
 # workers die with their parent
 # --------------------------------------------------------------------------------------------
 def test_sweep_workers_die_when_the_parent_is_killed(tmp_path):
-    parent = _python("""
+    parent = _python(
+        """
         import sys
         from experiments.gradients import sweep
         from tests.test_sweep_faults import sleepy_trial
         d = sys.argv[1]
         sweep.run_sweep(sleepy_trial, [dict(k=k, dir=d) for k in range(2)], d + "/trials.jsonl", workers=2,
                         progress=False)
-    """, str(tmp_path))
+    """,
+        str(tmp_path),
+    )
     pid_files = [tmp_path / f"worker-{k}.pid" for k in range(2)]
     workers = []
     try:
-        assert _wait_for(lambda: all(p.exists() and p.read_text() for p in pid_files), 60), \
+        assert _wait_for(lambda: all(p.exists() and p.read_text() for p in pid_files), 60), (
             f"the workers did not start: {parent.poll()} {parent.stderr.read() if parent.poll() is not None else ''}"
+        )
         workers = [int(p.read_text()) for p in pid_files]
         assert all(pid_alive(pid) for pid in workers)
         parent.kill()  # SIGKILL: no finally, no atexit
         parent.wait(10)
-        assert _wait_for(lambda: not any(pid_alive(pid) for pid in workers), 5), \
+        assert _wait_for(lambda: not any(pid_alive(pid) for pid in workers), 5), (
             f"workers {[pid for pid in workers if pid_alive(pid)]} outlived their killed parent"
+        )
     finally:
         parent.kill()
         _reap_leftovers(workers)  # first: survivors hold the parent's output pipes open
@@ -113,14 +124,20 @@ def test_die_with_parent(tmp_path, mechanism, when):
     if mechanism == "prctl" and not sys.platform.startswith("linux"):
         pytest.skip("prctl is Linux only")
     ready = tmp_path / "ready"
-    parent = _python("""
+    parent = _python(
+        """
         import os, subprocess, sys, textwrap, time
         child = subprocess.Popen([sys.executable, "-c", sys.argv[1], str(os.getpid()), *sys.argv[2:]])
         print(child.pid, flush=True)
         if sys.argv[-1] == "wait-orphaned":
             sys.exit(0)  # dies at once: the child calls die_with_parent after this
         time.sleep(120)
-    """, textwrap.dedent(CHILD), mechanism, str(ready), "wait-orphaned" if when == "before-the-call" else "-")
+    """,
+        textwrap.dedent(CHILD),
+        mechanism,
+        str(ready),
+        "wait-orphaned" if when == "before-the-call" else "-",
+    )
     child = None
     try:
         child = int(parent.stdout.readline())
@@ -151,8 +168,17 @@ def test_sweep_skips_lines_that_are_not_trials_and_reruns_them(tmp_path):
     table = tmp_path / "trials.jsonl"
     good = {"trial_id": sweep.trial_id(specs[0]), **specs[0], "square": 0}
     wrong_fields = {"trial_id": sweep.trial_id(specs[1]), **specs[1], "k": 7, "square": 49}
-    lines = ["42", '{"oops": 1}', "[1, 2]", "null", '"text"', '{"trial_id": 5, "k": 2}',
-             json.dumps(wrong_fields), json.dumps(good), '{"trial_id": "cut mid-wri']
+    lines = [
+        "42",
+        '{"oops": 1}',
+        "[1, 2]",
+        "null",
+        '"text"',
+        '{"trial_id": 5, "k": 2}',
+        json.dumps(wrong_fields),
+        json.dumps(good),
+        '{"trial_id": "cut mid-wri',
+    ]
     table.write_text("\n".join(lines) + "\n")
     with pytest.warns(sweep.SkippedLineWarning) as record:
         df = sweep.run_sweep(square_trial, specs, table, workers=1, progress=False)
@@ -199,6 +225,7 @@ def test_write_csv_that_fails_leaves_the_previous_file(tmp_path):
 @pytest.mark.parametrize("writer", ["json", "csv", "report", "figure"])
 def test_result_files_are_replaced_not_rewritten_in_place(tmp_path, writer):
     """A reader holding the previous file still reads all of it: the new file is renamed over it."""
+
     def write(version: int) -> Path:
         if writer == "json":
             return common.write_json(tmp_path / "s.json", {"version": version, "pad": "x" * 1000 * version})
@@ -232,7 +259,8 @@ def quick_or_slow_trial(spec: dict) -> dict:
 
 def test_sigint_to_the_parent_alone_exits_130_promptly_keeping_finished_trials(tmp_path):
     table = tmp_path / "trials.jsonl"
-    parent = _python("""
+    parent = _python(
+        """
         import sys
         from experiments.gradients import sweep
         from scratch_rnn.cli import run_main
@@ -241,13 +269,20 @@ def test_sigint_to_the_parent_alone_exits_130_promptly_keeping_finished_trials(t
         specs = [dict(k=k, dir=d) for k in range(4)]
         sys.exit(run_main(lambda argv: sweep.run_sweep(quick_or_slow_trial, specs, d + "/trials.jsonl", workers=4,
                                                        progress=False) and None, prog="sweep"))
-    """, str(tmp_path))
+    """,
+        str(tmp_path),
+    )
     pid_files = [tmp_path / f"worker-{k}.pid" for k in (2, 3)]
     workers = []
     try:
+
         def ready():
-            return all(p.exists() and p.read_text() for p in pid_files) and table.exists() and \
-                len(table.read_text().splitlines()) == 2
+            return (
+                all(p.exists() and p.read_text() for p in pid_files)
+                and table.exists()
+                and len(table.read_text().splitlines()) == 2
+            )
+
         assert _wait_for(ready, 60), f"the sweep did not get going: {parent.poll()}"
         workers = [int(p.read_text()) for p in pid_files]
         os.kill(parent.pid, signal.SIGINT)  # the parent alone, not its process group

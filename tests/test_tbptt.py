@@ -1,5 +1,6 @@
 """Truncated BPTT: k >= T is full BPTT; k < T equals a torch twin truncated the same way (h.detach());
 the state crosses chunk boundaries and the gradient does not."""
+
 from __future__ import annotations
 
 import numpy as np
@@ -34,8 +35,17 @@ def test_chunks_cover_every_valid_step_exactly_once(T, k, lengths):
 
 @pytest.mark.parametrize("opt", ["sgd", "adam"])
 def test_k_at_least_T_is_exactly_full_bptt(opt):
-    cfg = ModelConfig(hidden_size=5, out_features=4, vocab_size=8, embedding_dim=3, num_layers=2, dropout=0.2,
-                      task="per_step", dtype="float64", seed=1)
+    cfg = ModelConfig(
+        hidden_size=5,
+        out_features=4,
+        vocab_size=8,
+        embedding_dim=3,
+        num_layers=2,
+        dropout=0.2,
+        task="per_step",
+        dtype="float64",
+        seed=1,
+    )
     rng = np.random.default_rng(2)
     batches = [random_batch(rng, cfg, 3, 6, True) for _ in range(20)]
     kw = dict(lr=0.05, momentum=0.9) if opt == "sgd" else dict(lr=1e-2)
@@ -56,8 +66,14 @@ def test_k_at_least_T_is_exactly_full_bptt(opt):
 
 
 @settings(max_examples=12 if not THOROUGH else 50)
-@given(cfg=model_configs(task="per_step"), opts=optimizer_options(), seed=st.integers(0, 2**31 - 1),
-       B=st.integers(1, 4), T=st.integers(2, 9), data=st.data())
+@given(
+    cfg=model_configs(task="per_step"),
+    opts=optimizer_options(),
+    seed=st.integers(0, 2**31 - 1),
+    B=st.integers(1, 4),
+    T=st.integers(2, 9),
+    data=st.data(),
+)
 def test_truncated_bptt_matches_torch_truncated_the_same_way(cfg, opts, seed, B, T, data):
     name, kw = opts
     kw = dict(kw, maximize=False)
@@ -72,22 +88,27 @@ def test_truncated_bptt_matches_torch_truncated_the_same_way(cfg, opts, seed, B,
         n_steps += len(list(tbptt_chunks(T, lengths, k)))
     ours, theirs = run_both(cfg, name, kw, clip, batches, tbptt_k=k, seed=seed)
     assert len(theirs["losses"]) == n_steps
-    assert_trajectories_close(ours, theirs, name, dict(cfg=cfg, optimizer=name, kw=kw, k=k, seed=seed, B=B, T=T,
-                                                       variable=variable, clip=clip))
+    assert_trajectories_close(
+        ours, theirs, name, dict(cfg=cfg, optimizer=name, kw=kw, k=k, seed=seed, B=B, T=T, variable=variable, clip=clip)
+    )
 
 
 def test_state_crosses_the_boundary_and_gradient_does_not():
     """lr = 0 (the weights never move): each chunk's loss is the full forward's loss on those steps
     (the state was carried), and its gradient is torch's with h.detach() at the boundary, which
     differs from the gradient that flows back through the boundary."""
-    cfg = ModelConfig(hidden_size=4, out_features=3, input_size=2, num_layers=2, task="per_step", loss="mse",
-                      dtype="float64", seed=3)
+    cfg = ModelConfig(
+        hidden_size=4, out_features=3, input_size=2, num_layers=2, task="per_step", loss="mse", dtype="float64", seed=3
+    )
     rng = np.random.default_rng(4)
     x, y, _ = random_batch(rng, cfg, 2, 6, False)
     model = SequenceModel(cfg)
     grads = []
-    trainer = Trainer(model, TrainConfig(optimizer="sgd", optimizer_kwargs=dict(lr=0.0), tbptt_k=3, progress=False),
-                      callback=lambda t, r: grads.append({k: g.copy() for k, g in t.model.grads.items()}))
+    trainer = Trainer(
+        model,
+        TrainConfig(optimizer="sgd", optimizer_kwargs=dict(lr=0.0), tbptt_k=3, progress=False),
+        callback=lambda t, r: grads.append({k: g.copy() for k, g in t.model.grads.items()}),
+    )
     trainer.train_batch(x, y)
     assert len(trainer.history) == 2
     twin = torch_twin(model)

@@ -1,6 +1,7 @@
 """The IMDB text pipeline (experiments.sentiment.text): the notebook's bugs fixed, stopwords,
 vocabulary, encoding, bucketed batches and the token cache. Small synthetic inputs only, plus a
 sample of the shared csv.gz when present."""
+
 from __future__ import annotations
 
 import dataclasses
@@ -30,7 +31,7 @@ def notebook_clean(text: str) -> str:
     """The original notebook's call: flags passed where re.sub expects ``count``."""
     with warnings.catch_warnings():
         warnings.simplefilter("ignore", DeprecationWarning)  # Python 3.13 warns about positional count
-        return re.sub(r"[^a-zA-Z]", " ", text, re.I | re.A)
+        return re.sub(r"[^a-zA-Z]", " ", text, re.I | re.A)  # noqa: B034 (the bug reproduced)
 
 
 # ------------------------------------------------------------------------------------------------
@@ -41,7 +42,7 @@ def test_notebook_regex_bug_stops_after_258_matches():
     text = "word, " * 300  # 600 non-letters: ',' and ' '
     buggy = notebook_clean(text)
     # the first 258 non-letters were replaced, the rest survived
-    assert not re.search(r"[^a-zA-Z ]", buggy[:258 // 2 * 6])
+    assert not re.search(r"[^a-zA-Z ]", buggy[: 258 // 2 * 6])
     assert buggy.count(",") == 300 - 258 // 2
     assert re.search(r"[^a-zA-Z ]", buggy[-20:])
     ours = T.clean_text(text, T.TextConfig())
@@ -61,8 +62,7 @@ def test_no_br_token_survives(stopwords):
 
 def test_clean_text_html_entities_accents_and_lone_angle_brackets():
     cfg = T.TextConfig()
-    assert T.clean_text("Caf\u00e9 &amp; cr\u00e8me<i>br\u00fbl\u00e9e</i>", cfg).split() == \
-        ["cafe", "creme", "brulee"]
+    assert T.clean_text("Caf\u00e9 &amp; cr\u00e8me<i>br\u00fbl\u00e9e</i>", cfg).split() == ["cafe", "creme", "brulee"]
     assert T.clean_text("Caf\u00e9", cfg.replace(ascii_fold=False)).split() == ["caf"]  # the re.A way
     # "<3", "a < b > c" and pseudo-tags are not HTML: their letters stay
     assert T.clean_text("I <3 it, a < b > c <grin>", cfg).split() == ["i", "it", "a", "b", "c", "grin"]
@@ -80,8 +80,17 @@ def test_stopwords_and_negations(stopwords):
     assert len(stopwords) == 198 and {"not", "no", "nor", "didn", "t"} <= stopwords
     text = "I didn't like it, not at all. No plot, nor acting; it isn't good."
     assert T.tokenize(text, T.TextConfig()) == ["like", "plot", "acting", "good"]
-    assert T.tokenize(text, T.TextConfig(keep_negations=True)) == \
-        ["didn", "like", "not", "no", "plot", "nor", "acting", "isn", "good"]
+    assert T.tokenize(text, T.TextConfig(keep_negations=True)) == [
+        "didn",
+        "like",
+        "not",
+        "no",
+        "plot",
+        "nor",
+        "acting",
+        "isn",
+        "good",
+    ]
     assert T.tokenize(text, T.TextConfig(remove_stopwords=False))[:6] == ["i", "didn", "t", "like", "it", "not"]
     kept = stopwords - T.stopword_set(T.TextConfig(keep_negations=True))
     assert {"not", "no", "nor", "didn", "didn't", "won't", "ain"} <= kept and "t" not in kept
@@ -121,8 +130,12 @@ def test_vocab_order_limits_and_roundtrip(tmp_path):
     v = T.Vocab.build([["b", "a", "c"], ["c", "a", "b", "d", "c"]])
     assert v.itos == ["<pad>", "<unk>", "c", "a", "b", "d"]  # count desc, then token
     assert v.counts == [0, 0, 3, 2, 2, 1]
-    assert T.Vocab.build([["b", "a", "c"], ["c", "a", "b", "d", "c"]], max_size=4).itos == \
-        ["<pad>", "<unk>", "c", "a"]  # max_size counts <pad> and <unk>
+    assert T.Vocab.build([["b", "a", "c"], ["c", "a", "b", "d", "c"]], max_size=4).itos == [
+        "<pad>",
+        "<unk>",
+        "c",
+        "a",
+    ]  # max_size counts <pad> and <unk>
     assert "d" not in T.Vocab.build([["b", "a", "c"], ["c", "a", "b", "d", "c"]], min_freq=2)
     assert v.encode(["c", "zzz", "a"]).tolist() == [2, 1, 3]
     assert v.encode(["c"]).dtype == np.int64
@@ -144,6 +157,7 @@ def test_vocab_and_corpus_files_use_the_shared_atomic_writer(tmp_path, monkeypat
     import os
 
     from scratch_rnn import fileio
+
     assert not hasattr(T, "_write_atomically") and not hasattr(T, "_chmod_like_open")
     calls = []
     real = fileio.atomic_write
@@ -151,6 +165,7 @@ def test_vocab_and_corpus_files_use_the_shared_atomic_writer(tmp_path, monkeypat
     def spy(path, write, *, binary=True):
         calls.append((os.path.basename(path), binary))
         return real(path, write, binary=binary)
+
     monkeypatch.setattr(T, "atomic_write", spy)
     v = T.Vocab.build([["é", "a"], ["a"]])
     corpus = T.TokenizedCorpus.from_token_lists([["é", "a"], ["a"]], T.TextConfig())
@@ -169,6 +184,7 @@ def test_vocab_and_corpus_files_use_the_shared_atomic_writer(tmp_path, monkeypat
     def fail_midway(payload, f, **kw):
         f.write('{"format": "scratch-rnn-vocab", "itos": [')
         raise OSError("disk full")
+
     monkeypatch.setattr(T.json, "dump", fail_midway)
     with pytest.raises(OSError, match="disk full"):
         T.Vocab.build([["x"]]).save(tmp_path / "vocab.json")
@@ -178,8 +194,7 @@ def test_vocab_and_corpus_files_use_the_shared_atomic_writer(tmp_path, monkeypat
 
 
 def test_vocab_from_training_rows_only():
-    corpus = T.TokenizedCorpus.from_token_lists(
-        [["good", "film"], ["bad", "film"], ["unseen", "film"]], T.TextConfig())
+    corpus = T.TokenizedCorpus.from_token_lists([["good", "film"], ["bad", "film"], ["unseen", "film"]], T.TextConfig())
     v = T.build_vocab(corpus, np.array([True, True, False]))
     assert v.itos == ["<pad>", "<unk>", "film", "bad", "good"]
     ids, lengths = T.encode_corpus(corpus, v, rows=[2])
@@ -190,8 +205,9 @@ def test_vocab_from_training_rows_only():
 token_lists = st.lists(st.lists(st.sampled_from(["a", "b", "c", "d", "e", "f"]), max_size=12), max_size=15)
 
 
-@given(lists=token_lists, max_len=st.one_of(st.none(), st.integers(1, 6)),
-       max_size=st.one_of(st.none(), st.integers(2, 8)))
+@given(
+    lists=token_lists, max_len=st.one_of(st.none(), st.integers(1, 6)), max_size=st.one_of(st.none(), st.integers(2, 8))
+)
 def test_encode_corpus_paths_agree_and_truncate_to_first_tokens(lists, max_len, max_size):
     corpus = T.TokenizedCorpus.from_token_lists(lists, T.TextConfig())
     v = T.Vocab.build(lists, max_size=max_size)
@@ -228,8 +244,13 @@ def _epoch(ids, lengths, labels, bs, seed, bucket, **kw):
     return list(T.iterate_batches(ids, lengths, labels, bs, np.random.default_rng(seed), bucket, **kw))
 
 
-@given(n=st.integers(1, 120), bs=st.integers(1, 17), chunk=st.integers(1, 5), bucket=st.booleans(),
-       seed=st.integers(0, 2**16))
+@given(
+    n=st.integers(1, 120),
+    bs=st.integers(1, 17),
+    chunk=st.integers(1, 5),
+    bucket=st.booleans(),
+    seed=st.integers(0, 2**16),
+)
 def test_batches_cover_every_example_once(n, bs, chunk, bucket, seed):
     ids, lengths, _ = _data(n, seed)
     labels = np.arange(n)  # label = example index, to trace rows
@@ -269,8 +290,14 @@ def test_batches_reproducible_and_bucketed():
 # ------------------------------------------------------------------------------------------------
 # the cache
 # ------------------------------------------------------------------------------------------------
-REVIEWS = ["A fine film.<br /><br />I did not hate it.", "No. Just no.", "Brilliant, moving, superb!",
-           "I couldn't stand it; nor could my wife.", "the and of", "Caf\u00e9 society, 10/10"]
+REVIEWS = [
+    "A fine film.<br /><br />I did not hate it.",
+    "No. Just no.",
+    "Brilliant, moving, superb!",
+    "I couldn't stand it; nor could my wife.",
+    "the and of",
+    "Caf\u00e9 society, 10/10",
+]
 
 
 def _counting_tokenizer(monkeypatch):
@@ -297,8 +324,7 @@ def test_second_preprocess_reads_the_cache(tmp_path, monkeypatch, stopwords):
     assert len(calls) == len(REVIEWS)  # no tokenizing the second time
     assert c2.token_lists() == c1.token_lists() == expected
     # settings that act on ids only share the cached tokens
-    c3 = T.preprocess(REVIEWS, cfg.replace(max_vocab=50, min_freq=1, max_len=3), cache_dir=tmp_path,
-                      progress=False)
+    c3 = T.preprocess(REVIEWS, cfg.replace(max_vocab=50, min_freq=1, max_len=3), cache_dir=tmp_path, progress=False)
     assert len(calls) == len(REVIEWS) and c3.config.max_len == 3
     # tokenization settings or texts change the key
     T.preprocess(REVIEWS, cfg.replace(keep_negations=True), cache_dir=tmp_path, progress=False)
@@ -345,8 +371,11 @@ def test_stopword_report_counts(stopwords):
 
 
 def test_prepare_builds_vocab_on_train_and_encodes_every_split(tmp_path, stopwords):
-    df = D.make_frame(["good good film", "bad film", "superb acting", "terrible zzzz film plot"],
-                  [1, 0, 1, 0], ["train", "train", "test", "test"])
+    df = D.make_frame(
+        ["good good film", "bad film", "superb acting", "terrible zzzz film plot"],
+        [1, 0, 1, 0],
+        ["train", "train", "test", "test"],
+    )
     cfg = T.TextConfig(max_vocab=None, min_freq=1, max_len=2)
     p = T.prepare(df, cfg, cache_dir=tmp_path, progress=False)
     assert p.vocab.itos == ["<pad>", "<unk>", "film", "good", "bad"]

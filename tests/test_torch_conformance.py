@@ -9,6 +9,7 @@
 - keyword names: torch's ``input=`` (for ``x``) and ``hx=`` (for ``h0``; the LSTM's ``hx=(h0, c0)``) are
   accepted, giving the positional call's numbers bit for bit; both names of one argument raise TypeError.
 """
+
 from __future__ import annotations
 
 import numpy as np
@@ -31,7 +32,11 @@ def _arrays(cls, dtype):
     h0 = rng.standard_normal((2, B, H)).astype(dtype)
     hx = (h0, rng.standard_normal((2, B, H)).astype(dtype)) if cls is LSTM else h0
     g_out = rng.standard_normal((T, B, 2 * H)).astype(dtype)
-    g_fin = (rng.standard_normal((2, B, H)).astype(dtype), None) if cls is LSTM else rng.standard_normal((2, B, H)).astype(dtype)
+    g_fin = (
+        (rng.standard_normal((2, B, H)).astype(dtype), None)
+        if cls is LSTM
+        else rng.standard_normal((2, B, H)).astype(dtype)
+    )
     return x, hx, g_out, g_fin
 
 

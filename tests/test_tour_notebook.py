@@ -4,6 +4,7 @@ It is committed without outputs; its own cells assert what they show (errors aga
 differences, the sentiment model beating chance). It needs the shared IMDB copy and NLTK's data, as the
 sentiment tests do.
 """
+
 from __future__ import annotations
 
 import json
@@ -17,7 +18,9 @@ NOTEBOOK = ROOT / "docs" / "tour.ipynb"
 
 def test_the_notebook_is_committed_without_outputs():
     nb = json.loads(NOTEBOOK.read_text())
-    assert all(not c.get("outputs") and c.get("execution_count") is None for c in nb["cells"] if c["cell_type"] == "code")
+    assert all(
+        not c.get("outputs") and c.get("execution_count") is None for c in nb["cells"] if c["cell_type"] == "code"
+    )
 
 
 def test_the_tour_notebook_runs(tmp_path, monkeypatch):
@@ -33,8 +36,11 @@ def test_the_tour_notebook_runs(tmp_path, monkeypatch):
         pytest.skip(f"IMDB data or NLTK stopwords unavailable: {e}")
     monkeypatch.setenv("MPLBACKEND", "module://matplotlib_inline.backend_inline")  # plots as outputs
     nb = nbformat.read(NOTEBOOK, as_version=4)
-    client = nbclient.NotebookClient(nb, timeout=600, kernel_name="python3", resources={"metadata": {"path": str(ROOT)}})
+    client = nbclient.NotebookClient(
+        nb, timeout=600, kernel_name="python3", resources={"metadata": {"path": str(ROOT)}}
+    )
     client.execute()  # raises CellExecutionError, with the cell and its traceback, on any failure
     outputs = [o for c in nb.cells if c.cell_type == "code" for o in c.outputs]
-    assert any(o.get("output_type") == "display_data" and "image/png" in o.get("data", {}) for o in outputs), \
+    assert any(o.get("output_type") == "display_data" and "image/png" in o.get("data", {}) for o in outputs), (
         "the plots were not drawn"
+    )

@@ -1,6 +1,7 @@
 """The non-finite guard: NaN/inf in the forward, the loss or the gradient stops training with a message
 naming the step and the last finite gradient norm, keeps the last good checkpoint and exits non-zero;
 or, when asked, skips the step (no update, optimizer untouched) and counts it."""
+
 from __future__ import annotations
 
 import dataclasses
@@ -18,8 +19,9 @@ from scratch_rnn.train import Dataset, NonFiniteError, TrainConfig, Trainer, mai
 pytestmark = pytest.mark.filterwarnings("ignore::RuntimeWarning")  # numpy's overflow warnings are the point
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-DENSE = ModelConfig(hidden_size=4, out_features=2, input_size=3, nonlinearity="relu", loss="mse", dtype="float64",
-                    seed=1)
+DENSE = ModelConfig(
+    hidden_size=4, out_features=2, input_size=3, nonlinearity="relu", loss="mse", dtype="float64", seed=1
+)
 BATCH = 4
 POISONED_BATCH = 2  # 0-based: the third batch, i.e. step 3
 
@@ -41,9 +43,17 @@ def _data(poison: str, n_batches=6, T=5, seed=0):
 
 
 def _cfg(tmp_path, **kw):
-    base = dict(optimizer="adam", optimizer_kwargs=dict(lr=1e-2), batch_size=BATCH, shuffle=False, epochs=1,
-                checkpoint_dir=str(tmp_path / "ckpt"), checkpoint_every=1, progress=False,
-                log_csv=str(tmp_path / "log.csv"))
+    base = dict(
+        optimizer="adam",
+        optimizer_kwargs=dict(lr=1e-2),
+        batch_size=BATCH,
+        shuffle=False,
+        epochs=1,
+        checkpoint_dir=str(tmp_path / "ckpt"),
+        checkpoint_every=1,
+        progress=False,
+        log_csv=str(tmp_path / "log.csv"),
+    )
     base.update(kw)
     return TrainConfig(**base)
 
@@ -89,10 +99,13 @@ def _exploding_model(cfg=None):
     return model
 
 
-@pytest.mark.parametrize("where, T, match", [
-    ("forward", 10, r"hidden state of layer 0 became non-finite at time step 7.*recurrence overflowed"),
-    ("backward", 5, r"gradient of \['rnn.weight_ih_l0'.* is not finite.*backward pass overflowed"),
-])
+@pytest.mark.parametrize(
+    "where, T, match",
+    [
+        ("forward", 10, r"hidden state of layer 0 became non-finite at time step 7.*recurrence overflowed"),
+        ("backward", 5, r"gradient of \['rnn.weight_ih_l0'.* is not finite.*backward pass overflowed"),
+    ],
+)
 def test_rnn_overflow_in_forward_or_backward_is_caught(tmp_path, where, T, match):
     model = _exploding_model()
     before = model.state_dict()
@@ -104,8 +117,12 @@ def test_rnn_overflow_in_forward_or_backward_is_caught(tmp_path, where, T, match
         assert np.isfinite(model.loss(out, y))
     else:
         y = np.array([0])
-    with pytest.raises(NonFiniteError, match=r"training stopped at step 1: non-finite values: .*" + match +
-                       r".*Last finite gradient norm: none \(no step had finished\); no checkpoint"):
+    with pytest.raises(
+        NonFiniteError,
+        match=r"training stopped at step 1: non-finite values: .*"
+        + match
+        + r".*Last finite gradient norm: none \(no step had finished\); no checkpoint",
+    ):
         trainer.train_batch(x, y)
     for k, v in before.items():  # nothing was updated
         np.testing.assert_array_equal(model.parameters()[k], v)
@@ -116,9 +133,11 @@ def test_rnn_overflow_in_forward_or_backward_is_caught(tmp_path, where, T, match
 def test_skip_drops_the_step_counts_it_and_continues_as_if_the_batch_was_absent(tmp_path, poison):
     data = _data(poison)
     snapshots = []
-    trainer = Trainer(SequenceModel(DENSE), _cfg(tmp_path, on_nonfinite="skip", checkpoint_dir=None,
-                                                                 max_skipped_fraction=0.5),
-                      callback=lambda t, r: snapshots.append((t.model.state_dict(), t.optimizer.state_dict())))
+    trainer = Trainer(
+        SequenceModel(DENSE),
+        _cfg(tmp_path, on_nonfinite="skip", checkpoint_dir=None, max_skipped_fraction=0.5),
+        callback=lambda t, r: snapshots.append((t.model.state_dict(), t.optimizer.state_dict())),
+    )
     trainer.fit(data)
     assert trainer.skipped_steps == 1 and trainer.step == 6
     rec = trainer.history[POISONED_BATCH]
@@ -129,7 +148,7 @@ def test_skip_drops_the_step_counts_it_and_continues_as_if_the_batch_was_absent(
         np.testing.assert_array_equal(params_3[k], params_2[k])
     assert opt_3["step_count"] == opt_2["step_count"] == 2
     # the same run without the poisoned batch ends in exactly the same place
-    keep = np.r_[0:POISONED_BATCH * BATCH, (POISONED_BATCH + 1) * BATCH:len(data)]
+    keep = np.r_[0 : POISONED_BATCH * BATCH, (POISONED_BATCH + 1) * BATCH : len(data)]
     clean = Trainer(SequenceModel(DENSE), _cfg(tmp_path, checkpoint_dir=None, log_csv=None))
     clean.fit(Dataset(data.x[keep], data.y[keep]))
     for k, v in clean.model.parameters().items():
@@ -142,8 +161,9 @@ def test_skip_inside_truncated_bptt_ends_the_batch(tmp_path):
     rng = np.random.default_rng(3)
     x, y = rng.standard_normal((2, 9, 3)), rng.standard_normal((2, 9, 2))
     y[0, 4] = 1e200  # in the second chunk of 3 steps: an inf squared error
-    trainer = Trainer(SequenceModel(cfg), _cfg(tmp_path, on_nonfinite="skip", tbptt_k=3, checkpoint_dir=None,
-                                               log_csv=None))
+    trainer = Trainer(
+        SequenceModel(cfg), _cfg(tmp_path, on_nonfinite="skip", tbptt_k=3, checkpoint_dir=None, log_csv=None)
+    )
     records = trainer.train_batch(x, y)
     assert [r.skipped for r in records] == [False, True] and trainer.skipped_steps == 1 and trainer.step == 2
     records = trainer.train_batch(x[1:], y[1:])  # the next batch trains normally
@@ -151,10 +171,20 @@ def test_skip_inside_truncated_bptt_ends_the_batch(tmp_path):
 
 
 def test_an_update_that_makes_parameters_nonfinite_always_stops(tmp_path):
-    trainer = Trainer(SequenceModel(DENSE), _cfg(tmp_path, optimizer="sgd", optimizer_kwargs=dict(lr=1e308),
-                                                 on_nonfinite="skip", checkpoint_dir=None, log_csv=None))
-    with pytest.raises(NonFiniteError, match="step 1: .*the update made the parameters .* non-finite.*cannot be "
-                                             "skipped"):
+    trainer = Trainer(
+        SequenceModel(DENSE),
+        _cfg(
+            tmp_path,
+            optimizer="sgd",
+            optimizer_kwargs=dict(lr=1e308),
+            on_nonfinite="skip",
+            checkpoint_dir=None,
+            log_csv=None,
+        ),
+    )
+    with pytest.raises(
+        NonFiniteError, match="step 1: .*the update made the parameters .* non-finite.*cannot be skipped"
+    ):
         data = _data("none")
         trainer.fit(Dataset(data.x, data.y + 1e3))  # finite gradients of size ~1e3; 1e308 * 1e3 = inf
 
@@ -172,8 +202,14 @@ def _cli_files(tmp_path, poison, **train_kw):
     np.savez(tmp_path / "data.npz", x=data.x, y=data.y)
     (tmp_path / "model.json").write_text(json.dumps(DENSE.to_dict()))
     (tmp_path / "train.json").write_text(json.dumps(dict(_cfg(tmp_path, **train_kw).to_dict())))
-    return ["--data", str(tmp_path / "data.npz"), "--model", str(tmp_path / "model.json"),
-            "--train", str(tmp_path / "train.json")]
+    return [
+        "--data",
+        str(tmp_path / "data.npz"),
+        "--model",
+        str(tmp_path / "model.json"),
+        "--train",
+        str(tmp_path / "train.json"),
+    ]
 
 
 def test_cli_exit_status(tmp_path, capsys):
@@ -196,11 +232,17 @@ def test_cli_exit_status(tmp_path, capsys):
 def test_cli_process_exits_non_zero(tmp_path):
     args = _cli_files(tmp_path, "input")
     env = dict(os.environ, PYTHONPATH=REPO + os.pathsep + os.environ.get("PYTHONPATH", ""))
-    proc = subprocess.run([sys.executable, "-m", "scratch_rnn.train", *args], capture_output=True, text=True,
-                          env=env, timeout=120)
+    proc = subprocess.run(
+        [sys.executable, "-m", "scratch_rnn.train", *args], capture_output=True, text=True, env=env, timeout=120
+    )
     assert proc.returncode == 1, proc.stderr
     assert "training stopped at step 3" in proc.stderr and "Last finite gradient norm" in proc.stderr
     # and --resume from the kept checkpoint is accepted (it stops again at the same poisoned step)
-    proc = subprocess.run([sys.executable, "-m", "scratch_rnn.train", *args, "--resume"], capture_output=True,
-                          text=True, env=env, timeout=120)
+    proc = subprocess.run(
+        [sys.executable, "-m", "scratch_rnn.train", *args, "--resume"],
+        capture_output=True,
+        text=True,
+        env=env,
+        timeout=120,
+    )
     assert proc.returncode == 1 and "training stopped at step 3" in proc.stderr, proc.stderr

@@ -1,5 +1,6 @@
 """The one training loop: epochs, evaluation, selection, patience, schedule, stop hooks, divergence, skipped
 steps, data fingerprints and run-folder safety; its torch twin takes the same decisions from the same numbers."""
+
 from __future__ import annotations
 
 import dataclasses
@@ -23,8 +24,9 @@ from scratch_rnn.train import (
 
 pytestmark = pytest.mark.filterwarnings("ignore::RuntimeWarning")
 
-CFG = ModelConfig(hidden_size=5, out_features=2, vocab_size=11, embedding_dim=3, pooling="mean", dtype="float64",
-                  seed=2)
+CFG = ModelConfig(
+    hidden_size=5, out_features=2, vocab_size=11, embedding_dim=3, pooling="mean", dtype="float64", seed=2
+)
 DENSE = ModelConfig(hidden_size=4, out_features=2, input_size=3, loss="mse", dtype="float64", seed=1)
 
 
@@ -55,8 +57,9 @@ def test_epochs_rows_evaluation_and_best_selection():
     model = SequenceModel(CFG)
     states = []
     scores = Scores([0.5, 0.8, 0.7, 0.8])  # the best is epoch 2; a tie later is not an improvement
-    trainer = Trainer(model, _tc(select="best", select_metric="valid_accuracy"), evaluate=scores,
-                      callback=lambda t, r: None)
+    trainer = Trainer(
+        model, _tc(select="best", select_metric="valid_accuracy"), evaluate=scores, callback=lambda t, r: None
+    )
     orig = trainer.model_state
     trainer.model_state = lambda: states.append(orig()) or states[-1]
     trainer.fit(_data())
@@ -73,20 +76,30 @@ def test_epochs_rows_evaluation_and_best_selection():
 
 
 def test_patience_and_stop_when_end_fit_early():
-    trainer = Trainer(SequenceModel(CFG), _tc(epochs=10, patience=2, select_metric="valid_accuracy"),
-                      evaluate=Scores([0.5, 0.6, 0.6, 0.55] + [0.9] * 6))
+    trainer = Trainer(
+        SequenceModel(CFG),
+        _tc(epochs=10, patience=2, select_metric="valid_accuracy"),
+        evaluate=Scores([0.5, 0.6, 0.6, 0.55] + [0.9] * 6),
+    )
     trainer.fit(_data())
     assert len(trainer.epochs) == 4 and "patience" in trainer.stop_reason
-    trainer = Trainer(SequenceModel(CFG), _tc(epochs=10), evaluate=Scores([0.1, 0.2, 1.0] + [0.0] * 7),
-                      stop_when=lambda row: row["valid_accuracy"] == 1.0)
+    trainer = Trainer(
+        SequenceModel(CFG),
+        _tc(epochs=10),
+        evaluate=Scores([0.1, 0.2, 1.0] + [0.0] * 7),
+        stop_when=lambda row: row["valid_accuracy"] == 1.0,
+    )
     trainer.fit(_data())
     assert len(trainer.epochs) == 3 and trainer.stop_reason == "stop_when"
 
 
 def test_lr_decay_sets_each_epochs_rate():
     seen = []
-    trainer = Trainer(SequenceModel(CFG), _tc(optimizer="sgd", optimizer_kwargs={"lr": 0.2}, lr_decay=0.5, epochs=3),
-                      callback=lambda t, r: seen.append((r.epoch, t.optimizer.lr)))
+    trainer = Trainer(
+        SequenceModel(CFG),
+        _tc(optimizer="sgd", optimizer_kwargs={"lr": 0.2}, lr_decay=0.5, epochs=3),
+        callback=lambda t, r: seen.append((r.epoch, t.optimizer.lr)),
+    )
     trainer.fit(_data())
     assert sorted(set(seen)) == [(1, 0.2), (2, 0.1), (3, 0.05)]
 
@@ -106,8 +119,12 @@ def test_the_torch_twin_takes_the_same_decisions():
     cfg = _tc(select="best", select_metric="valid_accuracy", patience=2, epochs=6, lr_decay=0.7)
     ours = Trainer(model, cfg, evaluate=Scores([0.5, 0.7, 0.6, 0.65, 0.9, 0.9]))
     ours.fit(_data())
-    theirs = TorchTrainer(twin_from_state(CFG, init), cfg, dropout_rng_state=SequenceModel(CFG).rng.bit_generator.state,
-                          evaluate=Scores([0.5, 0.7, 0.6, 0.65, 0.9, 0.9]))
+    theirs = TorchTrainer(
+        twin_from_state(CFG, init),
+        cfg,
+        dropout_rng_state=SequenceModel(CFG).rng.bit_generator.state,
+        evaluate=Scores([0.5, 0.7, 0.6, 0.65, 0.9, 0.9]),
+    )
     theirs.fit(_data())
     assert ours.selected_epoch == theirs.selected_epoch == 2 and len(ours.epochs) == len(theirs.epochs) == 4
     np.testing.assert_allclose(ours.losses, theirs.losses, rtol=1e-9)
@@ -126,8 +143,17 @@ def _dense(n=24, T=5, seed=0, scale=1.0):
 @pytest.mark.parametrize("lr", [1e3, 1e30, 1e300])
 def test_sgd_with_an_absurd_learning_rate_stops_as_diverged_and_keeps_the_checkpoint(tmp_path, lr):
     cfg = dataclasses.replace(DENSE, nonlinearity="tanh")
-    trainer = Trainer(SequenceModel(cfg), _tc(optimizer="sgd", optimizer_kwargs={"lr": lr}, batch_size=4, epochs=3,
-                                              checkpoint_dir=str(tmp_path), checkpoint_every=1))
+    trainer = Trainer(
+        SequenceModel(cfg),
+        _tc(
+            optimizer="sgd",
+            optimizer_kwargs={"lr": lr},
+            batch_size=4,
+            epochs=3,
+            checkpoint_dir=str(tmp_path),
+            checkpoint_every=1,
+        ),
+    )
     with pytest.raises((DivergenceError, NonFiniteError)) as info:
         trainer.fit(_dense())
     assert isinstance(info.value, TrainingStopped) and info.value.step >= 2
@@ -139,13 +165,19 @@ def test_sgd_with_an_absurd_learning_rate_stops_as_diverged_and_keeps_the_checkp
 
 def test_divergence_is_relative_to_the_first_loss_and_can_be_switched_off():
     data = _dense(scale=1.0)
-    trainer = Trainer(SequenceModel(DENSE), _tc(optimizer="sgd", optimizer_kwargs={"lr": 0.0}, batch_size=4,
-                                                shuffle=False, divergence_factor=2.0))
+    trainer = Trainer(
+        SequenceModel(DENSE),
+        _tc(optimizer="sgd", optimizer_kwargs={"lr": 0.0}, batch_size=4, shuffle=False, divergence_factor=2.0),
+    )
     big = Dataset(data.x, data.y * np.r_[np.ones(4), 1e3 * np.ones(20)][:, None])  # loss x1e6 from batch 2
     with pytest.raises(DivergenceError, match=r"step 2: divergence: the loss .* exceeds divergence_factor 2"):
         trainer.fit(big)
-    trainer = Trainer(SequenceModel(DENSE), _tc(optimizer="sgd", optimizer_kwargs={"lr": 0.0}, batch_size=4,
-                                                shuffle=False, divergence_factor=None, epochs=1))
+    trainer = Trainer(
+        SequenceModel(DENSE),
+        _tc(
+            optimizer="sgd", optimizer_kwargs={"lr": 0.0}, batch_size=4, shuffle=False, divergence_factor=None, epochs=1
+        ),
+    )
     trainer.fit(big)
     assert trainer.step == 6
 
@@ -210,14 +242,17 @@ def test_outputs_of_the_wrong_kind_are_refused_before_the_first_step(tmp_path):
         np.testing.assert_array_equal(model.parameters()[k], v)
 
 
-@pytest.mark.parametrize("field, value, message", [
-    ("shuffle", "false", "shuffle: expected True or False"),
-    ("clip_norm_type", "abc", "clip_norm_type: expected a number >= 1 or .inf."),
-    ("clip_norm_type", -1, "p >= 1"),
-    ("lr_decay", 0, "lr_decay"),
-    ("select", "best", "select_metric"),
-    ("max_skipped_fraction", 2, "max_skipped_fraction"),
-])
+@pytest.mark.parametrize(
+    "field, value, message",
+    [
+        ("shuffle", "false", "shuffle: expected True or False"),
+        ("clip_norm_type", "abc", "clip_norm_type: expected a number >= 1 or .inf."),
+        ("clip_norm_type", -1, "p >= 1"),
+        ("lr_decay", 0, "lr_decay"),
+        ("select", "best", "select_metric"),
+        ("max_skipped_fraction", 2, "max_skipped_fraction"),
+    ],
+)
 def test_train_config_fields_are_checked(field, value, message):
     with pytest.raises((ValueError, TypeError), match=message):
         TrainConfig(**{field: value})
@@ -235,14 +270,21 @@ def test_checkpoint_files_get_the_normal_mode(tmp_path):
 # ---------------------------------------------------------------------------------------------
 def test_the_final_checkpoint_of_a_best_run_holds_the_last_state_and_resumes_exactly(tmp_path):
     scores = [0.9, 0.5, 0.6, 0.7]
-    whole = Trainer(SequenceModel(CFG), _tc(epochs=4, select="best", select_metric="valid_accuracy"),
-                    evaluate=Scores(scores))
+    whole = Trainer(
+        SequenceModel(CFG), _tc(epochs=4, select="best", select_metric="valid_accuracy"), evaluate=Scores(scores)
+    )
     whole.fit(_data())
-    part = Trainer(SequenceModel(CFG), _tc(epochs=2, select="best", select_metric="valid_accuracy",
-                                           checkpoint_dir=str(tmp_path)), evaluate=Scores(scores))
+    part = Trainer(
+        SequenceModel(CFG),
+        _tc(epochs=2, select="best", select_metric="valid_accuracy", checkpoint_dir=str(tmp_path)),
+        evaluate=Scores(scores),
+    )
     part.fit(_data())
-    more = Trainer(SequenceModel(CFG), _tc(epochs=4, select="best", select_metric="valid_accuracy",
-                                           checkpoint_dir=str(tmp_path)), evaluate=Scores(scores[2:]))
+    more = Trainer(
+        SequenceModel(CFG),
+        _tc(epochs=4, select="best", select_metric="valid_accuracy", checkpoint_dir=str(tmp_path)),
+        evaluate=Scores(scores[2:]),
+    )
     more.load_checkpoint()
     more.fit(_data())
     np.testing.assert_array_equal(more.losses, whole.losses)  # not continued from the best epoch's weights
@@ -266,8 +308,9 @@ def test_a_partial_epoch_neither_sets_the_best_nor_counts_for_patience(tmp_path)
     kw = dict(epochs=3, patience=1, select_metric="valid_accuracy")
     whole = Trainer(SequenceModel(CFG), _tc(**kw), evaluate=Scores([0.5, 0.6, 0.7]))
     whole.fit(_data())
-    cut = Trainer(SequenceModel(CFG), _tc(max_steps=4, checkpoint_dir=str(tmp_path), **kw),
-                  evaluate=Scores([0.5, 0.6, 0.7, 0.8]))
+    cut = Trainer(
+        SequenceModel(CFG), _tc(max_steps=4, checkpoint_dir=str(tmp_path), **kw), evaluate=Scores([0.5, 0.6, 0.7, 0.8])
+    )
     cut.fit(_data())  # stops inside epoch 1: a partial row
     more = Trainer(SequenceModel(CFG), _tc(checkpoint_dir=str(tmp_path), **kw), evaluate=Scores([0.6, 0.7, 0.8]))
     more.load_checkpoint()
@@ -277,8 +320,11 @@ def test_a_partial_epoch_neither_sets_the_best_nor_counts_for_patience(tmp_path)
 
 
 def test_a_non_finite_metric_stops_instead_of_winning():
-    trainer = Trainer(SequenceModel(CFG), _tc(select="best", select_metric="valid_accuracy"),
-                      evaluate=Scores([float("nan"), 0.8, 0.9, 0.95]))
+    trainer = Trainer(
+        SequenceModel(CFG),
+        _tc(select="best", select_metric="valid_accuracy"),
+        evaluate=Scores([float("nan"), 0.8, 0.9, 0.95]),
+    )
     with pytest.raises(NonFiniteError, match="valid_accuracy=nan"):
         trainer.fit(_data())
 

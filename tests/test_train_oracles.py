@@ -10,6 +10,7 @@ losses differs from the sample-weighted one. Then a checkpoint round trip whose 
 (``step``, the optimizer's ``step_count``, ``history``, ``epochs``, the position, the selection) has a
 different value on the two sides before the load.
 """
+
 from __future__ import annotations
 
 import dataclasses
@@ -25,10 +26,29 @@ from scratch_rnn.train import TrainConfig, Trainer
 
 pytestmark = pytest.mark.filterwarnings("ignore::RuntimeWarning")
 
-CLS = ModelConfig(hidden_size=5, out_features=3, vocab_size=11, embedding_dim=3, num_layers=2, dropout=0.3,
-                  cell="gru", pooling="mean", dtype="float64", seed=2)
-LM = ModelConfig(hidden_size=4, out_features=5, vocab_size=5, embedding_dim=3, num_layers=2, cell="lstm",
-                 task="per_step", dtype="float64", seed=3)
+CLS = ModelConfig(
+    hidden_size=5,
+    out_features=3,
+    vocab_size=11,
+    embedding_dim=3,
+    num_layers=2,
+    dropout=0.3,
+    cell="gru",
+    pooling="mean",
+    dtype="float64",
+    seed=2,
+)
+LM = ModelConfig(
+    hidden_size=4,
+    out_features=5,
+    vocab_size=5,
+    embedding_dim=3,
+    num_layers=2,
+    cell="lstm",
+    task="per_step",
+    dtype="float64",
+    seed=3,
+)
 
 
 class Batches:
@@ -59,6 +79,7 @@ def _metric_of(weights_sum_list):
         e = len(weights_sum_list)
         weights_sum_list.append(model_state)
         return {"valid_loss": schedule[e] + 1e-9 * model_state}
+
     return evaluate
 
 
@@ -72,7 +93,7 @@ def hand_loop(cfg, init, source, *, epochs, lr, lr_decay, patience, tbptt_k=None
     evaluate = _metric_of(seen)
     for epoch in range(epochs):
         for group in opt.param_groups:
-            group["lr"] = lr * lr_decay ** epoch
+            group["lr"] = lr * lr_decay**epoch
         loss_sum, count, correct = 0.0, 0, 0
         for x, y, lengths in source.batches(epoch):
             B, T = x.shape
@@ -83,7 +104,7 @@ def hand_loop(cfg, init, source, *, epochs, lr, lr_decay, patience, tbptt_k=None
                 if live.size == 0:
                     break
                 n = np.minimum(lengths[live] - start, k)
-                xc, yc = x[live, start:start + k], (y[live, start:start + k] if cfg.task == "per_step" else y[live])
+                xc, yc = x[live, start : start + k], (y[live, start : start + k] if cfg.task == "per_step" else y[live])
                 h0 = None
                 if state is not None:
                     h0 = tuple(torch.from_numpy(s[:, live]) for s in state)
@@ -121,8 +142,12 @@ def hand_loop(cfg, init, source, *, epochs, lr, lr_decay, patience, tbptt_k=None
             if stale >= patience:
                 break
     model.load_state_dict(best_state)
-    return dict(losses=losses, rows=rows, selected=best_epoch,
-                weights={k: v.detach().numpy() for k, v in model.state_dict().items()})
+    return dict(
+        losses=losses,
+        rows=rows,
+        selected=best_epoch,
+        weights={k: v.detach().numpy() for k, v in model.state_dict().items()},
+    )
 
 
 def _run_trainer(kind, cfg, init, source, train_cfg):
@@ -131,12 +156,16 @@ def _run_trainer(kind, cfg, init, source, train_cfg):
     if kind == "numpy":
         model = SequenceModel(cfg)
         model.load_state_dict(init)
-        trainer = Trainer(model, train_cfg, evaluate=lambda m: evaluate(float(sum(p.sum() for p in
-                                                                               m.parameters().values()))))
+        trainer = Trainer(
+            model, train_cfg, evaluate=lambda m: evaluate(float(sum(p.sum() for p in m.parameters().values())))
+        )
     else:
-        trainer = TorchTrainer(twin_from_state(cfg, init), train_cfg,
-                               dropout_rng_state=SequenceModel(cfg).rng.bit_generator.state,
-                               evaluate=lambda m: evaluate(float(sum(p.detach().sum() for p in m.parameters()))))
+        trainer = TorchTrainer(
+            twin_from_state(cfg, init),
+            train_cfg,
+            dropout_rng_state=SequenceModel(cfg).rng.bit_generator.state,
+            evaluate=lambda m: evaluate(float(sum(p.detach().sum() for p in m.parameters()))),
+        )
     trainer.fit(source)
     return trainer
 
@@ -147,11 +176,22 @@ def test_the_loop_equals_a_hand_written_torch_loop(kind, cfg, tbptt_k):
     init = SequenceModel(cfg).state_dict()
     source = Batches(cfg, T=6 if tbptt_k is None else 10)  # T = 10, k = 4: chunks 4, 4, 2
     lr, decay, patience, epochs = 0.03, 0.6, 2, 8
-    expected = hand_loop(cfg, init, source, epochs=epochs, lr=lr, lr_decay=decay, patience=patience,
-                         tbptt_k=tbptt_k, clip_norm=0.5)
-    tc = TrainConfig(optimizer="adam", optimizer_kwargs={"lr": lr}, lr_decay=decay, epochs=epochs, progress=False,
-                     select="best", select_metric="valid_loss", select_mode="min", patience=patience,
-                     tbptt_k=tbptt_k, clip_norm=0.5)
+    expected = hand_loop(
+        cfg, init, source, epochs=epochs, lr=lr, lr_decay=decay, patience=patience, tbptt_k=tbptt_k, clip_norm=0.5
+    )
+    tc = TrainConfig(
+        optimizer="adam",
+        optimizer_kwargs={"lr": lr},
+        lr_decay=decay,
+        epochs=epochs,
+        progress=False,
+        select="best",
+        select_metric="valid_loss",
+        select_mode="min",
+        patience=patience,
+        tbptt_k=tbptt_k,
+        clip_norm=0.5,
+    )
     trainer = _run_trainer(kind, cfg, init, source, tc)
     # 4 epochs: 3.0, 2.0, 2.5, 1.5 improve at 1, 2, 4; 1.6, 1.7 are stale; patience 2 stops after epoch 6
     assert expected["selected"] == 4 and len(expected["rows"]) == 6
@@ -176,14 +216,16 @@ def test_train_accuracy_is_the_fraction_of_correct_samples_of_the_epoch():
         counts.append((rec.epoch, int((np.argmax(out, axis=1) == y).sum()), len(y)))
 
     model = SequenceModel(cfg)
-    trainer = Trainer(model, TrainConfig(optimizer="sgd", optimizer_kwargs={"lr": 0.5}, epochs=3, progress=False),
-                      callback=record)
+    trainer = Trainer(
+        model, TrainConfig(optimizer="sgd", optimizer_kwargs={"lr": 0.5}, epochs=3, progress=False), callback=record
+    )
     source = Batches(cfg)
     orig = trainer.train_batch
 
     def train_batch(x, y, lengths=None):
         trainer._batch_y = np.asarray(y)
         return orig(x, y, lengths)
+
     trainer.train_batch = train_batch
     trainer.fit(source)
     for row in trainer.epochs:
@@ -192,15 +234,26 @@ def test_train_accuracy_is_the_fraction_of_correct_samples_of_the_epoch():
     assert len({r["train_accuracy"] for r in trainer.epochs}) > 1  # the values move: a constant would not pass
 
 
-@pytest.mark.parametrize("mode,scores,selected", [("min", [0.9, 0.4, 0.6, 0.4], 2), ("max", [0.4, 0.9, 0.6, 0.9], 2),
-                                                  ("min", [0.5, 0.6, 0.7, 0.8], 1)])
+@pytest.mark.parametrize(
+    "mode,scores,selected",
+    [("min", [0.9, 0.4, 0.6, 0.4], 2), ("max", [0.4, 0.9, 0.6, 0.9], 2), ("min", [0.5, 0.6, 0.7, 0.8], 1)],
+)
 def test_select_mode_picks_the_strictly_best_epoch(mode, scores, selected):
     it = iter(scores)
     states = []
-    trainer = Trainer(SequenceModel(dataclasses.replace(CLS, num_layers=1, dropout=0.0)),
-                      TrainConfig(optimizer="sgd", optimizer_kwargs={"lr": 0.5}, epochs=4, progress=False,
-                                  select="best", select_metric="m", select_mode=mode),
-                      evaluate=lambda m: states.append(m.state_dict()) or {"m": next(it)})
+    trainer = Trainer(
+        SequenceModel(dataclasses.replace(CLS, num_layers=1, dropout=0.0)),
+        TrainConfig(
+            optimizer="sgd",
+            optimizer_kwargs={"lr": 0.5},
+            epochs=4,
+            progress=False,
+            select="best",
+            select_metric="m",
+            select_mode=mode,
+        ),
+        evaluate=lambda m: states.append(m.state_dict()) or {"m": next(it)},
+    )
     trainer.fit(Batches(CLS))
     assert trainer.selected_epoch == selected
     for k, v in trainer.model.state_dict().items():
@@ -213,8 +266,17 @@ def test_select_mode_picks_the_strictly_best_epoch(mode, scores, selected):
 def test_checkpoint_round_trip_restores_every_trainer_field(tmp_path):
     cfg = dataclasses.replace(CLS, num_layers=1, dropout=0.0)
     scores = iter([0.3, 0.2, 0.25, 0.1, 0.9])
-    tc = TrainConfig(optimizer="adam", optimizer_kwargs={"lr": 0.01}, epochs=4, progress=False, max_steps=10,
-                     select="best", select_metric="v", select_mode="min", checkpoint_dir=str(tmp_path / "a"))
+    tc = TrainConfig(
+        optimizer="adam",
+        optimizer_kwargs={"lr": 0.01},
+        epochs=4,
+        progress=False,
+        max_steps=10,
+        select="best",
+        select_metric="v",
+        select_mode="min",
+        checkpoint_dir=str(tmp_path / "a"),
+    )
     saved = Trainer(SequenceModel(cfg), tc, evaluate=lambda m: {"v": next(scores)})
     saved.fit(Batches(cfg))  # 2 full epochs (8 steps) and 2 steps of the third: stopped by max_steps
     path = saved.save_checkpoint()

@@ -24,6 +24,7 @@ which cancels when the gradient is nearly constant. (Adagrad's accumulator only 
 its first step the denominator no longer follows the current gradient.) Errors also grow along a
 trajectory (momentum, lr 0.05 on tiny relu models); 1e-8 keeps >= 300x over the worst seen.
 """
+
 from __future__ import annotations
 
 import warnings
@@ -75,8 +76,12 @@ def run_both(cfg, opt_name, opt_kw, clip_kw, batches, *, tbptt_k=None, seed=0):
     params = []
     trainer = Trainer(model, tc, callback=lambda t, r: params.append(t.model.state_dict()))
     trainer.run(batches)
-    ours = dict(losses=trainer.losses, grad_norms=trainer.grad_norms, params=params,
-                skipped=[r.skipped for r in trainer.history])
+    ours = dict(
+        losses=trainer.losses,
+        grad_norms=trainer.grad_norms,
+        params=params,
+        skipped=[r.skipped for r in trainer.history],
+    )
     theirs = train_torch(cfg, init, batches, tc, dropout_rng_state=rng_state)
     return ours, theirs
 
@@ -89,32 +94,52 @@ def assert_trajectories_close(ours, theirs, opt_name, config):
     ptol = TRAJECTORY_TOLERANCES["params_adaptive" if opt_name in ("adam", "adamw", "rmsprop") else "params"]
     for t in range(n):
         cfg_t = dict(config, step=t + 1)
-        assert_close(ours["losses"][t], theirs["losses"][t], name=f"loss at step {t + 1}", config=cfg_t,
-                     **TRAJECTORY_TOLERANCES["loss"])
-        assert_close(ours["grad_norms"][t], theirs["grad_norms"][t], name=f"pre-clip grad norm at step {t + 1}",
-                     config=cfg_t, **TRAJECTORY_TOLERANCES["grad_norm"])
+        assert_close(
+            ours["losses"][t],
+            theirs["losses"][t],
+            name=f"loss at step {t + 1}",
+            config=cfg_t,
+            **TRAJECTORY_TOLERANCES["loss"],
+        )
+        assert_close(
+            ours["grad_norms"][t],
+            theirs["grad_norms"][t],
+            name=f"pre-clip grad norm at step {t + 1}",
+            config=cfg_t,
+            **TRAJECTORY_TOLERANCES["grad_norm"],
+        )
         for k, v in theirs["params"][t].items():
             assert_close(ours["params"][t][k], v, name=f"{k} after step {t + 1}", config=cfg_t, **ptol)
 
 
 def worst_errors(ours, theirs) -> dict:
     """max over steps of the relative error of each quantity (for the docs' table)."""
-    return dict(loss=rel_error(ours["losses"], theirs["losses"]),
-                grad_norm=rel_error(ours["grad_norms"], theirs["grad_norms"]),
-                params=max(rel_error(p[k], q[k]) for p, q in zip(ours["params"], theirs["params"]) for k in q))
+    return dict(
+        loss=rel_error(ours["losses"], theirs["losses"]),
+        grad_norm=rel_error(ours["grad_norms"], theirs["grad_norms"]),
+        params=max(rel_error(p[k], q[k]) for p, q in zip(ours["params"], theirs["params"]) for k in q),
+    )
 
 
 @settings(max_examples=15 if not THOROUGH else 60)
-@given(cfg=model_configs(), opts=optimizer_options(), clip=clipping(), seed=st.integers(0, 2**31 - 1),
-       B=st.integers(1, 4), T=st.integers(1, 7), variable=st.booleans())
+@given(
+    cfg=model_configs(),
+    opts=optimizer_options(),
+    clip=clipping(),
+    seed=st.integers(0, 2**31 - 1),
+    B=st.integers(1, 4),
+    T=st.integers(1, 7),
+    variable=st.booleans(),
+)
 def test_trajectories_match_torch(cfg, opts, clip, seed, B, T, variable):
     name, kw = opts
     kw = dict(kw, maximize=False)  # ascent on a loss is legal but only drives the weights away
     rng = np.random.default_rng(seed)
     batches = [random_batch(rng, cfg, B, T, variable) for _ in range(N_STEPS)]
     ours, theirs = run_both(cfg, name, kw, clip, batches, seed=seed)
-    assert_trajectories_close(ours, theirs, name, dict(cfg=cfg, optimizer=name, kw=kw, clip=clip, seed=seed,
-                                                       B=B, T=T, variable=variable))
+    assert_trajectories_close(
+        ours, theirs, name, dict(cfg=cfg, optimizer=name, kw=kw, clip=clip, seed=seed, B=B, T=T, variable=variable)
+    )
 
 
 @pytest.mark.parametrize("name", ["sgd", "adam", "adamw", "adagrad", "rmsprop"])
@@ -122,13 +147,26 @@ def test_each_optimizer_trains_a_two_layer_bidirectional_model_like_torch(name):
     """Deterministic: every optimizer with its options on, clipping on, dropout, variable lengths, 25 steps."""
     from scratch_rnn.models import ModelConfig
 
-    kw = dict(sgd=dict(lr=0.1, momentum=0.9, nesterov=True, weight_decay=1e-3),
-              adam=dict(lr=1e-2, amsgrad=True, weight_decay=1e-2, betas=(0.8, 0.99)),
-              adamw=dict(lr=1e-2, weight_decay=0.1),
-              adagrad=dict(lr=0.1, lr_decay=0.01, initial_accumulator_value=0.1, weight_decay=1e-3),
-              rmsprop=dict(lr=1e-2, momentum=0.5, centered=True, weight_decay=1e-3))[name]
-    cfg = ModelConfig(hidden_size=6, out_features=3, vocab_size=9, embedding_dim=4, padding_idx=0, num_layers=2,
-                      dropout=0.25, bidirectional=True, pooling="max", dtype="float64", seed=3)
+    kw = dict(
+        sgd=dict(lr=0.1, momentum=0.9, nesterov=True, weight_decay=1e-3),
+        adam=dict(lr=1e-2, amsgrad=True, weight_decay=1e-2, betas=(0.8, 0.99)),
+        adamw=dict(lr=1e-2, weight_decay=0.1),
+        adagrad=dict(lr=0.1, lr_decay=0.01, initial_accumulator_value=0.1, weight_decay=1e-3),
+        rmsprop=dict(lr=1e-2, momentum=0.5, centered=True, weight_decay=1e-3),
+    )[name]
+    cfg = ModelConfig(
+        hidden_size=6,
+        out_features=3,
+        vocab_size=9,
+        embedding_dim=4,
+        padding_idx=0,
+        num_layers=2,
+        dropout=0.25,
+        bidirectional=True,
+        pooling="max",
+        dtype="float64",
+        seed=3,
+    )
     rng = np.random.default_rng(17)
     batches = [random_batch(rng, cfg, 4, 7, True) for _ in range(25)]
     ours, theirs = run_both(cfg, name, kw, dict(clip_norm=0.5), batches, seed=17)

@@ -6,6 +6,7 @@ float32 additions is long: the probes below put 2^24 first and then ones, which 
 absorbs one by one (2^24 + 1 rounds back to 2^24), while a sum over chunks keeps every one outside the
 first chunk. Whatever the BLAS does inside a chunk, the sum of a chunk of ones is exact.
 """
+
 from __future__ import annotations
 
 import numpy as np
@@ -15,7 +16,7 @@ from benchmarks.accuracy import make_problem, run_scratch
 from scratch_rnn.cells import elman, loops
 from scratch_rnn.gradcheck import rel_error
 
-BIG = np.float32(2.0 ** 24)
+BIG = np.float32(2.0**24)
 
 
 @pytest.mark.parametrize("reverse", [False, True])
@@ -37,12 +38,15 @@ def test_float64_is_one_gemm_and_one_column_sum_bit_for_bit(shape, bias, reverse
         assert db is None
 
 
-@pytest.mark.parametrize("K, M, N, first_chunk", [
-    (48 * 48, 2, 2, 48),          # small result: ⌊√K⌋ = 48 rows per chunk, one stacked matmul
-    (48 * 48 + 10, 3, 2, 48),     # the same with 10 rows left over
-    (2048, 64, 64, 128),          # larger result: 16 chunks of 128 rows, one GEMM each
-    (4096, 40, 50, 256),          # 16 chunks of 256 rows
-])
+@pytest.mark.parametrize(
+    "K, M, N, first_chunk",
+    [
+        (48 * 48, 2, 2, 48),  # small result: ⌊√K⌋ = 48 rows per chunk, one stacked matmul
+        (48 * 48 + 10, 3, 2, 48),  # the same with 10 rows left over
+        (2048, 64, 64, 128),  # larger result: 16 chunks of 128 rows, one GEMM each
+        (4096, 40, 50, 256),  # 16 chunks of 256 rows
+    ],
+)
 def test_float32_sum_of_products_keeps_the_ones_outside_the_first_chunk(K, M, N, first_chunk):
     a, b = np.ones((K, M), np.float32), np.ones((K, N), np.float32)
     a[0] = BIG

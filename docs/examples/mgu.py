@@ -9,6 +9,7 @@ file to a folder outside the repository and runs the whole battery on it.
 Parameters as torch lays out its gated cells, gates stacked in the order (f, n): weight_ih (2H, I),
 weight_hh (2H, H), bias_ih (2H,), bias_hh (2H,).
 """
+
 from __future__ import annotations
 
 import numpy as np
@@ -38,8 +39,12 @@ class MGU(StepCell):
 
     def param_shapes(self, layer_input_size: int) -> dict:
         H = self.hidden_size
-        return {"weight_ih": (2 * H, layer_input_size), "weight_hh": (2 * H, H), "bias_ih": (2 * H,),
-                "bias_hh": (2 * H,)}
+        return {
+            "weight_ih": (2 * H, layer_input_size),
+            "weight_hh": (2 * H, H),
+            "bias_ih": (2 * H,),
+            "bias_hh": (2 * H,),
+        }
 
     def step_forward(self, x_t, states, p):
         """x_t (B, I), states (h_prev (B, H),) -> ((h (B, H),), cache)."""
@@ -63,15 +68,14 @@ class MGU(StepCell):
         df = dh * (n - h_prev)
         dh_prev = dh * (1 - f)
         da_n = dn * (1 - n * n)
-        d_fh = da_n @ w_hn                      # dL/d(f ⊙ h_prev)
+        d_fh = da_n @ w_hn  # dL/d(f ⊙ h_prev)
         dh_prev += d_fh * f
         df += d_fh * h_prev
         da_f = df * f * (1 - f)
         dh_prev += da_f @ w_hf
-        da = np.concatenate([da_f, da_n], axis=1)   # (B, 2H), gates (f, n)
+        da = np.concatenate([da_f, da_n], axis=1)  # (B, 2H), gates (f, n)
         dx = da @ p["weight_ih"]
-        grads = {"weight_ih": da.T @ x_t,
-                 "weight_hh": np.concatenate([da_f.T @ h_prev, da_n.T @ (f * h_prev)], axis=0)}
+        grads = {"weight_ih": da.T @ x_t, "weight_hh": np.concatenate([da_f.T @ h_prev, da_n.T @ (f * h_prev)], axis=0)}
         if self.bias:
             grads["bias_ih"] = grads["bias_hh"] = da.sum(axis=0)
         return dx, (dh_prev,), grads

@@ -3,6 +3,7 @@
 Exit codes (scratch_rnn.cli): 0 done, 1 stopped (a worker process died), 2 bad input (every option
 is checked before an experiment starts: the message names it), 3 crashed, 130 interrupted.
 """
+
 from __future__ import annotations
 
 import argparse
@@ -20,7 +21,10 @@ SCHEDULER_CONNECT_TIMEOUT_S = 5.0  # default of --scheduler-timeout: connecting,
 EXPERIMENTS = {
     "spectrum": "gradient norm vs distance for lambda_1 in [0.5, 1.5] x initializer x nonlinearity",
     "cliff": "the single-unit loss wall and gradient descent with and without clipping",
-    "pathological": "adding / temporal order: success rate vs length for SGD, clipping, SGD-CR, IRNN, LSTM, GRU (resumable sweep)",
+    "pathological": (
+        "adding / temporal order: success rate vs length for SGD, clipping, SGD-CR, IRNN, LSTM, GRU, IndRNN "
+        "(resumable sweep)"
+    ),
     "flow": "per-step gradient norms in the IMDB sentiment model, at init and after training",
 }
 
@@ -32,52 +36,104 @@ def parser() -> argparse.ArgumentParser:
         s = sub.add_parser(name, help=help_, description=help_)
         s.add_argument("--quick", action="store_true", help="the seconds-long CI version")
         s.add_argument("--out", default=None, help="result folder (default results/gradients/[quick/]<experiment>)")
-        s.add_argument("--seed", type=int, default=0,
-                       help="base seed, >= 0 (pathological: added to the protocol's seeds 0, 1, 2, ...: other trials)")
+        s.add_argument(
+            "--seed",
+            type=int,
+            default=0,
+            help="base seed, >= 0 (pathological: added to the protocol's seeds 0, 1, 2, ...: other trials)",
+        )
         s.add_argument("--no-progress", action="store_true", help="no progress bars")
         if name == "pathological":
-            s.add_argument("--protocol", choices=["quick", "reduced", "long", "extended", "budget", "full", "published",
-                                                         "paper", "mixed"], default=None,
-                           help="trial grid (default: quick with --quick, else reduced; budget and published with "
-                                "--quick: their CI forms; paper: Pascanu et al.'s faithful grid, for a cluster; "
-                                "mixed: their mixed-length temporal-order regime)")
+            s.add_argument(
+                "--protocol",
+                choices=["quick", "reduced", "long", "extended", "budget", "full", "published", "paper", "mixed"],
+                default=None,
+                help="trial grid (default: quick with --quick, else reduced; budget and published with "
+                "--quick: their CI forms; paper: Pascanu et al.'s faithful grid, for a cluster; "
+                "mixed: their mixed-length temporal-order regime)",
+            )
             s.add_argument("--workers", type=int, default=2, help="local worker processes")
-            s.add_argument("--scheduler", default=None,
-                           help="a Dask scheduler address (tcp://host:port): run trials on that cluster")
-            s.add_argument("--scheduler-timeout", type=float, default=SCHEDULER_CONNECT_TIMEOUT_S, metavar="S",
-                           help="seconds to reach the scheduler and hear it answer as one (default %(default)s)")
+            s.add_argument(
+                "--scheduler",
+                default=None,
+                help="a Dask scheduler address (tcp://host:port): run trials on that cluster",
+            )
+            s.add_argument(
+                "--scheduler-timeout",
+                type=float,
+                default=SCHEDULER_CONNECT_TIMEOUT_S,
+                metavar="S",
+                help="seconds to reach the scheduler and hear it answer as one (default %(default)s)",
+            )
             s.add_argument("--tasks", nargs="+", default=None, help="subset of tasks")
-            s.add_argument("--lengths", nargs="+", type=int, default=None,
-                           help="sequence lengths (>= 10) in place of the protocol's")
-            s.add_argument("--methods", nargs="+", default=None,
-                           help="methods in place of the protocol's (any of the study's; the protocol's "
-                                "per-method length limits are then off: exactly these trials run)")
+            s.add_argument(
+                "--lengths",
+                nargs="+",
+                type=int,
+                default=None,
+                help="sequence lengths (>= 10) in place of the protocol's",
+            )
+            s.add_argument(
+                "--methods",
+                nargs="+",
+                default=None,
+                help="methods in place of the protocol's (any of the study's; the protocol's "
+                "per-method length limits are then off: exactly these trials run)",
+            )
             s.add_argument("--max-iters", type=int, default=None, help="iteration cap in place of the protocol's")
-            s.add_argument("--min-length", type=int, default=None,
-                           help="draw each batch's length from [MIN, L) as their code does (L: each --lengths value)")
-            s.add_argument("--init", choices=["smart_tanh", "basic_tanh"], default=None,
-                           help="the tanh methods' init (their code's names; default: the protocol's)")
-            s.add_argument("--one-bias", action="store_true",
-                           help="one recurrent bias as their code (torch has two); recorded in the trial table")
-            s.add_argument("--resumable", action="store_true",
-                           help="trials checkpoint themselves under OUT/checkpoints and a rerun (a larger "
-                                "--max-iters included) continues from there (on in published, paper, mixed)")
-            s.add_argument("--checkpoint-seconds", type=float, default=None,
-                           help="a resumable trial saves at the first check this many seconds after its last save "
-                                "(default: the protocol's, 120)")
-            s.add_argument("--estimate-only", action="store_true",
-                           help="measure per-iteration rates, print the grid's core-hours and wall time, and stop")
-            s.add_argument("--num-seeds", type=int, default=None,
-                           help="run seeds SEED .. SEED+N-1 (SEED from --seed) in place of the protocol's seeds "
-                                "offset by --seed")
+            s.add_argument(
+                "--min-length",
+                type=int,
+                default=None,
+                help="draw each batch's length from [MIN, L) as their code does (L: each --lengths value)",
+            )
+            s.add_argument(
+                "--init",
+                choices=["smart_tanh", "basic_tanh"],
+                default=None,
+                help="the tanh methods' init (their code's names; default: the protocol's)",
+            )
+            s.add_argument(
+                "--one-bias",
+                action="store_true",
+                help="one recurrent bias as their code (torch has two); recorded in the trial table",
+            )
+            s.add_argument(
+                "--resumable",
+                action="store_true",
+                help="trials checkpoint themselves under OUT/checkpoints and a rerun (a larger "
+                "--max-iters included) continues from there (on in published, paper, mixed)",
+            )
+            s.add_argument(
+                "--checkpoint-seconds",
+                type=float,
+                default=None,
+                help="a resumable trial saves at the first check this many seconds after its last save "
+                "(default: the protocol's, 120)",
+            )
+            s.add_argument(
+                "--estimate-only",
+                action="store_true",
+                help="measure per-iteration rates, print the grid's core-hours and wall time, and stop",
+            )
+            s.add_argument(
+                "--num-seeds",
+                type=int,
+                default=None,
+                help="run seeds SEED .. SEED+N-1 (SEED from --seed) in place of the protocol's seeds offset by --seed",
+            )
         if name == "flow":
             s.add_argument("--data", default=None, help="IMDB source (folder/CSV); default: the shared copy")
         if name in ("flow", "spectrum"):
             from scratch_rnn.cells import cell_names
 
             extra = " (and lstm_fb1: the LSTM with forget-gate bias 1)" if name == "spectrum" else ""
-            s.add_argument("--cells", nargs="+", default=None,
-                           help=f"the cells compared, any registered: {', '.join(cell_names())}{extra}")
+            s.add_argument(
+                "--cells",
+                nargs="+",
+                default=None,
+                help=f"the cells compared, any registered: {', '.join(cell_names())}{extra}",
+            )
     return p
 
 
@@ -112,8 +168,10 @@ def check_args(args) -> None:
 
     if args.seed < 0:
         raise BadInput(f"--seed: expected a non-negative integer, got {args.seed}")
-    output_dir("--out" if args.out is not None else f"--out (default under {RESULTS_ROOT})",
-               args.out if args.out is not None else RESULTS_ROOT)
+    output_dir(
+        "--out" if args.out is not None else f"--out (default under {RESULTS_ROOT})",
+        args.out if args.out is not None else RESULTS_ROOT,
+    )
     if args.experiment == "pathological":
         from .tasks import TASKS
 
@@ -129,19 +187,26 @@ def check_args(args) -> None:
         if args.methods is not None:
             bad = [m for m in args.methods if m not in ALL_METHODS]
             if bad:
-                hint = (' ("sgd_cr_paper" is now "sgd_cr_exact": the exact gradient of Ω, not the paper\'s form)'
-                        if "sgd_cr_paper" in bad else "")
+                hint = (
+                    ' ("sgd_cr_paper" is now "sgd_cr_exact": the exact gradient of Ω, not the paper\'s form)'
+                    if "sgd_cr_paper" in bad
+                    else ""
+                )
                 raise BadInput(f"--methods: expected names among {list(ALL_METHODS)}, got {bad}{hint}")
             args.methods = list(dict.fromkeys(args.methods))
         if args.lengths is not None:
             bad = [n for n in args.lengths if n < MIN_LENGTH]
             if bad:
-                raise BadInput(f"--lengths: expected integers >= {MIN_LENGTH} (the tasks place their markers in "
-                               f"tenths of the length), got {bad}")
+                raise BadInput(
+                    f"--lengths: expected integers >= {MIN_LENGTH} (the tasks place their markers in "
+                    f"tenths of the length), got {bad}"
+                )
             args.lengths = list(dict.fromkeys(args.lengths))
         if args.min_length is not None and args.min_length < MIN_LENGTH:
-            raise BadInput(f"--min-length: expected an integer >= {MIN_LENGTH} (the tasks place their markers in "
-                           f"tenths of the length), got {args.min_length}")
+            raise BadInput(
+                f"--min-length: expected an integer >= {MIN_LENGTH} (the tasks place their markers in "
+                f"tenths of the length), got {args.min_length}"
+            )
         cs = args.checkpoint_seconds
         if cs is not None and not (cs >= 0 and cs != float("inf")):
             raise BadInput(f"--checkpoint-seconds: expected a finite number >= 0, got {cs}")

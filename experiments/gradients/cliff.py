@@ -12,6 +12,7 @@ The forward and the hand-written backward are vectorised over a whole grid of (w
 the gradient against torch autograd. Constants (x_0 = 0.5, T = 50, target 0.7, the grid, starts,
 learning rate) are this project's choices, stated in the report.
 """
+
 from __future__ import annotations
 
 import time
@@ -63,7 +64,7 @@ def loss_and_grad(w, b, steps: int, x0: float, target: float):
         dw += g * s
         db += g
         g = g * w * s * (1.0 - s)
-    return err ** 2, dw, db
+    return err**2, dw, db
 
 
 def descend(cfg: CliffConfig, start, clip: float | None):
@@ -97,10 +98,20 @@ def run(cfg: CliffConfig, out, progress: bool = True) -> dict:
             p = descend(cfg, start, clip).assign(start=k, method=method)
             paths.append(p)
             jumps = np.hypot(np.diff(p.w), np.diff(p.b))
-            summary_rows.append(dict(start=k, w0=start[0], b0=start[1], method=method,
-                                     final_loss=p.loss.iloc[-1], min_loss=p.loss.min(),
-                                     max_grad_norm=p.grad_norm.max(), max_step=float(jumps.max(initial=0)),
-                                     final_w=p.w.iloc[-1], final_b=p.b.iloc[-1]))
+            summary_rows.append(
+                dict(
+                    start=k,
+                    w0=start[0],
+                    b0=start[1],
+                    method=method,
+                    final_loss=p.loss.iloc[-1],
+                    min_loss=p.loss.min(),
+                    max_grad_norm=p.grad_norm.max(),
+                    max_step=float(jumps.max(initial=0)),
+                    final_w=p.w.iloc[-1],
+                    final_b=p.b.iloc[-1],
+                )
+            )
     paths = pd.concat(paths, ignore_index=True)
     summ = pd.DataFrame(summary_rows)
     write_csv(out / "paths.csv", paths)
@@ -139,22 +150,40 @@ def run(cfg: CliffConfig, out, progress: bool = True) -> dict:
     save_figure(fig, out / "descent.png")
 
     wall = float(np.quantile(G, 0.999))
-    summary = dict(config=asdict(cfg), seconds=time.time() - t0, grad_norm_max_on_grid=float(G.max()),
-                   grad_norm_median_on_grid=float(np.median(G)), grad_norm_q999_on_grid=wall,
-                   descent=summ.to_dict(orient="records"))
+    summary = dict(
+        config=asdict(cfg),
+        seconds=time.time() - t0,
+        grad_norm_max_on_grid=float(G.max()),
+        grad_norm_median_on_grid=float(np.median(G)),
+        grad_norm_q999_on_grid=wall,
+        descent=summ.to_dict(orient="records"),
+    )
     write_json(out / "summary.json", summary)
-    write_report(out / "report.md", "The cliff: a single recurrent unit", [
-        ("Setup", f"x_t = w σ(x_(t−1)) + b, x_0 = {cfg.x0}, T = {cfg.steps}, E = (x_T − {cfg.target})²; grid "
-                  f"{cfg.grid}×{cfg.grid} over w ∈ {cfg.w_range}, b ∈ {cfg.b_range}; gradient descent with "
-                  f"learning rate {cfg.lr} for {cfg.iters} iterations from {len(cfg.starts)} starts, plain and "
-                  f"with the gradient rescaled to norm {cfg.clip} when larger."),
-        ("The wall", f"‖∇E‖ on the grid: median {np.median(G):.3g}, 99.9th percentile {wall:.3g}, max "
-                     f"{G.max():.3g}: the gradient spans {np.log10(G.max() / max(np.median(G), 1e-300)):.0f} "
-                     f"decades, concentrated on a thin curve (cliff.png, right)."),
-        ("Descent", markdown_table(summ)),
-        ("Plots", "cliff.png (loss and gradient surfaces with the descent paths: red plain, white clipped), "
-                  "descent.png (loss and gradient norm per iteration)."),
-    ])
+    write_report(
+        out / "report.md",
+        "The cliff: a single recurrent unit",
+        [
+            (
+                "Setup",
+                f"x_t = w σ(x_(t−1)) + b, x_0 = {cfg.x0}, T = {cfg.steps}, E = (x_T − {cfg.target})²; grid "
+                f"{cfg.grid}×{cfg.grid} over w ∈ {cfg.w_range}, b ∈ {cfg.b_range}; gradient descent with "
+                f"learning rate {cfg.lr} for {cfg.iters} iterations from {len(cfg.starts)} starts, plain and "
+                f"with the gradient rescaled to norm {cfg.clip} when larger.",
+            ),
+            (
+                "The wall",
+                f"‖∇E‖ on the grid: median {np.median(G):.3g}, 99.9th percentile {wall:.3g}, max "
+                f"{G.max():.3g}: the gradient spans {np.log10(G.max() / max(np.median(G), 1e-300)):.0f} "
+                f"decades, concentrated on a thin curve (cliff.png, right).",
+            ),
+            ("Descent", markdown_table(summ)),
+            (
+                "Plots",
+                "cliff.png (loss and gradient surfaces with the descent paths: red plain, white clipped), "
+                "descent.png (loss and gradient norm per iteration).",
+            ),
+        ],
+    )
     return summary
 
 

@@ -3,6 +3,7 @@
 Every result file is written atomically (:mod:`scratch_rnn.fileio`): a run that fails or is killed
 while writing leaves the previous file (or none), never half of one.
 """
+
 from __future__ import annotations
 
 import json
@@ -27,8 +28,9 @@ RESULTS_ROOT = PROJECT_ROOT / "results" / "gradients"
 
 def result_dir(experiment: str, quick: bool, out: str | os.PathLike | None = None) -> Path:
     """results/gradients/<experiment> (or results/gradients/quick/<experiment>), created."""
-    path = Path(out) if out is not None else (RESULTS_ROOT / "quick" / experiment if quick
-                                              else RESULTS_ROOT / experiment)
+    path = (
+        Path(out) if out is not None else (RESULTS_ROOT / "quick" / experiment if quick else RESULTS_ROOT / experiment)
+    )
     path.mkdir(parents=True, exist_ok=True)
     return path
 
@@ -89,8 +91,10 @@ def wilson_interval(successes: int, trials: int, confidence: float = 0.95) -> tu
             raise TypeError(f"{name}: expected an integer, got {value!r} ({type(value).__name__})")
     successes, trials = int(successes), int(trials)
     if trials < 1 or not 0 <= successes <= trials:
-        raise ValueError(f"successes, trials: expected 0 <= successes <= trials and trials >= 1, got "
-                         f"successes={successes}, trials={trials}")
+        raise ValueError(
+            f"successes, trials: expected 0 <= successes <= trials and trials >= 1, got "
+            f"successes={successes}, trials={trials}"
+        )
     if isinstance(confidence, bool) or not isinstance(confidence, (int, float)) or not 0 < confidence < 1:
         raise ValueError(f"confidence: expected a number in (0, 1), got {confidence!r}")
     z = NormalDist().inv_cdf((1 + confidence) / 2)

@@ -13,6 +13,7 @@ and the accuracy set come from the test split. Training: ``scratch_rnn.train.Tra
 global-norm clipping at 5 (its divergence stop off: an exploding relu run is a result here, recorded
 as diverged when it turns non-finite).
 """
+
 from __future__ import annotations
 
 import json
@@ -75,15 +76,28 @@ class FlowConfig:
             raise ValueError(f"cells: expected names among {list(cell_names())}, got {unknown}")
 
     def jobs(self) -> list[tuple[str, str, str]]:
-        """(cell, init, nonlinearity) of every model; a gated cell's nonlinearity is "gated" (σ and tanh inside), another
+        """(cell, init, nonlinearity) of every model; a gated cell's nonlinearity is "gated" (σ and tanh inside),
+        another
         cell's is its own default (IndRNN: relu)."""
-        return ([("rnn", s, nl) for s in self.inits for nl in self.nonlinearities] if "rnn" in self.cells else []) + \
-            [(c, "torch_uniform", cell_spec(c).options.get("nonlinearity", ("gated",))[0])
-             for c in self.cells if c != "rnn"]
+        return ([("rnn", s, nl) for s in self.inits for nl in self.nonlinearities] if "rnn" in self.cells else []) + [
+            (c, "torch_uniform", cell_spec(c).options.get("nonlinearity", ("gated",))[0])
+            for c in self.cells
+            if c != "rnn"
+        ]
 
 
-QUICK = FlowConfig(n_train=64, n_eval=32, probe=8, max_len=20, vocab=300, embedding=8, hidden=8, epochs=1,
-                   batch=16, inits=("torch_uniform", "identity"))
+QUICK = FlowConfig(
+    n_train=64,
+    n_eval=32,
+    probe=8,
+    max_len=20,
+    vocab=300,
+    embedding=8,
+    hidden=8,
+    epochs=1,
+    batch=16,
+    inits=("torch_uniform", "identity"),
+)
 
 
 def load_data(cfg: FlowConfig):
@@ -98,30 +112,49 @@ def load_data(cfg: FlowConfig):
     need = {"train": cfg.n_train, "test": cfg.probe + cfg.n_eval}
     short = {k: (n, len(frames.get(k, ()))) for k, n in need.items() if n > len(frames.get(k, ()))}
     if short:
-        raise BadInput(f"--data: the flow experiment needs {', '.join(f'{n} {k} reviews (the source has {have})' for k, (n, have) in short.items())}")
+        raise BadInput(
+            "--data: the flow experiment needs "
+            + ", ".join(f"{n} {k} reviews (the source has {have})" for k, (n, have) in short.items())
+        )
     rng = np.random.default_rng(cfg.seed)
     train = frames["train"].iloc[rng.choice(len(frames["train"]), cfg.n_train, replace=False)]
     test_rows = rng.choice(len(frames["test"]), cfg.probe + cfg.n_eval, replace=False)
     test = frames["test"].iloc[test_rows]
     texts = list(train["review"]) + list(test["review"])
-    tcfg = stext.TextConfig(tokenizer="split", remove_stopwords=False, max_vocab=cfg.vocab, min_freq=2,
-                            max_len=cfg.max_len)
+    tcfg = stext.TextConfig(
+        tokenizer="split", remove_stopwords=False, max_vocab=cfg.vocab, min_freq=2, max_len=cfg.max_len
+    )
     corpus = stext.preprocess(texts, tcfg, cache_dir=None, progress=False)
     vocab = stext.build_vocab(corpus, np.arange(cfg.n_train), max_size=cfg.vocab, min_freq=2)
     ids, lengths = stext.encode_corpus(corpus, vocab, cfg.max_len)
     labels = np.concatenate([train["label"].to_numpy(), test["label"].to_numpy()])
-    parts = {"train": slice(0, cfg.n_train), "probe": slice(cfg.n_train, cfg.n_train + cfg.probe),
-             "eval": slice(cfg.n_train + cfg.probe, None)}
+    parts = {
+        "train": slice(0, cfg.n_train),
+        "probe": slice(cfg.n_train, cfg.n_train + cfg.probe),
+        "eval": slice(cfg.n_train + cfg.probe, None),
+    }
     out = {k: (ids[s], lengths[s], labels[s]) for k, s in parts.items()}
     return out, len(vocab), stext
 
 
-def build(cfg: FlowConfig, vocab_size: int, scheme: str, nonlinearity: str, seed: int, cell: str = "rnn") -> SequenceModel:
+def build(
+    cfg: FlowConfig, vocab_size: int, scheme: str, nonlinearity: str, seed: int, cell: str = "rnn"
+) -> SequenceModel:
     """The model of one job; a gated cell keeps the constructor's torch initialisation (``scheme`` torch_uniform)."""
-    model = SequenceModel(ModelConfig(hidden_size=cfg.hidden, out_features=1, vocab_size=vocab_size,
-                                      embedding_dim=cfg.embedding, cell=cell,
-                                      nonlinearity="tanh" if nonlinearity == "gated" else nonlinearity, loss="bce",
-                                      padding_idx=0, dtype="float64", seed=seed))
+    model = SequenceModel(
+        ModelConfig(
+            hidden_size=cfg.hidden,
+            out_features=1,
+            vocab_size=vocab_size,
+            embedding_dim=cfg.embedding,
+            cell=cell,
+            nonlinearity="tanh" if nonlinearity == "gated" else nonlinearity,
+            loss="bce",
+            padding_idx=0,
+            dtype="float64",
+            seed=seed,
+        )
+    )
     if cell == "rnn":
         init.init_rnn(model.rnn, INITS[scheme], seed=seed)
     return model
@@ -143,8 +176,8 @@ def accuracy(model, batch, stext, chunk=250) -> float:
     correct = 0
     model.eval()
     for s in range(0, len(ids), chunk):
-        out, _ = model(stext.pad_batch(ids[s:s + chunk]), lengths=lengths[s:s + chunk])
-        correct += int(((out[:, 0] > 0).astype(int) == labels[s:s + chunk]).sum())
+        out, _ = model(stext.pad_batch(ids[s : s + chunk]), lengths=lengths[s : s + chunk])
+        correct += int(((out[:, 0] > 0).astype(int) == labels[s : s + chunk]).sum())
     model.train()
     return correct / len(ids)
 
@@ -165,13 +198,26 @@ class ReviewBatches:
 
 
 def train(model, cfg: FlowConfig, batch, stext, seed: int) -> dict:
-    trainer = Trainer(model, TrainConfig(optimizer="adam", optimizer_kwargs={"lr": cfg.lr}, clip_norm=cfg.clip,
-                                         epochs=cfg.epochs, divergence_factor=None, progress=False))
+    trainer = Trainer(
+        model,
+        TrainConfig(
+            optimizer="adam",
+            optimizer_kwargs={"lr": cfg.lr},
+            clip_norm=cfg.clip,
+            epochs=cfg.epochs,
+            divergence_factor=None,
+            progress=False,
+        ),
+    )
     trainer.fit(ReviewBatches(batch, cfg, stext, seed))
     losses, norms = trainer.losses, trainer.grad_norms
-    tail = losses[-max(1, len(losses) // 5):]
-    return dict(train_loss_last20pct=float(np.mean(tail)), steps=len(losses),
-                grad_norm_median=float(np.median(norms)), clipped_fraction=float(np.mean(norms > cfg.clip)))
+    tail = losses[-max(1, len(losses) // 5) :]
+    return dict(
+        train_loss_last20pct=float(np.mean(tail)),
+        steps=len(losses),
+        grad_norm_median=float(np.median(norms)),
+        clipped_fraction=float(np.mean(norms > cfg.clip)),
+    )
 
 
 def _fit(norms: np.ndarray) -> dict:
@@ -193,8 +239,15 @@ def _run_job(cfg: FlowConfig, data, vocab_size, stext, scheme: str, nl: str, see
     model = build(cfg, vocab_size, scheme, nl, seed, cell)
     w = model.rnn.parameters()["weight_hh_l0"]
     reg0 = _regime(w, cell, nl)
-    row = dict(cell=cell, init=scheme, nonlinearity=nl, seed=seed, lambda1_init=reg0.lambda1,
-               rho_init=reg0.spectral_radius, accuracy_init=accuracy(model, data["eval"], stext))
+    row = dict(
+        cell=cell,
+        init=scheme,
+        nonlinearity=nl,
+        seed=seed,
+        lambda1_init=reg0.lambda1,
+        rho_init=reg0.spectral_radius,
+        accuracy_init=accuracy(model, data["eval"], stext),
+    )
     stages = [("init", probe_norms(model, data["probe"], stext))]
     try:
         row.update(train(model, cfg, data["train"], stext, seed))
@@ -211,8 +264,19 @@ def _run_job(cfg: FlowConfig, data, vocab_size, stext, scheme: str, nl: str, see
         valid = np.sum(np.isfinite(norms), axis=1)
         with np.errstate(all="ignore"):
             med = np.nanmedian(np.where(norms > 0, norms, np.nan), axis=1)
-        curves.append(pd.DataFrame(dict(cell=cell, init=scheme, nonlinearity=nl, stage=stage,
-                                        distance=np.arange(norms.shape[0]), grad_norm_median=med, samples=valid)))
+        curves.append(
+            pd.DataFrame(
+                dict(
+                    cell=cell,
+                    init=scheme,
+                    nonlinearity=nl,
+                    stage=stage,
+                    distance=np.arange(norms.shape[0]),
+                    grad_norm_median=med,
+                    samples=valid,
+                )
+            )
+        )
     return row, pd.concat(curves, ignore_index=True)
 
 
@@ -223,8 +287,11 @@ def run(cfg: FlowConfig, out, progress: bool = True) -> dict:
     # each finished model is appended to jobs.jsonl at once: a rerun with the same config resumes
     done_path = out / "jobs.jsonl"
     key = json.dumps(asdict(cfg), sort_keys=True, default=str)
-    done = {(r["cell"], r["init"], r["nonlinearity"]): r for r in load_results(done_path)
-            if r.get("config_key") == key and {"cell", "init", "nonlinearity", "curves"} <= set(r)}  # whole rows only
+    done = {
+        (r["cell"], r["init"], r["nonlinearity"]): r
+        for r in load_results(done_path)
+        if r.get("config_key") == key and {"cell", "init", "nonlinearity", "curves"} <= set(r)
+    }  # whole rows only
     rows, curves = [], []
     for k, job in enumerate(tqdm(jobs, desc="flow", disable=not progress)):
         cell, scheme, nl = job
@@ -247,37 +314,74 @@ def run(cfg: FlowConfig, out, progress: bool = True) -> dict:
             for cell, scheme, job_nl in jobs:  # the gated cells drawn beside the tanh RNNs
                 if job_nl != nl and not (job_nl == "gated" and nl == cfg.nonlinearities[0]):
                     continue
-                c = curves[(curves.cell == cell) & (curves.init == scheme) & (curves.nonlinearity == job_nl)
-                           & (curves.stage == stage)]
+                c = curves[
+                    (curves.cell == cell)
+                    & (curves.init == scheme)
+                    & (curves.nonlinearity == job_nl)
+                    & (curves.stage == stage)
+                ]
                 c = c[c.samples >= max(1, cfg.probe // 4)]  # distances most of the probe reaches
-                ax.plot(c.distance, c.grad_norm_median, "--" if cell != "rnn" else "-",
-                        label=scheme if cell == "rnn" else f"{cell.upper()} (torch init)")
+                ax.plot(
+                    c.distance,
+                    c.grad_norm_median,
+                    "--" if cell != "rnn" else "-",
+                    label=scheme if cell == "rnn" else f"{cell.upper()} (torch init)",
+                )
             ax.set_yscale("log")
             ax.set_xlabel("distance from the review's last token (steps)")
             ax.set_ylabel("median ‖∂L/∂h_t‖ (log)")
             gated_here = nl == cfg.nonlinearities[0] and any(c != "rnn" for c in cfg.cells)
-            ax.set_title(f"{nl}{' (and the gated cells)' if gated_here else ''}, "
-                         f"{'at initialization' if stage == 'init' else 'after training'}")
+            ax.set_title(
+                f"{nl}{' (and the gated cells)' if gated_here else ''}, "
+                f"{'at initialization' if stage == 'init' else 'after training'}"
+            )
             ax.grid(alpha=0.3, which="both")
             ax.legend(fontsize=8)
     save_figure(fig, out / "flow.png")
 
-    summary = dict(config=asdict(cfg), seconds=time.time() - t0, vocab_size=vocab_size,
-                   results=df.to_dict(orient="records"))
+    summary = dict(
+        config=asdict(cfg), seconds=time.time() - t0, vocab_size=vocab_size, results=df.to_dict(orient="records")
+    )
     write_json(out / "summary.json", summary)
-    cols = [c for c in ["cell", "init", "nonlinearity", "lambda1_init", "rho_init", "init_factor", "accuracy_init",
-                        "trained_factor", "accuracy_trained", "lambda1_trained", "rho_trained", "diverged"]
-            if c in df]
-    write_report(out / "report.md", "Gradient flow in the IMDB sentiment model", [
-        ("Setup", f"SequenceModel: Embedding({vocab_size}, {cfg.embedding}) -> RNN, LSTM or GRU (H={cfg.hidden}) -> last valid "
-                  f"state -> Linear -> BCE, float64. {cfg.n_train} random training reviews, first {cfg.max_len} "
-                  f"tokens (whitespace tokens, no stopword removal), {cfg.epochs} epoch(s) of Adam (lr {cfg.lr}, "
-                  f"batch {cfg.batch}, clip {cfg.clip}); probe batch: {cfg.probe} test reviews; accuracy on "
-                  f"{cfg.n_eval} other test reviews. Seeds {cfg.seed}..{cfg.seed + len(jobs) - 1}, one per model."),
-        ("Rates", "factor = exp(fitted per-step log-rate) of ‖∂L/∂h_(end-n)‖ against n, pooled over the probe "
-                  "batch (< 1: vanishing).\n\n" + markdown_table(df[cols])),
-        ("Plots", "flow.png: median gradient norm against distance, at initialization and after training."),
-    ])
+    cols = [
+        c
+        for c in [
+            "cell",
+            "init",
+            "nonlinearity",
+            "lambda1_init",
+            "rho_init",
+            "init_factor",
+            "accuracy_init",
+            "trained_factor",
+            "accuracy_trained",
+            "lambda1_trained",
+            "rho_trained",
+            "diverged",
+        ]
+        if c in df
+    ]
+    write_report(
+        out / "report.md",
+        "Gradient flow in the IMDB sentiment model",
+        [
+            (
+                "Setup",
+                f"SequenceModel: Embedding({vocab_size}, {cfg.embedding}) -> RNN, LSTM or GRU (H={cfg.hidden}) "
+                "-> last valid "
+                f"state -> Linear -> BCE, float64. {cfg.n_train} random training reviews, first {cfg.max_len} "
+                f"tokens (whitespace tokens, no stopword removal), {cfg.epochs} epoch(s) of Adam (lr {cfg.lr}, "
+                f"batch {cfg.batch}, clip {cfg.clip}); probe batch: {cfg.probe} test reviews; accuracy on "
+                f"{cfg.n_eval} other test reviews. Seeds {cfg.seed}..{cfg.seed + len(jobs) - 1}, one per model.",
+            ),
+            (
+                "Rates",
+                "factor = exp(fitted per-step log-rate) of ‖∂L/∂h_(end-n)‖ against n, pooled over the probe "
+                "batch (< 1: vanishing).\n\n" + markdown_table(df[cols]),
+            ),
+            ("Plots", "flow.png: median gradient norm against distance, at initialization and after training."),
+        ],
+    )
     return summary
 
 

@@ -26,6 +26,7 @@ samples, and the trial stops once solved (``stop_when``) or after ``max_iters`` 
 divergence stop is off (their protocol has none: a trial that explodes shows it in its error); a
 non-finite step ends the trial as diverged.
 """
+
 from __future__ import annotations
 
 import time
@@ -42,8 +43,16 @@ from scratch_rnn.fileio import atomic_write_text
 from scratch_rnn.models import ModelConfig, SequenceModel
 from scratch_rnn.train import CHECKPOINT_NAME, TrainConfig, Trainer, TrainingStopped
 
-from .common import (markdown_table, result_dir, save_figure, separation_chance, wilson_interval, write_csv,
-                     write_json, write_report)
+from .common import (
+    markdown_table,
+    result_dir,
+    save_figure,
+    separation_chance,
+    wilson_interval,
+    write_csv,
+    write_json,
+    write_report,
+)
 from .sweep import run_sweep
 from .tasks import TASKS, make_batch, sample_errors
 
@@ -64,7 +73,7 @@ CR_METHODS = {"sgd_cr": "code", "sgd_cr_exact": "exact"}  # method -> the form o
 FALLBACK_METHODS = CLIPPED
 TANH_METHODS = ("sgd", "sgd_clip", "sgd_cr", "sgd_cr_exact")  # their tanh RNN: the init options apply to these
 INITS = ("smart_tanh", "basic_tanh")  # RNN.py's 'smart_tanh' (the default here) and 'basic_tanh' (N(0, 0.1))
-CR_ALPHA = 2.0          # their default weight of Ω
+CR_ALPHA = 2.0  # their default weight of Ω
 CR_FALLBACK_NORM = 1e10  # above it (or NaN/inf) their step is 0.02·W_hh on W_hh and nothing elsewhere
 # The published settings of the part-three methods; a trial of these methods takes them in place of the protocol's
 # hidden / batch / lr / clip (and they are what its row in trials.jsonl records):
@@ -116,55 +125,173 @@ class Protocol:
     only: tuple = ()  # (method, lengths) pairs: these methods run at these lengths only
     # Part three: the code's settings as options (each recorded in the trial's row when it is set).
     min_length: int | None = None  # each batch's length drawn from [min_length, length) as RNN.py draws it
-    init: str = "smart_tanh"        # the tanh methods' init: RNN.py's 'smart_tanh' or 'basic_tanh' (N(0, 0.1))
-    one_bias: bool = False          # one recurrent bias, as their code (torch has two: b_ih + b_hh)
-    resumable: bool = False         # a trial checkpoints itself and a rerun continues from its checkpoint
+    init: str = "smart_tanh"  # the tanh methods' init: RNN.py's 'smart_tanh' or 'basic_tanh' (N(0, 0.1))
+    one_bias: bool = False  # one recurrent bias, as their code (torch has two: b_ih + b_hh)
+    resumable: bool = False  # a trial checkpoints itself and a rerun continues from its checkpoint
     checkpoint_seconds: float = 120.0  # a resumable trial saves at the first check this long after its last save
 
 
 PROTOCOLS = {
-    "full": Protocol("full", ("adding", "temporal_order"), (50, 100, 150, 200), METHODS, tuple(range(5)),
-                     max_iters=5_000_000, check_every=20, eval_samples=10_000),
-    "reduced": Protocol("reduced", ("adding", "temporal_order"), (10, 25, 50), METHODS, (0, 1, 2),
-                        max_iters=3000, check_every=250, eval_samples=1000),
-    "long": Protocol("long", ("adding", "temporal_order"), (25, 50), METHODS, (0, 1, 2),
-                     max_iters=12000, check_every=500, eval_samples=1000),
+    "full": Protocol(
+        "full",
+        ("adding", "temporal_order"),
+        (50, 100, 150, 200),
+        METHODS,
+        tuple(range(5)),
+        max_iters=5_000_000,
+        check_every=20,
+        eval_samples=10_000,
+    ),
+    "reduced": Protocol(
+        "reduced",
+        ("adding", "temporal_order"),
+        (10, 25, 50),
+        METHODS,
+        (0, 1, 2),
+        max_iters=3000,
+        check_every=250,
+        eval_samples=1000,
+    ),
+    "long": Protocol(
+        "long",
+        ("adding", "temporal_order"),
+        (25, 50),
+        METHODS,
+        (0, 1, 2),
+        max_iters=12000,
+        check_every=500,
+        eval_samples=1000,
+    ),
     # within the paper's length range, at a budget one 2-core machine finishes in ~20 minutes
-    "extended": Protocol("extended", ("adding", "temporal_order"), (50, 100), METHODS, (0, 1, 2),
-                         max_iters=20000, check_every=1000, eval_samples=1000),
-    "quick": Protocol("quick", ("adding", "temporal_order"), (10,), METHODS, (0,),
-                      max_iters=20, check_every=10, eval_samples=100, hidden=8),
+    "extended": Protocol(
+        "extended",
+        ("adding", "temporal_order"),
+        (50, 100),
+        METHODS,
+        (0, 1, 2),
+        max_iters=20000,
+        check_every=1000,
+        eval_samples=1000,
+    ),
+    "quick": Protocol(
+        "quick",
+        ("adding", "temporal_order"),
+        (10,),
+        METHODS,
+        (0,),
+        max_iters=20,
+        check_every=10,
+        eval_samples=100,
+        hidden=8,
+    ),
     # Part two: the paper's lengths, all methods, their checks (every 20 iterations, solved = none of 10,000 fresh
     # samples wrong) behind the free screen; the cap is what fits 2 hours on 2 cores (docs/gradients.md).
-    "budget": Protocol("budget", ("adding", "temporal_order"), (50, 100, 150, 200), PART_TWO_METHODS, (0, 1, 2),
-                       max_iters=BUDGET_ITERS, check_every=20, eval_samples=10_000, screen=True,
-                       track_every=500, track_samples=1000, eval_chunk=250, only=(("sgd_cr_exact", (50,)),)),
+    "budget": Protocol(
+        "budget",
+        ("adding", "temporal_order"),
+        (50, 100, 150, 200),
+        PART_TWO_METHODS,
+        (0, 1, 2),
+        max_iters=BUDGET_ITERS,
+        check_every=20,
+        eval_samples=10_000,
+        screen=True,
+        track_every=500,
+        track_samples=1000,
+        eval_chunk=250,
+        only=(("sgd_cr_exact", (50,)),),
+    ),
     # its CI form: the same code and checks, two lengths, one seed, 40 iterations
-    "budget-quick": Protocol("budget-quick", ("adding", "temporal_order"), (50, 100), PART_TWO_METHODS, (0,),
-                             max_iters=40, check_every=20, eval_samples=10_000, screen=True, track_every=20,
-                             track_samples=200, eval_chunk=250, only=(("sgd_cr_exact", (50,)),)),
+    "budget-quick": Protocol(
+        "budget-quick",
+        ("adding", "temporal_order"),
+        (50, 100),
+        PART_TWO_METHODS,
+        (0,),
+        max_iters=40,
+        check_every=20,
+        eval_samples=10_000,
+        screen=True,
+        track_every=20,
+        track_samples=200,
+        eval_chunk=250,
+        only=(("sgd_cr_exact", (50,)),),
+    ),
     # Part three. Each method in its published setting, at the lengths the must-show runs use (lstm_rmsprop: Arjovsky
     # et al.'s T = 100, 200; indrnn: Li et al.'s T = 1,000, beside the tanh RNN with plain SGD); Pascanu et al.'s
     # checks behind the screen; one bias; resumable.
-    "published": Protocol("published", ("adding",), (100, 200, 1000), ("lstm_rmsprop", "indrnn", "sgd"), (0, 1, 2),
-                          max_iters=30_000, check_every=20, eval_samples=10_000, screen=True, track_every=500,
-                          track_samples=1000, eval_chunk=250,
-                          only=(("lstm_rmsprop", (100, 200)), ("indrnn", (1000,)), ("sgd", (1000,))),
-                          one_bias=True, resumable=True),
-    "published-quick": Protocol("published-quick", ("adding",), (20,), ("lstm_rmsprop", "indrnn"), (0,),
-                                max_iters=20, check_every=10, eval_samples=200, screen=True, track_every=10,
-                                track_samples=50, eval_chunk=100, one_bias=True, resumable=True,
-                                checkpoint_seconds=0.0),
+    "published": Protocol(
+        "published",
+        ("adding",),
+        (100, 200, 1000),
+        ("lstm_rmsprop", "indrnn", "sgd"),
+        (0, 1, 2),
+        max_iters=30_000,
+        check_every=20,
+        eval_samples=10_000,
+        screen=True,
+        track_every=500,
+        track_samples=1000,
+        eval_chunk=250,
+        only=(("lstm_rmsprop", (100, 200)), ("indrnn", (1000,)), ("sgd", (1000,))),
+        one_bias=True,
+        resumable=True,
+    ),
+    "published-quick": Protocol(
+        "published-quick",
+        ("adding",),
+        (20,),
+        ("lstm_rmsprop", "indrnn"),
+        (0,),
+        max_iters=20,
+        check_every=10,
+        eval_samples=200,
+        screen=True,
+        track_every=10,
+        track_samples=50,
+        eval_chunk=100,
+        one_bias=True,
+        resumable=True,
+        checkpoint_seconds=0.0,
+    ),
     # The faithful grid of Pascanu et al. for a cluster: their code's settings (one bias, the fallback, 10,000-sample
     # checks every 20 updates, up to 5·10⁶ updates, 5 runs a point), lengths 50-200, both tasks; resumable.
-    "paper": Protocol("paper", ("adding", "temporal_order"), (50, 100, 150, 200), ("sgd", "sgd_clip", "sgd_cr"),
-                      tuple(range(5)), max_iters=5_000_000, check_every=20, eval_samples=10_000, screen=True,
-                      track_every=500, track_samples=1000, eval_chunk=250, one_bias=True, resumable=True),
+    "paper": Protocol(
+        "paper",
+        ("adding", "temporal_order"),
+        (50, 100, 150, 200),
+        ("sgd", "sgd_clip", "sgd_cr"),
+        tuple(range(5)),
+        max_iters=5_000_000,
+        check_every=20,
+        eval_samples=10_000,
+        screen=True,
+        track_every=500,
+        track_samples=1000,
+        eval_chunk=250,
+        one_bias=True,
+        resumable=True,
+    ),
     # The paper's 5-of-5 temporal-order result: one model per run on lengths drawn per batch from [50, 200), basic
     # tanh init (N(0, 0.1)), SGD-CR.
-    "mixed": Protocol("mixed", ("temporal_order",), (200,), ("sgd_cr",), tuple(range(5)), max_iters=5_000_000,
-                      check_every=20, eval_samples=10_000, screen=True, track_every=500, track_samples=1000,
-                      eval_chunk=250, min_length=50, init="basic_tanh", one_bias=True, resumable=True),
+    "mixed": Protocol(
+        "mixed",
+        ("temporal_order",),
+        (200,),
+        ("sgd_cr",),
+        tuple(range(5)),
+        max_iters=5_000_000,
+        check_every=20,
+        eval_samples=10_000,
+        screen=True,
+        track_every=500,
+        track_samples=1000,
+        eval_chunk=250,
+        min_length=50,
+        init="basic_tanh",
+        one_bias=True,
+        resumable=True,
+    ),
 }
 
 
@@ -174,8 +301,16 @@ def _glorot(rng, n_in: int, n_out: int) -> np.ndarray:
     return rng.uniform(-bound, bound, size=(n_in, n_out))
 
 
-def build(task: str, method: str, hidden: int, seed: int, *, length: int | None = None, init: str = "smart_tanh",
-          one_bias: bool = False) -> SequenceModel:
+def build(
+    task: str,
+    method: str,
+    hidden: int,
+    seed: int,
+    *,
+    length: int | None = None,
+    init: str = "smart_tanh",
+    one_bias: bool = False,
+) -> SequenceModel:
     """The model of one trial: dense input -> RNN -> last state -> Linear readout -> the task's loss.
 
     ``length``: the trial's (longest) sequence length, which IndRNN's init reads (u within 2^(±1/T)). ``init``:
@@ -190,9 +325,20 @@ def build(task: str, method: str, hidden: int, seed: int, *, length: int | None 
     if method == "indrnn":
         if length is None:
             raise ValueError("length: IndRNN's init bounds u by 2^(1/T): give the trial's length")
-        model = SequenceModel(ModelConfig(hidden_size=hidden, out_features=spec.n_out, input_size=spec.n_in,
-                                          nonlinearity="relu", cell="indrnn", num_layers=INDRNN_LAYERS,
-                                          pooling="last", loss=spec.loss, dtype="float64", seed=seed))
+        model = SequenceModel(
+            ModelConfig(
+                hidden_size=hidden,
+                out_features=spec.n_out,
+                input_size=spec.n_in,
+                nonlinearity="relu",
+                cell="indrnn",
+                num_layers=INDRNN_LAYERS,
+                pooling="last",
+                loss=spec.loss,
+                dtype="float64",
+                seed=seed,
+            )
+        )
         model.rnn.init_paper(length)  # adding/adding.py: MAG 2, W_ih N(0, 0.001²), zero bias
         model.rnn.fast_loop = True  # whole-sequence products (held to the generic loop: tests/test_indrnn.py)
         # lasagne's DenseLayer: W GlorotUniform (its gain 1: U(±√(6/(n_in + n_out)))), b = 0
@@ -200,23 +346,33 @@ def build(task: str, method: str, hidden: int, seed: int, *, length: int | None 
         return model
     nonlinearity = "relu" if method == "irnn" else "tanh"
     cell = "lstm" if method in ("lstm", "lstm_rmsprop") else ("gru" if method == "gru" else "rnn")
-    model = SequenceModel(ModelConfig(hidden_size=hidden, out_features=spec.n_out, input_size=spec.n_in,
-                                      nonlinearity=nonlinearity, cell=cell, pooling="last", loss=spec.loss,
-                                      dtype="float64", seed=seed))
+    model = SequenceModel(
+        ModelConfig(
+            hidden_size=hidden,
+            out_features=spec.n_out,
+            input_size=spec.n_in,
+            nonlinearity=nonlinearity,
+            cell=cell,
+            pooling="last",
+            loss=spec.loss,
+            dtype="float64",
+            seed=seed,
+        )
+    )
     params = model.rnn.parameters()
     if method == "lstm_rmsprop":  # models.py LSTM(): W_* (I, H) and U_* (H, H) per gate, b_f = 1, other biases 0
         H, n_in = hidden, spec.n_in
         params["weight_ih_l0"][...] = np.concatenate([_glorot(rng, n_in, H).T for _ in range(4)])
         params["weight_hh_l0"][...] = np.concatenate([_glorot(rng, H, H).T for _ in range(4)])
         params["bias_ih_l0"][...] = 0.0
-        params["bias_ih_l0"][H:2 * H] = 1.0  # torch's gate order i, f, g, o
+        params["bias_ih_l0"][H : 2 * H] = 1.0  # torch's gate order i, f, g, o
         params["bias_hh_l0"][...] = 0.0  # their one bias per gate
         model.head.load_state_dict({"weight": _glorot(rng, H, spec.n_out).T, "bias": np.zeros(spec.n_out)})
         return model
     if cell != "rnn":  # their usual init: torch's U(±1/√H), and for the LSTM a forget-gate bias of 1
         if cell == "lstm":
-            params["bias_ih_l0"][hidden:2 * hidden] = 1.0
-            params["bias_hh_l0"][hidden:2 * hidden] = 0.0
+            params["bias_ih_l0"][hidden : 2 * hidden] = 1.0
+            params["bias_hh_l0"][hidden : 2 * hidden] = 0.0
         if one_bias:
             params["bias_hh_l0"][...] = 0.0
     elif method == "irnn":
@@ -228,8 +384,14 @@ def build(task: str, method: str, hidden: int, seed: int, *, length: int | None 
         model.head.load_state_dict({"weight": rng.normal(0, 0.1, (spec.n_out, hidden)), "bias": np.zeros(spec.n_out)})
         return model
     else:
-        cfg = rinit.RecurrentInit("gaussian", scale=0.95, target="spectral_radius",
-                                 nonzero_per_row=min(15, hidden), zero_bias=True, input_std=0.01)
+        cfg = rinit.RecurrentInit(
+            "gaussian",
+            scale=0.95,
+            target="spectral_radius",
+            nonzero_per_row=min(15, hidden),
+            zero_bias=True,
+            input_std=0.01,
+        )
         rinit.init_rnn(model.rnn, cfg, seed=rng)
     model.head.load_state_dict({"weight": rng.normal(0, 0.01, (spec.n_out, hidden)), "bias": np.zeros(spec.n_out)})
     return model
@@ -273,11 +435,21 @@ class FreshBatches:
     batch's length is drawn from [min_length, length) (:func:`draw_length`).
     """
 
-    def __init__(self, task: str, length: int, batch: int, rng: np.random.Generator | None, per_epoch: int, *,
-                 seed: int | None = None, min_length: int | None = None):
+    def __init__(
+        self,
+        task: str,
+        length: int,
+        batch: int,
+        rng: np.random.Generator | None,
+        per_epoch: int,
+        *,
+        seed: int | None = None,
+        min_length: int | None = None,
+    ):
         if (rng is None) == (seed is None):
-            raise ValueError(f"rng/seed: give exactly one (a running stream, or per-epoch streams), got rng={rng!r}, "
-                             f"seed={seed!r}")
+            raise ValueError(
+                f"rng/seed: give exactly one (a running stream, or per-epoch streams), got rng={rng!r}, seed={seed!r}"
+            )
         self.task, self.length, self.batch, self.rng, self.per_epoch = task, length, batch, rng, per_epoch
         self.seed, self.min_length = seed, min_length
 
@@ -361,8 +533,17 @@ class SGDCRTrainer(TrialTrainer):
     Line numbers: RNN.py of github.com/pascanur/trainingRNNs, commit 3f5df3f.
     """
 
-    def __init__(self, model, config, *, clip: float, alpha: float = CR_ALPHA, omega_form: str = "code",
-                 omega_steps: str | None = None, **options):
+    def __init__(
+        self,
+        model,
+        config,
+        *,
+        clip: float,
+        alpha: float = CR_ALPHA,
+        omega_form: str = "code",
+        omega_steps: str | None = None,
+        **options,
+    ):
         super().__init__(model, config, **options)
         self.clip, self.alpha, self.omega_form, self.omega_steps = clip, alpha, omega_form, omega_steps
         self.omegas = []
@@ -413,10 +594,17 @@ def omega_scale(task: str, length: int, seed: int, *, hidden: int = 50, batch: i
     norm = {}
     for key, form, steps in (("code", "code", None), ("exact", "exact", None), ("exact_mean", "exact", "mean")):
         norm[key] = total_norm(pascanu_omega(model.rnn, form=form, steps=steps)[1], 2)
-    return dict(task=task, length=length, seed=seed, loss_grad_norm=loss_norm,
-                alpha_omega_code=CR_ALPHA * norm["code"], alpha_omega_exact=CR_ALPHA * norm["exact"],
-                alpha_omega_exact_mean=CR_ALPHA * norm["exact_mean"], ratio_exact_code=norm["exact"] / norm["code"],
-                ratio_exact_mean_code=norm["exact_mean"] / norm["code"])
+    return dict(
+        task=task,
+        length=length,
+        seed=seed,
+        loss_grad_norm=loss_norm,
+        alpha_omega_code=CR_ALPHA * norm["code"],
+        alpha_omega_exact=CR_ALPHA * norm["exact"],
+        alpha_omega_exact_mean=CR_ALPHA * norm["exact_mean"],
+        ratio_exact_code=norm["exact"] / norm["code"],
+        ratio_exact_mean_code=norm["exact_mean"] / norm["code"],
+    )
 
 
 def optimizer_settings(spec: dict) -> dict:
@@ -427,17 +615,36 @@ def optimizer_settings(spec: dict) -> dict:
     """
     method = spec["method"]
     if method == "lstm_rmsprop":
-        return dict(optimizer="rmsprop", optimizer_kwargs={"lr": spec["lr"], "alpha": RMSPROP_DECAY, "eps": 0.0},
-                    clip_value=spec["clip"], clip_norm=None, clip_style="elementwise", square_avg_start=RMSPROP_START)
+        return dict(
+            optimizer="rmsprop",
+            optimizer_kwargs={"lr": spec["lr"], "alpha": RMSPROP_DECAY, "eps": 0.0},
+            clip_value=spec["clip"],
+            clip_norm=None,
+            clip_style="elementwise",
+            square_avg_start=RMSPROP_START,
+        )
     if method == "indrnn":
-        return dict(optimizer="adam", optimizer_kwargs={"lr": spec["lr"]}, clip_value=spec["clip"], clip_norm=None,
-                    clip_style="elementwise", square_avg_start=None)
-    return dict(optimizer="sgd", optimizer_kwargs={"lr": spec["lr"]}, clip_value=None, clip_norm=None,
-                clip_style="norm+fallback" if method in CLIPPED else "none", square_avg_start=None)
+        return dict(
+            optimizer="adam",
+            optimizer_kwargs={"lr": spec["lr"]},
+            clip_value=spec["clip"],
+            clip_norm=None,
+            clip_style="elementwise",
+            square_avg_start=None,
+        )
+    return dict(
+        optimizer="sgd",
+        optimizer_kwargs={"lr": spec["lr"]},
+        clip_value=None,
+        clip_norm=None,
+        clip_style="norm+fallback" if method in CLIPPED else "none",
+        square_avg_start=None,
+    )
 
 
-def trial_trainer(spec: dict, model: SequenceModel, eval_rng, source: FreshBatches | None = None, *,
-                  checkpoint_dir=None) -> Trainer:
+def trial_trainer(
+    spec: dict, model: SequenceModel, eval_rng, source: FreshBatches | None = None, *, checkpoint_dir=None
+) -> Trainer:
     """The Trainer of one trial: its method's optimizer and clipping (:func:`optimizer_settings`), a check every
     check_every steps.
 
@@ -454,11 +661,17 @@ def trial_trainer(spec: dict, model: SequenceModel, eval_rng, source: FreshBatch
     """
     method = spec["method"]
     opt = optimizer_settings(spec)
-    cfg = TrainConfig(optimizer=opt["optimizer"], optimizer_kwargs=opt["optimizer_kwargs"],
-                      clip_norm=opt["clip_norm"], clip_value=opt["clip_value"],
-                      epochs=-(-spec["max_iters"] // spec["check_every"]), max_steps=spec["max_iters"],
-                      divergence_factor=None, progress=False,
-                      checkpoint_dir=None if checkpoint_dir is None else str(checkpoint_dir))
+    cfg = TrainConfig(
+        optimizer=opt["optimizer"],
+        optimizer_kwargs=opt["optimizer_kwargs"],
+        clip_norm=opt["clip_norm"],
+        clip_value=opt["clip_value"],
+        epochs=-(-spec["max_iters"] // spec["check_every"]),
+        max_steps=spec["max_iters"],
+        divergence_factor=None,
+        progress=False,
+        checkpoint_dir=None if checkpoint_dir is None else str(checkpoint_dir),
+    )
     chunk = spec.get("eval_chunk", 1000)
     per_check = callable(eval_rng)
     current = {}
@@ -472,8 +685,9 @@ def trial_trainer(spec: dict, model: SequenceModel, eval_rng, source: FreshBatch
         return eval_rng
 
     def fresh_error(samples):
-        return evaluate(spec["task"], model, check_rng(), samples, spec["length"], chunk=chunk,
-                        min_length=spec.get("min_length"))
+        return evaluate(
+            spec["task"], model, check_rng(), samples, spec["length"], chunk=chunk, min_length=spec.get("min_length")
+        )
 
     def evaluate_trial(m):
         error = fresh_error(spec["eval_samples"])
@@ -499,12 +713,22 @@ def trial_trainer(spec: dict, model: SequenceModel, eval_rng, source: FreshBatch
         hooks = dict(evaluate=screened_check, stop_when=lambda row: row["test_error"] == 0.0, callback=screen)
     else:
         hooks = dict(evaluate=evaluate_trial, stop_when=lambda row: row["error"] == 0.0)
-    options = dict(one_bias=bool(spec.get("one_bias")) or method in PUBLISHED, square_avg_start=opt["square_avg_start"],
-                   constrain=model.rnn.constrain if method == "indrnn" else None)
+    options = dict(
+        one_bias=bool(spec.get("one_bias")) or method in PUBLISHED,
+        square_avg_start=opt["square_avg_start"],
+        constrain=model.rnn.constrain if method == "indrnn" else None,
+    )
     if method in CR_METHODS:
-        trainer = SGDCRTrainer(model, cfg, clip=spec["clip"], alpha=spec.get("alpha", CR_ALPHA),
-                               omega_form=spec.get("omega_form", CR_METHODS[method]),
-                               omega_steps=spec.get("omega_steps"), **options, **hooks)
+        trainer = SGDCRTrainer(
+            model,
+            cfg,
+            clip=spec["clip"],
+            alpha=spec.get("alpha", CR_ALPHA),
+            omega_form=spec.get("omega_form", CR_METHODS[method]),
+            omega_steps=spec.get("omega_steps"),
+            **options,
+            **hooks,
+        )
     elif method in FALLBACK_METHODS:  # their clipped step with its fallback, no Ω
         trainer = SGDCRTrainer(model, cfg, clip=spec["clip"], alpha=0.0, **options, **hooks)
     else:
@@ -542,15 +766,29 @@ def _check_rng(seed: int, step: int) -> np.random.Generator:
 def _trial_parts(spec: dict, checkpoint_dir=None):
     """(model, source, trainer) of a trial, fresh."""
     task, length, seed = spec["task"], spec["length"], spec["seed"]
-    model = build(task, spec["method"], spec["hidden"], seed, length=length, init=spec.get("init", "smart_tanh"),
-                  one_bias=bool(spec.get("one_bias")))
+    model = build(
+        task,
+        spec["method"],
+        spec["hidden"],
+        seed,
+        length=length,
+        init=spec.get("init", "smart_tanh"),
+        one_bias=bool(spec.get("one_bias")),
+    )
     if spec.get("resumable"):
-        source = FreshBatches(task, length, spec["batch"], None, spec["check_every"], seed=seed,
-                              min_length=spec.get("min_length"))
+        source = FreshBatches(
+            task, length, spec["batch"], None, spec["check_every"], seed=seed, min_length=spec.get("min_length")
+        )
         eval_rng = partial(_check_rng, seed)
     else:
-        source = FreshBatches(task, length, spec["batch"], np.random.default_rng([seed, 1]), spec["check_every"],
-                              min_length=spec.get("min_length"))
+        source = FreshBatches(
+            task,
+            length,
+            spec["batch"],
+            np.random.default_rng([seed, 1]),
+            spec["check_every"],
+            min_length=spec.get("min_length"),
+        )
         eval_rng = np.random.default_rng([seed, 2])
     return model, source, trial_trainer(spec, model, eval_rng, source, checkpoint_dir=checkpoint_dir)
 
@@ -604,7 +842,7 @@ def _run_trial(spec: dict, checkpoint_root=None, checkpoint_seconds: float | Non
     errors = [row["error"] for row in trainer.epochs if row["error"] is not None]
     norms = trainer.grad_norms if trainer.history else np.array([np.nan])
     losses_ = trainer.losses if trainer.history else np.array([np.nan])
-    tail = losses_[-max(1, len(losses_) // 10):]
+    tail = losses_[-max(1, len(losses_) // 10) :]
     clip = spec["clip"]
     opt = optimizer_settings(spec)
     solved = trainer.stop_reason == "stop_when" if spec.get("screen") else bool(errors) and errors[-1] == 0.0
@@ -612,26 +850,46 @@ def _run_trial(spec: dict, checkpoint_root=None, checkpoint_seconds: float | Non
     if spec.get("screen"):
         extra["tests"] = sum(row.get("test_error") is not None for row in trainer.epochs)
     if spec.get("resumable"):  # part three's rows: the settings that ran, the error curve, where it resumed
-        extra.update(optimizer=opt["optimizer"], clip_style=opt["clip_style"],
-                     layers=INDRNN_LAYERS if spec["method"] == "indrnn" else 1,
-                     one_bias_effective=bool(spec.get("one_bias")) or spec["method"] in ("lstm_rmsprop", "indrnn"),
-                     length_range=[spec.get("min_length") or spec["length"], spec["length"]],
-                     init_effective=spec.get("init", "smart_tanh") if spec["method"] in TANH_METHODS else "method's",
-                     curve=[[row["step"], row["error"]] for row in trainer.epochs if row["error"] is not None],
-                     resumed_from=resumed_from)
-    return dict(solved=solved, diverged=diverged, iters=trainer.step,
-                final_error=errors[-1] if errors else 1.0, best_error=min([1.0] + errors),
-                final_train_loss=float(np.mean(tail)), grad_norm_median=float(np.median(norms)),
-                grad_norm_max=float(np.max(norms)), clipped_fraction=float(np.mean(norms > clip)),
-                train_seconds=float(sum(row["seconds"] for row in trainer.epochs)),
-                eval_seconds=float(sum(row.get("eval_seconds", 0.0) for row in trainer.epochs)),
-                **extra, seconds=time.time() - t0)
+        extra.update(
+            optimizer=opt["optimizer"],
+            clip_style=opt["clip_style"],
+            layers=INDRNN_LAYERS if spec["method"] == "indrnn" else 1,
+            one_bias_effective=bool(spec.get("one_bias")) or spec["method"] in ("lstm_rmsprop", "indrnn"),
+            length_range=[spec.get("min_length") or spec["length"], spec["length"]],
+            init_effective=spec.get("init", "smart_tanh") if spec["method"] in TANH_METHODS else "method's",
+            curve=[[row["step"], row["error"]] for row in trainer.epochs if row["error"] is not None],
+            resumed_from=resumed_from,
+        )
+    return dict(
+        solved=solved,
+        diverged=diverged,
+        iters=trainer.step,
+        final_error=errors[-1] if errors else 1.0,
+        best_error=min([1.0] + errors),
+        final_train_loss=float(np.mean(tail)),
+        grad_norm_median=float(np.median(norms)),
+        grad_norm_max=float(np.max(norms)),
+        clipped_fraction=float(np.mean(norms > clip)),
+        train_seconds=float(sum(row["seconds"] for row in trainer.epochs)),
+        eval_seconds=float(sum(row.get("eval_seconds", 0.0) for row in trainer.epochs)),
+        **extra,
+        seconds=time.time() - t0,
+    )
 
 
 # Relative cost of one iteration per method at a given length (measured, docs/gradients.md): the screened grid
 # hands out its dearest trials first, so that no long trial starts last while the other worker idles.
-COST = {"sgd": 1.0, "sgd_clip": 1.0, "irnn": 1.0, "sgd_cr": 2.5, "sgd_cr_exact": 3.0, "lstm": 7.5, "gru": 6.5,
-        "lstm_rmsprop": 30.0, "indrnn": 12.0}
+COST = {
+    "sgd": 1.0,
+    "sgd_clip": 1.0,
+    "irnn": 1.0,
+    "sgd_cr": 2.5,
+    "sgd_cr_exact": 3.0,
+    "lstm": 7.5,
+    "gru": 6.5,
+    "lstm_rmsprop": 30.0,
+    "indrnn": 12.0,
+}
 
 
 def specs_for(p: Protocol, tasks=None) -> list[dict]:
@@ -639,22 +897,36 @@ def specs_for(p: Protocol, tasks=None) -> list[dict]:
     smart_tanh, one_bias, resumable), so the older protocols' trial ids stay as they were; the methods of
     :data:`PUBLISHED` take their authors' hidden size, batch, learning rate and clipping threshold."""
     only = dict(p.only)
-    extra = dict(screen=True, track_every=p.track_every, track_samples=p.track_samples,
-                 eval_chunk=p.eval_chunk) if p.screen else {}  # the older protocols' trial ids stay as they were
+    extra = (
+        dict(screen=True, track_every=p.track_every, track_samples=p.track_samples, eval_chunk=p.eval_chunk)
+        if p.screen
+        else {}
+    )  # the older protocols' trial ids stay as they were
     if p.one_bias:
         extra["one_bias"] = True
     if p.resumable:
         extra["resumable"] = True
     specs = []
-    for t in (tasks or p.tasks):
+    for t in tasks or p.tasks:
         for L in p.lengths:
             for m in p.methods:
                 if L not in only.get(m, p.lengths):
                     continue
                 for s in p.seeds:
-                    spec = dict(task=t, length=L, method=m, seed=s, hidden=p.hidden, batch=p.batch, lr=p.lr,
-                                clip=p.clip, max_iters=p.max_iters, check_every=p.check_every,
-                                eval_samples=p.eval_samples, **extra)
+                    spec = dict(
+                        task=t,
+                        length=L,
+                        method=m,
+                        seed=s,
+                        hidden=p.hidden,
+                        batch=p.batch,
+                        lr=p.lr,
+                        clip=p.clip,
+                        max_iters=p.max_iters,
+                        check_every=p.check_every,
+                        eval_samples=p.eval_samples,
+                        **extra,
+                    )
                     spec.update(PUBLISHED.get(m, {}))
                     if p.min_length is not None and p.min_length < L:
                         spec["min_length"] = p.min_length
@@ -668,13 +940,21 @@ def specs_for(p: Protocol, tasks=None) -> list[dict]:
 
 def summarize(df: pd.DataFrame) -> pd.DataFrame:
     g = df.groupby(["task", "length", "method"], sort=True)
-    out = g.agg(runs=("solved", "size"), solved=("solved", "sum"),
-                under_1pct=("best_error", lambda e: int((e < 0.01).sum())), diverged=("diverged", "sum"),
-                median_best_error=("best_error", "median"), min_best_error=("best_error", "min"),
-                max_best_error=("best_error", "max"), median_final_loss=("final_train_loss", "median"),
-                median_grad_norm=("grad_norm_median", "median"), max_grad_norm=("grad_norm_max", "max"),
-                clipped_fraction=("clipped_fraction", "mean"), median_iters=("iters", "median"),
-                **({"trial_seconds": ("seconds", "sum")} if "seconds" in df else {})).reset_index()
+    out = g.agg(
+        runs=("solved", "size"),
+        solved=("solved", "sum"),
+        under_1pct=("best_error", lambda e: int((e < 0.01).sum())),
+        diverged=("diverged", "sum"),
+        median_best_error=("best_error", "median"),
+        min_best_error=("best_error", "min"),
+        max_best_error=("best_error", "max"),
+        median_final_loss=("final_train_loss", "median"),
+        median_grad_norm=("grad_norm_median", "median"),
+        max_grad_norm=("grad_norm_max", "max"),
+        clipped_fraction=("clipped_fraction", "mean"),
+        median_iters=("iters", "median"),
+        **({"trial_seconds": ("seconds", "sum")} if "seconds" in df else {}),
+    ).reset_index()
     out["success_rate"] = out["solved"] / out["runs"]
     ci = [wilson_interval(int(k), int(n)) for k, n in zip(out.solved, out.runs)]
     out["success_ci_low"] = [lo for lo, _ in ci]
@@ -690,27 +970,33 @@ def supported_orderings(summary: pd.DataFrame, df: pd.DataFrame) -> list[str]:
     lines = []
     for (task, length), cell in summary.groupby(["task", "length"], sort=True):
         rows = list(cell.itertuples())
-        success = [f"{a.method} above {b.method}" for a in rows for b in rows
-                   if a.success_ci_low > b.success_ci_high]
+        success = [f"{a.method} above {b.method}" for a in rows for b in rows if a.success_ci_low > b.success_ci_high]
         errors = []
         for i, a in enumerate(rows):
-            for b in rows[i + 1:]:
+            for b in rows[i + 1 :]:
                 if a.solved or b.solved:
                     continue
                 lo, hi = (a, b) if a.max_best_error < b.min_best_error else (b, a)
                 if lo.max_best_error < hi.min_best_error:
                     errors.append(f"{lo.method} below {hi.method} (chance {separation_chance(lo.runs, hi.runs):.2g})")
-        lines.append(f"- {task}, length {length}: success rates: "
-                     f"{'; '.join(success) if success else 'no ordering (every pair of intervals overlaps)'}; "
-                     f"best errors of unsolved methods, separated: {'; '.join(errors) if errors else 'none'}.")
+        lines.append(
+            f"- {task}, length {length}: success rates: "
+            f"{'; '.join(success) if success else 'no ordering (every pair of intervals overlaps)'}; "
+            f"best errors of unsolved methods, separated: {'; '.join(errors) if errors else 'none'}."
+        )
     return lines
 
 
 def time_table(df: pd.DataFrame) -> pd.DataFrame:
     """Where the trials' time went, per (length, method): training and evaluation seconds, per iteration too."""
     g = df.groupby(["length", "method"], sort=True)
-    out = g.agg(trials=("seconds", "size"), iterations=("iters", "sum"), train_s=("train_seconds", "sum"),
-                eval_s=("eval_seconds", "sum"), total_s=("seconds", "sum")).reset_index()
+    out = g.agg(
+        trials=("seconds", "size"),
+        iterations=("iters", "sum"),
+        train_s=("train_seconds", "sum"),
+        eval_s=("eval_seconds", "sum"),
+        total_s=("seconds", "sum"),
+    ).reset_index()
     out["train_ms_per_iter"] = 1e3 * out.train_s / out.iterations
     out["eval_share"] = out.eval_s / out.total_s
     return out
@@ -740,8 +1026,16 @@ def plot(summary: pd.DataFrame, path, p: Protocol):
 
 
 def _rate_key(s: dict) -> tuple:
-    return (s["task"], s["method"], s["length"], s.get("min_length"), s["hidden"], s["batch"], s.get("init"),
-            bool(s.get("one_bias")))
+    return (
+        s["task"],
+        s["method"],
+        s["length"],
+        s.get("min_length"),
+        s["hidden"],
+        s["batch"],
+        s.get("init"),
+        bool(s.get("one_bias")),
+    )
 
 
 def measure_rates(specs, *, iters: int = 2) -> dict:
@@ -772,7 +1066,9 @@ def measure_rates(specs, *, iters: int = 2) -> dict:
             per_iter = min(times)
             n = min(s.get("eval_chunk", 1000), 250)
             t0 = time.process_time()
-            evaluate(s["task"], model, np.random.default_rng(0), n, s["length"], chunk=n, min_length=s.get("min_length"))
+            evaluate(
+                s["task"], model, np.random.default_rng(0), n, s["length"], chunk=n, min_length=s.get("min_length")
+            )
             rates[key] = (per_iter, (time.process_time() - t0) / n)
     return rates
 
@@ -786,20 +1082,40 @@ def estimate_cost(specs, rates: dict, workers: int) -> dict:
     for s in specs:
         per_iter, per_sample = rates[_rate_key(s)]
         n = s["max_iters"]
-        samples = (n // s["track_every"]) * s["track_samples"] if s.get("screen") else \
-            (n // s["check_every"]) * s["eval_samples"]
-        rows.append(dict(task=s["task"], length=s["length"], method=s["method"], seed=s["seed"], max_iters=n,
-                         ms_per_iter=1e3 * per_iter, seconds=n * per_iter + samples * per_sample))
+        samples = (
+            (n // s["track_every"]) * s["track_samples"]
+            if s.get("screen")
+            else (n // s["check_every"]) * s["eval_samples"]
+        )
+        rows.append(
+            dict(
+                task=s["task"],
+                length=s["length"],
+                method=s["method"],
+                seed=s["seed"],
+                max_iters=n,
+                ms_per_iter=1e3 * per_iter,
+                seconds=n * per_iter + samples * per_sample,
+            )
+        )
     total = sum(r["seconds"] for r in rows)
     longest = max((r["seconds"] for r in rows), default=0.0)
-    return dict(trials=len(rows), core_hours=total / 3600, longest_trial_hours=longest / 3600, workers=workers,
-                wall_hours=max(total / max(workers, 1), longest) / 3600, per_trial=rows)
+    return dict(
+        trials=len(rows),
+        core_hours=total / 3600,
+        longest_trial_hours=longest / 3600,
+        workers=workers,
+        wall_hours=max(total / max(workers, 1), longest) / 3600,
+        per_trial=rows,
+    )
 
 
 def cost_line(cost: dict) -> str:
-    return (f"cost before compute: {cost['trials']} trial(s) to run, at most {cost['core_hours']:.3g} core-hours at "
-            f"their caps (measured per-iteration rates); on {cost['workers']} worker(s) at least "
-            f"{_hours(cost['wall_hours'])} wall (the longest trial alone: {_hours(cost['longest_trial_hours'])})")
+    return (
+        f"cost before compute: {cost['trials']} trial(s) to run, at most {cost['core_hours']:.3g} core-hours at "
+        f"their caps (measured per-iteration rates); on {cost['workers']} worker(s) at least "
+        f"{_hours(cost['wall_hours'])} wall (the longest trial alone: {_hours(cost['longest_trial_hours'])})"
+    )
 
 
 def _hours(h: float) -> str:
@@ -816,8 +1132,12 @@ def cost_table(cost: dict) -> pd.DataFrame:
     """Per (task, length, method): trials, the cap, ms per iteration and core-hours at the cap."""
     df = pd.DataFrame(cost["per_trial"])
     g = df.groupby(["task", "length", "method"], sort=True)
-    out = g.agg(trials=("seed", "size"), max_iters=("max_iters", "max"), ms_per_iter=("ms_per_iter", "mean"),
-                core_hours=("seconds", "sum")).reset_index()
+    out = g.agg(
+        trials=("seed", "size"),
+        max_iters=("max_iters", "max"),
+        ms_per_iter=("ms_per_iter", "mean"),
+        core_hours=("seconds", "sum"),
+    ).reset_index()
     out["core_hours"] /= 3600
     return out
 
@@ -827,17 +1147,44 @@ def cost_table(cost: dict) -> pd.DataFrame:
 # read off the plots; their task and metric differ: markers in each half, target the sum, test MSE): the LSTM
 # (H = 128, RMSProp 1e-3, clip 1) leaves the baseline at about 1k updates and reaches MSE ≈ 0 by about 5k at T = 100,
 # about 20k at T = 200 and about 15k at T = 400.
-ARJOVSKY_LSTM = {100: ((1_000, "leaves the baseline"), (5_000, "MSE ≈ 0")), 200: ((20_000, "MSE ≈ 0"),),
-                 400: ((15_000, "MSE ≈ 0"),)}
+ARJOVSKY_LSTM = {
+    100: ((1_000, "leaves the baseline"), (5_000, "MSE ≈ 0")),
+    200: ((20_000, "MSE ≈ 0"),),
+    400: ((15_000, "MSE ≈ 0"),),
+}
 # Pascanu et al.'s own SGD-CR temporal-order log (pascanur/trainingRNNs test_output.txt: valid error % every 2,000
 # updates, solved at 336,000; the run's lengths are not recorded, the code's default draws them from [50, 200)); a
 # subset of its lines:
-PASCANU_SGDCR_LOG = ((2_000, 75.04), (8_000, 67.83), (10_000, 54.17), (18_000, 53.80), (26_000, 50.51),
-                     (30_000, 74.86), (50_000, 74.94), (88_000, 53.63), (100_000, 74.93), (106_000, 38.54),
-                     (120_000, 75.23), (150_000, 76.05), (200_000, 74.83), (242_000, 50.29), (252_000, 48.32),
-                     (262_000, 25.10), (268_000, 75.72), (274_000, 11.74), (280_000, 0.50), (282_000, 22.66),
-                     (286_000, 78.46), (296_000, 0.44), (298_000, 52.31), (310_000, 5.56), (320_000, 18.47),
-                     (326_000, 0.69), (334_000, 72.48), (336_000, 0.0))
+PASCANU_SGDCR_LOG = (
+    (2_000, 75.04),
+    (8_000, 67.83),
+    (10_000, 54.17),
+    (18_000, 53.80),
+    (26_000, 50.51),
+    (30_000, 74.86),
+    (50_000, 74.94),
+    (88_000, 53.63),
+    (100_000, 74.93),
+    (106_000, 38.54),
+    (120_000, 75.23),
+    (150_000, 76.05),
+    (200_000, 74.83),
+    (242_000, 50.29),
+    (252_000, 48.32),
+    (262_000, 25.10),
+    (268_000, 75.72),
+    (274_000, 11.74),
+    (280_000, 0.50),
+    (282_000, 22.66),
+    (286_000, 78.46),
+    (296_000, 0.44),
+    (298_000, 52.31),
+    (310_000, 5.56),
+    (320_000, 18.47),
+    (326_000, 0.69),
+    (334_000, 72.48),
+    (336_000, 0.0),
+)
 
 
 def plot_curves(df: pd.DataFrame, path) -> None:
@@ -881,8 +1228,18 @@ def plot_curves(df: pd.DataFrame, path) -> None:
     save_figure(fig, path)
 
 
-def run(p: Protocol, out, *, workers=2, scheduler=None, scheduler_timeout=None, tasks=None, progress=True,
-        estimate_only=False, checkpoint_seconds=None) -> dict:
+def run(
+    p: Protocol,
+    out,
+    *,
+    workers=2,
+    scheduler=None,
+    scheduler_timeout=None,
+    tasks=None,
+    progress=True,
+    estimate_only=False,
+    checkpoint_seconds=None,
+) -> dict:
     from .sweep import load_trials, trial_id
 
     t0 = time.time()
@@ -898,43 +1255,87 @@ def run(p: Protocol, out, *, workers=2, scheduler=None, scheduler_timeout=None, 
     if estimate_only:
         return dict(estimate_only=True, **(cost or dict(trials=0, core_hours=0.0)))
     fn = partial(run_trial, checkpoint_root=str(out / "checkpoints"), checkpoint_seconds=checkpoint_seconds)
-    df = run_sweep(fn, specs, out / "trials.jsonl", workers=workers, scheduler=scheduler,
-                   **({} if scheduler_timeout is None else {"scheduler_timeout": scheduler_timeout}),
-                   progress=progress, desc=f"pathological ({p.name})")
+    df = run_sweep(
+        fn,
+        specs,
+        out / "trials.jsonl",
+        workers=workers,
+        scheduler=scheduler,
+        **({} if scheduler_timeout is None else {"scheduler_timeout": scheduler_timeout}),
+        progress=progress,
+        desc=f"pathological ({p.name})",
+    )
     write_csv(out / "trials.csv", df)
     summary = summarize(df)
     write_csv(out / "success.csv", summary)
     plot(summary, out / "success_vs_length.png", p)
     if "curve" in df:
         plot_curves(df, out / "learning_curves.png")
-    res = dict(config=asdict(p), seconds=time.time() - t0, trials=len(df),
-               trial_cpu_seconds=float(df.seconds.sum()), summary=summary.to_dict(orient="records"))
+    res = dict(
+        config=asdict(p),
+        seconds=time.time() - t0,
+        trials=len(df),
+        trial_cpu_seconds=float(df.seconds.sum()),
+        summary=summary.to_dict(orient="records"),
+    )
     write_json(out / "summary.json", res)
-    table = summary[["task", "length", "method", "runs", "solved", "success_rate", "success_ci_low",
-                     "success_ci_high", "under_1pct", "diverged", "median_best_error", "min_best_error",
-                     "max_best_error", "median_iters", "median_final_loss", "clipped_fraction"]]
-    checks = (f"a check every {p.check_every} iterations: the training batches since the last check are scored "
-              f"(free); when none of them was wrong, {p.eval_samples} fresh samples decide (solved = none wrong); "
-              f"the error curve: {p.track_samples} fresh samples every {p.track_every} iterations and at the end"
-              if p.screen else f"evaluation every {p.check_every} on {p.eval_samples} fresh samples; solved = "
-              f"no wrong sample")
+    table = summary[
+        [
+            "task",
+            "length",
+            "method",
+            "runs",
+            "solved",
+            "success_rate",
+            "success_ci_low",
+            "success_ci_high",
+            "under_1pct",
+            "diverged",
+            "median_best_error",
+            "min_best_error",
+            "max_best_error",
+            "median_iters",
+            "median_final_loss",
+            "clipped_fraction",
+        ]
+    ]
+    checks = (
+        f"a check every {p.check_every} iterations: the training batches since the last check are scored "
+        f"(free); when none of them was wrong, {p.eval_samples} fresh samples decide (solved = none wrong); "
+        f"the error curve: {p.track_samples} fresh samples every {p.track_every} iterations and at the end"
+        if p.screen
+        else f"evaluation every {p.check_every} on {p.eval_samples} fresh samples; solved = no wrong sample"
+    )
     sections = [
-        ("What ran", f"tasks {list(tasks or p.tasks)}, lengths {list(p.lengths)}, methods {list(p.methods)}"
-                     f"{' (' + ', '.join(f'{m} at lengths {list(ls)} only' for m, ls in p.only) + ')' if p.only else ''}, "
-                     f"seeds {list(p.seeds)} ({len(p.seeds)} runs per cell); hidden {p.hidden}, batch {p.batch}, "
-                     f"lr {p.lr}, clipping threshold {p.clip} (all but sgd); at most {p.max_iters} "
-                     f"iterations; {checks}. {len(df)} trials, {df.seconds.sum():.0f} trial-seconds, "
-                     f"{res['seconds']:.0f} s wall for this call (a resumed sweep counts only its own part)."),
-        ("Success rate against length", markdown_table(table) + "\n\nsolved: the code's criterion (no wrong "
-         "sample); under_1pct: runs whose best measured error fell below 1% (the paper's §4.1 criterion, on the "
-         "samples each check drew). Baselines: constant prediction gets 36% of adding samples wrong (squared error "
-         "> 0.04); chance on temporal order is 75%. success_ci_low/high: the 95% Wilson interval of the success "
-         "rate. min/median/max_best_error: the spread of the runs' best fresh-sample errors."),
-        ("What the intervals support", "\n".join(supported_orderings(summary, df)) + "\n\nNo other ordering "
-         "of methods is supported by these runs: a difference of medians inside overlapping intervals or ranges is "
-         "not one."),
-        ("Plots", "success_vs_length.png; learning_curves.png (error against updates, with the published points)"
-         if "curve" in df else "success_vs_length.png"),
+        (
+            "What ran",
+            f"tasks {list(tasks or p.tasks)}, lengths {list(p.lengths)}, methods {list(p.methods)}"
+            f"{' (' + ', '.join(f'{m} at lengths {list(ls)} only' for m, ls in p.only) + ')' if p.only else ''}, "
+            f"seeds {list(p.seeds)} ({len(p.seeds)} runs per cell); hidden {p.hidden}, batch {p.batch}, "
+            f"lr {p.lr}, clipping threshold {p.clip} (all but sgd); at most {p.max_iters} "
+            f"iterations; {checks}. {len(df)} trials, {df.seconds.sum():.0f} trial-seconds, "
+            f"{res['seconds']:.0f} s wall for this call (a resumed sweep counts only its own part).",
+        ),
+        (
+            "Success rate against length",
+            markdown_table(table) + "\n\nsolved: the code's criterion (no wrong "
+            "sample); under_1pct: runs whose best measured error fell below 1% (the paper's §4.1 criterion, on the "
+            "samples each check drew). Baselines: constant prediction gets 36% of adding samples wrong (squared error "
+            "> 0.04); chance on temporal order is 75%. success_ci_low/high: the 95% Wilson interval of the success "
+            "rate. min/median/max_best_error: the spread of the runs' best fresh-sample errors.",
+        ),
+        (
+            "What the intervals support",
+            "\n".join(supported_orderings(summary, df)) + "\n\nNo other ordering "
+            "of methods is supported by these runs: a difference of medians inside overlapping intervals or ranges is "
+            "not one.",
+        ),
+        (
+            "Plots",
+            "success_vs_length.png; learning_curves.png (error against updates, with the published points)"
+            if "curve" in df
+            else "success_vs_length.png",
+        ),
     ]
     if cost is not None:
         sections.insert(1, ("Cost before compute", cost_line(cost) + "\n\n" + markdown_table(cost_table(cost))))
@@ -944,14 +1345,27 @@ def run(p: Protocol, out, *, workers=2, scheduler=None, scheduler_timeout=None, 
     return res
 
 
-def select(p: Protocol, *, lengths=None, methods=None, max_iters=None, num_seeds=None, min_length=None,
-           init=None, one_bias=None, resumable=None) -> Protocol:
+def select(
+    p: Protocol,
+    *,
+    lengths=None,
+    methods=None,
+    max_iters=None,
+    num_seeds=None,
+    min_length=None,
+    init=None,
+    one_bias=None,
+    resumable=None,
+) -> Protocol:
     """The protocol with the command line's selection in place of its own (None: the protocol's). With lengths or
     methods given, its per-method length limits (``only``) are dropped: exactly the trials asked for run. num_seeds:
     seeds 0 .. N-1 (then offset by ``--seed``). min_length, init, one_bias, resumable: the code's settings
     (:class:`Protocol`)."""
-    changes = {k: v for k, v in dict(min_length=min_length, init=init, one_bias=one_bias,
-                                     resumable=resumable).items() if v is not None}
+    changes = {
+        k: v
+        for k, v in dict(min_length=min_length, init=init, one_bias=one_bias, resumable=resumable).items()
+        if v is not None
+    }
     if lengths is not None:
         changes["lengths"] = tuple(lengths)
     if methods is not None:
@@ -974,14 +1388,30 @@ def main(args) -> dict:
     name = args.protocol or ("quick" if args.quick else "reduced")
     if name in ("budget", "published") and args.quick:
         name = f"{name}-quick"
-    out = result_dir("pathological" if name in ("reduced", "quick") else f"pathological-{name}",
-                     name in ("quick", "budget-quick", "published-quick"), args.out)
-    p = select(PROTOCOLS[name], lengths=getattr(args, "lengths", None), methods=getattr(args, "methods", None),
-               max_iters=getattr(args, "max_iters", None), num_seeds=getattr(args, "num_seeds", None),
-               min_length=getattr(args, "min_length", None), init=getattr(args, "init", None),
-               one_bias=True if getattr(args, "one_bias", False) else None,
-               resumable=True if getattr(args, "resumable", False) else None)
-    return run(with_seed_offset(p, args.seed), out, workers=args.workers, scheduler=args.scheduler,
-               scheduler_timeout=getattr(args, "scheduler_timeout", None),
-               tasks=args.tasks, progress=not args.no_progress, estimate_only=getattr(args, "estimate_only", False),
-               checkpoint_seconds=getattr(args, "checkpoint_seconds", None))
+    out = result_dir(
+        "pathological" if name in ("reduced", "quick") else f"pathological-{name}",
+        name in ("quick", "budget-quick", "published-quick"),
+        args.out,
+    )
+    p = select(
+        PROTOCOLS[name],
+        lengths=getattr(args, "lengths", None),
+        methods=getattr(args, "methods", None),
+        max_iters=getattr(args, "max_iters", None),
+        num_seeds=getattr(args, "num_seeds", None),
+        min_length=getattr(args, "min_length", None),
+        init=getattr(args, "init", None),
+        one_bias=True if getattr(args, "one_bias", False) else None,
+        resumable=True if getattr(args, "resumable", False) else None,
+    )
+    return run(
+        with_seed_offset(p, args.seed),
+        out,
+        workers=args.workers,
+        scheduler=args.scheduler,
+        scheduler_timeout=getattr(args, "scheduler_timeout", None),
+        tasks=args.tasks,
+        progress=not args.no_progress,
+        estimate_only=getattr(args, "estimate_only", False),
+        checkpoint_seconds=getattr(args, "checkpoint_seconds", None),
+    )

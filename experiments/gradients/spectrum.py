@@ -12,6 +12,7 @@ update — ∂h_t/∂h_{t-1} for the Elman RNN and the GRU, the joint map (h_{t-
 (``diagnostics.lstm_state_jacobian`` / ``gru_state_jacobian``, each held to torch's autograd) — multiplied along a
 trajectory, and the singular values of ∂s_T/∂s_{T-n} against n for the three cells at their usual initialisation.
 """
+
 from __future__ import annotations
 
 import time
@@ -55,8 +56,15 @@ class SpectrumConfig:
             raise ValueError(f"cells: expected names among {list(cell_names() + VARIANTS)}, got {unknown}")
 
 
-QUICK = SpectrumConfig(hidden=12, input_size=3, steps=25, batch=4, lambdas=(0.5, 1.0, 1.5),
-                       inits=("gaussian", "orthogonal"), nonlinearities=("tanh", "relu"))
+QUICK = SpectrumConfig(
+    hidden=12,
+    input_size=3,
+    steps=25,
+    batch=4,
+    lambdas=(0.5, 1.0, 1.5),
+    inits=("gaussian", "orthogonal"),
+    nonlinearities=("tanh", "relu"),
+)
 
 
 # ------------------------------------------------------------------------------------------------
@@ -131,7 +139,7 @@ def cell_products(cfg: SpectrumConfig, name: str, seed: int):
     g = rng.standard_normal((cfg.batch, cfg.hidden))
     g /= np.linalg.norm(g, axis=-1, keepdims=True)
     prods = jacobian_products(state_jacobians(model, x))
-    sv = np.linalg.svd(prods, compute_uv=False)                       # (T + 1, B, S), descending
+    sv = np.linalg.svd(prods, compute_uv=False)  # (T + 1, B, S), descending
     mid = sv[..., sv.shape[-1] // 2].copy()
     mid[mid < RESOLVED * sv[..., 0]] = np.nan  # below float64's resolution of the product: not a measurement
     model(x)
@@ -139,21 +147,31 @@ def cell_products(cfg: SpectrumConfig, name: str, seed: int):
         model.backward(None, (g[None], None))
     else:
         model.backward(None, g[None])
-    norms = dg.grad_norms_by_distance(model.hidden_grads[0])         # (T, B): ‖∂L/∂h_{T-n}‖, n = 0..T-1
+    norms = dg.grad_norms_by_distance(model.hidden_grads[0])  # (T, B): ‖∂L/∂h_{T-n}‖, n = 0..T-1
     distances = np.arange(cfg.steps + 1)
-    curve = pd.DataFrame(dict(cell=name, distance=distances, sigma_max_median=np.median(sv[..., 0], axis=1),
-                              sigma_max_q10=np.quantile(sv[..., 0], 0.1, axis=1),
-                              sigma_max_q90=np.quantile(sv[..., 0], 0.9, axis=1),
-                              sigma_mid_median=np.median(mid, axis=1),  # NaN once any sample is unresolved
-                              grad_norm_median=np.append(np.median(norms, axis=1), np.nan)))
+    curve = pd.DataFrame(
+        dict(
+            cell=name,
+            distance=distances,
+            sigma_max_median=np.median(sv[..., 0], axis=1),
+            sigma_max_q10=np.quantile(sv[..., 0], 0.1, axis=1),
+            sigma_max_q90=np.quantile(sv[..., 0], 0.9, axis=1),
+            sigma_mid_median=np.median(mid, axis=1),  # NaN once any sample is unresolved
+            grad_norm_median=np.append(np.median(norms, axis=1), np.nan),
+        )
+    )
     try:
         fit = dg.fit_rate(np.arange(cfg.steps), norms)
         factor = fit.factor
     except ValueError:
         factor = 0.0
     at = {n: float(np.median(sv[n, :, 0])) for n in (10, 50, cfg.steps) if n <= cfg.steps}
-    row = dict(cell=name, state_size=prods.shape[-1], grad_factor_per_step=factor,
-               **{f"sigma_max_at_{n}": v for n, v in at.items()})
+    row = dict(
+        cell=name,
+        state_size=prods.shape[-1],
+        grad_factor_per_step=factor,
+        **{f"sigma_max_at_{n}": v for n, v in at.items()},
+    )
     return curve, row, prods, model, x, g
 
 
@@ -169,10 +187,16 @@ def run_cells(cfg: SpectrumConfig, out, seed: int) -> tuple[pd.DataFrame, pd.Dat
     fig, axes = plt.subplots(1, 2, figsize=(11, 4))
     for name in cfg.cells:
         c = curves[curves.cell == name]
-        line, = axes[0].plot(c.distance, c.sigma_max_median.where(c.sigma_max_median > 0), label=f"{name}: σ_max")
+        (line,) = axes[0].plot(c.distance, c.sigma_max_median.where(c.sigma_max_median > 0), label=f"{name}: σ_max")
         axes[0].fill_between(c.distance, c.sigma_max_q10, c.sigma_max_q90, color=line.get_color(), alpha=0.15)
-        axes[0].plot(c.distance, c.sigma_mid_median.where(c.sigma_mid_median > 0), "--", color=line.get_color(),
-                     lw=1, label=f"{name}: median σ")
+        axes[0].plot(
+            c.distance,
+            c.sigma_mid_median.where(c.sigma_mid_median > 0),
+            "--",
+            color=line.get_color(),
+            lw=1,
+            label=f"{name}: median σ",
+        )
         axes[1].plot(c.distance, c.grad_norm_median.where(c.grad_norm_median > 0), label=name)
     axes[0].set_title("singular values of ∂s_T/∂s_(T−n) at init (median over the batch)")
     axes[1].set_title("‖∂L/∂h_(T−n)‖ by BPTT, unit cotangent on h_T")
@@ -198,7 +222,7 @@ def measure(cfg: SpectrumConfig, scheme: str, nonlinearity: str, lam: float, see
     model.backward(None, g)
     norms = dg.grad_norms_by_distance(model.hidden_grads[0])  # (T, B), row n = distance n
     s_end = dg.align_to_end(dg.model_slopes(model, x)[0])
-    prod = dg.product_singular_values(s_end, w)[:cfg.steps, :, 0]  # (T, B) ‖∂h_T/∂h_{T-n}‖
+    prod = dg.product_singular_values(s_end, w)[: cfg.steps, :, 0]  # (T, B) ‖∂h_T/∂h_{T-n}‖
     distances = np.arange(cfg.steps)
     reg = dg.regime(w, nonlinearity)
     try:
@@ -207,17 +231,33 @@ def measure(cfg: SpectrumConfig, scheme: str, nonlinearity: str, lam: float, see
     except ValueError:  # everything underflowed or died (relu): no rate to fit
         fit_d = dict(log_rate=-np.inf, factor=0.0, intercept=np.nan, r2=np.nan, n_points=0)
     bound = dg.pascanu_bound(reg.lambda1, nonlinearity, distances)
-    row = dict(init=scheme, nonlinearity=nonlinearity, lambda1=reg.lambda1,
-               spectral_radius=reg.spectral_radius, bound_log_rate=dg.bound_log_rate(reg.lambda1, nonlinearity),
-               fit_log_rate=fit_d["log_rate"], fit_factor=fit_d["factor"], fit_r2=fit_d["r2"],
-               fit_points=fit_d["n_points"], grad_norm_last=float(np.median(norms[-1])),
-               max_product_over_bound=float(np.max(prod / bound[:, None])),
-               max_grad_over_bound=float(np.max(norms / bound[:, None])))
-    curve = pd.DataFrame(dict(init=scheme, nonlinearity=nonlinearity, lambda1_target=lam, distance=distances,
-                              grad_norm_median=np.median(norms, axis=1),
-                              grad_norm_q10=np.quantile(norms, 0.1, axis=1),
-                              grad_norm_q90=np.quantile(norms, 0.9, axis=1),
-                              product_norm_median=np.median(prod, axis=1), bound=bound))
+    row = dict(
+        init=scheme,
+        nonlinearity=nonlinearity,
+        lambda1=reg.lambda1,
+        spectral_radius=reg.spectral_radius,
+        bound_log_rate=dg.bound_log_rate(reg.lambda1, nonlinearity),
+        fit_log_rate=fit_d["log_rate"],
+        fit_factor=fit_d["factor"],
+        fit_r2=fit_d["r2"],
+        fit_points=fit_d["n_points"],
+        grad_norm_last=float(np.median(norms[-1])),
+        max_product_over_bound=float(np.max(prod / bound[:, None])),
+        max_grad_over_bound=float(np.max(norms / bound[:, None])),
+    )
+    curve = pd.DataFrame(
+        dict(
+            init=scheme,
+            nonlinearity=nonlinearity,
+            lambda1_target=lam,
+            distance=distances,
+            grad_norm_median=np.median(norms, axis=1),
+            grad_norm_q10=np.quantile(norms, 0.1, axis=1),
+            grad_norm_q90=np.quantile(norms, 0.9, axis=1),
+            product_norm_median=np.median(prod, axis=1),
+            bound=bound,
+        )
+    )
     return row, curve
 
 
@@ -234,16 +274,30 @@ def transition(df: pd.DataFrame) -> pd.DataFrame:
                 frac = (0 - r[i]) / (r[i + 1] - r[i])
                 cross, cross_rho = lam[i] + frac * (lam[i + 1] - lam[i]), rho[i] + frac * (rho[i + 1] - rho[i])
                 break
-        rows.append(dict(init=scheme, nonlinearity=nl, lambda1_at_rate_0=cross, rho_at_rate_0=cross_rho,
-                         rho_range=f"{rho.min():.2f}-{rho.max():.2f}", bound_transition=1.0,
-                         max_rate_minus_bound=float(np.nanmax(grp["fit_log_rate"] - grp["bound_log_rate"]))))
+        rows.append(
+            dict(
+                init=scheme,
+                nonlinearity=nl,
+                lambda1_at_rate_0=cross,
+                rho_at_rate_0=cross_rho,
+                rho_range=f"{rho.min():.2f}-{rho.max():.2f}",
+                bound_transition=1.0,
+                max_rate_minus_bound=float(np.nanmax(grp["fit_log_rate"] - grp["bound_log_rate"])),
+            )
+        )
     return pd.DataFrame(rows)
 
 
 def plot_curves(curves: pd.DataFrame, cfg: SpectrumConfig, path):
     inits, nls = list(cfg.inits), list(cfg.nonlinearities)
-    fig, axes = plt.subplots(len(nls), len(inits), figsize=(4.2 * len(inits) + 1.5, 3.6 * len(nls)),
-                             squeeze=False, sharex=True, layout="constrained")
+    fig, axes = plt.subplots(
+        len(nls),
+        len(inits),
+        figsize=(4.2 * len(inits) + 1.5, 3.6 * len(nls)),
+        squeeze=False,
+        sharex=True,
+        layout="constrained",
+    )
     cmap = plt.get_cmap("coolwarm")
     lams = sorted(curves["lambda1_target"].unique())
     norm = plt.Normalize(min(lams), max(lams))
@@ -314,38 +368,69 @@ def run(cfg: SpectrumConfig, out, progress: bool = True) -> dict:
     write_csv(out / "transition.csv", trans)
     plot_curves(curves, cfg, out / "grad_norm_vs_distance.png")
     plot_rates(df, cfg, out / "rate_vs_lambda.png")
-    summary = dict(config=asdict(cfg), seconds=time.time() - t0,
-                   bound_ever_exceeded=bool((df.max_product_over_bound > 1 + 1e-9).any()
-                                            or (df.max_grad_over_bound > 1 + 1e-9).any()),
-                   transition=trans.to_dict(orient="records"))
+    summary = dict(
+        config=asdict(cfg),
+        seconds=time.time() - t0,
+        bound_ever_exceeded=bool(
+            (df.max_product_over_bound > 1 + 1e-9).any() or (df.max_grad_over_bound > 1 + 1e-9).any()
+        ),
+        transition=trans.to_dict(orient="records"),
+    )
     cells, _ = run_cells(cfg, out, cfg.seed + len(jobs))
     summary["cells"] = cells.to_dict(orient="records")
     write_json(out / "summary.json", summary)
-    table = df[["init", "nonlinearity", "lambda1", "spectral_radius", "fit_factor", "bound_log_rate",
-                "fit_log_rate", "fit_r2", "max_product_over_bound"]].copy()
+    table = df[
+        [
+            "init",
+            "nonlinearity",
+            "lambda1",
+            "spectral_radius",
+            "fit_factor",
+            "bound_log_rate",
+            "fit_log_rate",
+            "fit_r2",
+            "max_product_over_bound",
+        ]
+    ].copy()
     table["bound_factor"] = np.exp(table.pop("bound_log_rate"))
-    write_report(out / "report.md", "Spectrum sweep: gradient norm against distance", [
-        ("Setup", f"RNN(H={cfg.hidden}, I={cfg.input_size}), float64, T={cfg.steps} steps, batch {cfg.batch}, "
-                  f"N(0,1) inputs, loss on h_T with unit random cotangents; W_hh from each initializer "
-                  f"rescaled to λ₁ in {list(cfg.lambdas)}; seeds {cfg.seed}..{cfg.seed + len(jobs) - 1} "
-                  f"(one per configuration). Rates: least squares of log ‖∂L/∂h_(T-n)‖ on n over all "
-                  f"samples. Bound: (γλ₁)ⁿ with γ = 1 (tanh, relu)."),
-        ("Transition (fitted rate crosses 0)", markdown_table(trans) + "\n\nNaN: the fitted rate stays below 0 over "
-         "the whole λ₁ range. For Gaussian and uniform matrices λ₁ ≈ 2ρ (non-normal), so λ₁ = 1.5 still has "
-         "ρ < 1 and gradients still vanish: the bound γλ₁ < 1 is sufficient for vanishing, but γλ₁ > 1 "
-         "does not make them explode (necessary only)."),
-        ("Bound check", f"max ‖∂h_T/∂h_(T-n)‖ / (γλ₁)ⁿ over every configuration, distance and sample: "
-                        f"{df.max_product_over_bound.max():.4g}; max ‖∂L/∂h_(T-n)‖ / (γλ₁)ⁿ (unit final "
-                        f"gradient): {df.max_grad_over_bound.max():.4g} (both must be ≤ 1)."),
-        ("All configurations", markdown_table(table)),
-        ("The gated cells at init (part two)", f"Cells {list(cfg.cells)}, H={cfg.hidden}, I={cfg.input_size}, "
-         f"T={cfg.steps}, batch {cfg.batch}, N(0,1) inputs, zero initial state, torch's U(±1/√H) "
-         f"(lstm_fb1: forget-gate bias 1). State s = h (rnn, gru) or (h, c) (lstm). σ_max at n: the median over "
-         f"the batch of the largest singular value of ∂s_T/∂s_(T−n) (cells.png also shows the middle one, "
-         f"while it is above {RESOLVED:g}·σ_max in every sample); grad factor: exp(fitted per-step rate) of "
-         f"‖∂L/∂h_(T−n)‖ by BPTT.\n\n" + markdown_table(cells)),
-        ("Plots", "grad_norm_vs_distance.png, rate_vs_lambda.png, cells.png"),
-    ])
+    write_report(
+        out / "report.md",
+        "Spectrum sweep: gradient norm against distance",
+        [
+            (
+                "Setup",
+                f"RNN(H={cfg.hidden}, I={cfg.input_size}), float64, T={cfg.steps} steps, batch {cfg.batch}, "
+                f"N(0,1) inputs, loss on h_T with unit random cotangents; W_hh from each initializer "
+                f"rescaled to λ₁ in {list(cfg.lambdas)}; seeds {cfg.seed}..{cfg.seed + len(jobs) - 1} "
+                f"(one per configuration). Rates: least squares of log ‖∂L/∂h_(T-n)‖ on n over all "
+                f"samples. Bound: (γλ₁)ⁿ with γ = 1 (tanh, relu).",
+            ),
+            (
+                "Transition (fitted rate crosses 0)",
+                markdown_table(trans) + "\n\nNaN: the fitted rate stays below 0 over "
+                "the whole λ₁ range. For Gaussian and uniform matrices λ₁ ≈ 2ρ (non-normal), so λ₁ = 1.5 still has "
+                "ρ < 1 and gradients still vanish: the bound γλ₁ < 1 is sufficient for vanishing, but γλ₁ > 1 "
+                "does not make them explode (necessary only).",
+            ),
+            (
+                "Bound check",
+                f"max ‖∂h_T/∂h_(T-n)‖ / (γλ₁)ⁿ over every configuration, distance and sample: "
+                f"{df.max_product_over_bound.max():.4g}; max ‖∂L/∂h_(T-n)‖ / (γλ₁)ⁿ (unit final "
+                f"gradient): {df.max_grad_over_bound.max():.4g} (both must be ≤ 1).",
+            ),
+            ("All configurations", markdown_table(table)),
+            (
+                "The gated cells at init (part two)",
+                f"Cells {list(cfg.cells)}, H={cfg.hidden}, I={cfg.input_size}, "
+                f"T={cfg.steps}, batch {cfg.batch}, N(0,1) inputs, zero initial state, torch's U(±1/√H) "
+                f"(lstm_fb1: forget-gate bias 1). State s = h (rnn, gru) or (h, c) (lstm). σ_max at n: the median over "
+                f"the batch of the largest singular value of ∂s_T/∂s_(T−n) (cells.png also shows the middle one, "
+                f"while it is above {RESOLVED:g}·σ_max in every sample); grad factor: exp(fitted per-step rate) of "
+                f"‖∂L/∂h_(T−n)‖ by BPTT.\n\n" + markdown_table(cells),
+            ),
+            ("Plots", "grad_norm_vs_distance.png, rate_vs_lambda.png, cells.png"),
+        ],
+    )
     return summary
 
 

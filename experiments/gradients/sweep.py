@@ -18,6 +18,7 @@ spec its id names) is skipped with a :class:`SkippedLineWarning` naming the file
 not count as done. Local workers die with the sweep's process (:func:`experiments.process.die_with_parent`):
 a ``kill -9`` of the parent leaves no worker computing for nobody.
 """
+
 from __future__ import annotations
 
 import concurrent.futures as cf
@@ -25,8 +26,8 @@ import json
 import os
 import socket
 import warnings
+from collections.abc import Callable, Iterable, Iterator
 from pathlib import Path
-from typing import Callable, Iterable, Iterator
 
 import pandas as pd
 from tqdm.auto import tqdm
@@ -141,8 +142,10 @@ def parse_scheduler_address(address) -> tuple[str, int]:
     if not sep:
         raise SchedulerUnavailable(f"expected an address like tcp://HOST:PORT, got {address!r} (no scheme)")
     if scheme != "tcp":
-        raise SchedulerUnavailable(f"expected a tcp:// address (the only transport this sweep connects with), "
-                                   f"got {address!r} (scheme {scheme!r})")
+        raise SchedulerUnavailable(
+            f"expected a tcp:// address (the only transport this sweep connects with), "
+            f"got {address!r} (scheme {scheme!r})"
+        )
     if location.startswith("["):  # [IPv6]:PORT
         host, bracket, rest = location[1:].partition("]")
         if not bracket or (rest and not rest.startswith(":")):
@@ -172,15 +175,19 @@ def probe_scheduler(address: str, timeout: float = SCHEDULER_TIMEOUT_S) -> dict:
     try:
         from distributed.comm import connect
     except ImportError as exc:
-        raise SchedulerUnavailable(f"running on a Dask cluster needs dask.distributed (pip install "
-                                   f"'dask[distributed]'), which is not installed; got {address!r}") from exc
+        raise SchedulerUnavailable(
+            f"running on a Dask cluster needs dask.distributed (pip install "
+            f"'dask[distributed]'), which is not installed; got {address!r}"
+        ) from exc
 
     try:  # a plain TCP connect first: a closed port is refused at once (dask would retry until the deadline)
         socket.create_connection((host, port), timeout=timeout).close()
     except OSError as exc:
         why = "no answer" if isinstance(exc, TimeoutError) else (exc.strerror or str(exc))
-        raise SchedulerUnavailable(f"expected a reachable Dask scheduler, got {address!r}: cannot connect to "
-                                   f"{host}:{port} ({why}; waited at most {timeout:g} s)") from exc
+        raise SchedulerUnavailable(
+            f"expected a reachable Dask scheduler, got {address!r}: cannot connect to "
+            f"{host}:{port} ({why}; waited at most {timeout:g} s)"
+        ) from exc
 
     async def ask():
         comm = await connect(address, timeout=timeout)
@@ -193,18 +200,22 @@ def probe_scheduler(address: str, timeout: float = SCHEDULER_TIMEOUT_S) -> dict:
     try:
         reply = asyncio.run(asyncio.wait_for(ask(), timeout))
     except (asyncio.TimeoutError, TimeoutError) as exc:
-        raise SchedulerUnavailable(f"no Dask scheduler answered at {address!r} within {timeout:g} s (something "
-                                   f"that is not a Dask scheduler listens on {host}:{port}, or nothing answers)"
-                                   ) from exc
+        raise SchedulerUnavailable(
+            f"no Dask scheduler answered at {address!r} within {timeout:g} s (something "
+            f"that is not a Dask scheduler listens on {host}:{port}, or nothing answers)"
+        ) from exc
     except OSError as exc:
         raise SchedulerUnavailable(f"cannot connect to {address!r}: {exc}") from exc
     except Exception as exc:  # noqa: BLE001 - garbage instead of a Dask reply: whatever the decoder raised
-        raise SchedulerUnavailable(f"{address!r} did not answer as a Dask scheduler ({type(exc).__name__}: "
-                                   f"{exc})") from exc
+        raise SchedulerUnavailable(
+            f"{address!r} did not answer as a Dask scheduler ({type(exc).__name__}: {exc})"
+        ) from exc
     if not isinstance(reply, dict) or reply.get("type") != "Scheduler":
         kind = reply.get("type") if isinstance(reply, dict) else type(reply).__name__
-        raise SchedulerUnavailable(f"{address!r} is not a Dask scheduler (it answered as {kind!r}; give the "
-                                   "scheduler's address, not a worker's)")
+        raise SchedulerUnavailable(
+            f"{address!r} is not a Dask scheduler (it answered as {kind!r}; give the "
+            "scheduler's address, not a worker's)"
+        )
     return reply
 
 
@@ -236,9 +247,17 @@ def _stop_workers(executor) -> None:
             pass
 
 
-def run_sweep(fn: Callable[[dict], dict], specs: Iterable[dict], table: Path, *, workers: int = 2,
-              scheduler=None, scheduler_timeout: float = SCHEDULER_TIMEOUT_S, progress: bool = True,
-              desc: str = "trials") -> pd.DataFrame:
+def run_sweep(
+    fn: Callable[[dict], dict],
+    specs: Iterable[dict],
+    table: Path,
+    *,
+    workers: int = 2,
+    scheduler=None,
+    scheduler_timeout: float = SCHEDULER_TIMEOUT_S,
+    progress: bool = True,
+    desc: str = "trials",
+) -> pd.DataFrame:
     """Run ``fn(spec)`` for every spec whose id is not yet in ``table``; returns the full table.
 
     fn must be importable by the workers (a module-level function) and return a flat dict of

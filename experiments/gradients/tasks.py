@@ -9,6 +9,7 @@ Temporal order: 6 one-hot symbols; two relevant symbols (A or B) at p0 in [0.1·
 [0.5·L, 0.6·L), distractors c..f elsewhere; the class is the ordered pair (AA, BA, AB, BB: 4
 classes, chance error 75%). A sample is wrong when the arg-max class differs.
 """
+
 from __future__ import annotations
 
 from dataclasses import dataclass
@@ -34,18 +35,17 @@ TASKS = {
 
 def _check_length(length: int) -> int:
     if not isinstance(length, (int, np.integer)) or length < 10:
-        raise ValueError(f"length: expected an integer >= 10 (positions are drawn in tenths of it), "
-                         f"got {length!r}")
+        raise ValueError(f"length: expected an integer >= 10 (positions are drawn in tenths of it), got {length!r}")
     return int(length)
 
 
 def adding_batch(rng: np.random.Generator, batch: int, length: int):
-    """x (l, batch, 2) float64 with l in [length, 1.1·length); y (batch, 1): the mean of the marked values."""
+    """x (steps, batch, 2) float64 with steps in [length, 1.1·length); y (batch, 1): the mean of the marked values."""
     length = _check_length(length)
-    l = length + int(rng.integers(int(length * 0.1)))
-    p0 = rng.integers(int(l * 0.1), size=batch)
-    p1 = rng.integers(int(l * 0.4), size=batch) + int(l * 0.1)
-    x = rng.uniform(size=(l, batch, 2))
+    steps = length + int(rng.integers(int(length * 0.1)))
+    p0 = rng.integers(int(steps * 0.1), size=batch)
+    p1 = rng.integers(int(steps * 0.4), size=batch) + int(steps * 0.1)
+    x = rng.uniform(size=(steps, batch, 2))
     x[:, :, 0] = 0.0
     cols = np.arange(batch)
     x[p0, cols, 0] = 1.0

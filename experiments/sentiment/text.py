@@ -23,6 +23,7 @@ ids on disk (``cache/sentiment/`` at the project root, git-ignored), keyed by a 
 tokenization settings, the tokenizing code, the NLTK version, the stopword list and the review
 texts themselves.
 """
+
 from __future__ import annotations
 
 import dataclasses
@@ -35,9 +36,9 @@ import os
 import re
 import unicodedata
 from collections import Counter
+from collections.abc import Iterable, Iterator, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Iterable, Iterator, Mapping, Sequence
 
 import numpy as np
 
@@ -53,8 +54,27 @@ PAD_ID, UNK_ID = 0, 1
 NEGATIONS = ("not", "no", "nor")
 #: What NLTK's ``n't`` stopwords become once only letters are kept (``didn't`` -> ``didn`` + ``t``);
 #: also kept by ``keep_negations=True``. (``won`` and ``don`` are ambiguous: "won the award", "Don".)
-NEGATED_FORMS = ("ain", "aren", "couldn", "didn", "doesn", "don", "hadn", "hasn", "haven", "isn",
-                 "mightn", "mustn", "needn", "shan", "shouldn", "wasn", "weren", "won", "wouldn")
+NEGATED_FORMS = (
+    "ain",
+    "aren",
+    "couldn",
+    "didn",
+    "doesn",
+    "don",
+    "hadn",
+    "hasn",
+    "haven",
+    "isn",
+    "mightn",
+    "mustn",
+    "needn",
+    "shan",
+    "shouldn",
+    "wasn",
+    "weren",
+    "won",
+    "wouldn",
+)
 #: The project's shared NLTK data, used when NLTK_DATA is unset.
 SHARED_NLTK_DATA = PROJECT_ROOT.parent / "shared" / "nltk_data"
 #: Default on-disk cache of token ids (``/cache/`` is git-ignored); ``$SCRATCH_RNN_CACHE`` overrides.
@@ -65,8 +85,11 @@ PIPELINE_VERSION = 1
 TOKENIZERS = ("nltk", "split")
 # HTML tags seen in IMDB reviews (<br />, <i>, <em>, <hr>, ...); pseudo-tags like <grin> or <SPOILER> and
 # bare "<" (e.g. "<3", "a < b") are left to the letters-only step.
-_HTML_TAG = re.compile(r"</?(?:a|b|br|div|em|font|h[1-6]|hr|i|li|ol|p|s|small|span|strong|sub|sup"
-                       r"|u|ul)\b[^<>]*>", flags=re.IGNORECASE)
+_HTML_TAG = re.compile(
+    r"</?(?:a|b|br|div|em|font|h[1-6]|hr|i|li|ol|p|s|small|span|strong|sub|sup"
+    r"|u|ul)\b[^<>]*>",
+    flags=re.IGNORECASE,
+)
 _NON_LETTERS = re.compile(r"[^a-z]+", flags=re.IGNORECASE | re.ASCII)
 
 
@@ -81,12 +104,12 @@ class TextConfig:
     """
 
     lowercase: bool = True
-    strip_html: bool = True          # remove <br /> and other HTML tags, unescape &amp; etc.
-    ascii_fold: bool = True          # café -> cafe before keeping ASCII letters
-    letters_only: bool = True        # replace every non-letter by a space (flags= passed correctly)
-    tokenizer: str = "nltk"          # "nltk": nltk.word_tokenize(preserve_line=True); "split": str.split
-    remove_stopwords: bool = True    # NLTK's English list (198 words), as the notebook did
-    keep_negations: bool = False     # keep not/no/nor and the n't forms (didn, isn, ...) when removing
+    strip_html: bool = True  # remove <br /> and other HTML tags, unescape &amp; etc.
+    ascii_fold: bool = True  # café -> cafe before keeping ASCII letters
+    letters_only: bool = True  # replace every non-letter by a space (flags= passed correctly)
+    tokenizer: str = "nltk"  # "nltk": nltk.word_tokenize(preserve_line=True); "split": str.split
+    remove_stopwords: bool = True  # NLTK's English list (198 words), as the notebook did
+    keep_negations: bool = False  # keep not/no/nor and the n't forms (didn, isn, ...) when removing
     max_vocab: int | None = 20_000
     min_freq: int = 2
     max_len: int | None = 400
@@ -103,10 +126,9 @@ class TextConfig:
 
     def tokenization_fields(self) -> dict:
         """The settings that change the token sequences (the rest act on ids, cheaply)."""
-        return {k: v for k, v in dataclasses.asdict(self).items()
-                if k not in ("max_vocab", "min_freq", "max_len")}
+        return {k: v for k, v in dataclasses.asdict(self).items() if k not in ("max_vocab", "min_freq", "max_len")}
 
-    def replace(self, **changes) -> "TextConfig":
+    def replace(self, **changes) -> TextConfig:
         return dataclasses.replace(self, **changes)
 
 
@@ -120,20 +142,21 @@ class NltkDataMissing(LookupError):
 def _nltk():
     import nltk
 
-    if not os.environ.get("NLTK_DATA") and SHARED_NLTK_DATA.is_dir() \
-            and str(SHARED_NLTK_DATA) not in nltk.data.path:
+    if not os.environ.get("NLTK_DATA") and SHARED_NLTK_DATA.is_dir() and str(SHARED_NLTK_DATA) not in nltk.data.path:
         nltk.data.path.append(str(SHARED_NLTK_DATA))
     return nltk
 
 
 def nltk_data_advice(package: str) -> str:
-    return (f"NLTK data package '{package}' not found (searched: {_nltk().data.path}). In this project "
-            f"set NLTK_DATA to the shared copy (from the project root: export NLTK_DATA=../shared/nltk_data; "
-            f"used automatically when NLTK_DATA is unset and {SHARED_NLTK_DATA} exists); elsewhere run "
-            "`python -m nltk.downloader stopwords punkt_tab`.")
+    return (
+        f"NLTK data package '{package}' not found (searched: {_nltk().data.path}). In this project "
+        f"set NLTK_DATA to the shared copy (from the project root: export NLTK_DATA=../shared/nltk_data; "
+        f"used automatically when NLTK_DATA is unset and {SHARED_NLTK_DATA} exists); elsewhere run "
+        "`python -m nltk.downloader stopwords punkt_tab`."
+    )
 
 
-@functools.lru_cache(maxsize=None)
+@functools.cache
 def english_stopwords() -> frozenset[str]:
     """NLTK's English stopword list; :class:`NltkDataMissing` with the fix when it is absent."""
     nltk = _nltk()
@@ -200,14 +223,15 @@ def _tokenize_chunk(args) -> list[list[str]]:
     return [tokenize(t, cfg, sw) for t in texts]
 
 
-def tokenize_corpus(texts: Sequence[str], cfg: TextConfig = TextConfig(), *, progress: bool = True,
-                    workers: int = 1, chunk: int = 500) -> list[list[str]]:
+def tokenize_corpus(
+    texts: Sequence[str], cfg: TextConfig = TextConfig(), *, progress: bool = True, workers: int = 1, chunk: int = 500
+) -> list[list[str]]:
     """Tokenize many reviews, with a tqdm bar; ``workers > 1`` forks that many processes."""
     from tqdm import tqdm
 
     sw = stopword_set(cfg)
     texts = list(texts)
-    chunks = [(texts[i:i + chunk], cfg, sw) for i in range(0, len(texts), chunk)]
+    chunks = [(texts[i : i + chunk], cfg, sw) for i in range(0, len(texts), chunk)]
     out: list[list[str]] = []
     with tqdm(total=len(texts), desc="tokenizing", unit=" reviews", disable=not progress) as bar:
         if workers > 1 and len(chunks) > 1:
@@ -239,7 +263,7 @@ class TokenizedCorpus:
 
     types: list[str]
     token_ids: np.ndarray  # int32, all reviews concatenated
-    offsets: np.ndarray    # int64, len(reviews) + 1
+    offsets: np.ndarray  # int64, len(reviews) + 1
     config: TextConfig
 
     def __len__(self) -> int:
@@ -250,7 +274,7 @@ class TokenizedCorpus:
         return np.diff(self.offsets)
 
     def tokens(self, i: int) -> list[str]:
-        return [self.types[j] for j in self.token_ids[self.offsets[i]:self.offsets[i + 1]]]
+        return [self.types[j] for j in self.token_ids[self.offsets[i] : self.offsets[i + 1]]]
 
     def token_lists(self) -> list[list[str]]:
         return [self.tokens(i) for i in range(len(self))]
@@ -267,7 +291,7 @@ class TokenizedCorpus:
         return np.repeat(sel, self.lengths)
 
     @classmethod
-    def from_token_lists(cls, token_lists: Iterable[Sequence[str]], config: TextConfig) -> "TokenizedCorpus":
+    def from_token_lists(cls, token_lists: Iterable[Sequence[str]], config: TextConfig) -> TokenizedCorpus:
         index: dict[str, int] = {}
         ids: list[int] = []
         offsets = [0]
@@ -281,13 +305,16 @@ class TokenizedCorpus:
         path = Path(path)
         path.parent.mkdir(parents=True, exist_ok=True)
         m = {"config": dataclasses.asdict(self.config), **(meta or {})}
-        arrays = dict(token_ids=self.token_ids, offsets=self.offsets,
-                      types=np.frombuffer("\n".join(self.types).encode("utf-8"), dtype=np.uint8),
-                      meta=np.frombuffer(json.dumps(m).encode("utf-8"), dtype=np.uint8))
+        arrays = dict(
+            token_ids=self.token_ids,
+            offsets=self.offsets,
+            types=np.frombuffer("\n".join(self.types).encode("utf-8"), dtype=np.uint8),
+            meta=np.frombuffer(json.dumps(m).encode("utf-8"), dtype=np.uint8),
+        )
         atomic_write(path, lambda f: np.savez(f, **arrays))
 
     @classmethod
-    def load(cls, path: str | os.PathLike) -> tuple["TokenizedCorpus", dict]:
+    def load(cls, path: str | os.PathLike) -> tuple[TokenizedCorpus, dict]:
         with np.load(path, allow_pickle=False) as z:
             meta = json.loads(z["meta"].tobytes().decode("utf-8"))
             raw_types = z["types"].tobytes().decode("utf-8")
@@ -305,7 +332,7 @@ def _texts_digest(texts: Sequence[str]) -> str:
     return h.hexdigest()
 
 
-@functools.lru_cache(maxsize=None)
+@functools.cache
 def _code_digest() -> str:
     """The source of the functions and patterns that make tokens, so that editing them (not just
     bumping PIPELINE_VERSION) invalidates old caches. (The functions as defined, not as patched.)"""
@@ -339,9 +366,14 @@ def cache_key(texts: Sequence[str], cfg: TextConfig) -> str:
     return hashlib.sha256(json.dumps(ident, sort_keys=True).encode()).hexdigest()
 
 
-def preprocess(texts: Sequence[str], cfg: TextConfig = TextConfig(), *,
-               cache_dir: str | os.PathLike | None = DEFAULT_CACHE_DIR, progress: bool = True,
-               workers: int = 1) -> TokenizedCorpus:
+def preprocess(
+    texts: Sequence[str],
+    cfg: TextConfig = TextConfig(),
+    *,
+    cache_dir: str | os.PathLike | None = DEFAULT_CACHE_DIR,
+    progress: bool = True,
+    workers: int = 1,
+) -> TokenizedCorpus:
     """Tokenize ``texts`` under ``cfg``, or load the result of an earlier identical call from
     ``cache_dir`` (``None``: no cache). The cache file is written atomically."""
     texts = list(texts)
@@ -358,8 +390,7 @@ def preprocess(texts: Sequence[str], cfg: TextConfig = TextConfig(), *,
                 log.warning("token cache %s does not match; tokenizing again", path)
             except Exception as e:  # a truncated or foreign file: recompute, then overwrite
                 log.warning("token cache %s unreadable (%s); tokenizing again", path, e)
-    corpus = TokenizedCorpus.from_token_lists(
-        tokenize_corpus(texts, cfg, progress=progress, workers=workers), cfg)
+    corpus = TokenizedCorpus.from_token_lists(tokenize_corpus(texts, cfg, progress=progress, workers=workers), cfg)
     if path is not None:
         try:
             corpus.save(path, meta={"key": key, "n_texts": len(texts)})
@@ -388,19 +419,18 @@ class Vocab:
     pad_id, unk_id = PAD_ID, UNK_ID
 
     @classmethod
-    def from_counts(cls, counts: Mapping[str, int], max_size: int | None = None, min_freq: int = 1) -> "Vocab":
+    def from_counts(cls, counts: Mapping[str, int], max_size: int | None = None, min_freq: int = 1) -> Vocab:
         """``max_size`` counts every id including ``<pad>`` and ``<unk>``."""
         if max_size is not None and max_size < 2:
             raise ValueError("max_size must leave room for <pad> and <unk>")
         items = [(t, c) for t, c in counts.items() if c >= min_freq and t not in (PAD, UNK)]
         items.sort(key=lambda tc: (-tc[1], tc[0]))
         if max_size is not None:
-            items = items[:max_size - 2]
+            items = items[: max_size - 2]
         return cls([PAD, UNK] + [t for t, _ in items], [0, 0] + [int(c) for _, c in items])
 
     @classmethod
-    def build(cls, token_lists: Iterable[Iterable[str]], max_size: int | None = None,
-              min_freq: int = 1) -> "Vocab":
+    def build(cls, token_lists: Iterable[Iterable[str]], max_size: int | None = None, min_freq: int = 1) -> Vocab:
         """From token sequences: pass the *training* reviews only."""
         c: Counter = Counter()
         for toks in token_lists:
@@ -435,12 +465,18 @@ class Vocab:
         """JSON, written atomically."""
         path = Path(path)
         path.parent.mkdir(parents=True, exist_ok=True)
-        payload = {"format": "scratch-rnn-vocab", "version": 1, "pad_id": PAD_ID, "unk_id": UNK_ID,
-                   "itos": self.itos, "counts": self.counts}
+        payload = {
+            "format": "scratch-rnn-vocab",
+            "version": 1,
+            "pad_id": PAD_ID,
+            "unk_id": UNK_ID,
+            "itos": self.itos,
+            "counts": self.counts,
+        }
         atomic_write(path, lambda f: json.dump(payload, f, ensure_ascii=False), binary=False)
 
     @classmethod
-    def load(cls, path: str | os.PathLike) -> "Vocab":
+    def load(cls, path: str | os.PathLike) -> Vocab:
         with open(path, encoding="utf-8") as f:
             payload = json.load(f)
         if payload.get("format") != "scratch-rnn-vocab":
@@ -448,8 +484,7 @@ class Vocab:
         return cls(payload["itos"], payload.get("counts"))
 
 
-def build_vocab(corpus: TokenizedCorpus, train_rows, *, max_size: int | None = None,
-                min_freq: int = 1) -> Vocab:
+def build_vocab(corpus: TokenizedCorpus, train_rows, *, max_size: int | None = None, min_freq: int = 1) -> Vocab:
     """The vocabulary of the reviews ``train_rows`` (indices or mask) of ``corpus``: training only."""
     counts = corpus.counts(train_rows)
     seen = np.flatnonzero(counts >= min_freq)
@@ -459,8 +494,9 @@ def build_vocab(corpus: TokenizedCorpus, train_rows, *, max_size: int | None = N
 # --------------------------------------------------------------------------------------------
 # encoding and truncation
 # --------------------------------------------------------------------------------------------
-def encode_corpus(corpus: TokenizedCorpus | Sequence[Sequence[str]], vocab: Vocab,
-                  max_len: int | None = None, rows=None) -> tuple[list[np.ndarray], np.ndarray]:
+def encode_corpus(
+    corpus: TokenizedCorpus | Sequence[Sequence[str]], vocab: Vocab, max_len: int | None = None, rows=None
+) -> tuple[list[np.ndarray], np.ndarray]:
     """Token sequences -> (list of int64 id arrays, lengths int64).
 
     Truncation keeps the *first* ``max_len`` tokens. A review left with no token (all stopwords)
@@ -471,7 +507,7 @@ def encode_corpus(corpus: TokenizedCorpus | Sequence[Sequence[str]], vocab: Voca
         table = vocab.lookup_table(corpus.types)
         all_ids = table[corpus.token_ids]
         idx = np.arange(len(corpus)) if rows is None else np.arange(len(corpus))[rows]
-        seqs = [all_ids[corpus.offsets[i]:corpus.offsets[i + 1]] for i in idx]
+        seqs = [all_ids[corpus.offsets[i] : corpus.offsets[i + 1]] for i in idx]
     else:
         lists = list(corpus) if rows is None else [corpus[i] for i in np.arange(len(corpus))[rows]]
         seqs = [vocab.encode(t) for t in lists]
@@ -493,13 +529,21 @@ def pad_batch(seqs: Sequence[np.ndarray], pad_id: int = PAD_ID, length: int | No
     T = max((len(s) for s in seqs), default=0) if length is None else length
     out = np.full((len(seqs), max(T, 1)), pad_id, dtype=np.int64)
     for i, s in enumerate(seqs):
-        out[i, :len(s)] = s[:T]
+        out[i, : len(s)] = s[:T]
     return out
 
 
-def iterate_batches(ids: Sequence[np.ndarray], lengths, labels, batch_size: int, rng, bucket: bool = True,
-                    *, chunk_batches: int = 50, drop_last: bool = False
-                    ) -> Iterator[tuple[np.ndarray, np.ndarray, np.ndarray]]:
+def iterate_batches(
+    ids: Sequence[np.ndarray],
+    lengths,
+    labels,
+    batch_size: int,
+    rng,
+    bucket: bool = True,
+    *,
+    chunk_batches: int = 50,
+    drop_last: bool = False,
+) -> Iterator[tuple[np.ndarray, np.ndarray, np.ndarray]]:
     """One epoch of (padded ids (B, T_batch) int64 padded with 0, labels (B,), lengths (B,)): the
     project's batch order (x, y, lengths).
 
@@ -524,12 +568,12 @@ def iterate_batches(ids: Sequence[np.ndarray], lengths, labels, batch_size: int,
     if bucket:
         chunk = batch_size * max(1, chunk_batches)
         for start in range(0, n, chunk):
-            part = order[start:start + chunk]
+            part = order[start : start + chunk]
             part = part[np.argsort(lengths[part], kind="stable")]
-            batches.extend(part[i:i + batch_size] for i in range(0, len(part), batch_size))
+            batches.extend(part[i : i + batch_size] for i in range(0, len(part), batch_size))
         batches = [batches[i] for i in rng.permutation(len(batches))]
     else:
-        batches = [order[i:i + batch_size] for i in range(0, n, batch_size)]
+        batches = [order[i : i + batch_size] for i in range(0, n, batch_size)]
     for b in batches:
         if drop_last and len(b) < batch_size:
             continue
@@ -573,19 +617,29 @@ class PreparedData:
             n_trunc = int(np.sum(full[s.rows] > self.config.max_len)) if self.config.max_len else 0
             table = self.vocab.lookup_table(self.corpus.types)
             toks = table[self.corpus.token_ids[self.corpus.token_mask(s.rows)]]
-            out[name] = {"reviews": len(s), **st, "truncated": n_trunc,
-                         "unk_share": float(np.mean(toks == UNK_ID)) if len(toks) else 0.0}
+            out[name] = {
+                "reviews": len(s),
+                **st,
+                "truncated": n_trunc,
+                "unk_share": float(np.mean(toks == UNK_ID)) if len(toks) else 0.0,
+            }
         return out
 
 
-def prepare(df, cfg: TextConfig = TextConfig(), *, cache_dir=DEFAULT_CACHE_DIR, progress: bool = True,
-            workers: int = 1, train_split: str = "train") -> PreparedData:
+def prepare(
+    df,
+    cfg: TextConfig = TextConfig(),
+    *,
+    cache_dir=DEFAULT_CACHE_DIR,
+    progress: bool = True,
+    workers: int = 1,
+    train_split: str = "train",
+) -> PreparedData:
     """Tokenize (cached) the reviews of ``df`` (see :mod:`.data`), build the vocabulary on the rows
     whose ``split`` is ``train_split``, and encode every split with truncation to ``cfg.max_len``."""
     split = df["split"].to_numpy(dtype=object)
     if any(s is None or s != s for s in split):  # None or NaN
-        raise ValueError("some rows have no split; use data.random_split() (and say so) or the "
-                         "official split")
+        raise ValueError("some rows have no split; use data.random_split() (and say so) or the official split")
     names = [s for s in dict.fromkeys(split)]
     if train_split not in names:
         raise ValueError(f"no {train_split!r} rows to build the vocabulary from (splits: {names})")
@@ -608,12 +662,24 @@ def length_stats(lengths) -> dict:
     x = np.asarray(lengths)
     if x.size == 0:
         return {"median": 0.0, "p90": 0.0, "p99": 0.0, "mean": 0.0, "max": 0}
-    return {"median": float(np.median(x)), "p90": float(np.percentile(x, 90)),
-            "p99": float(np.percentile(x, 99)), "mean": float(x.mean()), "max": int(x.max())}
+    return {
+        "median": float(np.median(x)),
+        "p90": float(np.percentile(x, 90)),
+        "p99": float(np.percentile(x, 99)),
+        "mean": float(x.mean()),
+        "max": int(x.max()),
+    }
 
 
-def stopword_report(texts_or_corpus, cfg: TextConfig = TextConfig(), *, cache_dir=DEFAULT_CACHE_DIR,
-                    progress: bool = True, workers: int = 1, top: int = 15) -> dict:
+def stopword_report(
+    texts_or_corpus,
+    cfg: TextConfig = TextConfig(),
+    *,
+    cache_dir=DEFAULT_CACHE_DIR,
+    progress: bool = True,
+    workers: int = 1,
+    top: int = 15,
+) -> dict:
     """What removing NLTK's English stopwords does to the tokens of ``cfg``'s pipeline.
 
     ``texts_or_corpus``: review texts, or a :class:`TokenizedCorpus` made with
@@ -626,8 +692,13 @@ def stopword_report(texts_or_corpus, cfg: TextConfig = TextConfig(), *, cache_di
         if corpus.config.remove_stopwords:
             raise ValueError("pass a corpus tokenized with remove_stopwords=False")
     else:
-        corpus = preprocess(texts_or_corpus, cfg.replace(remove_stopwords=False, keep_negations=False),
-                            cache_dir=cache_dir, progress=progress, workers=workers)
+        corpus = preprocess(
+            texts_or_corpus,
+            cfg.replace(remove_stopwords=False, keep_negations=False),
+            cache_dir=cache_dir,
+            progress=progress,
+            workers=workers,
+        )
     sw = english_stopwords()
     counts = corpus.counts()
     is_sw = np.fromiter((t in sw for t in corpus.types), dtype=bool, count=len(corpus.types))

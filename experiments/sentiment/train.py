@@ -29,6 +29,7 @@ The run folder is written whole or not at all: everything goes into a temporary 
 which replaces the run folder only when the run has finished; a run that fails or stops leaves an
 earlier run of the same name as it was.
 """
+
 from __future__ import annotations
 
 import dataclasses
@@ -62,8 +63,20 @@ from .. import runfolder
 from . import glove
 from .data import PROJECT_ROOT
 
-__all__ = ["SentimentConfig", "PRESETS", "BACKENDS", "STOPWORDS", "prepare_data", "build_initial_state",
-           "SentimentBatches", "make_trainer", "run_backend", "run_experiment", "token_dropout", "RESULTS_ROOT"]
+__all__ = [
+    "SentimentConfig",
+    "PRESETS",
+    "BACKENDS",
+    "STOPWORDS",
+    "prepare_data",
+    "build_initial_state",
+    "SentimentBatches",
+    "make_trainer",
+    "run_backend",
+    "run_experiment",
+    "token_dropout",
+    "RESULTS_ROOT",
+]
 
 BACKENDS = ("numpy", "torch", "both")
 STOPWORDS = ("remove", "keep-negations", "keep")
@@ -78,40 +91,40 @@ class SentimentConfig:
 
     backend: str = "numpy"
     # data and text pipeline
-    data: str | None = None              # IMDB source; None: data.load_imdb's default (the shared copy)
-    stopwords: str = "remove"            # remove (the notebook), keep-negations (not/no/nor, n't forms), keep
+    data: str | None = None  # IMDB source; None: data.load_imdb's default (the shared copy)
+    stopwords: str = "remove"  # remove (the notebook), keep-negations (not/no/nor, n't forms), keep
     max_vocab: int | None = 20_000
     min_freq: int = 2
     max_len: int = 400
-    train_size: int | None = None        # stratified subsample of the official train split (None: all)
-    test_size: int | None = None         # stratified subsample of the official test split (None: all 25,000)
-    valid_fraction: float = 0.1          # of the training reviews, held out to choose the epoch (0: none)
+    train_size: int | None = None  # stratified subsample of the official train split (None: all)
+    test_size: int | None = None  # stratified subsample of the official test split (None: all 25,000)
+    valid_fraction: float = 0.1  # of the training reviews, held out to choose the epoch (0: none)
     # model
-    embedding: str = "random"            # random (N(0, 1), torch's init) or glove (glove.6B 50-d)
+    embedding: str = "random"  # random (N(0, 1), torch's init) or glove (glove.6B 50-d)
     embedding_dim: int = 50
     hidden_size: int = 64
     num_layers: int = 1
     bidirectional: bool = True
-    nonlinearity: str = "tanh"           # of a cell that has one (rnn, indrnn)
-    cell: str = "rnn"                    # rnn (Elman), lstm or gru
+    nonlinearity: str = "tanh"  # of a cell that has one (rnn, indrnn)
+    cell: str = "rnn"  # rnn (Elman), lstm or gru
     pooling: str = "mean"
-    dropout: float = 0.0                 # between RNN layers (num_layers > 1)
+    dropout: float = 0.0  # between RNN layers (num_layers > 1)
     dtype: str = "float32"
     # training
     optimizer: str = "adam"
     lr: float = 2e-3
-    lr_decay: float = 1.0                # the learning rate of epoch e is lr * lr_decay ** (e - 1)
+    lr_decay: float = 1.0  # the learning rate of epoch e is lr * lr_decay ** (e - 1)
     weight_decay: float = 0.0
     clip_norm: float | None = 5.0
     batch_size: int = 64
     epochs: int = 4
-    token_dropout: float = 0.15          # share of a training batch's tokens replaced by <unk>
-    select: str = "best"                 # best: the epoch with the best validation accuracy; last
-    patience: int | None = None          # stop after this many epochs without a better validation accuracy
+    token_dropout: float = 0.15  # share of a training batch's tokens replaced by <unk>
+    select: str = "best"  # best: the epoch with the best validation accuracy; last
+    patience: int | None = None  # stop after this many epochs without a better validation accuracy
     eval_batch_size: int = 128
     seed: int = 0
-    threads: int = 1                     # BLAS threads (numpy) / torch.set_num_threads
-    isolate: bool = True                 # backend="both": each backend in its own process
+    threads: int = 1  # BLAS threads (numpy) / torch.set_num_threads
+    isolate: bool = True  # backend="both": each backend in its own process
 
     def __post_init__(self):
         # each check returns a plain Python value and the field keeps it: np.int64 / np.bool_ given
@@ -119,22 +132,38 @@ class SentimentConfig:
         def keep(name: str, value) -> None:
             object.__setattr__(self, name, value)
 
-        for name, options in (("backend", BACKENDS), ("stopwords", STOPWORDS), ("embedding", EMBEDDINGS),
-                              ("select", SELECT), ("cell", cell_names()),
-                              ("pooling", ("last", "mean", "max")), ("dtype", ("float32", "float64")),
-                              ("optimizer", ("sgd", "adam", "adamw", "adagrad", "rmsprop"))):
+        for name, options in (
+            ("backend", BACKENDS),
+            ("stopwords", STOPWORDS),
+            ("embedding", EMBEDDINGS),
+            ("select", SELECT),
+            ("cell", cell_names()),
+            ("pooling", ("last", "mean", "max")),
+            ("dtype", ("float32", "float64")),
+            ("optimizer", ("sgd", "adam", "adamw", "adagrad", "rmsprop")),
+        ):
             check_choice(name, getattr(self, name), options)
         nonlinearities = cell_spec(self.cell).options.get("nonlinearity")
         if nonlinearities is None and self.nonlinearity != "tanh":
-            raise ValueError(f"nonlinearity: cell={self.cell!r} has none (its gates are its own), got "
-                             f"{self.nonlinearity!r}")
+            raise ValueError(
+                f"nonlinearity: cell={self.cell!r} has none (its gates are its own), got {self.nonlinearity!r}"
+            )
         check_choice("nonlinearity", self.nonlinearity, nonlinearities or ("tanh",))
         for name in ("bidirectional", "isolate"):
             keep(name, check_bool(name, getattr(self, name)))
         if self.data is not None and not isinstance(self.data, (str, os.PathLike)):
             raise TypeError(f"data: expected a path or None, got {self.data!r}")
-        for name in ("min_freq", "embedding_dim", "hidden_size", "num_layers", "batch_size", "epochs",
-                     "eval_batch_size", "threads", "max_len"):
+        for name in (
+            "min_freq",
+            "embedding_dim",
+            "hidden_size",
+            "num_layers",
+            "batch_size",
+            "epochs",
+            "eval_batch_size",
+            "threads",
+            "max_len",
+        ):
             keep(name, check_positive_int(name, getattr(self, name)))
         # None is "off" (all reviews, no early stop, no vocabulary limit); 0 is refused, never read as "off"
         for name in ("train_size", "test_size", "patience"):
@@ -147,14 +176,17 @@ class SentimentConfig:
             except ValueError:
                 ok = False
             if not ok:
-                raise ValueError(f"max_vocab: counts <pad> and <unk>, expected an integer >= 3 or None (every token "
-                                 f"seen min_freq times), got {self.max_vocab!r}")
+                raise ValueError(
+                    f"max_vocab: counts <pad> and <unk>, expected an integer >= 3 or None (every token "
+                    f"seen min_freq times), got {self.max_vocab!r}"
+                )
         if self.train_size is not None and self.train_size < 4:
             raise ValueError(f"train_size: expected at least 4 reviews, got {self.train_size}")
         keep("valid_fraction", check_probability("valid_fraction", self.valid_fraction, below_one=True))
         if self.select == "best" and self.valid_fraction == 0:
-            raise ValueError("select='best' chooses the epoch on the validation set: give valid_fraction > 0 "
-                             "or select='last'")
+            raise ValueError(
+                "select='best' chooses the epoch on the validation set: give valid_fraction > 0 or select='last'"
+            )
         if self.patience is not None and self.valid_fraction == 0:
             raise ValueError("patience needs a validation set (valid_fraction > 0)")
         for name in ("dropout", "token_dropout"):
@@ -164,24 +196,43 @@ class SentimentConfig:
         keep("weight_decay", check_non_negative_float("weight_decay", self.weight_decay))
         keep("lr_decay", check_real_in("lr_decay", self.lr_decay, 0.0, 1.0, low_open=True))
         if self.embedding == "glove" and self.embedding_dim != glove.DIM:
-            raise ValueError(f"embedding_dim: the GloVe vectors are {glove.DIM}-d, so embedding='glove' needs "
-                             f"embedding_dim={glove.DIM}, got {self.embedding_dim}")
+            raise ValueError(
+                f"embedding_dim: the GloVe vectors are {glove.DIM}-d, so embedding='glove' needs "
+                f"embedding_dim={glove.DIM}, got {self.embedding_dim}"
+            )
 
     # -- derived configurations ------------------------------------------------------------------
     def text_config(self):
         from .text import TextConfig
 
-        return TextConfig(remove_stopwords=self.stopwords != "keep", keep_negations=self.stopwords == "keep-negations",
-                          max_vocab=self.max_vocab, min_freq=self.min_freq, max_len=self.max_len)
+        return TextConfig(
+            remove_stopwords=self.stopwords != "keep",
+            keep_negations=self.stopwords == "keep-negations",
+            max_vocab=self.max_vocab,
+            min_freq=self.min_freq,
+            max_len=self.max_len,
+        )
 
     def model_config(self, vocab_size: int):
         from scratch_rnn.models import ModelConfig
 
-        return ModelConfig(hidden_size=self.hidden_size, out_features=2, vocab_size=vocab_size,
-                           embedding_dim=self.embedding_dim, num_layers=self.num_layers,
-                           nonlinearity=self.nonlinearity, cell=self.cell, bidirectional=self.bidirectional,
-                           dropout=self.dropout, pooling=self.pooling, task="sequence", loss="cross_entropy",
-                           padding_idx=0, dtype=self.dtype, seed=self.seed)
+        return ModelConfig(
+            hidden_size=self.hidden_size,
+            out_features=2,
+            vocab_size=vocab_size,
+            embedding_dim=self.embedding_dim,
+            num_layers=self.num_layers,
+            nonlinearity=self.nonlinearity,
+            cell=self.cell,
+            bidirectional=self.bidirectional,
+            dropout=self.dropout,
+            pooling=self.pooling,
+            task="sequence",
+            loss="cross_entropy",
+            padding_idx=0,
+            dtype=self.dtype,
+            seed=self.seed,
+        )
 
     def optimizer_kwargs(self) -> dict:
         kw = {"lr": self.lr}
@@ -198,12 +249,21 @@ class SentimentConfig:
         from scratch_rnn.train import TrainConfig
 
         validation = self.valid_fraction > 0 if validation is None else validation
-        return TrainConfig(optimizer=self.optimizer, optimizer_kwargs=self.optimizer_kwargs(),
-                           clip_norm=self.clip_norm, batch_size=self.batch_size, epochs=self.epochs,
-                           seed=self.seed, lr_decay=self.lr_decay, select=self.select if validation else "last",
-                           select_metric="valid_accuracy" if validation else None,
-                           patience=self.patience if validation else None, on_nonfinite="stop", progress=progress,
-                           checkpoint_dir=None if checkpoint_dir is None else str(checkpoint_dir))
+        return TrainConfig(
+            optimizer=self.optimizer,
+            optimizer_kwargs=self.optimizer_kwargs(),
+            clip_norm=self.clip_norm,
+            batch_size=self.batch_size,
+            epochs=self.epochs,
+            seed=self.seed,
+            lr_decay=self.lr_decay,
+            select=self.select if validation else "last",
+            select_metric="valid_accuracy" if validation else None,
+            patience=self.patience if validation else None,
+            on_nonfinite="stop",
+            progress=progress,
+            checkpoint_dir=None if checkpoint_dir is None else str(checkpoint_dir),
+        )
 
     def default_run_name(self) -> str:
         parts = [self.embedding, self.stopwords, self.backend, f"seed{self.seed}"]
@@ -217,13 +277,13 @@ class SentimentConfig:
         return dataclasses.asdict(self)
 
     @classmethod
-    def from_dict(cls, d: dict) -> "SentimentConfig":
+    def from_dict(cls, d: dict) -> SentimentConfig:
         unknown = sorted(set(d) - {f.name for f in dataclasses.fields(cls)})
         if unknown:
             raise ValueError(f"SentimentConfig: unknown field(s) {unknown}")
         return cls(**d)
 
-    def replace(self, **changes) -> "SentimentConfig":
+    def replace(self, **changes) -> SentimentConfig:
         return dataclasses.replace(self, **changes)
 
 
@@ -231,9 +291,21 @@ class SentimentConfig:
 #: the reduced real run of the CI test (3,000 training reviews, one epoch, 2,000 test reviews).
 PRESETS = {
     "full": {},
-    "quick": dict(train_size=3000, test_size=2000, valid_fraction=0.0, select="last", epochs=1, max_vocab=8000,
-                  max_len=200, embedding="random", embedding_dim=32, hidden_size=32, batch_size=32, lr=1e-2,
-                  token_dropout=0.0),
+    "quick": dict(
+        train_size=3000,
+        test_size=2000,
+        valid_fraction=0.0,
+        select="last",
+        epochs=1,
+        max_vocab=8000,
+        max_len=200,
+        embedding="random",
+        embedding_dim=32,
+        hidden_size=32,
+        batch_size=32,
+        lr=1e-2,
+        token_dropout=0.0,
+    ),
 }
 
 
@@ -261,8 +333,13 @@ def assign_splits(cfg: SentimentConfig, df) -> tuple[np.ndarray, np.ndarray]:
         keep[rows] = True
     if cfg.valid_fraction > 0:
         train_rows = np.flatnonzero(keep & (split == "train"))
-        sub = random_split(df.iloc[train_rows], test_fraction=cfg.valid_fraction, seed=cfg.seed,
-                           split_names=("train", "valid"), only_missing=False)
+        sub = random_split(
+            df.iloc[train_rows],
+            test_fraction=cfg.valid_fraction,
+            seed=cfg.seed,
+            split_names=("train", "valid"),
+            only_missing=False,
+        )
         split[train_rows] = sub["split"].to_numpy(dtype=object)
         n_train, n_valid = int(np.sum(split[train_rows] == "train")), int(np.sum(split[train_rows] == "valid"))
         if n_train == 0 or n_valid == 0:
@@ -270,7 +347,8 @@ def assign_splits(cfg: SentimentConfig, df) -> tuple[np.ndarray, np.ndarray]:
                 f"valid_fraction: {cfg.valid_fraction:g} of the {len(train_rows)} training reviews holds out "
                 f"{n_valid} for validation (stratified, rounded per label) and leaves {n_train} to train on; "
                 f"both need at least one: {'lower' if n_train == 0 else 'raise'} valid_fraction or use more "
-                "training reviews (train_size)")
+                "training reviews (train_size)"
+            )
     return split, keep
 
 
@@ -390,11 +468,13 @@ def logits_fn(name: str, model):
     def torch_logits(x, lengths):
         with torch.no_grad():
             return model(torch.from_numpy(np.ascontiguousarray(x)), lengths=lengths)[0].numpy()
+
     return torch_logits
 
 
-def make_trainer(name: str, cfg: SentimentConfig, model_config, state: dict, *, valid=None, progress=False,
-                 checkpoint_dir=None):
+def make_trainer(
+    name: str, cfg: SentimentConfig, model_config, state: dict, *, valid=None, progress=False, checkpoint_dir=None
+):
     """The Trainer (numpy) or TorchTrainer (torch) of one backend, from the same initial ``state``.
 
     With a validation split, ``evaluate`` scores it after every epoch (valid_loss, valid_accuracy).
@@ -413,13 +493,17 @@ def make_trainer(name: str, cfg: SentimentConfig, model_config, state: dict, *, 
     if name == "numpy":
         from scratch_rnn.train import Trainer
 
-        return Trainer(model, cfg.train_config(progress=progress, checkpoint_dir=checkpoint_dir,
-                                               validation=valid is not None), **hooks)
+        return Trainer(
+            model,
+            cfg.train_config(progress=progress, checkpoint_dir=checkpoint_dir, validation=valid is not None),
+            **hooks,
+        )
     from reference.training import TorchTrainer
 
     rng_state = SequenceModel(model_config).rng.bit_generator.state  # the scratch model's dropout generator
-    return TorchTrainer(model, cfg.train_config(progress=progress, validation=valid is not None),
-                        dropout_rng_state=rng_state, **hooks)
+    return TorchTrainer(
+        model, cfg.train_config(progress=progress, validation=valid is not None), dropout_rng_state=rng_state, **hooks
+    )
 
 
 def set_threads(backend: str, n: int):
@@ -484,8 +568,15 @@ def _cpu_seconds() -> float:
     return r.ru_utime + r.ru_stime
 
 
-def run_backend(cfg: SentimentConfig, backend_name: str, out_dir: str | os.PathLike, *, progress: bool = True,
-                data=None, data_info=None) -> dict:
+def run_backend(
+    cfg: SentimentConfig,
+    backend_name: str,
+    out_dir: str | os.PathLike,
+    *,
+    progress: bool = True,
+    data=None,
+    data_info=None,
+) -> dict:
     """Train one backend, choose the epoch, score the test split once; write its files; return its entry.
 
     Files in ``out_dir``: ``steps_<backend>.csv`` (step, epoch, loss, grad_norm: the pre-clip global
@@ -511,23 +602,32 @@ def run_backend(cfg: SentimentConfig, backend_name: str, out_dir: str | os.PathL
     state, init_info = build_initial_state(cfg, data.vocab)
     mc = cfg.model_config(len(data.vocab))
     train, valid, test = data["train"], data.splits.get("valid"), data["test"]
-    trainer = make_trainer(backend_name, cfg, mc, state, valid=valid, progress=progress,
-                           checkpoint_dir=out_dir if backend_name == "numpy" else None)
+    trainer = make_trainer(
+        backend_name,
+        cfg,
+        mc,
+        state,
+        valid=valid,
+        progress=progress,
+        checkpoint_dir=out_dir if backend_name == "numpy" else None,
+    )
     if progress:
         print(f"[{backend_name}] training: {len(train)} reviews, {cfg.epochs} epoch(s)", file=sys.stderr)
     trainer.fit(SentimentBatches(train, cfg))
     epochs = trainer.epochs
     selected = trainer.selected_epoch
     t0 = time.perf_counter()
-    ev = evaluate(trainer.model, logits_fn(backend_name, trainer.model), test, cfg.eval_batch_size,
-                  return_predictions=True)
+    ev = evaluate(
+        trainer.model, logits_fn(backend_name, trainer.model), test, cfg.eval_batch_size, return_predictions=True
+    )
     t_test = time.perf_counter() - t0
     seconds = time.perf_counter() - t_start
     sel_row = epochs[selected - 1]
 
     steps = [(r.step, r.epoch, r.loss, r.grad_norm) for r in trainer.history]
     pd.DataFrame(steps, columns=["step", "epoch", "loss", "grad_norm"]).to_csv(
-        out_dir / f"steps_{backend_name}.csv", index=False)
+        out_dir / f"steps_{backend_name}.csv", index=False
+    )
     pd.DataFrame(epochs).to_csv(out_dir / f"epochs_{backend_name}.csv", index=False)
     np.save(out_dir / f"predictions_{backend_name}.npy", ev["predictions"])
     entry = {
@@ -593,8 +693,15 @@ class BackendFailed(Stopped):
     """A backend's own process failed (exit 1)."""
 
 
-def run_experiment(cfg: SentimentConfig, out_dir: str | os.PathLike, *, progress: bool = True,
-                   argv: list[str] | None = None, overwrite: bool = False, owned=None) -> dict:
+def run_experiment(
+    cfg: SentimentConfig,
+    out_dir: str | os.PathLike,
+    *,
+    progress: bool = True,
+    argv: list[str] | None = None,
+    overwrite: bool = False,
+    owned=None,
+) -> dict:
     """Run ``cfg.backend`` (one or both, in order numpy then torch), then write config.json,
     metrics.json, steps.csv (both backends side by side) and the plots. Returns the metrics.
 
@@ -628,9 +735,14 @@ def _run_into(cfg: SentimentConfig, out_dir: Path, *, progress: bool, argv, run_
     from . import report
 
     backends = ["numpy", "torch"] if cfg.backend == "both" else [cfg.backend]
-    config = {"sentiment": cfg.to_dict(), "text": dataclasses.asdict(cfg.text_config()),
-              "train": cfg.train_config().to_dict(), "command": argv,
-              "backends": backends, "isolated_processes": cfg.backend == "both" and cfg.isolate}
+    config = {
+        "sentiment": cfg.to_dict(),
+        "text": dataclasses.asdict(cfg.text_config()),
+        "train": cfg.train_config().to_dict(),
+        "command": argv,
+        "backends": backends,
+        "isolated_processes": cfg.backend == "both" and cfg.isolate,
+    }
     atomic_write_text(out_dir / "config.json", json.dumps(config, indent=1, default=_json_default))
     entries = []
     if len(backends) > 1 and cfg.isolate:
@@ -647,8 +759,9 @@ def _run_into(cfg: SentimentConfig, out_dir: Path, *, progress: bool, argv, run_
                     p.kill()
                     p.join()
             if p.exitcode != 0:
-                raise BackendFailed(f"the {b} backend's process exited with status {p.exitcode} (see its messages "
-                                    "above)")
+                raise BackendFailed(
+                    f"the {b} backend's process exited with status {p.exitcode} (see its messages above)"
+                )
             entries.append(json.loads((out_dir / f"result_{b}.json").read_text()))
     else:
         data, info = prepare_data(cfg, progress=progress)

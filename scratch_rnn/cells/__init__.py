@@ -17,11 +17,13 @@ package never imports torch, and a user's cell in a user's own file is reached t
 :func:`register_cell` adds one (a user's code may call it too); :func:`cell_spec` resolves a registered name
 or a ``"module:Class"`` path.
 """
+
 from __future__ import annotations
 
 import importlib
+from collections.abc import Mapping
 from dataclasses import dataclass, field
-from typing import Any, Mapping
+from typing import Any
 
 __all__ = ["CellSpec", "register_cell", "cell_spec", "cell_names", "resolve"]
 
@@ -45,8 +47,9 @@ class CellSpec:
         """The torch step function of the twin (imports torch): the spec's, else the class's ``TWIN``."""
         twin = self.twin if self.twin is not None else getattr(self.model_class(), "TWIN", None)
         if twin is None:
-            raise LookupError(f"cell {self.name!r}: no torch twin given (set the class's TWIN = 'module:function' "
-                              "or pass one)")
+            raise LookupError(
+                f"cell {self.name!r}: no torch twin given (set the class's TWIN = 'module:function' or pass one)"
+            )
         return resolve(twin, "twin")
 
 
@@ -72,8 +75,15 @@ def resolve(target, what: str = "object"):
     return obj
 
 
-def register_cell(name: str, model, *, twin=None, options: Mapping[str, tuple] | None = None,
-                  builtin: bool = False, replace: bool = False) -> CellSpec:
+def register_cell(
+    name: str,
+    model,
+    *,
+    twin=None,
+    options: Mapping[str, tuple] | None = None,
+    builtin: bool = False,
+    replace: bool = False,
+) -> CellSpec:
     """Add a cell to the registry under ``name`` (lower case; an existing name only with ``replace=True``)."""
     if not isinstance(name, str) or not name.isidentifier() or name != name.lower():
         raise ValueError(f"name: expected a lower-case identifier, got {name!r}")
@@ -102,13 +112,15 @@ def cell_spec(cell) -> CellSpec:
         try:
             return _REGISTRY[cell]
         except KeyError:
-            raise ValueError(f"cell: expected one of {', '.join(map(repr, _REGISTRY))} or 'module:Class', "
-                             f"got {cell!r}") from None
+            raise ValueError(
+                f"cell: expected one of {', '.join(map(repr, _REGISTRY))} or 'module:Class', got {cell!r}"
+            ) from None
     cls = resolve(cell, "cell")
     for spec in _REGISTRY.values():
         if not isinstance(spec.model, str) and spec.model is cls:
             return spec
     from .base import RecurrentBase
+
     if not (isinstance(cls, type) and issubclass(cls, RecurrentBase)):
         raise ValueError(f"cell: expected a RecurrentBase subclass, got {cls!r} from {cell!r}")
     name = cell if isinstance(cell, str) else f"{cls.__module__}:{cls.__qualname__}"
@@ -119,5 +131,9 @@ def cell_spec(cell) -> CellSpec:
 register_cell("rnn", "scratch_rnn.cells.elman:RNN", options={"nonlinearity": ("tanh", "relu")}, builtin=True)
 register_cell("lstm", "scratch_rnn.cells.lstm:LSTM", builtin=True)
 register_cell("gru", "scratch_rnn.cells.gru:GRU", builtin=True)
-register_cell("indrnn", "scratch_rnn.cells.indrnn:IndRNN", twin="reference.indrnn:indrnn_step",
-              options={"nonlinearity": ("relu", "tanh")})
+register_cell(
+    "indrnn",
+    "scratch_rnn.cells.indrnn:IndRNN",
+    twin="reference.indrnn:indrnn_step",
+    options={"nonlinearity": ("relu", "tanh")},
+)

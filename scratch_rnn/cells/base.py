@@ -19,6 +19,7 @@ fast loops, in :mod:`~scratch_rnn.cells.elman`, :mod:`~scratch_rnn.cells.lstm` a
 (the loop machinery they share in :mod:`~scratch_rnn.cells.loops`); a cell that brings only step functions gets the
 generic loop of :mod:`~scratch_rnn.cells.generic`. ``scratch_rnn.rnn`` re-exports the layers.
 """
+
 from __future__ import annotations
 
 import math
@@ -49,7 +50,7 @@ from .loops import padding_mask
 # ``flush_every`` steps; checking every 4th step costs a quarter of a check at every step. What it
 # drops lies 23 orders of magnitude below float32's resolution of any gradient of order one.
 # float64 keeps every digit (no flush): it is the cross-validation dtype.
-DEFAULT_FLUSH_BELOW = {np.dtype(np.float32): 2.0 ** -100, np.dtype(np.float64): 0.0}
+DEFAULT_FLUSH_BELOW = {np.dtype(np.float32): 2.0**-100, np.dtype(np.float64): 0.0}
 DEFAULT_FLUSH_EVERY = 4
 
 
@@ -76,8 +77,10 @@ def torch_alias(name: str, value, torch_name: str, torch_value, default=_UNSET):
     Returns the one passed (or ``default``); both passed raise TypeError, neither without a default too.
     """
     if value is not _UNSET and torch_value is not _UNSET:
-        raise TypeError(f"{torch_name} and {name}: the same argument under torch's name and this package's; pass "
-                        "one of them, not both")
+        raise TypeError(
+            f"{torch_name} and {name}: the same argument under torch's name and this package's; pass "
+            "one of them, not both"
+        )
     if torch_value is not _UNSET:
         return torch_value
     if value is not _UNSET:
@@ -112,9 +115,22 @@ class RecurrentBase(Module):
     STATES = ("h",)
     NAME = "RNN"
 
-    def __init__(self, input_size, hidden_size, num_layers=1, bias=True, batch_first=False, dropout=0.0,
-                 bidirectional=False, proj_size=0, *, dtype=np.float32, seed=None, flush_below=None,
-                 flush_every=DEFAULT_FLUSH_EVERY):
+    def __init__(
+        self,
+        input_size,
+        hidden_size,
+        num_layers=1,
+        bias=True,
+        batch_first=False,
+        dropout=0.0,
+        bidirectional=False,
+        proj_size=0,
+        *,
+        dtype=np.float32,
+        seed=None,
+        flush_below=None,
+        flush_every=DEFAULT_FLUSH_EVERY,
+    ):
         super().__init__(dtype=dtype)
         self.input_size = check_positive_int("input_size", input_size)
         self.hidden_size = check_positive_int("hidden_size", hidden_size)
@@ -123,8 +139,12 @@ class RecurrentBase(Module):
         self.batch_first = check_bool("batch_first", batch_first)
         self.dropout = check_probability("dropout", dropout)
         if self.dropout > 0 and self.num_layers == 1:
-            warnings.warn(f"dropout={self.dropout} acts between layers only, and num_layers=1: it has "
-                          f"no effect (as in torch.nn.{self.NAME})", UserWarning, stacklevel=3)
+            warnings.warn(
+                f"dropout={self.dropout} acts between layers only, and num_layers=1: it has "
+                f"no effect (as in torch.nn.{self.NAME})",
+                UserWarning,
+                stacklevel=3,
+            )
         self.bidirectional = check_bool("bidirectional", bidirectional)
         self.num_directions = 2 if self.bidirectional else 1
         self.proj_size = check_non_negative_int("proj_size", proj_size)
@@ -138,10 +158,10 @@ class RecurrentBase(Module):
         self.reset_parameters()
         self.hidden_grads = None
         self.dropout_masks = None
-        self.last_forward = None    # ForwardRecord of the last successful forward (what diagnostics read)
-        self._workspace = {}        # reusable buffers of the last forward/backward, keyed by purpose
+        self.last_forward = None  # ForwardRecord of the last successful forward (what diagnostics read)
+        self._workspace = {}  # reusable buffers of the last forward/backward, keyed by purpose
         self._workspace_size = None  # the (T, B) they were made for
-        self._generation = 0        # counts forwards; a cache of an older one is refused by backward
+        self._generation = 0  # counts forwards; a cache of an older one is refused by backward
 
     @property
     def output_size(self) -> int:
@@ -154,8 +174,11 @@ class RecurrentBase(Module):
 
     @flush_below.setter
     def flush_below(self, value) -> None:
-        if isinstance(value, (bool, np.bool_)) or not isinstance(value, numbers.Real) or not (
-                math.isfinite(value) and value >= 0):
+        if (
+            isinstance(value, (bool, np.bool_))
+            or not isinstance(value, numbers.Real)
+            or not (math.isfinite(value) and value >= 0)
+        ):
             raise ValueError(f"flush_below: expected a finite number >= 0 (0 disables the flush), got {value!r}")
         self._flush_below = float(value)
 
@@ -222,7 +245,7 @@ class RecurrentBase(Module):
     def reset_parameters(self) -> None:
         """torch's init: every parameter U(-1/sqrt(H), 1/sqrt(H)), in parameter order."""
         k = 1.0 / math.sqrt(self.hidden_size)
-        for name, p in self._params.items():
+        for p in self._params.values():
             p[...] = self._rng.uniform(-k, k, size=p.shape)
 
     def _backward_reads(self) -> tuple:
@@ -262,12 +285,12 @@ class RecurrentBase(Module):
         x_given = x
         x = as_float_array("input", x, self.dtype)
         if x.ndim not in (2, 3):
-            raise ValueError(f"input: expected a 3-D (batched) or 2-D (unbatched) array, got {x.ndim}-D "
-                             f"with shape {x.shape}")
+            raise ValueError(
+                f"input: expected a 3-D (batched) or 2-D (unbatched) array, got {x.ndim}-D with shape {x.shape}"
+            )
         batched = x.ndim == 3
         if x.shape[-1] != self.input_size:
-            raise ValueError(f"input: expected input_size={self.input_size} as the last dimension, got "
-                             f"shape {x.shape}")
+            raise ValueError(f"input: expected input_size={self.input_size} as the last dimension, got shape {x.shape}")
         if batched and x.shape[0 if self.batch_first else 1] == 0:
             raise ValueError(f"input: expected at least one sequence (batch size >= 1), got shape {x.shape}")
         if not batched:
@@ -345,7 +368,8 @@ class RecurrentBase(Module):
             for d in range(D):
                 ld = layer * D + d
                 out_d, finals_d, dcache = self._direction_forward(
-                    layer_in, tuple(s[ld] for s in states0), layer, d, ctx)
+                    layer_in, tuple(s[ld] for s in states0), layer, d, ctx
+                )
                 for f, f_d in zip(finals, finals_d):
                     f[ld] = f_d
                 outs.append(out_d)
@@ -374,8 +398,16 @@ class RecurrentBase(Module):
             inv = np.argsort(perm)
             output = output[:, inv]
             finals = tuple(f[:, inv] for f in finals)
-        cache = dict(layers=cache_layers, perm=perm, batch_sizes=batch_sizes, lengths_sorted=lengths_sorted, T=T,
-                     B=B, batched=batched, generation=self._generation)
+        cache = dict(
+            layers=cache_layers,
+            perm=perm,
+            batch_sizes=batch_sizes,
+            lengths_sorted=lengths_sorted,
+            T=T,
+            B=B,
+            batched=batched,
+            generation=self._generation,
+        )
         x_view = x.view()
         x_view.flags.writeable = False
         # set last, so that a forward that raised midway (an overflow) leaves no record: no states either
@@ -393,8 +425,9 @@ class RecurrentBase(Module):
         if given is None:
             return [self._rng.random(shape) >= self.dropout for _ in range(self.num_layers - 1)]
         if len(given) != self.num_layers - 1:
-            raise ValueError(f"dropout_masks: expected {self.num_layers - 1} masks (one per layer but the "
-                             f"last), got {len(given)}")
+            raise ValueError(
+                f"dropout_masks: expected {self.num_layers - 1} masks (one per layer but the last), got {len(given)}"
+            )
         masks = []
         for i, m in enumerate(given):
             m = np.asarray(m)
@@ -402,8 +435,10 @@ class RecurrentBase(Module):
             if m.dtype != bool:
                 if m.dtype.kind not in "iuf" or not np.isin(m, (0, 1)).all():
                     bad = m if m.dtype.kind not in "iuf" else m[~np.isin(m, (0, 1))].ravel()[:3]
-                    raise ValueError(f"dropout_masks[{i}]: expected a keep-mask of booleans or 0/1, got values "
-                                     f"such as {bad.tolist() if hasattr(bad, 'tolist') else bad!r} (dtype {m.dtype})")
+                    raise ValueError(
+                        f"dropout_masks[{i}]: expected a keep-mask of booleans or 0/1, got values "
+                        f"such as {bad.tolist() if hasattr(bad, 'tolist') else bad!r} (dtype {m.dtype})"
+                    )
             masks.append(m.astype(self.dtype))
         return masks
 
@@ -424,8 +459,10 @@ class RecurrentBase(Module):
         ``hidden_grads`` (and, for a cell state, ``cell_grads``).
         """
         if c["generation"] != self._generation:
-            raise RuntimeError(f"{self.NAME}.backward: this {self.NAME} ran another forward since the one being "
-                               "differentiated, and that forward reused its buffers; run the forward again")
+            raise RuntimeError(
+                f"{self.NAME}.backward: this {self.NAME} ran another forward since the one being "
+                "differentiated, and that forward reused its buffers; run the forward again"
+            )
         T, B, perm, batched = c["T"], c["B"], c["perm"], c["batched"]
         D, L, out_size = self.num_directions, self.num_layers, self.output_size
         out_shape = (T, B, D * out_size)
@@ -464,8 +501,14 @@ class RecurrentBase(Module):
             for d in range(D):
                 ld = layer * D + d
                 dx, ds0, grads = self._direction_backward(
-                    d_layer_out[:, :, d * out_size:(d + 1) * out_size], tuple(g[ld] for g in d_finals), dcaches[d],
-                    layer, d, dict(c, layer_in=layer_in), {k: v[ld] for k, v in buffers.items()})
+                    d_layer_out[:, :, d * out_size : (d + 1) * out_size],
+                    tuple(g[ld] for g in d_finals),
+                    dcaches[d],
+                    layer,
+                    d,
+                    dict(c, layer_in=layer_in),
+                    {k: v[ld] for k, v in buffers.items()},
+                )
                 sfx = f"_l{layer}{'_reverse' if d else ''}"
                 new_grads.update({kind + sfx: g for kind, g in grads.items()})
                 for target, value in zip(d_states0, ds0):
@@ -490,8 +533,7 @@ class RecurrentBase(Module):
         self.hidden_grads = buffers["hidden"]
         if "cell" in buffers:
             self.cell_grads = buffers["cell"]
-        return ((self._to_layout(grad_x, batched), tuple(g if batched else g[:, 0] for g in d_states0)),
-                new_grads)
+        return ((self._to_layout(grad_x, batched), tuple(g if batched else g[:, 0] for g in d_states0)), new_grads)
 
     # ---------------------------------------------------------------- one layer, one direction
     def _direction_forward(self, x, state0, layer, d, ctx):  # pragma: no cover - the cell's job
@@ -505,9 +547,13 @@ def check_finite_state(out: np.ndarray, layer: int, dtype) -> None:
     """Report an overflowed recurrence (finite inputs, non-finite states) instead of passing it on."""
     if not np.isfinite(out).all():
         t = int(np.argwhere(~np.isfinite(out))[0][0])
-        advice = ("lower the weights' scale, use float64, or use tanh" if np.dtype(dtype) == np.float32
-                  else "lower the weights' scale or use tanh")
+        advice = (
+            "lower the weights' scale, use float64, or use tanh"
+            if np.dtype(dtype) == np.float32
+            else "lower the weights' scale or use tanh"
+        )
         raise FloatingPointError(
             f"forward: the hidden state of layer {layer} became non-finite at time step {t} although the "
             f"inputs were finite: the recurrence overflowed {np.dtype(dtype).name} (relu with large recurrent "
-            f"weights); {advice}")
+            f"weights); {advice}"
+        )

@@ -36,6 +36,7 @@ into the slot of the state buffer ``hs`` that h_t will occupy, and each step ove
 so the forward holds one (T + 1, B, H) array per layer and direction; inside the loops every
 result goes into a preallocated buffer (``out=``).
 """
+
 from __future__ import annotations
 
 import numpy as np
@@ -44,9 +45,21 @@ from ..checks import check_choice
 from .base import _UNSET, DEFAULT_FLUSH_EVERY, RecurrentBase, torch_alias
 from .loops import column_sum, final_states, input_projection, padding_mask, sum_of_products
 
-__all__ = ["NONLINEARITIES", "RNN", "activation_forward", "activation_derivative", "activation_backward",
-           "step_forward", "step_backward", "stepwise_layer", "textbook_layer", "sequence_forward",
-           "sequence_backward", "weight_gradients", "input_projection"]
+__all__ = [
+    "NONLINEARITIES",
+    "RNN",
+    "activation_forward",
+    "activation_derivative",
+    "activation_backward",
+    "step_forward",
+    "step_backward",
+    "stepwise_layer",
+    "textbook_layer",
+    "sequence_forward",
+    "sequence_backward",
+    "weight_gradients",
+    "input_projection",
+]
 
 NONLINEARITIES = ("tanh", "relu")
 
@@ -80,15 +93,20 @@ def activation_derivative(h: np.ndarray, nonlinearity: str, out: np.ndarray | No
     return np.sign(h, out=out)
 
 
-def activation_backward(g: np.ndarray, h: np.ndarray, nonlinearity: str,
-                        out: np.ndarray | None = None) -> np.ndarray:
+def activation_backward(g: np.ndarray, h: np.ndarray, nonlinearity: str, out: np.ndarray | None = None) -> np.ndarray:
     """δ = g ⊙ f'(a), with f'(a) written from the output h = f(a): 1 - h² or [h > 0]."""
     out = activation_derivative(h, nonlinearity, out=out)
     return np.multiply(out, g, out=out)
 
 
-def step_forward(x_proj: np.ndarray, h_prev: np.ndarray, w_hh_t: np.ndarray, nonlinearity: str,
-                 out: np.ndarray | None = None, work: np.ndarray | None = None):
+def step_forward(
+    x_proj: np.ndarray,
+    h_prev: np.ndarray,
+    w_hh_t: np.ndarray,
+    nonlinearity: str,
+    out: np.ndarray | None = None,
+    work: np.ndarray | None = None,
+):
     """One step: h = f(x_proj + h_prev W_hhᵀ).
 
     x_proj: (B, H), the step's input projection x_t W_ihᵀ + b_ih + b_hh;
@@ -109,8 +127,14 @@ def step_forward(x_proj: np.ndarray, h_prev: np.ndarray, w_hh_t: np.ndarray, non
     return out, (h_prev, out)
 
 
-def step_backward(g: np.ndarray, cache, w_hh: np.ndarray, nonlinearity: str,
-                  delta_out: np.ndarray | None = None, dh_prev_out: np.ndarray | None = None):
+def step_backward(
+    g: np.ndarray,
+    cache,
+    w_hh: np.ndarray,
+    nonlinearity: str,
+    delta_out: np.ndarray | None = None,
+    dh_prev_out: np.ndarray | None = None,
+):
     """Backward of :func:`step_forward`.
 
     g: (B, H), the total derivative dL/dh_t; w_hh: (H, H).
@@ -159,7 +183,6 @@ def stepwise_layer(proj, h0, w_hh, nonlinearity, grad_out, grad_h_last, batch_si
     return states, hidden, delta, dh_run
 
 
-
 def textbook_layer(x, h0, w_ih, w_hh, b_ih, b_hh, nonlinearity, grad_out, grad_h_last, reverse):
     """The equations of the module docstring as written, for one full-length layer: a fresh array per
     step, the weight gradients summed step by step, no buffers, no GEMM over all steps.
@@ -193,12 +216,18 @@ def textbook_layer(x, h0, w_ih, w_hh, b_ih, b_hh, nonlinearity, grad_out, grad_h
     return np.stack([hs[t] for t in range(T)]), gs, dh, dW_ih, dW_hh, db, dx
 
 
-
 # --------------------------------------------------------------------------------------------
 # One layer, one direction, over the whole sequence
 # --------------------------------------------------------------------------------------------
-def sequence_forward(x_proj: np.ndarray, h0: np.ndarray, w_hh: np.ndarray, nonlinearity: str,
-                     batch_sizes: np.ndarray | None, reverse: bool, hs: np.ndarray | None = None) -> np.ndarray:
+def sequence_forward(
+    x_proj: np.ndarray,
+    h0: np.ndarray,
+    w_hh: np.ndarray,
+    nonlinearity: str,
+    batch_sizes: np.ndarray | None,
+    reverse: bool,
+    hs: np.ndarray | None = None,
+) -> np.ndarray:
     """Run the recurrence over all steps.
 
     x_proj: (T, B, H) input projections; h0: (B, H); batch_sizes: (T,) active rows per step
@@ -232,9 +261,9 @@ def sequence_forward(x_proj: np.ndarray, h0: np.ndarray, w_hh: np.ndarray, nonli
         hs[0] = h0
         if batch_sizes is None:
             for h_prev, h in zip(hs[:-1], states):  # the (B, H) views, made in C
-                h_prev.dot(w_hh_t, work)   # h_{t-1} W_hhᵀ
-                add(h, work, h)            # a_t = (x_t W_ihᵀ + b) + h_{t-1} W_hhᵀ
-                f(h, h)                    # h_t = f(a_t)
+                h_prev.dot(w_hh_t, work)  # h_{t-1} W_hhᵀ
+                add(h, work, h)  # a_t = (x_t W_ihᵀ + b) + h_{t-1} W_hhᵀ
+                f(h, h)  # h_t = f(a_t)
         else:
             for t in range(T):
                 n = batch_sizes[t]
@@ -265,14 +294,28 @@ def sequence_forward(x_proj: np.ndarray, h0: np.ndarray, w_hh: np.ndarray, nonli
 
 def _same_view(a: np.ndarray, b: np.ndarray) -> bool:
     """a and b are the same elements of memory (same start, shape and strides)."""
-    return (a.shape == b.shape and a.strides == b.strides and a.dtype == b.dtype
-            and a.__array_interface__["data"][0] == b.__array_interface__["data"][0])
+    return (
+        a.shape == b.shape
+        and a.strides == b.strides
+        and a.dtype == b.dtype
+        and a.__array_interface__["data"][0] == b.__array_interface__["data"][0]
+    )
 
 
-def sequence_backward(grad_out: np.ndarray, grad_h_last: np.ndarray, hs: np.ndarray,
-                      w_hh: np.ndarray, nonlinearity: str, batch_sizes: np.ndarray | None,
-                      reverse: bool, flush_below: float = 0.0, *, flush_every: int = 1,
-                      hidden: np.ndarray | None = None, delta: np.ndarray | None = None):
+def sequence_backward(
+    grad_out: np.ndarray,
+    grad_h_last: np.ndarray,
+    hs: np.ndarray,
+    w_hh: np.ndarray,
+    nonlinearity: str,
+    batch_sizes: np.ndarray | None,
+    reverse: bool,
+    flush_below: float = 0.0,
+    *,
+    flush_every: int = 1,
+    hidden: np.ndarray | None = None,
+    delta: np.ndarray | None = None,
+):
     """BPTT through :func:`sequence_forward`.
 
     grad_out: (T, B, H), dL/dh_t from above (the layer output; any strides); grad_h_last: (B, H),
@@ -309,11 +352,11 @@ def sequence_backward(grad_out: np.ndarray, grad_h_last: np.ndarray, hs: np.ndar
     if batch_sizes is None:
         rev = slice(None) if reverse else slice(None, None, -1)  # the loop's order
         for i, (g, g_out, d) in enumerate(zip(hidden[rev], grad_out[rev], delta[rev])):
-            add(dh, g_out, g)            # g_t = dL/dout_t + δ_{t+1} W_hh
+            add(dh, g_out, g)  # g_t = dL/dout_t + δ_{t+1} W_hh
             if flush and i % flush_every == 0:
                 g[np.abs(g) < flush_below] = 0
-            mul(d, g, d)                 # δ_t = g_t ⊙ f'(a_t)
-            d.dot(w_hh, dh)              # δ_t W_hh, what flows into h_{t-1}
+            mul(d, g, d)  # δ_t = g_t ⊙ f'(a_t)
+            d.dot(w_hh, dh)  # δ_t W_hh, what flows into h_{t-1}
     else:
         order = range(T) if reverse else range(T - 1, -1, -1)
         for i, t in enumerate(order):
@@ -325,6 +368,7 @@ def sequence_backward(grad_out: np.ndarray, grad_h_last: np.ndarray, hs: np.ndar
             mul(d, g, d)
             d.dot(w_hh, dh_n)
     return delta, dh, hidden
+
 
 def weight_gradients(delta: np.ndarray, x: np.ndarray, hs: np.ndarray, reverse: bool, bias: bool):
     """dW_ih = Σ_t δ_tᵀ x_t, dW_hh = Σ_t δ_tᵀ h_{t-1}, db = Σ_t δ_t, each a reduction over all steps.
@@ -374,12 +418,36 @@ class RNN(RecurrentBase):
 
     NAME = "RNN"
 
-    def __init__(self, input_size, hidden_size, num_layers=1, nonlinearity="tanh", bias=True,
-                 batch_first=False, dropout=0.0, bidirectional=False, *, dtype=np.float32, seed=None,
-                 flush_below=None, flush_every=DEFAULT_FLUSH_EVERY):
+    def __init__(
+        self,
+        input_size,
+        hidden_size,
+        num_layers=1,
+        nonlinearity="tanh",
+        bias=True,
+        batch_first=False,
+        dropout=0.0,
+        bidirectional=False,
+        *,
+        dtype=np.float32,
+        seed=None,
+        flush_below=None,
+        flush_every=DEFAULT_FLUSH_EVERY,
+    ):
         self.nonlinearity = check_choice("nonlinearity", nonlinearity, NONLINEARITIES)
-        super().__init__(input_size, hidden_size, num_layers, bias, batch_first, dropout, bidirectional,
-                         dtype=dtype, seed=seed, flush_below=flush_below, flush_every=flush_every)
+        super().__init__(
+            input_size,
+            hidden_size,
+            num_layers,
+            bias,
+            batch_first,
+            dropout,
+            bidirectional,
+            dtype=dtype,
+            seed=seed,
+            flush_below=flush_below,
+            flush_every=flush_every,
+        )
 
     def _extra_repr(self) -> list:
         return [f"nonlinearity={self.nonlinearity!r}"] if self.nonlinearity != "tanh" else []
@@ -412,11 +480,13 @@ class RNN(RecurrentBase):
         batch_sizes, reverse = ctx["batch_sizes"], d == 1
         hs = self._buffer((layer, d, "h"), (T + 1, B, H))
         b_ih, b_hh = self._p("bias_ih", layer, d), self._p("bias_hh", layer, d)
-        proj = input_projection(x, self._p("weight_ih", layer, d), None if b_ih is None else b_ih + b_hh,
-                                out=hs[:-1] if reverse else hs[1:])
+        proj = input_projection(
+            x, self._p("weight_ih", layer, d), None if b_ih is None else b_ih + b_hh, out=hs[:-1] if reverse else hs[1:]
+        )
         with np.errstate(over="ignore", invalid="ignore"):  # overflow is reported by the stack
-            sequence_forward(proj, state0[0], self._p("weight_hh", layer, d), self.nonlinearity, batch_sizes,
-                             reverse, hs=hs)
+            sequence_forward(
+                proj, state0[0], self._p("weight_hh", layer, d), self.nonlinearity, batch_sizes, reverse, hs=hs
+            )
         h_n = final_states(hs, batch_sizes, ctx["lengths_sorted"], reverse)  # each sequence's own last step
         return (hs[:-1] if reverse else hs[1:]), (h_n,), hs
 
@@ -426,9 +496,19 @@ class RNN(RecurrentBase):
         w_ih = self._p("weight_ih", layer, d)
         # dL/da_t: scratch reused by every layer and direction and, while the sizes stay, by the next backward
         delta = self._buffer(("delta",), (T, B, H))
-        _, dh0, _ = sequence_backward(d_out, d_finals[0], hs, self._p("weight_hh", layer, d), self.nonlinearity,
-                                      ctx["batch_sizes"], reverse, self.flush_below, flush_every=self.flush_every,
-                                      hidden=out["hidden"], delta=delta)
+        _, dh0, _ = sequence_backward(
+            d_out,
+            d_finals[0],
+            hs,
+            self._p("weight_hh", layer, d),
+            self.nonlinearity,
+            ctx["batch_sizes"],
+            reverse,
+            self.flush_below,
+            flush_every=self.flush_every,
+            hidden=out["hidden"],
+            delta=delta,
+        )
         dw_ih, dw_hh, db = weight_gradients(delta, ctx["layer_in"], hs, reverse, self.bias)
         grads = {"weight_ih": dw_ih, "weight_hh": dw_hh}
         if self.bias:

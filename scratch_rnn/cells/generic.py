@@ -24,6 +24,7 @@ sequence that has ended keeps its final state; in the reverse direction a sequen
 keeps its initial state), and outputs at padded steps are zero. The step functions get copies of the
 states, so a cache may keep what it is given. The subnormal flush of the built-in loops is not applied here.
 """
+
 from __future__ import annotations
 
 import numpy as np
@@ -43,7 +44,7 @@ class StepCell(RecurrentBase):
     """
 
     NAME = "StepCell"
-    ABSTRACT = True      # a base, not a cell (a subclass that is a cell is not abstract)
+    ABSTRACT = True  # a base, not a cell (a subclass that is a cell is not abstract)
     OPTIONS: dict = {}
     TWIN: str | None = None
 
@@ -109,12 +110,12 @@ class StepCell(RecurrentBase):
     def _direction_forward(self, x, state0, layer, d, ctx):
         T, B, sizes = ctx["T"], ctx["B"], ctx["batch_sizes"]
         p = self.layer_params(layer, d)
-        states = [s.copy() for s in state0]                # (B, ·) each, carried from step to step
+        states = [s.copy() for s in state0]  # (B, ·) each, carried from step to step
         hs = self._buffer((layer, d, "h"), (T + 1, B, self.output_size))  # as the built-in cells keep them
         hs[T if d else 0] = states[0]
         out = np.zeros((T, B, self.output_size), dtype=self.dtype)
-        steps = []                                         # (t, active rows, cache), in the order run
-        for t in (range(T - 1, -1, -1) if d else range(T)):
+        steps = []  # (t, active rows, cache), in the order run
+        for t in range(T - 1, -1, -1) if d else range(T):
             n = B if sizes is None else int(sizes[t])
             if n:
                 new, cache = self.step_forward(x[t, :n], tuple(s[:n].copy() for s in states), p)
@@ -128,7 +129,7 @@ class StepCell(RecurrentBase):
     def _direction_backward(self, d_out, d_finals, steps, layer, d, ctx, out):
         T, B = ctx["T"], ctx["B"]
         p = self.layer_params(layer, d)
-        d_states = [np.array(g, dtype=self.dtype) for g in d_finals]   # dL/d(carried state), (B, ·)
+        d_states = [np.array(g, dtype=self.dtype) for g in d_finals]  # dL/d(carried state), (B, ·)
         dx = np.zeros((T, B, self._layer_input_size(layer)), dtype=self.dtype)
         grads = {kind: np.zeros(v.shape, dtype=self.dtype) for kind, v in p.items()}
         hidden, cell = out["hidden"], out.get("cell")
@@ -195,6 +196,8 @@ def _states_tuple(cell: StepCell, given) -> tuple:
     if given is None:
         return (None,) * len(cell.STATES)
     if not isinstance(given, (tuple, list)) or len(given) != len(cell.STATES):
-        raise ValueError(f"hx: expected a tuple of {len(cell.STATES)} states ({', '.join(cell.STATES)}) or None, "
-                         f"got {type(given).__name__}")
+        raise ValueError(
+            f"hx: expected a tuple of {len(cell.STATES)} states ({', '.join(cell.STATES)}) or None, "
+            f"got {type(given).__name__}"
+        )
     return tuple(given)

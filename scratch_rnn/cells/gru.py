@@ -41,6 +41,7 @@ equal **bit for bit** (tests/test_gated_loops.py). Same signatures and dicts ("g
 (T, B, 3H) buffer that holds every step's h_{t-1} W_hhᵀ + b_hh).
 Every function takes float32 or float64 arrays (one dtype throughout) and returns that dtype.
 """
+
 from __future__ import annotations
 
 from typing import NamedTuple
@@ -65,9 +66,18 @@ from .loops import (
     visit_order,
 )
 
-__all__ = ["GRU", "GRUStepCache", "gru_step_forward", "gru_step_backward", "gru_stepwise_forward",
-           "gru_stepwise_backward", "gru_weight_gradients", "gru_sequence_forward", "gru_sequence_backward",
-           "input_projection"]
+__all__ = [
+    "GRU",
+    "GRUStepCache",
+    "gru_step_forward",
+    "gru_step_backward",
+    "gru_stepwise_forward",
+    "gru_stepwise_backward",
+    "gru_weight_gradients",
+    "gru_sequence_forward",
+    "gru_sequence_backward",
+    "input_projection",
+]
 
 
 # --------------------------------------------------------------------------------------------
@@ -75,9 +85,10 @@ __all__ = ["GRU", "GRUStepCache", "gru_step_forward", "gru_step_backward", "gru_
 # --------------------------------------------------------------------------------------------
 class GRUStepCache(NamedTuple):
     """What one GRU step keeps for its backward (and for the weight gradients)."""
-    h_prev: np.ndarray   # (B, H)
-    gates: np.ndarray    # (B, 3H): r, z, n after their nonlinearities
-    gh_n: np.ndarray     # (B, H), h_{t-1} W_hnᵀ + b_hn (what r multiplies)
+
+    h_prev: np.ndarray  # (B, H)
+    gates: np.ndarray  # (B, 3H): r, z, n after their nonlinearities
+    gh_n: np.ndarray  # (B, H), h_{t-1} W_hnᵀ + b_hn (what r multiplies)
 
 
 def gru_step_forward(x_proj: np.ndarray, h_prev: np.ndarray, w_hh: np.ndarray, b_hh: np.ndarray | None):
@@ -91,11 +102,11 @@ def gru_step_forward(x_proj: np.ndarray, h_prev: np.ndarray, w_hh: np.ndarray, b
     if b_hh is not None:
         gh += b_hh
     gates = np.empty_like(x_proj)
-    gates[:, :2 * H] = sigmoid(x_proj[:, :2 * H] + gh[:, :2 * H])        # r, z
-    r, z = gates[:, :H], gates[:, H:2 * H]
-    gh_n = gh[:, 2 * H:]
-    n = np.tanh(x_proj[:, 2 * H:] + r * gh_n)
-    gates[:, 2 * H:] = n
+    gates[:, : 2 * H] = sigmoid(x_proj[:, : 2 * H] + gh[:, : 2 * H])  # r, z
+    r, z = gates[:, :H], gates[:, H : 2 * H]
+    gh_n = gh[:, 2 * H :]
+    n = np.tanh(x_proj[:, 2 * H :] + r * gh_n)
+    gates[:, 2 * H :] = n
     h = n + z * (h_prev - n)  # = (1 - z) ⊙ n + z ⊙ h_prev, in torch's order of operations
     return h, GRUStepCache(h_prev, gates, gh_n)
 
@@ -109,7 +120,7 @@ def gru_step_backward(dh: np.ndarray, cache: GRUStepCache, w_hh: np.ndarray):
     dh_prev (B, H) = dh ⊙ z + dgh W_hh.
     """
     H = dh.shape[-1]
-    r, z, n = (cache.gates[:, k * H:(k + 1) * H] for k in range(3))
+    r, z, n = (cache.gates[:, k * H : (k + 1) * H] for k in range(3))
     da_n = dh * (1 - z) * tanh_derivative(n)
     da_r = da_n * cache.gh_n * sigmoid_derivative(r)
     da_z = dh * (cache.h_prev - n) * sigmoid_derivative(z)
@@ -122,8 +133,14 @@ def gru_step_backward(dh: np.ndarray, cache: GRUStepCache, w_hh: np.ndarray):
 # --------------------------------------------------------------------------------------------
 # One layer, one direction, over the whole sequence: the readable loops (the executed reference)
 # --------------------------------------------------------------------------------------------
-def gru_stepwise_forward(x_proj: np.ndarray, h0: np.ndarray, w_hh: np.ndarray, b_hh: np.ndarray | None,
-                         batch_sizes: np.ndarray | None, reverse: bool) -> dict:
+def gru_stepwise_forward(
+    x_proj: np.ndarray,
+    h0: np.ndarray,
+    w_hh: np.ndarray,
+    b_hh: np.ndarray | None,
+    batch_sizes: np.ndarray | None,
+    reverse: bool,
+) -> dict:
     """The GRU recurrence over all steps of one layer and direction.
 
     x_proj: (T, B, 3H) = x W_ihᵀ + b_ih (:func:`input_projection` with b_ih alone); h0: (B, H);
@@ -144,9 +161,16 @@ def gru_stepwise_forward(x_proj: np.ndarray, h0: np.ndarray, w_hh: np.ndarray, b
     return dict(h=S, gates=gates, gh_n=gh_n, h_n=finals((S,), batch_sizes, reverse)[0])
 
 
-def gru_stepwise_backward(grad_out: np.ndarray, grad_h_last: np.ndarray | None, cache: dict, w_hh: np.ndarray,
-                          batch_sizes: np.ndarray | None, reverse: bool,
-                          flush_below: float = 0.0, flush_every: int = 1) -> dict:
+def gru_stepwise_backward(
+    grad_out: np.ndarray,
+    grad_h_last: np.ndarray | None,
+    cache: dict,
+    w_hh: np.ndarray,
+    batch_sizes: np.ndarray | None,
+    reverse: bool,
+    flush_below: float = 0.0,
+    flush_every: int = 1,
+) -> dict:
     """BPTT through :func:`gru_stepwise_forward`.
 
     grad_out: (T, B, H), dL/dh_t from above (any strides); grad_h_last: (B, H) = dL/dh_n (None: zero),
@@ -174,8 +198,9 @@ def gru_stepwise_backward(grad_out: np.ndarray, grad_h_last: np.ndarray | None, 
     return dict(dgi=dgi_all, dgh=dgh_all, dh0=dh_run, hidden_grads=hidden)
 
 
-def gru_weight_gradients(dgi: np.ndarray, dgh: np.ndarray, x: np.ndarray, cache: dict, reverse: bool,
-                         bias: bool) -> dict:
+def gru_weight_gradients(
+    dgi: np.ndarray, dgh: np.ndarray, x: np.ndarray, cache: dict, reverse: bool, bias: bool
+) -> dict:
     """The GRU's weight gradients, one GEMM (or one sum) each over all steps.
 
     dgi, dgh: (T, B, 3H) from :func:`gru_sequence_backward` (or :func:`gru_stepwise_backward`); x: (T, B, I),
@@ -187,17 +212,25 @@ def gru_weight_gradients(dgi: np.ndarray, dgh: np.ndarray, x: np.ndarray, cache:
     S = cache["h"]
     h_prev = S[1:] if reverse else S[:-1]
     gi2, gh2 = dgi.reshape(T * B, G), dgh.reshape(T * B, G)
-    return dict(w_ih=gi2.T @ x.reshape(T * B, x.shape[-1]),
-                w_hh=gh2.T @ h_prev.reshape(T * B, S.shape[-1]),
-                b_ih=gi2.sum(axis=0) if bias else None,
-                b_hh=gh2.sum(axis=0) if bias else None)
+    return dict(
+        w_ih=gi2.T @ x.reshape(T * B, x.shape[-1]),
+        w_hh=gh2.T @ h_prev.reshape(T * B, S.shape[-1]),
+        b_ih=gi2.sum(axis=0) if bias else None,
+        b_hh=gh2.sum(axis=0) if bias else None,
+    )
 
 
 # --------------------------------------------------------------------------------------------
 # The loops the model runs: the readable loops rewritten for speed, equal bit for bit
 # --------------------------------------------------------------------------------------------
-def gru_sequence_forward(x_proj: np.ndarray, h0: np.ndarray, w_hh: np.ndarray, b_hh: np.ndarray | None,
-                         batch_sizes: np.ndarray | None, reverse: bool) -> dict:
+def gru_sequence_forward(
+    x_proj: np.ndarray,
+    h0: np.ndarray,
+    w_hh: np.ndarray,
+    b_hh: np.ndarray | None,
+    batch_sizes: np.ndarray | None,
+    reverse: bool,
+) -> dict:
     """The loop the model runs: :func:`gru_stepwise_forward`, bit for bit (same arguments, same dict; "gh_n" is
     a view of the (T, B, 3H) buffer that holds every step's h_{t-1} W_hhᵀ + b_hh)."""
     T, B, G = x_proj.shape
@@ -212,25 +245,32 @@ def gru_sequence_forward(x_proj: np.ndarray, h0: np.ndarray, w_hh: np.ndarray, b
     for t, n in forward_steps(T, batch_sizes, reverse, (S,), (h0,)):
         h_prev, h = S[read_slot(t, reverse), :n], S[read_slot(t, not reverse), :n]
         gh, gt, xp = GH[t, :n], gates[t, :n], x_proj[t, :n]
-        h_prev.dot(w_t, gh)                            # gh_t = h_{t-1} W_hhᵀ + b_hh
+        h_prev.dot(w_t, gh)  # gh_t = h_{t-1} W_hhᵀ + b_hh
         if b_hh is not None:
             np.add(gh, b_hh, out=gh)
-        np.add(xp[:, :2 * H], gh[:, :2 * H], out=rz[:n])
-        sigmoid_into(rz[:n], e[:n], gt[:, :2 * H], zero, one)  # r, z
+        np.add(xp[:, : 2 * H], gh[:, : 2 * H], out=rz[:n])
+        sigmoid_into(rz[:n], e[:n], gt[:, : 2 * H], zero, one)  # r, z
         nn = work[:n]
-        np.multiply(gt[:, :H], gh[:, 2 * H:], out=nn)  # n = tanh(gi_n + r ⊙ gh_n)
-        np.add(xp[:, 2 * H:], nn, out=nn)
+        np.multiply(gt[:, :H], gh[:, 2 * H :], out=nn)  # n = tanh(gi_n + r ⊙ gh_n)
+        np.add(xp[:, 2 * H :], nn, out=nn)
         np.tanh(nn, out=nn)
-        gt[:, 2 * H:] = nn
-        np.subtract(h_prev, nn, out=h)                 # h_t = n + z ⊙ (h_{t-1} - n)
-        np.multiply(gt[:, H:2 * H], h, out=h)
+        gt[:, 2 * H :] = nn
+        np.subtract(h_prev, nn, out=h)  # h_t = n + z ⊙ (h_{t-1} - n)
+        np.multiply(gt[:, H : 2 * H], h, out=h)
         np.add(nn, h, out=h)
-    return dict(h=S, gates=gates, gh_n=GH[..., 2 * H:], h_n=finals((S,), batch_sizes, reverse)[0])
+    return dict(h=S, gates=gates, gh_n=GH[..., 2 * H :], h_n=finals((S,), batch_sizes, reverse)[0])
 
 
-def gru_sequence_backward(grad_out: np.ndarray, grad_h_last: np.ndarray | None, cache: dict, w_hh: np.ndarray,
-                          batch_sizes: np.ndarray | None, reverse: bool,
-                          flush_below: float = 0.0, flush_every: int = 1) -> dict:
+def gru_sequence_backward(
+    grad_out: np.ndarray,
+    grad_h_last: np.ndarray | None,
+    cache: dict,
+    w_hh: np.ndarray,
+    batch_sizes: np.ndarray | None,
+    reverse: bool,
+    flush_below: float = 0.0,
+    flush_every: int = 1,
+) -> dict:
     """The loop the model runs: :func:`gru_stepwise_backward`, bit for bit (same arguments, same dict)."""
     T, B, H = grad_out.shape
     S, gates, gh_n = cache["h"], cache["gates"], cache["gh_n"]
@@ -241,7 +281,7 @@ def gru_sequence_backward(grad_out: np.ndarray, grad_h_last: np.ndarray | None, 
     hidden = alloc((T, B, H), dtype, padded)
     # The forward-only factors, a block of steps at a time (_blocks): 1 - z, 1 - n², σ' = s ⊙ (1 - s) on r and z,
     # h_{t-1} - n.
-    r_all, z_all, n_all = gates[..., :H], gates[..., H:2 * H], gates[..., 2 * H:]
+    r_all, z_all, n_all = gates[..., :H], gates[..., H : 2 * H], gates[..., 2 * H :]
     S_prev = S[1:] if reverse else S[:-1]
     L = block_steps(T, B * 3 * H)
     OMZ, TDN, HMN = (np.empty((L, B, H), dtype) for _ in range(3))
@@ -254,25 +294,25 @@ def gru_sequence_backward(grad_out: np.ndarray, grad_h_last: np.ndarray | None, 
         np.subtract(one, z_all[lo:hi], out=OMZ[:m])
         np.multiply(n_all[lo:hi], n_all[lo:hi], out=TDN[:m])
         np.subtract(one, TDN[:m], out=TDN[:m])
-        np.subtract(one, gates[lo:hi, :, :2 * H], out=SD[:m])
-        np.multiply(gates[lo:hi, :, :2 * H], SD[:m], out=SD[:m])
+        np.subtract(one, gates[lo:hi, :, : 2 * H], out=SD[:m])
+        np.multiply(gates[lo:hi, :, : 2 * H], SD[:m], out=SD[:m])
         np.subtract(S_prev[lo:hi], n_all[lo:hi], out=HMN[:m])
         for t in steps:
             n, j = sizes[t], t - lo
             g, dgi, dgh, dh = hidden[t, :n], dgi_all[t, :n], dgh_all[t, :n], dh_run[:n]
-            np.add(grad_out[t, :n], dh, out=g)            # g_t
+            np.add(grad_out[t, :n], dh, out=g)  # g_t
             flush(g, flush_below, i, flush_every)
             i += 1
-            da_r, da_z, da_n = dgi[:, :H], dgi[:, H:2 * H], dgi[:, 2 * H:]
-            np.multiply(g, OMZ[j, :n], out=da_n)           # da_n = (g ⊙ (1 - z)) ⊙ (1 - n²)
+            da_r, da_z, da_n = dgi[:, :H], dgi[:, H : 2 * H], dgi[:, 2 * H :]
+            np.multiply(g, OMZ[j, :n], out=da_n)  # da_n = (g ⊙ (1 - z)) ⊙ (1 - n²)
             np.multiply(da_n, TDN[j, :n], out=da_n)
-            np.multiply(da_n, gh_n[t, :n], out=da_r)       # da_r = (da_n ⊙ gh_n) ⊙ σ'_r
+            np.multiply(da_n, gh_n[t, :n], out=da_r)  # da_r = (da_n ⊙ gh_n) ⊙ σ'_r
             np.multiply(da_r, SD[j, :n, :H], out=da_r)
-            np.multiply(g, HMN[j, :n], out=da_z)           # da_z = (g ⊙ (h_{t-1} - n)) ⊙ σ'_z
+            np.multiply(g, HMN[j, :n], out=da_z)  # da_z = (g ⊙ (h_{t-1} - n)) ⊙ σ'_z
             np.multiply(da_z, SD[j, :n, H:], out=da_z)
-            dgh[:, :2 * H] = dgi[:, :2 * H]
-            np.multiply(da_n, r_all[t, :n], out=dgh[:, 2 * H:])  # dgh_n = da_n ⊙ r
-            dgh.dot(w_hh, mm[:n])                          # dh_{t-1} = g ⊙ z + dgh W_hh
+            dgh[:, : 2 * H] = dgi[:, : 2 * H]
+            np.multiply(da_n, r_all[t, :n], out=dgh[:, 2 * H :])  # dgh_n = da_n ⊙ r
+            dgh.dot(w_hh, mm[:n])  # dh_{t-1} = g ⊙ z + dgh W_hh
             np.multiply(g, z_all[t, :n], out=dh)
             np.add(dh, mm[:n], out=dh)
     return dict(dgi=dgi_all, dgh=dgh_all, dh0=dh_run, hidden_grads=hidden)
@@ -290,11 +330,34 @@ class GRU(RecurrentBase):
 
     GATES, NAME = 3, "GRU"
 
-    def __init__(self, input_size, hidden_size, num_layers=1, bias=True, batch_first=False, dropout=0.0,
-                 bidirectional=False, *, dtype=np.float32, seed=None, flush_below=None,
-                 flush_every=DEFAULT_FLUSH_EVERY):
-        super().__init__(input_size, hidden_size, num_layers, bias, batch_first, dropout, bidirectional,
-                         dtype=dtype, seed=seed, flush_below=flush_below, flush_every=flush_every)
+    def __init__(
+        self,
+        input_size,
+        hidden_size,
+        num_layers=1,
+        bias=True,
+        batch_first=False,
+        dropout=0.0,
+        bidirectional=False,
+        *,
+        dtype=np.float32,
+        seed=None,
+        flush_below=None,
+        flush_every=DEFAULT_FLUSH_EVERY,
+    ):
+        super().__init__(
+            input_size,
+            hidden_size,
+            num_layers,
+            bias,
+            batch_first,
+            dropout,
+            bidirectional,
+            dtype=dtype,
+            seed=seed,
+            flush_below=flush_below,
+            flush_every=flush_every,
+        )
 
     def _forward(self, x=_UNSET, h0=_UNSET, lengths=None, *, input=_UNSET, hx=_UNSET, dropout_masks=None):
         """Returns ``((output, h_n), cache)``; as :meth:`RNN._forward` (``input=`` / ``hx=``: torch's names)."""
@@ -308,15 +371,24 @@ class GRU(RecurrentBase):
 
     def _direction_forward(self, x, state0, layer, d, ctx):
         x_proj = input_projection(x, self._p("weight_ih", layer, d), self._p("bias_ih", layer, d))
-        cache = gru_sequence_forward(x_proj, state0[0], self._p("weight_hh", layer, d), self._p("bias_hh", layer, d),
-                                     ctx["batch_sizes"], d == 1)
+        cache = gru_sequence_forward(
+            x_proj, state0[0], self._p("weight_hh", layer, d), self._p("bias_hh", layer, d), ctx["batch_sizes"], d == 1
+        )
         return (cache["h"][:-1] if d == 1 else cache["h"][1:]), (cache["h_n"],), cache
 
     def _direction_backward(self, d_out, d_finals, cache, layer, d, ctx, out):
         T, B = ctx["T"], ctx["B"]
         w_ih, reverse = self._p("weight_ih", layer, d), d == 1
-        res = gru_sequence_backward(d_out, d_finals[0], cache, self._p("weight_hh", layer, d), ctx["batch_sizes"],
-                                    reverse, flush_below=self.flush_below, flush_every=self.flush_every)
+        res = gru_sequence_backward(
+            d_out,
+            d_finals[0],
+            cache,
+            self._p("weight_hh", layer, d),
+            ctx["batch_sizes"],
+            reverse,
+            flush_below=self.flush_below,
+            flush_every=self.flush_every,
+        )
         out["hidden"][...] = res["hidden_grads"]
         wg = gru_weight_gradients(res["dgi"], res["dgh"], ctx["layer_in"], cache, reverse, self.bias)
         grads = {"weight_ih": wg["w_ih"], "weight_hh": wg["w_hh"]}

@@ -29,6 +29,7 @@ one product over all steps. The same arithmetic as the step functions, summed in
 the generic loop at 1e-12); everything else (lengths, the reverse direction) runs the generic loop. At T = 1,000,
 2 layers of 128 units, batch 32 it is what makes the authors' adding setting affordable here.
 """
+
 from __future__ import annotations
 
 import math
@@ -61,8 +62,9 @@ def step_backward(dh, cache, w_ih, u, nonlinearity):
     return delta @ w_ih, delta * u, delta.T @ x_t, (delta * h_prev).sum(axis=0), delta.sum(axis=0)
 
 
-def paper_recurrent_range(seq_len: int, magnitude: float = 2.0, *, last_layer: bool = False,
-                          nonlinearity: str = "relu") -> tuple[float, float]:
+def paper_recurrent_range(
+    seq_len: int, magnitude: float = 2.0, *, last_layer: bool = False, nonlinearity: str = "relu"
+) -> tuple[float, float]:
     """(low, high) of the authors' u initialisation for sequences of ``seq_len`` steps (adding/adding.py):
     relu: (0, γ^(1/T)) for the first layers, (γ^(-1/T), γ^(1/T)) for the last; tanh: symmetric, with
     γ / 0.9^(T/10) in place of γ. The clip bound is the high end."""
@@ -85,15 +87,29 @@ class IndRNN(StepCell):
     OPTIONS = {"nonlinearity": NONLINEARITIES}
     TWIN = "reference.indrnn:indrnn_step"
 
-    def __init__(self, input_size, hidden_size, num_layers=1, nonlinearity="relu", bias=True, batch_first=False,
-                 dropout=0.0, bidirectional=False, *, recurrent_init=(0.0, 1.0), recurrent_max=None,
-                 dtype=np.float32, seed=None):
+    def __init__(
+        self,
+        input_size,
+        hidden_size,
+        num_layers=1,
+        nonlinearity="relu",
+        bias=True,
+        batch_first=False,
+        dropout=0.0,
+        bidirectional=False,
+        *,
+        recurrent_init=(0.0, 1.0),
+        recurrent_max=None,
+        dtype=np.float32,
+        seed=None,
+    ):
         self.nonlinearity = check_choice("nonlinearity", nonlinearity, NONLINEARITIES)
         low, high = _pair_range("recurrent_init", recurrent_init)
         self.recurrent_init = (low, high)
         self.recurrent_max = check_positive_float("recurrent_max", recurrent_max, allow_none=True)
-        super().__init__(input_size, hidden_size, num_layers, bias, batch_first, dropout, bidirectional,
-                         dtype=dtype, seed=seed)
+        super().__init__(
+            input_size, hidden_size, num_layers, bias, batch_first, dropout, bidirectional, dtype=dtype, seed=seed
+        )
 
     def _extra_repr(self) -> list:
         return [f"nonlinearity={self.nonlinearity!r}"] if self.nonlinearity != "relu" else []
@@ -115,8 +131,12 @@ class IndRNN(StepCell):
         for name, p in self._params.items():
             layer = int(name.split("_l")[1].split("_")[0])
             if name.startswith("weight_hh"):
-                low, high = paper_recurrent_range(seq_len, magnitude, last_layer=layer == self.num_layers - 1
-                                                  and self.num_layers > 1, nonlinearity=self.nonlinearity)
+                low, high = paper_recurrent_range(
+                    seq_len,
+                    magnitude,
+                    last_layer=layer == self.num_layers - 1 and self.num_layers > 1,
+                    nonlinearity=self.nonlinearity,
+                )
                 p[...] = self._rng.uniform(low, high, size=p.shape)
                 self.recurrent_max = high
             elif name.startswith("weight_ih"):
@@ -141,8 +161,9 @@ class IndRNN(StepCell):
         return (h,), cache
 
     def step_backward(self, d_states, cache, p):
-        dx, dh_prev, dw_ih, du, db = step_backward(d_states[0], cache, p["weight_ih"], p["weight_hh"],
-                                                   self.nonlinearity)
+        dx, dh_prev, dw_ih, du, db = step_backward(
+            d_states[0], cache, p["weight_ih"], p["weight_hh"], self.nonlinearity
+        )
         grads = {"weight_ih": dw_ih, "weight_hh": du}
         if self.bias:
             grads["bias_ih"] = grads["bias_hh"] = db
@@ -194,8 +215,7 @@ class IndRNN(StepCell):
             carry = delta[t] * u
         flat = delta.reshape(T * B, -1)
         dx = (flat @ p["weight_ih"]).reshape(T, B, -1)
-        grads = {"weight_ih": flat.T @ steps.x.reshape(T * B, -1),
-                 "weight_hh": (delta * steps.h_prev).sum(axis=(0, 1))}
+        grads = {"weight_ih": flat.T @ steps.x.reshape(T * B, -1), "weight_hh": (delta * steps.h_prev).sum(axis=(0, 1))}
         if self.bias:
             grads["bias_ih"] = flat.sum(axis=0)
             grads["bias_hh"] = grads["bias_ih"].copy()
@@ -210,11 +230,15 @@ class IndRNN(StepCell):
             for steps in dcaches:
                 if isinstance(steps, _FastSteps):
                     B = steps.h.shape[1]
-                    pattern += [(t, B, (steps.h[t] > 0).tobytes()) for t in range(len(steps.h))
-                                if self.nonlinearity == "relu"]
+                    pattern += [
+                        (t, B, (steps.h[t] > 0).tobytes()) for t in range(len(steps.h)) if self.nonlinearity == "relu"
+                    ]
                 else:
-                    pattern += [(t, n, np.asarray(k, bool).tobytes()) for t, n, cache in steps
-                                if (k := self.step_kinks(cache)) is not None]
+                    pattern += [
+                        (t, n, np.asarray(k, bool).tobytes())
+                        for t, n, cache in steps
+                        if (k := self.step_kinks(cache)) is not None
+                    ]
         return tuple(pattern)
 
 

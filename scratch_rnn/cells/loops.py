@@ -21,6 +21,7 @@ whose own last valid step is t < T - 1 starts from its h0, copied into S[t + 1] 
 Every other entry at a padded step is zero (so the *output* view of a reverse direction, S[:-1], still holds
 those h0 copies at padded steps: the stack zeroes them).
 """
+
 from __future__ import annotations
 
 import math
@@ -28,18 +29,39 @@ import math
 import numpy as np
 
 __all__ = [
-    "input_projection", "padding_mask", "lengths_from_batch_sizes", "final_states", "visit_order", "step_sizes",
-    "read_slot", "start_rows", "forward_steps", "finals", "flush", "sigmoid", "sigmoid_derivative",
-    "tanh_derivative", "sigmoid_into", "alloc", "BLOCK_ENTRIES", "block_steps", "blocks",
-    "GEMM_CHUNK_MIN", "GEMM_CHUNKS_MAX", "STACK_MAX", "sum_of_products", "column_sum",
+    "input_projection",
+    "padding_mask",
+    "lengths_from_batch_sizes",
+    "final_states",
+    "visit_order",
+    "step_sizes",
+    "read_slot",
+    "start_rows",
+    "forward_steps",
+    "finals",
+    "flush",
+    "sigmoid",
+    "sigmoid_derivative",
+    "tanh_derivative",
+    "sigmoid_into",
+    "alloc",
+    "BLOCK_ENTRIES",
+    "block_steps",
+    "blocks",
+    "GEMM_CHUNK_MIN",
+    "GEMM_CHUNKS_MAX",
+    "STACK_MAX",
+    "sum_of_products",
+    "column_sum",
 ]
 
 
 # --------------------------------------------------------------------------------------------
 # The input projection
 # --------------------------------------------------------------------------------------------
-def input_projection(x: np.ndarray, w_ih: np.ndarray, b: np.ndarray | None = None,
-                     out: np.ndarray | None = None) -> np.ndarray:
+def input_projection(
+    x: np.ndarray, w_ih: np.ndarray, b: np.ndarray | None = None, out: np.ndarray | None = None
+) -> np.ndarray:
     """x W_ihᵀ + b for every step at once, one GEMM: (T, B, I) -> (T, B, G) with G = w_ih.shape[0].
 
     b: the bias folded into the projection, or None. Elman and LSTM: b = b_ih + b_hh. GRU: b = b_ih alone
@@ -69,8 +91,9 @@ def lengths_from_batch_sizes(batch_sizes: np.ndarray, B: int) -> np.ndarray:
     return (np.asarray(batch_sizes)[:, None] > np.arange(B)[None, :]).sum(axis=0)
 
 
-def final_states(S: np.ndarray, batch_sizes: np.ndarray | None, lengths_sorted: np.ndarray | None,
-                 reverse: bool) -> np.ndarray:
+def final_states(
+    S: np.ndarray, batch_sizes: np.ndarray | None, lengths_sorted: np.ndarray | None, reverse: bool
+) -> np.ndarray:
     """Each sequence's state at its own last valid step, from a (T + 1, B, ·) state buffer -> (B, ·).
 
     forward: S[len_b, b]; reverse: S[0, b]. lengths_sorted (B,) may be None (then derived from
@@ -180,9 +203,9 @@ def sigmoid_into(a: np.ndarray, e: np.ndarray, out: np.ndarray, zero: np.ndarray
     np.abs(a, out=e)
     np.negative(e, out=e)
     np.exp(e, out=e)
-    np.add(e, one, out=out)                 # 1 + e
+    np.add(e, one, out=out)  # 1 + e
     np.minimum(a, zero, out=e)
-    np.exp(e, out=e)                        # the numerator
+    np.exp(e, out=e)  # the numerator
     np.divide(e, out, out=out)
 
 
@@ -211,7 +234,7 @@ def blocks(T: int, reverse: bool, size: int):
     (lo, steps), the steps in visiting order, covering lo .. lo + len(steps) - 1."""
     order = list(reversed(visit_order(T, reverse)))
     for s in range(0, T, size):
-        steps = order[s:s + size]
+        steps = order[s : s + size]
         yield min(steps), steps
 
 
@@ -246,16 +269,16 @@ def sum_of_products(a: np.ndarray, b: np.ndarray) -> np.ndarray:
     c = max(1, math.isqrt(K))
     n = K // c
     if n * M * N <= STACK_MAX:
-        out = np.matmul(a[:n * c].reshape(n, c, M).transpose(0, 2, 1), b[:n * c].reshape(n, c, N)).sum(axis=0)
+        out = np.matmul(a[: n * c].reshape(n, c, M).transpose(0, 2, 1), b[: n * c].reshape(n, c, N)).sum(axis=0)
         if n * c < K:
-            out += np.dot(a[n * c:].T, b[n * c:])
+            out += np.dot(a[n * c :].T, b[n * c :])
         return out
     chunk = max(GEMM_CHUNK_MIN, -(-K // GEMM_CHUNKS_MAX))
     out = np.dot(a[:chunk].T, b[:chunk])
     if K > chunk:
         work = np.empty_like(out)
         for s in range(chunk, K, chunk):
-            a[s:s + chunk].T.dot(b[s:s + chunk], work)
+            a[s : s + chunk].T.dot(b[s : s + chunk], work)
             out += work
     return out
 
@@ -265,7 +288,7 @@ def column_sum(a: np.ndarray) -> np.ndarray:
     K, N = a.shape
     c = max(1, math.isqrt(K))
     n = K // c
-    out = a[:n * c].reshape(n, c, N).sum(axis=1).sum(axis=0)
+    out = a[: n * c].reshape(n, c, N).sum(axis=1).sum(axis=0)
     if n * c < K:
-        out += a[n * c:].sum(axis=0)
+        out += a[n * c :].sum(axis=0)
     return out

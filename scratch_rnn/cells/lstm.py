@@ -53,6 +53,7 @@ those of the stepwise loops (the dicts may share memory between entries where th
 "hidden_grads" itself without a projection).
 Every function takes float32 or float64 arrays (one dtype throughout) and returns that dtype.
 """
+
 from __future__ import annotations
 
 from typing import NamedTuple
@@ -77,9 +78,19 @@ from .loops import (
     visit_order,
 )
 
-__all__ = ["LSTM", "LSTMStepCache", "lstm_gates", "lstm_step_forward", "lstm_step_backward", "lstm_stepwise_forward",
-           "lstm_stepwise_backward", "lstm_weight_gradients", "lstm_sequence_forward", "lstm_sequence_backward",
-           "input_projection"]
+__all__ = [
+    "LSTM",
+    "LSTMStepCache",
+    "lstm_gates",
+    "lstm_step_forward",
+    "lstm_step_backward",
+    "lstm_stepwise_forward",
+    "lstm_stepwise_backward",
+    "lstm_weight_gradients",
+    "lstm_sequence_forward",
+    "lstm_sequence_backward",
+    "input_projection",
+]
 
 
 # --------------------------------------------------------------------------------------------
@@ -87,23 +98,25 @@ __all__ = ["LSTM", "LSTMStepCache", "lstm_gates", "lstm_step_forward", "lstm_ste
 # --------------------------------------------------------------------------------------------
 class LSTMStepCache(NamedTuple):
     """What one LSTM step keeps for its backward (and for the weight gradients)."""
-    h_prev: np.ndarray   # (B, out)
-    c_prev: np.ndarray   # (B, H)
-    gates: np.ndarray    # (B, 4H): i, f, g, o after their nonlinearities
-    tanh_c: np.ndarray   # (B, H)
-    m: np.ndarray        # (B, H), o ⊙ tanh(c): h itself when there is no projection
+
+    h_prev: np.ndarray  # (B, out)
+    c_prev: np.ndarray  # (B, H)
+    gates: np.ndarray  # (B, 4H): i, f, g, o after their nonlinearities
+    tanh_c: np.ndarray  # (B, H)
+    m: np.ndarray  # (B, H), o ⊙ tanh(c): h itself when there is no projection
 
 
 def lstm_gates(a: np.ndarray) -> np.ndarray:
     """(B, 4H) pre-activations -> (B, 4H) activations: σ on the i, f, o blocks, tanh on the g block."""
     H = a.shape[-1] // 4
     gates = sigmoid(a)
-    gates[..., 2 * H:3 * H] = np.tanh(a[..., 2 * H:3 * H])
+    gates[..., 2 * H : 3 * H] = np.tanh(a[..., 2 * H : 3 * H])
     return gates
 
 
-def lstm_step_forward(x_proj: np.ndarray, h_prev: np.ndarray, c_prev: np.ndarray, w_hh: np.ndarray,
-                      w_hr: np.ndarray | None = None):
+def lstm_step_forward(
+    x_proj: np.ndarray, h_prev: np.ndarray, c_prev: np.ndarray, w_hh: np.ndarray, w_hr: np.ndarray | None = None
+):
     """One LSTM step.
 
     x_proj: (B, 4H) = x_t W_ihᵀ + b_ih + b_hh; h_prev: (B, out); c_prev: (B, H);
@@ -113,7 +126,7 @@ def lstm_step_forward(x_proj: np.ndarray, h_prev: np.ndarray, c_prev: np.ndarray
     H = c_prev.shape[-1]
     a = x_proj + h_prev @ w_hh.T
     gates = lstm_gates(a)
-    i, f, g, o = (gates[:, k * H:(k + 1) * H] for k in range(4))
+    i, f, g, o = (gates[:, k * H : (k + 1) * H] for k in range(4))
     c = f * c_prev + i * g
     tanh_c = np.tanh(c)
     m = o * tanh_c
@@ -124,21 +137,22 @@ def lstm_step_forward(x_proj: np.ndarray, h_prev: np.ndarray, c_prev: np.ndarray
 def _lstm_step_backward(dh, dc, cache: LSTMStepCache, w_hh, w_hr):
     """:func:`lstm_step_backward`, also returning the total dL/dc_t (the sequence's cell_grads)."""
     H = cache.c_prev.shape[-1]
-    i, f, g, o = (cache.gates[:, k * H:(k + 1) * H] for k in range(4))
-    dm = dh if w_hr is None else dh @ w_hr                      # (B, H)
-    dc_total = dc + dm * o * tanh_derivative(cache.tanh_c)      # k_t = dL/dc_t, total
+    i, f, g, o = (cache.gates[:, k * H : (k + 1) * H] for k in range(4))
+    dm = dh if w_hr is None else dh @ w_hr  # (B, H)
+    dc_total = dc + dm * o * tanh_derivative(cache.tanh_c)  # k_t = dL/dc_t, total
     da = np.empty_like(cache.gates)
-    da[:, 0 * H:1 * H] = dc_total * g * sigmoid_derivative(i)
-    da[:, 1 * H:2 * H] = dc_total * cache.c_prev * sigmoid_derivative(f)
-    da[:, 2 * H:3 * H] = dc_total * i * tanh_derivative(g)
-    da[:, 3 * H:4 * H] = dm * cache.tanh_c * sigmoid_derivative(o)
+    da[:, 0 * H : 1 * H] = dc_total * g * sigmoid_derivative(i)
+    da[:, 1 * H : 2 * H] = dc_total * cache.c_prev * sigmoid_derivative(f)
+    da[:, 2 * H : 3 * H] = dc_total * i * tanh_derivative(g)
+    da[:, 3 * H : 4 * H] = dm * cache.tanh_c * sigmoid_derivative(o)
     dh_prev = da @ w_hh
     dc_prev = dc_total * f
     return da, dh_prev, dc_prev, dm, dc_total
 
 
-def lstm_step_backward(dh: np.ndarray, dc: np.ndarray, cache: LSTMStepCache, w_hh: np.ndarray,
-                       w_hr: np.ndarray | None = None):
+def lstm_step_backward(
+    dh: np.ndarray, dc: np.ndarray, cache: LSTMStepCache, w_hh: np.ndarray, w_hr: np.ndarray | None = None
+):
     """Backward of :func:`lstm_step_forward`.
 
     dh: (B, out), the total dL/dh_t; dc: (B, H), the dL/dc_t that comes from step t+1 (before this
@@ -157,8 +171,15 @@ def lstm_step_backward(dh: np.ndarray, dc: np.ndarray, cache: LSTMStepCache, w_h
 # --------------------------------------------------------------------------------------------
 # One layer, one direction, over the whole sequence: the readable loops (the executed reference)
 # --------------------------------------------------------------------------------------------
-def lstm_stepwise_forward(x_proj: np.ndarray, h0: np.ndarray, c0: np.ndarray, w_hh: np.ndarray,
-                          w_hr: np.ndarray | None, batch_sizes: np.ndarray | None, reverse: bool) -> dict:
+def lstm_stepwise_forward(
+    x_proj: np.ndarray,
+    h0: np.ndarray,
+    c0: np.ndarray,
+    w_hh: np.ndarray,
+    w_hr: np.ndarray | None,
+    batch_sizes: np.ndarray | None,
+    reverse: bool,
+) -> dict:
     """The LSTM recurrence over all steps of one layer and direction.
 
     x_proj: (T, B, 4H), bias included (:func:`input_projection` with b_ih + b_hh); h0: (B, out);
@@ -193,14 +214,23 @@ def lstm_stepwise_forward(x_proj: np.ndarray, h0: np.ndarray, c0: np.ndarray, w_
 def _lstm_step_cache(cache: dict, t: int, n: int, reverse: bool) -> LSTMStepCache:
     """Step t's LSTMStepCache (its first n rows) from the sequence cache."""
     p = read_slot(t, reverse)
-    return LSTMStepCache(cache["h"][p, :n], cache["c"][p, :n], cache["gates"][t, :n],
-                         cache["tanh_c"][t, :n], cache["m"][t, :n])
+    return LSTMStepCache(
+        cache["h"][p, :n], cache["c"][p, :n], cache["gates"][t, :n], cache["tanh_c"][t, :n], cache["m"][t, :n]
+    )
 
 
-def lstm_stepwise_backward(grad_out: np.ndarray, grad_h_last: np.ndarray | None, grad_c_last: np.ndarray | None,
-                           cache: dict, w_hh: np.ndarray, w_hr: np.ndarray | None,
-                           batch_sizes: np.ndarray | None, reverse: bool,
-                           flush_below: float = 0.0, flush_every: int = 1) -> dict:
+def lstm_stepwise_backward(
+    grad_out: np.ndarray,
+    grad_h_last: np.ndarray | None,
+    grad_c_last: np.ndarray | None,
+    cache: dict,
+    w_hh: np.ndarray,
+    w_hr: np.ndarray | None,
+    batch_sizes: np.ndarray | None,
+    reverse: bool,
+    flush_below: float = 0.0,
+    flush_every: int = 1,
+) -> dict:
     """BPTT through :func:`lstm_stepwise_forward`.
 
     grad_out: (T, B, out), dL/dh_t from above (any strides); grad_h_last: (B, out) = dL/dh_n and
@@ -225,18 +255,20 @@ def lstm_stepwise_backward(grad_out: np.ndarray, grad_h_last: np.ndarray | None,
     sizes = step_sizes(batch_sizes, T, B)
     for i, t in enumerate(reversed(visit_order(T, reverse))):
         n = sizes[t]
-        g = grad_out[t, :n] + dh_run[:n]                  # g_t = dL/dout_t + da_{t+1} W_hh
+        g = grad_out[t, :n] + dh_run[:n]  # g_t = dL/dout_t + da_{t+1} W_hh
         flush(g, flush_below, i, flush_every)
         flush(dc_run[:n], flush_below, i, flush_every)
         da, dh_prev, dc_prev, dm, dc_total = _lstm_step_backward(
-            g, dc_run[:n], _lstm_step_cache(cache, t, n, reverse), w_hh, w_hr)
+            g, dc_run[:n], _lstm_step_cache(cache, t, n, reverse), w_hh, w_hr
+        )
         hidden[t, :n], cell[t, :n], da_all[t, :n], dm_all[t, :n] = g, dc_total, da, dm
         dh_run[:n], dc_run[:n] = dh_prev, dc_prev
     return dict(da=da_all, dh0=dh_run, dc0=dc_run, hidden_grads=hidden, cell_grads=cell, dm=dm_all)
 
 
-def lstm_weight_gradients(da: np.ndarray, x: np.ndarray, cache: dict, hidden_grads: np.ndarray | None,
-                          reverse: bool, bias: bool, proj: bool) -> dict:
+def lstm_weight_gradients(
+    da: np.ndarray, x: np.ndarray, cache: dict, hidden_grads: np.ndarray | None, reverse: bool, bias: bool, proj: bool
+) -> dict:
     """The LSTM's weight gradients, one GEMM (or one sum) each over all steps.
 
     da: (T, B, 4H) from :func:`lstm_sequence_backward` (or :func:`lstm_stepwise_backward`); x: (T, B, I), the
@@ -249,15 +281,20 @@ def lstm_weight_gradients(da: np.ndarray, x: np.ndarray, cache: dict, hidden_gra
     S = cache["h"]
     d2 = da.reshape(T * B, G)
     h_prev = S[1:] if reverse else S[:-1]  # the state each step read
-    grads = dict(w_ih=d2.T @ x.reshape(T * B, x.shape[-1]),
-                 w_hh=d2.T @ h_prev.reshape(T * B, S.shape[-1]),
-                 b=d2.sum(axis=0) if bias else None, w_hr=None)
+    grads = dict(
+        w_ih=d2.T @ x.reshape(T * B, x.shape[-1]),
+        w_hh=d2.T @ h_prev.reshape(T * B, S.shape[-1]),
+        b=d2.sum(axis=0) if bias else None,
+        w_hr=None,
+    )
     if proj:
         P, H = S.shape[-1], G // 4
         if hidden_grads is None or hidden_grads.shape != (T, B, P):
-            raise ValueError(f"lstm_weight_gradients: dW_hr = Σ gᵀ m needs the total hidden grads (T, B, P) = "
-                             f"{(T, B, P)}, got {None if hidden_grads is None else hidden_grads.shape} "
-                             f"(dm (T, B, H) is not it)")
+            raise ValueError(
+                f"lstm_weight_gradients: dW_hr = Σ gᵀ m needs the total hidden grads (T, B, P) = "
+                f"{(T, B, P)}, got {None if hidden_grads is None else hidden_grads.shape} "
+                f"(dm (T, B, H) is not it)"
+            )
         grads["w_hr"] = hidden_grads.reshape(T * B, P).T @ cache["m"].reshape(T * B, H)
     return grads
 
@@ -265,8 +302,15 @@ def lstm_weight_gradients(da: np.ndarray, x: np.ndarray, cache: dict, hidden_gra
 # --------------------------------------------------------------------------------------------
 # The loops the model runs: the readable loops rewritten for speed, equal bit for bit
 # --------------------------------------------------------------------------------------------
-def lstm_sequence_forward(x_proj: np.ndarray, h0: np.ndarray, c0: np.ndarray, w_hh: np.ndarray,
-                          w_hr: np.ndarray | None, batch_sizes: np.ndarray | None, reverse: bool) -> dict:
+def lstm_sequence_forward(
+    x_proj: np.ndarray,
+    h0: np.ndarray,
+    c0: np.ndarray,
+    w_hh: np.ndarray,
+    w_hr: np.ndarray | None,
+    batch_sizes: np.ndarray | None,
+    reverse: bool,
+) -> dict:
     """The loop the model runs: :func:`lstm_stepwise_forward`, bit for bit (same arguments, same dict)."""
     T, B, G = x_proj.shape
     H, out = G // 4, h0.shape[-1]
@@ -278,17 +322,17 @@ def lstm_sequence_forward(x_proj: np.ndarray, h0: np.ndarray, c0: np.ndarray, w_
     m = alloc((T, B, H), dtype, padded) if w_hr is not None else None
     a, e, work = np.empty((B, G), dtype), np.empty((B, G), dtype), np.empty((B, H), dtype)
     zero, one = np.zeros((), dtype), np.ones((), dtype)
-    w_t = w_hh.T        # the step function's operand (ndarray.dot with out= makes @'s BLAS call, cheaper)
+    w_t = w_hh.T  # the step function's operand (ndarray.dot with out= makes @'s BLAS call, cheaper)
     w_rt = None if w_hr is None else w_hr.T
     for t, n in forward_steps(T, batch_sizes, reverse, (S, C), (h0, c0)):
         p, q = read_slot(t, reverse), read_slot(t, not reverse)
         an, gt, c_prev, c = a[:n], gates[t, :n], C[p, :n], C[q, :n]
-        S[p, :n].dot(w_t, an)                 # h_{t-1} W_hhᵀ
-        np.add(x_proj[t, :n], an, out=an)     # a_t
+        S[p, :n].dot(w_t, an)  # h_{t-1} W_hhᵀ
+        np.add(x_proj[t, :n], an, out=an)  # a_t
         sigmoid_into(an, e[:n], gt, zero, one)
-        np.tanh(an[:, 2 * H:3 * H], out=gt[:, 2 * H:3 * H])
-        i, f, g, o = gt[:, :H], gt[:, H:2 * H], gt[:, 2 * H:3 * H], gt[:, 3 * H:]
-        np.multiply(f, c_prev, out=c)         # c_t = f ⊙ c_{t-1} + i ⊙ g
+        np.tanh(an[:, 2 * H : 3 * H], out=gt[:, 2 * H : 3 * H])
+        i, f, g, o = gt[:, :H], gt[:, H : 2 * H], gt[:, 2 * H : 3 * H], gt[:, 3 * H :]
+        np.multiply(f, c_prev, out=c)  # c_t = f ⊙ c_{t-1} + i ⊙ g
         np.multiply(i, g, out=work[:n])
         np.add(c, work[:n], out=c)
         tc = tanh_c[t, :n]
@@ -304,10 +348,18 @@ def lstm_sequence_forward(x_proj: np.ndarray, h0: np.ndarray, c0: np.ndarray, w_
     return dict(h=S, c=C, gates=gates, tanh_c=tanh_c, m=m, h_n=h_n, c_n=c_n)
 
 
-def lstm_sequence_backward(grad_out: np.ndarray, grad_h_last: np.ndarray | None, grad_c_last: np.ndarray | None,
-                           cache: dict, w_hh: np.ndarray, w_hr: np.ndarray | None,
-                           batch_sizes: np.ndarray | None, reverse: bool,
-                           flush_below: float = 0.0, flush_every: int = 1) -> dict:
+def lstm_sequence_backward(
+    grad_out: np.ndarray,
+    grad_h_last: np.ndarray | None,
+    grad_c_last: np.ndarray | None,
+    cache: dict,
+    w_hh: np.ndarray,
+    w_hr: np.ndarray | None,
+    batch_sizes: np.ndarray | None,
+    reverse: bool,
+    flush_below: float = 0.0,
+    flush_every: int = 1,
+) -> dict:
     """The loop the model runs: :func:`lstm_stepwise_backward`, bit for bit (same arguments, same dict)."""
     T, B, out = grad_out.shape
     C, gates, tanh_c = cache["c"], cache["gates"], cache["tanh_c"]
@@ -331,19 +383,19 @@ def lstm_sequence_backward(grad_out: np.ndarray, grad_h_last: np.ndarray | None,
     i = 0
     for lo, steps in blocks(T, reverse, L):
         hi = lo + len(steps)
-        d, td, gb, tcb = D[:hi - lo], TD[:hi - lo], gates[lo:hi], tanh_c[lo:hi]
+        d, td, gb, tcb = D[: hi - lo], TD[: hi - lo], gates[lo:hi], tanh_c[lo:hi]
         np.subtract(one, gb, out=d)
         np.multiply(gb, d, out=d)
-        gg, dg = gb[..., 2 * H:3 * H], d[..., 2 * H:3 * H]
+        gg, dg = gb[..., 2 * H : 3 * H], d[..., 2 * H : 3 * H]
         np.multiply(gg, gg, out=dg)
         np.subtract(one, dg, out=dg)
         np.multiply(tcb, tcb, out=td)
         np.subtract(one, td, out=td)
-        X[:hi - lo, :, 0], X[:hi - lo, :, 1], X[:hi - lo, :, 2] = gg, C_prev[lo:hi], gb[..., :H]
+        X[: hi - lo, :, 0], X[: hi - lo, :, 1], X[: hi - lo, :, 2] = gg, C_prev[lo:hi], gb[..., :H]
         for t in steps:
             n, j = sizes[t], t - lo
             g, k, da, dc = hidden[t, :n], cell[t, :n], da_all[t, :n], dc_run[:n]
-            np.add(grad_out[t, :n], dh_run[:n], out=g)   # g_t = dL/dout_t + da_{t+1} W_hh
+            np.add(grad_out[t, :n], dh_run[:n], out=g)  # g_t = dL/dout_t + da_{t+1} W_hh
             flush(g, flush_below, i, flush_every)
             flush(dc, flush_below, i, flush_every)
             i += 1
@@ -351,19 +403,19 @@ def lstm_sequence_backward(grad_out: np.ndarray, grad_h_last: np.ndarray | None,
                 dm = g
             else:
                 dm = dm_all[t, :n]
-                g.dot(w_hr, dm)                           # dm_t = g_t W_hr
+                g.dot(w_hr, dm)  # dm_t = g_t W_hr
             gt = gates[t, :n]
-            np.multiply(dm, gt[:, 3 * H:], out=k)        # k_t = dc + (dm ⊙ o) ⊙ (1 - tanh² c_t)
+            np.multiply(dm, gt[:, 3 * H :], out=k)  # k_t = dc + (dm ⊙ o) ⊙ (1 - tanh² c_t)
             np.multiply(k, TD[j, :n], out=k)
             np.add(dc, k, out=k)
             da3 = da3_all[t, :n]
             np.multiply(k[:, None, :], X[j, :n], out=da3)  # (k ⊙ g, k ⊙ c_{t-1}, k ⊙ i) ...
-            np.multiply(da3, D3[j, :n], out=da3)           # ... ⊙ (σ'_i, σ'_f, tanh'_g)
-            do = da[:, 3 * H:]
-            np.multiply(dm, tanh_c[t, :n], out=do)         # da_o = (dm ⊙ tanh c_t) ⊙ σ'_o
-            np.multiply(do, D[j, :n, 3 * H:], out=do)
-            da.dot(w_hh, dh_run[:n])                       # da_t W_hh, into h_{t-1}
-            np.multiply(k, gt[:, H:2 * H], out=dc)         # k_t ⊙ f, into c_{t-1}
+            np.multiply(da3, D3[j, :n], out=da3)  # ... ⊙ (σ'_i, σ'_f, tanh'_g)
+            do = da[:, 3 * H :]
+            np.multiply(dm, tanh_c[t, :n], out=do)  # da_o = (dm ⊙ tanh c_t) ⊙ σ'_o
+            np.multiply(do, D[j, :n, 3 * H :], out=do)
+            da.dot(w_hh, dh_run[:n])  # da_t W_hh, into h_{t-1}
+            np.multiply(k, gt[:, H : 2 * H], out=dc)  # k_t ⊙ f, into c_{t-1}
     return dict(da=da_all, dh0=dh_run, dc0=dc_run, hidden_grads=hidden, cell_grads=cell, dm=dm_all)
 
 
@@ -373,8 +425,9 @@ def _pair(name: str, value) -> tuple:
         return (None, None)
     if not isinstance(value, (tuple, list)) or len(value) != 2:
         length = f" of length {len(value)}" if isinstance(value, (tuple, list)) else ""
-        raise TypeError(f"{name}: expected a pair (h, c) of arrays (either may be None) or None, got "
-                        f"{type(value).__name__}{length}")
+        raise TypeError(
+            f"{name}: expected a pair (h, c) of arrays (either may be None) or None, got {type(value).__name__}{length}"
+        )
     return tuple(value)
 
 
@@ -394,11 +447,36 @@ class LSTM(RecurrentBase):
 
     GATES, STATES, NAME = 4, ("h", "c"), "LSTM"
 
-    def __init__(self, input_size, hidden_size, num_layers=1, bias=True, batch_first=False, dropout=0.0,
-                 bidirectional=False, proj_size=0, *, dtype=np.float32, seed=None, flush_below=None,
-                 flush_every=DEFAULT_FLUSH_EVERY):
-        super().__init__(input_size, hidden_size, num_layers, bias, batch_first, dropout, bidirectional,
-                         proj_size, dtype=dtype, seed=seed, flush_below=flush_below, flush_every=flush_every)
+    def __init__(
+        self,
+        input_size,
+        hidden_size,
+        num_layers=1,
+        bias=True,
+        batch_first=False,
+        dropout=0.0,
+        bidirectional=False,
+        proj_size=0,
+        *,
+        dtype=np.float32,
+        seed=None,
+        flush_below=None,
+        flush_every=DEFAULT_FLUSH_EVERY,
+    ):
+        super().__init__(
+            input_size,
+            hidden_size,
+            num_layers,
+            bias,
+            batch_first,
+            dropout,
+            bidirectional,
+            proj_size,
+            dtype=dtype,
+            seed=seed,
+            flush_below=flush_below,
+            flush_every=flush_every,
+        )
         self.cell_grads = None
 
     def _forward(self, x=_UNSET, hx=None, lengths=None, *, input=_UNSET, dropout_masks=None):
@@ -415,20 +493,37 @@ class LSTM(RecurrentBase):
     def _direction_forward(self, x, state0, layer, d, ctx):
         b = None if not self.bias else self._p("bias_ih", layer, d) + self._p("bias_hh", layer, d)
         x_proj = input_projection(x, self._p("weight_ih", layer, d), b)
-        cache = lstm_sequence_forward(x_proj, state0[0], state0[1], self._p("weight_hh", layer, d),
-                                      self._p("weight_hr", layer, d), ctx["batch_sizes"], d == 1)
+        cache = lstm_sequence_forward(
+            x_proj,
+            state0[0],
+            state0[1],
+            self._p("weight_hh", layer, d),
+            self._p("weight_hr", layer, d),
+            ctx["batch_sizes"],
+            d == 1,
+        )
         return (cache["h"][:-1] if d == 1 else cache["h"][1:]), (cache["h_n"], cache["c_n"]), cache
 
     def _direction_backward(self, d_out, d_finals, cache, layer, d, ctx, out):
         T, B = ctx["T"], ctx["B"]
         w_ih, reverse = self._p("weight_ih", layer, d), d == 1
-        res = lstm_sequence_backward(d_out, d_finals[0], d_finals[1], cache, self._p("weight_hh", layer, d),
-                                     self._p("weight_hr", layer, d), ctx["batch_sizes"], reverse,
-                                     flush_below=self.flush_below, flush_every=self.flush_every)
+        res = lstm_sequence_backward(
+            d_out,
+            d_finals[0],
+            d_finals[1],
+            cache,
+            self._p("weight_hh", layer, d),
+            self._p("weight_hr", layer, d),
+            ctx["batch_sizes"],
+            reverse,
+            flush_below=self.flush_below,
+            flush_every=self.flush_every,
+        )
         out["hidden"][...] = res["hidden_grads"]
         out["cell"][...] = res["cell_grads"]
-        wg = lstm_weight_gradients(res["da"], ctx["layer_in"], cache, res["hidden_grads"], reverse, self.bias,
-                                   self.proj_size > 0)
+        wg = lstm_weight_gradients(
+            res["da"], ctx["layer_in"], cache, res["hidden_grads"], reverse, self.bias, self.proj_size > 0
+        )
         grads = {"weight_ih": wg["w_ih"], "weight_hh": wg["w_hh"]}
         if self.bias:
             grads["bias_ih"] = grads["bias_hh"] = wg["b"]

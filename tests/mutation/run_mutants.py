@@ -19,6 +19,7 @@ command decided. The mutants themselves are in ``tests/mutation/mutants.py``. Ex
 score reaches ``--target`` (percent), 1 when it does not, 2 for a mutant whose line is not found
 exactly once (the list is stale).
 """
+
 from __future__ import annotations
 
 import argparse
@@ -41,8 +42,12 @@ BASE_COMMAND = ["-m", "pytest", "-x", "-q", "-n", "2", "-p", "no:cacheprovider"]
 
 
 def tree_files(root: Path) -> list[str]:
-    out = subprocess.run(["git", "ls-files", "-z", "--cached", "--others", "--exclude-standard"], cwd=root,
-                         check=True, capture_output=True).stdout.decode()
+    out = subprocess.run(
+        ["git", "ls-files", "-z", "--cached", "--others", "--exclude-standard"],
+        cwd=root,
+        check=True,
+        capture_output=True,
+    ).stdout.decode()
     return [f for f in out.split("\0") if f and (root / f).is_file()]
 
 
@@ -63,12 +68,14 @@ def apply(copy: Path, m: dict) -> str:
     nth = m.get("nth")
     count = text.count(old)
     if (count != 1 and nth is None) or (nth is not None and count < nth):
-        raise LookupError(f"{m['id']}: {old!r} occurs {count} times in {m['file']} "
-                          f"(expected {'once' if nth is None else f'at least {nth} times'})")
+        raise LookupError(
+            f"{m['id']}: {old!r} occurs {count} times in {m['file']} "
+            f"(expected {'once' if nth is None else f'at least {nth} times'})"
+        )
     at = -1
     for _ in range(nth or 1):
         at = text.index(old, at + 1)
-    path.write_text(text[:at] + new + text[at + len(old):])
+    path.write_text(text[:at] + new + text[at + len(old) :])
     return text
 
 
@@ -89,8 +96,9 @@ def run_tests(copy: Path, tests: list[str] | None, timeout: float, workers: str)
     env = dict(os.environ, PYTHONPATH=str(copy), PYTHONDONTWRITEBYTECODE="1")
     t0 = time.perf_counter()
     try:
-        proc = subprocess.run(cmd, cwd=copy, env=env, capture_output=True, text=True, timeout=timeout,
-                              start_new_session=True)
+        proc = subprocess.run(
+            cmd, cwd=copy, env=env, capture_output=True, text=True, timeout=timeout, start_new_session=True
+        )
     except subprocess.TimeoutExpired:
         return "caught (timeout)", time.perf_counter() - t0, ""
     took = time.perf_counter() - t0
@@ -136,21 +144,32 @@ def main(argv=None) -> int:
                     took, decided = took + took2, "full suite"
             finally:
                 (copy / m["file"]).write_text(original)
-            results.append(dict(id=m["id"], file=m["file"], why=m["why"], verdict=verdict, decided_by=decided,
-                                seconds=round(took, 1), last_line=last))
-            print(f"{m['id']:>5}  {verdict:<16} {decided:<10} {took:6.1f}s  {m['file']}: {m['why']}",
-                  flush=True)
+            results.append(
+                dict(
+                    id=m["id"],
+                    file=m["file"],
+                    why=m["why"],
+                    verdict=verdict,
+                    decided_by=decided,
+                    seconds=round(took, 1),
+                    last_line=last,
+                )
+            )
+            print(f"{m['id']:>5}  {verdict:<16} {decided:<10} {took:6.1f}s  {m['file']}: {m['why']}", flush=True)
     caught = sum(r["verdict"].startswith("caught") for r in results)
     pct = 100.0 * caught / len(results) if results else 100.0
     scope = "the mutant's test files" + (" | the whole suite for survivors" if args.full else "")
-    print(f"\n{caught} / {len(results)} caught ({pct:.1f} %), set {args.set!r}; command: python "
-          f"{' '.join(BASE_COMMAND)} [{scope}]")
+    print(
+        f"\n{caught} / {len(results)} caught ({pct:.1f} %), set {args.set!r}; command: python "
+        f"{' '.join(BASE_COMMAND)} [{scope}]"
+    )
     for r in results:
         if r["verdict"] == "missed":
             print(f"  missed {r['id']}: {r['file']}: {r['why']}")
     if args.json:
-        Path(args.json).write_text(json.dumps(dict(set=args.set, caught=caught, total=len(results), percent=pct,
-                                                   results=results), indent=1))
+        Path(args.json).write_text(
+            json.dumps(dict(set=args.set, caught=caught, total=len(results), percent=pct, results=results), indent=1)
+        )
     return 0 if pct >= args.target else 1
 
 
