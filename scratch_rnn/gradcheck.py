@@ -50,24 +50,15 @@ class DirectionalCheck:
 
 
 def activation_pattern(model) -> tuple:
-    """Which relu units were active in the model's last forward (empty for tanh).
+    """Where the model's last forward sat relative to its kinks (empty for a smooth model).
 
     Finite differences are only an oracle where the function is smooth along the segment: a relu
-    pre-activation that changes sign between θ - εv and θ + εv puts a kink inside it.
+    pre-activation that changes sign between θ - εv and θ + εv puts a kink inside it. The model says
+    where its kinks are (``kink_pattern()``: the Elman RNN, every step cell); a model without one
+    (the LSTM, the GRU) is smooth.
     """
-    if hasattr(model, "kink_pattern"):  # a step-function cell says where its kinks are
-        return model.kink_pattern()
-    if getattr(model, "nonlinearity", "tanh") != "relu":  # gated cells are smooth
-        return ()
-    cache = model._cache
-    T, B, sizes = cache["T"], cache["B"], cache["batch_sizes"]
-    valid = np.ones((T, B, 1), bool) if sizes is None else (np.arange(B)[None, :] < sizes[:, None])[..., None]
-    pattern = []
-    for _, hs_dirs, _ in cache["layers"]:
-        for d, hs in enumerate(hs_dirs):  # the states each valid step produced (not h0)
-            states = hs[:-1] if d == 1 else hs[1:]
-            pattern.append(((states > 0) & valid).tobytes())
-    return tuple(pattern)
+    kinks = getattr(model, "kink_pattern", None)
+    return kinks() if kinks is not None else ()
 
 
 def _as_states(hx) -> tuple:

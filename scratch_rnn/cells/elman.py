@@ -515,3 +515,22 @@ class RNN(RecurrentBase):
             grads["bias_ih"] = grads["bias_hh"] = db
         dx = np.dot(delta.reshape(T * B, H), w_ih).reshape(T, B, w_ih.shape[1])  # δ W_ih
         return dx, (dh0,), grads
+
+    def kink_pattern(self) -> tuple:
+        """Which relu units were active in the last forward, per layer and direction (empty for tanh).
+
+        Finite differences are only an oracle where the function is smooth along the segment: a relu
+        pre-activation that changes sign between θ - εv and θ + εv puts a kink inside it
+        (:func:`scratch_rnn.gradcheck.activation_pattern` compares this pattern at both ends).
+        """
+        cache = self._cache
+        if self.nonlinearity != "relu" or cache is None:
+            return ()
+        T, B, sizes = cache["T"], cache["B"], cache["batch_sizes"]
+        valid = np.ones((T, B, 1), bool) if sizes is None else (np.arange(B)[None, :] < sizes[:, None])[..., None]
+        pattern = []
+        for _, hs_dirs, _ in cache["layers"]:
+            for d, hs in enumerate(hs_dirs):  # the states each valid step produced (not h0)
+                states = hs[:-1] if d == 1 else hs[1:]
+                pattern.append(((states > 0) & valid).tobytes())
+        return tuple(pattern)
