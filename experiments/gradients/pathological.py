@@ -364,15 +364,13 @@ def build(
         H, n_in = hidden, spec.n_in
         params["weight_ih_l0"][...] = np.concatenate([_glorot(rng, n_in, H).T for _ in range(4)])
         params["weight_hh_l0"][...] = np.concatenate([_glorot(rng, H, H).T for _ in range(4)])
-        params["bias_ih_l0"][...] = 0.0
-        params["bias_ih_l0"][H : 2 * H] = 1.0  # torch's gate order i, f, g, o
-        params["bias_hh_l0"][...] = 0.0  # their one bias per gate
+        params["bias_ih_l0"][...] = params["bias_hh_l0"][...] = 0.0  # their one bias per gate ...
+        rinit.forget_gate_bias(model.rnn, 1.0)  # ... the forget gate's 1 (in b_ih; b_hh's block stays 0)
         model.head.load_state_dict({"weight": _glorot(rng, H, spec.n_out).T, "bias": np.zeros(spec.n_out)})
         return model
     if cell != "rnn":  # their usual init: torch's U(±1/√H), and for the LSTM a forget-gate bias of 1
         if cell == "lstm":
-            params["bias_ih_l0"][hidden : 2 * hidden] = 1.0
-            params["bias_hh_l0"][hidden : 2 * hidden] = 0.0
+            rinit.forget_gate_bias(model.rnn, 1.0)
         if one_bias:
             params["bias_hh_l0"][...] = 0.0
     elif method == "irnn":
