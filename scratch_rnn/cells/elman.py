@@ -39,6 +39,8 @@ result goes into a preallocated buffer (``out=``).
 
 from __future__ import annotations
 
+from collections.abc import Callable
+
 import numpy as np
 
 from ..checks import check_choice
@@ -77,7 +79,7 @@ def _relu(a: np.ndarray, out: np.ndarray | None = None) -> np.ndarray:
 
 
 # f(a, out): tanh is stable for any |a| (it saturates at ±1 and never overflows).
-_ACTIVATIONS = {"tanh": np.tanh, "relu": _relu}
+_ACTIVATIONS: dict[str, Callable[..., np.ndarray]] = {"tanh": np.tanh, "relu": _relu}
 
 
 def activation_derivative(h: np.ndarray, nonlinearity: str, out: np.ndarray | None = None) -> np.ndarray:

@@ -340,6 +340,7 @@ def lstm_sequence_forward(
         if w_hr is None:
             np.multiply(o, tc, out=S[q, :n])  # h_t = m_t = o ⊙ tanh(c_t)
         else:
+            assert m is not None and w_rt is not None  # both exist exactly when w_hr does
             np.multiply(o, tc, out=m[t, :n])
             m[t, :n].dot(w_rt, S[q, :n])
     if m is None:
