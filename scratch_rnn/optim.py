@@ -80,7 +80,7 @@ def lerp_(a: np.ndarray, b: np.ndarray, w: float) -> np.ndarray:
 try:  # NumPy >= 2
     from numpy.lib.array_utils import byte_bounds as _byte_bounds
 except ImportError:  # pragma: no cover - NumPy 1.x
-    _byte_bounds = np.byte_bounds
+    _byte_bounds = np.byte_bounds  # type: ignore[attr-defined]  # NumPy 1.x only: NumPy 2's stubs lack it
 _TooHardError = getattr(np, "exceptions", np).TooHardError  # np.exceptions: NumPy >= 1.25
 
 
@@ -102,7 +102,8 @@ def _check_no_shared_memory(params: Mapping) -> None:
         open_spans = [s for s in open_spans if s[1] > lo]
         for _, _, j, other, q in open_spans:
             try:
-                shared = np.shares_memory(p, q, max_work=10**6)
+                # NumPy documents any int for max_work; its stubs allow only the constants -1 and 0
+                shared = np.shares_memory(p, q, max_work=10**6)  # type: ignore[arg-type]
             except _TooHardError:  # pragma: no cover - pathological strides
                 shared = True
             if shared:

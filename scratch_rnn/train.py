@@ -460,7 +460,7 @@ class Trainer:
         self.last_checkpoint: str | None = None
         self.last_checkpoint_step: int | None = None
         self._sums = _EpochSums()
-        self._resumed_from = None  # the checkpoint this trainer resumed, if any
+        self._resumed_from: str | None = None  # the checkpoint this trainer resumed, if any
         self._outputs_checked = False
         self._locks: dict[str, RunLock] = {}  # the outputs this trainer owns while it writes them
         self._csv_ready = False
