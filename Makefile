@@ -59,6 +59,7 @@ LINTED := scratch_rnn reference experiments benchmarks tests docs
 lint: $(STAMP)
 	$(PY) -m ruff check $(LINTED)
 	$(PY) -m ruff format --check $(LINTED)
+	$(PY) -m mypy scratch_rnn reference
 
 ## A quicker pass for development.
 test-fast: $(STAMP)

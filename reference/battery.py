@@ -22,6 +22,8 @@ of the first failures, and otherwise returns a summary. What it runs, in float64
 
 from __future__ import annotations
 
+from typing import Any
+
 import numpy as np
 
 from reference.cases import random_case
@@ -56,7 +58,7 @@ def check_cell(cell, *, twin=None, cases: int = 40, seed: int = 0, max_steps: in
             f"{name}: {len(failures)} mismatch(es) (thresholds: twin {TORCH_THRESHOLD:g}, finite "
             "differences {FD_THRESHOLD:g}); first ones:\n  " + "\n  ".join(lines)
         )
-    summary = {
+    summary: dict[str, Any] = {
         "crosscheck": {
             r[0]: dict(cases=r[1], vs_twin=float(r[2]), vs_fd=None if r[3] == "-" else float(r[3])) for r in rows
         }
@@ -180,7 +182,10 @@ def _model_twin(name, spec, seed, step):
         ("SequenceModel loss", np.array(res.loss), np.array(loss_t.item())),
     ]
     theirs = dict(twin.named_parameters())
-    checks += [(f"SequenceModel grad {k}", g, theirs[k].grad.numpy()) for k, g in model.grads.items()]
+    for k, g in model.grads.items():
+        grad_t = theirs[k].grad
+        assert grad_t is not None, f"SequenceModel grad {k}: the twin's backward left none"
+        checks.append((f"SequenceModel grad {k}", g, grad_t.numpy()))
     for what, mine, ref in checks:
         err = rel_error(mine, ref)
         if not err <= TORCH_THRESHOLD:

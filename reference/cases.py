@@ -71,12 +71,16 @@ class RNNCase:
         T, B, I = self.steps, self.batch, self.input_size
         LD = self.num_layers * (2 if self.bidirectional else 1)
         sizes = tuple(model.output_size if s == "h" else model.hidden_size for s in model.STATES)
+        x_shape: tuple[int, ...]
+        s_shapes: list[tuple[int, ...]]
         if self.unbatched:
             x_shape, s_shapes = (T, I), [(LD, n) for n in sizes]
         else:
             x_shape = (B, T, I) if self.batch_first else (T, B, I)
             s_shapes = [(LD, B, n) for n in sizes]
         x = rng.standard_normal(x_shape)
+        h0: tuple[np.ndarray, ...] | np.ndarray | None
+        g_fin: tuple[np.ndarray, ...] | np.ndarray | None
         h0 = tuple(rng.standard_normal(s) for s in s_shapes) if self.with_h0 else None
         lengths = None if self.lengths is None else np.array(self.lengths, dtype=np.int64)
         out_shape = x_shape[:-1] + ((2 if self.bidirectional else 1) * self.out_size,)

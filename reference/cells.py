@@ -15,6 +15,8 @@ options, e.g. ``cell.nonlinearity``).
 
 from __future__ import annotations
 
+from typing import Any
+
 import numpy as np
 import torch
 
@@ -65,7 +67,8 @@ class TorchStepRNN(torch.nn.Module):
         scale = 0.0 if cell.dropout >= 1 else 1.0 / (1.0 - cell.dropout)
         params = dict(self.named_parameters())
         self.step_states = {}  # (layer·D + d, t) -> (h_t as carried, active rows): read for hidden_grads
-        layer_in, finals = x_tm, [[None] * LD for _ in range(n_states)]
+        finals: list[list[Any]] = [[None] * LD for _ in range(n_states)]  # each slot filled below
+        layer_in = x_tm
         for layer in range(cell.num_layers):
             outs = []
             for d in range(D):
@@ -76,7 +79,7 @@ class TorchStepRNN(torch.nn.Module):
                     if k.endswith(sfx) and (d or not k.endswith("_reverse"))
                 }
                 states = tuple(s[layer * D + d] for s in states0)
-                out_t = [None] * T
+                out_t: list[Any] = [None] * T  # each step filled below
                 for t in range(T - 1, -1, -1) if d else range(T):
                     active = (t < lens).reshape(B, 1)
                     new = self.step(cell, layer_in[t], states, p)
@@ -145,6 +148,7 @@ def run_step_twin(
     hidden = np.zeros((LD, T) + tuple(twin.step_states[0, 0][0].shape)) if T else None
     for (ld, t), (h, active) in twin.step_states.items():
         if h.grad is not None:
+            assert hidden is not None  # there are steps, so T > 0
             hidden[ld, t] = (h.grad * active).numpy()
     res = dict(
         output=out.detach().numpy().copy(),

@@ -88,7 +88,7 @@ def check_case(case, twin=None) -> tuple[dict, dict]:
     if hx is None:  # finite differences perturb the initial state too: a zero one
         zeros = (np.zeros(ref["h_n"].shape),) + ((np.zeros(ref["c_n"].shape),) if c_n is not None else ())
         hx = zeros if c_n is not None else zeros[0]
-    vs_fd = {}
+    vs_fd: dict[str, float] = {}
     states = [("grad_h0", "h0")] + ([("grad_c0", "c0")] if c_n is not None else [])
     targets = [("grad_x", "input")] + states + [(param_kind(n), n) for n in model.grads]
     for i, (quantity, name) in enumerate(targets):
@@ -109,7 +109,9 @@ def check_case(case, twin=None) -> tuple[dict, dict]:
 def crosscheck_cell(cell: str, cases: int, seed: int, max_steps: int, progress: bool = True, twin=None):
     """(rows, failures) of ``cases`` random configurations of ``cell`` (a registered name or 'module:Class')."""
     rng = np.random.default_rng(seed)
-    worst_torch, worst_fd, counts = defaultdict(float), defaultdict(float), defaultdict(int)
+    worst_torch: defaultdict[str, float] = defaultdict(float)
+    worst_fd: defaultdict[str, float] = defaultdict(float)
+    counts: defaultdict[str, int] = defaultdict(int)
     failures = []
     for _ in tqdm(range(cases), desc=f"cross-checking {cell}", unit="case", disable=not progress):
         case = random_case(rng, max_steps=max_steps, cells=(cell,))

@@ -9,6 +9,8 @@ Nothing here calls ``torch.nn.RNN`` or the scratch code: only the weights are co
 
 from __future__ import annotations
 
+from typing import Any
+
 import numpy as np
 import torch
 
@@ -49,7 +51,7 @@ def _unroll_sample(model, p, xb, h0b, masks_b=None):
             ld = layer * D + d
             w_ih, w_hh = p[_name("weight_ih", layer, d)], p[_name("weight_hh", layer, d)]
             h = h0b[ld]
-            seq = [None] * L
+            seq: list[Any] = [None] * L  # each step filled below
             for t in range(L) if d == 0 else range(L - 1, -1, -1):
                 a = w_ih @ layer_in[t] + w_hh @ h
                 if model.bias:

@@ -11,6 +11,8 @@ checked against sequences that never see a padded step.
 
 from __future__ import annotations
 
+from typing import Any
+
 import numpy as np
 import torch
 
@@ -79,8 +81,10 @@ def unrolled_gated_grads(
         return res
 
     h0 = states_of(hx)
-    gfin = None if grad_final is None else states_of(grad_final)
-    if grad_final is not None and lstm:  # an entry None in the pair: no loss on that state
+    gfin: list[Any] | None = None if grad_final is None else states_of(grad_final)
+    if (
+        gfin is not None and lstm
+    ):  # (gfin is None exactly when grad_final is) an entry None in the pair: no loss on that state
         gfin = [None if g is None else s for g, s in zip(grad_final, gfin)]
     go = None if grad_output is None else _time_major(model, grad_output, batched)
     lengths = np.full(B, T) if lengths is None else np.asarray(lengths).reshape(-1)
@@ -94,7 +98,9 @@ def unrolled_gated_grads(
     for b in range(B):
         n = int(lengths[b])
         layer_in = [torch.tensor(xt[t, b]) for t in range(n)]
-        hs, cs, finals = {}, {}, []
+        hs: dict[int, list[Any]] = {}  # per layer and direction, each step filled below
+        cs: dict[int, list[Any]] = {}
+        finals: list[tuple[Any, Any]] = []
         for layer in range(model.num_layers):
             for d in range(D):
                 ld = layer * D + d

@@ -7,6 +7,8 @@ names as the scratch layer, so a test compares dict to dict.
 
 from __future__ import annotations
 
+from collections.abc import Callable
+
 import numpy as np
 import torch
 import torch.nn.functional as F
@@ -22,7 +24,7 @@ __all__ = [
 ]
 
 # name -> torch functional; the scratch functions of scratch_rnn.losses carry the same names.
-LOSS_FUNCTIONS = {
+LOSS_FUNCTIONS: dict[str, Callable[..., torch.Tensor]] = {
     "mse_loss": F.mse_loss,
     "cross_entropy": F.cross_entropy,
     "binary_cross_entropy_with_logits": F.binary_cross_entropy_with_logits,

@@ -49,6 +49,7 @@ class TorchSequenceModel(torch.nn.Module):
         super().__init__()
         self.config = c = config
         self.tdtype = dtype
+        self.embedding: torch.nn.Embedding | None
         if c.vocab_size is not None:
             self.embedding = torch.nn.Embedding(c.vocab_size, c.embedding_dim, padding_idx=c.padding_idx, dtype=dtype)
         else:

@@ -15,6 +15,8 @@ the definition of either form); ``detach_states=False`` lets the code form's gra
 
 from __future__ import annotations
 
+from collections.abc import Sequence
+
 import numpy as np
 import torch
 
@@ -66,7 +68,7 @@ def omega_twin(
         loss = loss + (torch.stack(states) * torch.tensor(_time_major(model, grad_output))).sum()
     if grad_h_n is not None:
         loss = loss + (states[-1] * torch.tensor(np.asarray(grad_h_n, dtype=np.float64)[0])).sum()
-    delta = torch.autograd.grad(
+    delta: Sequence[torch.Tensor] = torch.autograd.grad(
         loss, states, retain_graph=True, create_graph=not detach_delta, allow_unused=True, materialize_grads=True
     )
     if detach_delta:
@@ -106,6 +108,7 @@ def omega_twin(
         n = torch.stack(counted).sum()
         omega = torch.stack(terms).sum() / n if n > 0 else torch.zeros((), dtype=torch.float64)
     names = list(p)
+    g: Sequence[torch.Tensor]
     if omega.requires_grad:
         g = torch.autograd.grad(omega, [p[k] for k in names], allow_unused=True, materialize_grads=True)
     else:

@@ -70,7 +70,8 @@ def _layerwise(model, twin, x, states, lengths, masks, batch_first):
     (T, B, D*out)) applied between layers exactly as torch's inter-layer dropout."""
     D = 2 if model.bidirectional else 1
     scale = 0.0 if model.dropout >= 1 else 1.0 / (1.0 - model.dropout)
-    layer_in, finals = x, [[] for _ in states]
+    finals: list[list[torch.Tensor]] = [[] for _ in states]
+    layer_in = x
     opts = {k: v for k, v in _options(model).items() if k != "dropout"}
     for layer in range(model.num_layers):
         single = TORCH_CLASSES[model.NAME](layer_in.shape[-1], model.hidden_size, dtype=x.dtype, **opts)
@@ -130,12 +131,12 @@ def run_torch(
     B = xt.shape[0 if model.batch_first else 1] if batched else None
     sizes = (getattr(model, "output_size", model.hidden_size), model.hidden_size)[: 2 if lstm else 1]
     given = _as_tuple(hx) if hx is not None else (None,) * len(sizes)
-    states = []
+    leaves = []
     for s, size in zip(given, sizes):
         if s is None:
             s = np.zeros((LD, B, size) if batched else (LD, size))
-        states.append(torch.tensor(np.asarray(s, dtype=np.float64), dtype=dtype, requires_grad=True))
-    states = tuple(states)
+        leaves.append(torch.tensor(np.asarray(s, dtype=np.float64), dtype=dtype, requires_grad=True))
+    states = tuple(leaves)
 
     x_in, s_in = xt, states
     if not batched and (lengths is not None or dropout_masks is not None):

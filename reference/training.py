@@ -15,6 +15,7 @@ trainer's business: a ``checkpoint_dir`` is refused here.
 from __future__ import annotations
 
 import math
+from typing import Any
 
 import numpy as np
 import torch
@@ -64,7 +65,7 @@ class TorchTrainer(Trainer):
         self.rng = np.random.default_rng()
         if dropout_rng_state is not None:
             self.rng.bit_generator.state = dropout_rng_state
-        self.last_clip_norm = None  # what clip_grad_norm_ returned at the last step
+        self.last_clip_norm: float | None = None  # what clip_grad_norm_ returned at the last step
 
     # -- the backend, in torch ----------------------------------------------------------------------
     def _make_optimizer(self):
@@ -143,7 +144,7 @@ def train_torch(
     list of {name: ndarray} after each step, skipped).
     """
     model = twin_from_state(model_config, state_dict, dtype)
-    out = dict(params=[], clip_norms=[])
+    out: dict[str, list[Any]] = dict(params=[], clip_norms=[])
 
     def record(trainer, rec):
         out["clip_norms"].append(trainer.last_clip_norm if not rec.skipped else None)

@@ -9,7 +9,7 @@ once, as ``__main__``, instead of importing it a second time (runpy's "found in 
 unpredictable behaviour" warning).
 """
 
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 from . import checkpoint, diagnostics, init, optim
 from .cells.elman import step_backward, step_forward
@@ -70,7 +70,7 @@ if TYPE_CHECKING:  # pragma: no cover
     from .train import Dataset, NonFiniteError, StepRecord, TrainConfig, Trainer
 
 
-def __getattr__(name: str):
+def __getattr__(name: str) -> Any:
     if name in _TRAIN_NAMES:
         from . import train
 

@@ -40,6 +40,7 @@ import math
 import os
 import zipfile
 from collections.abc import Mapping
+from typing import Any
 
 import numpy as np
 
@@ -115,7 +116,8 @@ def write_archive(path, arrays: Mapping[str, np.ndarray], meta: dict) -> str:
     meta = dict(meta, format=FORMAT, version=VERSION, digests={k: _digest(v) for k, v in arrays.items()})
     blob = np.frombuffer(json.dumps(meta, sort_keys=True).encode("utf-8"), dtype=np.uint8)
     remove_stale_temporaries(path)
-    atomic_write(path, lambda f: np.savez(f, **arrays, **{_META: blob}))
+    # (mypy matches the **-unpacked arrays against savez's allow_pickle: bool; none of their names is that)
+    atomic_write(path, lambda f: np.savez(f, **arrays, **{_META: blob}))  # type: ignore[arg-type]
     return path
 
 
@@ -233,7 +235,7 @@ def set_rng_state(rng: np.random.Generator, state: dict) -> None:
 # model + optimizer
 # ----------------------------------------------------------------------------------------------
 def _config_dict(model) -> dict | None:
-    cfg = getattr(model, "config", None)
+    cfg: Any = getattr(model, "config", None)
     return cfg.to_dict() if hasattr(cfg, "to_dict") else None
 
 
@@ -284,7 +286,7 @@ def save(
     except TypeError as exc:
         raise UnsavableCheckpointError(f"{where} not written: {exc} (the previous file, if any, is kept)") from exc
     out = {f"model/{k}": v for k, v in params.items()}
-    info = dict(
+    info: dict[str, Any] = dict(
         step=int(step), model_config=_config_dict(model), model_keys=list(model.parameters()), meta=meta, rngs={}
     )
     if getattr(model, "rng", None) is not None:

@@ -27,6 +27,7 @@ from __future__ import annotations
 
 import math
 import numbers
+from typing import Literal, overload
 
 import numpy as np
 
@@ -165,6 +166,12 @@ def check_shape(name: str, arr: np.ndarray, expected: tuple, what: str = "") -> 
         raise ValueError(f"{name}: expected shape {tuple(expected)}{meaning}, got {tuple(arr.shape)}")
 
 
+@overload
+def check_positive_int(name: str, value, *, allow_none: Literal[False] = ...) -> int: ...
+@overload
+def check_positive_int(name: str, value, *, allow_none: bool) -> int | None: ...
+
+
 def check_positive_int(name: str, value, *, allow_none: bool = False) -> int | None:
     """The project's one positive-integer check (numpy integers count; bools and floats do not)."""
     if value is None and allow_none:
@@ -172,6 +179,12 @@ def check_positive_int(name: str, value, *, allow_none: bool = False) -> int | N
     if isinstance(value, (bool, np.bool_)) or not isinstance(value, numbers.Integral) or value < 1:
         raise ValueError(f"{name}: expected a positive integer{' or None' if allow_none else ''}, got {value!r}")
     return int(value)
+
+
+@overload
+def check_non_negative_int(name: str, value, *, allow_none: Literal[False] = ...) -> int: ...
+@overload
+def check_non_negative_int(name: str, value, *, allow_none: bool) -> int | None: ...
 
 
 def check_non_negative_int(name: str, value, *, allow_none: bool = False) -> int | None:
@@ -209,6 +222,12 @@ def check_real_in(
     return v
 
 
+@overload
+def check_positive_float(name: str, value, *, allow_none: Literal[False] = ...) -> float: ...
+@overload
+def check_positive_float(name: str, value, *, allow_none: bool) -> float | None: ...
+
+
 def check_positive_float(name: str, value, *, allow_none: bool = False) -> float | None:
     """A finite number > 0."""
     if value is None and allow_none:
@@ -216,7 +235,7 @@ def check_positive_float(name: str, value, *, allow_none: bool = False) -> float
     if (
         isinstance(value, (bool, np.bool_))
         or not isinstance(value, numbers.Real)
-        or not (math.isfinite(value) and value > 0)
+        or not (math.isfinite(value) and not value <= 0)  # (numbers.Real declares < and <= only)
     ):
         raise ValueError(f"{name}: expected a finite number > 0{' or None' if allow_none else ''}, got {value!r}")
     return float(value)

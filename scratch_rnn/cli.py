@@ -55,7 +55,9 @@ class Stopped(RuntimeError):
     """The work ran but stopped short: non-finite values, divergence, a mismatch (exit 1)."""
 
 
-def run_main(fn: Callable[[list | None], object], argv=None, *, prog: str | None = None) -> int:
+def run_main(
+    fn: Callable[[list[str] | None], int | None], argv: list[str] | None = None, *, prog: str | None = None
+) -> int:
     """Run ``fn(argv)`` under the exit-code table; returns the code (``fn`` returning an int returns it)."""
     name = prog or Path(sys.argv[0]).name
     try:

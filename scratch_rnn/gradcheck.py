@@ -99,7 +99,7 @@ def rnn_directional_checks(
     grad_states = _as_states(grad_states)
     analytic_grads = {k: v.copy() for k, v in model.grads.items()}
 
-    results = []
+    results: list[DirectionalCheck] = []
     try:
         tries = 0
         while len(results) < n_directions:

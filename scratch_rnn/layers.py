@@ -15,6 +15,7 @@ from __future__ import annotations
 import numbers
 
 import numpy as np
+from numpy.typing import DTypeLike
 
 from .checks import (
     as_float_array,
@@ -25,7 +26,7 @@ from .checks import (
     check_shape,
     shares_memory,
 )
-from .module import Module, RowGrad
+from .module import Module, RowGrad, SeedLike
 
 __all__ = ["Linear", "Embedding"]
 
@@ -38,7 +39,17 @@ class Linear(Module):
     ``seed`` may also be a ``np.random.Generator``.
     """
 
-    def __init__(self, in_features, out_features, bias: bool = True, *, dtype=np.float32, seed=None):
+    dtype: np.dtype
+
+    def __init__(
+        self,
+        in_features: int,
+        out_features: int,
+        bias: bool = True,
+        *,
+        dtype: DTypeLike = np.float32,
+        seed: SeedLike = None,
+    ) -> None:
         super().__init__(dtype=dtype)
         self.in_features = check_positive_int("in_features", in_features)
         self.out_features = check_positive_int("out_features", out_features)
@@ -49,7 +60,7 @@ class Linear(Module):
         if bias:
             self.register_parameter("bias", rng.uniform(-bound, bound, (self.out_features,)))
 
-    def _backward_reads(self) -> tuple:
+    def _backward_reads(self) -> tuple[str, ...]:
         return ("weight",)  # grad_x = grad_output @ weight; the bias is not read
 
     @property
@@ -79,7 +90,7 @@ class Linear(Module):
             grads["bias"] = g2.sum(axis=0)  # (out,)
         return grad_output @ self._params["weight"], grads  # (*, in)
 
-    def __repr__(self):
+    def __repr__(self) -> str:
         return (
             f"Linear(in_features={self.in_features}, out_features={self.out_features}, "
             f"bias={self.has_bias}, dtype={self.dtype.name})"
@@ -94,7 +105,17 @@ class Embedding(Module):
     indices must lie in [0, num_embeddings) (negative indices are an error, not wrap-around).
     """
 
-    def __init__(self, num_embeddings, embedding_dim, padding_idx=None, *, dtype=np.float32, seed=None):
+    dtype: np.dtype
+
+    def __init__(
+        self,
+        num_embeddings: int,
+        embedding_dim: int,
+        padding_idx: int | None = None,
+        *,
+        dtype: DTypeLike = np.float32,
+        seed: SeedLike = None,
+    ) -> None:
         super().__init__(dtype=dtype)
         self.num_embeddings = check_positive_int("num_embeddings", num_embeddings)
         self.embedding_dim = check_positive_int("embedding_dim", embedding_dim)
@@ -105,7 +126,7 @@ class Embedding(Module):
             weight[self.padding_idx] = 0.0
         self.register_parameter("weight", weight)
 
-    def _backward_reads(self) -> tuple:
+    def _backward_reads(self) -> tuple[str, ...]:
         return ()  # the backward scatters into rows; it never reads the table
 
     def _forward(self, indices):
@@ -131,20 +152,20 @@ class Embedding(Module):
             flat_idx, flat_g = flat_idx[keep], flat_g[keep]
         return None, {"weight": RowGrad(flat_idx, flat_g)}
 
-    def __repr__(self):
+    def __repr__(self) -> str:
         return (
             f"Embedding({self.num_embeddings}, {self.embedding_dim}, padding_idx={self.padding_idx}, "
             f"dtype={self.dtype.name})"
         )
 
 
-def _normalize_padding_idx(padding_idx, num_embeddings: int):
+def _normalize_padding_idx(padding_idx: int | None, num_embeddings: int) -> int | None:
     """None, or padding_idx in [0, num_embeddings) (negative values count from the end, as torch)."""
     if padding_idx is None:
         return None
     if isinstance(padding_idx, bool) or not isinstance(padding_idx, numbers.Integral):
         raise TypeError(f"padding_idx: expected an integer or None, got {padding_idx!r}")
-    if not -num_embeddings <= padding_idx < num_embeddings:
+    if not -num_embeddings <= int(padding_idx) < num_embeddings:
         raise ValueError(
             f"padding_idx: must be in [{-num_embeddings}, {num_embeddings}) "
             f"(num_embeddings={num_embeddings}), got {padding_idx}"

@@ -20,8 +20,11 @@ torch to a few ulps:
 from __future__ import annotations
 
 import numbers
+from collections.abc import Callable
+from typing import Any, ClassVar
 
 import numpy as np
+from numpy.typing import ArrayLike
 
 from .checks import FLOAT_DTYPES, as_float_array, as_index_array, check_shape
 from .module import Module
@@ -46,13 +49,13 @@ REDUCTIONS = ("mean", "sum", "none")
 # ----------------------------------------------------------------------------------------------
 
 
-def _check_reduction(reduction) -> str:
+def _check_reduction(reduction: str) -> str:
     if reduction not in REDUCTIONS:
         raise ValueError(f"reduction: expected one of {REDUCTIONS}, got {reduction!r}")
     return reduction
 
 
-def _float_input(name: str, value) -> np.ndarray:
+def _float_input(name: str, value: ArrayLike) -> np.ndarray:
     """``value`` as a finite float32/float64 array, keeping its dtype (the loss's dtype)."""
     arr = np.asarray(value) if value is not None else None
     if arr is not None and arr.dtype.kind == "f" and arr.dtype not in FLOAT_DTYPES:
@@ -61,7 +64,7 @@ def _float_input(name: str, value) -> np.ndarray:
     return as_float_array(name, value, dtype)
 
 
-def _grad_loss(grad_loss, loss_shape: tuple, dtype, reduction: str) -> np.ndarray:
+def _grad_loss(grad_loss: ArrayLike, loss_shape: tuple, dtype: np.dtype, reduction: str) -> np.ndarray:
     """The cotangent of the loss: a scalar for mean/sum, an array of ``loss_shape`` for none."""
     if isinstance(grad_loss, numbers.Real) and not isinstance(grad_loss, bool):
         grad_loss = float(grad_loss)  # accept a plain Python int/float as a scalar cotangent
@@ -71,7 +74,7 @@ def _grad_loss(grad_loss, loss_shape: tuple, dtype, reduction: str) -> np.ndarra
     return g
 
 
-def _reduce(loss: np.ndarray, reduction: str, count: int):
+def _reduce(loss: np.ndarray, reduction: str, count: int) -> np.ndarray | np.floating:
     """Reduce the elementwise ``loss``; "mean" divides by ``count`` (nan when count is 0, as torch)."""
     if reduction == "none":
         return loss
@@ -88,14 +91,14 @@ def _reduce(loss: np.ndarray, reduction: str, count: int):
 # ----------------------------------------------------------------------------------------------
 
 
-def _mse_inputs(input, target):
+def _mse_inputs(input: ArrayLike, target: ArrayLike) -> tuple[np.ndarray, np.ndarray]:
     x = _float_input("input", input)
     t = as_float_array("target", target, x.dtype)
     check_shape("target", t, x.shape, "(the shape of input)")
     return x, t
 
 
-def mse_loss(input, target, reduction: str = "mean"):
+def mse_loss(input: ArrayLike, target: ArrayLike, reduction: str = "mean") -> np.ndarray | np.floating:
     """mean/sum/none of (input - target)**2, input and target of the same shape (any)."""
     reduction = _check_reduction(reduction)
     x, t = _mse_inputs(input, target)
@@ -103,7 +106,7 @@ def mse_loss(input, target, reduction: str = "mean"):
     return _reduce(d * d, reduction, x.size)
 
 
-def mse_loss_backward(grad_loss, input, target, reduction: str = "mean") -> np.ndarray:
+def mse_loss_backward(grad_loss: ArrayLike, input: ArrayLike, target: ArrayLike, reduction: str = "mean") -> np.ndarray:
     """d loss / d input = 2 (input - target) * grad_loss (/ numel for "mean")."""
     reduction = _check_reduction(reduction)
     x, t = _mse_inputs(input, target)
@@ -151,7 +154,9 @@ def _log_softmax(x2: np.ndarray) -> np.ndarray:
     return z - np.log(np.exp(z).sum(axis=1, keepdims=True))  # (M, C)
 
 
-def cross_entropy(logits, target, reduction: str = "mean", ignore_index: int = -100):
+def cross_entropy(
+    logits: ArrayLike, target: ArrayLike, reduction: str = "mean", ignore_index: int = -100
+) -> np.ndarray | np.floating:
     """Softmax cross-entropy of integer class targets, as torch.nn.functional.cross_entropy.
 
     Shapes: logits (C,) with target (); logits (N, C) with target (N,); logits (N, C, d1, ...) with
@@ -169,7 +174,9 @@ def cross_entropy(logits, target, reduction: str = "mean", ignore_index: int = -
     return out.reshape(target_shape) if reduction == "none" else out
 
 
-def cross_entropy_backward(grad_loss, logits, target, reduction: str = "mean", ignore_index: int = -100):
+def cross_entropy_backward(
+    grad_loss: ArrayLike, logits: ArrayLike, target: ArrayLike, reduction: str = "mean", ignore_index: int = -100
+) -> np.ndarray:
     """d loss / d logits = w * (softmax(logits) - onehot(target)), w = per-target cotangent.
 
     w is grad_loss (/ number of non-ignored targets for "mean"), 0 for ignored targets.
@@ -201,7 +208,7 @@ def cross_entropy_backward(grad_loss, logits, target, reduction: str = "mean", i
 # ----------------------------------------------------------------------------------------------
 
 
-def _bce_inputs(input, target):
+def _bce_inputs(input: ArrayLike, target: ArrayLike) -> tuple[np.ndarray, np.ndarray]:
     x = _float_input("input", input)
     t = as_float_array("target", target, x.dtype)
     check_shape("target", t, x.shape, "(the shape of input)")
@@ -219,7 +226,9 @@ def _sigmoid(x: np.ndarray) -> np.ndarray:
     return np.where(x >= 0, 1 / (1 + e), e / (1 + e)).astype(x.dtype, copy=False)
 
 
-def binary_cross_entropy_with_logits(input, target, reduction: str = "mean"):
+def binary_cross_entropy_with_logits(
+    input: ArrayLike, target: ArrayLike, reduction: str = "mean"
+) -> np.ndarray | np.floating:
     """-[y log sigmoid(x) + (1 - y) log(1 - sigmoid(x))], computed stably from the logits x.
 
     ``target`` is a float array of input's shape (probabilities; values are not range-checked,
@@ -231,7 +240,9 @@ def binary_cross_entropy_with_logits(input, target, reduction: str = "mean"):
     return _reduce(loss.astype(x.dtype, copy=False), reduction, x.size)
 
 
-def binary_cross_entropy_with_logits_backward(grad_loss, input, target, reduction: str = "mean"):
+def binary_cross_entropy_with_logits_backward(
+    grad_loss: ArrayLike, input: ArrayLike, target: ArrayLike, reduction: str = "mean"
+) -> np.ndarray:
     """d loss / d input = (sigmoid(x) - y) * grad_loss (/ numel for "mean")."""
     reduction = _check_reduction(reduction)
     x, t = _bce_inputs(input, target)
@@ -254,14 +265,15 @@ class _Loss(Module):
     module's own copies, nothing survives a raising forward).
     """
 
-    _loss_fn = None  # set by subclasses (staticmethod of the functional form)
-    _loss_backward_fn = None
+    # set by subclasses (staticmethod of the functional form)
+    _loss_fn: ClassVar[Callable[..., np.ndarray | np.floating]]
+    _loss_backward_fn: ClassVar[Callable[..., np.ndarray]]
 
-    def __init__(self, reduction: str = "mean"):
+    def __init__(self, reduction: str = "mean") -> None:
         super().__init__(dtype=None)
         self.reduction = _check_reduction(reduction)
 
-    def _options(self) -> dict:
+    def _options(self) -> dict[str, Any]:
         return dict(reduction=self.reduction)
 
     def _forward(self, input, target):
@@ -276,7 +288,7 @@ class _Loss(Module):
         """
         return type(self)._loss_backward_fn(grad_loss, *cache, **self._options()), {}
 
-    def __repr__(self):
+    def __repr__(self) -> str:
         opts = ", ".join(f"{k}={v!r}" for k, v in self._options().items())
         return f"{type(self).__name__}({opts})"
 
@@ -293,14 +305,15 @@ class CrossEntropyLoss(_Loss):
 
     _loss_fn = staticmethod(cross_entropy)
     _loss_backward_fn = staticmethod(cross_entropy_backward)
+    ignore_index: int
 
-    def __init__(self, reduction: str = "mean", ignore_index: int = -100):
+    def __init__(self, reduction: str = "mean", ignore_index: int = -100) -> None:
         super().__init__(reduction)
         if isinstance(ignore_index, bool) or not isinstance(ignore_index, numbers.Integral):
             raise TypeError(f"ignore_index: expected an integer, got {ignore_index!r}")
         self.ignore_index = int(ignore_index)
 
-    def _options(self) -> dict:
+    def _options(self) -> dict[str, Any]:
         return dict(reduction=self.reduction, ignore_index=self.ignore_index)
 
 

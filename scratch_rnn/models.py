@@ -29,10 +29,12 @@ from __future__ import annotations
 
 import dataclasses
 import numbers
+from collections.abc import Callable
 from dataclasses import dataclass
-from typing import NamedTuple
+from typing import Any, NamedTuple
 
 import numpy as np
+from numpy.typing import ArrayLike
 
 from . import losses as L
 from .cells import cell_names, cell_spec
@@ -87,10 +89,10 @@ class ModelConfig:
     dtype: str = "float32"
     seed: int | None = 0
 
-    def __post_init__(self):
+    def __post_init__(self) -> None:
         # every check returns a plain Python value and the field keeps it (np.int64 -> int, np.bool_ ->
         # bool): a NumPy scalar given here never reaches a checkpoint's JSON
-        def keep(name: str, value) -> None:
+        def keep(name: str, value: object) -> None:
             object.__setattr__(self, name, value)
 
         for name in ("bias", "bidirectional"):
@@ -143,9 +145,9 @@ class ModelConfig:
         keep("dtype", check_dtype(self.dtype).name)
         keep("seed", check_non_negative_int("seed", self.seed, allow_none=True))
 
-    def cell_options(self) -> dict:
+    def cell_options(self) -> dict[str, Any]:
         """The cell's own constructor options this config sets: nonlinearity where it has one, proj_size if set."""
-        opts = {}
+        opts: dict[str, Any] = {}
         if "nonlinearity" in cell_spec(self.cell).options:
             opts["nonlinearity"] = self.nonlinearity
         if self.proj_size:
@@ -163,13 +165,15 @@ class ModelConfig:
 
     @property
     def rnn_input_size(self) -> int:
-        return self.embedding_dim if self.vocab_size is not None else self.input_size
+        size = self.embedding_dim if self.vocab_size is not None else self.input_size
+        assert size is not None  # __post_init__: embedding_dim comes with vocab_size, input_size without
+        return size
 
-    def to_dict(self) -> dict:
+    def to_dict(self) -> dict[str, Any]:
         return dataclasses.asdict(self)
 
     @classmethod
-    def from_dict(cls, d: dict) -> ModelConfig:
+    def from_dict(cls, d: dict[str, Any]) -> ModelConfig:
         if not isinstance(d, dict):
             raise TypeError(f"ModelConfig: expected a JSON object (dict) of fields, got {type(d).__name__}")
         known = {f.name for f in dataclasses.fields(cls)}
@@ -189,7 +193,7 @@ def valid_mask(lengths: np.ndarray | None, B: int, T: int) -> np.ndarray:
 # ----------------------------------------------------------------------------------------------
 # pooling: pure functions, (B, T, F) -> (B, F) and back
 # ----------------------------------------------------------------------------------------------
-def pool_forward(out: np.ndarray, lengths: np.ndarray, mode: str):
+def pool_forward(out: np.ndarray, lengths: np.ndarray, mode: str) -> tuple[np.ndarray, np.ndarray | None]:
     """out (B, T, F), lengths (B,) -> (pooled (B, F), cache). Padded steps never contribute."""
     B, T, F = out.shape
     rows = np.arange(B)
@@ -203,7 +207,7 @@ def pool_forward(out: np.ndarray, lengths: np.ndarray, mode: str):
     return np.take_along_axis(out, idx[:, None, :], axis=1)[:, 0], idx
 
 
-def pool_backward(grad: np.ndarray, lengths: np.ndarray, T: int, mode: str, cache) -> np.ndarray:
+def pool_backward(grad: np.ndarray, lengths: np.ndarray, T: int, mode: str, cache: np.ndarray | None) -> np.ndarray:
     """grad (B, F) -> d out (B, T, F), zero at padded steps."""
     B, F = grad.shape
     d_out = np.zeros((B, T, F), dtype=grad.dtype)
@@ -214,6 +218,7 @@ def pool_backward(grad: np.ndarray, lengths: np.ndarray, T: int, mode: str, cach
         d_out[...] = (grad / lengths[:, None].astype(grad.dtype))[:, None, :]
         d_out *= valid_mask(lengths, B, T)[:, :, None]
     else:
+        assert cache is not None  # max pooling's forward kept its argmax steps
         np.put_along_axis(d_out, cache[:, None, :], grad[:, None, :], axis=1)
     return d_out
 
@@ -239,7 +244,9 @@ class SequenceModel(Module):
     :class:`StepOutput` ``(loss, output, h_n)`` for the training loop.
     """
 
-    def __init__(self, config: ModelConfig):
+    dtype: np.dtype
+
+    def __init__(self, config: ModelConfig) -> None:
         if not isinstance(config, ModelConfig):
             raise TypeError(f"config: expected a ModelConfig, got {type(config).__name__}")
         c = config
@@ -247,12 +254,11 @@ class SequenceModel(Module):
         self.config = c
         dtype = self.dtype
         s_emb, s_rnn, s_head, s_drop = np.random.SeedSequence(c.seed).spawn(4)
-        self.register_module(
-            "embedding",
-            Embedding(c.vocab_size, c.embedding_dim, c.padding_idx, dtype=dtype, seed=s_emb)
-            if c.vocab_size is not None
-            else None,
-        )
+        embedding = None
+        if c.vocab_size is not None:
+            assert c.embedding_dim is not None  # ModelConfig: embedding_dim comes with vocab_size
+            embedding = Embedding(c.vocab_size, c.embedding_dim, c.padding_idx, dtype=dtype, seed=s_emb)
+        self.register_module("embedding", embedding)
         self.register_module(
             "rnn",
             cell_spec(c.cell).model_class()(
@@ -276,7 +282,7 @@ class SequenceModel(Module):
         return f"SequenceModel({self.config})"
 
     # -- forward / backward ---------------------------------------------------------------------
-    def _check_x(self, x):
+    def _check_x(self, x: ArrayLike) -> np.ndarray:
         c = self.config
         if c.vocab_size is not None:
             x = as_index_array("x", x)
@@ -293,7 +299,7 @@ class SequenceModel(Module):
             raise ValueError(f"x: expected at least one sequence and one step, got shape {x.shape}")
         return x
 
-    def check_batch(self, x, y, lengths=None) -> None:
+    def check_batch(self, x: ArrayLike, y: ArrayLike, lengths: ArrayLike | None = None) -> None:
         """Every check forward, loss and backward would make of ``(x, y, lengths)``, without computing.
 
         For a whole data set before training: token ids below vocab_size, finite dense values, lengths
@@ -324,7 +330,7 @@ class SequenceModel(Module):
     def _lengths(self, lengths, B, T):
         return np.full(B, T, dtype=np.int64) if lengths is None else check_lengths("lengths", lengths, B, T)
 
-    def draw_dropout_masks(self, T: int, B: int):
+    def draw_dropout_masks(self, T: int, B: int) -> list[np.ndarray] | None:
         """Keep-masks (T, B, D·H) for layers 0..L-2 from the model's generator, or None when off."""
         c = self.config
         if not (self.training and c.dropout > 0 and c.num_layers > 1):
@@ -394,12 +400,14 @@ class SequenceModel(Module):
             check_index_range("target", target, 0, c.out_features, f"class ids below out_features={c.out_features}")
         return out, target, mask
 
-    def loss(self, out, target, lengths=None) -> float:
+    def loss(self, out: np.ndarray, target: ArrayLike, lengths: ArrayLike | None = None) -> float:
         """The mean loss over scored items (sequences, or valid steps)."""
         o, t, _ = self._scored(out, target, lengths)
         return float(_LOSS_FNS[self.config.loss][0](o, t))
 
-    def loss_backward(self, out, target, lengths=None, grad_loss=1.0) -> np.ndarray:
+    def loss_backward(
+        self, out: np.ndarray, target: ArrayLike, lengths: ArrayLike | None = None, grad_loss: ArrayLike = 1.0
+    ) -> np.ndarray:
         """d loss / d out, of out's shape (zero at padded steps)."""
         o, t, mask = self._scored(out, target, lengths)
         g = _LOSS_FNS[self.config.loss][1](np.asarray(grad_loss, dtype=o.dtype), o, t)
@@ -409,7 +417,9 @@ class SequenceModel(Module):
         full[mask] = g
         return full
 
-    def forward_backward(self, x, y, h0=None, lengths=None) -> StepOutput:
+    def forward_backward(
+        self, x: ArrayLike, y: ArrayLike, h0: Any = None, lengths: ArrayLike | None = None
+    ) -> StepOutput:
         """Forward, loss, backward (grads accumulate); returns :class:`StepOutput` (loss, output, h_n).
 
         A non-finite output or loss raises FloatingPointError before anything is accumulated.
@@ -427,7 +437,7 @@ class SequenceModel(Module):
         return StepOutput(loss, out, h_n)
 
 
-_LOSS_FNS = {
+_LOSS_FNS: dict[str, tuple[Callable[..., np.ndarray | np.floating], Callable[..., np.ndarray]]] = {
     "cross_entropy": (L.cross_entropy, L.cross_entropy_backward),
     "mse": (L.mse_loss, L.mse_loss_backward),
     "bce": (L.binary_cross_entropy_with_logits, L.binary_cross_entropy_with_logits_backward),

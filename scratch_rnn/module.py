@@ -39,16 +39,21 @@ caches inside its own, so the rules hold for the whole model at once.
 from __future__ import annotations
 
 from collections import OrderedDict
-from collections.abc import Iterator
+from collections.abc import Iterator, Mapping
 from dataclasses import dataclass
+from typing import Any, TypeAlias, TypeVar
 
 import numpy as np
+from numpy.typing import ArrayLike, DTypeLike
 
 from .checks import as_float_array, check_bool, check_dtype
 
-__all__ = ["Module", "RowGrad"]
+__all__ = ["Module", "RowGrad", "SeedLike"]
 
 _BITS = {2: np.uint16, 4: np.uint32, 8: np.uint64}  # a float parameter's bits, compared exactly
+_M = TypeVar("_M", bound="Module")
+# what ``np.random.default_rng`` takes: the layers' and models' ``seed`` argument
+SeedLike: TypeAlias = int | np.random.SeedSequence | np.random.BitGenerator | np.random.Generator | None
 
 
 @dataclass(frozen=True)
@@ -61,7 +66,7 @@ class RowGrad:
     rows: np.ndarray  # (M,) int
     values: np.ndarray  # (M, *row_shape)
 
-    def summed_into(self, grad: np.ndarray):
+    def summed_into(self, grad: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
         """(rows touched, their new values): ``grad``'s rows plus the contributions, formed aside."""
         rows, inverse = np.unique(self.rows, return_inverse=True)
         sums = np.zeros((len(rows),) + grad.shape[1:], dtype=grad.dtype)
@@ -72,22 +77,29 @@ class RowGrad:
 class Module:
     """Base of every layer and model: parameters, gradients, state dicts, modes, lifecycle."""
 
-    def __init__(self, *, dtype=np.float32):
+    # None: no parameters of its own (a loss); a layer with parameters narrows it to np.dtype
+    dtype: np.dtype | None
+    _params: OrderedDict[str, np.ndarray]
+    _grads: OrderedDict[str, np.ndarray]
+    _children: OrderedDict[str, Module]
+
+    def __init__(self, *, dtype: DTypeLike | None = np.float32) -> None:
         object.__setattr__(self, "_params", OrderedDict())
         object.__setattr__(self, "_grads", OrderedDict())
         object.__setattr__(self, "_children", OrderedDict())
         self.dtype = None if dtype is None else check_dtype(dtype)  # None: no parameters of its own (a loss)
         self.training = True
-        self._cache = None
-        self._flat = None  # (parameters, grads) flat dicts, built on first use
-        self._reads = None  # [(flat name, live array)] the backward reads, built on first use
+        self._cache: Any = None
+        # (parameters, grads) flat dicts, built on first use
+        self._flat: tuple[OrderedDict[str, np.ndarray], OrderedDict[str, np.ndarray]] | None = None
+        self._reads: list[tuple[str, np.ndarray]] | None = None  # [(flat name, live array)] the backward reads
         # [(flat name, live array, the copy the forward saw)]: shared with the descendants, whose
         # ``_seen_at_forward`` points at the snapshot of the last forward that involved them
-        self._snapshot = None
-        self._seen_at_forward = None
+        self._snapshot: list[tuple[str, np.ndarray, np.ndarray]] | None = None
+        self._seen_at_forward: list[tuple[str, np.ndarray, np.ndarray]] | None = None
 
     # -- registration ---------------------------------------------------------------------------
-    def register_parameter(self, name: str, value) -> np.ndarray:
+    def register_parameter(self, name: str, value: ArrayLike) -> np.ndarray:
         """Add a parameter (a C-contiguous copy in the module's dtype) and its zero gradient."""
         arr = np.array(value, dtype=self.dtype, order="C", copy=True)
         self._params[name] = arr
@@ -104,14 +116,14 @@ class Module:
         object.__setattr__(self, name, module)
         self._flat = self._reads = self._snapshot = None
 
-    def __getattr__(self, name):
+    def __getattr__(self, name: str) -> Any:
         # ``layer.weight`` reads the live parameter array, as in torch
         params = self.__dict__.get("_params", {})
         if name in params:
             return params[name]
         raise AttributeError(f"{type(self).__name__} has no attribute {name!r}")
 
-    def __setattr__(self, name, value):
+    def __setattr__(self, name: str, value: Any) -> None:
         if name in self.__dict__.get("_params", {}):
             raise AttributeError(
                 f"{name}: parameters are not rebound (optimizers hold the arrays); assign in "
@@ -124,7 +136,7 @@ class Module:
     def children(self) -> Iterator[tuple[str, Module]]:
         return iter(self._children.items())
 
-    def _build_flat(self):
+    def _build_flat(self) -> tuple[OrderedDict[str, np.ndarray], OrderedDict[str, np.ndarray]]:
         if self._flat is None:
             params, grads = OrderedDict(self._params), OrderedDict(self._grads)
             for prefix, child in self._children.items():
@@ -136,7 +148,7 @@ class Module:
         return self._flat
 
     # -- parameters -----------------------------------------------------------------------------
-    def parameters(self) -> OrderedDict:
+    def parameters(self) -> OrderedDict[str, np.ndarray]:
         """The LIVE flat dict name -> ndarray: optimizers update these arrays in place."""
         return self._build_flat()[0]
 
@@ -145,15 +157,15 @@ class Module:
         return iter(self.parameters().items())
 
     @property
-    def grads(self) -> OrderedDict:
+    def grads(self) -> OrderedDict[str, np.ndarray]:
         """The LIVE flat dict of accumulated gradients (same keys), added to by backward until zero_grad()."""
         return self._build_flat()[1]
 
-    def state_dict(self) -> OrderedDict:
+    def state_dict(self) -> OrderedDict[str, np.ndarray]:
         """A copy of every parameter under torch's names."""
         return OrderedDict((k, v.copy()) for k, v in self.parameters().items())
 
-    def load_state_dict(self, state) -> None:
+    def load_state_dict(self, state: Mapping[str, Any]) -> None:
         """Copy ``state`` (ndarrays or torch tensors) into the parameters, in place; all or nothing.
 
         Keys must match exactly; each value must be a finite floating-point array of the parameter's
@@ -184,7 +196,7 @@ class Module:
         for g in self.grads.values():
             g.fill(0)
 
-    def train(self, mode=True) -> Module:
+    def train(self: _M, mode: bool = True) -> _M:
         """Training mode (dropout active) or, with ``mode=False``, evaluation mode; children follow."""
         mode = check_bool("mode", mode)
         self.training = mode
@@ -192,14 +204,14 @@ class Module:
             child.train(mode)
         return self
 
-    def eval(self) -> Module:
+    def eval(self: _M) -> _M:
         return self.train(False)
 
     # -- the lifecycle --------------------------------------------------------------------------
-    def __call__(self, *args, **kwargs):
+    def __call__(self, *args: Any, **kwargs: Any) -> Any:
         return self.forward(*args, **kwargs)
 
-    def forward(self, *args, **kwargs):
+    def forward(self, *args: Any, **kwargs: Any) -> Any:
         """Run ``_forward`` and keep its cache for one ``backward`` (see the class docstring)."""
         self._cache = None  # a forward that raises leaves none behind
         self._set_seen(None)
@@ -208,7 +220,7 @@ class Module:
         self._cache = cache
         return outputs
 
-    def backward(self, *grad_outputs, retain_graph: bool = False, **kwargs):
+    def backward(self, *grad_outputs: Any, retain_graph: bool = False, **kwargs: Any) -> Any:
         """Backpropagate through the last forward; add the parameter gradients to ``grads``.
 
         Returns the gradients with respect to the inputs. The forward's cache is consumed unless
@@ -230,7 +242,7 @@ class Module:
         return grad_inputs
 
     # -- what the forward saw (rule 5) ------------------------------------------------------------
-    def _backward_reads(self) -> tuple:
+    def _backward_reads(self) -> tuple[str, ...]:
         """The names of this module's OWN parameters that ``_backward`` reads (default: all of them).
 
         A subclass narrows it where its backward provably reads fewer (an embedding's backward reads
@@ -238,7 +250,7 @@ class Module:
         """
         return tuple(self._params)
 
-    def _read_parameters(self) -> list:
+    def _read_parameters(self) -> list[tuple[str, np.ndarray]]:
         """[(flat name, live array)] of every parameter a backward through this module reads."""
         if self._reads is None:
             reads = [(name, self._params[name]) for name in self._backward_reads()]
@@ -288,7 +300,7 @@ class Module:
         mine = {id(p): name for name, p in self._read_parameters()}  # named as this module names them
         self._check_unchanged([(mine[id(p)], p, seen) for _, p, seen in snapshot if id(p) in mine], reader)
 
-    def accumulate(self, param_grads: dict) -> None:
+    def accumulate(self, param_grads: Mapping[str, np.ndarray | RowGrad]) -> None:
         """Add ``param_grads`` (flat names -> ndarray or :class:`RowGrad`) to ``grads``, all or nothing.
 
         Every sum is formed aside and checked first: a contribution that is not finite, or a sum that
@@ -323,13 +335,15 @@ class Module:
             else:
                 grads[name][...] = new
 
-    def _forward(self, *args, **kwargs):  # pragma: no cover - the subclass's job
+    def _forward(self, *args: Any, **kwargs: Any) -> tuple[Any, Any]:  # pragma: no cover - the subclass's job
         raise NotImplementedError
 
-    def _backward(self, cache, *grad_outputs, **kwargs):  # pragma: no cover
+    def _backward(
+        self, cache: Any, *grad_outputs: Any, **kwargs: Any
+    ) -> tuple[Any, dict[str, Any]]:  # pragma: no cover
         raise NotImplementedError
 
     @staticmethod
-    def prefixed(prefix: str, param_grads: dict) -> dict:
+    def prefixed(prefix: str, param_grads: Mapping[str, Any]) -> dict[str, Any]:
         """A child's contributions under the parent's names."""
         return {f"{prefix}.{k}": v for k, v in param_grads.items()}

@@ -44,7 +44,8 @@ magnitude) and 0 < p < 1, none of which bounds the gradient's size, so they are 
 from __future__ import annotations
 
 import math
-from collections.abc import Mapping
+from collections.abc import Iterable, Mapping
+from typing import Any
 
 import numpy as np
 
@@ -80,7 +81,7 @@ def lerp_(a: np.ndarray, b: np.ndarray, w: float) -> np.ndarray:
 try:  # NumPy >= 2
     from numpy.lib.array_utils import byte_bounds as _byte_bounds
 except ImportError:  # pragma: no cover - NumPy 1.x
-    _byte_bounds = np.byte_bounds
+    _byte_bounds = np.byte_bounds  # type: ignore[attr-defined]  # NumPy 1.x only: NumPy 2's stubs lack it
 _TooHardError = getattr(np, "exceptions", np).TooHardError  # np.exceptions: NumPy >= 1.25
 
 
@@ -102,7 +103,8 @@ def _check_no_shared_memory(params: Mapping) -> None:
         open_spans = [s for s in open_spans if s[1] > lo]
         for _, _, j, other, q in open_spans:
             try:
-                shared = np.shares_memory(p, q, max_work=10**6)
+                # NumPy documents any int for max_work; its stubs allow only the constants -1 and 0
+                shared = np.shares_memory(p, q, max_work=10**6)  # type: ignore[arg-type]
             except _TooHardError:  # pragma: no cover - pathological strides
                 shared = True
             if shared:
@@ -142,7 +144,7 @@ class Optimizer:
 
     defaults: dict = {}
 
-    def __init__(self, params: Mapping, **hparams):
+    def __init__(self, params: Mapping[str, np.ndarray], **hparams: Any) -> None:
         if not isinstance(params, Mapping):
             raise TypeError(
                 f"params: expected a dict of name -> ndarray (updated in place), got {type(params).__name__}"
@@ -178,7 +180,7 @@ class Optimizer:
         return self.hparams["lr"]
 
     @lr.setter
-    def lr(self, value) -> None:
+    def lr(self, value: float) -> None:
         self.hparams["lr"] = check_non_negative_float("lr", value)
 
     # -- stepping -------------------------------------------------------------------------------
@@ -194,7 +196,7 @@ class Optimizer:
             if g.shape != p.shape:
                 raise ValueError(f"grads[{name!r}]: expected shape {p.shape} (the parameter's), got {g.shape}")
 
-    def step(self, grads: Mapping) -> None:
+    def step(self, grads: Mapping[str, np.ndarray]) -> None:
         """One update of every parameter, in place, from ``grads`` (same keys and shapes)."""
         self._check_grads(grads)
         for name, p in self.params.items():
@@ -208,7 +210,7 @@ class Optimizer:
         raise NotImplementedError
 
     # -- state ----------------------------------------------------------------------------------
-    def state_dict(self) -> dict:
+    def state_dict(self) -> dict[str, Any]:
         """``{"hparams": {...}, "state": {name: {key: ndarray}}, "step_count": int}`` (copies)."""
         return dict(
             type=type(self).__name__,
@@ -217,7 +219,7 @@ class Optimizer:
             step_count=int(self.step_count),
         )
 
-    def load_state_dict(self, sd: Mapping) -> None:
+    def load_state_dict(self, sd: Mapping[str, Any]) -> None:
         """Restore a ``state_dict()``; everything is checked before anything is written.
 
         The optimizer type, the hyperparameter names, the parameter names, the state keys and
@@ -226,7 +228,7 @@ class Optimizer:
         hparams, state, step_count = self.validate_state_dict(sd)
         self.hparams, self.state, self.step_count = hparams, state, step_count
 
-    def validate_state_dict(self, sd: Mapping):
+    def validate_state_dict(self, sd: Mapping[str, Any]) -> tuple[dict[str, Any], dict[str, Any], int]:
         """Check ``sd`` against this optimizer without changing it; returns the staged
         ``(hparams, state, step_count)`` that :meth:`load_state_dict` installs."""
         if not isinstance(sd, Mapping):
@@ -428,7 +430,7 @@ class Adagrad(Optimizer):
 
     defaults = dict(lr=1e-2, lr_decay=0.0, weight_decay=0.0, initial_accumulator_value=0.0, eps=1e-10, maximize=False)
 
-    def __init__(self, params, **hparams):
+    def __init__(self, params: Mapping[str, np.ndarray], **hparams: Any) -> None:
         super().__init__(params, **hparams)
         # torch creates the state at construction
         for name, p in self.params.items():
@@ -515,7 +517,7 @@ class RMSprop(Optimizer):
 OPTIMIZERS = {"sgd": SGD, "adam": Adam, "adamw": AdamW, "adagrad": Adagrad, "rmsprop": RMSprop}
 
 
-def make_optimizer(name: str, params: Mapping, **hparams) -> Optimizer:
+def make_optimizer(name: str, params: Mapping[str, np.ndarray], **hparams: Any) -> Optimizer:
     """The optimizer called ``name`` (case-insensitive: sgd, adam, adamw, adagrad, rmsprop)."""
     key = str(name).lower()
     if key not in OPTIMIZERS:
@@ -610,7 +612,7 @@ def _as_float(r: float, e: int) -> float:
         return math.inf
 
 
-def total_norm(grads, norm_type=2.0) -> float:
+def total_norm(grads: Mapping[str, np.ndarray] | Iterable[np.ndarray], norm_type: float = 2.0) -> float:
     """The norm of all gradients together, as one vector (the norm of the per-array norms, as torch).
 
     ``norm_type``: p >= 1 or inf (see :func:`scratch_rnn.checks.check_norm_type`). Computed without overflow (see
@@ -621,7 +623,12 @@ def total_norm(grads, norm_type=2.0) -> float:
     return _as_float(*_scaled_total(_checked_arrays(grads, in_place=False), p))
 
 
-def clip_grad_norm_(grads, max_norm, norm_type=2.0, error_if_nonfinite: bool = False) -> float:
+def clip_grad_norm_(
+    grads: Mapping[str, np.ndarray] | Iterable[np.ndarray],
+    max_norm: float,
+    norm_type: float = 2.0,
+    error_if_nonfinite: bool = False,
+) -> float:
     """Scale all gradients in place by min(1, max_norm / (total + 1e-6)); return the pre-clip total.
 
     ``grads``: a dict name -> ndarray, a list of ndarrays or one ndarray, floating-point and
@@ -657,7 +664,7 @@ def clip_grad_norm_(grads, max_norm, norm_type=2.0, error_if_nonfinite: bool = F
     return total
 
 
-def clip_grad_value_(grads, clip_value) -> None:
+def clip_grad_value_(grads: Mapping[str, np.ndarray] | Iterable[np.ndarray], clip_value: float) -> None:
     """Clamp every gradient entry to [-clip_value, clip_value], in place (``clip_value``: finite, >= 0)."""
     clip_value = check_non_negative_float("clip_value", clip_value)
     for g in _checked_arrays(grads, in_place=True):

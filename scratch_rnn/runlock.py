@@ -163,7 +163,7 @@ class RunLock:
         self.what = what or str(self.path)
         self.took_over: dict | None = None  # the stale holder this lock was taken from, if any
         self._fd: int | None = None
-        self._finalizer = None
+        self._finalizer: weakref.finalize | None = None
 
     @property
     def held(self) -> bool:

@@ -61,8 +61,9 @@ import math
 import os
 import sys
 import time
-from collections.abc import Mapping
+from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass, field
+from typing import Any
 
 import numpy as np
 
@@ -428,7 +429,15 @@ class Trainer:
     (``reference.training.TorchTrainer``) overrides exactly those.
     """
 
-    def __init__(self, model, config: TrainConfig | None = None, *, evaluate=None, stop_when=None, callback=None):
+    def __init__(
+        self,
+        model: Any,  # duck-typed: a SequenceModel, or the torch twin under reference.training.TorchTrainer
+        config: TrainConfig | None = None,
+        *,
+        evaluate: Callable[[Any], Mapping[str, Any]] | None = None,
+        stop_when: Callable[[dict[str, Any]], bool] | None = None,
+        callback: Callable[[Trainer, StepRecord], object] | None = None,
+    ) -> None:
         self.model = model
         self.config = config = config if config is not None else TrainConfig()
         if not isinstance(config, TrainConfig):
@@ -460,7 +469,7 @@ class Trainer:
         self.last_checkpoint: str | None = None
         self.last_checkpoint_step: int | None = None
         self._sums = _EpochSums()
-        self._resumed_from = None  # the checkpoint this trainer resumed, if any
+        self._resumed_from: str | None = None  # the checkpoint this trainer resumed, if any
         self._outputs_checked = False
         self._locks: dict[str, RunLock] = {}  # the outputs this trainer owns while it writes them
         self._csv_ready = False
@@ -605,7 +614,7 @@ class Trainer:
             )
 
     # -- batches --------------------------------------------------------------------------------
-    def train_batch(self, x, y, lengths=None) -> list[StepRecord]:
+    def train_batch(self, x: Any, y: Any, lengths: Any = None) -> list[StepRecord]:
         """The step(s) of one batch: one step, or one per chunk with truncated BPTT."""
         self._check_outputs()
         k = self.config.tbptt_k
@@ -645,7 +654,7 @@ class Trainer:
     def _state_dtype(self):
         return np.dtype(self.model.config.dtype)
 
-    def run(self, batches) -> list[StepRecord]:
+    def run(self, batches: Iterable[tuple]) -> list[StepRecord]:
         """Train on an explicit iterable of (x, y, lengths) batches, in order; returns the history."""
         try:
             for batch in batches:
@@ -658,7 +667,7 @@ class Trainer:
             self.release_outputs()
         return self.history
 
-    def fit(self, data) -> list[StepRecord]:
+    def fit(self, data: Any) -> list[StepRecord]:
         """``epochs`` passes over ``data`` (a Dataset or a batch source); resumable from a checkpoint."""
         cfg = self.config
         source = (
@@ -805,7 +814,7 @@ class Trainer:
             raise
         return taken
 
-    def release_outputs(self, keys=None) -> None:
+    def release_outputs(self, keys: Iterable[str] | None = None) -> None:
         """Give up ownership of the checkpoint folder and the log (done at the end of ``fit`` and ``run``;
         the next write takes it again)."""
         for key in list(self._locks if keys is None else keys):
@@ -974,7 +983,7 @@ class Trainer:
             raise ValueError("checkpoint_dir: not set in the TrainConfig")
         return os.path.join(os.fspath(self.config.checkpoint_dir), CHECKPOINT_NAME)
 
-    def save_checkpoint(self, path=None) -> str:
+    def save_checkpoint(self, path: str | os.PathLike[str] | None = None) -> str:
         """Write everything needed to resume, atomically (default: checkpoint_dir/checkpoint.npz)."""
         own_path = (
             path is None or os.path.abspath(path) == os.path.abspath(self.checkpoint_path())
@@ -1031,7 +1040,7 @@ class Trainer:
                 CheckpointNotWritten, self.step, f"{self.checkpoint_path()!r}: {exc.strerror or exc} ({code})"
             ) from exc
 
-    def load_checkpoint(self, path=None) -> None:
+    def load_checkpoint(self, path: str | os.PathLike[str] | None = None) -> None:
         """Restore model, optimizer, generator, position, history and selection; nothing changes on error.
 
         The checkpoint's TrainConfig must agree on :data:`RESUME_FIELDS` (else

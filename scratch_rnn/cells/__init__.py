@@ -21,9 +21,12 @@ or a ``"module:Class"`` path.
 from __future__ import annotations
 
 import importlib
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
-from typing import Any
+from typing import TYPE_CHECKING, Any
+
+if TYPE_CHECKING:  # pragma: no cover
+    from .base import RecurrentBase
 
 __all__ = ["CellSpec", "register_cell", "cell_spec", "cell_names", "resolve"]
 
@@ -35,15 +38,15 @@ class CellSpec:
     maps each of the cell's own constructor options to the choices drawn for it (the first is the default)."""
 
     name: str
-    model: Any
-    twin: Any = None
+    model: type[RecurrentBase] | str
+    twin: Callable[..., Any] | str | None = None
     options: Mapping[str, tuple] = field(default_factory=dict)
     builtin: bool = False
 
-    def model_class(self) -> type:
+    def model_class(self) -> type[RecurrentBase]:
         return resolve(self.model, "cell")
 
-    def twin_function(self):
+    def twin_function(self) -> Callable[..., Any]:
         """The torch step function of the twin (imports torch): the spec's, else the class's ``TWIN``."""
         twin = self.twin if self.twin is not None else getattr(self.model_class(), "TWIN", None)
         if twin is None:
@@ -56,7 +59,7 @@ class CellSpec:
 _REGISTRY: dict[str, CellSpec] = {}
 
 
-def resolve(target, what: str = "object"):
+def resolve(target: Any, what: str = "object") -> Any:
     """``target`` itself, or the attribute named by a ``"module:attribute"`` string (imported now)."""
     if not isinstance(target, str):
         return target
@@ -77,9 +80,9 @@ def resolve(target, what: str = "object"):
 
 def register_cell(
     name: str,
-    model,
+    model: type[RecurrentBase] | str,
     *,
-    twin=None,
+    twin: Callable[..., Any] | str | None = None,
     options: Mapping[str, tuple] | None = None,
     builtin: bool = False,
     replace: bool = False,
@@ -89,7 +92,7 @@ def register_cell(
         raise ValueError(f"name: expected a lower-case identifier, got {name!r}")
     if name in _REGISTRY and not replace:
         raise ValueError(f"name: cell {name!r} is registered already (pass replace=True to replace it)")
-    opts = {}
+    opts: dict[str, tuple] = {}
     for key, choices in (options or {}).items():
         choices = tuple(choices)
         if not choices:
@@ -105,7 +108,7 @@ def cell_names(*, builtin: bool | None = None) -> tuple[str, ...]:
     return tuple(n for n, s in _REGISTRY.items() if builtin is None or s.builtin == builtin)
 
 
-def cell_spec(cell) -> CellSpec:
+def cell_spec(cell: str | type[RecurrentBase]) -> CellSpec:
     """The spec of a registered name, a ``"module:Class"`` path, or a class (unregistered ones get a spec
     from the class's own ``NAME``, ``TWIN`` and ``OPTIONS``)."""
     if isinstance(cell, str) and ":" not in cell:

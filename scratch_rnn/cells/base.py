@@ -25,9 +25,10 @@ from __future__ import annotations
 import math
 import numbers
 import warnings
-from typing import NamedTuple
+from typing import Any, NamedTuple
 
 import numpy as np
+from numpy.typing import DTypeLike
 
 from ..checks import (
     as_float_array,
@@ -39,7 +40,7 @@ from ..checks import (
     check_shape,
     shares_memory,
 )
-from ..module import Module
+from ..module import Module, SeedLike
 from .loops import padding_mask
 
 # The default subnormal flush of float32 BPTT (docs/performance.md): every ``flush_every``-th step of
@@ -71,7 +72,7 @@ def rnn_param_names(num_layers: int, bidirectional: bool, bias: bool, proj: bool
 _UNSET = object()  # an argument not passed (None is a value: "zeros" for a state)
 
 
-def torch_alias(name: str, value, torch_name: str, torch_value, default=_UNSET):
+def torch_alias(name: str, value: Any, torch_name: str, torch_value: Any, default: Any = _UNSET) -> Any:
     """One argument that has two names, this package's (``x``, ``h0``) and torch's (``input``, ``hx``).
 
     Returns the one passed (or ``default``); both passed raise TypeError, neither without a default too.
@@ -112,25 +113,28 @@ class RecurrentBase(Module):
     """
 
     GATES = 1
-    STATES = ("h",)
+    STATES: tuple[str, ...] = ("h",)
     NAME = "RNN"
+    dtype: np.dtype  # always set: a recurrent layer has parameters
+    _flush_below: float
+    cell_grads: np.ndarray | None  # set only by a cell with a cell state ("c" in STATES)
 
     def __init__(
         self,
-        input_size,
-        hidden_size,
-        num_layers=1,
-        bias=True,
-        batch_first=False,
-        dropout=0.0,
-        bidirectional=False,
-        proj_size=0,
+        input_size: int,
+        hidden_size: int,
+        num_layers: int = 1,
+        bias: bool = True,
+        batch_first: bool = False,
+        dropout: float = 0.0,
+        bidirectional: bool = False,
+        proj_size: int = 0,
         *,
-        dtype=np.float32,
-        seed=None,
-        flush_below=None,
-        flush_every=DEFAULT_FLUSH_EVERY,
-    ):
+        dtype: DTypeLike = np.float32,
+        seed: SeedLike = None,
+        flush_below: float | None = None,
+        flush_every: int = DEFAULT_FLUSH_EVERY,
+    ) -> None:
         super().__init__(dtype=dtype)
         self.input_size = check_positive_int("input_size", input_size)
         self.hidden_size = check_positive_int("hidden_size", hidden_size)
@@ -156,11 +160,12 @@ class RecurrentBase(Module):
         for name in self._param_names():
             self.register_parameter(name, np.zeros(self._param_shape(name)))
         self.reset_parameters()
-        self.hidden_grads = None
-        self.dropout_masks = None
-        self.last_forward = None  # ForwardRecord of the last successful forward (what diagnostics read)
-        self._workspace = {}  # reusable buffers of the last forward/backward, keyed by purpose
-        self._workspace_size = None  # the (T, B) they were made for
+        self.hidden_grads: np.ndarray | None = None
+        self.dropout_masks: list[np.ndarray] | None = None
+        # ForwardRecord of the last successful forward (what diagnostics read)
+        self.last_forward: ForwardRecord | None = None
+        self._workspace: dict[tuple, np.ndarray] = {}  # reusable buffers of the last forward/backward, by purpose
+        self._workspace_size: tuple[int, int] | None = None  # the (T, B) they were made for
         self._generation = 0  # counts forwards; a cache of an older one is refused by backward
 
     @property
@@ -173,7 +178,7 @@ class RecurrentBase(Module):
         return self._flush_below
 
     @flush_below.setter
-    def flush_below(self, value) -> None:
+    def flush_below(self, value: float) -> None:
         if (
             isinstance(value, (bool, np.bool_))
             or not isinstance(value, numbers.Real)
@@ -183,11 +188,11 @@ class RecurrentBase(Module):
         self._flush_below = float(value)
 
     @property
-    def states(self) -> list:
+    def states(self) -> list[np.ndarray]:
         """The last forward's hidden-state buffers, one (T + 1, B, out) array per layer and direction,
         time-major, rows sorted by decreasing length (read-only views; the next forward overwrites them);
         empty when there is no successful forward to show."""
-        views = []
+        views: list[np.ndarray] = []
         if self.last_forward is None:  # no forward, released, or the last one raised midway
             return views
         for key, buf in self._workspace.items():
@@ -248,11 +253,11 @@ class RecurrentBase(Module):
         for p in self._params.values():
             p[...] = self._rng.uniform(-k, k, size=p.shape)
 
-    def _backward_reads(self) -> tuple:
+    def _backward_reads(self) -> tuple[str, ...]:
         """The weights: BPTT reads W_hh (and W_hr), dx reads W_ih; the biases are not read."""
         return tuple(name for name in self._params if name.startswith("weight_"))
 
-    def _p(self, kind: str, layer: int, direction: int):
+    def _p(self, kind: str, layer: int, direction: int):  # an array, or None (a bias of bias=False)
         return self._params.get(f"{kind}_l{layer}{'_reverse' if direction else ''}")
 
     def _state_size(self, state: str) -> int:
@@ -272,7 +277,7 @@ class RecurrentBase(Module):
             opts.append(f"proj_size={self.proj_size}")
         return f"{self.NAME}({', '.join(opts)}, dtype={self.dtype.name})"
 
-    def _extra_repr(self) -> list:
+    def _extra_repr(self) -> list[str]:
         return []
 
     # ---------------------------------------------------------------- validation
@@ -517,6 +522,7 @@ class RecurrentBase(Module):
                     d_in = dx
                 else:
                     d_in += dx
+            assert d_in is not None  # the loop above ran over D >= 1 directions
             if layer > 0:
                 keep = c["layers"][layer - 1][2]
                 if keep is not None:  # in place: d_in is this backward's own array
@@ -543,7 +549,7 @@ class RecurrentBase(Module):
         raise NotImplementedError
 
 
-def check_finite_state(out: np.ndarray, layer: int, dtype) -> None:
+def check_finite_state(out: np.ndarray, layer: int, dtype: DTypeLike) -> None:
     """Report an overflowed recurrence (finite inputs, non-finite states) instead of passing it on."""
     if not np.isfinite(out).all():
         t = int(np.argwhere(~np.isfinite(out))[0][0])

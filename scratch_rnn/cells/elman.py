@@ -39,9 +39,13 @@ result goes into a preallocated buffer (``out=``).
 
 from __future__ import annotations
 
+from collections.abc import Callable
+
 import numpy as np
+from numpy.typing import DTypeLike
 
 from ..checks import check_choice
+from ..module import SeedLike
 from .base import _UNSET, DEFAULT_FLUSH_EVERY, RecurrentBase, torch_alias
 from .loops import column_sum, final_states, input_projection, padding_mask, sum_of_products
 
@@ -77,7 +81,7 @@ def _relu(a: np.ndarray, out: np.ndarray | None = None) -> np.ndarray:
 
 
 # f(a, out): tanh is stable for any |a| (it saturates at ±1 and never overflows).
-_ACTIVATIONS = {"tanh": np.tanh, "relu": _relu}
+_ACTIVATIONS: dict[str, Callable[..., np.ndarray]] = {"tanh": np.tanh, "relu": _relu}
 
 
 def activation_derivative(h: np.ndarray, nonlinearity: str, out: np.ndarray | None = None) -> np.ndarray:
@@ -420,20 +424,20 @@ class RNN(RecurrentBase):
 
     def __init__(
         self,
-        input_size,
-        hidden_size,
-        num_layers=1,
-        nonlinearity="tanh",
-        bias=True,
-        batch_first=False,
-        dropout=0.0,
-        bidirectional=False,
+        input_size: int,
+        hidden_size: int,
+        num_layers: int = 1,
+        nonlinearity: str = "tanh",
+        bias: bool = True,
+        batch_first: bool = False,
+        dropout: float = 0.0,
+        bidirectional: bool = False,
         *,
-        dtype=np.float32,
-        seed=None,
-        flush_below=None,
-        flush_every=DEFAULT_FLUSH_EVERY,
-    ):
+        dtype: DTypeLike = np.float32,
+        seed: SeedLike = None,
+        flush_below: float | None = None,
+        flush_every: int = DEFAULT_FLUSH_EVERY,
+    ) -> None:
         self.nonlinearity = check_choice("nonlinearity", nonlinearity, NONLINEARITIES)
         super().__init__(
             input_size,

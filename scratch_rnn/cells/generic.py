@@ -27,6 +27,8 @@ states, so a cache may keep what it is given. The subnormal flush of the built-i
 
 from __future__ import annotations
 
+from typing import Any
+
 import numpy as np
 
 from .base import RecurrentBase
@@ -53,16 +55,20 @@ class StepCell(RecurrentBase):
         super().__init_subclass__(**kwargs)
         cls.ABSTRACT = cls.__dict__.get("ABSTRACT", False)
 
-    def param_shapes(self, layer_input_size: int) -> dict:  # pragma: no cover - the cell's job
+    def param_shapes(self, layer_input_size: int) -> dict[str, tuple[int, ...]]:  # pragma: no cover - the cell's job
         raise NotImplementedError
 
-    def step_forward(self, x_t, states, p):  # pragma: no cover - the cell's job
+    def step_forward(  # pragma: no cover - the cell's job
+        self, x_t: np.ndarray, states: tuple[np.ndarray, ...], p: dict[str, np.ndarray]
+    ) -> tuple[tuple[np.ndarray, ...], Any]:
         raise NotImplementedError
 
-    def step_backward(self, d_states, cache, p):  # pragma: no cover - the cell's job
+    def step_backward(  # pragma: no cover - the cell's job
+        self, d_states: tuple[np.ndarray, ...], cache: Any, p: dict[str, np.ndarray]
+    ) -> tuple[np.ndarray, tuple[np.ndarray, ...], dict[str, np.ndarray]]:
         raise NotImplementedError
 
-    def step_kinks(self, cache):
+    def step_kinks(self, cache: Any) -> np.ndarray | None:
         """Boolean array of which non-smooth points (e.g. relu's) each unit's step sat on which side of;
         None for a smooth cell. Finite differences use it to skip directions that cross a kink."""
         return None

@@ -47,7 +47,9 @@ from __future__ import annotations
 from typing import NamedTuple
 
 import numpy as np
+from numpy.typing import DTypeLike
 
+from ..module import SeedLike
 from .base import _UNSET, DEFAULT_FLUSH_EVERY, RecurrentBase, torch_alias
 from .loops import (
     alloc,
@@ -332,19 +334,19 @@ class GRU(RecurrentBase):
 
     def __init__(
         self,
-        input_size,
-        hidden_size,
-        num_layers=1,
-        bias=True,
-        batch_first=False,
-        dropout=0.0,
-        bidirectional=False,
+        input_size: int,
+        hidden_size: int,
+        num_layers: int = 1,
+        bias: bool = True,
+        batch_first: bool = False,
+        dropout: float = 0.0,
+        bidirectional: bool = False,
         *,
-        dtype=np.float32,
-        seed=None,
-        flush_below=None,
-        flush_every=DEFAULT_FLUSH_EVERY,
-    ):
+        dtype: DTypeLike = np.float32,
+        seed: SeedLike = None,
+        flush_below: float | None = None,
+        flush_every: int = DEFAULT_FLUSH_EVERY,
+    ) -> None:
         super().__init__(
             input_size,
             hidden_size,

@@ -33,10 +33,13 @@ the generic loop at 1e-12); everything else (lengths, the reverse direction) run
 from __future__ import annotations
 
 import math
+from typing import Any
 
 import numpy as np
+from numpy.typing import DTypeLike
 
 from ..checks import check_choice, check_positive_float
+from ..module import SeedLike
 from .generic import StepCell
 
 __all__ = ["IndRNN", "step_forward", "step_backward", "paper_recurrent_range"]
@@ -89,20 +92,20 @@ class IndRNN(StepCell):
 
     def __init__(
         self,
-        input_size,
-        hidden_size,
-        num_layers=1,
-        nonlinearity="relu",
-        bias=True,
-        batch_first=False,
-        dropout=0.0,
-        bidirectional=False,
+        input_size: int,
+        hidden_size: int,
+        num_layers: int = 1,
+        nonlinearity: str = "relu",
+        bias: bool = True,
+        batch_first: bool = False,
+        dropout: float = 0.0,
+        bidirectional: bool = False,
         *,
-        recurrent_init=(0.0, 1.0),
-        recurrent_max=None,
-        dtype=np.float32,
-        seed=None,
-    ):
+        recurrent_init: tuple[float, float] = (0.0, 1.0),
+        recurrent_max: float | None = None,
+        dtype: DTypeLike = np.float32,
+        seed: SeedLike = None,
+    ) -> None:
         self.nonlinearity = check_choice("nonlinearity", nonlinearity, NONLINEARITIES)
         low, high = _pair_range("recurrent_init", recurrent_init)
         self.recurrent_init = (low, high)
@@ -114,7 +117,7 @@ class IndRNN(StepCell):
     def _extra_repr(self) -> list:
         return [f"nonlinearity={self.nonlinearity!r}"] if self.nonlinearity != "relu" else []
 
-    def param_shapes(self, layer_input_size: int) -> dict:
+    def param_shapes(self, layer_input_size: int) -> dict[str, tuple[int, ...]]:
         H = self.hidden_size
         return {"weight_ih": (H, layer_input_size), "weight_hh": (H,), "bias_ih": (H,), "bias_hh": (H,)}
 
@@ -153,14 +156,18 @@ class IndRNN(StepCell):
                 np.clip(p, -self.recurrent_max, self.recurrent_max, out=p)
 
     # the two step functions the generic loop runs
-    def step_forward(self, x_t, states, p):
+    def step_forward(
+        self, x_t: np.ndarray, states: tuple[np.ndarray, ...], p: dict[str, np.ndarray]
+    ) -> tuple[tuple[np.ndarray, ...], Any]:
         b = None
         if self.bias:
             b = p["bias_ih"] + p["bias_hh"]
         h, cache = step_forward(x_t, states[0], p["weight_ih"], p["weight_hh"], b, self.nonlinearity)
         return (h,), cache
 
-    def step_backward(self, d_states, cache, p):
+    def step_backward(
+        self, d_states: tuple[np.ndarray, ...], cache: Any, p: dict[str, np.ndarray]
+    ) -> tuple[np.ndarray, tuple[np.ndarray, ...], dict[str, np.ndarray]]:
         dx, dh_prev, dw_ih, du, db = step_backward(
             d_states[0], cache, p["weight_ih"], p["weight_hh"], self.nonlinearity
         )
@@ -169,7 +176,7 @@ class IndRNN(StepCell):
             grads["bias_ih"] = grads["bias_hh"] = db
         return dx, (dh_prev,), grads
 
-    def step_kinks(self, cache):
+    def step_kinks(self, cache: Any) -> np.ndarray | None:
         return cache[2] > 0 if self.nonlinearity == "relu" else None
 
     # the fast loop (``fast_loop``): a forward direction over full-length batches

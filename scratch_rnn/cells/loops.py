@@ -102,9 +102,9 @@ def final_states(
     T1, B = S.shape[:2]
     if reverse:
         return S[0].copy()
-    if batch_sizes is None and lengths_sorted is None:
-        return S[T1 - 1].copy()
     if lengths_sorted is None:
+        if batch_sizes is None:
+            return S[T1 - 1].copy()
         lengths_sorted = lengths_from_batch_sizes(batch_sizes, B)
     return S[np.asarray(lengths_sorted), np.arange(B)]
 

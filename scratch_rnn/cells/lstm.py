@@ -59,7 +59,9 @@ from __future__ import annotations
 from typing import NamedTuple
 
 import numpy as np
+from numpy.typing import DTypeLike
 
+from ..module import SeedLike
 from .base import _UNSET, DEFAULT_FLUSH_EVERY, RecurrentBase, torch_alias
 from .loops import (
     alloc,
@@ -340,6 +342,7 @@ def lstm_sequence_forward(
         if w_hr is None:
             np.multiply(o, tc, out=S[q, :n])  # h_t = m_t = o ⊙ tanh(c_t)
         else:
+            assert m is not None and w_rt is not None  # both exist exactly when w_hr does
             np.multiply(o, tc, out=m[t, :n])
             m[t, :n].dot(w_rt, S[q, :n])
     if m is None:
@@ -449,20 +452,20 @@ class LSTM(RecurrentBase):
 
     def __init__(
         self,
-        input_size,
-        hidden_size,
-        num_layers=1,
-        bias=True,
-        batch_first=False,
-        dropout=0.0,
-        bidirectional=False,
-        proj_size=0,
+        input_size: int,
+        hidden_size: int,
+        num_layers: int = 1,
+        bias: bool = True,
+        batch_first: bool = False,
+        dropout: float = 0.0,
+        bidirectional: bool = False,
+        proj_size: int = 0,
         *,
-        dtype=np.float32,
-        seed=None,
-        flush_below=None,
-        flush_every=DEFAULT_FLUSH_EVERY,
-    ):
+        dtype: DTypeLike = np.float32,
+        seed: SeedLike = None,
+        flush_below: float | None = None,
+        flush_every: int = DEFAULT_FLUSH_EVERY,
+    ) -> None:
         super().__init__(
             input_size,
             hidden_size,
