@@ -1,0 +1,30 @@
+"""Trials for tests/test_sweep_faults.py's sweeps, in a module of their own: the sweep's worker processes
+import a trial by its module to unpickle it, and a worker should import these functions, not a test module.
+"""
+
+from __future__ import annotations
+
+import os
+import time
+from pathlib import Path
+
+
+def sleepy_trial(spec: dict) -> dict:
+    """Writes its worker's pid, then works (sleeps) far longer than the test waits."""
+    Path(spec["dir"], f"worker-{spec['k']}.pid").write_text(str(os.getpid()))
+    time.sleep(120)
+    return dict(done=True)
+
+
+def square_trial(spec: dict) -> dict:
+    with open(spec["log"], "a") as f:
+        f.write(f"{spec['k']}\n")
+    return dict(square=spec["k"] ** 2)
+
+
+def quick_or_slow_trial(spec: dict) -> dict:
+    """Trials 0 and 1 finish at once; the others write their worker's pid and work for two minutes."""
+    if spec["k"] >= 2:
+        Path(spec["dir"], f"worker-{spec['k']}.pid").write_text(str(os.getpid()))
+        time.sleep(120)
+    return dict(square=spec["k"] ** 2)
