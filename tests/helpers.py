@@ -1,4 +1,5 @@
-"""The one comparison helper of the suite, with its per-dtype tolerance table.
+"""The one comparison helper of the suite, with its per-dtype tolerance table, and the small helpers
+several test modules share (finite differences, a model's random batch and biases).
 
 Every cross-validation in ``tests/`` goes through :func:`assert_close`, so that a failure always
 names the quantity, the configuration that produced it and the error reached.
@@ -6,9 +7,14 @@ names the quantity, the configuration that produced it and the error reached.
 
 from __future__ import annotations
 
+from typing import TYPE_CHECKING
+
 import numpy as np
 
 from scratch_rnn.gradcheck import rel_error  # noqa: F401 (the one relative error, re-exported)
+
+if TYPE_CHECKING:
+    from scratch_rnn.models import ModelConfig, SequenceModel
 
 # (rtol, atol) per dtype. float64 is the cross-validation dtype: the scratch model and torch
 # compute the same sums in a possibly different order, which costs a few ulps per operation, so
@@ -80,6 +86,34 @@ def numerical_grad(f, arr: np.ndarray, eps: float = 1e-6) -> np.ndarray:
         arr[idx] = orig
         grad[idx] = (f_plus - f_minus) / (2 * eps)
     return grad
+
+
+def random_batch(rng, cfg: ModelConfig, B: int, T: int, variable: bool):
+    """(x, y, lengths): tokens or dense input, targets for the task and loss, lengths or None.
+
+    Padded steps hold random tokens/values and targets, so that a leak through padding shows.
+    """
+    x = (
+        rng.integers(0, cfg.vocab_size, (B, T))
+        if cfg.vocab_size is not None
+        else rng.standard_normal((B, T, cfg.input_size))
+    )
+    lengths = rng.integers(1, T + 1, B) if variable else None
+    shape = (B,) if cfg.task == "sequence" else (B, T)
+    if cfg.loss == "cross_entropy":
+        y = rng.integers(0, cfg.out_features, shape)
+    else:
+        y = rng.random(shape + (cfg.out_features,))
+    return x, y, lengths
+
+
+def randomize_biases(model: SequenceModel, rng) -> None:
+    """torch's init is already random, but make sure no parameter is zero (padding row aside)."""
+    state = model.state_dict()
+    for k, v in state.items():
+        if "bias" in k:
+            state[k] = rng.uniform(-1, 1, v.shape)
+    model.load_state_dict(state)
 
 
 class WorstErrors:

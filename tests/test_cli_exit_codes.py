@@ -316,16 +316,10 @@ def test_scheduler_that_does_not_answer_is_bad_input(monkeypatch):
         cli.check_scheduler("tcp://10.1.2.3:8786")
 
 
-def killed_trial(spec, **_):
-    """A worker that dies abruptly (as under the OOM killer)."""
-    import os
-
-    os._exit(9)
-
-
 def test_a_dead_worker_stops_the_sweep_with_exit_1(tmp_path, monkeypatch, capsys):
     from experiments.gradients import __main__ as cli
     from experiments.gradients import pathological
+    from tests.sweep_trials import killed_trial
 
     monkeypatch.setattr(pathological, "run_trial", killed_trial)
     assert cli.main(["pathological", "--quick", "--no-progress", "--workers", "1", "--out", str(tmp_path)]) == 1

@@ -25,17 +25,18 @@ import inspect
 import sys
 import types
 import warnings
-from dataclasses import asdict, dataclass
+from dataclasses import asdict
 
 import numpy as np
 import pytest
 import torch
 from hypothesis import given
-from hypothesis import strategies as st
 
 from scratch_rnn.cells import gru, lstm
 from scratch_rnn.cells.loops import final_states, sigmoid
+from tests.gated_cases import Case, cast, make_arrays
 from tests.helpers import WorstErrors, assert_close
+from tests.strategies import gated_cases
 
 WORST = WorstErrors("test_gated_functional")
 
@@ -53,67 +54,6 @@ def check(actual, expected, *, name, config, dtype):
 def plain_check(actual, expected, *, name, config, dtype):
     """assert_close without recording (for mutants, which must fail)."""
     assert_close(actual, expected, name=name, config=config, dtype=dtype)
-
-
-# ----------------------------------------------------------------------------------------------
-# Cases
-# ----------------------------------------------------------------------------------------------
-@dataclass(frozen=True)
-class Case:
-    kind: str  # "lstm" or "gru"
-    input_size: int
-    hidden_size: int
-    proj_size: int  # LSTM only; 0 = no projection
-    batch: int
-    steps: int
-    bias: bool
-    reverse: bool
-    lengths: tuple | None  # sorted by decreasing length (the functions' contract), or None (all T)
-    seed: int
-
-    @property
-    def out(self):
-        return self.proj_size if self.proj_size else self.hidden_size
-
-    @property
-    def gates(self):
-        return 4 if self.kind == "lstm" else 3
-
-    def batch_sizes(self):
-        if self.lengths is None:
-            return None
-        return (np.asarray(self.lengths)[None, :] > np.arange(self.steps)[:, None]).sum(axis=1)
-
-    def pad(self):
-        """(T, B) bool, True at padded steps."""
-        lengths = np.full(self.batch, self.steps) if self.lengths is None else np.asarray(self.lengths)
-        return np.arange(self.steps)[:, None] >= lengths[None, :]
-
-
-def make_arrays(case: Case) -> dict:
-    """Random float64 weights, biases, inputs, initial states and cotangents of one case."""
-    rng = np.random.default_rng(case.seed)
-    I, H, P, B, T, G = case.input_size, case.hidden_size, case.proj_size, case.batch, case.steps, case.gates
-    out = case.out
-    a = dict(
-        w_ih=rng.uniform(-1, 1, (G * H, I)) * 0.8,
-        w_hh=rng.uniform(-1, 1, (G * H, out)) * 0.8,
-        b_ih=rng.standard_normal(G * H) * 0.5 if case.bias else None,
-        b_hh=rng.standard_normal(G * H) * 0.5 if case.bias else None,
-        w_hr=rng.uniform(-1, 1, (P, H)) if (case.kind == "lstm" and P) else None,
-        x=rng.standard_normal((T, B, I)),
-        h0=rng.standard_normal((B, out)) * 0.5,
-        c0=rng.standard_normal((B, H)) if case.kind == "lstm" else None,
-        # dL/dout with non-trivial strides: a transposed (B, T, out) array
-        go=rng.standard_normal((B, T, out)).transpose(1, 0, 2),
-        ghn=rng.standard_normal((B, out)),
-        gcn=rng.standard_normal((B, H)) if case.kind == "lstm" else None,
-    )
-    return a
-
-
-def cast(arrays: dict, dtype) -> dict:
-    return {k: (None if v is None else np.asarray(v).astype(dtype)) for k, v in arrays.items()}
 
 
 # ----------------------------------------------------------------------------------------------
@@ -425,29 +365,7 @@ def test_edge_cases_match_torch(kind, edge, reverse, dtype):
     compare(case, dtype, oracles=unrolled_matches_module(case) if dtype == np.float64 else None)
 
 
-@st.composite
-def cases(draw):
-    kind = draw(st.sampled_from(["lstm", "gru"]))
-    H = draw(st.integers(1, 5))
-    B, T = draw(st.integers(1, 4)), draw(st.integers(1, 6))
-    lengths = None
-    if draw(st.booleans()):
-        lengths = tuple(sorted(draw(st.lists(st.integers(1, T), min_size=B, max_size=B)), reverse=True))
-    return Case(
-        kind,
-        draw(st.integers(1, 4)),
-        H,
-        draw(st.integers(0, H - 1)) if kind == "lstm" else 0,
-        B,
-        T,
-        draw(st.booleans()),
-        draw(st.booleans()),
-        lengths,
-        draw(st.integers(0, 2**31 - 1)),
-    )
-
-
-@given(case=cases())
+@given(case=gated_cases())
 def test_random_cases_match_torch(case):
     compare(case, np.float64)
 

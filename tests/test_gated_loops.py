@@ -20,7 +20,8 @@ from hypothesis import strategies as st
 
 from scratch_rnn import GRU, LSTM
 from scratch_rnn.cells import gru, loops, lstm
-from tests.test_gated_functional import Case, cases, cast, make_arrays
+from tests.gated_cases import Case, cast, make_arrays
+from tests.strategies import gated_cases
 
 
 def loop_functions(kind: str, which: str):
@@ -75,7 +76,7 @@ def assert_bit_equal(case: Case, dtype, **flush):
 
 
 @given(
-    case=cases(),
+    case=gated_cases(),
     dtype=st.sampled_from([np.float32, np.float64]),
     block=st.sampled_from([1, 40, 1 << 16]),
     flush=st.sampled_from([0.0, 0.3]),

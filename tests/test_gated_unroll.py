@@ -25,9 +25,9 @@ from reference.rnn import run_torch
 from scratch_rnn import GRU, LSTM
 from scratch_rnn.cells import elman, gru, loops, lstm
 from scratch_rnn.cells import loops as GL
+from tests.gated_cases import Case, make_arrays
 from tests.helpers import assert_close
 from tests.strategies import rnn_cases
-from tests.test_gated_functional import Case, make_arrays
 
 
 def _check_against_unroll(case: RNNCase):

@@ -19,6 +19,7 @@ from experiments.gradients import __main__ as cli
 from experiments.gradients import cliff, pathological, spectrum, sweep, tasks
 from scratch_rnn.cells import cell_names
 from tests.helpers import assert_close
+from tests.sweep_trials import logged_trial
 
 
 # --------------------------------------------------------------------------------------------
@@ -147,15 +148,6 @@ def test_train_step_matches_torch(task, method):
 # --------------------------------------------------------------------------------------------
 # The sweep engine
 # --------------------------------------------------------------------------------------------
-def logged_trial(spec: dict) -> dict:
-    """A trial that records each call and can be told to fail (module level: workers import it)."""
-    with open(spec["log"], "a") as f:
-        f.write(f"{spec['k']}\n")
-    if spec["k"] == spec.get("fail_at", -1) and Path(spec["log"] + ".fail").exists():
-        raise RuntimeError(f"trial {spec['k']} interrupted")
-    return dict(square=spec["k"] ** 2)
-
-
 def test_sweep_resumes_and_never_reruns_a_finished_trial(tmp_path):
     log = str(tmp_path / "calls.log")
     Path(log + ".fail").touch()

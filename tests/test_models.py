@@ -12,70 +12,11 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from reference.models import TorchSequenceModel, draw_dropout_masks, torch_twin
-from scratch_rnn.cells import cell_names, cell_spec
 from scratch_rnn.models import ModelConfig, SequenceModel, pool_backward, pool_forward
-from tests.helpers import FD_TOLERANCE, assert_close, numerical_grad
+from tests.helpers import FD_TOLERANCE, assert_close, numerical_grad, random_batch, randomize_biases
+from tests.strategies import model_configs
 
 THOROUGH = settings.default.max_examples > 25
-
-
-# ---------------------------------------------------------------------------------------------
-# strategies shared with the trajectory and TBPTT tests
-# ---------------------------------------------------------------------------------------------
-@st.composite
-def model_configs(draw, task=None, max_layers=2, cells=None):
-    """A float64 ModelConfig over every option: the cell (any registered one), token/dense input, layers,
-    directions, dropout..."""
-    cell = draw(st.sampled_from(list(cells or cell_names())))
-    nonlinearities = cell_spec(cell).options.get("nonlinearity", ("tanh",))
-    tokens = draw(st.booleans())
-    layers = draw(st.integers(1, max_layers))
-    hidden = draw(st.integers(1, 5))
-    kw = (
-        dict(
-            vocab_size=draw(st.integers(2, 8)),
-            embedding_dim=draw(st.integers(1, 4)),
-            padding_idx=draw(st.sampled_from([None, 0])),
-        )
-        if tokens
-        else dict(input_size=draw(st.integers(1, 4)))
-    )
-    return ModelConfig(
-        cell=cell,
-        proj_size=draw(st.integers(0, hidden - 1)) if cell == "lstm" and hidden > 1 else 0,
-        hidden_size=hidden,
-        out_features=draw(st.integers(1, 4)),
-        num_layers=layers,
-        nonlinearity=draw(st.sampled_from(list(nonlinearities))),
-        bias=draw(st.booleans()),
-        bidirectional=draw(st.booleans()),
-        dropout=draw(st.sampled_from([0.0, 0.4])) if layers > 1 else 0.0,
-        pooling=draw(st.sampled_from(["last", "mean", "max"])),
-        task=task or draw(st.sampled_from(["sequence", "per_step"])),
-        loss=draw(st.sampled_from(["cross_entropy", "mse", "bce"])),
-        dtype="float64",
-        seed=draw(st.integers(0, 2**31 - 1)),
-        **kw,
-    )
-
-
-def random_batch(rng, cfg: ModelConfig, B: int, T: int, variable: bool):
-    """(x, y, lengths): tokens or dense input, targets for the task and loss, lengths or None.
-
-    Padded steps hold random tokens/values and targets, so that a leak through padding shows.
-    """
-    x = (
-        rng.integers(0, cfg.vocab_size, (B, T))
-        if cfg.vocab_size is not None
-        else rng.standard_normal((B, T, cfg.input_size))
-    )
-    lengths = rng.integers(1, T + 1, B) if variable else None
-    shape = (B,) if cfg.task == "sequence" else (B, T)
-    if cfg.loss == "cross_entropy":
-        y = rng.integers(0, cfg.out_features, shape)
-    else:
-        y = rng.random(shape + (cfg.out_features,))
-    return x, y, lengths
 
 
 def random_state(rng, cfg: ModelConfig, B: int):
@@ -87,15 +28,6 @@ def random_state(rng, cfg: ModelConfig, B: int):
 
 def as_tuple(s):
     return s if isinstance(s, tuple) else (s,)
-
-
-def randomize_biases(model: SequenceModel, rng) -> None:
-    """torch's init is already random, but make sure no parameter is zero (padding row aside)."""
-    state = model.state_dict()
-    for k, v in state.items():
-        if "bias" in k:
-            state[k] = rng.uniform(-1, 1, v.shape)
-    model.load_state_dict(state)
 
 
 def _masks_for(model, T, B):

@@ -12,40 +12,10 @@ from hypothesis import strategies as st
 
 from scratch_rnn import optim
 from tests.helpers import TOLERANCES, assert_close, rel_error
+from tests.strategies import OPTIMIZER_NAMES, optimizer_options
 
-OPTIMIZER_NAMES = ("sgd", "adam", "adamw", "adagrad", "rmsprop")
 # torch's name of each state entry is ours; this maps nothing but documents the comparison.
 F64 = TOLERANCES[np.dtype(np.float64)]
-
-
-@st.composite
-def optimizer_options(draw, name=None):
-    """(name, kwargs) over the optimizers and their torch-named options."""
-    name = name or draw(st.sampled_from(OPTIMIZER_NAMES))
-    kw = dict(lr=draw(st.sampled_from([1e-3, 1e-2, 5e-2])), maximize=draw(st.booleans()))
-    if name == "sgd":
-        kw["lr"] = draw(st.sampled_from([1e-2, 0.1]))
-        kw["momentum"] = draw(st.sampled_from([0.0, 0.5, 0.9]))
-        kw["nesterov"] = kw["momentum"] > 0 and draw(st.booleans())
-        kw["dampening"] = 0.0 if kw["nesterov"] else draw(st.sampled_from([0.0, 0.3]))
-        kw["weight_decay"] = draw(st.sampled_from([0.0, 1e-2]))
-    elif name in ("adam", "adamw"):
-        kw["betas"] = draw(st.sampled_from([(0.9, 0.999), (0.8, 0.99), (0.5, 0.9)]))
-        kw["eps"] = draw(st.sampled_from([1e-8, 1e-3]))
-        kw["weight_decay"] = draw(st.sampled_from([0.0, 1e-2, 0.1]))
-        kw["amsgrad"] = draw(st.booleans())
-    elif name == "adagrad":
-        kw["lr_decay"] = draw(st.sampled_from([0.0, 0.1]))
-        kw["weight_decay"] = draw(st.sampled_from([0.0, 1e-2]))
-        kw["initial_accumulator_value"] = draw(st.sampled_from([0.0, 0.1]))
-        kw["eps"] = draw(st.sampled_from([1e-10, 1e-3]))
-    else:
-        kw["alpha"] = draw(st.sampled_from([0.99, 0.9]))
-        kw["eps"] = draw(st.sampled_from([1e-8, 1e-3]))
-        kw["weight_decay"] = draw(st.sampled_from([0.0, 1e-2]))
-        kw["momentum"] = draw(st.sampled_from([0.0, 0.5]))
-        kw["centered"] = draw(st.booleans())
-    return name, kw
 
 
 def _random_params(rng, dtype=np.float64):

@@ -19,26 +19,14 @@ import pytest
 
 from experiments.gradients import common, sweep
 from experiments.process import pid_alive
+from tests.sweep_trials import square_trial
 
 ROOT = Path(__file__).resolve().parents[1]
 
 
 # --------------------------------------------------------------------------------------------
-# helpers: module-level trials (the workers import them) and process probes
+# helpers: process probes (the trials the workers run are in tests/sweep_trials.py)
 # --------------------------------------------------------------------------------------------
-def sleepy_trial(spec: dict) -> dict:
-    """Writes its worker's pid, then works (sleeps) far longer than the test waits."""
-    Path(spec["dir"], f"worker-{spec['k']}.pid").write_text(str(os.getpid()))
-    time.sleep(120)
-    return dict(done=True)
-
-
-def square_trial(spec: dict) -> dict:
-    with open(spec["log"], "a") as f:
-        f.write(f"{spec['k']}\n")
-    return dict(square=spec["k"] ** 2)
-
-
 def _wait_for(predicate, timeout: float, step: float = 0.05) -> bool:
     end = time.monotonic() + timeout
     while time.monotonic() < end:
@@ -75,7 +63,7 @@ def test_sweep_workers_die_when_the_parent_is_killed(tmp_path):
         """
         import sys
         from experiments.gradients import sweep
-        from tests.test_sweep_faults import sleepy_trial
+        from tests.sweep_trials import sleepy_trial
         d = sys.argv[1]
         sweep.run_sweep(sleepy_trial, [dict(k=k, dir=d) for k in range(2)], d + "/trials.jsonl", workers=2,
                         progress=False)
@@ -249,14 +237,6 @@ def test_result_files_are_replaced_not_rewritten_in_place(tmp_path, writer):
 # --------------------------------------------------------------------------------------------
 # Ctrl-C to the sweep's process alone: exit 130 at once, every finished trial kept (issue 19, class 4)
 # --------------------------------------------------------------------------------------------
-def quick_or_slow_trial(spec: dict) -> dict:
-    """Trials 0 and 1 finish at once; the others write their worker's pid and work for two minutes."""
-    if spec["k"] >= 2:
-        Path(spec["dir"], f"worker-{spec['k']}.pid").write_text(str(os.getpid()))
-        time.sleep(120)
-    return dict(square=spec["k"] ** 2)
-
-
 def test_sigint_to_the_parent_alone_exits_130_promptly_keeping_finished_trials(tmp_path):
     table = tmp_path / "trials.jsonl"
     parent = _python(
@@ -264,7 +244,7 @@ def test_sigint_to_the_parent_alone_exits_130_promptly_keeping_finished_trials(t
         import sys
         from experiments.gradients import sweep
         from scratch_rnn.cli import run_main
-        from tests.test_sweep_faults import quick_or_slow_trial
+        from tests.sweep_trials import quick_or_slow_trial
         d = sys.argv[1]
         specs = [dict(k=k, dir=d) for k in range(4)]
         sys.exit(run_main(lambda argv: sweep.run_sweep(quick_or_slow_trial, specs, d + "/trials.jsonl", workers=4,

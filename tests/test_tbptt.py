@@ -11,10 +11,9 @@ from hypothesis import strategies as st
 from reference.models import torch_twin
 from scratch_rnn.models import ModelConfig, SequenceModel
 from scratch_rnn.train import TrainConfig, Trainer, tbptt_chunks
-from tests.helpers import assert_close
-from tests.test_models import model_configs, random_batch
-from tests.test_optim import optimizer_options
-from tests.test_trajectories import assert_trajectories_close, run_both
+from tests.helpers import assert_close, random_batch
+from tests.strategies import model_configs, optimizer_options
+from tests.trajectories import assert_trajectories_close, run_both
 
 THOROUGH = settings.default.max_examples > 25
 
