@@ -117,17 +117,17 @@ def _metamorphic(case, where):
     g_out_masked = g_tm * (np.arange(T)[:, None] < lengths[None, :])[..., None]
     total = {k: np.zeros_like(v) for k, v in grads.items()}
     for b in range(B):  # each sequence alone, up to its own length
-        L = int(lengths[b])
-        xb, gb = x_tm[:L, b : b + 1], g_out_masked[:L, b : b + 1]
+        n_b = int(lengths[b])
+        xb, gb = x_tm[:n_b, b : b + 1], g_out_masked[:n_b, b : b + 1]
         if model.batch_first:
             xb, gb = xb.transpose(1, 0, 2), gb.transpose(1, 0, 2)
         o_b, f_b, gx_b, gs_b, grads_b = _run(model, xb, pick(states, b), None, gb, pick(finals_g, b))
         o_tm = o_b.transpose(1, 0, 2) if model.batch_first else o_b
-        _assert_close(tm(out)[:L, b : b + 1], o_tm, "output of a sequence alone", where)
+        _assert_close(tm(out)[:n_b, b : b + 1], o_tm, "output of a sequence alone", where)
         for s, s_b in zip(fin if not one else (fin,), f_b if not one else (f_b,)):
             _assert_close(s[:, b : b + 1], s_b, "final state of a sequence alone", where)
         gx_tm = gx_b.transpose(1, 0, 2) if model.batch_first else gx_b
-        _assert_close(tm(gx)[:L, b : b + 1], gx_tm, "grad_x of a sequence alone", where)
+        _assert_close(tm(gx)[:n_b, b : b + 1], gx_tm, "grad_x of a sequence alone", where)
         for k in total:
             total[k] += grads_b[k]
     for k in total:

@@ -36,14 +36,14 @@ def _time_major(model, a, batched):
 def _unroll_sample(model, p, xb, h0b, masks_b=None):
     """One sequence, every layer and direction, one step at a time.
 
-    xb: (L, I) tensor; h0b: (LD, H) tensor; masks_b: per layer below the top, a (L, D*H) keep-mask.
-    Returns states[ld] (list of L tensors, each retaining grad), layer_inputs[layer] (list of L
-    tensors), h_n (list of LD tensors) and outputs (list of L tensors, the top layer).
+    xb: (T, I) tensor; h0b: (LD, H) tensor; masks_b: per layer below the top, a (T, D*H) keep-mask.
+    Returns states[ld] (list of T tensors, each retaining grad), layer_inputs[layer] (list of T
+    tensors), h_n (list of LD tensors) and outputs (list of T tensors, the top layer).
     """
     act = _ACT[model.nonlinearity]
-    D, L = model.num_directions, xb.shape[0]
+    D, T = model.num_directions, xb.shape[0]
     scale = 0.0 if model.dropout >= 1 else 1.0 / (1.0 - model.dropout)
-    layer_in = [xb[t] for t in range(L)]
+    layer_in = [xb[t] for t in range(T)]
     states, layer_inputs, h_n = {}, [], []
     for layer in range(model.num_layers):
         layer_inputs.append(layer_in)
@@ -51,8 +51,8 @@ def _unroll_sample(model, p, xb, h0b, masks_b=None):
             ld = layer * D + d
             w_ih, w_hh = p[_name("weight_ih", layer, d)], p[_name("weight_hh", layer, d)]
             h = h0b[ld]
-            seq: list[Any] = [None] * L  # each step filled below
-            for t in range(L) if d == 0 else range(L - 1, -1, -1):
+            seq: list[Any] = [None] * T  # each step filled below
+            for t in range(T) if d == 0 else range(T - 1, -1, -1):
                 a = w_ih @ layer_in[t] + w_hh @ h
                 if model.bias:
                     a = a + p[_name("bias_ih", layer, d)] + p[_name("bias_hh", layer, d)]
@@ -62,9 +62,9 @@ def _unroll_sample(model, p, xb, h0b, masks_b=None):
                 seq[t] = h
             states[ld] = seq
             h_n.append(h)
-        out = [torch.cat([states[layer * D + d][t] for d in range(D)]) for t in range(L)]
+        out = [torch.cat([states[layer * D + d][t] for d in range(D)]) for t in range(T)]
         if masks_b is not None and layer < model.num_layers - 1:
-            out = [out[t] * masks_b[layer][t] * scale for t in range(L)]
+            out = [out[t] * masks_b[layer][t] * scale for t in range(T)]
         layer_in = out
     return states, layer_inputs, h_n, layer_in
 

@@ -334,9 +334,9 @@ class RecurrentBase(Module):
         in the caller's layout."""
         x, states0, lengths, batched, owned = self._check_input(x, states0, lengths)
         T, B, _ = x.shape
-        D, L, out_size = self.num_directions, self.num_layers, self.output_size
+        n_dirs, n_layers, out_size = self.num_directions, self.num_layers, self.output_size
 
-        use_dropout = self.training and self.dropout > 0 and L > 1
+        use_dropout = self.training and self.dropout > 0 and n_layers > 1
         masks = self._dropout_masks(dropout_masks, T, B) if use_dropout else None
         if masks is not None:  # what backward reads: shown to the caller, not writable by it
             for m in masks:
@@ -366,12 +366,12 @@ class RecurrentBase(Module):
             x = buf
         ctx = dict(T=T, B=B, batch_sizes=batch_sizes, lengths_sorted=lengths_sorted)
         layer_in = x
-        finals = tuple(np.empty((L * D, B, self._state_size(s)), dtype=self.dtype) for s in self.STATES)
+        finals = tuple(np.empty((n_layers * n_dirs, B, self._state_size(s)), dtype=self.dtype) for s in self.STATES)
         cache_layers = []
-        for layer in range(L):
+        for layer in range(n_layers):
             outs, dcaches = [], []
-            for d in range(D):
-                ld = layer * D + d
+            for d in range(n_dirs):
+                ld = layer * n_dirs + d
                 out_d, finals_d, dcache = self._direction_forward(
                     layer_in, tuple(s[ld] for s in states0), layer, d, ctx
                 )
@@ -379,17 +379,17 @@ class RecurrentBase(Module):
                     f[ld] = f_d
                 outs.append(out_d)
                 dcaches.append(dcache)
-            if D == 1:
+            if n_dirs == 1:
                 out = outs[0]  # may be a view of the direction's buffers: padded steps are already zero
             else:
-                out = np.empty((T, B, D * out_size), dtype=self.dtype)
+                out = np.empty((T, B, n_dirs * out_size), dtype=self.dtype)
                 out[:, :, :out_size] = outs[0]
                 out[:, :, out_size:] = outs[1]
                 if batch_sizes is not None:  # padded steps output zero (the reverse's h0 copies were inputs only)
                     out[:, :, out_size:][padding_mask(batch_sizes, B)] = 0
             check_finite_state(out, layer, self.dtype)
             keep = None
-            if masks is not None and layer < L - 1:
+            if masks is not None and layer < n_layers - 1:
                 keep = masks[layer] if perm is None else masks[layer][:, perm]
                 next_in = np.multiply(out, keep, dtype=self.dtype)
                 next_in *= self._dropout_scale()
@@ -419,7 +419,7 @@ class RecurrentBase(Module):
         self.last_forward = ForwardRecord(x_view, None if perm is None else lengths.copy(), batched)
         # A unidirectional layer's output may be a view of the states backward reads (and the next
         # forward overwrites): the caller gets a copy, which it may write into.
-        output = self._to_layout(output, batched, copy=D == 1 and perm is None)
+        output = self._to_layout(output, batched, copy=n_dirs == 1 and perm is None)
         return (output, tuple(f if batched else f[:, 0] for f in finals)), cache
 
     def _dropout_scale(self) -> float:
@@ -469,9 +469,11 @@ class RecurrentBase(Module):
                 "differentiated, and that forward reused its buffers; run the forward again"
             )
         T, B, perm, batched = c["T"], c["B"], c["perm"], c["batched"]
-        D, L, out_size = self.num_directions, self.num_layers, self.output_size
-        out_shape = (T, B, D * out_size)
-        user_out_shape = (out_shape if not self.batch_first else (B, T, D * out_size)) if batched else (T, D * out_size)
+        n_dirs, n_layers, out_size = self.num_directions, self.num_layers, self.output_size
+        out_shape = (T, B, n_dirs * out_size)
+        user_out_shape = (
+            (out_shape if not self.batch_first else (B, T, n_dirs * out_size)) if batched else (T, n_dirs * out_size)
+        )
 
         if grad_output is None:
             d_out = np.zeros(out_shape, dtype=self.dtype)
@@ -483,28 +485,33 @@ class RecurrentBase(Module):
         for state, g in zip(self.STATES, grad_finals):
             size = self._state_size(state)
             if g is None:
-                d_finals.append(np.zeros((L * D, B, size), dtype=self.dtype))
+                d_finals.append(np.zeros((n_layers * n_dirs, B, size), dtype=self.dtype))
                 continue
             name = f"grad_{state}_n"
             g = as_float_array(name, g, self.dtype)
-            check_shape(name, g, (L * D, B, size) if batched else (L * D, size), f"(the shape of forward's {state}_n)")
+            check_shape(
+                name,
+                g,
+                (n_layers * n_dirs, B, size) if batched else (n_layers * n_dirs, size),
+                f"(the shape of forward's {state}_n)",
+            )
             d_finals.append(g if batched else g[:, None])
         if perm is not None:
             d_out = d_out[:, perm]
             d_finals = [g[:, perm] for g in d_finals]
 
         new_grads = {}
-        d_states0 = tuple(np.empty((L * D, B, self._state_size(s)), dtype=self.dtype) for s in self.STATES)
+        d_states0 = tuple(np.empty((n_layers * n_dirs, B, self._state_size(s)), dtype=self.dtype) for s in self.STATES)
         # dL/dh_t (and dL/dc_t) of every layer and direction: handed to the caller, so new on every call
-        buffers = {"hidden": np.empty((L * D, T, B, out_size), dtype=self.dtype)}
+        buffers = {"hidden": np.empty((n_layers * n_dirs, T, B, out_size), dtype=self.dtype)}
         if "c" in self.STATES:
-            buffers["cell"] = np.empty((L * D, T, B, self.hidden_size), dtype=self.dtype)
-        d_layer_out = d_out  # dL/d(output of the current layer), (T, B, D*out), any strides
-        for layer in range(L - 1, -1, -1):
+            buffers["cell"] = np.empty((n_layers * n_dirs, T, B, self.hidden_size), dtype=self.dtype)
+        d_layer_out = d_out  # dL/d(output of the current layer), (T, B, n_dirs*out), any strides
+        for layer in range(n_layers - 1, -1, -1):
             layer_in, dcaches, _ = c["layers"][layer]
             d_in = None
-            for d in range(D):
-                ld = layer * D + d
+            for d in range(n_dirs):
+                ld = layer * n_dirs + d
                 dx, ds0, grads = self._direction_backward(
                     d_layer_out[:, :, d * out_size : (d + 1) * out_size],
                     tuple(g[ld] for g in d_finals),
@@ -522,7 +529,7 @@ class RecurrentBase(Module):
                     d_in = dx
                 else:
                     d_in += dx
-            assert d_in is not None  # the loop above ran over D >= 1 directions
+            assert d_in is not None  # the loop above ran over n_dirs >= 1 directions
             if layer > 0:
                 keep = c["layers"][layer - 1][2]
                 if keep is not None:  # in place: d_in is this backward's own array

@@ -285,13 +285,13 @@ def gru_sequence_backward(
     # h_{t-1} - n.
     r_all, z_all, n_all = gates[..., :H], gates[..., H : 2 * H], gates[..., 2 * H :]
     S_prev = S[1:] if reverse else S[:-1]
-    L = block_steps(T, B * 3 * H)
-    OMZ, TDN, HMN = (np.empty((L, B, H), dtype) for _ in range(3))
-    SD = np.empty((L, B, 2 * H), dtype)
+    span = block_steps(T, B * 3 * H)
+    OMZ, TDN, HMN = (np.empty((span, B, H), dtype) for _ in range(3))
+    SD = np.empty((span, B, 2 * H), dtype)
     mm, one = np.empty((B, H), dtype), np.ones((), dtype)
     sizes = step_sizes(batch_sizes, T, B)
     i = 0
-    for lo, steps in blocks(T, reverse, L):
+    for lo, steps in blocks(T, reverse, span):
         hi, m = lo + len(steps), len(steps)
         np.subtract(one, z_all[lo:hi], out=OMZ[:m])
         np.multiply(n_all[lo:hi], n_all[lo:hi], out=TDN[:m])

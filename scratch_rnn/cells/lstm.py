@@ -375,18 +375,18 @@ def lstm_sequence_backward(
     cell = alloc((T, B, H), dtype, padded)
     dm_all = alloc((T, B, H), dtype, padded) if w_hr is not None else hidden
     # The forward-only factors, a block of steps at a time (_blocks): σ' = s ⊙ (1 - s) on i, f, o; 1 - g² on g;
-    # 1 - tanh² c; and X = (g, c_{t-1}, i), the second factors of da_i, da_f, da_g against D's blocks i, f, g.
-    L = block_steps(T, B * 4 * H)
-    D, TD, X = np.empty((L, B, 4 * H), dtype), np.empty((L, B, H), dtype), np.empty((L, B, 3, H), dtype)
-    D3 = D.reshape(L, B, 4, H)[:, :, :3]
+    # 1 - tanh² c; and X = (g, c_{t-1}, i), the second factors of da_i, da_f, da_g against deriv's blocks i, f, g.
+    span = block_steps(T, B * 4 * H)
+    deriv, TD, X = np.empty((span, B, 4 * H), dtype), np.empty((span, B, H), dtype), np.empty((span, B, 3, H), dtype)
+    deriv3 = deriv.reshape(span, B, 4, H)[:, :, :3]
     da3_all = da_all.reshape(T, B, 4, H)[:, :, :3]
     C_prev = C[1:] if reverse else C[:-1]
     one = np.ones((), dtype)
     sizes = step_sizes(batch_sizes, T, B)
     i = 0
-    for lo, steps in blocks(T, reverse, L):
+    for lo, steps in blocks(T, reverse, span):
         hi = lo + len(steps)
-        d, td, gb, tcb = D[: hi - lo], TD[: hi - lo], gates[lo:hi], tanh_c[lo:hi]
+        d, td, gb, tcb = deriv[: hi - lo], TD[: hi - lo], gates[lo:hi], tanh_c[lo:hi]
         np.subtract(one, gb, out=d)
         np.multiply(gb, d, out=d)
         gg, dg = gb[..., 2 * H : 3 * H], d[..., 2 * H : 3 * H]
@@ -413,10 +413,10 @@ def lstm_sequence_backward(
             np.add(dc, k, out=k)
             da3 = da3_all[t, :n]
             np.multiply(k[:, None, :], X[j, :n], out=da3)  # (k ⊙ g, k ⊙ c_{t-1}, k ⊙ i) ...
-            np.multiply(da3, D3[j, :n], out=da3)  # ... ⊙ (σ'_i, σ'_f, tanh'_g)
+            np.multiply(da3, deriv3[j, :n], out=da3)  # ... ⊙ (σ'_i, σ'_f, tanh'_g)
             do = da[:, 3 * H :]
             np.multiply(dm, tanh_c[t, :n], out=do)  # da_o = (dm ⊙ tanh c_t) ⊙ σ'_o
-            np.multiply(do, D[j, :n, 3 * H :], out=do)
+            np.multiply(do, deriv[j, :n, 3 * H :], out=do)
             da.dot(w_hh, dh_run[:n])  # da_t W_hh, into h_{t-1}
             np.multiply(k, gt[:, H : 2 * H], out=dc)  # k_t ⊙ f, into c_{t-1}
     return dict(da=da_all, dh0=dh_run, dc0=dc_run, hidden_grads=hidden, cell_grads=cell, dm=dm_all)

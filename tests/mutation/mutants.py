@@ -506,7 +506,7 @@ GAPS = [
         "G1b",
         "cells/gru.py",
         "np.subtract(one, z_all[lo:hi], out=OMZ[:m])",
-        "np.subtract(one, z_all[hi - L:hi], out=OMZ[:m])",
+        "np.subtract(one, z_all[hi - span : hi], out=OMZ[:m])",
         "gap 1: GRU factor block read at the block length (wrong in a partial block only)",
         GATED_T,
     ),
