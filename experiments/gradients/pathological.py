@@ -654,7 +654,9 @@ def trial_trainer(
     first scores the training batches since the last one (:class:`Screen`) and evaluates the ``eval_samples`` only
     when none of them was wrong; ``track_samples`` fresh samples every ``track_every`` steps and at the last check
     give the error curve. Each check's row: ``error`` (the evaluation run, if any, else None), and with screen
-    ``screen_error``, ``test_error`` and ``track_error`` (None when not run).
+    ``screen_error``, ``test_error`` and ``track_error`` (None when not run). With ``audit_screen`` (screened trials
+    only) every check also evaluates ``eval_samples`` fresh samples from ``default_rng([seed, 3, step])``, after the
+    check's own draws and in no decision (``full_error`` and ``audit_seconds`` in its row; :func:`screen_audit`).
 
     ``eval_rng``: a generator the checks draw from in turn, or a callable ``eval_rng(step)`` giving each check's own
     generator (a resumable trial: a check's samples depend on its step only). ``checkpoint_dir``: the Trainer saves
