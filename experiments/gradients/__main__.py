@@ -105,6 +105,12 @@ def parser() -> argparse.ArgumentParser:
                 "--max-iters included) continues from there (on in published, paper, mixed)",
             )
             s.add_argument(
+                "--audit-screen",
+                action="store_true",
+                help="screened protocols: every check also evaluates the full fresh-sample test (its own "
+                "samples; it decides nothing) and the trial table records where the screen missed a solve",
+            )
+            s.add_argument(
                 "--checkpoint-seconds",
                 type=float,
                 default=None,
@@ -207,6 +213,16 @@ def check_args(args) -> None:
                 f"--min-length: expected an integer >= {MIN_LENGTH} (the tasks place their markers in "
                 f"tenths of the length), got {args.min_length}"
             )
+        if args.audit_screen:
+            from .pathological import PROTOCOLS, protocol_name
+
+            name = protocol_name(args)
+            if not PROTOCOLS[name].screen:
+                screened = [k for k, v in PROTOCOLS.items() if v.screen]
+                raise BadInput(
+                    f"--audit-screen: audits the screen of a screened protocol ({', '.join(screened)}), "
+                    f"got --protocol {name}"
+                )
         cs = args.checkpoint_seconds
         if cs is not None and not (cs >= 0 and cs != float("inf")):
             raise BadInput(f"--checkpoint-seconds: expected a finite number >= 0, got {cs}")

@@ -128,6 +128,9 @@ class Protocol:
     init: str = "smart_tanh"  # the tanh methods' init: RNN.py's 'smart_tanh' or 'basic_tanh' (N(0, 0.1))
     one_bias: bool = False  # one recurrent bias, as their code (torch has two: b_ih + b_hh)
     resumable: bool = False  # a trial checkpoints itself and a rerun continues from its checkpoint
+    # A measurement of the screen, not a setting of theirs: every check of a screened trial also evaluates
+    # eval_samples fresh samples from its own generator (full_error in the check's row); it decides nothing.
+    audit_screen: bool = False
     checkpoint_seconds: float = 120.0  # a resumable trial saves at the first check this long after its last save
 
 
@@ -651,7 +654,9 @@ def trial_trainer(
     first scores the training batches since the last one (:class:`Screen`) and evaluates the ``eval_samples`` only
     when none of them was wrong; ``track_samples`` fresh samples every ``track_every`` steps and at the last check
     give the error curve. Each check's row: ``error`` (the evaluation run, if any, else None), and with screen
-    ``screen_error``, ``test_error`` and ``track_error`` (None when not run).
+    ``screen_error``, ``test_error`` and ``track_error`` (None when not run). With ``audit_screen`` (screened trials
+    only) every check also evaluates ``eval_samples`` fresh samples from ``default_rng([seed, 3, step])``, after the
+    check's own draws and in no decision (``full_error`` and ``audit_seconds`` in its row; :func:`screen_audit`).
 
     ``eval_rng``: a generator the checks draw from in turn, or a callable ``eval_rng(step)`` giving each check's own
     generator (a resumable trial: a check's samples depend on its step only). ``checkpoint_dir``: the Trainer saves
@@ -702,8 +707,26 @@ def trial_trainer(
         if row["test_error"] is None and (step % spec["track_every"] == 0 or step >= spec["max_iters"]):
             row["track_error"] = fresh_error(spec["track_samples"])
         row["error"] = row["test_error"] if row["test_error"] is not None else row["track_error"]
+        if audit:  # observes only: its own generator, read after the decision's draws, in no decision
+            t0 = time.perf_counter()
+            row["full_error"] = evaluate(
+                spec["task"],
+                model,
+                _audit_rng(spec["seed"], step),
+                spec["eval_samples"],
+                spec["length"],
+                chunk=chunk,
+                min_length=spec.get("min_length"),
+            )
+            row["audit_seconds"] = time.perf_counter() - t0
         return row
 
+    audit = bool(spec.get("audit_screen"))
+    if audit and not spec.get("screen"):
+        raise ValueError(
+            "audit_screen: audits the checks of a screened trial (screen=True); this trial has no screen "
+            f"(screen={spec.get('screen')!r})"
+        )
     if spec.get("screen"):
         if source is None:
             raise ValueError("source: a screened trial scores its training batches: pass its FreshBatches")
@@ -759,6 +782,37 @@ def run_trial(spec: dict, checkpoint_root=None, checkpoint_seconds: float | None
 def _check_rng(seed: int, step: int) -> np.random.Generator:
     """The generator of a resumable trial's check at ``step``: its samples depend on the seed and the step only."""
     return np.random.default_rng([seed, 2, step])
+
+
+def _audit_rng(seed: int, step: int) -> np.random.Generator:
+    """The generator of the screen audit's full check at ``step`` (``audit_screen``): its own stream, so the
+    trial's batches and checks draw what they draw without the audit."""
+    return np.random.default_rng([seed, 3, step])
+
+
+def screen_audit(rows: list[dict], solved_at: int | None) -> dict:
+    """What the audit of a screened trial's checks found (``rows``: the checks' rows, each with ``full_error``,
+    the error of ``eval_samples`` fresh samples at that check; ``solved_at``: where the screened trial stopped
+    solved, or None).
+
+    ``audit_checks``: checks audited; ``audit_full_zero``: of them, those where the full check found no sample
+    wrong; ``audit_full_solved_at``: the first of those; ``audit_misses``: checks where the full check found none
+    wrong but the screen was not clean (>= 1 wrong among its training samples, or none scored), so the trial
+    went on; ``audit_test_misses``: checks where the full check found none wrong and the screen was clean but the
+    screened trial's own test (other fresh samples) found one; ``audit_solve_delay``: ``solved_at`` minus
+    ``audit_full_solved_at`` when both exist, else None."""
+    audited = [r for r in rows if r.get("full_error") is not None]
+    zero = [r for r in audited if r["full_error"] == 0.0]
+    first = zero[0]["step"] if zero else None
+    return dict(
+        audit_checks=len(audited),
+        audit_full_zero=len(zero),
+        audit_full_solved_at=first,
+        audit_misses=sum(not r["screen_error"] == 0.0 for r in zero),
+        audit_test_misses=sum(r["screen_error"] == 0.0 and r["test_error"] != 0.0 for r in zero),
+        audit_solve_delay=None if solved_at is None or first is None else solved_at - first,
+        audit_seconds=float(sum(r.get("audit_seconds", 0.0) for r in audited)),
+    )
 
 
 def _trial_parts(spec: dict, checkpoint_dir=None):
@@ -847,6 +901,8 @@ def _run_trial(spec: dict, checkpoint_root=None, checkpoint_seconds: float | Non
     extra = dict(solved_at=trainer.step if solved else None)  # the check that solved it stopped the trial
     if spec.get("screen"):
         extra["tests"] = sum(row.get("test_error") is not None for row in trainer.epochs)
+    if spec.get("audit_screen"):
+        extra.update(screen_audit(trainer.epochs, extra["solved_at"]))
     if spec.get("resumable"):  # part three's rows: the settings that ran, the error curve, where it resumed
         extra.update(
             optimizer=opt["optimizer"],
@@ -893,7 +949,13 @@ COST = {
 def specs_for(p: Protocol, tasks=None) -> list[dict]:
     """The protocol's trials. A field of part three is in a spec only when it is set (min_length, init other than
     smart_tanh, one_bias, resumable), so the older protocols' trial ids stay as they were; the methods of
-    :data:`PUBLISHED` take their authors' hidden size, batch, learning rate and clipping threshold."""
+    :data:`PUBLISHED` take their authors' hidden size, batch, learning rate and clipping threshold. ``audit_screen``
+    needs a screened protocol (ValueError otherwise)."""
+    if p.audit_screen and not p.screen:
+        raise ValueError(
+            f"audit_screen: audits the checks of a screened protocol (budget, published, paper, mixed); "
+            f"{p.name!r} has no screen"
+        )
     only = dict(p.only)
     extra = (
         dict(screen=True, track_every=p.track_every, track_samples=p.track_samples, eval_chunk=p.eval_chunk)
@@ -904,6 +966,8 @@ def specs_for(p: Protocol, tasks=None) -> list[dict]:
         extra["one_bias"] = True
     if p.resumable:
         extra["resumable"] = True
+    if p.audit_screen:
+        extra["audit_screen"] = True
     specs = []
     for t in tasks or p.tasks:
         for L in p.lengths:
@@ -985,6 +1049,35 @@ def supported_orderings(summary: pd.DataFrame, df: pd.DataFrame) -> list[str]:
     return lines
 
 
+AUDIT_COLUMNS = (
+    "audit_checks",
+    "audit_full_zero",
+    "audit_full_solved_at",
+    "solved_at",
+    "audit_solve_delay",
+    "audit_misses",
+    "audit_test_misses",
+)
+
+
+def audit_table(df: pd.DataFrame) -> tuple[pd.DataFrame, str]:
+    """The audited trials (``audit_screen``), one row each, and a line on the screen's miss rate over all of them:
+    misses / checks whose full check found no sample wrong, with its 95 % Wilson interval."""
+    rows = df[df["audit_checks"].notna()] if "audit_checks" in df else df.iloc[:0]
+    table = rows[["task", "length", "method", "seed", *AUDIT_COLUMNS]].sort_values(["task", "length", "method", "seed"])
+    zero, misses = int(rows["audit_full_zero"].sum()), int(rows["audit_misses"].sum())
+    if zero:
+        low, high = wilson_interval(misses, zero)
+        line = (
+            f"the screen missed {misses} of the {zero} checks whose full check found no sample wrong "
+            f"({misses / zero:.1%}; 95 % Wilson interval [{low:.1%}, {high:.1%}]), over {len(rows)} trial(s) and "
+            f"{int(rows['audit_checks'].sum())} audited checks"
+        )
+    else:
+        line = f"no audited check found all of its full check's samples right ({len(rows)} trial(s))"
+    return table.reset_index(drop=True), line
+
+
 def time_table(df: pd.DataFrame) -> pd.DataFrame:
     """Where the trials' time went, per (length, method): training and evaluation seconds, per iteration too."""
     g = df.groupby(["length", "method"], sort=True)
@@ -1050,7 +1143,7 @@ def measure_rates(specs, *, iters: int = 2) -> dict:
             key = _rate_key(s)
             if key in rates:
                 continue
-            probe = {k: v for k, v in s.items() if k not in ("resumable", "screen")}
+            probe = {k: v for k, v in s.items() if k not in ("resumable", "screen", "audit_screen")}
             probe.update(check_every=iters + 1, max_iters=iters + 1)
             _, source, trainer = _trial_parts(probe)
             model = trainer.model
@@ -1074,8 +1167,9 @@ def measure_rates(specs, *, iters: int = 2) -> dict:
 def estimate_cost(specs, rates: dict, workers: int) -> dict:
     """Each trial's cost at its cap (training plus its fresh-sample checks: the tracking samples of a screened
     trial, every check's samples of an unscreened one; a screened trial's 10,000-sample tests run only on a clean
-    screen and are left out), summed: core-hours, and the wall time on ``workers`` single-core workers, which is at
-    least max(total / workers, the longest trial)."""
+    screen and are left out; with ``audit_screen``, every check's ``eval_samples`` are added), summed: core-hours,
+    and the wall time on ``workers`` single-core workers, which is at least max(total / workers, the longest
+    trial)."""
     rows = []
     for s in specs:
         per_iter, per_sample = rates[_rate_key(s)]
@@ -1085,6 +1179,8 @@ def estimate_cost(specs, rates: dict, workers: int) -> dict:
             if s.get("screen")
             else (n // s["check_every"]) * s["eval_samples"]
         )
+        if s.get("audit_screen"):
+            samples += (n // s["check_every"]) * s["eval_samples"]
         rows.append(
             dict(
                 task=s["task"],
@@ -1337,6 +1433,18 @@ def run(
     ]
     if cost is not None:
         sections.insert(1, ("Cost before compute", cost_line(cost) + "\n\n" + markdown_table(cost_table(cost))))
+    if "audit_checks" in df:
+        table, line = audit_table(df)
+        sections.append(
+            (
+                "The screen's audit",
+                f"{line}.\n\n{markdown_table(table)}\n\nEvery check also evaluated {p.eval_samples} fresh samples "
+                "of its own (full check; it decides nothing). audit_full_zero: checks where it found none wrong; "
+                "audit_full_solved_at: the first; audit_misses: of those, checks whose screen was not clean (the "
+                "trial went on); audit_test_misses: a clean screen whose own test found one wrong; "
+                "audit_solve_delay: solved_at - audit_full_solved_at.",
+            )
+        )
     if "train_seconds" in df and df.train_seconds.notna().all():
         sections.insert(2, ("Where the time went", markdown_table(time_table(df))))
     write_report(out / "report.md", f"Pathological tasks ({p.name} protocol)", sections)
@@ -1354,16 +1462,14 @@ def select(
     init=None,
     one_bias=None,
     resumable=None,
+    audit_screen=None,
 ) -> Protocol:
     """The protocol with the command line's selection in place of its own (None: the protocol's). With lengths or
     methods given, its per-method length limits (``only``) are dropped: exactly the trials asked for run. num_seeds:
-    seeds 0 .. N-1 (then offset by ``--seed``). min_length, init, one_bias, resumable: the code's settings
-    (:class:`Protocol`)."""
-    changes = {
-        k: v
-        for k, v in dict(min_length=min_length, init=init, one_bias=one_bias, resumable=resumable).items()
-        if v is not None
-    }
+    seeds 0 .. N-1 (then offset by ``--seed``). min_length, init, one_bias, resumable: the code's settings;
+    audit_screen: the screen's audit (:class:`Protocol`)."""
+    options = dict(min_length=min_length, init=init, one_bias=one_bias, resumable=resumable, audit_screen=audit_screen)
+    changes = {k: v for k, v in options.items() if v is not None}
     if lengths is not None:
         changes["lengths"] = tuple(lengths)
     if methods is not None:
@@ -1382,10 +1488,14 @@ def with_seed_offset(p: Protocol, offset: int) -> Protocol:
     return replace(p, seeds=tuple(offset + s for s in p.seeds)) if offset else p
 
 
-def main(args) -> dict:
+def protocol_name(args) -> str:
+    """The protocol the command line asks for (``--protocol``, with ``--quick`` its CI form)."""
     name = args.protocol or ("quick" if args.quick else "reduced")
-    if name in ("budget", "published") and args.quick:
-        name = f"{name}-quick"
+    return f"{name}-quick" if name in ("budget", "published") and args.quick else name
+
+
+def main(args) -> dict:
+    name = protocol_name(args)
     out = result_dir(
         "pathological" if name in ("reduced", "quick") else f"pathological-{name}",
         name in ("quick", "budget-quick", "published-quick"),
@@ -1401,6 +1511,7 @@ def main(args) -> dict:
         init=getattr(args, "init", None),
         one_bias=True if getattr(args, "one_bias", False) else None,
         resumable=True if getattr(args, "resumable", False) else None,
+        audit_screen=True if getattr(args, "audit_screen", False) else None,
     )
     return run(
         with_seed_offset(p, args.seed),
