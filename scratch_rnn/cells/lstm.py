@@ -43,9 +43,12 @@ every result is written into a preallocated buffer (``out=``); ``ndarray.dot(b, 
 BLAS call, a third of the call's cost) and 0-d arrays for the constants 0 and 1; the backward's factors
 that depend on the forward alone (σ'(a) = s ⊙ (1 - s), tanh'(a) = 1 - y²) are computed for a block of
 consecutive steps in one call each (:func:`~scratch_rnn.cells.loops.blocks`; elementwise operations do not
-depend on how many elements a call covers); and the three products da_i = (k ⊙ g) ⊙ σ'_i,
-da_f = (k ⊙ c_{t-1}) ⊙ σ'_f, da_g = (k ⊙ i) ⊙ tanh'_g are two broadcast calls over a (B, 3, H) view instead of
-six. Only the order of *independent* operations changes, never the operands of one, so nothing is
+depend on how many elements a call covers); the four products da_i = (k ⊙ g) ⊙ σ'_i,
+da_f = (k ⊙ c_{t-1}) ⊙ σ'_f, da_g = (k ⊙ i) ⊙ tanh'_g, da_o = (dm ⊙ tanh c) ⊙ σ'_o are three calls instead of
+eight (one broadcast over a (B, 3, H) view, one for o, one ⊙ over the four blocks); σ takes five calls
+(:mod:`~scratch_rnn.cells.loops`, after ``sigmoid``); and each step's views are walked in C
+(:func:`~scratch_rnn.cells.loops.step_views`, docs/performance.md, "The batch-1 regime").
+Only the order of *independent* operations changes, never the operands of one, so nothing is
 re-associated: each product keeps the grouping of the step function's expression (``dc + dm * o * tanh'`` is
 ``dc + ((dm ⊙ o) ⊙ tanh')`` in both), and the GEMMs get the very operands of the step functions
 (``h_prev @ w_hh.T``, ``da @ w_hh``), so BLAS makes the same call. Their signatures and returned dicts are
