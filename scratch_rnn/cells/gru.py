@@ -57,13 +57,15 @@ from .loops import (
     blocks,
     finals,
     flush,
+    flush_now,
     forward_steps,
+    forward_views,
     input_projection,
     read_slot,
     sigmoid,
     sigmoid_derivative,
-    sigmoid_into,
     step_sizes,
+    step_views,
     tanh_derivative,
     visit_order,
 )
@@ -241,25 +243,40 @@ def gru_sequence_forward(
     S = alloc((T + 1, B, H), dtype, padded)
     gates = alloc((T, B, G), dtype, padded)
     GH = alloc((T, B, G), dtype, padded)
-    rz, e = np.empty((B, 2 * H), dtype), np.empty((B, 2 * H), dtype)
-    work, zero, one = np.empty((B, H), dtype), np.zeros((), dtype), np.ones((), dtype)
+    rz, E, work = np.empty((B, 2 * H), dtype), np.empty((B, 2, 2 * H), dtype), np.empty((B, H), dtype)
+    minus_one, zero, one = np.full((), -1, dtype), np.zeros((), dtype), np.ones((), dtype)
     w_t = w_hh.T
-    for t, n in forward_steps(T, batch_sizes, reverse, (S,), (h0,)):
-        h_prev, h = S[read_slot(t, reverse), :n], S[read_slot(t, not reverse), :n]
-        gh, gt, xp = GH[t, :n], gates[t, :n], x_proj[t, :n]
+    add, subtract, multiply, divide, tanh, exp, minimum, copysign = (
+        np.add,
+        np.subtract,
+        np.multiply,
+        np.divide,
+        np.tanh,
+        np.exp,
+        np.minimum,
+        np.copysign,
+    )
+    S_read, S_write = (S[1:], S[:-1]) if reverse else (S[:-1], S[1:])  # [t]: the slot step t reads, writes
+    rz_n = lambda A: (A[..., : 2 * H], A[..., 2 * H :])  # noqa: E731 (a (T, B, 3H) array's r, z blocks; its n block)
+    per_step = (S_read, S_write, *rz_n(x_proj), GH, *rz_n(GH), *rz_n(gates), gates[..., :H], gates[..., H : 2 * H])
+    scratch = (rz, E, E[:, 0], E[:, 1], work)
+    steps = forward_views(T, batch_sizes, reverse, (S,), (h0,), per_step, scratch)
+    for h_prev, h, xp_rz, xp_n, gh, gh_rz, gh_n, g_rz, nn, r, z, a, ee, e, num, w in steps:
         h_prev.dot(w_t, gh)  # gh_t = h_{t-1} W_hhᵀ + b_hh
         if b_hh is not None:
-            np.add(gh, b_hh, out=gh)
-        np.add(xp[:, : 2 * H], gh[:, : 2 * H], out=rz[:n])
-        sigmoid_into(rz[:n], e[:n], gt[:, : 2 * H], zero, one)  # r, z
-        nn = work[:n]
-        np.multiply(gt[:, :H], gh[:, 2 * H :], out=nn)  # n = tanh(gi_n + r ⊙ gh_n)
-        np.add(xp[:, 2 * H :], nn, out=nn)
-        np.tanh(nn, out=nn)
-        gt[:, 2 * H :] = nn
-        np.subtract(h_prev, nn, out=h)  # h_t = n + z ⊙ (h_{t-1} - n)
-        np.multiply(gt[:, H : 2 * H], h, out=h)
-        np.add(nn, h, out=h)
+            add(gh, b_hh, gh)
+        add(xp_rz, gh_rz, a)  # r, z = σ(gi + gh) (loops.sigmoid, five calls): -|a|, then e = exp(-|a|) ...
+        copysign(a, minus_one, e)
+        minimum(a, zero, out=num)  # ... and the numerator exp(min(a, 0)), both in one exp
+        exp(ee, ee)
+        add(e, one, g_rz)  # 1 + e
+        divide(num, g_rz, g_rz)
+        multiply(r, gh_n, w)  # n = tanh(gi_n + r ⊙ gh_n)
+        add(xp_n, w, w)
+        tanh(w, nn)
+        subtract(h_prev, nn, h)  # h_t = n + z ⊙ (h_{t-1} - n)
+        multiply(z, h, h)
+        add(nn, h, h)
     return dict(h=S, gates=gates, gh_n=GH[..., 2 * H :], h_n=finals((S,), batch_sizes, reverse)[0])
 
 
@@ -289,8 +306,11 @@ def gru_sequence_backward(
     OMZ, TDN, HMN = (np.empty((span, B, H), dtype) for _ in range(3))
     SD = np.empty((span, B, 2 * H), dtype)
     mm, one = np.empty((B, H), dtype), np.ones((), dtype)
-    sizes = step_sizes(batch_sizes, T, B)
-    i = 0
+    add, multiply = np.add, np.multiply
+    dgi_blocks = (dgi_all[..., : 2 * H], dgi_all[..., :H], dgi_all[..., H : 2 * H], dgi_all[..., 2 * H :])
+    dgh_blocks = (dgh_all, dgh_all[..., : 2 * H], dgh_all[..., 2 * H :])
+    sizes = None if batch_sizes is None else step_sizes(batch_sizes, T, B)
+    flushing, i = flush_below > 0.0, 0
     for lo, steps in blocks(T, reverse, span):
         hi, m = lo + len(steps), len(steps)
         np.subtract(one, z_all[lo:hi], out=OMZ[:m])
@@ -299,24 +319,25 @@ def gru_sequence_backward(
         np.subtract(one, gates[lo:hi, :, : 2 * H], out=SD[:m])
         np.multiply(gates[lo:hi, :, : 2 * H], SD[:m], out=SD[:m])
         np.subtract(S_prev[lo:hi], n_all[lo:hi], out=HMN[:m])
-        for t in steps:
-            n, j = sizes[t], t - lo
-            g, dgi, dgh, dh = hidden[t, :n], dgi_all[t, :n], dgh_all[t, :n], dh_run[:n]
-            np.add(grad_out[t, :n], dh, out=g)  # g_t
-            flush(g, flush_below, i, flush_every)
+        per_step = tuple(a[lo:hi] for a in (grad_out, hidden, *dgi_blocks, *dgh_blocks, gh_n, r_all, z_all))
+        per_step += (OMZ[:m], TDN[:m], SD[:m], HMN[:m])
+        descending = m > 1 and steps[0] > steps[1]
+        views = step_views(per_step, (dh_run, mm), None if sizes is None else sizes[lo:hi], descending)
+        for go, g, da_rz, da_r, da_z, da_n, dgh, dgh_rz, dgh_n, ghn, r, z, omz, tdn, sd, hmn, dh, w in views:
+            add(go, dh, g)  # g_t
+            if flushing and i % flush_every == 0:
+                flush_now(g, flush_below)
             i += 1
-            da_r, da_z, da_n = dgi[:, :H], dgi[:, H : 2 * H], dgi[:, 2 * H :]
-            np.multiply(g, OMZ[j, :n], out=da_n)  # da_n = (g ⊙ (1 - z)) ⊙ (1 - n²)
-            np.multiply(da_n, TDN[j, :n], out=da_n)
-            np.multiply(da_n, gh_n[t, :n], out=da_r)  # da_r = (da_n ⊙ gh_n) ⊙ σ'_r
-            np.multiply(da_r, SD[j, :n, :H], out=da_r)
-            np.multiply(g, HMN[j, :n], out=da_z)  # da_z = (g ⊙ (h_{t-1} - n)) ⊙ σ'_z
-            np.multiply(da_z, SD[j, :n, H:], out=da_z)
-            dgh[:, : 2 * H] = dgi[:, : 2 * H]
-            np.multiply(da_n, r_all[t, :n], out=dgh[:, 2 * H :])  # dgh_n = da_n ⊙ r
-            dgh.dot(w_hh, mm[:n])  # dh_{t-1} = g ⊙ z + dgh W_hh
-            np.multiply(g, z_all[t, :n], out=dh)
-            np.add(dh, mm[:n], out=dh)
+            multiply(g, omz, da_n)  # da_n = (g ⊙ (1 - z)) ⊙ (1 - n²)
+            multiply(da_n, tdn, da_n)
+            multiply(da_n, ghn, da_r)  # da_r = (da_n ⊙ gh_n) ⊙ σ'_r ...
+            multiply(g, hmn, da_z)  # ... da_z = (g ⊙ (h_{t-1} - n)) ⊙ σ'_z ...
+            multiply(da_rz, sd, da_rz)  # ... the ⊙ σ' of both in one call
+            dgh_rz[...] = da_rz  # dgh = dgi on the r, z blocks
+            multiply(da_n, r, dgh_n)  # dgh_n = da_n ⊙ r
+            dgh.dot(w_hh, w)  # dh_{t-1} = g ⊙ z + dgh W_hh
+            multiply(g, z, dh)
+            add(dh, w, dh)
     return dict(dgi=dgi_all, dgh=dgh_all, dh0=dh_run, hidden_grads=hidden)
 
 

@@ -6,10 +6,11 @@ stack's, :mod:`scratch_rnn.cells.base`). What lives here:
 - the input projection of all steps in one GEMM (:func:`input_projection`);
 - packed lengths (:func:`padding_mask`, :func:`lengths_from_batch_sizes`, :func:`step_sizes`) and the state
   buffers' conventions: the visit order (:func:`visit_order`), the slot a step reads (:func:`read_slot`), where
-  each sequence starts (:func:`forward_steps`, :func:`start_rows`) and ends (:func:`final_states`, :func:`finals`);
+  each sequence starts (:func:`forward_steps`, :func:`start_rows`; the fast loops' per-step views,
+  :func:`forward_views`, :func:`step_views`) and ends (:func:`final_states`, :func:`finals`);
 - the subnormal flush of the backward (:func:`flush`);
 - the float32 sums over the T·B rows of a batch (:func:`sum_of_products`, :func:`column_sum`);
-- σ and the derivatives written from an activation (:func:`sigmoid`, :func:`sigmoid_into`,
+- σ and the derivatives written from an activation (:func:`sigmoid`, its five-call form in the fast loops,
   :func:`sigmoid_derivative`, :func:`tanh_derivative`);
 - the fast backward's blocks of steps (:data:`BLOCK_ENTRIES`, :func:`block_steps`, :func:`blocks`) and its
   buffers (:func:`alloc`).
@@ -24,6 +25,7 @@ those h0 copies at padded steps: the stack zeroes them).
 
 from __future__ import annotations
 
+import itertools
 import math
 
 import numpy as np
@@ -38,12 +40,14 @@ __all__ = [
     "read_slot",
     "start_rows",
     "forward_steps",
+    "step_views",
+    "forward_views",
     "finals",
     "flush",
+    "flush_now",
     "sigmoid",
     "sigmoid_derivative",
     "tanh_derivative",
-    "sigmoid_into",
     "alloc",
     "BLOCK_ENTRIES",
     "block_steps",
@@ -149,6 +153,36 @@ def forward_steps(T: int, batch_sizes, reverse: bool, buffers: tuple, initials: 
         yield t, n
 
 
+def step_views(per_step: tuple, scratch: tuple, sizes, descending: bool):
+    """The views each step of a fast loop works on, in the order it visits the steps: for step j of m
+    (j = 0 .. m - 1, visited from m - 1 down when descending) the tuple ``a[j, :n]`` for each ``a`` in per_step,
+    then ``s[:n]`` for each ``s`` in scratch, n = sizes[j] the step's active rows.
+
+    sizes None: every step has all rows; the per-step arrays are then walked along their first axis (a view
+    per array and step, made in C: no Python indexing in the loop) and the scratch views are the scratch arrays
+    themselves. At a batch of one a step's NumPy calls take a few tenths of a microsecond each, and a view
+    made by Python indexing (``a[t, :n]``, ``g[:, :H]``) 0.1-0.15 µs more: docs/performance.md.
+    """
+    if sizes is None:
+        walk = [a[::-1] for a in per_step] if descending else list(per_step)
+        return zip(*walk, *(itertools.repeat(s) for s in scratch))
+    order = range(len(sizes) - 1, -1, -1) if descending else range(len(sizes))
+    return (tuple(a[j, :n] for a in per_step) + tuple(s[:n] for s in scratch) for j in order for n in (sizes[j],))
+
+
+def forward_views(T: int, batch_sizes, reverse: bool, buffers: tuple, initials: tuple, per_step: tuple, scratch: tuple):
+    """:func:`forward_steps` as :func:`step_views`: the forward's steps in order, each as the views it works on
+    (per_step arrays indexed by t). Writes the initial states as :func:`forward_steps` does, before the first step."""
+    if batch_sizes is None:
+        for buf, init in zip(buffers, initials):
+            buf[T if reverse else 0] = init
+        return step_views(per_step, scratch, None, reverse)
+    return (
+        tuple(a[t, :n] for a in per_step) + tuple(s[:n] for s in scratch)
+        for t, n in forward_steps(T, batch_sizes, reverse, buffers, initials)
+    )
+
+
 def finals(buffers: tuple, batch_sizes, reverse: bool) -> tuple:
     """:func:`final_states` of each (T + 1, B, ·) state buffer, the lengths derived once."""
     B = buffers[0].shape[1]
@@ -164,7 +198,12 @@ def flush(a: np.ndarray, flush_below: float, i: int, flush_every: int) -> None:
     (i counts the loop's steps from 0); 0 disables it. The Elman loop (:mod:`scratch_rnn.cells.elman`)
     writes the same rule inline, a Python call per step being a measurable share of its small step."""
     if flush_below > 0.0 and i % flush_every == 0:
-        a[np.abs(a) < flush_below] = 0
+        flush_now(a, flush_below)
+
+
+def flush_now(a: np.ndarray, flush_below: float) -> None:
+    """Zero |a| < flush_below: the step of :func:`flush` that does the work (the fast loops test when inline)."""
+    a[np.abs(a) < flush_below] = 0
 
 
 # --------------------------------------------------------------------------------------------
@@ -192,21 +231,12 @@ def tanh_derivative(y: np.ndarray) -> np.ndarray:
     return 1 - y * y
 
 
-def sigmoid_into(a: np.ndarray, e: np.ndarray, out: np.ndarray, zero: np.ndarray, one: np.ndarray) -> None:
-    """out = :func:`sigmoid` (a) = where(a >= 0, 1, e) / (1 + e) with e = exp(-|a|), the same numbers, in place.
-
-    The numerator is computed as exp(min(a, 0)): exp(0) = 1 where a >= 0, and where a < 0 it is
-    exp(a) = exp(-|a|) = e, the same argument bit for bit (NaN stays NaN). e: scratch of a's shape;
-    out must not overlap a or e; zero, one: 0-d arrays of a's dtype (a Python scalar costs a
-    conversion per call).
-    """
-    np.abs(a, out=e)
-    np.negative(e, out=e)
-    np.exp(e, out=e)
-    np.add(e, one, out=out)  # 1 + e
-    np.minimum(a, zero, out=e)
-    np.exp(e, out=e)  # the numerator
-    np.divide(e, out, out=out)
+# The fast loops compute :func:`sigmoid` in five calls, the same numbers bit for bit:
+#   e = exp(-|a|) with -|a| = copysign(a, -1) (exact: the sign bit set), and the numerator where(a >= 0, 1, e)
+#   as exp(min(a, 0)): exp(0) = 1 where a >= 0, and where a < 0 it is exp(a) = exp(-|a|) = e, the same argument
+#   bit for bit (NaN stays NaN); the two exponentials in one call, over a (B, 2, ·) scratch holding both
+#   arguments (elementwise operations do not depend on how many elements a call covers); then 1 + e and the
+#   division.
 
 
 # --------------------------------------------------------------------------------------------

@@ -43,9 +43,12 @@ every result is written into a preallocated buffer (``out=``); ``ndarray.dot(b, 
 BLAS call, a third of the call's cost) and 0-d arrays for the constants 0 and 1; the backward's factors
 that depend on the forward alone (σ'(a) = s ⊙ (1 - s), tanh'(a) = 1 - y²) are computed for a block of
 consecutive steps in one call each (:func:`~scratch_rnn.cells.loops.blocks`; elementwise operations do not
-depend on how many elements a call covers); and the three products da_i = (k ⊙ g) ⊙ σ'_i,
-da_f = (k ⊙ c_{t-1}) ⊙ σ'_f, da_g = (k ⊙ i) ⊙ tanh'_g are two broadcast calls over a (B, 3, H) view instead of
-six. Only the order of *independent* operations changes, never the operands of one, so nothing is
+depend on how many elements a call covers); the four products da_i = (k ⊙ g) ⊙ σ'_i,
+da_f = (k ⊙ c_{t-1}) ⊙ σ'_f, da_g = (k ⊙ i) ⊙ tanh'_g, da_o = (dm ⊙ tanh c) ⊙ σ'_o are three calls instead of
+eight (one broadcast over a (B, 3, H) view, one for o, one ⊙ over the four blocks); σ takes five calls
+(:mod:`~scratch_rnn.cells.loops`, after ``sigmoid``); and each step's views are walked in C
+(:func:`~scratch_rnn.cells.loops.step_views`, docs/performance.md, "The batch-1 regime").
+Only the order of *independent* operations changes, never the operands of one, so nothing is
 re-associated: each product keeps the grouping of the step function's expression (``dc + dm * o * tanh'`` is
 ``dc + ((dm ⊙ o) ⊙ tanh')`` in both), and the GEMMs get the very operands of the step functions
 (``h_prev @ w_hh.T``, ``da @ w_hh``), so BLAS makes the same call. Their signatures and returned dicts are
@@ -69,13 +72,15 @@ from .loops import (
     blocks,
     finals,
     flush,
+    flush_now,
     forward_steps,
+    forward_views,
     input_projection,
     read_slot,
     sigmoid,
     sigmoid_derivative,
-    sigmoid_into,
     step_sizes,
+    step_views,
     tanh_derivative,
     visit_order,
 )
@@ -322,31 +327,44 @@ def lstm_sequence_forward(
     gates = alloc((T, B, G), dtype, padded)
     tanh_c = alloc((T, B, H), dtype, padded)
     m = alloc((T, B, H), dtype, padded) if w_hr is not None else None
-    a, e, work = np.empty((B, G), dtype), np.empty((B, G), dtype), np.empty((B, H), dtype)
-    zero, one = np.zeros((), dtype), np.ones((), dtype)
+    a, E, work = np.empty((B, G), dtype), np.empty((B, 2, G), dtype), np.empty((B, H), dtype)
+    minus_one, zero, one = np.full((), -1, dtype), np.zeros((), dtype), np.ones((), dtype)
     w_t = w_hh.T  # the step function's operand (ndarray.dot with out= makes @'s BLAS call, cheaper)
     w_rt = None if w_hr is None else w_hr.T
-    for t, n in forward_steps(T, batch_sizes, reverse, (S, C), (h0, c0)):
-        p, q = read_slot(t, reverse), read_slot(t, not reverse)
-        an, gt, c_prev, c = a[:n], gates[t, :n], C[p, :n], C[q, :n]
-        S[p, :n].dot(w_t, an)  # h_{t-1} W_hhᵀ
-        np.add(x_proj[t, :n], an, out=an)  # a_t
-        sigmoid_into(an, e[:n], gt, zero, one)
-        np.tanh(an[:, 2 * H : 3 * H], out=gt[:, 2 * H : 3 * H])
-        i, f, g, o = gt[:, :H], gt[:, H : 2 * H], gt[:, 2 * H : 3 * H], gt[:, 3 * H :]
-        np.multiply(f, c_prev, out=c)  # c_t = f ⊙ c_{t-1} + i ⊙ g
-        np.multiply(i, g, out=work[:n])
-        np.add(c, work[:n], out=c)
-        tc = tanh_c[t, :n]
-        np.tanh(c, out=tc)
-        if w_hr is None:
-            np.multiply(o, tc, out=S[q, :n])  # h_t = m_t = o ⊙ tanh(c_t)
-        else:
-            assert m is not None and w_rt is not None  # both exist exactly when w_hr does
-            np.multiply(o, tc, out=m[t, :n])
-            m[t, :n].dot(w_rt, S[q, :n])
+    add, multiply, divide, tanh, exp, minimum, copysign = (
+        np.add,
+        np.multiply,
+        np.divide,
+        np.tanh,
+        np.exp,
+        np.minimum,
+        np.copysign,
+    )
+    S_read, S_write = (S[1:], S[:-1]) if reverse else (S[:-1], S[1:])  # [t]: the slot step t reads, writes
+    C_read, C_write = (C[1:], C[:-1]) if reverse else (C[:-1], C[1:])
+    i_all, f_all, g_all, o_all = (gates[..., k * H : (k + 1) * H] for k in range(4))
+    m_write = S_write if m is None else m  # where m_t = o ⊙ tanh(c_t) goes: h_t itself without a projection
+    per_step = (S_read, C_read, C_write, x_proj, gates, i_all, f_all, g_all, o_all, tanh_c, S_write, m_write)
+    scratch = (a, a[:, 2 * H : 3 * H], E, E[:, 0], E[:, 1], work)
+    steps = forward_views(T, batch_sizes, reverse, (S, C), (h0, c0), per_step, scratch)
+    for h_prev, c_prev, c, xp, gt, i, f, g, o, tc, h, mt, an, a_g, ee, e, num, w in steps:
+        h_prev.dot(w_t, an)  # h_{t-1} W_hhᵀ
+        add(xp, an, an)  # a_t = x_t W_ihᵀ + b + h_{t-1} W_hhᵀ
+        copysign(an, minus_one, e)  # σ(a_t) (loops.sigmoid, five calls): -|a|, then e = exp(-|a|) ...
+        minimum(an, zero, out=num)  # ... and the numerator exp(min(a, 0)), both in one exp
+        exp(ee, ee)
+        add(e, one, gt)  # 1 + e
+        divide(num, gt, gt)  # i, f, o = σ(a) (the g block's σ is overwritten next, as the step function does)
+        tanh(a_g, g)  # g = tanh(a_g)
+        multiply(f, c_prev, c)  # c_t = f ⊙ c_{t-1} + i ⊙ g
+        multiply(i, g, w)
+        add(c, w, c)
+        tanh(c, tc)
+        multiply(o, tc, mt)  # m_t = o ⊙ tanh(c_t): h_t without a projection
+        if w_rt is not None:
+            mt.dot(w_rt, h)  # h_t = m_t W_hrᵀ
     if m is None:
-        m = S[:-1] if reverse else S[1:]
+        m = S_write
     h_n, c_n = finals((S, C), batch_sizes, reverse)
     return dict(h=S, c=C, gates=gates, tanh_c=tanh_c, m=m, h_n=h_n, c_n=c_n)
 
@@ -374,16 +392,19 @@ def lstm_sequence_backward(
     hidden = alloc((T, B, out), dtype, padded)
     cell = alloc((T, B, H), dtype, padded)
     dm_all = alloc((T, B, H), dtype, padded) if w_hr is not None else hidden
-    # The forward-only factors, a block of steps at a time (_blocks): σ' = s ⊙ (1 - s) on i, f, o; 1 - g² on g;
-    # 1 - tanh² c; and X = (g, c_{t-1}, i), the second factors of da_i, da_f, da_g against deriv's blocks i, f, g.
+    # The forward-only factors, a block of steps at a time (_blocks): deriv = (σ'_i, σ'_f, tanh'_g, σ'_o), with
+    # σ' = s ⊙ (1 - s) and tanh'_g = 1 - g²; TD = 1 - tanh² c; and X = (g, c_{t-1}, i), the second factors of
+    # da_i, da_f, da_g against deriv's blocks i, f, g.
     span = block_steps(T, B * 4 * H)
     deriv, TD, X = np.empty((span, B, 4 * H), dtype), np.empty((span, B, H), dtype), np.empty((span, B, 3, H), dtype)
-    deriv3 = deriv.reshape(span, B, 4, H)[:, :, :3]
-    da3_all = da_all.reshape(T, B, 4, H)[:, :, :3]
+    da3_all, do_all = da_all.reshape(T, B, 4, H)[:, :, :3], da_all[..., 3 * H :]
+    f_all, o_all = gates[..., H : 2 * H], gates[..., 3 * H :]
+    cell1 = cell[:, :, None, :]  # k_t as (B, 1, H), broadcast over X's three blocks
     C_prev = C[1:] if reverse else C[:-1]
     one = np.ones((), dtype)
-    sizes = step_sizes(batch_sizes, T, B)
-    i = 0
+    add, multiply = np.add, np.multiply
+    sizes = None if batch_sizes is None else step_sizes(batch_sizes, T, B)
+    flushing, i = flush_below > 0.0, 0
     for lo, steps in blocks(T, reverse, span):
         hi = lo + len(steps)
         d, td, gb, tcb = deriv[: hi - lo], TD[: hi - lo], gates[lo:hi], tanh_c[lo:hi]
@@ -395,30 +416,26 @@ def lstm_sequence_backward(
         np.multiply(tcb, tcb, out=td)
         np.subtract(one, td, out=td)
         X[: hi - lo, :, 0], X[: hi - lo, :, 1], X[: hi - lo, :, 2] = gg, C_prev[lo:hi], gb[..., :H]
-        for t in steps:
-            n, j = sizes[t], t - lo
-            g, k, da, dc = hidden[t, :n], cell[t, :n], da_all[t, :n], dc_run[:n]
-            np.add(grad_out[t, :n], dh_run[:n], out=g)  # g_t = dL/dout_t + da_{t+1} W_hh
-            flush(g, flush_below, i, flush_every)
-            flush(dc, flush_below, i, flush_every)
+        per_step = tuple(a[lo:hi] for a in (grad_out, hidden, dm_all, cell, cell1, da_all, da3_all, do_all))
+        per_step += tuple(a[lo:hi] for a in (f_all, o_all, tanh_c)) + (td, X[: hi - lo], d)
+        descending = len(steps) > 1 and steps[0] > steps[1]
+        views = step_views(per_step, (dh_run, dc_run), None if sizes is None else sizes[lo:hi], descending)
+        for go, g, dm, k, k1, da, da3, do, f, o, tc, tdj, x3, dj, dh, dc in views:
+            add(go, dh, g)  # g_t = dL/dout_t + da_{t+1} W_hh
+            if flushing and i % flush_every == 0:
+                flush_now(g, flush_below)
+                flush_now(dc, flush_below)
             i += 1
-            if w_hr is None:
-                dm = g
-            else:
-                dm = dm_all[t, :n]
-                g.dot(w_hr, dm)  # dm_t = g_t W_hr
-            gt = gates[t, :n]
-            np.multiply(dm, gt[:, 3 * H :], out=k)  # k_t = dc + (dm ⊙ o) ⊙ (1 - tanh² c_t)
-            np.multiply(k, TD[j, :n], out=k)
-            np.add(dc, k, out=k)
-            da3 = da3_all[t, :n]
-            np.multiply(k[:, None, :], X[j, :n], out=da3)  # (k ⊙ g, k ⊙ c_{t-1}, k ⊙ i) ...
-            np.multiply(da3, deriv3[j, :n], out=da3)  # ... ⊙ (σ'_i, σ'_f, tanh'_g)
-            do = da[:, 3 * H :]
-            np.multiply(dm, tanh_c[t, :n], out=do)  # da_o = (dm ⊙ tanh c_t) ⊙ σ'_o
-            np.multiply(do, deriv[j, :n, 3 * H :], out=do)
-            da.dot(w_hh, dh_run[:n])  # da_t W_hh, into h_{t-1}
-            np.multiply(k, gt[:, H : 2 * H], out=dc)  # k_t ⊙ f, into c_{t-1}
+            if w_hr is not None:
+                g.dot(w_hr, dm)  # dm_t = g_t W_hr (without a projection dm is g itself)
+            multiply(dm, o, k)  # k_t = dc + (dm ⊙ o) ⊙ (1 - tanh² c_t)
+            multiply(k, tdj, k)
+            add(dc, k, k)
+            multiply(k1, x3, da3)  # (k ⊙ g, k ⊙ c_{t-1}, k ⊙ i) into da's blocks i, f, g ...
+            multiply(dm, tc, do)  # ... and dm ⊙ tanh c_t into its block o; then da_t = those
+            multiply(da, dj, da)  # ⊙ (σ'_i, σ'_f, tanh'_g, σ'_o), one call over the four blocks
+            da.dot(w_hh, dh)  # da_t W_hh, into h_{t-1}
+            multiply(k, f, dc)  # k_t ⊙ f, into c_{t-1}
     return dict(da=da_all, dh0=dh_run, dc0=dc_run, hidden_grads=hidden, cell_grads=cell, dm=dm_all)
 
 
