@@ -265,7 +265,7 @@ def test_select_mode_picks_the_strictly_best_epoch(mode, scores, selected):
 # ------------------------------------------------------------------------------------------------
 def test_checkpoint_round_trip_restores_every_trainer_field(tmp_path):
     cfg = dataclasses.replace(CLS, num_layers=1, dropout=0.0)
-    scores = iter([0.3, 0.2, 0.25, 0.1, 0.9])
+    scores = iter([0.2, 0.3, 0.25, 0.1, 0.9])  # epoch 2 is stale: a patience count of 1 to carry over
     tc = TrainConfig(
         optimizer="adam",
         optimizer_kwargs={"lr": 0.01},
@@ -286,7 +286,9 @@ def test_checkpoint_round_trip_restores_every_trainer_field(tmp_path):
     loaded.fit(Batches(cfg, seed=7, sizes=(3, 3, 3)))
     fields = ("step", "epoch", "batch_in_epoch", "first_loss", "stale_epochs", "last_finite_step")
     before = {f: getattr(loaded, f) for f in fields}
-    assert all(before[f] != getattr(saved, f) for f in ("step", "epoch", "batch_in_epoch", "first_loss"))
+    assert all(
+        before[f] != getattr(saved, f) for f in ("step", "epoch", "batch_in_epoch", "first_loss", "stale_epochs")
+    )
     assert loaded.optimizer.step_count != saved.optimizer.step_count
     assert loaded.history != saved.history and loaded.epochs != saved.epochs
     loaded.config = tc  # the resume fields must agree; only the position differs
@@ -297,7 +299,8 @@ def test_checkpoint_round_trip_restores_every_trainer_field(tmp_path):
     assert loaded.optimizer.step_count == saved.optimizer.step_count
     assert loaded.history == saved.history
     assert loaded.epochs == saved.epochs
-    assert loaded.best["value"] == saved.best["value"] and loaded.best["epoch"] == saved.best["epoch"] == 2
+    assert saved.stale_epochs == 1
+    assert loaded.best["value"] == saved.best["value"] and loaded.best["epoch"] == saved.best["epoch"] == 1
     for k, v in saved.best["state"].items():
         np.testing.assert_array_equal(loaded.best["state"][k], v, err_msg=k)
     assert loaded._sums.to_dict() == saved._sums.to_dict()
