@@ -16,6 +16,7 @@ import torch
 
 from reference.rnn import torch_twin
 from scratch_rnn import GRU, LSTM, RNN
+from scratch_rnn.cells import cell_names, cell_spec
 from scratch_rnn.models import ModelConfig, SequenceModel
 from scratch_rnn.regularizers import pascanu_omega
 from tests.helpers import assert_close
@@ -89,3 +90,37 @@ def test_last_forward_lengths_is_what_the_omega_guard_reads():
     value, grads = pascanu_omega(full)
     ref_value, ref_grads = pascanu_omega(plain)
     assert value == ref_value and all(np.array_equal(grads[k], ref_grads[k]) for k in grads)
+
+
+# ------------------------------------------------------------------------------------------------
+# Cotangents at padded steps: ignored, as torch ignores them (pad_packed_sequence discards them)
+# ------------------------------------------------------------------------------------------------
+@pytest.mark.parametrize("cell", cell_names())
+@pytest.mark.parametrize("bidirectional", [False, True], ids=["uni", "bi"])
+def test_cotangents_at_padded_steps_change_no_gradient(cell, bidirectional):
+    """A backward with random cotangents at the padded steps gives the gradients of one with zeros there, bit for
+    bit, for every registered cell: what a padded step's output receives cannot leak into the sequence (torch's
+    packed sequences discard it too). SequenceModel relies on it for per-step tasks, so this is the oracle that
+    masking there is not needed; the unmasked torch twin in test_rnn_torch agrees on valid steps."""
+    T, B, I, H = 6, 4, 3, 5
+    lengths = np.array([6, 2, 4, 1])  # unsorted, one full-length
+    rng = np.random.default_rng(11)
+    model = cell_spec(cell).model_class()(I, H, num_layers=2, bidirectional=bidirectional, dtype=np.float64, seed=3)
+    x = rng.standard_normal((T, B, I))
+    g = rng.standard_normal((T, B, (2 if bidirectional else 1) * model.output_size))
+    padded = np.arange(T)[:, None] >= lengths[None, :]
+    assert padded.any() and not padded.all()
+    g_zero = g.copy()
+    g_zero[padded] = 0.0
+    results = []
+    for cot in (g, g_zero):
+        model.zero_grad()
+        model.forward(x, None, lengths)
+        grad_x, _ = model.backward(cot)
+        results.append(({k: v.copy() for k, v in model.grads.items()}, grad_x))
+    (grads_a, gx_a), (grads_b, gx_b) = results
+    assert np.abs(g[padded]).min() > 0  # the cotangents there really differ
+    for k in grads_a:
+        np.testing.assert_array_equal(grads_a[k], grads_b[k], err_msg=f"{cell}: grad {k}")
+    np.testing.assert_array_equal(gx_a, gx_b, err_msg=f"{cell}: grad_x")
+    assert np.all(gx_a[padded] == 0)  # and nothing flows back to the padded inputs
