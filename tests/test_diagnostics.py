@@ -404,3 +404,22 @@ def test_gru_state_jacobian_matches_torch_autograd(bias):
 
         ref = torch.autograd.functional.jacobian(step, torch.tensor(h[k]))
         assert_close(mine[k], ref.numpy(), name=f"GRU dh_t/dh_(t-1), sample {k}", config=dict(bias=bias))
+
+
+@pytest.mark.parametrize("reverse", [False, True], ids=["forward", "reverse"])
+def test_grad_norms_by_distance_reads_each_sequence_from_its_own_end(reverse):
+    """Closed form, with unequal lengths: distance n of sequence b is step lengths[b] - 1 - n (step n in the
+    reverse direction), its norm ‖g_t‖; every distance n >= lengths[b] is NaN, and no valid one is."""
+    T, B, H = 6, 4, 3
+    lengths = np.array([6, 2, 4, 1])
+    rng = np.random.default_rng(5)
+    g = rng.standard_normal((T, B, H))
+    g[np.arange(T)[:, None] >= lengths[None, :]] = 0.0  # hidden_grads are zero at padded steps
+    got = dg.grad_norms_by_distance(g, lengths, reverse=reverse)
+    for b in range(B):
+        for n in range(T):
+            if n >= lengths[b]:
+                assert np.isnan(got[n, b]), (b, n)
+            else:
+                t = n if reverse else lengths[b] - 1 - n
+                assert got[n, b] == pytest.approx(np.linalg.norm(g[t, b]), rel=1e-14), (b, n)
