@@ -101,7 +101,8 @@ CHILD = """
             time.sleep(0.01)
     Path(str(ready) + ".calling").write_text("")  # got this far (imports done)
     got = process.die_with_parent(parent, poll_interval=0.1)
-    ready.write_text(got)
+    Path(str(ready) + ".tmp").write_text(got)
+    os.replace(str(ready) + ".tmp", ready)  # whole: a reader that sees the file sees its text
     time.sleep(120)
 """
 
