@@ -1307,7 +1307,7 @@ def plot_curves(df: pd.DataFrame, path) -> None:
         if task == "adding":
             for st, what in ARJOVSKY_LSTM.get(length, ()):
                 ax.axvline(st, color="k", ls=":", lw=1)
-                ax.text(st, 60, f" Arjovsky et al. LSTM: {what}", rotation=90, fontsize=7, va="center")
+                ax.text(st, 0.015, f" Arjovsky et al. LSTM: {what}", rotation=90, fontsize=7, va="bottom")
         else:
             x, y = zip(*PASCANU_SGDCR_LOG)
             ax.plot(x, [max(v, floor) for v in y], "k.", ms=4, label="Pascanu et al.'s SGD-CR log (solved 336k)")
