@@ -279,3 +279,25 @@ def test_sigint_to_the_parent_alone_exits_130_promptly_keeping_finished_trials(t
         parent.kill()
         _reap_leftovers(workers)
         parent.communicate(timeout=30)
+
+
+def test_ctrl_c_right_after_a_row_is_written_does_not_write_it_twice(tmp_path, monkeypatch):
+    """The window the SIGINT test above hit under load: the interrupt lands after a finished trial's row is
+    appended and before the sweep notes it as saved. The handler then keeps the trials that finished meanwhile,
+    and must not append that row again."""
+    real = sweep.append_row
+    calls = []
+
+    def append_then_interrupt(path, row):
+        real(path, row)
+        calls.append(row["k"])
+        if len(calls) == 1:
+            raise KeyboardInterrupt
+
+    monkeypatch.setattr(sweep, "append_row", append_then_interrupt)
+    specs = [dict(k=k, log=str(tmp_path / "log.txt")) for k in range(3)]
+    table = tmp_path / "trials.jsonl"
+    with pytest.raises(KeyboardInterrupt):
+        sweep.run_sweep(square_trial, specs, table, workers=1, progress=False)
+    ids = [json.loads(line)["trial_id"] for line in table.read_text().splitlines()]
+    assert len(ids) == len(set(ids)) >= 1, ids  # each finished trial once

@@ -293,9 +293,14 @@ def run_sweep(
                     f.cancel()
                 if interrupted and scheduler is None:
                     _stop_workers(executor)  # Ctrl-C: do not wait minutes for trials nobody will read
-                # trials that finished meanwhile are kept (as_completed yields done futures in any order)
+                # trials that finished meanwhile are kept (as_completed yields done futures in any order), each
+                # once: the table itself says what is in it (a Ctrl-C between a row's write and `saved.add`
+                # must not write that row twice)
+                present = set(load_trials(table, specs, warn=False))
                 for f in futures:
-                    if f not in saved and f.done() and not f.cancelled() and f.exception() is None:
+                    if f in saved or trial_id(futures[f]) in present:
+                        continue
+                    if f.done() and not f.cancelled() and f.exception() is None:
                         save(f)
                 raise
             finally:
