@@ -8,10 +8,16 @@ from dataclasses import asdict, dataclass
 
 import numpy as np
 
-from scratch_rnn.cells import cell_names, cell_spec
+from scratch_rnn.cells import cell_names, cell_spec, cell_takes
 
 CELL_NAMES = cell_names(builtin=True)  # "rnn", "lstm", "gru": the cells with a torch.nn module
 PLUGIN_CELLS = cell_names(builtin=False)  # the step-function cells, with a torch step as their twin
+
+
+def _builtin_takes(cell: str, option: str) -> bool:
+    """A built-in cell whose constructor takes ``option`` (a plug-in cell draws its own options through its
+    OPTIONS hook)."""
+    return cell_spec(cell).builtin and cell_takes(cell, option)
 
 
 @dataclass
@@ -43,7 +49,7 @@ class RNNCase:
 
     @property
     def lstm(self) -> bool:
-        return self.cell == "lstm"
+        return "c" in cell_spec(self.cell).model_class().STATES  # a cell state beside h (c0, c_n, cell_grads)
 
     def model(self, dtype=np.float64):
         common = dict(
@@ -55,9 +61,9 @@ class RNNCase:
             dtype=dtype,
             seed=self.seed,
         )
-        if self.cell == "rnn":
+        if _builtin_takes(self.cell, "nonlinearity"):
             common["nonlinearity"] = self.nonlinearity
-        if self.lstm:
+        if _builtin_takes(self.cell, "proj_size"):
             common["proj_size"] = self.proj_size
         return cell_spec(self.cell).model_class()(self.input_size, self.hidden_size, **common, **dict(self.options))
 
@@ -116,7 +122,9 @@ def random_case(
     num_layers = int(rng.integers(1, max_layers + 1))
     input_size = int(rng.integers(1, max_size + 1))  # drawn in the order of old: the RNN stream is unchanged
     hidden = int(rng.integers(1, max_size + 1))
-    proj = int(rng.integers(1, hidden)) if cell == "lstm" and hidden > 1 and rng.random() < 0.4 else 0
+    proj = (
+        int(rng.integers(1, hidden)) if _builtin_takes(cell, "proj_size") and hidden > 1 and rng.random() < 0.4 else 0
+    )
     case = RNNCase(
         cell=cell,
         proj_size=proj,
@@ -124,7 +132,7 @@ def random_case(
         hidden_size=hidden,
         num_layers=num_layers,
         bidirectional=bool(rng.random() < 0.5),
-        nonlinearity=str(rng.choice(["tanh", "relu"])) if cell == "rnn" else "tanh",
+        nonlinearity=str(rng.choice(["tanh", "relu"])) if _builtin_takes(cell, "nonlinearity") else "tanh",
         bias=bool(rng.random() < 0.8),
         batch_first=bool(rng.random() < 0.5),
         unbatched=unbatched,

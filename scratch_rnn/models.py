@@ -37,7 +37,7 @@ import numpy as np
 from numpy.typing import ArrayLike
 
 from . import losses as L
-from .cells import cell_names, cell_spec
+from .cells import cell_names, cell_spec, cell_takes
 from .checks import (
     as_float_array,
     as_index_array,
@@ -59,6 +59,11 @@ __all__ = ["ModelConfig", "SequenceModel", "StepOutput", "POOLINGS", "TASKS", "L
 POOLINGS = ("last", "mean", "max")
 TASKS = ("sequence", "per_step")
 LOSSES = ("cross_entropy", "mse", "bce")
+
+
+def _projects(cell: str) -> bool:
+    """A built-in cell that takes proj_size (the LSTM); a step cell inherits the argument but has no projection."""
+    return cell_spec(cell).builtin and cell_takes(cell, "proj_size")
 
 
 @dataclass(frozen=True)
@@ -133,7 +138,7 @@ class ModelConfig:
         if nonlinearities is not None:
             check_choice("nonlinearity", self.nonlinearity, nonlinearities)
         keep("proj_size", check_non_negative_int("proj_size", self.proj_size))
-        if self.proj_size and (self.cell != "lstm" or self.proj_size >= self.hidden_size):
+        if self.proj_size and (not _projects(self.cell) or self.proj_size >= self.hidden_size):
             raise ValueError(
                 f"proj_size: expected 0, or with cell='lstm' a number below hidden_size="
                 f"{self.hidden_size}, got {self.proj_size} (cell={self.cell!r})"

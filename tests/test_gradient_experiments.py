@@ -332,6 +332,18 @@ def test_sgd_cr_step_is_the_authors_update(task, scale, regime, method):
         assert_close(model.parameters()[k], v - 0.1 * step[k], name=f"{k} after one SGD-CR step", config=config)
 
 
+@pytest.mark.parametrize("method", pathological.ALL_METHODS)
+def test_each_method_builds_the_cell_it_names(method):
+    """The model a trial builds is the cell its method's paper trains (the oracle: the papers' recipes, restated
+    here; METHOD_CELL is where the code states them once)."""
+    from scratch_rnn.cells import cell_spec
+
+    papers = {"lstm": "lstm", "lstm_rmsprop": "lstm", "gru": "gru", "indrnn": "indrnn"}  # the rest: the tanh/relu RNN
+    model = pathological.build("adding", method, hidden=4, seed=0, length=20)
+    expected = cell_spec(papers.get(method, "rnn")).model_class()
+    assert type(model.rnn) is expected, (method, expected, type(model.rnn))
+
+
 @pytest.mark.parametrize("method", ["sgd_cr", "lstm", "gru"])
 def test_part_two_methods_run_a_trial(method):
     spec = dict(

@@ -59,7 +59,7 @@ class FlowConfig:
     clip: float = 5.0
     inits: tuple = tuple(INITS)
     nonlinearities: tuple = ("tanh", "relu")
-    cells: tuple = ("rnn", "lstm", "gru")  # rnn: every init × nonlinearity; a gated cell: one model at torch's init
+    cells: tuple = cell_names(builtin=True)  # rnn: every init × nonlinearity; a gated cell: one model at torch's init
     seed: int = 0
     data: str | None = None
 

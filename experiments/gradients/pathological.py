@@ -93,6 +93,15 @@ PUBLISHED = {
     "lstm_rmsprop": dict(hidden=128, batch=20, lr=1e-3, clip=1.0),
     "indrnn": dict(hidden=128, batch=32, lr=2e-4, clip=10.0),
 }
+# The registered cell each method trains, stated once: a method is a recipe (cell, init, optimizer, clipping) whose
+# published settings belong to that cell, so the recipes below branch on the method, never on a cell's name.
+METHOD_CELL = {
+    **{m: "rnn" for m in ("sgd", "sgd_clip", "sgd_cr", "sgd_cr_exact", "irnn")},
+    "lstm": "lstm",
+    "gru": "gru",
+    "lstm_rmsprop": "lstm",
+    "indrnn": "indrnn",
+}
 INDRNN_LAYERS = 2
 RMSPROP_DECAY, RMSPROP_START = 0.9, 1e-3  # Arjovsky et al.'s rms_prop (models.py)
 BASELINE_ERROR = {"adding": 0.36, "temporal_order": 0.75}  # constant prediction / chance
@@ -334,7 +343,7 @@ def build(
                 out_features=spec.n_out,
                 input_size=spec.n_in,
                 nonlinearity="relu",
-                cell="indrnn",
+                cell=METHOD_CELL[method],
                 num_layers=INDRNN_LAYERS,
                 pooling="last",
                 loss=spec.loss,
@@ -348,7 +357,7 @@ def build(
         model.head.load_state_dict({"weight": _glorot(rng, hidden, spec.n_out).T, "bias": np.zeros(spec.n_out)})
         return model
     nonlinearity = "relu" if method == "irnn" else "tanh"
-    cell = "lstm" if method in ("lstm", "lstm_rmsprop") else ("gru" if method == "gru" else "rnn")
+    cell = METHOD_CELL[method]
     model = SequenceModel(
         ModelConfig(
             hidden_size=hidden,
@@ -371,8 +380,8 @@ def build(
         rinit.forget_gate_bias(model.rnn, 1.0)  # ... the forget gate's 1 (in b_ih; b_hh's block stays 0)
         model.head.load_state_dict({"weight": _glorot(rng, H, spec.n_out).T, "bias": np.zeros(spec.n_out)})
         return model
-    if cell != "rnn":  # their usual init: torch's U(±1/√H), and for the LSTM a forget-gate bias of 1
-        if cell == "lstm":
+    if method in ("lstm", "gru"):  # their usual init: torch's U(±1/√H), and for the LSTM a forget-gate bias of 1
+        if method == "lstm":
             rinit.forget_gate_bias(model.rnn, 1.0)
         if one_bias:
             params["bias_hh_l0"][...] = 0.0

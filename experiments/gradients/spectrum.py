@@ -33,7 +33,7 @@ from scratch_rnn.cells.lstm import lstm_step_forward
 
 from .common import markdown_table, result_dir, save_figure, write_csv, write_json, write_report
 
-VARIANTS = ("lstm_fb1",)  # a registered cell with another initialisation (part two)
+VARIANTS = {"lstm_fb1": "lstm"}  # a registered cell with another initialisation (part two): variant -> cell
 
 
 @dataclass(frozen=True)
@@ -48,12 +48,14 @@ class SpectrumConfig:
     seed: int = 0
     # part two: the cells compared at their usual initialisation (torch's U(±1/√H); lstm_fb1: forget-gate bias 1;
     # any registered cell, e.g. indrnn at its constructor's init, by name)
-    cells: tuple = ("rnn", "lstm", "lstm_fb1", "gru")
+    # the built-in cells, each followed by its variants
+    cells: tuple = tuple(v for c in cell_names(builtin=True) for v in (c, *(n for n, b in VARIANTS.items() if b == c)))
 
     def __post_init__(self):
-        unknown = [c for c in self.cells if c not in cell_names() + VARIANTS]
+        known = cell_names() + tuple(VARIANTS)
+        unknown = [c for c in self.cells if c not in known]
         if unknown:
-            raise ValueError(f"cells: expected names among {list(cell_names() + VARIANTS)}, got {unknown}")
+            raise ValueError(f"cells: expected names among {list(known)}, got {unknown}")
 
 
 QUICK = SpectrumConfig(
@@ -76,7 +78,7 @@ RESOLVED = 1e-12  # singular values below this fraction of σ_max of a float64 p
 def make_cell(name: str, input_size: int, hidden: int, seed: int):
     """A single-layer float64 cell at its usual initialisation: torch's U(±1/√H) (``rnn``: tanh); ``lstm_fb1`` is the
     LSTM with its forget-gate bias set to 1 (b_ih) and 0 (b_hh), as the pathological trials use it."""
-    cell = "lstm" if name == "lstm_fb1" else name
+    cell = VARIANTS.get(name, name)
     model = cell_spec(cell).model_class()(input_size, hidden, dtype=np.float64, seed=seed)
     if name == "lstm_fb1":
         init.forget_gate_bias(model, 1.0)

@@ -28,7 +28,7 @@ from typing import TYPE_CHECKING, Any
 if TYPE_CHECKING:  # pragma: no cover
     from .base import RecurrentBase
 
-__all__ = ["CellSpec", "register_cell", "cell_spec", "cell_names", "resolve"]
+__all__ = ["CellSpec", "register_cell", "cell_spec", "cell_names", "cell_takes", "resolve"]
 
 
 @dataclass(frozen=True)
@@ -106,6 +106,15 @@ def register_cell(
 def cell_names(*, builtin: bool | None = None) -> tuple[str, ...]:
     """The registered names, in registration order (``builtin``: only those, or only the others)."""
     return tuple(n for n, s in _REGISTRY.items() if builtin is None or s.builtin == builtin)
+
+
+def cell_takes(cell: str | type[RecurrentBase], option: str) -> bool:
+    """Whether the cell's layer class takes the constructor option ``option`` (``"nonlinearity"``,
+    ``"proj_size"``, ...): what the callers ask instead of comparing cell names. A step cell inherits the stack's
+    signature (``proj_size`` included, which it refuses), so callers ask it of built-in cells only."""
+    import inspect
+
+    return option in inspect.signature(cell_spec(cell).model_class()).parameters
 
 
 def cell_spec(cell: str | type[RecurrentBase]) -> CellSpec:
