@@ -143,11 +143,41 @@ class Protocol:
     checkpoint_seconds: float = 120.0  # a resumable trial saves at the first check this long after its last save
 
 
+# Their code's checks (every 20 updates; solved = none of 10,000 fresh samples wrong) behind the free screen, with the
+# error curve every 500 updates: the setting of part two's budget grid and of every part-three protocol.
+THEIR_CHECKS = dict(
+    check_every=20, eval_samples=10_000, screen=True, track_every=500, track_samples=1000, eval_chunk=250
+)
+BOTH_TASKS = ("adding", "temporal_order")
+PAPER_LENGTHS = (50, 100, 150, 200)
+
+_BUDGET = Protocol(
+    "budget",
+    BOTH_TASKS,
+    PAPER_LENGTHS,
+    PART_TWO_METHODS,
+    (0, 1, 2),
+    max_iters=BUDGET_ITERS,
+    **THEIR_CHECKS,
+    only=(("sgd_cr_exact", (50,)),),
+)
+_PUBLISHED = Protocol(
+    "published",
+    ("adding",),
+    (100, 200, 1000),
+    ("lstm_rmsprop", "indrnn", "sgd"),
+    (0, 1, 2),
+    max_iters=30_000,
+    **THEIR_CHECKS,
+    only=(("lstm_rmsprop", (100, 200)), ("indrnn", (1000,)), ("sgd", (1000,))),
+    one_bias=True,
+    resumable=True,
+)
 PROTOCOLS = {
     "full": Protocol(
         "full",
-        ("adding", "temporal_order"),
-        (50, 100, 150, 200),
+        BOTH_TASKS,
+        PAPER_LENGTHS,
         METHODS,
         tuple(range(5)),
         max_iters=5_000_000,
@@ -155,132 +185,55 @@ PROTOCOLS = {
         eval_samples=10_000,
     ),
     "reduced": Protocol(
-        "reduced",
-        ("adding", "temporal_order"),
-        (10, 25, 50),
-        METHODS,
-        (0, 1, 2),
-        max_iters=3000,
-        check_every=250,
-        eval_samples=1000,
+        "reduced", BOTH_TASKS, (10, 25, 50), METHODS, (0, 1, 2), max_iters=3000, check_every=250, eval_samples=1000
     ),
     "long": Protocol(
-        "long",
-        ("adding", "temporal_order"),
-        (25, 50),
-        METHODS,
-        (0, 1, 2),
-        max_iters=12000,
-        check_every=500,
-        eval_samples=1000,
+        "long", BOTH_TASKS, (25, 50), METHODS, (0, 1, 2), max_iters=12000, check_every=500, eval_samples=1000
     ),
     # within the paper's length range, at a budget one 2-core machine finishes in ~20 minutes
     "extended": Protocol(
-        "extended",
-        ("adding", "temporal_order"),
-        (50, 100),
-        METHODS,
-        (0, 1, 2),
-        max_iters=20000,
-        check_every=1000,
-        eval_samples=1000,
+        "extended", BOTH_TASKS, (50, 100), METHODS, (0, 1, 2), max_iters=20000, check_every=1000, eval_samples=1000
     ),
     "quick": Protocol(
-        "quick",
-        ("adding", "temporal_order"),
-        (10,),
-        METHODS,
-        (0,),
-        max_iters=20,
-        check_every=10,
-        eval_samples=100,
-        hidden=8,
+        "quick", BOTH_TASKS, (10,), METHODS, (0,), max_iters=20, check_every=10, eval_samples=100, hidden=8
     ),
-    # Part two: the paper's lengths, all methods, their checks (every 20 iterations, solved = none of 10,000 fresh
-    # samples wrong) behind the free screen; the cap is what fits 2 hours on 2 cores (docs/gradients.md).
-    "budget": Protocol(
-        "budget",
-        ("adding", "temporal_order"),
-        (50, 100, 150, 200),
-        PART_TWO_METHODS,
-        (0, 1, 2),
-        max_iters=BUDGET_ITERS,
-        check_every=20,
-        eval_samples=10_000,
-        screen=True,
-        track_every=500,
-        track_samples=1000,
-        eval_chunk=250,
-        only=(("sgd_cr_exact", (50,)),),
-    ),
+    # Part two: the paper's lengths, all methods, their checks; the cap is what fits 2 hours on 2 cores
+    # (docs/gradients.md).
+    "budget": _BUDGET,
     # its CI form: the same code and checks, two lengths, one seed, 40 iterations
-    "budget-quick": Protocol(
-        "budget-quick",
-        ("adding", "temporal_order"),
-        (50, 100),
-        PART_TWO_METHODS,
-        (0,),
-        max_iters=40,
-        check_every=20,
-        eval_samples=10_000,
-        screen=True,
-        track_every=20,
-        track_samples=200,
-        eval_chunk=250,
-        only=(("sgd_cr_exact", (50,)),),
+    "budget-quick": replace(
+        _BUDGET, name="budget-quick", lengths=(50, 100), seeds=(0,), max_iters=40, track_every=20, track_samples=200
     ),
     # Part three. Each method in its published setting, at the lengths the must-show runs use (lstm_rmsprop: Arjovsky
-    # et al.'s T = 100, 200; indrnn: Li et al.'s T = 1,000, beside the tanh RNN with plain SGD); Pascanu et al.'s
-    # checks behind the screen; one bias; resumable.
-    "published": Protocol(
-        "published",
-        ("adding",),
-        (100, 200, 1000),
-        ("lstm_rmsprop", "indrnn", "sgd"),
-        (0, 1, 2),
-        max_iters=30_000,
-        check_every=20,
-        eval_samples=10_000,
-        screen=True,
-        track_every=500,
-        track_samples=1000,
-        eval_chunk=250,
-        only=(("lstm_rmsprop", (100, 200)), ("indrnn", (1000,)), ("sgd", (1000,))),
-        one_bias=True,
-        resumable=True,
-    ),
-    "published-quick": Protocol(
-        "published-quick",
-        ("adding",),
-        (20,),
-        ("lstm_rmsprop", "indrnn"),
-        (0,),
+    # et al.'s T = 100, 200; indrnn: Li et al.'s T = 1,000, beside the tanh RNN with plain SGD); their checks; one
+    # bias; resumable.
+    "published": _PUBLISHED,
+    # its CI form: the same settings at length 20, a checkpoint at every check
+    "published-quick": replace(
+        _PUBLISHED,
+        name="published-quick",
+        lengths=(20,),
+        methods=("lstm_rmsprop", "indrnn"),
+        seeds=(0,),
         max_iters=20,
         check_every=10,
         eval_samples=200,
-        screen=True,
         track_every=10,
         track_samples=50,
         eval_chunk=100,
-        one_bias=True,
-        resumable=True,
+        only=(),
         checkpoint_seconds=0.0,
     ),
     # The faithful grid of Pascanu et al. for a cluster: their code's settings (one bias, the fallback, 10,000-sample
     # checks every 20 updates, up to 5·10⁶ updates, 5 runs a point), lengths 50-200, both tasks; resumable.
     "paper": Protocol(
         "paper",
-        ("adding", "temporal_order"),
-        (50, 100, 150, 200),
+        BOTH_TASKS,
+        PAPER_LENGTHS,
         ("sgd", "sgd_clip", "sgd_cr"),
         tuple(range(5)),
         max_iters=5_000_000,
-        check_every=20,
-        eval_samples=10_000,
-        screen=True,
-        track_every=500,
-        track_samples=1000,
-        eval_chunk=250,
+        **THEIR_CHECKS,
         one_bias=True,
         resumable=True,
     ),
@@ -293,12 +246,7 @@ PROTOCOLS = {
         ("sgd_cr",),
         tuple(range(5)),
         max_iters=5_000_000,
-        check_every=20,
-        eval_samples=10_000,
-        screen=True,
-        track_every=500,
-        track_samples=1000,
-        eval_chunk=250,
+        **THEIR_CHECKS,
         min_length=50,
         init="basic_tanh",
         one_bias=True,
