@@ -138,10 +138,13 @@ def make_inputs(case: Case, dtype, seed: int = 0):
     return x, g
 
 
-def make_scratch(case: Case, dtype):
-    from scratch_rnn.cells import cell_spec
+def make_scratch(case: Case, dtype, threads: int = 1):
+    """Our layer for the case; a cell whose loops can split the batch over threads (``threads=``, the LSTM) gets
+    the run's thread count, as torch does."""
+    from scratch_rnn.cells import cell_spec, cell_takes
 
-    return cell_spec(case.cell).model_class()(case.I, case.H, dtype=dtype, seed=0)
+    split = {"threads": threads} if cell_takes(case.cell, "threads") else {}
+    return cell_spec(case.cell).model_class()(case.I, case.H, dtype=dtype, seed=0, **split)
 
 
 def make_torch(model, dtype):
@@ -355,7 +358,7 @@ def memory_child(lib: str, dtype: str, case: Case, threads: int) -> dict:
     """Runs in a fresh process: peak memory of one forward+backward of ``lib``."""
     dtype = np.dtype(dtype)
     x, g = make_inputs(case, dtype)
-    model = make_scratch(case, dtype)
+    model = make_scratch(case, dtype, threads)
     small = Case("warm-up", 2, 3, case.I, case.H)
     xs, gs = make_inputs(small, dtype)
     if lib == "torch":
@@ -534,7 +537,7 @@ def run(args) -> dict:
                 peak = peak_fns(np.dtype(dtype), peak_n)
                 for case in grid:
                     x, g = make_inputs(case, dtype)
-                    model = make_scratch(case, dtype)
+                    model = make_scratch(case, dtype, threads)
                     twin = make_torch(model, dtype)
                     fns = {"scratch": scratch_step(model, x, g), "torch": torch_step(twin, x, g)}
                     if case.loss == "last" and dtype == "float32":
