@@ -139,11 +139,11 @@ def make_inputs(case: Case, dtype, seed: int = 0):
 
 
 def make_scratch(case: Case, dtype, threads: int = 1):
-    """Our layer for the case; a cell whose loops can split the batch over threads (``threads=``, the LSTM) gets
-    the run's thread count, as torch does."""
+    """Our layer for the case. ``threads`` > 1 (``--split``): a cell whose loops can split the batch over threads
+    (``threads=``, the LSTM) gets that many (docs/performance.md, "The batch split"); 1: its default."""
     from scratch_rnn.cells import cell_spec, cell_takes
 
-    split = {"threads": threads} if cell_takes(case.cell, "threads") else {}
+    split = {"threads": threads} if threads > 1 and cell_takes(case.cell, "threads") else {}
     return cell_spec(case.cell).model_class()(case.I, case.H, dtype=dtype, seed=0, **split)
 
 
@@ -358,7 +358,7 @@ def memory_child(lib: str, dtype: str, case: Case, threads: int) -> dict:
     """Runs in a fresh process: peak memory of one forward+backward of ``lib``."""
     dtype = np.dtype(dtype)
     x, g = make_inputs(case, dtype)
-    model = make_scratch(case, dtype, threads)
+    model = make_scratch(case, dtype)
     small = Case("warm-up", 2, 3, case.I, case.H)
     xs, gs = make_inputs(small, dtype)
     if lib == "torch":
@@ -505,6 +505,7 @@ def run(args) -> dict:
         flops_formula="6*T*B*H*(I+H)",
         gemm_peak_n=peak_n,
         quick=bool(args.quick),
+        split=bool(args.split),
         peaks={},
         rows=[],
         vanishing={},
@@ -537,7 +538,7 @@ def run(args) -> dict:
                 peak = peak_fns(np.dtype(dtype), peak_n)
                 for case in grid:
                     x, g = make_inputs(case, dtype)
-                    model = make_scratch(case, dtype, threads)
+                    model = make_scratch(case, dtype, threads if args.split else 1)
                     twin = make_torch(model, dtype)
                     fns = {"scratch": scratch_step(model, x, g), "torch": torch_step(twin, x, g)}
                     if case.loss == "last" and dtype == "float32":
@@ -948,6 +949,12 @@ def _main(argv=None) -> int:
         f"--quick: {[c.name for c in QUICK_GRID]})",
     )
     p.add_argument("--no-memory", dest="memory", action="store_false")
+    p.add_argument(
+        "--split",
+        action="store_true",
+        help="give our layer the run's thread count where its loops can split the batch (threads=, the LSTM); "
+        "off: its default, one thread in the loops",
+    )
     p.add_argument(
         "--json",
         default=None,
