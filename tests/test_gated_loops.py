@@ -32,7 +32,7 @@ def loop_functions(kind: str, which: str):
 
 def run_loops(which: str, case: Case, dtype, flush_below: float = 0.0, flush_every: int = 1, **threads):
     """One layer and direction through the cell's ``which`` loops: (forward cache, backward dict). ``threads=k``:
-    the LSTM's sequence loops with their rows split over k threads."""
+    the sequence loops with their rows split over k threads."""
     a = cast(make_arrays(case), dtype)
     bs = case.batch_sizes()
     forward, backward = loop_functions(case.kind, which)
@@ -55,9 +55,17 @@ def run_loops(which: str, case: Case, dtype, flush_below: float = 0.0, flush_eve
         )
     else:
         xp = loops.input_projection(a["x"], a["w_ih"], a["b_ih"])
-        cache = forward(xp, a["h0"], a["w_hh"], a["b_hh"], bs, case.reverse)
+        cache = forward(xp, a["h0"], a["w_hh"], a["b_hh"], bs, case.reverse, **threads)
         back = backward(
-            a["go"], a["ghn"], cache, a["w_hh"], bs, case.reverse, flush_below=flush_below, flush_every=flush_every
+            a["go"],
+            a["ghn"],
+            cache,
+            a["w_hh"],
+            bs,
+            case.reverse,
+            flush_below=flush_below,
+            flush_every=flush_every,
+            **threads,
         )
     return cache, back
 
@@ -193,18 +201,18 @@ def test_models_run_the_fast_loops_and_equal_the_reference(cls, kw, dtype, monke
 
 
 # --------------------------------------------------------------------------------------------
-# The batch split (LSTM ``threads=``): the rows run as chunks on several threads, the numbers unchanged
+# The batch split (LSTM and GRU ``threads=``): the rows run as chunks on several threads, the numbers unchanged
 # --------------------------------------------------------------------------------------------
 @st.composite
 def split_cases(draw):
-    """An LSTM layer and direction with a full batch large enough to be split (2 x MIN_SPLIT_ROWS rows and up;
-    with packed lengths the loops do not split)."""
+    """An LSTM or GRU layer and direction with a full batch large enough to be split (2 x MIN_SPLIT_ROWS rows and
+    up; with packed lengths the loops do not split)."""
+    kind = draw(st.sampled_from(["lstm", "gru"]))
     H = draw(st.integers(1, 6))
     B, T = draw(st.integers(2 * loops.MIN_SPLIT_ROWS, 5 * loops.MIN_SPLIT_ROWS)), draw(st.integers(1, 7))
-    lengths = None
-    proj = draw(st.integers(0, H - 1))
+    proj = draw(st.integers(0, H - 1)) if kind == "lstm" else 0
     bias, reverse = draw(st.booleans()), draw(st.booleans())
-    return Case("lstm", draw(st.integers(1, 4)), H, proj, B, T, bias, reverse, lengths, draw(st.integers(0, 2**31 - 1)))
+    return Case(kind, draw(st.integers(1, 4)), H, proj, B, T, bias, reverse, None, draw(st.integers(0, 2**31 - 1)))
 
 
 @given(
@@ -223,12 +231,14 @@ SPLIT_SIZED = [
     Case("lstm", 64, 128, 0, 40, 9, True, False, None, seed=2),  # chunks of 16 and 24 rows
     Case("lstm", 7, 33, 5, 100, 6, False, False, None, seed=3),  # a projection; 3 chunks with 3 threads
     Case("lstm", 3, 9, 0, 81, 8, True, True, None, seed=4),  # 81 = 5 x 16 + 1
+    Case("gru", 50, 64, 0, 64, 12, True, False, None, seed=5),
+    Case("gru", 64, 128, 0, 40, 9, False, True, None, seed=6),
 ]
 
 
 @pytest.mark.parametrize("dtype", [np.float32, np.float64], ids=["f32", "f64"])
 @pytest.mark.parametrize("threads", [2, 3])
-@pytest.mark.parametrize("case", SPLIT_SIZED, ids=lambda c: f"B{c.batch}-H{c.hidden_size}-P{c.proj_size}")
+@pytest.mark.parametrize("case", SPLIT_SIZED, ids=lambda c: f"{c.kind}-B{c.batch}-H{c.hidden_size}-P{c.proj_size}")
 def test_split_loops_at_real_sizes(case, dtype, threads):
     """Real GEMMs: the products of a chunk's rows round as in the whole batch."""
     assert len(loops.row_chunks(case.batch, threads)) > 1
@@ -297,23 +307,29 @@ def test_a_failing_chunk_raises_after_every_chunk_has_finished():
 
 
 @pytest.mark.parametrize("dtype", [np.float32, np.float64], ids=["f32", "f64"])
-def test_the_lstm_layer_with_threads_equals_one_thread(dtype):
+@pytest.mark.parametrize("cls", [LSTM, GRU], ids=["lstm", "gru"])
+def test_the_layer_with_threads_equals_one_thread(cls, dtype):
     rng = np.random.default_rng(4)
     x = rng.standard_normal((6, 48, 5)).astype(dtype)
+    lstm_kw = dict(proj_size=3) if cls is LSTM else {}
     hx = tuple(rng.standard_normal((4, 48, k)).astype(dtype) for k in (3, 6))
+    state0 = hx if cls is LSTM else hx[1]
     results = []
     for threads in (1, 2, 3):
-        m = LSTM(5, 6, num_layers=2, bidirectional=True, proj_size=3, dropout=0.3, dtype=dtype, seed=2, threads=threads)
+        m = cls(5, 6, num_layers=2, bidirectional=True, dropout=0.3, dtype=dtype, seed=2, threads=threads, **lstm_kw)
         m.train()
-        out, (h_n, c_n) = m(x, hx)
+        out, h_n = m(x, state0)
         grad_x, _ = m.backward(np.random.default_rng(5).standard_normal(out.shape).astype(dtype))
-        results.append([out, h_n, c_n, grad_x, m.hidden_grads, m.cell_grads, *(m.grads[k] for k in sorted(m.grads))])
+        extra = [m.cell_grads] if cls is LSTM else []
+        finals = h_n if isinstance(h_n, tuple) else (h_n,)
+        results.append([out, *finals, grad_x, m.hidden_grads, *extra, *(m.grads[k] for k in sorted(m.grads))])
     for threads, r in zip((2, 3), results[1:]):
         for i, (a, b) in enumerate(zip(results[0], r)):
             assert np.array_equal(a, b), f"threads={threads}: result {i} differs ({np.dtype(dtype).name})"
 
 
 @pytest.mark.parametrize("bad", [0, -1, 1.5, "2", True, None])
-def test_threads_is_checked(bad):
+@pytest.mark.parametrize("cls", [LSTM, GRU], ids=["lstm", "gru"])
+def test_threads_is_checked(cls, bad):
     with pytest.raises((TypeError, ValueError), match="threads"):
-        LSTM(3, 4, threads=bad)
+        cls(3, 4, threads=bad)
