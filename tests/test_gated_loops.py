@@ -276,9 +276,11 @@ def test_the_split_runs_on_several_threads_and_gives_blas_its_threads_back(monke
 
     seen: list[tuple[int, list]] = []
     forward_rows = lstm._lstm_forward_rows
+    together = threading.Barrier(2, timeout=30)  # passes only if both chunks are in flight at once
 
     def spy(*args):
         seen.append((threading.get_ident(), [i["num_threads"] for i in threadpool_info() if i["user_api"] == "blas"]))
+        together.wait()
         return forward_rows(*args)
 
     monkeypatch.setattr(lstm, "_lstm_forward_rows", spy)
