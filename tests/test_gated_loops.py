@@ -335,3 +335,23 @@ def test_the_layer_with_threads_equals_one_thread(cls, dtype):
 def test_threads_is_checked(cls, bad):
     with pytest.raises((TypeError, ValueError), match="threads"):
         cls(3, 4, threads=bad)
+
+
+def test_a_forked_child_splits_with_its_own_threads():
+    """A process forked after the parent split a batch (a sweep's worker) runs its own split to the end: the
+    parent's pool threads do not exist in the child, so reusing their executor would hang."""
+    import multiprocessing
+
+    x = np.random.default_rng(0).standard_normal((4, 40, 3))
+    LSTM(3, 4, dtype=np.float64, seed=0, threads=2)(x)  # the parent's pool exists now
+    ctx = multiprocessing.get_context("fork")
+    with ctx.Pool(1) as pool:
+        result = pool.apply_async(_split_in_child, (x,))
+        out = result.get(timeout=60)  # a hang fails here
+    expected, _ = LSTM(3, 4, dtype=np.float64, seed=0)(x)
+    assert np.array_equal(out, expected)
+
+
+def _split_in_child(x):
+    out, _ = LSTM(3, 4, dtype=np.float64, seed=0, threads=2)(x)
+    return out

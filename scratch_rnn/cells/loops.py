@@ -29,6 +29,7 @@ from __future__ import annotations
 import functools
 import itertools
 import math
+import os
 from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
 
@@ -360,7 +361,9 @@ def row_chunks(B: int, threads: int) -> list[tuple[int, int]]:
 
 
 @functools.cache
-def _pool(threads: int) -> ThreadPoolExecutor:
+def _pool(threads: int, pid: int) -> ThreadPoolExecutor:
+    """The split's threads, per process: a forked child (a sweep's worker) gets its own, since the parent's
+    threads do not exist in it and their executor would take its work and never run it."""
     return ThreadPoolExecutor(max_workers=threads, thread_name_prefix="scratch_rnn-rows")
 
 
@@ -379,7 +382,8 @@ def run_rows(threads: int, B: int, batch_sizes, rows: Callable[[int, int, object
         rows(0, B, batch_sizes)
         return
     with _blas_controller().limit(limits=1, user_api="blas"):
-        futures = [_pool(len(chunks)).submit(rows, lo, hi, None) for lo, hi in chunks]
+        pool = _pool(len(chunks), os.getpid())
+        futures = [pool.submit(rows, lo, hi, None) for lo, hi in chunks]
         errors = [f.exception() for f in futures]  # waits for every chunk: none still writes after the return
     for e in errors:
         if e is not None:

@@ -547,7 +547,7 @@ class LSTM(RecurrentBase):
             flush_below=flush_below,
             flush_every=flush_every,
         )
-        # the loops' rows split over this many threads (loops.run_rows: batches of 32 rows and more; the same
+        # the loops' rows split over this many threads (loops.run_rows: full batches of 32 rows and more; the same
         # numbers, tests/test_gated_loops.py); 1: no split. Not part of the model: state_dict does not hold it.
         self.threads = check_positive_int("threads", threads)
         self.cell_grads = None
