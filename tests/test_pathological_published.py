@@ -21,6 +21,7 @@ import torch
 from experiments.gradients import __main__ as cli
 from experiments.gradients import pathological as P
 from experiments.gradients import tasks
+from experiments.gradients.sweep import trial_id
 from tests.helpers import assert_close
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -321,6 +322,8 @@ def test_quick_resume_in_a_subprocess(tmp_path):
             )
             assert r.returncode == 0, r.stderr[-2000:]
             assert "cost before compute: 1 trial(s)" in r.stdout
+            cost = json.loads((tmp_path / out / "cost.json").read_text())["per_trial"][0]
+            assert cost["resumed_from"] == (20 if cap == "40" and out == "resumed" else 0), (out, cap, cost)
     rows = {out: _rows(tmp_path / out) for out in ("resumed", "whole")}
     assert [r["max_iters"] for r in rows["resumed"]] == [20, 40] and rows["resumed"][1]["resumed_from"] == 20
     assert _same_rows(rows["resumed"][1], rows["whole"][0]) == []
@@ -363,6 +366,12 @@ def test_estimate_cost_closed_form():
     assert math.isclose(one["core_hours"], (1000 * 0.002 + 50 * 100 * 1e-4) / 3600)
     table = P.cost_table(cost)
     assert list(table.trials) == [1, 3] and math.isclose(table.core_hours.sum(), cost["core_hours"])
+    # a trial whose checkpoint holds 400 of its 1,000 updates costs the other 600
+    done = {trial_id(specs[0]): 400}
+    resumed = P.estimate_cost(specs[:1], rates, workers=1, done=done)
+    assert math.isclose(resumed["core_hours"], (600 * 0.002 + 1 * 1000 * 1e-4) / 3600)
+    assert resumed["per_trial"][0]["resumed_from"] == 400 and resumed["per_trial"][0]["max_iters"] == 1000
+    assert "1 continue from their checkpoints, 400 updates done" in P.cost_line(resumed)
 
 
 def test_estimate_only_prints_the_cost_and_runs_nothing(tmp_path, capsys):

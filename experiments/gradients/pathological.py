@@ -1121,16 +1121,41 @@ def measure_rates(specs, *, iters: int = 2) -> dict:
     return rates
 
 
-def estimate_cost(specs, rates: dict, workers: int) -> dict:
+def checkpointed_steps(spec: dict, checkpoint_root) -> int:
+    """The updates a resumable trial's checkpoint already holds, which a rerun does not repeat: its step, or the
+    whole cap where the checkpoint says the trial stopped (solved); 0 without a usable checkpoint (none, not
+    resumable, past this cap, or unreadable: that run will say why when it loads it)."""
+    from scratch_rnn.checkpoint import CheckpointError, read_archive
+
+    if not spec.get("resumable") or checkpoint_root is None:
+        return 0
+    path = Path(checkpoint_root) / checkpoint_key(spec) / CHECKPOINT_NAME
+    if not path.exists():
+        return 0
+    try:
+        _, meta = read_archive(path)
+    except CheckpointError:
+        return 0
+    step = int(meta.get("step", 0))
+    if step > spec["max_iters"]:
+        return 0
+    return spec["max_iters"] if meta.get("meta", {}).get("stop_reason") == "stop_when" else step
+
+
+def estimate_cost(specs, rates: dict, workers: int, done: dict | None = None) -> dict:
     """Each trial's cost at its cap (training plus its fresh-sample checks: the tracking samples of a screened
     trial, every check's samples of an unscreened one; a screened trial's 10,000-sample tests run only on a clean
     screen and are left out; with ``audit_screen``, every check's ``eval_samples`` are added), summed: core-hours,
     and the wall time on ``workers`` single-core workers, which is at least max(total / workers, the longest
-    trial)."""
+    trial). ``done``: trial id -> the updates its checkpoint already holds (:func:`checkpointed_steps`); a resumed
+    trial costs the rest."""
+    from .sweep import trial_id
+
     rows = []
     for s in specs:
         per_iter, per_sample = rates[_rate_key(s)]
-        n = s["max_iters"]
+        resumed_from = (done or {}).get(trial_id(s), 0)
+        n = s["max_iters"] - resumed_from
         samples = (
             (n // s["track_every"]) * s["track_samples"]
             if s.get("screen")
@@ -1144,7 +1169,8 @@ def estimate_cost(specs, rates: dict, workers: int) -> dict:
                 length=s["length"],
                 method=s["method"],
                 seed=s["seed"],
-                max_iters=n,
+                max_iters=s["max_iters"],
+                resumed_from=resumed_from,
                 ms_per_iter=1e3 * per_iter,
                 seconds=n * per_iter + samples * per_sample,
             )
@@ -1164,9 +1190,16 @@ def estimate_cost(specs, rates: dict, workers: int) -> dict:
 def cost_line(cost: dict) -> str:
     return (
         f"cost before compute: {cost['trials']} trial(s) to run, at most {cost['core_hours']:.3g} core-hours at "
-        f"their caps (measured per-iteration rates); on {cost['workers']} worker(s) at least "
+        f"their caps (measured per-iteration rates{_resumed_note(cost)}); on {cost['workers']} worker(s) at least "
         f"{_hours(cost['wall_hours'])} wall (the longest trial alone: {_hours(cost['longest_trial_hours'])})"
     )
+
+
+def _resumed_note(cost: dict) -> str:
+    resumed = [r for r in cost["per_trial"] if r.get("resumed_from")]
+    if not resumed:
+        return ""
+    return f"; {len(resumed)} continue from their checkpoints, {sum(r['resumed_from'] for r in resumed):,} updates done"
 
 
 def _hours(h: float) -> str:
@@ -1180,12 +1213,16 @@ def _hours(h: float) -> str:
 
 
 def cost_table(cost: dict) -> pd.DataFrame:
-    """Per (task, length, method): trials, the cap, ms per iteration and core-hours at the cap."""
+    """Per (task, length, method): trials, the cap, the updates their checkpoints already hold, ms per iteration
+    and the core-hours still to run up to the cap."""
     df = pd.DataFrame(cost["per_trial"])
+    if "resumed_from" not in df:
+        df["resumed_from"] = 0
     g = df.groupby(["task", "length", "method"], sort=True)
     out = g.agg(
         trials=("seed", "size"),
         max_iters=("max_iters", "max"),
+        updates_done=("resumed_from", "sum"),
         ms_per_iter=("ms_per_iter", "mean"),
         core_hours=("seconds", "sum"),
     ).reset_index()
@@ -1299,7 +1336,8 @@ def run(
     todo = [s for s in specs if trial_id(s) not in done]
     cost = None
     if todo:
-        cost = estimate_cost(todo, measure_rates(todo, iters=1 if p.max_iters <= 100 else 3), workers)
+        resumed = {trial_id(s): checkpointed_steps(s, out / "checkpoints") for s in todo}
+        cost = estimate_cost(todo, measure_rates(todo, iters=1 if p.max_iters <= 100 else 3), workers, resumed)
         write_json(out / "cost.json", cost)
         atomic_write_text(out / "cost.md", f"{cost_line(cost)}\n\n{markdown_table(cost_table(cost))}\n")
         print(cost_line(cost), flush=True)
