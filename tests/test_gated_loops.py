@@ -13,6 +13,8 @@ did not move when the fast loops came in.
 
 from __future__ import annotations
 
+import warnings
+
 import numpy as np
 import pytest
 from hypothesis import given
@@ -355,3 +357,18 @@ def test_a_forked_child_splits_with_its_own_threads():
 def _split_in_child(x):
     out, _ = LSTM(3, 4, dtype=np.float64, seed=0, threads=2)(x)
     return out
+
+
+@pytest.mark.parametrize("threads", [1, 2])
+def test_the_chunks_keep_the_callers_floating_point_error_handling(threads):
+    """np.errstate is per thread: the split's threads take the caller's, so an overflow raises (or is ignored)
+    whether the rows run split or not."""
+
+    def rows(lo, hi, sizes):
+        np.array([1e308]) * 10.0
+
+    with np.errstate(over="raise"), pytest.raises(FloatingPointError):
+        loops.run_rows(threads, 64, None, rows)
+    with np.errstate(over="ignore"), warnings.catch_warnings():
+        warnings.simplefilter("error")
+        loops.run_rows(threads, 64, None, rows)

@@ -377,13 +377,20 @@ def _blas_controller():
 def run_rows(threads: int, B: int, batch_sizes, rows: Callable[[int, int, object], None]) -> None:
     """Run ``rows(lo, hi, batch_sizes)`` once per chunk of :func:`row_chunks`: in the calling thread when there is
     one chunk (packed lengths: always, ``rows(0, B, batch_sizes)``), else one thread per chunk with BLAS held to one
-    thread (``rows(lo, hi, None)``), returning when all have finished (the first exception of a chunk is raised)."""
+    thread and the caller's ``np.errstate`` (``rows(lo, hi, None)``), returning when all have finished (the first
+    exception of a chunk is raised)."""
     if batch_sizes is not None or len(chunks := row_chunks(B, threads)) == 1:
         rows(0, B, batch_sizes)
         return
+    err = np.geterr()  # the caller's floating-point error handling (np.errstate), which threads do not inherit
+
+    def chunk(lo: int, hi: int) -> None:
+        with np.errstate(**err):
+            rows(lo, hi, None)
+
     with _blas_controller().limit(limits=1, user_api="blas"):
         pool = _pool(len(chunks), os.getpid())
-        futures = [pool.submit(rows, lo, hi, None) for lo, hi in chunks]
+        futures = [pool.submit(chunk, lo, hi) for lo, hi in chunks]
         errors = [f.exception() for f in futures]  # waits for every chunk: none still writes after the return
     for e in errors:
         if e is not None:
