@@ -8,7 +8,8 @@ option (projection, bias, direction, packed lengths, the subnormal flush), with 
 blocks cut at every size from one step to the whole sequence. Then the models (LSTM, GRU) are run once
 with the fast loops and once with the reference loops swapped in, and their outputs and gradients
 must be equal too: that holds the wiring of the LSTM and GRU classes, and it is why the documented LSTM/GRU IMDB numbers
-did not move when the fast loops came in.
+did not move when the fast loops came in. Last, the batch split (``threads=``): the loops with their rows split over
+threads equal the stepwise loops too, and the split's machinery (chunks, BLAS threads, errors, errstate, fork) is held.
 """
 
 from __future__ import annotations
