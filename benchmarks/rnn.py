@@ -138,13 +138,10 @@ def make_inputs(case: Case, dtype, seed: int = 0):
     return x, g
 
 
-def make_scratch(case: Case, dtype, threads: int = 1):
-    """Our layer for the case. ``threads`` > 1 (``--split``): a cell whose loops can split the batch over threads
-    (``threads=``, the LSTM) gets that many (docs/performance.md, "The batch split"); 1: its default."""
-    from scratch_rnn.cells import cell_spec, cell_takes
+def make_scratch(case: Case, dtype):
+    from scratch_rnn.cells import cell_spec
 
-    split = {"threads": threads} if threads > 1 and cell_takes(case.cell, "threads") else {}
-    return cell_spec(case.cell).model_class()(case.I, case.H, dtype=dtype, seed=0, **split)
+    return cell_spec(case.cell).model_class()(case.I, case.H, dtype=dtype, seed=0)
 
 
 def make_torch(model, dtype):
@@ -505,7 +502,6 @@ def run(args) -> dict:
         flops_formula="6*T*B*H*(I+H)",
         gemm_peak_n=peak_n,
         quick=bool(args.quick),
-        split=bool(args.split),
         peaks={},
         rows=[],
         vanishing={},
@@ -538,7 +534,7 @@ def run(args) -> dict:
                 peak = peak_fns(np.dtype(dtype), peak_n)
                 for case in grid:
                     x, g = make_inputs(case, dtype)
-                    model = make_scratch(case, dtype, threads if args.split else 1)
+                    model = make_scratch(case, dtype)
                     twin = make_torch(model, dtype)
                     fns = {"scratch": scratch_step(model, x, g), "torch": torch_step(twin, x, g)}
                     if case.loss == "last" and dtype == "float32":
@@ -949,12 +945,6 @@ def _main(argv=None) -> int:
         f"--quick: {[c.name for c in QUICK_GRID]})",
     )
     p.add_argument("--no-memory", dest="memory", action="store_false")
-    p.add_argument(
-        "--split",
-        action="store_true",
-        help="give our layer the run's thread count where its loops can split the batch (threads=, the LSTM); "
-        "off: its default, one thread in the loops",
-    )
     p.add_argument(
         "--json",
         default=None,

@@ -168,16 +168,3 @@ def test_a_plug_in_cell_is_benchmarked_against_its_twin(tmp_path):
     rows = json.loads(out.read_text())["rows"]
     assert rows and {r["cell"] for r in rows} == {plug_in}
     assert all(math.isfinite(r["ratio"]) and r["ratio"] > 0 and "gemm_floor_ratio" not in r for r in rows)
-
-
-def test_split_gives_the_lstm_the_runs_thread_count():
-    """--split: our LSTM gets the run's thread count (its loops split the batch); without it, one thread; a cell
-    without the option is built as always."""
-    import numpy as np
-
-    from benchmarks.rnn import Case, make_scratch
-
-    lstm_case, rnn_case = Case("small", 32, 5, 3, 4, cell="lstm"), Case("small", 32, 5, 3, 4, cell="rnn")  # B T I H
-    assert make_scratch(lstm_case, np.float32, 2).threads == 2
-    assert make_scratch(lstm_case, np.float32).threads == 1
-    assert not hasattr(make_scratch(rnn_case, np.float32, 2), "threads")

@@ -49,7 +49,6 @@ from typing import NamedTuple
 import numpy as np
 from numpy.typing import DTypeLike
 
-from ..checks import check_positive_int
 from ..module import SeedLike
 from .base import _UNSET, DEFAULT_FLUSH_EVERY, RecurrentBase, torch_alias
 from .loops import (
@@ -63,7 +62,6 @@ from .loops import (
     forward_views,
     input_projection,
     read_slot,
-    run_rows,
     sigmoid,
     sigmoid_derivative,
     step_sizes,
@@ -236,34 +234,15 @@ def gru_sequence_forward(
     b_hh: np.ndarray | None,
     batch_sizes: np.ndarray | None,
     reverse: bool,
-    threads: int = 1,
 ) -> dict:
     """The loop the model runs: :func:`gru_stepwise_forward`, bit for bit (same arguments, same dict; "gh_n" is
-    a view of the (T, B, 3H) buffer that holds every step's h_{t-1} W_hhᵀ + b_hh).
-
-    threads: the batch's rows split over this many threads (:func:`~scratch_rnn.cells.loops.run_rows`; 1: none).
-    """
+    a view of the (T, B, 3H) buffer that holds every step's h_{t-1} W_hhᵀ + b_hh)."""
     T, B, G = x_proj.shape
     H = G // 3
     dtype, padded = x_proj.dtype, batch_sizes is not None
     S = alloc((T + 1, B, H), dtype, padded)
     gates = alloc((T, B, G), dtype, padded)
     GH = alloc((T, B, G), dtype, padded)
-
-    def rows(lo: int, hi: int, sizes) -> None:
-        r = slice(lo, hi)
-        _gru_forward_rows(x_proj[:, r], h0[r], w_hh, b_hh, sizes, reverse, S[:, r], gates[:, r], GH[:, r])
-
-    run_rows(threads, B, batch_sizes, rows)
-    return dict(h=S, gates=gates, gh_n=GH[..., 2 * H :], h_n=finals((S,), batch_sizes, reverse)[0])
-
-
-def _gru_forward_rows(x_proj, h0, w_hh, b_hh, batch_sizes, reverse, S, gates, GH) -> None:
-    """The forward's steps on some rows of the batch: the arguments are those rows (views into the whole
-    batch's buffers S, gates and GH, which it fills)."""
-    T, B, G = x_proj.shape
-    H = G // 3
-    dtype = x_proj.dtype
     rz, E, work = np.empty((B, 2 * H), dtype), np.empty((B, 2, 2 * H), dtype), np.empty((B, H), dtype)
     minus_one, zero, one = np.full((), -1, dtype), np.zeros((), dtype), np.ones((), dtype)
     w_t = w_hh.T
@@ -298,6 +277,7 @@ def _gru_forward_rows(x_proj, h0, w_hh, b_hh, batch_sizes, reverse, S, gates, GH
         subtract(h_prev, nn, h)  # h_t = n + z ⊙ (h_{t-1} - n)
         multiply(z, h, h)
         add(nn, h, h)
+    return dict(h=S, gates=gates, gh_n=GH[..., 2 * H :], h_n=finals((S,), batch_sizes, reverse)[0])
 
 
 def gru_sequence_backward(
@@ -309,12 +289,8 @@ def gru_sequence_backward(
     reverse: bool,
     flush_below: float = 0.0,
     flush_every: int = 1,
-    threads: int = 1,
 ) -> dict:
-    """The loop the model runs: :func:`gru_stepwise_backward`, bit for bit (same arguments, same dict).
-
-    threads: the batch's rows split over this many threads (:func:`~scratch_rnn.cells.loops.run_rows`; 1: none).
-    """
+    """The loop the model runs: :func:`gru_stepwise_backward`, bit for bit (same arguments, same dict)."""
     T, B, H = grad_out.shape
     S, gates, gh_n = cache["h"], cache["gates"], cache["gh_n"]
     dtype, padded = S.dtype, batch_sizes is not None
@@ -322,26 +298,6 @@ def gru_sequence_backward(
     dgi_all = alloc((T, B, 3 * H), dtype, padded)
     dgh_all = alloc((T, B, 3 * H), dtype, padded)
     hidden = alloc((T, B, H), dtype, padded)
-
-    def rows(lo: int, hi: int, sizes) -> None:
-        r = slice(lo, hi)
-        _gru_backward_rows(
-            grad_out[:, r], dh_run[r], S[:, r], gates[:, r], gh_n[:, r], w_hh, sizes, reverse, flush_below,
-            flush_every, dgi_all[:, r], dgh_all[:, r], hidden[:, r],
-        )  # fmt: skip
-
-    run_rows(threads, B, batch_sizes, rows)
-    return dict(dgi=dgi_all, dgh=dgh_all, dh0=dh_run, hidden_grads=hidden)
-
-
-def _gru_backward_rows(
-    grad_out, dh_run, S, gates, gh_n, w_hh, batch_sizes, reverse, flush_below, flush_every, dgi_all, dgh_all, hidden
-) -> None:
-    """The backward's steps on some rows of the batch: the arguments are those rows (views into the whole
-    batch's arrays; dh_run carries dL/dh from step to step and ends as dh0; dgi_all, dgh_all and hidden are
-    filled)."""
-    T, B, H = grad_out.shape
-    dtype = S.dtype
     # The forward-only factors, a block of steps at a time (_blocks): 1 - z, 1 - n², σ' = s ⊙ (1 - s) on r and z,
     # h_{t-1} - n.
     r_all, z_all, n_all = gates[..., :H], gates[..., H : 2 * H], gates[..., 2 * H :]
@@ -382,6 +338,7 @@ def _gru_backward_rows(
             dgh.dot(w_hh, w)  # dh_{t-1} = g ⊙ z + dgh W_hh
             multiply(g, z, dh)
             add(dh, w, dh)
+    return dict(dgi=dgi_all, dgh=dgh_all, dh0=dh_run, hidden_grads=hidden)
 
 
 class GRU(RecurrentBase):
@@ -410,7 +367,6 @@ class GRU(RecurrentBase):
         seed: SeedLike = None,
         flush_below: float | None = None,
         flush_every: int = DEFAULT_FLUSH_EVERY,
-        threads: int = 1,
     ) -> None:
         super().__init__(
             input_size,
@@ -425,9 +381,6 @@ class GRU(RecurrentBase):
             flush_below=flush_below,
             flush_every=flush_every,
         )
-        # the loops' rows split over this many threads (loops.run_rows: full batches of 32 rows and more; the same
-        # numbers, tests/test_gated_loops.py); 1: no split. Not part of the model: state_dict does not hold it.
-        self.threads = check_positive_int("threads", threads)
 
     def _forward(self, x=_UNSET, h0=_UNSET, lengths=None, *, input=_UNSET, hx=_UNSET, dropout_masks=None):
         """Returns ``((output, h_n), cache)``; as :meth:`RNN._forward` (``input=`` / ``hx=``: torch's names)."""
@@ -442,13 +395,7 @@ class GRU(RecurrentBase):
     def _direction_forward(self, x, state0, layer, d, ctx):
         x_proj = input_projection(x, self._p("weight_ih", layer, d), self._p("bias_ih", layer, d))
         cache = gru_sequence_forward(
-            x_proj,
-            state0[0],
-            self._p("weight_hh", layer, d),
-            self._p("bias_hh", layer, d),
-            ctx["batch_sizes"],
-            d == 1,
-            threads=self.threads,
+            x_proj, state0[0], self._p("weight_hh", layer, d), self._p("bias_hh", layer, d), ctx["batch_sizes"], d == 1
         )
         return (cache["h"][:-1] if d == 1 else cache["h"][1:]), (cache["h_n"],), cache
 
@@ -464,7 +411,6 @@ class GRU(RecurrentBase):
             reverse,
             flush_below=self.flush_below,
             flush_every=self.flush_every,
-            threads=self.threads,
         )
         out["hidden"][...] = res["hidden_grads"]
         wg = gru_weight_gradients(res["dgi"], res["dgh"], ctx["layer_in"], cache, reverse, self.bias)

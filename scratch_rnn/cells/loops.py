@@ -13,8 +13,7 @@ stack's, :mod:`scratch_rnn.cells.base`). What lives here:
 - σ and the derivatives written from an activation (:func:`sigmoid`, its five-call form in the fast loops,
   :func:`sigmoid_derivative`, :func:`tanh_derivative`);
 - the fast backward's blocks of steps (:data:`BLOCK_ENTRIES`, :func:`block_steps`, :func:`blocks`) and its
-  buffers (:func:`alloc`);
-- the batch split of a loop over threads (:func:`row_chunks`, :func:`run_rows`).
+  buffers (:func:`alloc`).
 
 Variable lengths follow torch's packed sequences: rows sorted by decreasing length, ``batch_sizes[t]`` rows
 active at step t (None: every sequence has length T). State buffers S (T + 1, B, ·) hold the initial state
@@ -26,12 +25,8 @@ those h0 copies at padded steps: the stack zeroes them).
 
 from __future__ import annotations
 
-import functools
 import itertools
 import math
-import os
-from collections.abc import Callable
-from concurrent.futures import ThreadPoolExecutor
 
 import numpy as np
 
@@ -62,9 +57,6 @@ __all__ = [
     "STACK_MAX",
     "sum_of_products",
     "column_sum",
-    "MIN_SPLIT_ROWS",
-    "row_chunks",
-    "run_rows",
 ]
 
 
@@ -330,68 +322,3 @@ def column_sum(a: np.ndarray) -> np.ndarray:
     if n * c < K:
         out += a[n * c :].sum(axis=0)
     return out
-
-
-# --------------------------------------------------------------------------------------------
-# The batch split: a loop's rows over threads
-# --------------------------------------------------------------------------------------------
-# Each row of a batch is its own recurrence: the step of row b reads row b of the state alone. A loop's rows can
-# therefore run as contiguous chunks, one thread each, every chunk writing its own rows of the shared buffers
-# (NumPy releases the GIL inside its calls, so the elementwise passes, a single-threaded share of the step, run
-# side by side). While the chunks run, BLAS is held to one thread (two threads each asking OpenBLAS for two made
-# the LSTM's large case 2x slower than no split at all); it gets its threads back after.
-#
-# The numbers stay the same bit for bit when BLAS computes a chunk's rows of a product as it computes them in the
-# whole. Measured on OpenBLAS 0.3 (AMD Zen 4; docs/performance.md, "The batch split"): a row's rounding depends on
-# where it falls in the kernel's blocks of rows, so a chunk must start at a multiple of 16 rows, and a product of
-# a single row goes to gemv, which rounds differently, in float32 and float64 alike. Hence chunks of at least
-# MIN_SPLIT_ROWS rows starting at multiples of it, and no split with packed lengths (a chunk of short sequences
-# would reach steps with one active row). tests/test_gated_loops.py holds the split to the stepwise loop.
-MIN_SPLIT_ROWS = 16
-
-
-def row_chunks(B: int, threads: int) -> list[tuple[int, int]]:
-    """The contiguous row ranges [lo, hi) a loop of B rows runs as on ``threads`` threads: as many as ``threads``
-    allows with at least MIN_SPLIT_ROWS rows each, every one starting at a multiple of MIN_SPLIT_ROWS (one range,
-    the whole batch, below 2·MIN_SPLIT_ROWS rows)."""
-    q = MIN_SPLIT_ROWS
-    k = max(1, min(threads, B // q))
-    edges = [0, *(B * j // k // q * q for j in range(1, k)), B]
-    return [(edges[j], edges[j + 1]) for j in range(k)]
-
-
-@functools.cache
-def _pool(threads: int, pid: int) -> ThreadPoolExecutor:
-    """The split's threads, per process: a forked child (a sweep's worker) gets its own, since the parent's
-    threads do not exist in it and their executor would take its work and never run it."""
-    return ThreadPoolExecutor(max_workers=threads, thread_name_prefix="scratch_rnn-rows")
-
-
-@functools.cache
-def _blas_controller():
-    from threadpoolctl import ThreadpoolController
-
-    return ThreadpoolController()
-
-
-def run_rows(threads: int, B: int, batch_sizes, rows: Callable[[int, int, object], None]) -> None:
-    """Run ``rows(lo, hi, batch_sizes)`` once per chunk of :func:`row_chunks`: in the calling thread when there is
-    one chunk (packed lengths: always, ``rows(0, B, batch_sizes)``), else one thread per chunk with BLAS held to one
-    thread and the caller's ``np.errstate`` (``rows(lo, hi, None)``), returning when all have finished (the first
-    exception of a chunk is raised)."""
-    if batch_sizes is not None or len(chunks := row_chunks(B, threads)) == 1:
-        rows(0, B, batch_sizes)
-        return
-    err = np.geterr()  # the caller's floating-point error handling (np.errstate), which threads do not inherit
-
-    def chunk(lo: int, hi: int) -> None:
-        with np.errstate(**err):
-            rows(lo, hi, None)
-
-    with _blas_controller().limit(limits=1, user_api="blas"):
-        pool = _pool(len(chunks), os.getpid())
-        futures = [pool.submit(chunk, lo, hi) for lo, hi in chunks]
-        errors = [f.exception() for f in futures]  # waits for every chunk: none still writes after the return
-    for e in errors:
-        if e is not None:
-            raise e

@@ -64,7 +64,6 @@ from typing import NamedTuple
 import numpy as np
 from numpy.typing import DTypeLike
 
-from ..checks import check_positive_int
 from ..module import SeedLike
 from .base import _UNSET, DEFAULT_FLUSH_EVERY, RecurrentBase, torch_alias
 from .loops import (
@@ -78,7 +77,6 @@ from .loops import (
     forward_views,
     input_projection,
     read_slot,
-    run_rows,
     sigmoid,
     sigmoid_derivative,
     step_sizes,
@@ -319,12 +317,8 @@ def lstm_sequence_forward(
     w_hr: np.ndarray | None,
     batch_sizes: np.ndarray | None,
     reverse: bool,
-    threads: int = 1,
 ) -> dict:
-    """The loop the model runs: :func:`lstm_stepwise_forward`, bit for bit (same arguments, same dict).
-
-    threads: the batch's rows split over this many threads (:func:`~scratch_rnn.cells.loops.run_rows`; 1: none).
-    """
+    """The loop the model runs: :func:`lstm_stepwise_forward`, bit for bit (same arguments, same dict)."""
     T, B, G = x_proj.shape
     H, out = G // 4, h0.shape[-1]
     dtype, padded = x_proj.dtype, batch_sizes is not None
@@ -333,27 +327,6 @@ def lstm_sequence_forward(
     gates = alloc((T, B, G), dtype, padded)
     tanh_c = alloc((T, B, H), dtype, padded)
     m = alloc((T, B, H), dtype, padded) if w_hr is not None else None
-
-    def rows(lo: int, hi: int, sizes) -> None:
-        r = slice(lo, hi)
-        _lstm_forward_rows(
-            x_proj[:, r], h0[r], c0[r], w_hh, w_hr, sizes, reverse, S[:, r], C[:, r], gates[:, r], tanh_c[:, r],
-            None if m is None else m[:, r],
-        )  # fmt: skip
-
-    run_rows(threads, B, batch_sizes, rows)
-    if m is None:
-        m = S[:-1] if reverse else S[1:]
-    h_n, c_n = finals((S, C), batch_sizes, reverse)
-    return dict(h=S, c=C, gates=gates, tanh_c=tanh_c, m=m, h_n=h_n, c_n=c_n)
-
-
-def _lstm_forward_rows(x_proj, h0, c0, w_hh, w_hr, batch_sizes, reverse, S, C, gates, tanh_c, m) -> None:
-    """The forward's steps on some rows of the batch: the arguments are those rows (views into the whole
-    batch's buffers S, C, gates, tanh_c, m, which it fills; m None without a projection)."""
-    B, G = x_proj.shape[1:]
-    T, H = x_proj.shape[0], G // 4
-    dtype = x_proj.dtype
     a, E, work = np.empty((B, G), dtype), np.empty((B, 2, G), dtype), np.empty((B, H), dtype)
     minus_one, zero, one = np.full((), -1, dtype), np.zeros((), dtype), np.ones((), dtype)
     w_t = w_hh.T  # the step function's operand (ndarray.dot with out= makes @'s BLAS call, cheaper)
@@ -390,6 +363,10 @@ def _lstm_forward_rows(x_proj, h0, c0, w_hh, w_hr, batch_sizes, reverse, S, C, g
         multiply(o, tc, mt)  # m_t = o ⊙ tanh(c_t): h_t without a projection
         if w_rt is not None:
             mt.dot(w_rt, h)  # h_t = m_t W_hrᵀ
+    if m is None:
+        m = S_write
+    h_n, c_n = finals((S, C), batch_sizes, reverse)
+    return dict(h=S, c=C, gates=gates, tanh_c=tanh_c, m=m, h_n=h_n, c_n=c_n)
 
 
 def lstm_sequence_backward(
@@ -403,14 +380,11 @@ def lstm_sequence_backward(
     reverse: bool,
     flush_below: float = 0.0,
     flush_every: int = 1,
-    threads: int = 1,
 ) -> dict:
-    """The loop the model runs: :func:`lstm_stepwise_backward`, bit for bit (same arguments, same dict).
-
-    threads: the batch's rows split over this many threads (:func:`~scratch_rnn.cells.loops.run_rows`; 1: none).
-    """
+    """The loop the model runs: :func:`lstm_stepwise_backward`, bit for bit (same arguments, same dict)."""
     T, B, out = grad_out.shape
-    H = cache["c"].shape[-1]
+    C, gates, tanh_c = cache["c"], cache["gates"], cache["tanh_c"]
+    H = C.shape[-1]
     dtype, padded = cache["h"].dtype, batch_sizes is not None
     dh_run = np.zeros((B, out), dtype) if grad_h_last is None else np.array(grad_h_last, dtype=dtype)
     dc_run = np.zeros((B, H), dtype) if grad_c_last is None else np.array(grad_c_last, dtype=dtype)
@@ -418,36 +392,12 @@ def lstm_sequence_backward(
     hidden = alloc((T, B, out), dtype, padded)
     cell = alloc((T, B, H), dtype, padded)
     dm_all = alloc((T, B, H), dtype, padded) if w_hr is not None else hidden
-    C, gates, tanh_c = cache["c"], cache["gates"], cache["tanh_c"]
-    da4 = da_all.reshape(T, B, 4, H)  # da's gate blocks (a view: da_all is contiguous)
-
-    def rows(lo: int, hi: int, sizes) -> None:
-        r = slice(lo, hi)
-        _lstm_backward_rows(
-            grad_out[:, r], dh_run[r], dc_run[r], C[:, r], gates[:, r], tanh_c[:, r], w_hh, w_hr, sizes, reverse,
-            flush_below, flush_every, da_all[:, r], da4[:, r], hidden[:, r], cell[:, r], dm_all[:, r],
-        )  # fmt: skip
-
-    run_rows(threads, B, batch_sizes, rows)
-    return dict(da=da_all, dh0=dh_run, dc0=dc_run, hidden_grads=hidden, cell_grads=cell, dm=dm_all)
-
-
-def _lstm_backward_rows(
-    grad_out, dh_run, dc_run, C, gates, tanh_c, w_hh, w_hr, batch_sizes, reverse, flush_below, flush_every,
-    da_all, da4, hidden, cell, dm_all,
-) -> None:  # fmt: skip
-    """The backward's steps on some rows of the batch: the arguments are those rows (views into the whole
-    batch's arrays; dh_run and dc_run carry dL/dh, dL/dc from step to step and end as dh0, dc0; da_all (da4: the
-    same as (T, B, 4, H)), hidden, cell and dm_all are filled, dm_all being hidden itself without a projection)."""
-    T, B = grad_out.shape[:2]
-    H = C.shape[-1]
-    dtype = C.dtype
     # The forward-only factors, a block of steps at a time (_blocks): deriv = (σ'_i, σ'_f, tanh'_g, σ'_o), with
     # σ' = s ⊙ (1 - s) and tanh'_g = 1 - g²; TD = 1 - tanh² c; and X = (g, c_{t-1}, i), the second factors of
     # da_i, da_f, da_g against deriv's blocks i, f, g.
     span = block_steps(T, B * 4 * H)
     deriv, TD, X = np.empty((span, B, 4 * H), dtype), np.empty((span, B, H), dtype), np.empty((span, B, 3, H), dtype)
-    da3_all, do_all = da4[:, :, :3], da_all[..., 3 * H :]  # views of the rows' da
+    da3_all, do_all = da_all.reshape(T, B, 4, H)[:, :, :3], da_all[..., 3 * H :]
     f_all, o_all = gates[..., H : 2 * H], gates[..., 3 * H :]
     cell1 = cell[:, :, None, :]  # k_t as (B, 1, H), broadcast over X's three blocks
     C_prev = C[1:] if reverse else C[:-1]
@@ -486,6 +436,7 @@ def _lstm_backward_rows(
             multiply(da, dj, da)  # ⊙ (σ'_i, σ'_f, tanh'_g, σ'_o), one call over the four blocks
             da.dot(w_hh, dh)  # da_t W_hh, into h_{t-1}
             multiply(k, f, dc)  # k_t ⊙ f, into c_{t-1}
+    return dict(da=da_all, dh0=dh_run, dc0=dc_run, hidden_grads=hidden, cell_grads=cell, dm=dm_all)
 
 
 def _pair(name: str, value) -> tuple:
@@ -531,7 +482,6 @@ class LSTM(RecurrentBase):
         seed: SeedLike = None,
         flush_below: float | None = None,
         flush_every: int = DEFAULT_FLUSH_EVERY,
-        threads: int = 1,
     ) -> None:
         super().__init__(
             input_size,
@@ -547,9 +497,6 @@ class LSTM(RecurrentBase):
             flush_below=flush_below,
             flush_every=flush_every,
         )
-        # the loops' rows split over this many threads (loops.run_rows: full batches of 32 rows and more; the same
-        # numbers, tests/test_gated_loops.py); 1: no split. Not part of the model: state_dict does not hold it.
-        self.threads = check_positive_int("threads", threads)
         self.cell_grads = None
 
     def _forward(self, x=_UNSET, hx=None, lengths=None, *, input=_UNSET, dropout_masks=None):
@@ -574,7 +521,6 @@ class LSTM(RecurrentBase):
             self._p("weight_hr", layer, d),
             ctx["batch_sizes"],
             d == 1,
-            threads=self.threads,
         )
         return (cache["h"][:-1] if d == 1 else cache["h"][1:]), (cache["h_n"], cache["c_n"]), cache
 
@@ -592,7 +538,6 @@ class LSTM(RecurrentBase):
             reverse,
             flush_below=self.flush_below,
             flush_every=self.flush_every,
-            threads=self.threads,
         )
         out["hidden"][...] = res["hidden_grads"]
         out["cell"][...] = res["cell_grads"]
