@@ -21,7 +21,7 @@ import torch.nn.functional as F
 from torch.nn.utils.rnn import pack_padded_sequence, pad_packed_sequence
 
 from reference.cells import TorchStepRNN
-from scratch_rnn.cells import cell_spec
+from scratch_rnn.cells import cell_spec, cell_takes
 
 __all__ = ["TorchSequenceModel", "torch_twin", "draw_dropout_masks", "to_tensor"]
 
@@ -83,11 +83,9 @@ class TorchSequenceModel(torch.nn.Module):
             bidirectional=c.bidirectional,
             dtype=self.tdtype,
         )
-        if c.cell == "rnn":
-            return torch.nn.RNN(in_size, c.hidden_size, nonlinearity=c.nonlinearity, **opts)
-        if c.cell == "lstm":
-            return torch.nn.LSTM(in_size, c.hidden_size, proj_size=c.proj_size, **opts)
-        return torch.nn.GRU(in_size, c.hidden_size, **opts)
+        module = getattr(torch.nn, cell_spec(c.cell).model_class().NAME)  # a built-in cell is named as its twin
+        options = {k: getattr(c, k) for k in ("nonlinearity", "proj_size") if cell_takes(c.cell, k)}
+        return module(in_size, c.hidden_size, **options, **opts)
 
     # -- the RNN, whole or unrolled per layer --------------------------------------------------
     def _rnn(self, module, x, h0, lengths):
