@@ -39,7 +39,7 @@ class RNNCase:
     with_grad_h_n: bool
     dropout: float
     seed: int
-    cell: str = "rnn"
+    cell: str = CELL_NAMES[0]  # the first registered built-in cell (the Elman RNN)
     proj_size: int = 0  # LSTM only
     options: tuple = ()  # a plug-in cell's own options, (name, value) pairs drawn from its OPTIONS
 
@@ -110,7 +110,7 @@ class RNNCase:
 
 
 def random_case(
-    rng: np.random.Generator, max_layers=3, max_steps=12, max_batch=6, max_size=8, cells=("rnn",)
+    rng: np.random.Generator, max_layers=3, max_steps=12, max_batch=6, max_size=8, cells=CELL_NAMES[:1]
 ) -> RNNCase:
     """Draw every option of the cell's torch module together, lengths, dropout and proj_size included (a plug-in
     cell's own options last, from its spec: the built-in cells' streams are those of old)."""

@@ -140,7 +140,8 @@ class ModelConfig:
         keep("proj_size", check_non_negative_int("proj_size", self.proj_size))
         if self.proj_size and (not _projects(self.cell) or self.proj_size >= self.hidden_size):
             raise ValueError(
-                f"proj_size: expected 0, or with cell='lstm' a number below hidden_size="
+                f"proj_size: expected 0, or with a cell among {[n for n in cell_names() if _projects(n)]} a number "
+                f"below hidden_size="
                 f"{self.hidden_size}, got {self.proj_size} (cell={self.cell!r})"
             )
         keep("dropout", check_probability("dropout", self.dropout))
