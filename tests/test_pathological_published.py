@@ -361,11 +361,19 @@ def test_estimate_cost_closed_form():
     assert math.isclose(cost["longest_trial_hours"], per[-1] / 3600)
     assert math.isclose(cost["wall_hours"], max(sum(per) / 2, per[-1]) / 3600)
     assert math.isclose(P.estimate_cost(specs, rates, workers=64)["wall_hours"], per[-1] / 3600)
+    # a full test behind a clean screen is not in the sum (how many run is not known before): its cost is stated
+    assert [r["test_seconds"] for r in cost["per_trial"]] == [100 * 1e-4] * 4
+    big = dict(specs[0], eval_samples=10_000)  # 10,000 samples at 5 ms each: 50 s a test
+    line = P.cost_line(P.estimate_cost([big], {P._rate_key(big): (0.002, 5e-3)}, workers=1))
+    assert "plus 50 s for each full test, which runs only behind a clean screen" in line, line
+    assert "at most" not in line, line
     unscreened = dict(specs[0], screen=False)
     one = P.estimate_cost([unscreened], rates, workers=1)
     assert math.isclose(one["core_hours"], (1000 * 0.002 + 50 * 100 * 1e-4) / 3600)
+    assert one["max_test_seconds"] == 0.0 and "full test" not in P.cost_line(one)
     table = P.cost_table(cost)
     assert list(table.trials) == [1, 3] and math.isclose(table.core_hours.sum(), cost["core_hours"])
+    assert list(table.s_per_test) == [100 * 1e-4] * 2
     # a trial whose checkpoint holds 400 of its 1,000 updates costs the other 600
     done = {trial_id(specs[0]): 400}
     resumed = P.estimate_cost(specs[:1], rates, workers=1, done=done)

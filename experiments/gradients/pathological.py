@@ -1144,11 +1144,13 @@ def checkpointed_steps(spec: dict, checkpoint_root) -> int:
 
 def estimate_cost(specs, rates: dict, workers: int, done: dict | None = None) -> dict:
     """Each trial's cost at its cap (training plus its fresh-sample checks: the tracking samples of a screened
-    trial, every check's samples of an unscreened one; a screened trial's 10,000-sample tests run only on a clean
-    screen and are left out; with ``audit_screen``, every check's ``eval_samples`` are added), summed: core-hours,
-    and the wall time on ``workers`` single-core workers, which is at least max(total / workers, the longest
-    trial). ``done``: trial id -> the updates its checkpoint already holds (:func:`checkpointed_steps`); a resumed
-    trial costs the rest."""
+    trial, every check's samples of an unscreened one; with ``audit_screen``, every check's ``eval_samples`` are
+    added), summed: core-hours, and the wall time on ``workers`` single-core workers, which is at least
+    max(total / workers, the longest trial). A screened trial's ``eval_samples`` tests run only behind a clean
+    screen, which no estimate made before the run can count (none while a model is at the baseline, up to one per
+    check once it is nearly right): they are not in the sum, and each row's ``test_seconds`` is the cost of one
+    (``max_test_seconds`` the largest), which :func:`cost_line` states beside the sum. ``done``: trial id -> the
+    updates its checkpoint already holds (:func:`checkpointed_steps`); a resumed trial costs the rest."""
     from .sweep import trial_id
 
     rows = []
@@ -1173,6 +1175,7 @@ def estimate_cost(specs, rates: dict, workers: int, done: dict | None = None) ->
                 resumed_from=resumed_from,
                 ms_per_iter=1e3 * per_iter,
                 seconds=n * per_iter + samples * per_sample,
+                test_seconds=s["eval_samples"] * per_sample if s.get("screen") else 0.0,
             )
         )
     total = sum(r["seconds"] for r in rows)
@@ -1183,14 +1186,24 @@ def estimate_cost(specs, rates: dict, workers: int, done: dict | None = None) ->
         longest_trial_hours=longest / 3600,
         workers=workers,
         wall_hours=max(total / max(workers, 1), longest) / 3600,
+        max_test_seconds=max((r["test_seconds"] for r in rows), default=0.0),
         per_trial=rows,
     )
 
 
 def cost_line(cost: dict) -> str:
+    """The estimate in one line. With screened trials, the sum is their updates and tracking checks, and the line
+    says what each full test behind a clean screen adds (not in the sum: how many run depends on the training)."""
+    test = cost.get("max_test_seconds", 0.0)
+    tests = (
+        f", plus {_hours(test / 3600)} for each full test, which runs only behind a clean screen (none at the "
+        f"baseline, up to one per check once a model is nearly right)"
+        if test
+        else ""
+    )
     return (
-        f"cost before compute: {cost['trials']} trial(s) to run, at most {cost['core_hours']:.3g} core-hours at "
-        f"their caps (measured per-iteration rates{_resumed_note(cost)}); on {cost['workers']} worker(s) at least "
+        f"cost before compute: {cost['trials']} trial(s) to run, {cost['core_hours']:.3g} core-hours at their caps "
+        f"(measured per-iteration rates{_resumed_note(cost)}){tests}; on {cost['workers']} worker(s) at least "
         f"{_hours(cost['wall_hours'])} wall (the longest trial alone: {_hours(cost['longest_trial_hours'])})"
     )
 
@@ -1213,11 +1226,14 @@ def _hours(h: float) -> str:
 
 
 def cost_table(cost: dict) -> pd.DataFrame:
-    """Per (task, length, method): trials, the cap, the updates their checkpoints already hold, ms per iteration
-    and the core-hours still to run up to the cap."""
+    """Per (task, length, method): trials, the cap, the updates their checkpoints already hold, ms per iteration,
+    the core-hours still to run up to the cap, and the seconds of one full test behind a clean screen (not in the
+    core-hours: :func:`estimate_cost`)."""
     df = pd.DataFrame(cost["per_trial"])
     if "resumed_from" not in df:
         df["resumed_from"] = 0
+    if "test_seconds" not in df:
+        df["test_seconds"] = 0.0
     g = df.groupby(["task", "length", "method"], sort=True)
     out = g.agg(
         trials=("seed", "size"),
@@ -1225,6 +1241,7 @@ def cost_table(cost: dict) -> pd.DataFrame:
         updates_done=("resumed_from", "sum"),
         ms_per_iter=("ms_per_iter", "mean"),
         core_hours=("seconds", "sum"),
+        s_per_test=("test_seconds", "max"),
     ).reset_index()
     out["core_hours"] /= 3600
     return out
