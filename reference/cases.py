@@ -8,16 +8,10 @@ from dataclasses import asdict, dataclass
 
 import numpy as np
 
-from scratch_rnn.cells import cell_names, cell_spec, cell_takes
+from scratch_rnn.cells import cell_names, cell_spec, module_options
 
 CELL_NAMES = cell_names(builtin=True)  # "rnn", "lstm", "gru": the cells with a torch.nn module
 PLUGIN_CELLS = cell_names(builtin=False)  # the step-function cells, with a torch step as their twin
-
-
-def _builtin_takes(cell: str, option: str) -> bool:
-    """A built-in cell whose constructor takes ``option`` (a plug-in cell draws its own options through its
-    OPTIONS hook)."""
-    return cell_spec(cell).builtin and cell_takes(cell, option)
 
 
 @dataclass
@@ -61,9 +55,9 @@ class RNNCase:
             dtype=dtype,
             seed=self.seed,
         )
-        if _builtin_takes(self.cell, "nonlinearity"):
+        if "nonlinearity" in module_options(self.cell):
             common["nonlinearity"] = self.nonlinearity
-        if _builtin_takes(self.cell, "proj_size"):
+        if "proj_size" in module_options(self.cell):
             common["proj_size"] = self.proj_size
         return cell_spec(self.cell).model_class()(self.input_size, self.hidden_size, **common, **dict(self.options))
 
@@ -123,7 +117,7 @@ def random_case(
     input_size = int(rng.integers(1, max_size + 1))  # drawn in the order of old: the RNN stream is unchanged
     hidden = int(rng.integers(1, max_size + 1))
     proj = (
-        int(rng.integers(1, hidden)) if _builtin_takes(cell, "proj_size") and hidden > 1 and rng.random() < 0.4 else 0
+        int(rng.integers(1, hidden)) if "proj_size" in module_options(cell) and hidden > 1 and rng.random() < 0.4 else 0
     )
     case = RNNCase(
         cell=cell,
@@ -132,7 +126,7 @@ def random_case(
         hidden_size=hidden,
         num_layers=num_layers,
         bidirectional=bool(rng.random() < 0.5),
-        nonlinearity=str(rng.choice(["tanh", "relu"])) if _builtin_takes(cell, "nonlinearity") else "tanh",
+        nonlinearity=str(rng.choice(["tanh", "relu"])) if "nonlinearity" in module_options(cell) else "tanh",
         bias=bool(rng.random() < 0.8),
         batch_first=bool(rng.random() < 0.5),
         unbatched=unbatched,

@@ -21,7 +21,7 @@ import torch.nn.functional as F
 from torch.nn.utils.rnn import pack_padded_sequence, pad_packed_sequence
 
 from reference.cells import TorchStepRNN
-from scratch_rnn.cells import cell_spec, cell_takes
+from scratch_rnn.cells import cell_spec, module_options
 
 __all__ = ["TorchSequenceModel", "torch_twin", "draw_dropout_masks", "to_tensor"]
 
@@ -84,7 +84,7 @@ class TorchSequenceModel(torch.nn.Module):
             dtype=self.tdtype,
         )
         module = getattr(torch.nn, cell_spec(c.cell).model_class().NAME)  # a built-in cell is named as its twin
-        options = {k: getattr(c, k) for k in ("nonlinearity", "proj_size") if cell_takes(c.cell, k)}
+        options = {k: getattr(c, k) for k in module_options(c.cell)}
         return module(in_size, c.hidden_size, **options, **opts)
 
     # -- the RNN, whole or unrolled per layer --------------------------------------------------

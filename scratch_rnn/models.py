@@ -37,7 +37,7 @@ import numpy as np
 from numpy.typing import ArrayLike
 
 from . import losses as L
-from .cells import cell_names, cell_spec, cell_takes
+from .cells import cell_names, cell_spec, module_options
 from .checks import (
     as_float_array,
     as_index_array,
@@ -59,11 +59,6 @@ __all__ = ["ModelConfig", "SequenceModel", "StepOutput", "POOLINGS", "TASKS", "L
 POOLINGS = ("last", "mean", "max")
 TASKS = ("sequence", "per_step")
 LOSSES = ("cross_entropy", "mse", "bce")
-
-
-def _projects(cell: str) -> bool:
-    """A built-in cell that takes proj_size (the LSTM); a step cell inherits the argument but has no projection."""
-    return cell_spec(cell).builtin and cell_takes(cell, "proj_size")
 
 
 @dataclass(frozen=True)
@@ -138,10 +133,10 @@ class ModelConfig:
         if nonlinearities is not None:
             check_choice("nonlinearity", self.nonlinearity, nonlinearities)
         keep("proj_size", check_non_negative_int("proj_size", self.proj_size))
-        if self.proj_size and (not _projects(self.cell) or self.proj_size >= self.hidden_size):
+        projecting = [n for n in cell_names() if "proj_size" in module_options(n)]
+        if self.proj_size and ("proj_size" not in module_options(self.cell) or self.proj_size >= self.hidden_size):
             raise ValueError(
-                f"proj_size: expected 0, or with a cell among {[n for n in cell_names() if _projects(n)]} a number "
-                f"below hidden_size="
+                f"proj_size: expected 0, or with a cell among {projecting} a number below hidden_size="
                 f"{self.hidden_size}, got {self.proj_size} (cell={self.cell!r})"
             )
         keep("dropout", check_probability("dropout", self.dropout))

@@ -14,7 +14,7 @@ import pytest
 
 from reference.battery import check_cell
 from scratch_rnn import RNN
-from scratch_rnn.cells import cell_names, cell_spec, register_cell, resolve
+from scratch_rnn.cells import MODULE_OPTIONS, cell_names, cell_spec, cell_takes, module_options, register_cell, resolve
 from scratch_rnn.cells.generic import StepCell
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -101,6 +101,28 @@ def test_the_registry_is_what_every_list_reads():
         cell_spec("os.path:join")
     spec = cell_spec(ElmanSteps)  # an unregistered class: a spec from its own attributes
     assert spec.options == {"nonlinearity": ("tanh", "relu")} and not spec.builtin
+
+
+def test_module_options_are_the_ones_the_torch_twin_accepts():
+    """The oracle is torch: a built-in cell's module options are those its torch.nn module's constructor accepts
+    (torch refuses nonlinearity for LSTM/GRU and proj_size for RNN/GRU). A step cell has none, although ElmanSteps
+    takes nonlinearity (its own OPTIONS) and StepCell's signature has proj_size (which it refuses)."""
+    torch = pytest.importorskip("torch")
+
+    def torch_accepts(cell, option):
+        value = {"nonlinearity": "relu", "proj_size": 1}[option]
+        try:
+            getattr(torch.nn, cell_spec(cell).model_class().NAME)(2, 3, **{option: value})
+        except (TypeError, ValueError):
+            return False
+        return True
+
+    for cell in cell_names(builtin=True):
+        assert module_options(cell) == tuple(o for o in MODULE_OPTIONS if torch_accepts(cell, o)), cell
+    assert module_options("lstm") == ("proj_size",) and module_options("rnn") == ("nonlinearity",)
+    assert cell_takes(StepCell, "proj_size") and cell_takes(ElmanSteps, "nonlinearity")
+    assert module_options(StepCell) == module_options(ElmanSteps) == ()
+    assert all(module_options(c) == () for c in cell_names(builtin=False))
 
 
 def _outside(tmp_path: Path, planted: bool = False) -> Path:

@@ -27,7 +27,7 @@ from tqdm.auto import tqdm
 
 from scratch_rnn import diagnostics as dg
 from scratch_rnn import init
-from scratch_rnn.cells import cell_names, cell_spec, cell_takes
+from scratch_rnn.cells import cell_names, cell_spec, module_options
 from scratch_rnn.checks import check_positive_float, check_positive_int
 from scratch_rnn.cli import BadInput
 from scratch_rnn.models import ModelConfig, SequenceModel
@@ -79,7 +79,7 @@ class FlowConfig:
         """(cell, init, nonlinearity) of every model; a gated cell's nonlinearity is "gated" (σ and tanh inside),
         another
         cell's is its own default (IndRNN: relu)."""
-        grid = {c for c in self.cells if cell_spec(c).builtin and cell_takes(c, "nonlinearity")}  # the Elman RNN
+        grid = {c for c in self.cells if "nonlinearity" in module_options(c)}  # the Elman RNN
         return [(c, s, nl) for c in self.cells if c in grid for s in self.inits for nl in self.nonlinearities] + [
             (c, "torch_uniform", cell_spec(c).options.get("nonlinearity", ("gated",))[0])
             for c in self.cells

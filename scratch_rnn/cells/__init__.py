@@ -28,7 +28,7 @@ from typing import TYPE_CHECKING, Any
 if TYPE_CHECKING:  # pragma: no cover
     from .base import RecurrentBase
 
-__all__ = ["CellSpec", "register_cell", "cell_spec", "cell_names", "cell_takes", "resolve"]
+__all__ = ["CellSpec", "register_cell", "cell_spec", "cell_names", "cell_takes", "module_options", "resolve"]
 
 
 @dataclass(frozen=True)
@@ -111,10 +111,23 @@ def cell_names(*, builtin: bool | None = None) -> tuple[str, ...]:
 def cell_takes(cell: str | type[RecurrentBase], option: str) -> bool:
     """Whether the cell's layer class takes the constructor option ``option`` (``"nonlinearity"``,
     ``"proj_size"``, ...): what the callers ask instead of comparing cell names. A step cell inherits the stack's
-    signature (``proj_size`` included, which it refuses), so callers ask it of built-in cells only."""
+    signature (``proj_size`` included, which it refuses): ask :func:`module_options` for a torch module's options."""
     import inspect
 
     return option in inspect.signature(cell_spec(cell).model_class()).parameters
+
+
+# The options of torch.nn.RNN/LSTM/GRU beyond the shared ones, which a built-in cell's constructor may take.
+MODULE_OPTIONS = ("nonlinearity", "proj_size")
+
+
+def module_options(cell: str | type[RecurrentBase]) -> tuple[str, ...]:
+    """The torch.nn module options (:data:`MODULE_OPTIONS`) that a built-in cell takes, as its twin module does:
+    ``("nonlinearity",)`` for the Elman RNN, ``("proj_size",)`` for the LSTM. A plug-in cell has none here (its
+    own options come from its ``OPTIONS``, and a step cell's inherited ``proj_size`` is refused, not taken)."""
+    if not cell_spec(cell).builtin:
+        return ()
+    return tuple(o for o in MODULE_OPTIONS if cell_takes(cell, o))
 
 
 def cell_spec(cell: str | type[RecurrentBase]) -> CellSpec:
