@@ -419,10 +419,16 @@ def test_screened_trial_tests_only_a_clean_screen_and_solves_only_on_the_full_te
 
     def fake_evaluate(task, model, rng, samples, length, chunk=1000, min_length=None):
         calls.append(samples)
-        return next(tests) if samples == 10_000 else 0.3
+        return 0.3
+
+    def fake_count(task, model, rng, samples, length, chunk=1000, min_length=None, *, stop_at_wrong=False):
+        calls.append(samples)
+        assert not stop_at_wrong  # one running generator: every test is scored whole
+        return round(next(tests) * samples), samples
 
     monkeypatch.setattr(pathological.Screen, "take", lambda self: next(screens))
     monkeypatch.setattr(pathological, "evaluate", fake_evaluate)
+    monkeypatch.setattr(pathological, "count_wrong", fake_count)
     spec = dict(
         task="adding",
         length=10,

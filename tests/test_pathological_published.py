@@ -365,7 +365,7 @@ def test_estimate_cost_closed_form():
     assert [r["test_seconds"] for r in cost["per_trial"]] == [100 * 1e-4] * 4
     big = dict(specs[0], eval_samples=10_000)  # 10,000 samples at 5 ms each: 50 s a test
     line = P.cost_line(P.estimate_cost([big], {P._rate_key(big): (0.002, 5e-3)}, workers=1))
-    assert "plus 50 s for each full test, which runs only behind a clean screen" in line, line
+    assert "plus up to 50 s for each full test, which runs only behind a clean screen" in line, line
     assert "at most" not in line, line
     unscreened = dict(specs[0], screen=False)
     one = P.estimate_cost([unscreened], rates, workers=1)

@@ -92,10 +92,16 @@ def _scripted(monkeypatch, screens, tests, audits, **kw):
     def fake_evaluate(task, model, rng, samples, length, chunk=1000, min_length=None):
         if rng is audit_stream:
             return next(audits)
-        return next(tests) if samples == 10_000 else 0.3
+        assert samples != 10_000, "the test goes through count_wrong"
+        return 0.3
+
+    def fake_count(task, model, rng, samples, length, chunk=1000, min_length=None, *, stop_at_wrong=False):
+        assert samples == 10_000 and not stop_at_wrong  # one running generator: every test is scored whole
+        return round(next(tests) * samples), samples
 
     monkeypatch.setattr(P.Screen, "take", lambda self: next(screens))
     monkeypatch.setattr(P, "evaluate", fake_evaluate)
+    monkeypatch.setattr(P, "count_wrong", fake_count)
     monkeypatch.setattr(P, "_audit_rng", lambda seed, step: audit_stream)
     spec = dict(
         task="adding",
@@ -190,3 +196,78 @@ def test_audit_table_miss_rate():
     table, line = P.audit_table(df)
     low, high = P.wilson_interval(3, 5)
     assert len(table) == 2 and "missed 3 of the 5 checks" in line and f"[{low:.1%}, {high:.1%}]" in line
+
+
+# ---------------------------------------------------------------------------------------------------------------
+# A failing test stops at its first wrong chunk (per-check generators only)
+# ---------------------------------------------------------------------------------------------------------------
+@pytest.mark.parametrize("seed", range(8))
+def test_count_wrong_stops_at_the_first_wrong_chunk(seed):
+    """count_wrong against chunks scored by hand from the same generator: whole, the sum over all chunks; with
+    stop_at_wrong, the chunks up to and including the first with a wrong sample."""
+    task, length, chunk, samples = "temporal_order", 10, 1, 30
+    model = P.build(task, "sgd_clip", 6, seed, length=length)
+    model.eval()
+    rng = np.random.default_rng([seed, 9])
+    per_chunk = []
+    for _ in range(samples // chunk):
+        x, y = tasks.make_batch(task, rng, chunk, length)
+        out, _ = model(P.batch_first(x))
+        per_chunk.append(int(tasks.sample_errors(task, out, y).sum()))
+    model.train()
+    first = next((i for i, w in enumerate(per_chunk) if w), len(per_chunk) - 1)
+    whole = P.count_wrong(task, model, np.random.default_rng([seed, 9]), samples, length, chunk)
+    early = P.count_wrong(task, model, np.random.default_rng([seed, 9]), samples, length, chunk, stop_at_wrong=True)
+    assert whole == (sum(per_chunk), samples), per_chunk
+    assert early == (sum(per_chunk[: first + 1]), chunk * (first + 1)), per_chunk
+    assert P.evaluate(task, model, np.random.default_rng([seed, 9]), samples, length, chunk) == sum(per_chunk) / samples
+
+
+def test_some_model_has_its_first_wrong_sample_past_the_first_chunk():
+    """The test above is not vacuous: for some seed the early stop skips chunks and keeps more than one."""
+    stops = set()
+    for seed in range(8):
+        model = P.build("temporal_order", "sgd_clip", 6, seed, length=10)
+        rng = np.random.default_rng([seed, 9])
+        stops.add(P.count_wrong("temporal_order", model, rng, 30, 10, 1, stop_at_wrong=True)[1])
+    assert any(1 < s < 30 for s in stops), stops
+
+
+RESUMABLE = {**IRNN_SPEC, "resumable": True, "seed": 1}  # a test fails at 640 (a tracking step), solved at 1,070
+
+
+def test_early_stopped_tests_give_the_whole_tests_verdicts(monkeypatch):
+    """A resumable screened trial (each check its own generator) with its failing tests stopped early, against the
+    same trial with every test scored whole: the same verdict at every check, the same solve, losses, norms and
+    final parameters, bit for bit. Not vacuous: tests failed early, and where one failed at a tracking step the
+    tracking ran and is the row's error."""
+    early = _fit(RESUMABLE)
+    real = P.count_wrong
+
+    def whole(*args, stop_at_wrong=False, **kw):
+        return real(*args, **kw)
+
+    monkeypatch.setattr(P, "count_wrong", whole)
+    full = _fit(RESUMABLE)
+    assert early.stop_reason == "stop_when" == full.stop_reason and early.step == full.step
+    np.testing.assert_array_equal(early.losses, full.losses)
+    np.testing.assert_array_equal(early.grad_norms, full.grad_norms)
+    for name, value in early.model.state_dict().items():
+        np.testing.assert_array_equal(value, full.model.state_dict()[name], err_msg=name)
+    verdict = [
+        (r["step"], r["screen_error"], r["test_error"] == 0.0 if r["test_error"] is not None else None)
+        for r in early.epochs
+    ]
+    assert verdict == [
+        (r["step"], r["screen_error"], r["test_error"] == 0.0 if r["test_error"] is not None else None)
+        for r in full.epochs
+    ]
+    failed = [r for r in early.epochs if r["test_error"] not in (None, 0.0)]
+    assert failed and any(r["test_samples"] < RESUMABLE["eval_samples"] for r in failed), failed
+    assert all(r["test_samples"] == RESUMABLE["eval_samples"] for r in full.epochs if r["test_error"] is not None)
+    at_track = [
+        r for r in failed if r["step"] % RESUMABLE["track_every"] == 0 and r["test_samples"] < RESUMABLE["eval_samples"]
+    ]
+    assert at_track and all(r["error"] == r["track_error"] is not None for r in at_track), at_track
+    assert early.epochs[-1]["test_error"] == 0.0 == early.epochs[-1]["error"]  # the solve: a whole test
+    assert early.epochs[-1]["test_samples"] == RESUMABLE["eval_samples"]

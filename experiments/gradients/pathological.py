@@ -371,7 +371,26 @@ def draw_length(rng: np.random.Generator, length: int, min_length: int | None) -
 def evaluate(task, model, rng, samples: int, length: int, chunk: int = 1000, min_length: int | None = None) -> float:
     """Fraction of wrong samples among ``samples`` fresh ones (eval mode); with ``min_length``, each chunk's length
     is drawn from [min_length, length) (RNN.py draws one per evaluation batch)."""
-    wrong = 0
+    wrong, _ = count_wrong(task, model, rng, samples, length, chunk, min_length)
+    return wrong / samples
+
+
+def count_wrong(
+    task,
+    model,
+    rng,
+    samples: int,
+    length: int,
+    chunk: int = 1000,
+    min_length: int | None = None,
+    *,
+    stop_at_wrong: bool = False,
+) -> tuple[int, int]:
+    """(wrong, scored): the wrong samples among fresh ones drawn ``chunk`` at a time, and how many were scored.
+    With ``stop_at_wrong``, the first chunk with a wrong sample ends it (``scored`` < ``samples`` then): what a
+    pass/fail test needs, since its verdict is already known. A passing test scores all ``samples`` with the same
+    draws either way."""
+    wrong = scored = 0
     model.eval()
     try:
         for start in range(0, samples, chunk):
@@ -379,9 +398,12 @@ def evaluate(task, model, rng, samples: int, length: int, chunk: int = 1000, min
             x, y = make_batch(task, rng, n, draw_length(rng, length, min_length))
             out, _ = model(batch_first(x))
             wrong += int(sample_errors(task, out, y).sum())
+            scored += n
+            if stop_at_wrong and wrong:
+                break
     finally:
         model.train()
-    return wrong / samples
+    return wrong, scored
 
 
 class FreshBatches:
@@ -611,9 +633,17 @@ def trial_trainer(
     first scores the training batches since the last one (:class:`Screen`) and evaluates the ``eval_samples`` only
     when none of them was wrong; ``track_samples`` fresh samples every ``track_every`` steps and at the last check
     give the error curve. Each check's row: ``error`` (the evaluation run, if any, else None), and with screen
-    ``screen_error``, ``test_error`` and ``track_error`` (None when not run). With ``audit_screen`` (screened trials
-    only) every check also evaluates ``eval_samples`` fresh samples from ``default_rng([seed, 3, step])``, after the
-    check's own draws and in no decision (``full_error`` and ``audit_seconds`` in its row; :func:`screen_audit`).
+    ``screen_error``, ``test_error`` and ``test_samples`` (how many the test scored) and ``track_error`` (None when
+    not run). A screened test is a verdict. Where each check has its own generator (``eval_rng`` callable: the
+    resumable trials), a failing test stops at the chunk of its first wrong sample, so its ``test_error`` (the
+    fraction among those scored) is no error estimate and stays out of ``error``, which is then the tracking's, run
+    at tracking steps and at the cap as when no test ran. A passing test scores all ``eval_samples`` with the same
+    draws, so the verdicts, ``solved_at`` and the training are what a whole test gives. With one running generator
+    (the older protocols), every test is scored whole, as their tables were made: a shorter one would shift every
+    later check's draws.
+    With ``audit_screen`` (screened trials only) every check also evaluates ``eval_samples`` fresh samples from
+    ``default_rng([seed, 3, step])``, after the check's own draws and in no decision (``full_error`` and
+    ``audit_seconds`` in its row; :func:`screen_audit`).
 
     ``eval_rng``: a generator the checks draw from in turn, or a callable ``eval_rng(step)`` giving each check's own
     generator (a resumable trial: a check's samples depend on its step only). ``checkpoint_dir``: the Trainer saves
@@ -659,11 +689,22 @@ def trial_trainer(
     def screened_check(m):
         step = trainer.step
         row = {"screen_error": screen.take(), "test_error": None, "track_error": None}
-        if row["screen_error"] == 0.0:
-            row["test_error"] = fresh_error(spec["eval_samples"])
-        if row["test_error"] is None and (step % spec["track_every"] == 0 or step >= spec["max_iters"]):
+        if row["screen_error"] == 0.0:  # the test (a verdict: with per-check generators it stops at a wrong chunk)
+            wrong, scored = count_wrong(
+                spec["task"],
+                model,
+                check_rng(),
+                spec["eval_samples"],
+                spec["length"],
+                chunk,
+                spec.get("min_length"),
+                stop_at_wrong=per_check,
+            )
+            row["test_error"], row["test_samples"] = wrong / scored, scored
+        whole_test = row["test_error"] is not None and row["test_samples"] == spec["eval_samples"]
+        if not whole_test and (step % spec["track_every"] == 0 or step >= spec["max_iters"]):
             row["track_error"] = fresh_error(spec["track_samples"])
-        row["error"] = row["test_error"] if row["test_error"] is not None else row["track_error"]
+        row["error"] = row["test_error"] if whole_test else row["track_error"]
         if audit:  # observes only: its own generator, read after the decision's draws, in no decision
             t0 = time.perf_counter()
             row["full_error"] = evaluate(
@@ -811,7 +852,10 @@ def _forget_cap_track(trainer: Trainer, spec: dict) -> None:
         return
     row = trainer.epochs[-1]
     if row.get("track_error") is not None and row["step"] == trainer.step and row["step"] % spec["track_every"]:
-        trainer.epochs[-1] = {**row, "track_error": None, "error": row.get("test_error")}
+        whole_test = (
+            row.get("test_error") is not None and row.get("test_samples", spec["eval_samples"]) == spec["eval_samples"]
+        )
+        trainer.epochs[-1] = {**row, "track_error": None, "error": row["test_error"] if whole_test else None}
 
 
 def _run_trial(spec: dict, checkpoint_root=None, checkpoint_seconds: float | None = None) -> dict:
@@ -1196,8 +1240,9 @@ def cost_line(cost: dict) -> str:
     says what each full test behind a clean screen adds (not in the sum: how many run depends on the training)."""
     test = cost.get("max_test_seconds", 0.0)
     tests = (
-        f", plus {_hours(test / 3600)} for each full test, which runs only behind a clean screen (none at the "
-        f"baseline, up to one per check once a model is nearly right)"
+        f", plus up to {_hours(test / 3600)} for each full test, which runs only behind a clean screen (none at the "
+        f"baseline, up to one per check once a model is nearly right; in a resumable trial a failing test stops at "
+        f"its first wrong chunk)"
         if test
         else ""
     )
