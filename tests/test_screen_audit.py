@@ -271,3 +271,18 @@ def test_early_stopped_tests_give_the_whole_tests_verdicts(monkeypatch):
     assert at_track and all(r["error"] == r["track_error"] is not None for r in at_track), at_track
     assert early.epochs[-1]["test_error"] == 0.0 == early.epochs[-1]["error"]  # the solve: a whole test
     assert early.epochs[-1]["test_samples"] == RESUMABLE["eval_samples"]
+
+
+def test_a_cap_at_an_early_stopped_test_resumes_as_one_run(tmp_path):
+    """A cap at a check whose test failed early, off the tracking steps (640 with track_every 15): the cap's tracking
+    sample is dropped on resume, and no stopped test's fraction takes its place, so the continued trial's row is
+    the uninterrupted one's, curve included."""
+    spec = {**RESUMABLE, "track_every": 15}
+    first = P._run_trial({**spec, "max_iters": 640}, checkpoint_root=tmp_path / "a", checkpoint_seconds=0.0)
+    assert first["tests"] == 1 and not first["solved"]  # the failing, early-stopped test at 640
+    resumed = P._run_trial(spec, checkpoint_root=tmp_path / "a", checkpoint_seconds=0.0)
+    whole = P._run_trial(spec, checkpoint_root=tmp_path / "b", checkpoint_seconds=0.0)
+    assert resumed["resumed_from"] == 640 and whole["solved_at"] == 1070
+    times = ("seconds", "train_seconds", "eval_seconds", "resumed_from", "trial_id")
+    assert [k for k in set(resumed) | set(whole) if k not in times and resumed.get(k) != whole.get(k)] == []
+    assert 640 not in [step for step, _ in whole["curve"]]
