@@ -77,7 +77,8 @@ class ModelConfig:
     input_size: int | None = None
     num_layers: int = 1
     nonlinearity: str = "tanh"  # of a cell that has one (Elman, IndRNN); LSTM and GRU have their own gates
-    cell: str = "rnn"  # a registered cell ("rnn" Elman, "lstm", "gru", "indrnn", ...) or "module:Class"
+    cell: str = cell_names(builtin=True)[0]  # a registered cell (default: the first built-in, the Elman "rnn") or
+    # "module:Class"
     proj_size: int = 0  # LSTM only: h_t = W_hr (o ⊙ tanh c_t), P < hidden_size
     bias: bool = True
     bidirectional: bool = False

@@ -39,6 +39,7 @@ import numpy as np
 import pandas as pd
 
 from scratch_rnn import init as rinit
+from scratch_rnn.cells import cell_names
 from scratch_rnn.fileio import atomic_write_text
 from scratch_rnn.models import ModelConfig, SequenceModel
 from scratch_rnn.train import CHECKPOINT_NAME, TrainConfig, Trainer, TrainingStopped
@@ -95,13 +96,13 @@ PUBLISHED = {
 }
 # The registered cell each method trains, stated once: a method is a recipe (cell, init, optimizer, clipping) whose
 # published settings belong to that cell, so the recipes below branch on the method, never on a cell's name.
+# From the registry: the tanh/relu methods train its first built-in cell (the Elman RNN), a method named as a
+# registered cell trains that cell, and the published LSTM control trains the LSTM method's cell.
 METHOD_CELL = {
-    **{m: "rnn" for m in ("sgd", "sgd_clip", "sgd_cr", "sgd_cr_exact", "irnn")},
-    "lstm": "lstm",
-    "gru": "gru",
-    "lstm_rmsprop": "lstm",
-    "indrnn": "indrnn",
+    **{m: cell_names(builtin=True)[0] for m in ("sgd", "sgd_clip", "sgd_cr", "sgd_cr_exact", "irnn")},
+    **{m: m for m in ALL_METHODS if m in cell_names()},
 }
+METHOD_CELL["lstm_rmsprop"] = METHOD_CELL["lstm"]
 INDRNN_LAYERS = 2
 RMSPROP_DECAY, RMSPROP_START = 0.9, 1e-3  # Arjovsky et al.'s rms_prop (models.py)
 BASELINE_ERROR = {"adding": 0.36, "temporal_order": 0.75}  # constant prediction / chance
