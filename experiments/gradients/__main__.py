@@ -128,6 +128,14 @@ def parser() -> argparse.ArgumentParser:
                 default=None,
                 help="run seeds SEED .. SEED+N-1 (SEED from --seed) in place of the protocol's seeds offset by --seed",
             )
+            s.add_argument(
+                "--report",
+                nargs="+",
+                default=None,
+                metavar="DIR",
+                help="train nothing: one report (tables, learning curves) of the trials in these run folders, "
+                "each trial once (a resumed trial at its furthest; a running one from its checkpoint), into --out",
+            )
         if name == "flow":
             s.add_argument("--data", default=None, help="IMDB source (folder/CSV); default: the shared copy")
         if name in ("flow", "spectrum"):
@@ -168,6 +176,38 @@ def check_data(data) -> None:
         input_file("--data", source)
 
 
+# --report reads finished runs: an option that shapes a run would be silently ignored, so it is refused
+_RUN_OPTIONS = (
+    "quick", "protocol", "scheduler", "tasks", "lengths", "methods", "max_iters", "min_length", "init", "one_bias",
+    "resumable", "audit_screen", "checkpoint_seconds", "estimate_only", "num_seeds",
+)  # fmt: skip
+
+
+def check_report_args(args) -> None:
+    """``pathological --report DIR ...``: folders that hold runs, and an --out that is not one of them and holds
+    no run of its own (empty, absent, or an earlier report, which it replaces)."""
+    from .pathological import report_out_problem
+
+    given = [f"--{k.replace('_', '-')}" for k in _RUN_OPTIONS if getattr(args, k, None) not in (None, False)]
+    if given or args.seed != 0:
+        given += ["--seed"] if args.seed != 0 else []
+        raise BadInput(f"--report: reads finished runs and takes only --out; got {', '.join(given)} too")
+    if args.out is None:
+        raise BadInput("--report: expected --out DIR, the folder the report goes to; got none")
+    out = Path(args.out).resolve()
+    for d in args.report:
+        p = Path(d)
+        if not p.is_dir():
+            raise BadInput(f"--report: expected run folders, got {d!r}, which is not a folder")
+        if not (p / "trials.jsonl").exists() and not (p / "checkpoints").is_dir():
+            raise BadInput(f"--report: expected run folders (a trials.jsonl or checkpoints/ in each), got {d!r}")
+        if p.resolve() == out:
+            raise BadInput(f"--out: expected a folder other than the runs it reports, got {args.out!r}, one of them")
+    problem = report_out_problem(args.out)
+    if problem:
+        raise BadInput(problem)
+
+
 def check_args(args) -> None:
     """Every check that needs no work, before the experiment starts (raises BadInput naming the option)."""
     from .common import RESULTS_ROOT
@@ -178,6 +218,9 @@ def check_args(args) -> None:
         "--out" if args.out is not None else f"--out (default under {RESULTS_ROOT})",
         args.out if args.out is not None else RESULTS_ROOT,
     )
+    if args.experiment == "pathological" and args.report:
+        check_report_args(args)
+        return
     if args.experiment == "pathological":
         from .tasks import TASKS
 

@@ -29,7 +29,9 @@ non-finite step ends the trial as diverged.
 
 from __future__ import annotations
 
+import json
 import time
+import warnings
 from dataclasses import asdict, dataclass, replace
 from functools import partial
 from pathlib import Path
@@ -756,6 +758,13 @@ def trial_trainer(
     return trainer
 
 
+TRIAL_FILE = "trial.json"  # beside a resumable trial's checkpoint: its spec without the cap (collect_runs reads it)
+
+
+def _without_cap(spec: dict) -> dict:
+    return {k: v for k, v in spec.items() if k != "max_iters"}
+
+
 def checkpoint_key(spec: dict) -> str:
     """The folder name of a trial's checkpoint: its id without the iteration cap (a rerun with a larger
     ``max_iters`` continues the same trial), hashed to a short name."""
@@ -763,8 +772,7 @@ def checkpoint_key(spec: dict) -> str:
 
     from .sweep import trial_id
 
-    rest = {k: v for k, v in spec.items() if k != "max_iters"}
-    return hashlib.sha256(trial_id(rest).encode()).hexdigest()[:16]
+    return hashlib.sha256(trial_id(_without_cap(spec)).encode()).hexdigest()[:16]
 
 
 def run_trial(spec: dict, checkpoint_root=None, checkpoint_seconds: float | None = None) -> dict:
@@ -865,6 +873,8 @@ def _run_trial(spec: dict, checkpoint_root=None, checkpoint_seconds: float | Non
     if spec.get("resumable") and checkpoint_root is not None:
         ckdir = Path(checkpoint_root) / checkpoint_key(spec)
         ckdir.mkdir(parents=True, exist_ok=True)
+        if not (ckdir / TRIAL_FILE).exists():  # which trial this is, for a report read while it runs
+            atomic_write_text(ckdir / TRIAL_FILE, json.dumps(_without_cap(spec), sort_keys=True) + "\n")
     _, source, trainer = _trial_parts(spec, ckdir)
     resumed_from = 0
     if ckdir is not None and (ckdir / CHECKPOINT_NAME).exists():
@@ -893,19 +903,50 @@ def _run_trial(spec: dict, checkpoint_root=None, checkpoint_seconds: float | Non
         trainer.fit(source)
     except TrainingStopped:
         diverged = True
-    errors = [row["error"] for row in trainer.epochs if row["error"] is not None]
-    norms = trainer.grad_norms if trainer.history else np.array([np.nan])
-    losses_ = trainer.losses if trainer.history else np.array([np.nan])
+    solved = trainer.stop_reason == "stop_when" if spec.get("screen") else None
+    row = trial_row(
+        spec,
+        trainer.epochs,
+        trainer.losses if trainer.history else None,
+        trainer.grad_norms if trainer.history else None,
+        step=trainer.step,
+        solved=solved,
+        diverged=diverged,
+        resumed_from=resumed_from,
+    )
+    return dict(row, seconds=time.time() - t0)
+
+
+def trial_row(
+    spec: dict,
+    epochs: list[dict],
+    losses: np.ndarray | None,
+    norms: np.ndarray | None,
+    *,
+    step: int,
+    solved: bool | None,
+    diverged: bool,
+    resumed_from: int,
+) -> dict:
+    """A trial's row of the trial table (without ``seconds``, its wall time) from what its trainer holds: its check
+    rows (``epochs``), per-update losses and gradient norms (None: no update yet), the update count ``step``, and
+    ``solved`` (a screened trial: whether a check stopped it; None: read from the last error, as an unscreened
+    trial is solved when its last check found no sample wrong). One function for a finished trial
+    (:func:`_run_trial`) and a checkpoint read back (:func:`collect_runs`)."""
+    errors = [row["error"] for row in epochs if row["error"] is not None]
+    norms = np.array([np.nan]) if norms is None or not len(norms) else norms
+    losses_ = np.array([np.nan]) if losses is None or not len(losses) else losses
     tail = losses_[-max(1, len(losses_) // 10) :]
     clip = spec["clip"]
-    opt = optimizer_settings(spec)
-    solved = trainer.stop_reason == "stop_when" if spec.get("screen") else bool(errors) and errors[-1] == 0.0
-    extra = dict(solved_at=trainer.step if solved else None)  # the check that solved it stopped the trial
+    if solved is None:
+        solved = bool(errors) and errors[-1] == 0.0
+    extra: dict = dict(solved_at=step if solved else None)  # the check that solved it stopped the trial
     if spec.get("screen"):
-        extra["tests"] = sum(row.get("test_error") is not None for row in trainer.epochs)
+        extra["tests"] = sum(row.get("test_error") is not None for row in epochs)
     if spec.get("audit_screen"):
-        extra.update(screen_audit(trainer.epochs, extra["solved_at"]))
+        extra.update(screen_audit(epochs, extra["solved_at"]))
     if spec.get("resumable"):  # part three's rows: the settings that ran, the error curve, where it resumed
+        opt = optimizer_settings(spec)
         extra.update(
             optimizer=opt["optimizer"],
             clip_style=opt["clip_style"],
@@ -913,23 +954,22 @@ def _run_trial(spec: dict, checkpoint_root=None, checkpoint_seconds: float | Non
             one_bias_effective=bool(spec.get("one_bias")) or spec["method"] in ("lstm_rmsprop", "indrnn"),
             length_range=[spec.get("min_length") or spec["length"], spec["length"]],
             init_effective=spec.get("init", "smart_tanh") if spec["method"] in TANH_METHODS else "method's",
-            curve=[[row["step"], row["error"]] for row in trainer.epochs if row["error"] is not None],
+            curve=[[row["step"], row["error"]] for row in epochs if row["error"] is not None],
             resumed_from=resumed_from,
         )
     return dict(
         solved=solved,
         diverged=diverged,
-        iters=trainer.step,
+        iters=step,
         final_error=errors[-1] if errors else 1.0,
         best_error=min([1.0] + errors),
         final_train_loss=float(np.mean(tail)),
         grad_norm_median=float(np.median(norms)),
         grad_norm_max=float(np.max(norms)),
         clipped_fraction=float(np.mean(norms > clip)),
-        train_seconds=float(sum(row["seconds"] for row in trainer.epochs)),
-        eval_seconds=float(sum(row.get("eval_seconds", 0.0) for row in trainer.epochs)),
+        train_seconds=float(sum(row["seconds"] for row in epochs)),
+        eval_seconds=float(sum(row.get("eval_seconds", 0.0) for row in epochs)),
         **extra,
-        seconds=time.time() - t0,
     )
 
 
@@ -1356,7 +1396,9 @@ def plot_curves(df: pd.DataFrame, path) -> None:
             if not pts:
                 continue
             x, y = zip(*pts)
-            ax.plot(x, y, color=colours[r.method], lw=1, alpha=0.8, label=None if r.method in seen else r.method)
+            unfinished = getattr(r, "unfinished", False)  # a report's trial still running or stopped before its cap
+            ls = "--" if isinstance(unfinished, (bool, np.bool_)) and unfinished else "-"
+            ax.plot(x, y, color=colours[r.method], ls=ls, lw=1, alpha=0.8, label=None if r.method in seen else r.method)
             seen.add(r.method)
             if r.solved:
                 ax.plot([x[-1]], [floor], "v", color=colours[r.method], ms=7)
@@ -1377,6 +1419,192 @@ def plot_curves(df: pd.DataFrame, path) -> None:
         ax.grid(alpha=0.3, which="both")
         ax.legend(fontsize=7)
     save_figure(fig, path)
+
+
+REPORT_KIND = "pathological-report"  # report.json's "kind": a folder --report may replace
+
+
+def _row_spec(row: dict) -> dict | None:
+    """The spec of a trial table's row: the fields its ``trial_id`` names, with the row's values (None: a field
+    missing from the row)."""
+    keys = [part.split("=", 1)[0] for part in row["trial_id"].split("|")]
+    return {k: row[k] for k in keys} if all(k in row for k in keys) else None
+
+
+def _checkpoint_row(path: Path, spec: dict) -> dict:
+    """A trial's row from its checkpoint (:func:`trial_row`), without a finished run's: ``unfinished`` unless
+    the checkpoint says a check solved it, ``max_iters`` None (the cap of the run that wrote it is not saved),
+    ``seconds`` its training and evaluation seconds."""
+    from scratch_rnn.checkpoint import read_archive
+
+    from .sweep import trial_id
+
+    arrays, meta = read_archive(path)
+    m = meta["meta"]
+    stopped = m.get("stop_reason") == "stop_when"
+    row = trial_row(
+        spec,
+        list(m["epochs"]),
+        arrays.get("extra/history_loss"),
+        arrays.get("extra/history_grad_norm"),
+        step=int(meta["step"]),
+        solved=stopped if spec.get("screen") else None,
+        diverged=False,
+        resumed_from=None,
+    )
+    row = dict(spec, max_iters=None, **row)
+    row.update(trial_id=trial_id(_without_cap(spec)), seconds=row["train_seconds"] + row["eval_seconds"])
+    row["unfinished"] = not (stopped or bool(row["solved"]))
+    return row
+
+
+def collect_runs(dirs) -> tuple[pd.DataFrame, list[str]]:
+    """The trials of several run folders as one table, each trial once: the rows of each folder's
+    ``trials.jsonl``, and the checkpoints of resumable trials that are further on (a trial still running, or
+    carried past the cap of its last row), read back through :func:`trial_row` with ``unfinished`` set.
+
+    One trial is a spec without its cap (:func:`checkpoint_key`): of its rows, the one with the largest cap counts
+    (a rerun with a larger ``--max-iters`` holds the whole trial); its checkpoint replaces that row when it holds
+    more updates. A checkpoint names its trial in ``trial.json`` beside it, or through a row of the same trial.
+    Returns ``(trials, notes)``: ``notes`` says what was left out and why (rows of no trial, unreadable or unnamed
+    checkpoints)."""
+    from scratch_rnn.checkpoint import CheckpointError
+
+    from .sweep import _json_lines
+
+    best: dict[str, dict] = {}
+    specs: dict[str, dict] = {}
+    notes: list[str] = []
+    dirs = [Path(d) for d in dirs]
+    for d in dirs:
+        table = d / "trials.jsonl"
+        if not table.exists():
+            continue
+        for lineno, row in _json_lines(table):
+            spec = _row_spec(row) if isinstance(row, dict) and isinstance(row.get("trial_id"), str) else None
+            if spec is None or not isinstance(spec.get("max_iters"), int):
+                notes.append(f"{table}:{lineno}: left out (not a trial row: no trial_id, or fields it names missing)")
+                continue
+            key = checkpoint_key(spec)
+            specs[key] = _without_cap(spec)
+            row = dict(row, run=str(d), unfinished=False)
+            prev = best.get(key)
+            if prev is None or (row["max_iters"], row["iters"]) >= (prev["max_iters"], prev["iters"]):
+                best[key] = row
+    for d in dirs:
+        for path in sorted((d / "checkpoints").glob(f"*/{CHECKPOINT_NAME}")):
+            key, named = path.parent.name, path.parent / TRIAL_FILE
+            try:
+                spec = json.loads(named.read_text()) if named.exists() else specs.get(key)
+            except (OSError, ValueError) as exc:
+                notes.append(f"{named}: left out (unreadable: {exc})")
+                continue
+            if not isinstance(spec, dict) or checkpoint_key(spec) != key:
+                why = "no trial.json beside it, and no row of its trial" if spec is None else "trial.json names another"
+                notes.append(f"{path}: left out ({why})")
+                continue
+            try:
+                row = _checkpoint_row(path, spec)
+            except (CheckpointError, OSError, KeyError, ValueError) as exc:
+                notes.append(f"{path}: left out (unreadable: {exc})")
+                continue
+            prev = best.get(key)
+            if prev is None or row["iters"] > prev["iters"]:
+                best[key] = dict(row, run=str(d))
+    df = pd.DataFrame(list(best.values()))
+    if len(df):
+        df = df.sort_values(["task", "length", "method", "seed"], kind="stable").reset_index(drop=True)
+        for c in ("solved_at", "max_iters"):  # counts, None where there is none (not floats)
+            df[c] = df[c].astype("Int64")
+    return df, notes
+
+
+TRIAL_COLUMNS = (
+    "task", "length", "method", "seed", "solved", "solved_at", "iters", "max_iters", "unfinished", "best_error",
+    "final_error", "train_seconds", "eval_seconds", "run",
+)  # fmt: skip
+
+
+def report_out_problem(out) -> str | None:
+    """Why ``out`` cannot take a report (None: it can): it holds something other than an earlier report, which a
+    report replaces whole."""
+    out = Path(out)
+    if not out.is_dir() or not any(out.iterdir()):
+        return None
+    try:
+        kind = json.loads((out / "report.json").read_text()).get("kind")
+    except (OSError, ValueError, AttributeError):
+        kind = None
+    if kind == REPORT_KIND:
+        return None
+    return (
+        f"--out: expected a new or empty folder, or an earlier report (which is replaced), got {str(out)!r}, which "
+        "holds something else (a run?)"
+    )
+
+
+def report(dirs, out) -> dict:
+    """One report of several run folders' trials (:func:`collect_runs`), written as a folder that appears whole:
+    ``trials.csv``, ``success.csv`` (finished trials only, each cell's ``unfinished`` count beside them),
+    ``learning_curves.png`` (every trial; unfinished ones dashed), ``report.md`` and ``report.json``."""
+    from experiments.runfolder import claim, make_partial_dir, recover, replace_dir
+    from scratch_rnn.cli import BadInput
+    from scratch_rnn.runlock import RunInUse
+
+    df, notes = collect_runs(dirs)
+    if not len(df):
+        raise BadInput(
+            f"--report: expected run folders holding trials, got {[str(d) for d in dirs]}, where none could be read: "
+            + "; ".join(notes or ["no trials.jsonl row, no checkpoint"])
+        )
+    out = Path(out)
+    try:
+        lock = claim(out, f"the report folder {str(out)!r}")
+    except RunInUse as exc:
+        raise BadInput(str(exc)) from exc
+    try:
+        recover(out)
+        problem = report_out_problem(out)  # again, now that it is ours (recover may have put an old folder back)
+        if problem:
+            raise BadInput(problem)
+        work = make_partial_dir(out)
+        finished = df[~df.unfinished.astype(bool)]
+        summary = summarize(finished) if len(finished) else pd.DataFrame(columns=["task", "length", "method"])
+        counts = df.groupby(["task", "length", "method"]).unfinished.sum().astype(int).reset_index()
+        summary = counts.merge(summary, on=["task", "length", "method"], how="left")
+        cols = [c for c in TRIAL_COLUMNS if c in df]
+        write_csv(work / "trials.csv", df[cols])
+        write_csv(work / "success.csv", summary)
+        if "curve" in df:
+            plot_curves(df, work / "learning_curves.png")
+        res = dict(kind=REPORT_KIND, runs=[str(d) for d in dirs], trials=len(df), unfinished=int(df.unfinished.sum()))
+        res.update(notes=notes, summary=summary.to_dict(orient="records"))
+        write_json(work / "report.json", res)
+        sections = [
+            (
+                "What it reads",
+                f"{len(df)} trials from {', '.join(str(d) for d in dirs)}: each trial once (its row with the largest "
+                "cap, or its checkpoint where that holds more updates: unfinished = still running or stopped "
+                "before its cap).",
+            ),
+            ("Trials", markdown_table(df[cols])),
+            (
+                "Success rate (finished trials)",
+                markdown_table(summary) + "\n\nsuccess_ci_low/high: the 95 % Wilson interval; unfinished trials "
+                "are counted beside, not in, the rate.",
+            ),
+        ]
+        if len(finished):
+            sections.append(("What the intervals support", "\n".join(supported_orderings(summarize(finished), df))))
+        if notes:
+            sections.append(("Left out", "\n".join(f"- {n}" for n in notes)))
+        write_report(work / "report.md", "Pathological tasks: a report of several runs", sections)
+        replace_dir(work, out)
+    finally:
+        lock.release()
+    for n in notes:
+        warnings.warn(n, stacklevel=2)
+    return res
 
 
 def run(
@@ -1555,6 +1783,8 @@ def protocol_name(args) -> str:
 
 
 def main(args) -> dict:
+    if getattr(args, "report", None):
+        return report(args.report, args.out)
     name = protocol_name(args)
     out = result_dir(
         "pathological" if name in ("reduced", "quick") else f"pathological-{name}",

@@ -1,0 +1,131 @@
+"""``pathological --report DIR ...``: one table and one figure of the trials in several run folders, each trial once
+(a resumed trial at its furthest row; a trial with no row, or further on than its rows, from its checkpoint), with
+the rows the runs wrote themselves as the oracle."""
+
+from __future__ import annotations
+
+import json
+import shutil
+from pathlib import Path
+
+import pandas as pd
+import pytest
+
+from experiments.gradients import __main__ as cli
+from experiments.gradients import pathological as P
+
+RUN = ["pathological", "--protocol", "published", "--tasks", "adding", "--lengths", "30", "--methods", "lstm_rmsprop"]
+RUN += ["--workers", "1", "--no-progress"]
+# the fields trial_row computes from what a trainer holds: a row read back from a checkpoint must have the same
+COMPUTED = (
+    "solved", "solved_at", "iters", "final_error", "best_error", "final_train_loss", "grad_norm_median",
+    "grad_norm_max", "clipped_fraction", "train_seconds", "eval_seconds", "tests", "curve", "optimizer", "layers",
+)  # fmt: skip
+
+
+def _run(out, *extra) -> None:
+    assert cli.main([*RUN, "--out", str(out), *extra]) == 0
+
+
+def _rows(out) -> list[dict]:
+    return [json.loads(line) for line in (Path(out) / "trials.jsonl").read_text().splitlines()]
+
+
+@pytest.fixture(scope="module")
+def runs(tmp_path_factory):
+    """A: seeds 0 and 1 to 20 updates. B: seed 1 carried from A's checkpoint to 40 (a resumed trial in another
+    folder). D: seed 0 carried to 40, its row then lost (a trial that has a checkpoint and no row)."""
+    root = tmp_path_factory.mktemp("runs")
+    a, b, d = root / "A", root / "B", root / "D"
+    _run(a, "--max-iters", "20", "--num-seeds", "2")
+    for target, seed in ((b, "1"), (d, "0")):
+        shutil.copytree(a / "checkpoints", target / "checkpoints")
+        _run(target, "--max-iters", "40", "--seed", seed, "--num-seeds", "1")
+    (d_row,) = _rows(d)
+    (d / "trials.jsonl").unlink()
+    return dict(a=a, b=b, d=d, root=root, d_row=d_row)
+
+
+def _report(runs, name, *dirs) -> tuple[Path, pd.DataFrame]:
+    out = runs["root"] / name
+    assert cli.main(["pathological", "--report", *map(str, dirs), "--out", str(out)]) == 0
+    return out, pd.read_csv(out / "trials.csv")
+
+
+def test_each_trial_once_at_its_furthest_row(runs):
+    """Seed 0 from A (its only row), seed 1 from B (cap 40, where A's row has 20), whatever the folders' order."""
+    for order in ((runs["a"], runs["b"]), (runs["b"], runs["a"])):
+        out, df = _report(runs, f"r{len(order)}-{order[0].name}", *order)
+        assert list(df.seed) == [0, 1]
+        (a0,) = [r for r in _rows(runs["a"]) if r["seed"] == 0]
+        (b1,) = _rows(runs["b"])
+        for (_, got), want, run in zip(df.iterrows(), (a0, b1), (runs["a"], runs["b"])):
+            assert got.iters == want["iters"] and got.max_iters == want["max_iters"] and got.run == str(run)
+            assert got.best_error == want["best_error"] and bool(got.solved) == want["solved"]
+            assert not got.unfinished
+        success = pd.read_csv(out / "success.csv")
+        assert success.runs.tolist() == [2] and success.unfinished.tolist() == [0]
+        assert (out / "learning_curves.png").stat().st_size > 0
+        assert json.loads((out / "report.json").read_text())["kind"] == P.REPORT_KIND
+
+
+def test_a_checkpoint_without_a_row_is_its_run_s_row(runs):
+    """D's seed 0 lost its row: read back from its checkpoint (named by trial.json), every computed field equals
+    the row the run wrote; it replaces A's row of 20 updates, marked unfinished and not counted in the rate."""
+    assert (next((runs["d"] / "checkpoints").glob("*/trial.json"))).exists()
+    got = P.collect_runs([runs["a"], runs["d"]])[0]
+    row = got[got.seed == 0].iloc[0].to_dict()
+    want = runs["d_row"]
+    wrong = {k: (row[k], want[k]) for k in COMPUTED if k in want and not _same(row[k], want[k])}
+    assert wrong == {}
+    assert row["unfinished"] and row["run"] == str(runs["d"]) and pd.isna(row["max_iters"])
+    out, _ = _report(runs, "with-d", runs["a"], runs["d"])
+    success = pd.read_csv(out / "success.csv")
+    assert success.runs.tolist() == [1] and success.unfinished.tolist() == [1]
+
+
+def _same(a, b) -> bool:
+    if isinstance(b, float) or isinstance(a, float):
+        return a == b or (pd.isna(a) and pd.isna(b))
+    if isinstance(b, list):
+        return [list(x) for x in a] == b
+    return a == b
+
+
+def test_a_checkpoint_no_row_or_file_names_is_left_out_and_said(runs, tmp_path):
+    """Without trial.json and without a row of its trial, a checkpoint cannot be named: left out, with a note."""
+    e = tmp_path / "E"
+    shutil.copytree(runs["d"] / "checkpoints", e / "checkpoints")
+    for f in (e / "checkpoints").glob("*/trial.json"):
+        f.unlink()
+    df, notes = P.collect_runs([e])
+    assert len(df) == 0 and len(notes) == 2 and all("no trial.json beside it" in n for n in notes)
+    assert cli.main(["pathological", "--report", str(e), "--out", str(tmp_path / "r")]) == 2
+    assert not (tmp_path / "r").exists()
+    df, notes = P.collect_runs([runs["a"], e])  # a row of its trial names it; seed 1's holds no more than its row
+    assert notes == [] and df.iters.tolist() == [40, 20] and df.unfinished.tolist() == [True, False]
+
+
+def test_bad_report_arguments_exit_2_before_anything_is_written(runs, tmp_path, capsys):
+    a = str(runs["a"])
+    cases = [
+        (["--report", a, "--out", str(tmp_path / "x"), "--methods", "sgd"], "--report: reads finished runs"),
+        (["--report", a], "--report: expected --out"),
+        (["--report", str(tmp_path / "nothing"), "--out", str(tmp_path / "x")], "which is not a folder"),
+        (["--report", str(tmp_path), "--out", str(tmp_path / "x")], "a trials.jsonl or checkpoints/"),
+        (["--report", a, "--out", a], "other than the runs it reports"),
+        (["--report", a, "--out", str(runs["b"])], "holds something else"),
+    ]
+    for extra, message in cases:
+        assert cli.main(["pathological", *extra]) == 2, extra
+        assert message in capsys.readouterr().err, extra
+    assert not (tmp_path / "x").exists()
+    before = (runs["b"] / "trials.jsonl").read_text()
+    assert (runs["b"] / "trials.jsonl").read_text() == before
+
+
+def test_an_earlier_report_is_replaced_whole(runs):
+    out, _ = _report(runs, "again", runs["a"], runs["b"])
+    (out / "stale.txt").write_text("from before")
+    out, df = _report(runs, "again", runs["a"])
+    assert not (out / "stale.txt").exists() and sorted(df.seed) == [0, 1] and set(df.iters) == {20}
