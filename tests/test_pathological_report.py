@@ -13,6 +13,9 @@ import pytest
 
 from experiments.gradients import __main__ as cli
 from experiments.gradients import pathological as P
+from experiments.gradients.sweep import trial_id
+from scratch_rnn.checkpoint import read_archive, write_archive
+from scratch_rnn.cli import BadInput
 
 RUN = ["pathological", "--protocol", "published", "--tasks", "adding", "--lengths", "30", "--methods", "lstm_rmsprop"]
 RUN += ["--workers", "1", "--no-progress"]
@@ -63,8 +66,9 @@ def test_each_trial_once_at_its_furthest_row(runs):
             assert got.iters == want["iters"] and got.max_iters == want["max_iters"] and got.run == str(run)
             assert got.best_error == want["best_error"] and bool(got.solved) == want["solved"]
             assert not got.unfinished
-        success = pd.read_csv(out / "success.csv")
-        assert success.runs.tolist() == [2] and success.unfinished.tolist() == [0]
+        success = pd.read_csv(out / "success.csv", keep_default_na=False)
+        assert success.runs.tolist() == [2] and success.unfinished.tolist() == [0] and success.setting.tolist() == [""]
+        assert success.unsolved_caps.tolist() == ["20, 40"]  # the caps beside the rate that pools them
         assert (out / "learning_curves.png").stat().st_size > 0
         assert json.loads((out / "report.json").read_text())["kind"] == P.REPORT_KIND
 
@@ -108,24 +112,85 @@ def test_a_checkpoint_no_row_or_file_names_is_left_out_and_said(runs, tmp_path):
 
 def test_bad_report_arguments_exit_2_before_anything_is_written(runs, tmp_path, capsys):
     a = str(runs["a"])
+    (tmp_path / "holder").mkdir()
+    shutil.copytree(runs["a"], tmp_path / "holder" / "A")
+    before = {p: p.read_bytes() for p in (runs["b"] / "trials.jsonl", tmp_path / "holder" / "A" / "trials.jsonl")}
     cases = [
         (["--report", a, "--out", str(tmp_path / "x"), "--methods", "sgd"], "--report: reads finished runs"),
         (["--report", a], "--report: expected --out"),
         (["--report", str(tmp_path / "nothing"), "--out", str(tmp_path / "x")], "which is not a folder"),
         (["--report", str(tmp_path), "--out", str(tmp_path / "x")], "a trials.jsonl or checkpoints/"),
-        (["--report", a, "--out", a], "other than the runs it reports"),
+        (["--report", a, "--out", a], "holds none of the runs it reports"),
+        (["--report", str(tmp_path / "holder" / "A"), "--out", str(tmp_path / "holder")], "holds none of the runs"),
         (["--report", a, "--out", str(runs["b"])], "holds something else"),
+        (["--report", a, "--out", str(runs["b"] / "trials.jsonl")], "which is a file"),
     ]
     for extra, message in cases:
         assert cli.main(["pathological", *extra]) == 2, extra
         assert message in capsys.readouterr().err, extra
     assert not (tmp_path / "x").exists()
-    before = (runs["b"] / "trials.jsonl").read_text()
-    assert (runs["b"] / "trials.jsonl").read_text() == before
+    assert {p: p.read_bytes() for p in before} == before
+    with pytest.raises(BadInput, match="holds none of the runs"):  # the same check after the lock, for the Python API
+        P.report([tmp_path / "holder" / "A"], tmp_path / "holder")
+    assert {p: p.read_bytes() for p in before} == before
 
 
-def test_an_earlier_report_is_replaced_whole(runs):
+def test_an_earlier_report_is_replaced_whole_unless_it_holds_other_files(runs, capsys):
     out, _ = _report(runs, "again", runs["a"], runs["b"])
-    (out / "stale.txt").write_text("from before")
     out, df = _report(runs, "again", runs["a"])
-    assert not (out / "stale.txt").exists() and sorted(df.seed) == [0, 1] and set(df.iters) == {20}
+    assert sorted(df.seed) == [0, 1] and set(df.iters) == {20}
+    (out / "notes.txt").write_text("the user's")
+    assert cli.main(["pathological", "--report", str(runs["a"]), "--out", str(out)]) == 2
+    assert "also holds ['notes.txt']" in capsys.readouterr().err
+    assert (out / "notes.txt").read_text() == "the user's"
+
+
+def _rewrite(path: Path, **changes) -> None:
+    """A checkpoint whose trainer metadata says ``changes`` (e.g. that a check solved it), digests and all."""
+    arrays, meta = read_archive(path)
+    meta["meta"].update(changes)
+    write_archive(path, arrays, meta)
+
+
+def test_a_solved_checkpoint_without_a_row_is_solved_and_finished(runs, tmp_path):
+    """A trial killed between its solving check's save and its row: the checkpoint says stop_when; read back, the
+    trial is solved at the checkpoint's step and finished (counted in the rate)."""
+    g = tmp_path / "G"
+    shutil.copytree(runs["d"], g)
+    (ck,) = [
+        p
+        for p in (g / "checkpoints").glob("*/checkpoint.npz")
+        if json.loads((p.parent / "trial.json").read_text())["seed"] == 0
+    ]
+    _rewrite(ck, stop_reason="stop_when")
+    df, notes = P.collect_runs([g])
+    (row,) = df.query("seed == 0").to_dict(orient="records")
+    assert notes == [] and row["solved"] and row["solved_at"] == row["iters"] == 40 and not row["unfinished"]
+    (unsolved,) = P.collect_runs([runs["d"]])[0].query("seed == 0").to_dict(orient="records")
+    assert not unsolved["solved"] and pd.isna(unsolved["solved_at"]) and unsolved["unfinished"]
+
+
+def _retag(src: Path, dst: Path, **changes) -> None:
+    """A copy of a run's table whose rows say ``changes`` (their trial ids remade to match)."""
+    dst.mkdir()
+    rows = [dict(r, **changes) for r in _rows(src)]
+    for r in rows:
+        r["trial_id"] = trial_id({k: r[k] for k in (part.split("=", 1)[0] for part in r["trial_id"].split("|"))})
+    (dst / "trials.jsonl").write_text("".join(json.dumps(r) + "\n" for r in rows))
+
+
+def test_trials_of_different_settings_are_never_one_rate(runs, tmp_path):
+    """A's trials and the same seeds at another hidden size: two settings, two rates of 2 runs each (not one of 4)."""
+    _retag(runs["a"], tmp_path / "H", hidden=64)
+    out = tmp_path / "r"
+    assert cli.main(["pathological", "--report", str(runs["a"]), str(tmp_path / "H"), "--out", str(out)]) == 0
+    success = pd.read_csv(out / "success.csv")
+    assert success.setting.tolist() == ["hidden=128", "hidden=64"] and success.runs.tolist() == [2, 2]
+    assert len(pd.read_csv(out / "trials.csv")) == 4
+
+
+def test_two_rows_of_a_trial_at_one_cap_that_disagree_are_said(runs, tmp_path):
+    _retag(runs["a"], tmp_path / "S", iters=15, solved=True, solved_at=15)
+    df, notes = P.collect_runs([runs["a"], tmp_path / "S"])
+    assert len(df) == 2 and set(df.iters) == {20} and not df.solved.any()
+    assert len(notes) == 2 and all("another result" in n for n in notes)

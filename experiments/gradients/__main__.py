@@ -194,16 +194,13 @@ def check_report_args(args) -> None:
         raise BadInput(f"--report: reads finished runs and takes only --out; got {', '.join(given)} too")
     if args.out is None:
         raise BadInput("--report: expected --out DIR, the folder the report goes to; got none")
-    out = Path(args.out).resolve()
     for d in args.report:
         p = Path(d)
         if not p.is_dir():
             raise BadInput(f"--report: expected run folders, got {d!r}, which is not a folder")
         if not (p / "trials.jsonl").exists() and not (p / "checkpoints").is_dir():
             raise BadInput(f"--report: expected run folders (a trials.jsonl or checkpoints/ in each), got {d!r}")
-        if p.resolve() == out:
-            raise BadInput(f"--out: expected a folder other than the runs it reports, got {args.out!r}, one of them")
-    problem = report_out_problem(args.out)
+    problem = report_out_problem(args.out, args.report)
     if problem:
         raise BadInput(problem)
 

@@ -1042,8 +1042,8 @@ def specs_for(p: Protocol, tasks=None) -> list[dict]:
     return specs
 
 
-def summarize(df: pd.DataFrame) -> pd.DataFrame:
-    g = df.groupby(["task", "length", "method"], sort=True)
+def summarize(df: pd.DataFrame, by: tuple[str, ...] = ("task", "length", "method")) -> pd.DataFrame:
+    g = df.groupby(list(by), sort=True)
     out = g.agg(
         runs=("solved", "size"),
         solved=("solved", "sum"),
@@ -1458,6 +1458,25 @@ def _checkpoint_row(path: Path, spec: dict) -> dict:
     return row
 
 
+def _verdict(row: dict) -> str:
+    return f"solved at {row['solved_at']}" if row.get("solved") else f"unsolved at {row['iters']}"
+
+
+def _settings(specs: list[dict]) -> list[str]:
+    """Each spec's setting within its (task, length, method): the fields other than the seed in which the trials
+    of that cell differ (``k=v, ...``; "" where they all agree), so that a report never pools trials of different
+    settings into one rate."""
+    cell = lambda sp: (sp.get("task"), sp.get("length"), sp.get("method"))  # noqa: E731
+    groups: dict[tuple, list[dict]] = {}
+    for sp in specs:
+        groups.setdefault(cell(sp), []).append(sp)
+    varying = {
+        c: sorted(k for k in {k for sp in g for k in sp} - {"seed"} if len({json.dumps(sp.get(k)) for sp in g}) > 1)
+        for c, g in groups.items()
+    }
+    return [", ".join(f"{k}={sp.get(k)}" for k in varying[cell(sp)]) for sp in specs]
+
+
 def collect_runs(dirs) -> tuple[pd.DataFrame, list[str]]:
     """The trials of several run folders as one table, each trial once: the rows of each folder's
     ``trials.jsonl``, and the checkpoints of resumable trials that are further on (a trial still running, or
@@ -1466,8 +1485,10 @@ def collect_runs(dirs) -> tuple[pd.DataFrame, list[str]]:
     One trial is a spec without its cap (:func:`checkpoint_key`): of its rows, the one with the largest cap counts
     (a rerun with a larger ``--max-iters`` holds the whole trial); its checkpoint replaces that row when it holds
     more updates. A checkpoint names its trial in ``trial.json`` beside it, or through a row of the same trial.
-    Returns ``(trials, notes)``: ``notes`` says what was left out and why (rows of no trial, unreadable or unnamed
-    checkpoints)."""
+    ``setting`` names the fields in which trials of one (task, length, method) differ besides the seed (""
+    where they agree): trials of different settings are never one rate. Returns ``(trials, notes)``: ``notes`` says
+    what was left out and why (rows of no trial, unreadable or unnamed checkpoints) and where two rows of a trial at
+    one cap disagree."""
     from scratch_rnn.checkpoint import CheckpointError
 
     from .sweep import _json_lines
@@ -1489,6 +1510,12 @@ def collect_runs(dirs) -> tuple[pd.DataFrame, list[str]]:
             specs[key] = _without_cap(spec)
             row = dict(row, run=str(d), unfinished=False)
             prev = best.get(key)
+            if prev is not None and prev["max_iters"] == row["max_iters"] and _verdict(prev) != _verdict(row):
+                notes.append(
+                    f"{table}:{lineno}: trial {row['trial_id']!r} has another row at the same cap with another "
+                    f"result ({prev['run']}: {_verdict(prev)}; here: {_verdict(row)}); the one with more updates "
+                    "is kept"
+                )
             if prev is None or (row["max_iters"], row["iters"]) >= (prev["max_iters"], prev["iters"]):
                 best[key] = row
     for d in dirs:
@@ -1513,34 +1540,53 @@ def collect_runs(dirs) -> tuple[pd.DataFrame, list[str]]:
                 best[key] = dict(row, run=str(d))
     df = pd.DataFrame(list(best.values()))
     if len(df):
-        df = df.sort_values(["task", "length", "method", "seed"], kind="stable").reset_index(drop=True)
+        df["setting"] = _settings([_without_cap(_row_spec(r) or {}) for r in best.values()])
+        df = df.sort_values(["task", "length", "method", "setting", "seed"], kind="stable").reset_index(drop=True)
         for c in ("solved_at", "max_iters"):  # counts, None where there is none (not floats)
             df[c] = df[c].astype("Int64")
     return df, notes
 
 
 TRIAL_COLUMNS = (
-    "task", "length", "method", "seed", "solved", "solved_at", "iters", "max_iters", "unfinished", "best_error",
-    "final_error", "train_seconds", "eval_seconds", "run",
+    "task", "length", "method", "setting", "seed", "solved", "solved_at", "iters", "max_iters", "unfinished",
+    "best_error", "final_error", "train_seconds", "eval_seconds", "run",
 )  # fmt: skip
 
 
-def report_out_problem(out) -> str | None:
-    """Why ``out`` cannot take a report (None: it can): it holds something other than an earlier report, which a
-    report replaces whole."""
+REPORT_FILES = frozenset({"trials.csv", "success.csv", "learning_curves.png", "report.md", "report.json"})
+
+
+def report_out_problem(out, dirs=()) -> str | None:
+    """Why ``out`` cannot take a report of ``dirs`` (None: it can). It may be new, empty, or an earlier report that
+    holds nothing but what a report writes (replaced whole); never a file, one of ``dirs``, or a folder with one of
+    them inside (replacing it would take that run with it)."""
     out = Path(out)
+    if out.exists() and not out.is_dir():
+        return f"--out: expected a folder, got {str(out)!r}, which is a file"
+    for d in dirs:
+        if Path(d).resolve().is_relative_to(out.resolve()):
+            return (
+                f"--out: expected a folder that holds none of the runs it reports, got {str(out)!r}, which holds "
+                f"{str(d)!r}"
+            )
     if not out.is_dir() or not any(out.iterdir()):
         return None
     try:
         kind = json.loads((out / "report.json").read_text()).get("kind")
     except (OSError, ValueError, AttributeError):
         kind = None
-    if kind == REPORT_KIND:
-        return None
-    return (
-        f"--out: expected a new or empty folder, or an earlier report (which is replaced), got {str(out)!r}, which "
-        "holds something else (a run?)"
-    )
+    if kind != REPORT_KIND:
+        return (
+            f"--out: expected a new or empty folder, or an earlier report (which is replaced), got {str(out)!r}, "
+            "which holds something else (a run?)"
+        )
+    other = sorted(p.name for p in out.iterdir() if p.name not in REPORT_FILES)
+    if other:
+        return (
+            f"--out: an earlier report is replaced whole, and {str(out)!r} also holds {other}, which a report does "
+            "not write: move them, or pick another --out"
+        )
+    return None
 
 
 def report(dirs, out) -> dict:
@@ -1564,14 +1610,23 @@ def report(dirs, out) -> dict:
         raise BadInput(str(exc)) from exc
     try:
         recover(out)
-        problem = report_out_problem(out)  # again, now that it is ours (recover may have put an old folder back)
+        problem = report_out_problem(out, dirs)  # again, now that it is ours (recover may have put an old one back)
         if problem:
             raise BadInput(problem)
         work = make_partial_dir(out)
+        by = ("task", "length", "method", "setting")
         finished = df[~df.unfinished.astype(bool)]
-        summary = summarize(finished) if len(finished) else pd.DataFrame(columns=["task", "length", "method"])
-        counts = df.groupby(["task", "length", "method"]).unfinished.sum().astype(int).reset_index()
-        summary = counts.merge(summary, on=["task", "length", "method"], how="left")
+        summary = summarize(finished, by) if len(finished) else pd.DataFrame(columns=list(by))
+        counts = df.groupby(list(by)).unfinished.sum().astype(int).reset_index()
+        caps = (
+            finished[~finished.solved.astype(bool)]
+            .groupby(list(by))
+            .max_iters.agg(lambda c: ", ".join(str(v) for v in sorted(set(c.dropna()))))
+            .rename("unsolved_caps")
+            .reset_index()
+        )
+        summary = counts.merge(summary, on=list(by), how="left").merge(caps, on=list(by), how="left")
+        summary["unsolved_caps"] = summary["unsolved_caps"].fillna("")
         cols = [c for c in TRIAL_COLUMNS if c in df]
         write_csv(work / "trials.csv", df[cols])
         write_csv(work / "success.csv", summary)
@@ -1591,10 +1646,12 @@ def report(dirs, out) -> dict:
             (
                 "Success rate (finished trials)",
                 markdown_table(summary) + "\n\nsuccess_ci_low/high: the 95 % Wilson interval; unfinished trials "
-                "are counted beside, not in, the rate.",
+                "are counted beside, not in, the rate; unsolved_caps: the caps at which the finished unsolved trials "
+                "stopped (a trial unsolved at a smaller cap than another's counts as unsolved); setting: the fields "
+                "in which trials of one task, length and method differ, each setting its own rate.",
             ),
         ]
-        if len(finished):
+        if len(finished) and (finished.setting == "").all():  # orderings between methods of one setting each
             sections.append(("What the intervals support", "\n".join(supported_orderings(summarize(finished), df))))
         if notes:
             sections.append(("Left out", "\n".join(f"- {n}" for n in notes)))
