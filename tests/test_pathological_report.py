@@ -8,6 +8,7 @@ import json
 import shutil
 from pathlib import Path
 
+import numpy as np
 import pandas as pd
 import pytest
 
@@ -194,3 +195,51 @@ def test_two_rows_of_a_trial_at_one_cap_that_disagree_are_said(runs, tmp_path):
     df, notes = P.collect_runs([runs["a"], tmp_path / "S"])
     assert len(df) == 2 and set(df.iters) == {20} and not df.solved.any()
     assert len(notes) == 2 and all("another result" in n for n in notes)
+
+
+def test_rescore_scores_the_saved_state_on_a_stream_of_its_own(tmp_path):
+    """The state a checkpoint holds, loaded into a fresh model, is the trained model: rescore counts what
+    count_wrong counts for the live trainer's model on default_rng([seed, 4]), every sample scored."""
+    spec = dict(
+        task="adding", length=12, method="lstm_rmsprop", seed=3, hidden=5, batch=4, lr=1e-2, clip=1.0, max_iters=30,
+        check_every=10, eval_samples=50, screen=True, track_every=10, track_samples=20, eval_chunk=25, resumable=True,
+    )  # fmt: skip
+    ckdir = tmp_path / "ck"
+    _, source, trainer = P._trial_parts(spec, ckdir)
+    trainer.fit(source)
+    trainer.save_checkpoint()
+    live = P.count_wrong("adding", trainer.model, np.random.default_rng([3, 4]), 400, 12, 25)
+    assert P.rescore(spec, ckdir / "checkpoint.npz", 400) == live and live[1] == 400
+    fresh = P.count_wrong("adding", P._trial_model(spec), np.random.default_rng([3, 4]), 400, 12, 25)
+    assert fresh != live  # the load is what makes it the trained state (fails if rescore scored the init)
+
+
+def test_report_rescores_only_solved_states(runs, tmp_path):
+    g = tmp_path / "G"
+    shutil.copytree(runs["d"], g)
+    (ck,) = [
+        p
+        for p in (g / "checkpoints").glob("*/checkpoint.npz")
+        if json.loads((p.parent / "trial.json").read_text())["seed"] == 0
+    ]
+    _rewrite(ck, stop_reason="stop_when")
+    out = tmp_path / "r"
+    assert cli.main(["pathological", "--report", str(g), "--out", str(out), "--rescore", "50", "--no-progress"]) == 0
+    df = pd.read_csv(out / "trials.csv")
+    solved, other = df[df.seed == 0].iloc[0], df[df.seed == 1].iloc[0]
+    assert solved.rescore_samples == 50 and 0 <= solved.rescore_wrong <= 50 and pd.isna(other.rescore_samples)
+    assert solved.rescore_error == solved.rescore_wrong / 50 and solved.rescore_ci_low <= solved.rescore_error
+    assert "re-scores reported trials" in _exit_2_message(["--rescore", "5"], tmp_path)
+    assert "--rescore" in _exit_2_message(
+        ["--report", str(g), "--out", str(tmp_path / "x"), "--rescore", "0"], tmp_path
+    )
+
+
+def _exit_2_message(extra, tmp_path) -> str:
+    import contextlib
+    import io
+
+    err = io.StringIO()
+    with contextlib.redirect_stderr(err):
+        assert cli.main(["pathological", *extra]) == 2
+    return err.getvalue()

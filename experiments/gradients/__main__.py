@@ -136,6 +136,14 @@ def parser() -> argparse.ArgumentParser:
                 help="train nothing: one report (tables, learning curves) of the trials in these run folders, "
                 "each trial once (a resumed trial at its furthest; a running one from its checkpoint), into --out",
             )
+            s.add_argument(
+                "--rescore",
+                type=int,
+                default=None,
+                metavar="N",
+                help="with --report: score each solved trial's saved state on N fresh samples of its own "
+                "(how often the state a passing test saw is wrong)",
+            )
         if name == "flow":
             s.add_argument("--data", default=None, help="IMDB source (folder/CSV); default: the shared copy")
         if name in ("flow", "spectrum"):
@@ -194,6 +202,9 @@ def check_report_args(args) -> None:
         raise BadInput(f"--report: reads finished runs and takes only --out; got {', '.join(given)} too")
     if args.out is None:
         raise BadInput("--report: expected --out DIR, the folder the report goes to; got none")
+    if args.rescore is not None:
+        with as_bad_input():
+            check_positive_int("--rescore", args.rescore)
     for d in args.report:
         p = Path(d)
         if not p.is_dir():
@@ -218,6 +229,8 @@ def check_args(args) -> None:
     if args.experiment == "pathological" and args.report:
         check_report_args(args)
         return
+    if getattr(args, "rescore", None) is not None:
+        raise BadInput(f"--rescore: only with --report (it re-scores reported trials), got --rescore {args.rescore}")
     if args.experiment == "pathological":
         from .tasks import TASKS
 

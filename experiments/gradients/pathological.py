@@ -822,18 +822,48 @@ def screen_audit(rows: list[dict], solved_at: int | None) -> dict:
     )
 
 
-def _trial_parts(spec: dict, checkpoint_dir=None):
-    """(model, source, trainer) of a trial, fresh."""
-    task, length, seed = spec["task"], spec["length"], spec["seed"]
-    model = build(
-        task,
+def _trial_model(spec: dict):
+    """A trial's model as its seed initialises it."""
+    return build(
+        spec["task"],
         spec["method"],
         spec["hidden"],
-        seed,
-        length=length,
+        spec["seed"],
+        length=spec["length"],
         init=spec.get("init", "smart_tanh"),
         one_bias=bool(spec.get("one_bias")),
     )
+
+
+def _rescore_rng(seed: int) -> np.random.Generator:
+    """The samples a report re-scores a trial's saved state on (:func:`rescore`): a stream of its own, which no
+    check of the trial draws from."""
+    return np.random.default_rng([seed, 4])
+
+
+def rescore(spec: dict, checkpoint, samples: int) -> tuple[int, int]:
+    """(wrong, scored): the trial's state saved in ``checkpoint`` (verified against the trial's model) scored on
+    ``samples`` fresh samples of :func:`_rescore_rng`, every one of them scored. For a solved trial this is the state
+    its passing test saw: how often it is wrong, measured on more samples than that one test."""
+    from scratch_rnn import checkpoint as ckpt
+
+    model = _trial_model(spec)
+    ckpt.load(checkpoint, model)
+    return count_wrong(
+        spec["task"],
+        model,
+        _rescore_rng(spec["seed"]),
+        samples,
+        spec["length"],
+        spec.get("eval_chunk", 1000),
+        spec.get("min_length"),
+    )
+
+
+def _trial_parts(spec: dict, checkpoint_dir=None):
+    """(model, source, trainer) of a trial, fresh."""
+    task, length, seed = spec["task"], spec["length"], spec["seed"]
+    model = _trial_model(spec)
     if spec.get("resumable"):
         source = FreshBatches(
             task, length, spec["batch"], None, spec["check_every"], seed=seed, min_length=spec.get("min_length")
@@ -1589,10 +1619,41 @@ def report_out_problem(out, dirs=()) -> str | None:
     return None
 
 
-def report(dirs, out) -> dict:
+def _rescore_rows(df: pd.DataFrame, samples: int, notes: list[str], progress: bool) -> pd.DataFrame:
+    """Each solved trial's saved state (its checkpoint at ``solved_at``) scored on ``samples`` fresh samples:
+    ``rescore_wrong``, ``rescore_samples``, ``rescore_error`` and its 95 % Wilson interval; empty for other trials and
+    for a solved trial whose checkpoint is not the solved state (a note says so)."""
+    from tqdm.auto import tqdm
+
+    from scratch_rnn.checkpoint import read_archive
+
+    cols = {c: [None] * len(df) for c in ("rescore_wrong", "rescore_samples", "rescore_error")}
+    cols.update(rescore_ci_low=[None] * len(df), rescore_ci_high=[None] * len(df))
+    solved = [i for i, r in enumerate(df.itertuples()) if bool(r.solved)]
+    for i in tqdm(solved, desc="re-scoring solved trials", disable=not progress):
+        row = df.iloc[i].to_dict()
+        spec = _row_spec(row) or {}
+        path = Path(row["run"]) / "checkpoints" / checkpoint_key(spec) / CHECKPOINT_NAME
+        try:
+            step = int(read_archive(path)[1]["step"]) if path.exists() else None
+        except Exception as exc:  # noqa: BLE001 - any unreadable checkpoint: said, not scored
+            notes.append(f"{path}: not re-scored (unreadable: {exc})")
+            continue
+        if step != row["solved_at"]:
+            notes.append(f"{path}: not re-scored (it holds update {step}, not the solved state at {row['solved_at']})")
+            continue
+        wrong, scored = rescore(spec, path, samples)
+        low, high = wilson_interval(wrong, scored)
+        for c, v in zip(cols, (wrong, scored, wrong / scored, low, high)):
+            cols[c][i] = v
+    return df.assign(**cols)
+
+
+def report(dirs, out, rescore_samples: int = 0, progress: bool = True) -> dict:
     """One report of several run folders' trials (:func:`collect_runs`), written as a folder that appears whole:
     ``trials.csv``, ``success.csv`` (finished trials only, each cell's ``unfinished`` count beside them),
-    ``learning_curves.png`` (every trial; unfinished ones dashed), ``report.md`` and ``report.json``."""
+    ``learning_curves.png`` (every trial; unfinished ones dashed), ``report.md`` and ``report.json``. With
+    ``rescore_samples``, each solved trial's saved state is scored on that many fresh samples (:func:`rescore`)."""
     from experiments.runfolder import claim, make_partial_dir, recover, replace_dir
     from scratch_rnn.cli import BadInput
     from scratch_rnn.runlock import RunInUse
@@ -1614,20 +1675,21 @@ def report(dirs, out) -> dict:
         if problem:
             raise BadInput(problem)
         work = make_partial_dir(out)
+        if rescore_samples:
+            df = _rescore_rows(df, rescore_samples, notes, progress)
         by = ("task", "length", "method", "setting")
         finished = df[~df.unfinished.astype(bool)]
         summary = summarize(finished, by) if len(finished) else pd.DataFrame(columns=list(by))
         counts = df.groupby(list(by)).unfinished.sum().astype(int).reset_index()
-        caps = (
-            finished[~finished.solved.astype(bool)]
-            .groupby(list(by))
-            .max_iters.agg(lambda c: ", ".join(str(v) for v in sorted(set(c.dropna()))))
-            .rename("unsolved_caps")
-            .reset_index()
-        )
-        summary = counts.merge(summary, on=list(by), how="left").merge(caps, on=list(by), how="left")
-        summary["unsolved_caps"] = summary["unsolved_caps"].fillna("")
-        cols = [c for c in TRIAL_COLUMNS if c in df]
+        caps: dict[tuple, set] = {}  # the caps the finished unsolved trials of each cell stopped at
+        for r in finished[~finished.solved.astype(bool)].to_dict(orient="records"):
+            caps.setdefault(tuple(r[k] for k in by), set()).add(int(r["max_iters"]))
+        summary = counts.merge(summary, on=list(by), how="left")
+        summary["unsolved_caps"] = [
+            ", ".join(str(c) for c in sorted(caps.get(tuple(r[k] for k in by), ())))
+            for r in summary.to_dict(orient="records")
+        ]
+        cols = [c for c in TRIAL_COLUMNS if c in df] + [c for c in df if c.startswith("rescore_")]
         write_csv(work / "trials.csv", df[cols])
         write_csv(work / "success.csv", summary)
         if "curve" in df:
@@ -1642,7 +1704,18 @@ def report(dirs, out) -> dict:
                 "cap, or its checkpoint where that holds more updates: unfinished = still running or stopped "
                 "before its cap).",
             ),
-            ("Trials", markdown_table(df[cols])),
+            (
+                "Trials",
+                markdown_table(df[cols])
+                + (
+                    f"\n\nrescore_*: each solved trial's saved state (the one its passing test saw) scored on "
+                    f"{rescore_samples} fresh samples of its own stream: wrong, scored, error and its 95 % Wilson "
+                    "interval. A solve is one test of 10,000 that found none wrong; this says how often that state "
+                    "is wrong."
+                    if rescore_samples
+                    else ""
+                ),
+            ),
             (
                 "Success rate (finished trials)",
                 markdown_table(summary) + "\n\nsuccess_ci_low/high: the 95 % Wilson interval; unfinished trials "
@@ -1841,7 +1914,7 @@ def protocol_name(args) -> str:
 
 def main(args) -> dict:
     if getattr(args, "report", None):
-        return report(args.report, args.out)
+        return report(args.report, args.out, args.rescore or 0, progress=not args.no_progress)
     name = protocol_name(args)
     out = result_dir(
         "pathological" if name in ("reduced", "quick") else f"pathological-{name}",
