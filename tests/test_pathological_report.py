@@ -66,10 +66,16 @@ def test_each_trial_once_at_its_furthest_row(runs):
         for (_, got), want, run in zip(df.iterrows(), (a0, b1), (runs["a"], runs["b"])):
             assert got.iters == want["iters"] and got.max_iters == want["max_iters"] and got.run == str(run)
             assert got.best_error == want["best_error"] and bool(got.solved) == want["solved"]
+            assert got.train_seconds + got.eval_seconds == pytest.approx(want["train_seconds"] + want["eval_seconds"])
             assert not got.unfinished
         success = pd.read_csv(out / "success.csv", keep_default_na=False)
         assert success.runs.tolist() == [2] and success.unfinished.tolist() == [0] and success.setting.tolist() == [""]
         assert success.unsolved_caps.tolist() == ["20, 40"]  # the caps beside the rate that pools them
+        (b1,) = _rows(runs["b"])  # B's row: its own wall seconds are the resumed run's only; the trial's are more
+        want = a0["train_seconds"] + a0["eval_seconds"] + b1["train_seconds"] + b1["eval_seconds"]
+        assert success.trial_seconds.tolist() == [pytest.approx(want)]
+        (a1,) = [r for r in _rows(runs["a"]) if r["seed"] == 1]  # B's seconds carry A's 20 updates of seed 1
+        assert b1["train_seconds"] > a1["train_seconds"]
         assert (out / "learning_curves.png").stat().st_size > 0
         assert json.loads((out / "report.json").read_text())["kind"] == P.REPORT_KIND
 

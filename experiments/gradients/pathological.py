@@ -1515,6 +1515,8 @@ def collect_runs(dirs) -> tuple[pd.DataFrame, list[str]]:
     One trial is a spec without its cap (:func:`checkpoint_key`): of its rows, the one with the largest cap counts
     (a rerun with a larger ``--max-iters`` holds the whole trial); its checkpoint replaces that row when it holds
     more updates. A checkpoint names its trial in ``trial.json`` beside it, or through a row of the same trial.
+    ``seconds`` is the trial's training and evaluation seconds (summed over its resumed runs: what its checkpoint
+    carries), where a row's own is the wall time of the run that wrote it.
     ``setting`` names the fields in which trials of one (task, length, method) differ besides the seed (""
     where they agree): trials of different settings are never one rate. Returns ``(trials, notes)``: ``notes`` says
     what was left out and why (rows of no trial, unreadable or unnamed checkpoints) and where two rows of a trial at
@@ -1574,6 +1576,8 @@ def collect_runs(dirs) -> tuple[pd.DataFrame, list[str]]:
         df = df.sort_values(["task", "length", "method", "setting", "seed"], kind="stable").reset_index(drop=True)
         for c in ("solved_at", "max_iters"):  # counts, None where there is none (not floats)
             df[c] = df[c].astype("Int64")
+        if "train_seconds" in df:  # a row's own ``seconds`` is the wall time of the run that wrote it, not the trial's
+            df["seconds"] = df["train_seconds"] + df["eval_seconds"]
     return df, notes
 
 
