@@ -10,7 +10,7 @@ import numpy as np
 
 from scratch_rnn.cells import cell_names, cell_spec, module_options
 
-CELL_NAMES = cell_names(builtin=True)  # "rnn", "lstm", "gru": the cells with a torch.nn module
+CELL_NAMES = cell_names(builtin=True)  # the built-in cells: those with a torch.nn module
 PLUGIN_CELLS = cell_names(builtin=False)  # the step-function cells, with a torch step as their twin
 
 

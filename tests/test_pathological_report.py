@@ -159,17 +159,22 @@ def _rewrite(path: Path, **changes) -> None:
     write_archive(path, arrays, meta)
 
 
-def test_a_solved_checkpoint_without_a_row_is_solved_and_finished(runs, tmp_path):
-    """A trial killed between its solving check's save and its row: the checkpoint says stop_when; read back, the
-    trial is solved at the checkpoint's step and finished (counted in the rate)."""
-    g = tmp_path / "G"
-    shutil.copytree(runs["d"], g)
+def _solved_copy(run: Path, dst: Path) -> Path:
+    """A copy of ``run`` whose seed-0 checkpoint says a check solved it (a trial killed before its row)."""
+    shutil.copytree(run, dst)
     (ck,) = [
         p
-        for p in (g / "checkpoints").glob("*/checkpoint.npz")
+        for p in (dst / "checkpoints").glob("*/checkpoint.npz")
         if json.loads((p.parent / "trial.json").read_text())["seed"] == 0
     ]
     _rewrite(ck, stop_reason="stop_when")
+    return dst
+
+
+def test_a_solved_checkpoint_without_a_row_is_solved_and_finished(runs, tmp_path):
+    """A trial killed between its solving check's save and its row: the checkpoint says stop_when; read back, the
+    trial is solved at the checkpoint's step and finished (counted in the rate)."""
+    g = _solved_copy(runs["d"], tmp_path / "G")
     df, notes = P.collect_runs([g])
     (row,) = df.query("seed == 0").to_dict(orient="records")
     assert notes == [] and row["solved"] and row["solved_at"] == row["iters"] == 40 and not row["unfinished"]
@@ -221,14 +226,7 @@ def test_rescore_scores_the_saved_state_on_a_stream_of_its_own(tmp_path):
 
 
 def test_report_rescores_only_solved_states(runs, tmp_path):
-    g = tmp_path / "G"
-    shutil.copytree(runs["d"], g)
-    (ck,) = [
-        p
-        for p in (g / "checkpoints").glob("*/checkpoint.npz")
-        if json.loads((p.parent / "trial.json").read_text())["seed"] == 0
-    ]
-    _rewrite(ck, stop_reason="stop_when")
+    g = _solved_copy(runs["d"], tmp_path / "G")
     out = tmp_path / "r"
     assert cli.main(["pathological", "--report", str(g), "--out", str(out), "--rescore", "50", "--no-progress"]) == 0
     df = pd.read_csv(out / "trials.csv")

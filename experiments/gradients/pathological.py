@@ -738,7 +738,7 @@ def trial_trainer(
     options = dict(
         one_bias=bool(spec.get("one_bias")) or method in PUBLISHED,
         square_avg_start=opt["square_avg_start"],
-        constrain=model.rnn.constrain if method == "indrnn" else None,
+        constrain=getattr(model.rnn, "constrain", None),  # a cell that constrains its weights (IndRNN's u)
     )
     if method in CR_METHODS:
         trainer = SGDCRTrainer(
@@ -981,7 +981,7 @@ def trial_row(
             optimizer=opt["optimizer"],
             clip_style=opt["clip_style"],
             layers=INDRNN_LAYERS if spec["method"] == "indrnn" else 1,
-            one_bias_effective=bool(spec.get("one_bias")) or spec["method"] in ("lstm_rmsprop", "indrnn"),
+            one_bias_effective=bool(spec.get("one_bias")) or spec["method"] in PUBLISHED,  # as trial_trainer
             length_range=[spec.get("min_length") or spec["length"], spec["length"]],
             init_effective=spec.get("init", "smart_tanh") if spec["method"] in TANH_METHODS else "method's",
             curve=[[row["step"], row["error"]] for row in epochs if row["error"] is not None],
